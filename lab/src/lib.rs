@@ -1,0 +1,291 @@
+//! A lab of hosts for hapd's tests, benchmarks and demo.
+//!
+//! [`Lab::new`] makes N hosts, each a network namespace with `eth0` addressed 198.18.0.(i+1)/24,
+//! joined by a bridge that lives in a namespace of its own: nothing is created in, or changes,
+//! the root namespace. Names are unique per lab, so tests run in parallel. Dropping the lab
+//! (also while unwinding from a panic) kills every process left in its namespaces, deletes the
+//! namespaces and unmounts its bpffs.
+pub mod frames;
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context as _};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// One host of a lab.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Network namespace name.
+    pub netns: String,
+    /// The host's interface towards the bridge.
+    pub ifname: String,
+    pub addr: Ipv4Addr,
+}
+
+/// N hosts on a bridge. See the module documentation.
+pub struct Lab {
+    id: String,
+    switch: String,
+    hosts: Vec<Host>,
+    dir: PathBuf,
+    bpffs: Option<PathBuf>,
+}
+
+/// The address of host `i` (0-based): 198.18.0.(i+1).
+pub fn host_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, (i + 1) as u8)
+}
+
+impl Lab {
+    /// Creates `n` hosts (at most 200) on a fresh bridge.
+    pub fn new(n: usize) -> anyhow::Result<Lab> {
+        if n == 0 || n > 200 {
+            bail!("a lab has 1..=200 hosts, not {n}");
+        }
+        let id = format!(
+            "hl{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("hapd-lab-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab {
+            switch: format!("{id}-sw"),
+            id,
+            hosts: Vec::new(),
+            dir,
+            bpffs: None,
+        };
+        // From here on Drop cleans up whatever was made, also on error.
+        lab.build(n)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, n: usize) -> anyhow::Result<()> {
+        let sw = self.switch.clone();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 0..n {
+            let host = Host {
+                netns: format!("{}-h{i}", self.id),
+                ifname: "eth0".into(),
+                addr: host_addr(i),
+            };
+            ip(&["netns", "add", &host.netns])?;
+            self.hosts.push(host.clone());
+            let port = format!("p{i}");
+            ip(&[
+                "-n",
+                &sw,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &host.netns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &host.netns, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &host.netns,
+                "addr",
+                "add",
+                &format!("{}/24", host.addr),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &host.netns, "link", "set", "eth0", "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Mounts a private bpffs for this lab (needed for pinning: `/sys/fs/bpf` is not mounted
+    /// here and `ip netns exec` remounts `/sys`). Returns its path.
+    pub fn bpffs(&mut self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.bpffs {
+            return Ok(p.clone());
+        }
+        let p = self.dir.join("bpf");
+        std::fs::create_dir_all(&p)?;
+        nix::mount::mount(
+            Some("bpf"),
+            &p,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpffs at {}", p.display()))?;
+        self.bpffs = Some(p.clone());
+        Ok(p)
+    }
+
+    /// A per-lab scratch directory (configs, logs), removed with the lab.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i]
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The bridge's namespace (to cut a host's port: `ip -n <switch> link set p<i> down`).
+    pub fn switch(&self) -> &str {
+        &self.switch
+    }
+
+    /// A command that runs `argv` inside host `i`.
+    pub fn command(&self, i: usize, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.hosts[i].netns]).args(argv);
+        c
+    }
+
+    /// Runs `argv` in host `i` to completion; fails with its stderr when it fails.
+    pub fn exec(&self, i: usize, argv: &[&str]) -> anyhow::Result<Output> {
+        let out = self
+            .command(i, argv)
+            .output()
+            .with_context(|| format!("running {argv:?} in {}", self.hosts[i].netns))?;
+        if !out.status.success() {
+            bail!(
+                "{argv:?} in {} failed: {}",
+                self.hosts[i].netns,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// Starts `argv` in host `i` with stdout and stderr piped. The lab kills it when dropped.
+    pub fn spawn(&self, i: usize, argv: &[&str]) -> anyhow::Result<Child> {
+        self.command(i, argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {argv:?} in {}", self.hosts[i].netns))
+    }
+
+    /// Runs `f` on a thread that has entered host `i`'s network namespace: sockets it opens
+    /// belong to that host.
+    pub fn in_netns<R: Send>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> anyhow::Result<R> + Send,
+    ) -> anyhow::Result<R> {
+        let path = format!("/run/netns/{}", self.hosts[i].netns);
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("entering {path}"))?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+        })
+    }
+
+    /// Interface index of `ifname` in host `i`.
+    pub fn ifindex(&self, i: usize, ifname: &str) -> anyhow::Result<u32> {
+        let name = ifname.to_owned();
+        self.in_netns(i, move || {
+            let c = std::ffi::CString::new(name.clone())?;
+            // SAFETY: c is a valid C string.
+            let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+            if idx == 0 {
+                bail!("no interface {name}");
+            }
+            Ok(idx)
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let mut namespaces: Vec<String> = self.hosts.iter().map(|h| h.netns.clone()).collect();
+        namespaces.push(self.switch.clone());
+        for ns in &namespaces {
+            kill_all_in(ns);
+        }
+        for ns in &namespaces {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(p) = &self.bpffs {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGKILLs every process in namespace `ns` and waits (briefly) until none is left.
+fn kill_all_in(ns: &str) {
+    for _ in 0..50 {
+        let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+            return;
+        };
+        let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            // Never ourselves (a thread of ours may sit in the namespace).
+            .filter(|&p| p != std::process::id() as i32)
+            .collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The VRRP guard's decision procedure, shared by the XDP program and the raw-socket fallback.
+//!
+//! [`classify`] looks at one Ethernet frame and returns a [`Verdict`]; [`record_advert`] folds a
+//! valid advert into the per-instance [`AdvertRecord`] and says whether userspace must be woken.
+//! Neither allocates, panics or loops without a bound, so both compile for the BPF target and
+//! pass the verifier.
+
+use crate::maps::{
+    AdvertRecord, InstanceConfig, InstanceKey, PeerKey, Reason, CFG_PEER_FILTER,
+    CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE,
+    EV_PRIORITY_ZERO,
+};
+use crate::vrrp::{self, field, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_TTL};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV4_MIN_HLEN: usize = 20;
+/// Bits of the IPv4 flags/fragment-offset word: More Fragments and the offset.
+const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+/// Upper bound for any offset the guard reads at: two VLAN tags, a 60-byte IPv4 header and the
+/// largest VRRP message fit well below it. Implementations of [`Frame`] for BPF refuse offsets
+/// beyond it, which lets the verifier prove every packet access bounded.
+pub const MAX_OFFSET: usize = 0x0fff;
+
+/// Bounds-checked read access to one frame.
+pub trait Frame {
+    /// The `N` bytes at `off`, or `None` when the frame is shorter than `off + N`.
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+
+    #[inline(always)]
+    fn u8_at(&self, off: usize) -> Option<u8> {
+        self.bytes::<1>(off).map(|b| b[0])
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, off: usize) -> Option<u16> {
+        self.bytes::<2>(off).map(u16::from_be_bytes)
+    }
+}
+
+impl Frame for [u8] {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let end = off.checked_add(N)?;
+        let s = self.get(off..end)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Some(out)
+    }
+}
+
+/// The configuration the guard consults: `vrrp_instances` and `vrrp_peers`.
+pub trait Tables {
+    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig>;
+    fn is_peer(&self, key: &PeerKey) -> bool;
+}
+
+/// A valid advertisement, as far as the guard checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advert {
+    pub key: InstanceKey,
+    pub src: [u8; 4],
+    pub version: u8,
+    pub priority: u8,
+    pub addr_count: u8,
+    /// Advertisement interval in centiseconds (v2: seconds x 100).
+    pub interval_cs: u16,
+}
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not VRRP (or not IPv4): pass untouched and uncounted.
+    Pass,
+    /// A valid advert: record it, count it as accepted, pass it to the stack.
+    Advert(Advert),
+    /// Protocol 112 that must not reach VRRP: drop and count by reason.
+    Drop(Reason),
+}
+
+/// Decides what to do with the Ethernet frame `f` that arrived on `ifindex`.
+///
+/// Parses up to two VLAN tags (802.1ad outer, 802.1Q inner) so that a tag is no way around the
+/// filter, and honours the IPv4 header length so that options are none either.
+#[inline(always)]
+pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, ifindex: u32, t: &T) -> Verdict {
+    let Some(mut ethertype) = f.be16_at(12) else {
+        return Verdict::Pass;
+    };
+    let mut l3 = ETH_HLEN;
+    // One 802.1Q tag, or an 802.1ad tag followed by an 802.1Q tag.
+    let mut tags = 0;
+    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        match f.be16_at(l3 + 2) {
+            Some(inner) => ethertype = inner,
+            None => return Verdict::Pass,
+        }
+        l3 += 4;
+        tags += 1;
+    }
+    if ethertype != ETH_P_IPV4 {
+        // IPv6, ARP, anything else, and frames with more than two tags, which the kernel does
+        // not deliver to an IP stack either.
+        return Verdict::Pass;
+    }
+    classify_ipv4(f, l3, ifindex, t)
+}
+
+/// The IPv4 part of [`classify`]: `l3` is the offset of the IPv4 header in `f`.
+#[inline(always)]
+pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
+    f: &F,
+    l3: usize,
+    ifindex: u32,
+    t: &T,
+) -> Verdict {
+    let Some(proto) = f.u8_at(l3 + 9) else {
+        return Verdict::Pass; // too short to be protocol 112
+    };
+    if proto != IPPROTO_VRRP {
+        return Verdict::Pass;
+    }
+    let Some(vihl) = f.u8_at(l3) else {
+        return Verdict::Drop(Reason::Truncated);
+    };
+    if vihl >> 4 != 4 {
+        return Verdict::Pass; // not IPv4 after all; the kernel drops it
+    }
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        return Verdict::Drop(Reason::Length);
+    }
+    let Some(hdr) = f.bytes::<IPV4_MIN_HLEN>(l3) else {
+        return Verdict::Drop(Reason::Truncated);
+    };
+    let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
+    if frag & IP_MF_OFFSET_MASK != 0 {
+        return Verdict::Drop(Reason::Fragment);
+    }
+    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    if total < ihl {
+        return Verdict::Drop(Reason::Length);
+    }
+    let vrrp = l3 + ihl;
+    let vlen = total - ihl;
+    if vlen > vrrp::MAX_MESSAGE_LEN {
+        return Verdict::Drop(Reason::Length);
+    }
+    // The frame must hold the whole IP packet (it may hold Ethernet padding beyond it).
+    if f.u8_at(l3 + total - 1).is_none() {
+        return Verdict::Drop(Reason::Truncated);
+    }
+    let Some(h) = f.bytes::<{ vrrp::HEADER_LEN }>(vrrp) else {
+        return Verdict::Drop(Reason::Truncated);
+    };
+    if vlen < vrrp::HEADER_LEN {
+        return Verdict::Drop(Reason::Truncated);
+    }
+    // RFC 5798 section 7.1: the TTL MUST be 255.
+    if hdr[8] != VRRP_TTL {
+        return Verdict::Drop(Reason::Ttl);
+    }
+    // RFC 5798 section 7.1: the version MUST be 3 (2 for RFC 3768 instances).
+    let version = h[field::VER_TYPE] >> 4;
+    if version != 2 && version != 3 {
+        return Verdict::Drop(Reason::Version);
+    }
+    if h[field::VER_TYPE] & 0x0f != TYPE_ADVERTISEMENT {
+        return Verdict::Drop(Reason::Type);
+    }
+    // RFC 5798 section 7.1: the VRID MUST be configured on the receiving interface.
+    let vrid = h[field::VRID];
+    let key = InstanceKey::new(ifindex, vrid);
+    let Some(cfg) = t.instance(&key) else {
+        return Verdict::Drop(Reason::UnknownVrid);
+    };
+    if version != cfg.version {
+        return Verdict::Drop(Reason::Version);
+    }
+    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
+    if cfg.flags & CFG_PEER_FILTER != 0 && !t.is_peer(&PeerKey::new(ifindex, vrid, src)) {
+        return Verdict::Drop(Reason::NotPeer);
+    }
+    // RFC 5798 section 7.1: the length MUST be consistent with Count IPvX Addr (at least one).
+    let count = h[field::COUNT];
+    if count == 0 || vlen != vrrp::message_len(version, count) {
+        return Verdict::Drop(Reason::Length);
+    }
+    let pseudo = version == 3 && cfg.flags & CFG_V3_PSEUDO_HEADER != 0;
+    let mut sum: u32 = if pseudo {
+        // Pseudo-header: source, destination, zero, protocol, VRRP length (RFC 5798 5.2.8).
+        be_sum(&hdr[12..20]) + IPPROTO_VRRP as u32 + vlen as u32
+    } else {
+        0
+    };
+    match message_sum(f, vrrp, vlen) {
+        Some(s) => sum += s,
+        None => return Verdict::Drop(Reason::Truncated),
+    }
+    if fold(sum) != 0xffff {
+        return Verdict::Drop(Reason::Checksum);
+    }
+    let interval_cs = if version == 3 {
+        // RFC 5798 section 5.2.7: 12-bit Max Adver Int in centiseconds.
+        (((h[field::B4] & 0x0f) as u16) << 8) | h[field::B5] as u16
+    } else {
+        // RFC 3768 section 5.3.7: Adver Int in seconds.
+        h[field::B5] as u16 * 100
+    };
+    if interval_cs == 0 {
+        return Verdict::Drop(Reason::Interval);
+    }
+    if version == 2 {
+        // RFC 3768 section 5.3.6 / RFC 2338 section 5.3.6.1: Auth Type and simple password.
+        if h[field::B4] != cfg.auth_type {
+            return Verdict::Drop(Reason::Auth);
+        }
+        if cfg.auth_type == vrrp::AUTH_PASS {
+            let at = vrrp + vrrp::HEADER_LEN + 4 * count as usize;
+            match f.bytes::<{ vrrp::V2_AUTH_LEN }>(at) {
+                Some(pass) if pass == cfg.auth_pass => {}
+                Some(_) => return Verdict::Drop(Reason::Auth),
+                None => return Verdict::Drop(Reason::Truncated),
+            }
+        }
+    }
+    Verdict::Advert(Advert {
+        key,
+        src,
+        version,
+        priority: h[field::PRIORITY],
+        addr_count: count,
+        interval_cs,
+    })
+}
+
+/// Sum of big-endian 16-bit words of an even-length byte slice (a few words only).
+#[inline(always)]
+fn be_sum(b: &[u8]) -> u32 {
+    let mut s = 0u32;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        s += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    s
+}
+
+/// One's complement sum (unfolded) of the `len` bytes at `off`, in 4-byte words. VRRP
+/// messages are always a multiple of 4 bytes long (checked by the caller). The loop is bounded
+/// by the largest possible VRRP message so the verifier can prove termination.
+#[inline(always)]
+fn message_sum<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<u32> {
+    const MAX_WORDS: usize = vrrp::MAX_MESSAGE_LEN / 4;
+    let words = len / 4;
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i < MAX_WORDS {
+        if i >= words {
+            break;
+        }
+        let w = f.bytes::<4>(off + 4 * i)?;
+        sum += u16::from_be_bytes([w[0], w[1]]) as u64 + u16::from_be_bytes([w[2], w[3]]) as u64;
+        i += 1;
+    }
+    // At most 259 words of two 16-bit halves: the sum stays far below 2^32.
+    Some(sum as u32)
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// Internet checksum of `data` (RFC 1071), with an optional pseudo-header sum. Used by userspace
+/// to build adverts and test frames; the guard verifies with the same arithmetic.
+pub fn checksum(data: &[u8], pseudo: u32) -> u16 {
+    let mut sum: u64 = pseudo as u64;
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u16::from_be_bytes([c[0], c[1]]) as u64;
+    }
+    if let [last] = chunks.remainder() {
+        sum += (*last as u64) << 8;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The pseudo-header part of a v3 IPv4 checksum (RFC 5798 section 5.2.8).
+pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], vrrp_len: u16) -> u32 {
+    be_sum(&src) + be_sum(&dst) + IPPROTO_VRRP as u32 + vrrp_len as u32
+}
+
+/// Silence after which the next advert is reported as [`EV_AFTER_SILENCE`]: three advert
+/// intervals, i.e. Master_Down_Interval without the skew (RFC 5798 section 6.1).
+#[inline(always)]
+pub const fn silence_ns(interval_cs: u16) -> u64 {
+    3 * interval_cs as u64 * 10_000_000
+}
+
+/// Folds the valid advert `a`, seen at `now_ns`, into `rec` and returns the `EV_*` reasons to
+/// wake userspace (0: steady state, nothing to do).
+#[inline(always)]
+pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
+    let mut ev = 0;
+    if rec.adverts == 0 || now_ns.saturating_sub(rec.last_seen_ns) > silence_ns(rec.interval_cs) {
+        ev |= EV_AFTER_SILENCE;
+    } else {
+        if rec.master != a.src {
+            ev |= EV_NEW_SOURCE;
+        }
+        if rec.priority != a.priority {
+            ev |= EV_PRIORITY_CHANGE;
+        }
+        if rec.interval_cs != a.interval_cs {
+            ev |= EV_INTERVAL_CHANGE;
+        }
+    }
+    // RFC 5798 section 6.4.2: priority 0 means the master stepped down; act at once.
+    if a.priority == 0 {
+        ev |= EV_PRIORITY_ZERO;
+    }
+    rec.last_seen_ns = now_ns;
+    rec.adverts += 1;
+    rec.master = a.src;
+    rec.priority = a.priority;
+    rec.version = a.version;
+    rec.interval_cs = a.interval_cs;
+    ev
+}

@@ -1,0 +1,291 @@
+//! Layouts of the BPF maps the guard shares with userspace, and the map names.
+//!
+//! Rules for every type here: `#[repr(C)]`, fixed-width fields, padding spelled out as `_pad`
+//! fields that are always zero (hash keys are compared byte for byte by the kernel), and a size
+//! asserted at compile time. Changing any layout must bump [`LAYOUT_VERSION`]: userspace checks
+//! pinned maps against these sizes before reusing them.
+
+/// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
+/// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
+pub const MAP_INSTANCES: &str = "vrrp_instances";
+pub const MAP_PEERS: &str = "vrrp_peers";
+pub const MAP_ADVERTS: &str = "vrrp_adverts";
+pub const MAP_STATS: &str = "guard_stats";
+pub const MAP_EVENTS: &str = "vrrp_events";
+/// All maps, in the order they are checked and pinned.
+pub const ALL_MAPS: [&str; 5] = [MAP_INSTANCES, MAP_PEERS, MAP_ADVERTS, MAP_STATS, MAP_EVENTS];
+
+/// Capacity of the instance maps: VRRP instances one daemon can run (VRIDs x interfaces).
+pub const MAX_INSTANCES: u32 = 256;
+/// Capacity of the peer map: allowed (interface, VRID, source) triples.
+pub const MAX_PEERS: u32 = 4096;
+/// Size of the event ring buffer in bytes (a power of two and a multiple of the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// The program name of the XDP guard in the object file.
+pub const PROGRAM_NAME: &str = "hapd_vrrp_guard";
+
+/// Key of `vrrp_instances` and `vrrp_adverts`: one VRRP instance on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct InstanceKey {
+    /// Interface index the frame arrived on (`xdp_md.ingress_ifindex`).
+    pub ifindex: u32,
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    pub _pad: [u8; 3],
+}
+
+impl InstanceKey {
+    #[inline(always)]
+    pub const fn new(ifindex: u32, vrid: u8) -> Self {
+        Self {
+            ifindex,
+            vrid,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `InstanceConfig::flags`: only sources in `vrrp_peers` may speak for this VRID.
+pub const CFG_PEER_FILTER: u8 = 1 << 0;
+/// `InstanceConfig::flags`: v3 IPv4 checksum includes the IPv4 pseudo-header (keepalived's
+/// default); clear means the checksum covers the VRRP message only (RFC 9568 section 5.2.8).
+pub const CFG_V3_PSEUDO_HEADER: u8 = 1 << 1;
+
+/// Value of `vrrp_instances`: what the guard must know about a configured instance.
+/// Written by userspace only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InstanceConfig {
+    /// 2 or 3; adverts of the other version are dropped.
+    pub version: u8,
+    /// `CFG_*` bits.
+    pub flags: u8,
+    /// v2 only: expected Auth Type (0 none, 1 PASS).
+    pub auth_type: u8,
+    pub _pad: [u8; 5],
+    /// v2 PASS only: the password, zero padded to 8 bytes (RFC 2338 section 5.3.10).
+    pub auth_pass: [u8; 8],
+}
+
+/// Key of `vrrp_peers`: a source address allowed to speak for one instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub ifindex: u32,
+    /// IPv4 source address in network byte order as it appears on the wire.
+    pub addr: [u8; 4],
+    pub vrid: u8,
+    pub _pad: [u8; 3],
+}
+
+impl PeerKey {
+    #[inline(always)]
+    pub const fn new(ifindex: u32, vrid: u8, addr: [u8; 4]) -> Self {
+        Self {
+            ifindex,
+            addr,
+            vrid,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Value of `vrrp_peers`: nothing but presence matters; the value is 1.
+pub type PeerValue = u32;
+
+/// Value of `vrrp_adverts`: the last valid advert the guard saw for an instance. Entries are
+/// created (zeroed) by userspace for every configured instance and updated in place by the guard.
+///
+/// The userspace master-down timer reads `last_seen_ns` (the kernel's `CLOCK_MONOTONIC`, the
+/// same clock as `clock_gettime(CLOCK_MONOTONIC)`) when its deadline expires, instead of being
+/// woken for every advert.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AdvertRecord {
+    /// `bpf_ktime_get_ns()` of the last valid advert; 0 = never.
+    pub last_seen_ns: u64,
+    /// Valid adverts seen since the entry was created.
+    pub adverts: u64,
+    /// Source address of the last valid advert (the current master as seen from here).
+    pub master: [u8; 4],
+    /// Priority in the last valid advert.
+    pub priority: u8,
+    /// VRRP version of the last valid advert.
+    pub version: u8,
+    /// Advertisement interval of the last valid advert in centiseconds (v2 seconds x 100).
+    pub interval_cs: u16,
+}
+
+/// Why the guard woke userspace (`GuardEvent::flags`).
+pub const EV_NEW_SOURCE: u8 = 1 << 0;
+pub const EV_PRIORITY_CHANGE: u8 = 1 << 1;
+pub const EV_PRIORITY_ZERO: u8 = 1 << 2;
+pub const EV_INTERVAL_CHANGE: u8 = 1 << 3;
+/// First advert ever, or the first after more than three advert intervals of silence.
+pub const EV_AFTER_SILENCE: u8 = 1 << 4;
+
+/// One record of the `vrrp_events` ring buffer: an advert userspace must act on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardEvent {
+    /// Kernel `CLOCK_MONOTONIC` time of the advert.
+    pub time_ns: u64,
+    pub ifindex: u32,
+    pub src: [u8; 4],
+    pub vrid: u8,
+    pub priority: u8,
+    pub version: u8,
+    /// `EV_*` bits.
+    pub flags: u8,
+    pub interval_cs: u16,
+    /// Count IPvX Addr of the advert.
+    pub addr_count: u8,
+    /// Priority of the previous advert, for logging a change.
+    pub prev_priority: u8,
+}
+
+/// Why the guard decided what it did. One counter each in [`GuardCounters`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// A valid advert, recorded and passed on.
+    Accepted = 0,
+    /// Source is not an allowed peer of that VRID on that interface.
+    NotPeer,
+    /// TTL is not 255 (RFC 5798 section 7.1): sent from behind a router.
+    Ttl,
+    /// Version is not 2 or 3, or not the version configured for the VRID.
+    Version,
+    /// Type is not ADVERTISEMENT.
+    Type,
+    /// No instance with that VRID on that interface.
+    UnknownVrid,
+    /// IP or VRRP length inconsistent with the address count (or no address at all).
+    Length,
+    /// VRRP checksum wrong.
+    Checksum,
+    /// Frame ends before the headers it claims.
+    Truncated,
+    /// A fragment of a protocol-112 packet (VRRP is never fragmented).
+    Fragment,
+    /// v2 authentication type or password does not match.
+    Auth,
+    /// Advertisement interval of zero.
+    Interval,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::Accepted,
+        Reason::NotPeer,
+        Reason::Ttl,
+        Reason::Version,
+        Reason::Type,
+        Reason::UnknownVrid,
+        Reason::Length,
+        Reason::Checksum,
+        Reason::Truncated,
+        Reason::Fragment,
+        Reason::Auth,
+        Reason::Interval,
+    ];
+
+    /// The counter's name as it appears in `bpftool map dump` and in logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Accepted => "accepted",
+            Reason::NotPeer => "drop_not_peer",
+            Reason::Ttl => "drop_ttl",
+            Reason::Version => "drop_version",
+            Reason::Type => "drop_type",
+            Reason::UnknownVrid => "drop_unknown_vrid",
+            Reason::Length => "drop_length",
+            Reason::Checksum => "drop_checksum",
+            Reason::Truncated => "drop_truncated",
+            Reason::Fragment => "drop_fragment",
+            Reason::Auth => "drop_auth",
+            Reason::Interval => "drop_interval",
+        }
+    }
+}
+
+/// Value of the per-CPU `guard_stats` array (one entry): packet counts by decision. The field
+/// names are what `bpftool map dump pinned <pin_dir>/guard_stats` prints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardCounters {
+    pub accepted: u64,
+    pub drop_not_peer: u64,
+    pub drop_ttl: u64,
+    pub drop_version: u64,
+    pub drop_type: u64,
+    pub drop_unknown_vrid: u64,
+    pub drop_length: u64,
+    pub drop_checksum: u64,
+    pub drop_truncated: u64,
+    pub drop_fragment: u64,
+    pub drop_auth: u64,
+    pub drop_interval: u64,
+    /// Events that did not fit in the ring buffer (userspace too slow).
+    pub events_lost: u64,
+}
+
+impl GuardCounters {
+    #[inline(always)]
+    pub fn slot(&mut self, reason: Reason) -> &mut u64 {
+        match reason {
+            Reason::Accepted => &mut self.accepted,
+            Reason::NotPeer => &mut self.drop_not_peer,
+            Reason::Ttl => &mut self.drop_ttl,
+            Reason::Version => &mut self.drop_version,
+            Reason::Type => &mut self.drop_type,
+            Reason::UnknownVrid => &mut self.drop_unknown_vrid,
+            Reason::Length => &mut self.drop_length,
+            Reason::Checksum => &mut self.drop_checksum,
+            Reason::Truncated => &mut self.drop_truncated,
+            Reason::Fragment => &mut self.drop_fragment,
+            Reason::Auth => &mut self.drop_auth,
+            Reason::Interval => &mut self.drop_interval,
+        }
+    }
+
+    pub fn get(&self, reason: Reason) -> u64 {
+        let mut copy = *self;
+        *copy.slot(reason)
+    }
+
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, other: &GuardCounters) {
+        for r in Reason::ALL {
+            *self.slot(r) += other.get(r);
+        }
+        self.events_lost += other.events_lost;
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<InstanceKey>() == 8);
+    assert!(core::mem::size_of::<InstanceConfig>() == 16);
+    assert!(core::mem::size_of::<PeerKey>() == 12);
+    assert!(core::mem::size_of::<AdvertRecord>() == 24);
+    assert!(core::mem::size_of::<GuardEvent>() == 24);
+    assert!(core::mem::size_of::<GuardCounters>() == 13 * 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, with every
+    // padding byte an explicit field, so any bit pattern is a valid value.
+    unsafe impl aya::Pod for InstanceKey {}
+    unsafe impl aya::Pod for InstanceConfig {}
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for AdvertRecord {}
+    unsafe impl aya::Pod for GuardEvent {}
+    unsafe impl aya::Pod for GuardCounters {}
+}

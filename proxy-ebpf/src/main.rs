@@ -1,0 +1,156 @@
+//! hapd's XDP VRRP guard.
+//!
+//! Attached to every interface that carries a VRRP instance. Non-VRRP traffic passes untouched
+//! after a few loads; protocol-112 packets are judged by [`proxy_common::guard::classify`] (the
+//! same code the raw-socket fallback runs in userspace): invalid ones are dropped and counted by
+//! reason, valid ones are recorded in `vrrp_adverts` and passed on, and userspace is woken through
+//! `vrrp_events` only when it has to act.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use proxy_common::{
+    guard::{classify, record_advert, Frame, Tables, Verdict, MAX_OFFSET},
+    maps::{
+        AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, PeerValue,
+        Reason, EVENTS_BYTES, MAX_INSTANCES, MAX_PEERS,
+    },
+};
+
+/// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
+/// recognised. Not used by the program itself.
+#[btf_map]
+static hapd_layout: Array<u32, 1> = Array::new();
+#[btf_map]
+static vrrp_instances: HashMap<InstanceKey, InstanceConfig, { MAX_INSTANCES as usize }> =
+    HashMap::new();
+#[btf_map]
+static vrrp_peers: HashMap<PeerKey, PeerValue, { MAX_PEERS as usize }> = HashMap::new();
+#[btf_map]
+static vrrp_adverts: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize }> =
+    HashMap::new();
+#[btf_map]
+static guard_stats: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
+#[btf_map]
+static vrrp_events: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// The packet between `data` and `data_end`.
+struct XdpFrame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame for XdpFrame {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_OFFSET {
+            return None;
+        }
+        let p = self.start + off;
+        if p + N > self.end {
+            return None;
+        }
+        // SAFETY: [p, p + N) lies inside the packet (checked against data_end just above), and
+        // [u8; N] has alignment 1.
+        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+    }
+}
+
+struct Maps;
+
+impl Tables for Maps {
+    #[inline(always)]
+    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig> {
+        // SAFETY: the value is copied out at once; userspace replaces whole values only.
+        unsafe { vrrp_instances.get(key).copied() }
+    }
+
+    #[inline(always)]
+    fn is_peer(&self, key: &PeerKey) -> bool {
+        vrrp_peers.get_ptr(key).is_some()
+    }
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
+    if let Some(c) = guard_stats.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot of this CPU; XDP runs with preemption disabled.
+        unsafe { *(*c).slot(reason) += 1 };
+    }
+}
+
+#[xdp]
+pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match classify(&frame, ifindex, &Maps) {
+        Verdict::Pass => XDP_PASS,
+        Verdict::Drop(reason) => {
+            count(reason);
+            XDP_DROP
+        }
+        Verdict::Advert(advert) => {
+            count(Reason::Accepted);
+            let Some(rec) = vrrp_adverts.get_ptr_mut(advert.key) else {
+                // Userspace creates a record with every instance; a missing one means the
+                // instance is being removed right now. Nothing to record.
+                return XDP_PASS;
+            };
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            // SAFETY: rec points into the map value, valid for this program run. Two CPUs
+            // updating the same VRID at once may interleave fields; the next advert repairs it.
+            let (prev_priority, ev) = unsafe {
+                let prev = (*rec).priority;
+                (prev, record_advert(&mut *rec, &advert, now))
+            };
+            if ev != 0 {
+                let event = GuardEvent {
+                    time_ns: now,
+                    ifindex,
+                    src: advert.src,
+                    vrid: advert.key.vrid,
+                    priority: advert.priority,
+                    version: advert.version,
+                    flags: ev,
+                    interval_cs: advert.interval_cs,
+                    addr_count: advert.addr_count,
+                    prev_priority,
+                };
+                if vrrp_events.output(&event, 0).is_err() {
+                    if let Some(c) = guard_stats.get_ptr_mut(0) {
+                        // SAFETY: as in count().
+                        unsafe { (*c).events_lost += 1 };
+                    }
+                    // Rare by construction: events are few; a full ring means userspace hangs.
+                    warn!(
+                        &ctx,
+                        "hapd guard: event ring full, vrid {} event lost", advert.key.vrid
+                    );
+                }
+            }
+            XDP_PASS
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,502 @@
+//! The configuration file: one TOML file per node (see `docs/configuration.md`).
+//!
+//! Parsing is strict (`deny_unknown_fields`), bounded values are checked as they are read, and
+//! the cross-field rules live in [`Config::validate`]. Every error names the file, the line and
+//! the key; nothing is applied before the whole file is valid.
+mod types;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use types::{Dur, Priority, V3Checksum, Vrid, VrrpVersion, XdpMode};
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Dotted key path, e.g. `vrrp[0].auth_pass`, when known.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Something valid but worth an operator's attention; printed by `hapd check` and logged by
+/// `hapd run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: Node,
+    #[serde(default)]
+    pub vrrp: Vec<Spanned<Vrrp>>,
+    #[serde(default)]
+    pub track_script: Vec<Spanned<TrackScript>>,
+    /// Proxy sections: read and kept here, checked by the proxy (`[server]`, `[tls]`,
+    /// `[[listener]]`, `[[upstream]]`, `[[vhost]]`).
+    #[serde(default)]
+    pub server: Option<toml::Table>,
+    #[serde(default)]
+    pub tls: Option<toml::Table>,
+    #[serde(default)]
+    pub listener: Vec<toml::Table>,
+    #[serde(default)]
+    pub upstream: Vec<toml::Table>,
+    #[serde(default)]
+    pub vhost: Vec<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// Router id: shown in logs, notify and status.
+    pub name: String,
+    /// Directory on a bpffs where the guard's maps are pinned.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Admin endpoint address (status, metrics, health).
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/hapd")
+}
+
+fn default_admin() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9100))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vrrp {
+    pub name: String,
+    pub interface: String,
+    pub vrid: Vrid,
+    pub priority: Priority,
+    #[serde(default)]
+    pub version: VrrpVersion,
+    #[serde(default = "default_advert_interval")]
+    pub advert_interval: Dur,
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    #[serde(default)]
+    pub preempt_delay: Dur,
+    pub virtual_ips: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub peers: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub unicast: bool,
+    #[serde(default)]
+    pub auth_pass: Option<String>,
+    #[serde(default)]
+    pub v3_checksum: V3Checksum,
+    #[serde(default)]
+    pub xdp: XdpMode,
+    #[serde(default)]
+    pub track_proxy: Option<TrackProxy>,
+    #[serde(default)]
+    pub track_scripts: Vec<String>,
+    #[serde(default)]
+    pub notify: Vec<String>,
+    #[serde(default)]
+    pub notify_webhook: Option<String>,
+    #[serde(default)]
+    pub garp: Garp,
+    #[serde(default)]
+    pub fence: Vec<String>,
+}
+
+fn default_advert_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct TrackProxy {
+    pub weight: i32,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct Garp {
+    #[serde(default = "default_garp_repeat")]
+    pub repeat: u32,
+    #[serde(default = "default_garp_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_garp_refresh")]
+    pub refresh: Dur,
+}
+
+impl Default for Garp {
+    fn default() -> Self {
+        Garp {
+            repeat: default_garp_repeat(),
+            interval: default_garp_interval(),
+            refresh: default_garp_refresh(),
+        }
+    }
+}
+
+fn default_garp_repeat() -> u32 {
+    5
+}
+fn default_garp_interval() -> Dur {
+    Dur(Duration::from_millis(10))
+}
+fn default_garp_refresh() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackScript {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default = "default_script_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_script_timeout")]
+    pub timeout: Dur,
+    #[serde(default)]
+    pub weight: i32,
+    #[serde(default = "one")]
+    pub fall: u32,
+    #[serde(default = "one")]
+    pub rise: u32,
+}
+
+fn default_script_interval() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn default_script_timeout() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+fn one() -> u32 {
+    1
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+const IFNAMSIZ_MAX: usize = 15;
+/// v2 simple password length (RFC 2338 section 5.3.10).
+const AUTH_PASS_MAX: usize = 8;
+
+impl Config {
+    /// Reads, parses and validates `path`. Returns the config and its warnings.
+    pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            key: None,
+            message: e.message().trim_end().to_string(),
+        })?;
+        let warnings = config
+            .validate()
+            .map_err(|(span, key, message)| ConfigError {
+                file: path.to_owned(),
+                line: span.map(|s| line_of(text, s.start)),
+                key: Some(key),
+                message,
+            })?;
+        Ok((config, warnings))
+    }
+
+    /// Cross-field rules. An error is (span of the enclosing table, key path, message).
+    #[allow(clippy::type_complexity)]
+    fn validate(&self) -> Result<Vec<Warning>, (Option<Range<usize>>, String, String)> {
+        let mut warnings = Vec::new();
+        if self.node.name.trim().is_empty() {
+            return Err((None, "node.name".into(), "must not be empty".into()));
+        }
+        if !self.node.pin_dir.is_absolute() {
+            return Err((
+                None,
+                "node.pin_dir".into(),
+                "must be an absolute path".into(),
+            ));
+        }
+
+        let mut scripts = HashMap::new();
+        for (i, s) in self.track_script.iter().enumerate() {
+            let err = |k: &str, m: String| (Some(s.span()), format!("track_script[{i}].{k}"), m);
+            let s = s.get_ref();
+            if s.name.is_empty() {
+                return Err(err("name", "must not be empty".into()));
+            }
+            if scripts.insert(s.name.as_str(), i).is_some() {
+                return Err(err("name", format!("{:?} is defined twice", s.name)));
+            }
+            if s.command.first().is_none_or(|c| c.is_empty()) {
+                return Err(err("command", "needs a program (argv, no shell)".into()));
+            }
+            if s.interval.0.is_zero() {
+                return Err(err("interval", "must be greater than 0".into()));
+            }
+            if s.timeout.0.is_zero() {
+                return Err(err("timeout", "must be greater than 0".into()));
+            }
+            if !(-253..=253).contains(&s.weight) {
+                return Err(err(
+                    "weight",
+                    format!("must be -253..=253, got {}", s.weight),
+                ));
+            }
+            if s.fall == 0 {
+                return Err(err("fall", "must be at least 1".into()));
+            }
+            if s.rise == 0 {
+                return Err(err("rise", "must be at least 1".into()));
+            }
+        }
+
+        let mut names = HashSet::new();
+        let mut ids = HashSet::new();
+        let mut modes: HashMap<&str, XdpMode> = HashMap::new();
+        for (i, v) in self.vrrp.iter().enumerate() {
+            let span = v.span();
+            let v = v.get_ref();
+            let key = |k: &str| format!("vrrp[{i}].{k}");
+            let err = |k: &str, m: String| (Some(span.clone()), key(k), m);
+            if v.name.is_empty() {
+                return Err(err("name", "must not be empty".into()));
+            }
+            if !names.insert(v.name.as_str()) {
+                return Err(err(
+                    "name",
+                    format!("{:?} is used by two instances", v.name),
+                ));
+            }
+            if v.interface.is_empty()
+                || v.interface.len() > IFNAMSIZ_MAX
+                || v.interface.contains('/')
+            {
+                return Err(err(
+                    "interface",
+                    format!("{:?} is not an interface name", v.interface),
+                ));
+            }
+            if !ids.insert((v.interface.as_str(), v.vrid)) {
+                return Err(err(
+                    "vrid",
+                    format!("vrid {} is used twice on interface {}", v.vrid, v.interface),
+                ));
+            }
+            if let Some(&other) = modes.get(v.interface.as_str()) {
+                if other != v.xdp {
+                    return Err(err(
+                        "xdp",
+                        format!(
+                            "{} differs from {other} set by another instance on {}; one guard \
+                             runs per interface",
+                            v.xdp, v.interface
+                        ),
+                    ));
+                }
+            }
+            modes.insert(v.interface.as_str(), v.xdp);
+
+            let iv = v.advert_interval.0;
+            match v.version {
+                VrrpVersion::V3 => {
+                    // RFC 5798 section 5.2.7: 12 bits of centiseconds.
+                    if iv < Duration::from_millis(10)
+                        || iv > Duration::from_millis(40_950)
+                        || iv.as_nanos() % 10_000_000 != 0
+                    {
+                        return Err(err(
+                            "advert_interval",
+                            format!(
+                                "{} is not a v3 interval: 10ms..40.95s in steps of 10ms",
+                                v.advert_interval
+                            ),
+                        ));
+                    }
+                }
+                VrrpVersion::V2 => {
+                    // RFC 3768 section 5.3.7: 8 bits of whole seconds.
+                    if iv < Duration::from_secs(1)
+                        || iv > Duration::from_secs(255)
+                        || iv.subsec_nanos() != 0
+                    {
+                        return Err(err(
+                            "advert_interval",
+                            format!(
+                                "{} is not a v2 interval: whole seconds, 1s..255s",
+                                v.advert_interval
+                            ),
+                        ));
+                    }
+                }
+            }
+            match (&v.auth_pass, v.version) {
+                (Some(_), VrrpVersion::V3) => {
+                    return Err(err(
+                        "auth_pass",
+                        "VRRP v3 has no authentication (RFC 5798 section 9); use version = 2 or \
+                         remove auth_pass"
+                            .into(),
+                    ))
+                }
+                (Some(p), VrrpVersion::V2) => {
+                    if p.is_empty() || p.len() > AUTH_PASS_MAX {
+                        return Err(err(
+                            "auth_pass",
+                            format!(
+                                "must be 1..={AUTH_PASS_MAX} bytes, got {} (VRRP carries 8 bytes; \
+                                 hapd never truncates a password)",
+                                p.len()
+                            ),
+                        ));
+                    }
+                    warnings.push(Warning {
+                        key: key("auth_pass"),
+                        message: "PASS authentication sends the password in plaintext; the \
+                                  peers list is what keeps forged adverts out"
+                            .into(),
+                    });
+                }
+                (None, _) => {}
+            }
+            if v.virtual_ips.is_empty() {
+                return Err(err("virtual_ips", "needs at least one address".into()));
+            }
+            if v.virtual_ips.len() > 255 {
+                return Err(err(
+                    "virtual_ips",
+                    "at most 255 addresses fit in an advert".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for (j, p) in v.peers.iter().enumerate() {
+                if !seen.insert(p) {
+                    return Err(err(&format!("peers[{j}]"), format!("{p} is listed twice")));
+                }
+                if p.is_multicast() || p.is_broadcast() || p.is_unspecified() {
+                    return Err(err(
+                        &format!("peers[{j}]"),
+                        format!("{p} is not a host address"),
+                    ));
+                }
+            }
+            if v.peers.is_empty() {
+                if v.unicast {
+                    return Err(err(
+                        "peers",
+                        "unicast = true needs at least one peer".into(),
+                    ));
+                }
+                warnings.push(Warning {
+                    key: key("peers"),
+                    message: "no peers: the guard accepts adverts for this VRID from any source"
+                        .into(),
+                });
+            }
+            if let Some(tp) = v.track_proxy {
+                if !(-254..=254).contains(&tp.weight) {
+                    return Err(err(
+                        "track_proxy.weight",
+                        format!("must be -254..=254, got {}", tp.weight),
+                    ));
+                }
+            }
+            for (j, t) in v.track_scripts.iter().enumerate() {
+                if !scripts.contains_key(t.as_str()) {
+                    return Err(err(
+                        &format!("track_scripts[{j}]"),
+                        format!("no [[track_script]] named {t:?}"),
+                    ));
+                }
+            }
+            if v.notify.first().is_some_and(|c| c.is_empty()) {
+                return Err(err("notify", "the program name is empty".into()));
+            }
+            if v.fence.first().is_some_and(|c| c.is_empty()) {
+                return Err(err("fence", "the program name is empty".into()));
+            }
+            if let Some(url) = &v.notify_webhook {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(err(
+                        "notify_webhook",
+                        format!("{url:?} is not an http(s) URL"),
+                    ));
+                }
+            }
+            if v.garp.repeat == 0 || v.garp.repeat > 100 {
+                return Err(err(
+                    "garp.repeat",
+                    format!("must be 1..=100, got {}", v.garp.repeat),
+                ));
+            }
+            if v.garp.interval.0.is_zero() {
+                return Err(err("garp.interval", "must be greater than 0".into()));
+            }
+        }
+        if self.vrrp.is_empty() {
+            warnings.push(Warning {
+                key: "vrrp".into(),
+                message: "no [[vrrp]] instance: this node runs no failover".into(),
+            });
+        }
+        Ok(warnings)
+    }
+}
+
+/// 1-based line number of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests;

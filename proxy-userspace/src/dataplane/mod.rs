@@ -1,0 +1,310 @@
+//! The VRRP guard as the daemon sees it: XDP where it attaches, the raw-socket path where it
+//! does not, one interface for both: advert records, counters and events.
+pub mod bpffs;
+pub mod raw;
+pub mod xdp;
+
+use std::{collections::BTreeMap, path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use proxy_common::maps::{
+    AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, CFG_PEER_FILTER,
+    CFG_V3_PSEUDO_HEADER,
+};
+use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Config, V3Checksum, Vrrp, VrrpVersion, XdpMode};
+use xdp::{Attached, XdpGuard};
+
+/// One configured VRRP instance as the guard needs it.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub interface: String,
+    pub ifindex: u32,
+    pub vrid: u8,
+    pub version: u8,
+    pub peers: Vec<[u8; 4]>,
+    pub pseudo_header: bool,
+    pub auth_pass: Option<[u8; 8]>,
+    pub xdp: XdpMode,
+}
+
+impl InstanceSpec {
+    /// Builds the spec of `v`, resolving its interface in the current network namespace.
+    pub fn from_config(v: &Vrrp) -> anyhow::Result<Self> {
+        let ifindex = nix::net::if_::if_nametoindex(v.interface.as_str())
+            .with_context(|| format!("vrrp {:?}: interface {:?} not found", v.name, v.interface))?;
+        Ok(Self::new(v, ifindex))
+    }
+
+    /// Builds the spec of `v` for interface index `ifindex`.
+    pub fn new(v: &Vrrp, ifindex: u32) -> Self {
+        let auth_pass = v.auth_pass.as_ref().map(|p| {
+            let mut b = [0u8; 8];
+            // The config check caps the length at 8 bytes: copy, zero padded.
+            let n = p.len().min(8);
+            b[..n].copy_from_slice(&p.as_bytes()[..n]);
+            b
+        });
+        InstanceSpec {
+            name: v.name.clone(),
+            interface: v.interface.clone(),
+            ifindex,
+            vrid: v.vrid.get(),
+            version: v.version.number(),
+            peers: v.peers.iter().map(|p| p.octets()).collect(),
+            pseudo_header: v.version == VrrpVersion::V3
+                && v.v3_checksum == V3Checksum::PseudoHeader,
+            auth_pass,
+            xdp: v.xdp,
+        }
+    }
+
+    pub fn key(&self) -> InstanceKey {
+        InstanceKey::new(self.ifindex, self.vrid)
+    }
+
+    pub fn peer_keys(&self) -> impl Iterator<Item = PeerKey> + '_ {
+        self.peers
+            .iter()
+            .map(|a| PeerKey::new(self.ifindex, self.vrid, *a))
+    }
+
+    /// The `vrrp_instances` value for this instance.
+    pub fn guard_config(&self) -> InstanceConfig {
+        let mut flags = 0;
+        if !self.peers.is_empty() {
+            flags |= CFG_PEER_FILTER;
+        }
+        if self.pseudo_header {
+            flags |= CFG_V3_PSEUDO_HEADER;
+        }
+        InstanceConfig {
+            version: self.version,
+            flags,
+            auth_type: if self.auth_pass.is_some() {
+                AUTH_PASS
+            } else {
+                AUTH_NONE
+            },
+            _pad: [0; 5],
+            auth_pass: self.auth_pass.unwrap_or_default(),
+        }
+    }
+}
+
+/// How the guard runs on one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuardMode {
+    Xdp(Attached),
+    /// Userspace, on a raw socket.
+    Raw,
+}
+
+impl std::fmt::Display for GuardMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GuardMode::Xdp(a) => a.fmt(f),
+            GuardMode::Raw => f.write_str("raw socket (no XDP)"),
+        }
+    }
+}
+
+/// The running guard on all interfaces.
+pub struct Dataplane {
+    xdp: Option<XdpGuard>,
+    raw: Arc<raw::RawState>,
+    raw_tasks: Vec<tokio::task::JoinHandle<()>>,
+    modes: BTreeMap<String, GuardMode>,
+    /// Which interface index runs which mode, to find an instance's record.
+    by_ifindex: BTreeMap<u32, GuardMode>,
+    events: mpsc::Receiver<GuardEvent>,
+}
+
+impl Dataplane {
+    /// Loads and attaches the guard for every instance of `config`. Must run inside a tokio
+    /// runtime. On error nothing stays attached or pinned.
+    pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let specs = config
+            .vrrp
+            .iter()
+            .map(|v| InstanceSpec::from_config(v.get_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::start_with(&specs, Some(&config.node.pin_dir))
+    }
+
+    /// As [`Dataplane::start`], from resolved specs; `pin_dir` None keeps the maps unpinned.
+    pub fn start_with(specs: &[InstanceSpec], pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let (tx, events) = mpsc::channel(1024);
+        let mut per_iface: BTreeMap<&str, (u32, XdpMode)> = BTreeMap::new();
+        for s in specs {
+            per_iface.insert(&s.interface, (s.ifindex, s.xdp));
+        }
+        let wants_xdp = per_iface.values().any(|(_, m)| *m != XdpMode::Off);
+        let mut xdp = None;
+        if wants_xdp {
+            match XdpGuard::load(pin_dir) {
+                Ok(g) => xdp = Some(g),
+                Err(e) => {
+                    let strict: Vec<&str> = per_iface
+                        .iter()
+                        .filter(|(_, (_, m))| matches!(m, XdpMode::Native | XdpMode::Generic))
+                        .map(|(i, _)| *i)
+                        .collect();
+                    if !strict.is_empty() {
+                        return Err(e.context(format!(
+                            "xdp is required on {} (xdp = native/generic)",
+                            strict.join(", ")
+                        )));
+                    }
+                    warn!("XDP guard unavailable, using the raw-socket guard everywhere: {e:#}");
+                }
+            }
+        }
+        let mut dp = Dataplane {
+            xdp,
+            raw: Arc::new(raw::RawState::default()),
+            raw_tasks: Vec::new(),
+            modes: BTreeMap::new(),
+            by_ifindex: BTreeMap::new(),
+            events,
+        };
+        match dp.attach_all(specs, &per_iface, tx) {
+            Ok(()) => Ok(dp),
+            Err(e) => {
+                dp.shutdown();
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_all(
+        &mut self,
+        specs: &[InstanceSpec],
+        per_iface: &BTreeMap<&str, (u32, XdpMode)>,
+        tx: mpsc::Sender<GuardEvent>,
+    ) -> anyhow::Result<()> {
+        for (&iface, &(ifindex, mode)) in per_iface {
+            let tried: &[Attached] = match mode {
+                XdpMode::Auto => &[Attached::Native, Attached::Generic],
+                XdpMode::Native => &[Attached::Native],
+                XdpMode::Generic => &[Attached::Generic],
+                XdpMode::Off => &[],
+            };
+            let got = match (&mut self.xdp, tried.is_empty()) {
+                (Some(g), false) => {
+                    match g.attach(iface, tried) {
+                        Ok(a) => GuardMode::Xdp(a),
+                        Err(e) if mode == XdpMode::Auto => {
+                            warn!("{iface}: no XDP mode attaches ({e:#}); falling back to the raw socket");
+                            GuardMode::Raw
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => GuardMode::Raw,
+            };
+            info!("{iface}: VRRP guard runs as {got}");
+            self.modes.insert(iface.to_owned(), got);
+            self.by_ifindex.insert(ifindex, got);
+        }
+        let xdp_specs: Vec<&InstanceSpec> = specs
+            .iter()
+            .filter(|s| matches!(self.by_ifindex.get(&s.ifindex), Some(GuardMode::Xdp(_))))
+            .collect();
+        let raw_specs: Vec<&InstanceSpec> = specs
+            .iter()
+            .filter(|s| matches!(self.by_ifindex.get(&s.ifindex), Some(GuardMode::Raw)))
+            .collect();
+        if let Some(g) = &mut self.xdp {
+            g.configure(&xdp_specs)?;
+            if !xdp_specs.is_empty() {
+                g.spawn_events(tx.clone())?;
+            }
+        }
+        self.raw.configure(&raw_specs);
+        for (iface, mode) in &self.modes {
+            if *mode != GuardMode::Raw {
+                continue;
+            }
+            let ifindex = per_iface[iface.as_str()].0;
+            let fd = raw::open_socket(ifindex).with_context(|| format!("raw guard on {iface}"))?;
+            let task =
+                raw::spawn_receiver(iface.clone(), ifindex, fd, self.raw.clone(), tx.clone())?;
+            self.raw_tasks.push(task);
+        }
+        if self.xdp.as_ref().is_some_and(|_| xdp_specs.is_empty()) {
+            // Nothing runs in XDP after all: do not keep maps pinned for nothing.
+            if let Some(g) = self.xdp.take() {
+                g.shutdown()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The mode the guard runs in on each interface.
+    pub fn modes(&self) -> &BTreeMap<String, GuardMode> {
+        &self.modes
+    }
+
+    /// The last valid advert recorded for `key` (what the master-down timer reads).
+    pub fn advert(&self, key: &InstanceKey) -> Option<AdvertRecord> {
+        match self.by_ifindex.get(&key.ifindex)? {
+            GuardMode::Xdp(_) => self.xdp.as_ref()?.advert(key),
+            GuardMode::Raw => self.raw.advert(key),
+        }
+    }
+
+    /// Counters of both paths added up.
+    pub fn counters(&self) -> anyhow::Result<GuardCounters> {
+        let mut c = self.raw.counters();
+        if let Some(g) = &self.xdp {
+            c.accumulate(&g.counters()?);
+        }
+        Ok(c)
+    }
+
+    /// The next advert userspace has to act on.
+    pub async fn next_event(&mut self) -> Option<GuardEvent> {
+        self.events.recv().await
+    }
+
+    /// The XDP guard, when loaded (tests and benchmarks run it directly).
+    pub fn xdp(&self) -> Option<&XdpGuard> {
+        self.xdp.as_ref()
+    }
+
+    /// Detaches everything and removes the pins.
+    pub fn shutdown(&mut self) {
+        for t in self.raw_tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(g) = self.xdp.take() {
+            let dir = g.pin_dir().map(Path::to_owned);
+            match g.shutdown() {
+                Ok(()) => {
+                    if let Some(dir) = dir {
+                        info!("guard detached, pins removed from {}", dir.display());
+                    }
+                }
+                Err(e) => warn!("guard shutdown: {e:#}"),
+            }
+        }
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

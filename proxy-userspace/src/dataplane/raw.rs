@@ -1,0 +1,245 @@
+//! The guard without XDP (`xdp = "off"`, or `auto` where no XDP mode attaches): the same
+//! [`classify`] and [`record_advert`] run in userspace on an AF_PACKET socket that a classic BPF
+//! filter limits to IPv4 protocol 112. "Drop" here means hapd ignores the packet; the kernel
+//! has no other use for protocol 112.
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use proxy_common::{
+    guard::{classify, record_advert, Tables, Verdict},
+    maps::{AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, Reason},
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tracing::warn;
+
+use super::{monotonic_ns, InstanceSpec};
+
+const ETH_P_IP: u16 = 0x0800;
+
+/// What the raw path shares between its sockets and the daemon: the same tables, records and
+/// counters the XDP guard keeps in maps.
+#[derive(Default)]
+pub struct RawState {
+    tables: Mutex<RawTables>,
+    adverts: Mutex<HashMap<InstanceKey, AdvertRecord>>,
+    counters: Mutex<GuardCounters>,
+}
+
+#[derive(Default)]
+struct RawTables {
+    instances: HashMap<InstanceKey, InstanceConfig>,
+    peers: HashSet<PeerKey>,
+}
+
+impl Tables for RawTables {
+    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig> {
+        self.instances.get(key).copied()
+    }
+    fn is_peer(&self, key: &PeerKey) -> bool {
+        self.peers.contains(key)
+    }
+}
+
+impl RawState {
+    /// Makes the tables hold exactly `specs` (records of kept instances survive).
+    pub fn configure(&self, specs: &[&InstanceSpec]) {
+        let mut t = lock(&self.tables);
+        t.instances = specs.iter().map(|s| (s.key(), s.guard_config())).collect();
+        t.peers = specs.iter().flat_map(|s| s.peer_keys()).collect();
+        let mut adverts = lock(&self.adverts);
+        adverts.retain(|k, _| t.instances.contains_key(k));
+        for s in specs {
+            adverts.entry(s.key()).or_default();
+        }
+    }
+
+    pub fn advert(&self, key: &InstanceKey) -> Option<AdvertRecord> {
+        lock(&self.adverts).get(key).copied()
+    }
+
+    pub fn counters(&self) -> GuardCounters {
+        *lock(&self.counters)
+    }
+
+    /// Judges one frame received on `ifindex` at `now_ns`, exactly as the XDP guard does.
+    /// Returns the event to deliver, if any.
+    pub fn handle(&self, frame: &[u8], ifindex: u32, now_ns: u64) -> Option<GuardEvent> {
+        let verdict = classify(frame, ifindex, &*lock(&self.tables));
+        match verdict {
+            Verdict::Pass => None,
+            Verdict::Drop(reason) => {
+                *lock(&self.counters).slot(reason) += 1;
+                None
+            }
+            Verdict::Advert(a) => {
+                *lock(&self.counters).slot(Reason::Accepted) += 1;
+                let mut adverts = lock(&self.adverts);
+                let rec = adverts.get_mut(&a.key)?;
+                let prev_priority = rec.priority;
+                let flags = record_advert(rec, &a, now_ns);
+                (flags != 0).then_some(GuardEvent {
+                    time_ns: now_ns,
+                    ifindex,
+                    src: a.src,
+                    vrid: a.key.vrid,
+                    priority: a.priority,
+                    version: a.version,
+                    flags,
+                    interval_cs: a.interval_cs,
+                    addr_count: a.addr_count,
+                    prev_priority,
+                })
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a way
+    // that matters (plain counters and records), so keep going with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens an AF_PACKET socket on `ifindex` that only receives IPv4 protocol-112 frames.
+pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            (ETH_P_IP.to_be()) as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening an AF_PACKET socket");
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // ldb [23] (IPv4 protocol); jeq #112, accept, reject.
+    let mut filter = [
+        libc::sock_filter {
+            code: 0x30,
+            jt: 0,
+            jf: 0,
+            k: 14 + 9,
+        },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: 112,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x0004_0000,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prog points at `filter`, alive across the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("attaching the protocol-112 filter");
+    }
+    // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_IP.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    Ok(fd)
+}
+
+/// Receives on `fd` (from [`open_socket`]) until `tx` closes, judging every incoming frame.
+pub fn spawn_receiver(
+    iface: String,
+    ifindex: u32,
+    fd: OwnedFd,
+    state: Arc<RawState>,
+    tx: mpsc::Sender<GuardEvent>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    // SAFETY: OwnedFd keeps the descriptor open and the same for the AsyncFd's lifetime.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .with_context(|| format!("polling the raw socket on {iface}"))?;
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let mut ready = match fd.readable().await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("{iface}: raw guard socket: {e}");
+                    return;
+                }
+            };
+            loop {
+                // SAFETY: sockaddr_ll is plain data; buf and sll outlive the call.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                let n = unsafe {
+                    libc::recvfrom(
+                        fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        libc::MSG_TRUNC,
+                        (&mut sll as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                if n < 0 {
+                    let e = io::Error::last_os_error();
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        ready.clear_ready();
+                        break;
+                    }
+                    warn!("{iface}: receiving on the raw guard socket: {e}");
+                    return;
+                }
+                if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                    continue; // our own adverts
+                }
+                // MSG_TRUNC returns the real length: a frame larger than the buffer is judged on
+                // what fits, which the length checks then treat as truncated.
+                let n = (n as usize).min(buf.len());
+                if let Some(ev) = state.handle(&buf[..n], ifindex, monotonic_ns()) {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }))
+}

@@ -1,0 +1,420 @@
+//! The XDP guard: loading the embedded object, pinning and checking its maps, filling them from
+//! the config, attaching to interfaces, and reading its event ring.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
+    Ebpf, EbpfLoader,
+};
+use proxy_common::maps::{
+    AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, PeerValue,
+    EVENTS_BYTES, LAYOUT_VERSION, MAP_ADVERTS, MAP_EVENTS, MAP_INSTANCES, MAP_PEERS, MAP_STATS,
+    MAX_INSTANCES, MAX_PEERS, PROGRAM_NAME,
+};
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tracing::{info, warn};
+
+use super::InstanceSpec;
+
+/// The guard object built by `build.rs` from `proxy-ebpf`.
+pub static GUARD_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hapd-guard"));
+
+/// Name of the one-entry array holding [`LAYOUT_VERSION`], pinned beside the other maps.
+pub const MAP_LAYOUT: &str = "hapd_layout";
+
+/// Every map the guard pins: name, type, key size, value size, max entries.
+const EXPECTED: [(&str, MapType, u32, u32, u32); 6] = [
+    (MAP_LAYOUT, MapType::Array, 4, 4, 1),
+    (MAP_INSTANCES, MapType::Hash, 8, 16, MAX_INSTANCES),
+    (MAP_PEERS, MapType::Hash, 12, 4, MAX_PEERS),
+    (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
+    (MAP_STATS, MapType::PerCpuArray, 4, 104, 1),
+    (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
+];
+
+/// How the guard ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Generic,
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Attached::Native => "native XDP",
+            Attached::Generic => "generic XDP",
+        })
+    }
+}
+
+/// The loaded guard and its maps.
+pub struct XdpGuard {
+    ebpf: Ebpf,
+    instances: HashMap<MapData, InstanceKey, InstanceConfig>,
+    peers: HashMap<MapData, PeerKey, PeerValue>,
+    adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
+    stats: PerCpuArray<MapData, GuardCounters>,
+    events: Option<RingBuf<MapData>>,
+    pin_dir: Option<PathBuf>,
+    links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl XdpGuard {
+    /// Loads the guard through the verifier. With `pin_dir`, every map is pinned there (reusing
+    /// existing pins only if their layout matches this build).
+    pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                super::bpffs::ensure(dir)?;
+                check_pins(dir)?;
+                EXPECTED.iter().map(|(n, ..)| (*n, dir.join(n))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(GUARD_OBJECT)
+            .context("loading the XDP guard object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("kernel-side guard logs unavailable: {e}");
+                None
+            }
+        };
+        let prog: &mut Xdp = program(&mut ebpf)?;
+        prog.load()
+            .map_err(verifier_error)
+            .context("the kernel refused the XDP guard")?;
+
+        let mut layout: Array<MapData, u32> = take(&mut ebpf, MAP_LAYOUT)?;
+        layout
+            .set(0, LAYOUT_VERSION, 0)
+            .context("writing the layout version")?;
+        let guard = XdpGuard {
+            instances: take(&mut ebpf, MAP_INSTANCES)?,
+            peers: take(&mut ebpf, MAP_PEERS)?,
+            adverts: take(&mut ebpf, MAP_ADVERTS)?,
+            stats: take(&mut ebpf, MAP_STATS)?,
+            events: Some(take(&mut ebpf, MAP_EVENTS)?),
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_owned),
+            links: Vec::new(),
+            _logger: logger,
+        };
+        Ok(guard)
+    }
+
+    /// Makes the maps hold exactly `specs`: adds and updates instances and peers, creates an
+    /// empty advert record for new instances, and removes what is no longer configured (left
+    /// behind by an earlier run that shared the pins).
+    pub fn configure(&mut self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
+        let keys: Vec<InstanceKey> = specs.iter().map(|s| s.key()).collect();
+        let peers: Vec<PeerKey> = specs.iter().flat_map(|s| s.peer_keys()).collect();
+        for s in specs {
+            self.instances
+                .insert(s.key(), s.guard_config(), 0)
+                .with_context(|| format!("writing instance {} to {MAP_INSTANCES}", s.name))?;
+            let keep = match self.adverts.get(&s.key(), 0) {
+                // A record left by an earlier run of the same instance stays: it is still true.
+                Ok(_) => true,
+                Err(aya::maps::MapError::KeyNotFound) => false,
+                Err(e) => return Err(e).context("reading vrrp_adverts"),
+            };
+            if !keep {
+                self.adverts
+                    .insert(s.key(), AdvertRecord::default(), 0)
+                    .with_context(|| format!("creating the advert record of {}", s.name))?;
+            }
+        }
+        for p in &peers {
+            self.peers.insert(p, 1, 0).context("writing vrrp_peers")?;
+        }
+        let stale: Vec<InstanceKey> = self
+            .instances
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.instances.remove(&k);
+            let _ = self.adverts.remove(&k);
+        }
+        let stale: Vec<InstanceKey> = self
+            .adverts
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.adverts.remove(&k);
+        }
+        let stale: Vec<PeerKey> = self
+            .peers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !peers.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.peers.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Attaches to `iface`. `native_first`: try driver mode, then generic; otherwise the one
+    /// mode asked for.
+    pub fn attach(&mut self, iface: &str, modes: &[Attached]) -> anyhow::Result<Attached> {
+        let prog: &mut Xdp = program(&mut self.ebpf)?;
+        let mut last = None;
+        for &mode in modes {
+            let flags = match mode {
+                Attached::Native => AyaXdpMode::Driver,
+                Attached::Generic => AyaXdpMode::Skb,
+            };
+            match prog.attach(iface, flags) {
+                Ok(id) => {
+                    self.links.push((iface.to_owned(), id));
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    if modes.len() > 1 {
+                        info!("{iface}: {mode} attach failed: {e}");
+                    }
+                    last = Some(anyhow::Error::new(e).context(format!("{mode} attach to {iface}")));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no XDP mode to try on {iface}")))
+    }
+
+    /// The advert record of `key` as the guard last wrote it.
+    pub fn advert(&self, key: &InstanceKey) -> Option<AdvertRecord> {
+        self.adverts.get(key, 0).ok()
+    }
+
+    /// Counters summed over all CPUs.
+    pub fn counters(&self) -> anyhow::Result<GuardCounters> {
+        let per_cpu = self.stats.get(&0, 0).context("reading guard_stats")?;
+        let mut sum = GuardCounters::default();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        Ok(sum)
+    }
+
+    /// Runs the guard once on `frame` as if it arrived on `ifindex` (BPF_PROG_TEST_RUN).
+    /// Returns the XDP action. `repeat` > 1 also measures: see [`XdpGuard::bench`].
+    pub fn test_run(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<u32> {
+        Ok(self.run(frame, ifindex, 1)?.0)
+    }
+
+    /// Runs the guard `repeat` times on `frame`; returns the action and the kernel's mean time
+    /// per run.
+    pub fn bench(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> anyhow::Result<(u32, Duration)> {
+        self.run(frame, ifindex, repeat)
+    }
+
+    fn run(&self, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, Duration)> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .context("guard program missing")?
+            .try_into()
+            .context("guard program is not XDP")?;
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: the kernel wants data = 0 and data_end = the frame length.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Takes the events waiting in the ring without blocking (when no task reads it).
+    pub fn poll_events(&mut self) -> Vec<GuardEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = &mut self.events {
+            while let Some(item) = ring.next() {
+                if let Some(ev) = decode_event(&item) {
+                    out.push(ev);
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves the event ring to a task that forwards every event to `tx`.
+    pub fn spawn_events(&mut self, tx: mpsc::Sender<GuardEvent>) -> anyhow::Result<()> {
+        let ring = self.events.take().context("event ring already taken")?;
+        // SAFETY: the RingBuf owns its map fd, open and unchanged until the AsyncFd drops it.
+        let mut fd =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("polling the event ring")?;
+        tokio::spawn(async move {
+            loop {
+                let mut guard = match fd.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("event ring: {e}");
+                        return;
+                    }
+                };
+                let ring = guard.get_inner_mut();
+                let mut batch = Vec::new();
+                while let Some(item) = ring.next() {
+                    batch.extend(decode_event(&item));
+                }
+                guard.clear_ready();
+                for ev in batch {
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    /// Detaches from every interface and removes the pins.
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        let links = std::mem::take(&mut self.links);
+        if let Ok(prog) = program(&mut self.ebpf) {
+            for (iface, id) in links {
+                if let Err(e) = prog.detach(id) {
+                    warn!("{iface}: detaching the guard: {e}");
+                }
+            }
+        }
+        if let Some(dir) = &self.pin_dir {
+            unpin_all(dir);
+        }
+        Ok(())
+    }
+}
+
+fn decode_event(item: &[u8]) -> Option<GuardEvent> {
+    (item.len() >= std::mem::size_of::<GuardEvent>()).then(|| {
+        // SAFETY: the length is checked; GuardEvent is plain data (any bytes are valid) and
+        // read_unaligned copes with any alignment.
+        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GuardEvent>()) }
+    })
+}
+
+fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .with_context(|| format!("program {PROGRAM_NAME} missing from the guard object"))?
+        .try_into()
+        .context("guard program is not XDP")
+}
+
+fn take<M>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<M>
+where
+    M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("map {name} missing from the guard"))?;
+    M::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Keeps the verifier's log, which is what explains a refusal.
+fn verifier_error(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            anyhow::anyhow!("{io_error}\nverifier log:\n{verifier_log}")
+        }
+        e => e.into(),
+    }
+}
+
+/// Refuses to reuse pins whose layout differs from this build: checks the layout version map
+/// and every map's type and sizes, and removes all pins when anything does not match, so the
+/// loader creates fresh ones.
+fn check_pins(dir: &Path) -> anyhow::Result<()> {
+    let mut present = 0;
+    let mut mismatch: Option<String> = None;
+    for (name, ty, key, value, max) in EXPECTED {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        present += 1;
+        let info = MapInfo::from_pin(&path)
+            .with_context(|| format!("{} is not a pinned BPF map", path.display()))?;
+        let got = (
+            info.map_type().ok(),
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        if got != (Some(ty), key, value, max) {
+            mismatch.get_or_insert(format!(
+                "{} is {:?} with key {} B, value {} B, {} entries; this hapd needs {ty:?}, {key} \
+                 B, {value} B, {max}",
+                path.display(),
+                got.0,
+                got.1,
+                got.2,
+                got.3
+            ));
+        }
+    }
+    if present > 0 && mismatch.is_none() {
+        let layout = dir.join(MAP_LAYOUT);
+        let version = MapData::from_pin(&layout)
+            .ok()
+            .and_then(|m| Array::<_, u32>::try_from(aya::maps::Map::Array(m)).ok())
+            .and_then(|a| a.get(&0, 0).ok());
+        if version != Some(LAYOUT_VERSION) {
+            mismatch = Some(format!(
+                "{} says layout {version:?}, this hapd uses layout {LAYOUT_VERSION}",
+                layout.display()
+            ));
+        }
+    }
+    if let Some(why) = mismatch {
+        warn!("replacing the pinned maps in {}: {why}", dir.display());
+        unpin_all(dir);
+    }
+    Ok(())
+}
+
+fn unpin_all(dir: &Path) {
+    for (name, ..) in EXPECTED {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("unpinning {}: {e}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! hapd: VRRP failover and a TLS reverse proxy in one daemon. This library holds everything the
+//! `hapd` binary runs, so tests and benchmarks can drive the same code.
+pub mod config;
+pub mod daemon;
+pub mod dataplane;

@@ -1,0 +1,109 @@
+//! The `hapd` command.
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use proxy_userspace::{config::Config, daemon};
+
+/// hapd: highly available proxy daemon (VRRP failover with an XDP guard, and a TLS proxy).
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    ///
+    /// Example: hapd run --config /etc/hapd/hapd.toml
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/hapd/hapd.toml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file, print a summary and warnings; exit 1 if it is invalid.
+    ///
+    /// Example: hapd check --config /etc/hapd/hapd.toml
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "/etc/hapd/hapd.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok((cfg, warnings)) => {
+                println!(
+                    "{}: valid; node {}, {} VRRP instance(s), {} track script(s)",
+                    config.display(),
+                    cfg.node.name,
+                    cfg.vrrp.len(),
+                    cfg.track_script.len()
+                );
+                for v in &cfg.vrrp {
+                    let v = v.get_ref();
+                    println!(
+                        "  vrrp {}: {} vrid {} v{} priority {} interval {} vips {} peers {} xdp {}",
+                        v.name,
+                        v.interface,
+                        v.vrid,
+                        v.version.number(),
+                        v.priority,
+                        v.advert_interval,
+                        v.virtual_ips.len(),
+                        v.peers.len(),
+                        v.xdp
+                    );
+                }
+                for w in &warnings {
+                    println!("warning: {w}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            init_logging();
+            let (cfg, warnings) = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in &warnings {
+                tracing::warn!("config: {w}");
+            }
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(daemon::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAPD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

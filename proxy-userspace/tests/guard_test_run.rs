@@ -1,0 +1,683 @@
+//! The XDP guard on crafted frames through BPF_PROG_TEST_RUN, and the same frames through the
+//! raw-socket path (`xdp = "off"`): both must reach the same verdict, counters and record.
+use hapd_lab::frames::{ether, ipv4, Advert, Csum};
+use proxy_common::maps::{
+    GuardCounters, InstanceKey, Reason, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE,
+    EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+};
+use proxy_userspace::{
+    config::XdpMode,
+    dataplane::{monotonic_ns, raw::RawState, xdp::XdpGuard, InstanceSpec},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+/// The loopback device: BPF_PROG_TEST_RUN wants an existing ingress device.
+const LO: u32 = 1;
+const PEER: [u8; 4] = [198, 18, 0, 2];
+const PEER2: [u8; 4] = [198, 18, 0, 3];
+const STRANGER: [u8; 4] = [198, 18, 0, 66];
+
+fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> InstanceSpec {
+    InstanceSpec {
+        name: format!("VI_{vrid}"),
+        interface: "lo".into(),
+        ifindex: LO,
+        vrid,
+        version,
+        peers: vec![PEER, PEER2],
+        pseudo_header: pseudo,
+        auth_pass: pass.copied(),
+        xdp: XdpMode::Auto,
+    }
+}
+
+/// VRID 51: v3 pseudo-header; 52: v2 PASS "secret42"; 53: v3 message-only; 54: v3, no peers.
+fn specs() -> Vec<InstanceSpec> {
+    let mut open = spec(54, 3, true, None);
+    open.peers.clear();
+    vec![
+        spec(51, 3, true, None),
+        spec(52, 2, false, Some(b"secret42")),
+        spec(53, 3, false, None),
+        open,
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Pass,
+    Accept,
+    Drop(Reason),
+}
+
+struct Both {
+    xdp: XdpGuard,
+    raw: RawState,
+}
+
+impl Both {
+    fn new() -> Both {
+        let specs = specs();
+        let refs: Vec<&InstanceSpec> = specs.iter().collect();
+        let mut xdp = XdpGuard::load(None).expect("load the guard (run the tests as root)");
+        xdp.configure(&refs).unwrap();
+        let raw = RawState::default();
+        raw.configure(&refs);
+        Both { xdp, raw }
+    }
+
+    /// Runs `frame` through both paths and checks the verdict and the counter that moved.
+    fn check(&mut self, what: &str, frame: &[u8], expect: Expect) {
+        let before = (self.xdp.counters().unwrap(), self.raw.counters());
+        if frame.len() < 14 {
+            // The kernel never runs XDP on less than an Ethernet header, and test-run refuses
+            // such input: only the raw path can see it.
+            assert!(
+                self.xdp.test_run(frame, LO).is_err(),
+                "{what}: kernel accepted a runt"
+            );
+            let _ = self.raw.handle(frame, LO, monotonic_ns());
+            let after = self.raw.counters();
+            assert_eq!(after, before.1, "{what}: raw path counted a runt");
+            assert_eq!(expect, Expect::Pass, "{what}");
+            return;
+        }
+        let action = self.xdp.test_run(frame, LO).unwrap();
+        let _ = self.raw.handle(frame, LO, monotonic_ns());
+        let after = (self.xdp.counters().unwrap(), self.raw.counters());
+        let want_action = if matches!(expect, Expect::Drop(_)) {
+            XDP_DROP
+        } else {
+            XDP_PASS
+        };
+        assert_eq!(action, want_action, "{what}: XDP action");
+        let moved_reason = match expect {
+            Expect::Pass => None,
+            Expect::Accept => Some(Reason::Accepted),
+            Expect::Drop(r) => Some(r),
+        };
+        for (path, b, a) in [("xdp", before.0, after.0), ("raw", before.1, after.1)] {
+            for r in Reason::ALL {
+                let want = u64::from(Some(r) == moved_reason);
+                assert_eq!(
+                    a.get(r) - b.get(r),
+                    want,
+                    "{what}: {path} counter {}",
+                    r.name()
+                );
+            }
+        }
+    }
+}
+
+fn drop_(r: Reason) -> Expect {
+    Expect::Drop(r)
+}
+
+#[test]
+fn valid_adverts_of_each_kind_are_accepted() {
+    let mut b = Both::new();
+    b.check(
+        "v3 pseudo-header",
+        &Advert::v3(PEER).frame(),
+        Expect::Accept,
+    );
+    b.check(
+        "v2 PASS",
+        &Advert {
+            vrid: 52,
+            ..Advert::v2(PEER, "secret42")
+        }
+        .frame(),
+        Expect::Accept,
+    );
+    let msg_only = Advert {
+        vrid: 53,
+        csum: Csum::MessageOnly,
+        ..Advert::v3(PEER)
+    };
+    b.check("v3 message-only", &msg_only.frame(), Expect::Accept);
+    b.check(
+        "v3 no peer list",
+        &Advert {
+            vrid: 54,
+            ..Advert::v3(STRANGER)
+        }
+        .frame(),
+        Expect::Accept,
+    );
+    let many = Advert {
+        addrs: (0..255).map(|i| [198, 18, 1, i as u8]).collect(),
+        ..Advert::v3(PEER)
+    };
+    b.check("v3 with 255 addresses", &many.frame(), Expect::Accept);
+    b.check(
+        "ethernet padding",
+        &Advert {
+            padding: 18,
+            ..Advert::v3(PEER)
+        }
+        .frame(),
+        Expect::Accept,
+    );
+    b.check(
+        "unicast destination",
+        &Advert {
+            dst: [198, 18, 0, 1],
+            ..Advert::v3(PEER)
+        }
+        .frame(),
+        Expect::Accept,
+    );
+}
+
+#[test]
+fn each_drop_reason() {
+    let mut b = Both::new();
+    let v3 = Advert::v3(PEER);
+    let v2 = Advert {
+        vrid: 52,
+        ..Advert::v2(PEER, "secret42")
+    };
+    let cases: Vec<(&str, Advert, Expect)> = vec![
+        (
+            "non-peer source",
+            Advert::v3(STRANGER),
+            drop_(Reason::NotPeer),
+        ),
+        (
+            "v2 non-peer with the right password",
+            Advert {
+                vrid: 52,
+                ..Advert::v2(STRANGER, "secret42")
+            },
+            drop_(Reason::NotPeer),
+        ),
+        (
+            "TTL 254",
+            Advert {
+                ttl: 254,
+                ..v3.clone()
+            },
+            drop_(Reason::Ttl),
+        ),
+        (
+            "TTL 64 from a peer address",
+            Advert {
+                ttl: 64,
+                ..v3.clone()
+            },
+            drop_(Reason::Ttl),
+        ),
+        (
+            "version 1",
+            Advert {
+                version: 1,
+                ..v3.clone()
+            },
+            drop_(Reason::Version),
+        ),
+        (
+            "version 4",
+            Advert {
+                version: 4,
+                ..v3.clone()
+            },
+            drop_(Reason::Version),
+        ),
+        (
+            "v2 advert for a v3 VRID",
+            Advert {
+                vrid: 51,
+                ..v2.clone()
+            },
+            drop_(Reason::Version),
+        ),
+        (
+            "type 2",
+            Advert {
+                kind: 2,
+                ..v3.clone()
+            },
+            drop_(Reason::Type),
+        ),
+        (
+            "VRID not configured",
+            Advert {
+                vrid: 99,
+                ..v3.clone()
+            },
+            drop_(Reason::UnknownVrid),
+        ),
+        (
+            "count says 2, one address",
+            Advert {
+                count: Some(2),
+                ..v3.clone()
+            },
+            drop_(Reason::Length),
+        ),
+        (
+            "count 0",
+            Advert {
+                count: Some(0),
+                addrs: vec![],
+                ..v3.clone()
+            },
+            drop_(Reason::Length),
+        ),
+        (
+            "bad v3 checksum",
+            Advert {
+                csum: Csum::Bad,
+                ..v3.clone()
+            },
+            drop_(Reason::Checksum),
+        ),
+        (
+            "message-only checksum on a pseudo-header VRID",
+            Advert {
+                csum: Csum::MessageOnly,
+                ..v3.clone()
+            },
+            drop_(Reason::Checksum),
+        ),
+        (
+            "pseudo-header checksum on a message-only VRID",
+            Advert {
+                vrid: 53,
+                ..v3.clone()
+            },
+            drop_(Reason::Checksum),
+        ),
+        (
+            "bad v2 checksum",
+            Advert {
+                csum: Csum::Bad,
+                ..v2.clone()
+            },
+            drop_(Reason::Checksum),
+        ),
+        (
+            "v2 wrong password",
+            Advert {
+                vrid: 52,
+                ..Advert::v2(PEER, "secret43")
+            },
+            drop_(Reason::Auth),
+        ),
+        (
+            "v2 no auth",
+            Advert {
+                auth: (0, [0; 8]),
+                ..v2.clone()
+            },
+            drop_(Reason::Auth),
+        ),
+        (
+            "more fragments",
+            Advert {
+                frag: 0x2000,
+                ..v3.clone()
+            },
+            drop_(Reason::Fragment),
+        ),
+        (
+            "fragment offset",
+            Advert {
+                frag: 0x0010,
+                ..v3.clone()
+            },
+            drop_(Reason::Fragment),
+        ),
+        (
+            "interval 0",
+            Advert {
+                interval: 0,
+                ..v3.clone()
+            },
+            drop_(Reason::Interval),
+        ),
+    ];
+    for (what, a, expect) in cases {
+        b.check(what, &a.frame(), expect);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_minimal_advert() {
+    let mut b = Both::new();
+    for (name, a) in [
+        ("v3", Advert::v3(PEER)),
+        (
+            "v2",
+            Advert {
+                vrid: 52,
+                ..Advert::v2(PEER, "secret42")
+            },
+        ),
+    ] {
+        let full = a.frame();
+        for len in 0..full.len() {
+            // Up to the IPv4 protocol byte nothing says it is VRRP: the kernel drops such runts.
+            let expect = if len < 14 + 10 {
+                Expect::Pass
+            } else {
+                drop_(Reason::Truncated)
+            };
+            b.check(
+                &format!("{name} cut at {len} of {}", full.len()),
+                &full[..len],
+                expect,
+            );
+        }
+        b.check(&format!("{name} whole"), &full, Expect::Accept);
+    }
+    // IP total length larger than what arrived.
+    let mut f = Advert::v3(PEER).frame();
+    f.truncate(f.len() - 4);
+    b.check("total length past the end", &f, drop_(Reason::Truncated));
+}
+
+#[test]
+fn options_and_vlan_tags_are_no_way_around_the_filter() {
+    let mut b = Both::new();
+    for opts in [4, 8, 40] {
+        b.check(
+            &format!("{opts} B options, peer"),
+            &Advert {
+                ip_options: opts,
+                ..Advert::v3(PEER)
+            }
+            .frame(),
+            Expect::Accept,
+        );
+        b.check(
+            &format!("{opts} B options, stranger"),
+            &Advert {
+                ip_options: opts,
+                ..Advert::v3(STRANGER)
+            }
+            .frame(),
+            drop_(Reason::NotPeer),
+        );
+        b.check(
+            &format!("{opts} B options, TTL 1"),
+            &Advert {
+                ip_options: opts,
+                ttl: 1,
+                ..Advert::v3(PEER)
+            }
+            .frame(),
+            drop_(Reason::Ttl),
+        );
+    }
+    b.check(
+        "802.1Q peer",
+        &Advert {
+            vlans: vec![100],
+            ..Advert::v3(PEER)
+        }
+        .frame(),
+        Expect::Accept,
+    );
+    b.check(
+        "802.1Q stranger",
+        &Advert {
+            vlans: vec![100],
+            ..Advert::v3(STRANGER)
+        }
+        .frame(),
+        drop_(Reason::NotPeer),
+    );
+    b.check(
+        "802.1Q bad checksum",
+        &Advert {
+            vlans: vec![7],
+            csum: Csum::Bad,
+            ..Advert::v3(PEER)
+        }
+        .frame(),
+        drop_(Reason::Checksum),
+    );
+    b.check(
+        "two tags stranger",
+        &Advert {
+            vlans: vec![10, 20],
+            ..Advert::v3(STRANGER)
+        }
+        .frame(),
+        drop_(Reason::NotPeer),
+    );
+    b.check(
+        "IHL below 5",
+        &{
+            let mut f = Advert::v3(PEER).frame();
+            f[14] = 0x44;
+            f
+        },
+        drop_(Reason::Length),
+    );
+}
+
+#[test]
+fn everything_else_passes_untouched() {
+    let mut b = Both::new();
+    let tcp_syn = [0u8; 20];
+    b.check(
+        "TCP",
+        &ether(0x0800, &ipv4(6, 64, PEER, [198, 18, 0, 1], &tcp_syn)),
+        Expect::Pass,
+    );
+    b.check(
+        "UDP",
+        &ether(0x0800, &ipv4(17, 64, STRANGER, [198, 18, 0, 1], &[0; 8])),
+        Expect::Pass,
+    );
+    b.check(
+        "ICMP",
+        &ether(
+            0x0800,
+            &ipv4(1, 64, STRANGER, [198, 18, 0, 1], &[8, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        Expect::Pass,
+    );
+    let arp = [
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1,
+    ];
+    b.check("ARP", &ether(0x0806, &arp), Expect::Pass);
+    // IPv6 with next header 112 is not the IPv4 guard's business.
+    let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 112, 255];
+    v6.extend_from_slice(&[0; 32]);
+    v6.extend_from_slice(&[0x31, 51, 100, 1, 0, 100, 0, 0]);
+    b.check("IPv6 next header 112", &ether(0x86dd, &v6), Expect::Pass);
+    b.check(
+        "VLAN-tagged TCP",
+        &{
+            let mut f = vec![0xff; 12];
+            f.extend_from_slice(&[0x81, 0x00, 0, 5, 0x08, 0x00]);
+            f.extend_from_slice(&ipv4(6, 64, PEER, [198, 18, 0, 1], &tcp_syn));
+            f
+        },
+        Expect::Pass,
+    );
+    b.check("empty frame", &[], Expect::Pass);
+}
+
+#[test]
+fn records_and_wakes_userspace_only_when_it_must_act() {
+    let mut b = Both::new();
+    let key = InstanceKey::new(LO, 51);
+    let run = |b: &mut Both, a: &Advert| {
+        assert_eq!(b.xdp.test_run(&a.frame(), LO).unwrap(), XDP_PASS);
+        let raw_ev = b.raw.handle(&a.frame(), LO, monotonic_ns());
+        let ev = b.xdp.poll_events();
+        assert!(ev.len() <= 1, "at most one event per advert: {ev:?}");
+        assert_eq!(
+            ev.first().map(|e| e.flags),
+            raw_ev.map(|e| e.flags),
+            "same event both paths"
+        );
+        ev.first().map(|e| e.flags).unwrap_or(0)
+    };
+    let a = Advert::v3(PEER);
+    assert_eq!(run(&mut b, &a), EV_AFTER_SILENCE, "first advert");
+    for _ in 0..20 {
+        assert_eq!(run(&mut b, &a), 0, "steady state wakes nobody");
+    }
+    let rec = b.xdp.advert(&key).unwrap();
+    assert_eq!(
+        (rec.master, rec.priority, rec.interval_cs, rec.version),
+        (PEER, 100, 100, 3)
+    );
+    assert_eq!(rec.adverts, 21);
+    let raw_rec = b.raw.advert(&key).unwrap();
+    assert_eq!(
+        (raw_rec.master, raw_rec.priority, raw_rec.adverts),
+        (PEER, 100, 21)
+    );
+    let now = monotonic_ns();
+    assert!(
+        rec.last_seen_ns <= now && now - rec.last_seen_ns < 5_000_000_000,
+        "kernel clock"
+    );
+
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 90,
+                ..a.clone()
+            }
+        ),
+        EV_PRIORITY_CHANGE
+    );
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 90,
+                ..a.clone()
+            }
+        ),
+        0
+    );
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 90,
+                interval: 10,
+                ..a.clone()
+            }
+        ),
+        EV_INTERVAL_CHANGE
+    );
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 120,
+                interval: 10,
+                ..Advert::v3(PEER2)
+            }
+        ),
+        EV_NEW_SOURCE | EV_PRIORITY_CHANGE
+    );
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 0,
+                interval: 10,
+                ..Advert::v3(PEER2)
+            }
+        ),
+        EV_PRIORITY_ZERO | EV_PRIORITY_CHANGE
+    );
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 0,
+                interval: 10,
+                ..Advert::v3(PEER2)
+            }
+        ),
+        EV_PRIORITY_ZERO,
+        "every priority-0 advert wakes"
+    );
+    // Silence longer than 3 intervals (10 cs = 100 ms here) makes the next advert an event.
+    std::thread::sleep(std::time::Duration::from_millis(350));
+    assert_eq!(
+        run(
+            &mut b,
+            &Advert {
+                priority: 0,
+                interval: 10,
+                ..Advert::v3(PEER2)
+            }
+        ) & EV_AFTER_SILENCE,
+        EV_AFTER_SILENCE
+    );
+    // Drops never touch the record.
+    let before = b.xdp.advert(&key).unwrap();
+    b.check(
+        "stranger",
+        &Advert::v3(STRANGER).frame(),
+        drop_(Reason::NotPeer),
+    );
+    assert_eq!(b.xdp.advert(&key).unwrap(), before);
+    assert_eq!(b.xdp.poll_events(), vec![]);
+    let c: GuardCounters = b.xdp.counters().unwrap();
+    assert_eq!(c.events_lost, 0);
+}
+
+#[test]
+fn reconfigure_removes_what_is_gone() {
+    let specs = specs();
+    let mut g = XdpGuard::load(None).unwrap();
+    g.configure(&specs.iter().collect::<Vec<_>>()).unwrap();
+    assert_eq!(
+        g.test_run(
+            &Advert {
+                vrid: 53,
+                csum: Csum::MessageOnly,
+                ..Advert::v3(PEER)
+            }
+            .frame(),
+            LO
+        )
+        .unwrap(),
+        XDP_PASS
+    );
+    // Drop VRID 53 and PEER2: its adverts are now unknown, PEER2 no longer a peer.
+    let mut s51 = spec(51, 3, true, None);
+    s51.peers = vec![PEER];
+    g.configure(&[&s51]).unwrap();
+    assert_eq!(
+        g.test_run(
+            &Advert {
+                vrid: 53,
+                csum: Csum::MessageOnly,
+                ..Advert::v3(PEER)
+            }
+            .frame(),
+            LO
+        )
+        .unwrap(),
+        XDP_DROP
+    );
+    assert_eq!(
+        g.test_run(&Advert::v3(PEER2).frame(), LO).unwrap(),
+        XDP_DROP
+    );
+    assert_eq!(g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(), XDP_PASS);
+    assert!(g.advert(&InstanceKey::new(LO, 53)).is_none());
+    let c = g.counters().unwrap();
+    assert_eq!(
+        (c.drop_unknown_vrid, c.drop_not_peer, c.accepted),
+        (1, 1, 2)
+    );
+}
