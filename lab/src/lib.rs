@@ -6,6 +6,7 @@
 //! (also while unwinding from a panic) kills every process left in its namespaces, deletes the
 //! namespaces and unmounts its bpffs.
 pub mod frames;
+pub mod proc;
 
 use std::{
     fs::File,
@@ -212,6 +213,44 @@ impl Lab {
             })
             .join()
             .map_err(|_| anyhow::anyhow!("thread in {path} panicked"))?
+        })
+    }
+
+    /// Sends `frames` (whole Ethernet frames) out of host `i`'s interface, as they are.
+    pub fn send_frames(&self, i: usize, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+        let ifindex = self.ifindex(i, &self.hosts[i].ifname.clone())?;
+        self.in_netns(i, move || {
+            // SAFETY: plain socket(2); closed below.
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is ours; OwnedFd closes it on every path.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            for f in frames {
+                // SAFETY: sockaddr_ll is plain data.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = ifindex as i32;
+                sll.sll_halen = 6;
+                sll.sll_addr[..6].copy_from_slice(&f[..6.min(f.len())]);
+                // SAFETY: f and sll are valid for the call.
+                let n = unsafe {
+                    libc::sendto(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                if n < 0 {
+                    bail!("sending a frame: {}", std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
         })
     }
 

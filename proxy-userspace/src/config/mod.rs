@@ -116,8 +116,9 @@ pub struct Vrrp {
     pub preempt: bool,
     #[serde(default)]
     pub preempt_delay: Dur,
+    #[serde(deserialize_with = "types::vips")]
     pub virtual_ips: Vec<Ipv4Net>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "types::peers")]
     pub peers: Vec<Ipv4Addr>,
     #[serde(default)]
     pub unicast: bool,

@@ -1,1 +1,169 @@
+use std::path::Path;
 
+use super::*;
+
+const BASE: &str = r#"
+[node]
+name = "proxy01"
+pin_dir = "/sys/fs/bpf/hapd"
+
+[[track_script]]
+name = "chk"
+command = ["/bin/true"]
+
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = 110
+advert_interval = "1s"
+virtual_ips = ["198.18.0.100/24"]
+peers = ["198.18.0.2"]
+track_scripts = ["chk"]
+"#;
+
+fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+/// `BASE` with `lines` added to the `[[vrrp]]` table (replacing keys of the same names).
+fn with_vrrp(lines: &str) -> String {
+    let keys: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split('=').next().unwrap().trim())
+        .collect();
+    let mut out = String::new();
+    let mut in_vrrp = false;
+    for l in BASE.lines() {
+        if l.starts_with("[[vrrp]]") {
+            in_vrrp = true;
+        }
+        if in_vrrp
+            && l.split('=')
+                .next()
+                .is_some_and(|k| keys.contains(&k.trim()))
+        {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(lines);
+    out.push('\n');
+    out
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let text = include_str!("../../../docs/examples/proxy01.toml");
+    let (c, warnings) = parse(text).unwrap();
+    assert_eq!(c.node.name, "proxy01");
+    let v = c.vrrp[0].get_ref();
+    assert_eq!(
+        (v.vrid.get(), v.priority.get(), v.version),
+        (51, 110, VrrpVersion::V3)
+    );
+    assert_eq!(v.advert_interval.0, Duration::from_secs(1));
+    assert_eq!(v.garp.repeat, 5);
+    assert_eq!(c.track_script[0].get_ref().fall, 2);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn defaults() {
+    let (c, _) = parse(BASE).unwrap();
+    let v = c.vrrp[0].get_ref();
+    assert!(v.preempt);
+    assert_eq!(v.v3_checksum, V3Checksum::PseudoHeader);
+    assert_eq!(v.xdp, XdpMode::Auto);
+    assert_eq!(c.node.admin.to_string(), "127.0.0.1:9100");
+}
+
+#[test]
+fn warnings_for_pass_auth_and_no_peers() {
+    let text = with_vrrp("version = 2\nauth_pass = \"secret42\"")
+        .replace("peers = [\"198.18.0.2\"]\n", "");
+    let (_, w) = parse(&text).unwrap();
+    let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["vrrp[0].auth_pass", "vrrp[0].peers"]);
+    assert!(w[0].message.contains("plaintext"));
+}
+
+/// Each invalid file: the error must name this key and this line.
+#[test]
+fn every_invalid_case_names_the_key() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (with_vrrp("priority = 0"), "priority must be 1..=255, got 0", "@priority ="),
+        (with_vrrp("priority = 256"), "priority must be 1..=255", "@priority ="),
+        (with_vrrp("vrid = 0"), "vrid must be 1..=255", "@vrid ="),
+        (with_vrrp("version = 4"), "version must be 2 or 3", "@version ="),
+        (with_vrrp("advert_interval = \"15ms\""), "vrrp[0].advert_interval", "[[vrrp]]"),
+        (with_vrrp("advert_interval = \"41s\""), "vrrp[0].advert_interval", "[[vrrp]]"),
+        (with_vrrp("advert_interval = \"fast\""), "invalid duration \"fast\"", "@advert_interval ="),
+        (with_vrrp("version = 2\nadvert_interval = \"1500ms\""), "vrrp[0].advert_interval", "[[vrrp]]"),
+        (with_vrrp("version = 2\nauth_pass = \"ChangeThisSecret42\""), "vrrp[0].auth_pass: must be 1..=8 bytes, got 18", "[[vrrp]]"),
+        (with_vrrp("auth_pass = \"secret\""), "vrrp[0].auth_pass: VRRP v3 has no authentication", "[[vrrp]]"),
+        (with_vrrp("virtual_ips = []"), "vrrp[0].virtual_ips", "[[vrrp]]"),
+        (with_vrrp("virtual_ips = [\"10.0.1.300/24\"]"), "virtual_ips: \"10.0.1.300/24\" is not an IPv4 address with prefix", "@virtual_ips ="),
+        (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.2\"]"), "vrrp[0].peers[1]: 198.18.0.2 is listed twice", "[[vrrp]]"),
+        (with_vrrp("peers = [\"224.0.0.18\"]"), "vrrp[0].peers[0]", "[[vrrp]]"),
+        (with_vrrp("peers = [\"proxy02\"]"), "peers: \"proxy02\" is not an IPv4 address", "@peers ="),
+        (with_vrrp("peers = []\nunicast = true"), "vrrp[0].peers: unicast = true needs at least one peer", "[[vrrp]]"),
+        (with_vrrp("track_scripts = [\"nope\"]"), "vrrp[0].track_scripts[0]: no [[track_script]] named \"nope\"", "[[vrrp]]"),
+        (with_vrrp("track_proxy = { weight = -300 }"), "vrrp[0].track_proxy.weight", "[[vrrp]]"),
+        (with_vrrp("v3_checksum = \"crc32\""), "unknown variant `crc32`", "@v3_checksum ="),
+        (with_vrrp("xdp = \"fast\""), "unknown variant `fast`", "@xdp ="),
+        (with_vrrp("interface = \"averyveryverylongname\""), "vrrp[0].interface", "[[vrrp]]"),
+        (with_vrrp("notify_webhook = \"ftp://x\""), "vrrp[0].notify_webhook", "[[vrrp]]"),
+        (with_vrrp("garp = { repeat = 0 }"), "vrrp[0].garp.repeat", "[[vrrp]]"),
+        (with_vrrp("prioritty = 5"), "unknown field `prioritty`", "@prioritty ="),
+        (with_vrrp("notify = [\"\"]"), "vrrp[0].notify", "[[vrrp]]"),
+        (BASE.replace("name = \"proxy01\"", "name = \"\""), "node.name", ""),
+        (BASE.replace("pin_dir = \"/sys/fs/bpf/hapd\"", "pin_dir = \"relative\""), "node.pin_dir", ""),
+        (BASE.replace("command = [\"/bin/true\"]", "command = []"), "track_script[0].command", "[[track_script]]"),
+        (BASE.replace("command = [\"/bin/true\"]", "command = [\"/bin/true\"]\nfall = 0"), "track_script[0].fall", "[[track_script]]"),
+        (BASE.replace("command = [\"/bin/true\"]", "command = [\"/bin/true\"]\nweight = 300"), "track_script[0].weight", "[[track_script]]"),
+        (format!("{BASE}\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth1\"\nvrid = 52\npriority = 100\nvirtual_ips = [\"198.18.0.101/24\"]\n"), "vrrp[1].name: \"VI_1\" is used by two instances", "@[[vrrp]]"),
+        (format!("{BASE}\n[[vrrp]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvrid = 51\npriority = 100\nvirtual_ips = [\"198.18.0.101/24\"]\n"), "vrrp[1].vrid: vrid 51 is used twice on interface eth0", "@[[vrrp]]"),
+        (format!("{BASE}\n[[vrrp]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvrid = 52\npriority = 100\nxdp = \"off\"\nvirtual_ips = [\"198.18.0.101/24\"]\n"), "vrrp[1].xdp", "@[[vrrp]]"),
+        (format!("{BASE}\n[nodes]\n"), "unknown field `nodes`", "@[nodes]"),
+        ("[vrrp\n".to_string(), "", "[vrrp"),
+    ];
+    for (text, want, line) in cases {
+        let err = match parse(&text) {
+            Ok(_) => panic!("accepted an invalid config expecting {want:?}:\n{text}"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        assert!(
+            shown.contains(want),
+            "error {shown:?} does not say {want:?}"
+        );
+        assert!(shown.starts_with("test.toml"), "{shown}");
+        // The line holding `needle` (its last occurrence with a leading '@'): where the bad
+        // key is for parse errors, where its table starts for cross-field errors.
+        if !line.is_empty() {
+            let (needle, last) = match line.strip_prefix('@') {
+                Some(n) => (n, true),
+                None => (line, false),
+            };
+            let mut hits = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(needle))
+                .map(|(i, _)| i + 1);
+            let want = if last { hits.last() } else { hits.next() };
+            assert_eq!(err.line, want, "line of {shown:?}\n{text}");
+        }
+    }
+}
+
+#[test]
+fn a_missing_file_says_so() {
+    let e = Config::load(Path::new("/nonexistent/hapd.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/hapd.toml: cannot read the file"),
+        "{e}"
+    );
+}

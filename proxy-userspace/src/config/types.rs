@@ -137,3 +137,29 @@ impl fmt::Display for XdpMode {
         })
     }
 }
+
+/// `virtual_ips`: IPv4 addresses with a prefix length, named in the error when one is not.
+pub fn vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::Ipv4Net>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "virtual_ips: {s:?} is not an IPv4 address with prefix, e.g. \"10.0.1.100/24\""
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `peers`: IPv4 addresses, named in the error when one is not.
+pub fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::Ipv4Addr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!("peers: {s:?} is not an IPv4 address"))
+            })
+        })
+        .collect()
+}
