@@ -125,6 +125,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Joins hosts `a` and `b` with a direct veth pair (no bridge), both ends up and without
+    /// addresses: `l<b>` in host `a`, `l<a>` in host `b`. Returns the two names.
+    pub fn link(&self, a: usize, b: usize) -> anyhow::Result<(String, String)> {
+        let (na, nb) = (format!("l{b}"), format!("l{a}"));
+        ip(&[
+            "-n",
+            &self.hosts[a].netns,
+            "link",
+            "add",
+            &na,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &nb,
+            "netns",
+            &self.hosts[b].netns,
+        ])?;
+        ip(&["-n", &self.hosts[a].netns, "link", "set", &na, "up"])?;
+        ip(&["-n", &self.hosts[b].netns, "link", "set", &nb, "up"])?;
+        Ok((na, nb))
+    }
+
     /// Mounts a private bpffs for this lab (needed for pinning: `/sys/fs/bpf` is not mounted
     /// here and `ip netns exec` remounts `/sys`). Returns its path.
     pub fn bpffs(&mut self) -> anyhow::Result<PathBuf> {

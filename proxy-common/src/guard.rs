@@ -6,9 +6,8 @@
 //! pass the verifier.
 
 use crate::maps::{
-    AdvertRecord, InstanceConfig, InstanceKey, PeerKey, Reason, CFG_PEER_FILTER,
-    CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE,
-    EV_PRIORITY_ZERO,
+    AdvertRecord, InstanceKey, Reason, VridEntry, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER,
+    EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use crate::vrrp::{self, field, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_TTL};
 
@@ -51,10 +50,10 @@ impl Frame for [u8] {
     }
 }
 
-/// The configuration the guard consults: `vrrp_instances` and `vrrp_peers`.
+/// The configuration the guard consults: `vrrp_vrids`.
 pub trait Tables {
-    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig>;
-    fn is_peer(&self, key: &PeerKey) -> bool;
+    /// The entry of `vrid` (all 256 exist; unconfigured ones have no slot in use).
+    fn vrid(&self, vrid: u8) -> Option<&VridEntry>;
 }
 
 /// A valid advertisement, as far as the guard checks.
@@ -173,14 +172,14 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     // RFC 5798 section 7.1: the VRID MUST be configured on the receiving interface.
     let vrid = h[field::VRID];
     let key = InstanceKey::new(ifindex, vrid);
-    let Some(cfg) = t.instance(&key) else {
+    let Some(cfg) = t.vrid(vrid).and_then(|e| e.slot(ifindex)) else {
         return Verdict::Drop(Reason::UnknownVrid);
     };
     if version != cfg.version {
         return Verdict::Drop(Reason::Version);
     }
     let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
-    if cfg.flags & CFG_PEER_FILTER != 0 && !t.is_peer(&PeerKey::new(ifindex, vrid, src)) {
+    if cfg.flags & CFG_PEER_FILTER != 0 && !cfg.is_peer(src) {
         return Verdict::Drop(Reason::NotPeer);
     }
     // RFC 5798 section 7.1: the length MUST be consistent with Count IPvX Addr (at least one).

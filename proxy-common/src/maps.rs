@@ -10,25 +10,26 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
-pub const MAP_INSTANCES: &str = "vrrp_instances";
-pub const MAP_PEERS: &str = "vrrp_peers";
+pub const MAP_VRIDS: &str = "vrrp_vrids";
 pub const MAP_ADVERTS: &str = "vrrp_adverts";
 pub const MAP_STATS: &str = "guard_stats";
 pub const MAP_EVENTS: &str = "vrrp_events";
-/// All maps, in the order they are checked and pinned.
-pub const ALL_MAPS: [&str; 5] = [MAP_INSTANCES, MAP_PEERS, MAP_ADVERTS, MAP_STATS, MAP_EVENTS];
 
-/// Capacity of the instance maps: VRRP instances one daemon can run (VRIDs x interfaces).
-pub const MAX_INSTANCES: u32 = 256;
-/// Capacity of the peer map: allowed (interface, VRID, source) triples.
-pub const MAX_PEERS: u32 = 4096;
+/// Entries of `vrrp_vrids`: one per VRID value (index = VRID; 0 is never configured).
+pub const VRIDS: u32 = 256;
+/// Interfaces one VRID can be configured on at once (slots of a [`VridEntry`]).
+pub const MAX_IFACES_PER_VRID: usize = 4;
+/// Peers one instance can allow (inline in its [`InstanceSlot`]).
+pub const MAX_PEERS_PER_INSTANCE: usize = 8;
+/// Capacity of `vrrp_adverts`: VRRP instances one daemon can run.
+pub const MAX_INSTANCES: u32 = VRIDS * MAX_IFACES_PER_VRID as u32;
 /// Size of the event ring buffer in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// The program name of the XDP guard in the object file.
 pub const PROGRAM_NAME: &str = "hapd_vrrp_guard";
 
-/// Key of `vrrp_instances` and `vrrp_adverts`: one VRRP instance on one interface.
+/// Key of `vrrp_adverts`: one VRRP instance on one interface.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct InstanceKey {
@@ -50,53 +51,73 @@ impl InstanceKey {
     }
 }
 
-/// `InstanceConfig::flags`: only sources in `vrrp_peers` may speak for this VRID.
+/// `InstanceSlot::flags`: only sources in `peers` may speak for this VRID.
 pub const CFG_PEER_FILTER: u8 = 1 << 0;
-/// `InstanceConfig::flags`: v3 IPv4 checksum includes the IPv4 pseudo-header (keepalived's
+/// `InstanceSlot::flags`: v3 IPv4 checksum includes the IPv4 pseudo-header (keepalived's
 /// default); clear means the checksum covers the VRRP message only (RFC 9568 section 5.2.8).
 pub const CFG_V3_PSEUDO_HEADER: u8 = 1 << 1;
 
-/// Value of `vrrp_instances`: what the guard must know about a configured instance.
-/// Written by userspace only.
+/// One configured instance of a VRID: what the guard must know about it. Written by userspace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InstanceConfig {
+pub struct InstanceSlot {
+    /// Interface the instance runs on; 0 = unused slot.
+    pub ifindex: u32,
     /// 2 or 3; adverts of the other version are dropped.
     pub version: u8,
     /// `CFG_*` bits.
     pub flags: u8,
     /// v2 only: expected Auth Type (0 none, 1 PASS).
     pub auth_type: u8,
-    pub _pad: [u8; 5],
+    /// How many of `peers` are in use.
+    pub peer_count: u8,
     /// v2 PASS only: the password, zero padded to 8 bytes (RFC 2338 section 5.3.10).
     pub auth_pass: [u8; 8],
+    /// Allowed source addresses (network byte order, as on the wire).
+    pub peers: [[u8; 4]; MAX_PEERS_PER_INSTANCE],
 }
 
-/// Key of `vrrp_peers`: a source address allowed to speak for one instance.
+/// Value of `vrrp_vrids[vrid]`: the instances of one VRID, one slot per interface. An array
+/// indexed by VRID is what keeps the guard's hot path to one inlined map lookup: a forged
+/// advert costs no hashing at all.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PeerKey {
-    pub ifindex: u32,
-    /// IPv4 source address in network byte order as it appears on the wire.
-    pub addr: [u8; 4],
-    pub vrid: u8,
-    pub _pad: [u8; 3],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VridEntry {
+    pub slots: [InstanceSlot; MAX_IFACES_PER_VRID],
 }
 
-impl PeerKey {
+impl VridEntry {
+    /// The slot of `ifindex`, if this VRID is configured there.
     #[inline(always)]
-    pub const fn new(ifindex: u32, vrid: u8, addr: [u8; 4]) -> Self {
-        Self {
-            ifindex,
-            addr,
-            vrid,
-            _pad: [0; 3],
+    pub fn slot(&self, ifindex: u32) -> Option<&InstanceSlot> {
+        let mut i = 0;
+        while i < MAX_IFACES_PER_VRID {
+            if self.slots[i].ifindex == ifindex && ifindex != 0 {
+                return Some(&self.slots[i]);
+            }
+            i += 1;
         }
+        None
     }
 }
 
-/// Value of `vrrp_peers`: nothing but presence matters; the value is 1.
-pub type PeerValue = u32;
+impl InstanceSlot {
+    /// Whether `src` is one of the allowed peers.
+    #[inline(always)]
+    pub fn is_peer(&self, src: [u8; 4]) -> bool {
+        let mut i = 0;
+        while i < MAX_PEERS_PER_INSTANCE {
+            if i >= self.peer_count as usize {
+                return false;
+            }
+            if self.peers[i] == src {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 /// Value of `vrrp_adverts`: the last valid advert the guard saw for an instance. Entries are
 /// created (zeroed) by userspace for every configured instance and updated in place by the guard.
@@ -270,8 +291,8 @@ impl GuardCounters {
 
 const _: () = {
     assert!(core::mem::size_of::<InstanceKey>() == 8);
-    assert!(core::mem::size_of::<InstanceConfig>() == 16);
-    assert!(core::mem::size_of::<PeerKey>() == 12);
+    assert!(core::mem::size_of::<InstanceSlot>() == 48);
+    assert!(core::mem::size_of::<VridEntry>() == 192);
     assert!(core::mem::size_of::<AdvertRecord>() == 24);
     assert!(core::mem::size_of::<GuardEvent>() == 24);
     assert!(core::mem::size_of::<GuardCounters>() == 13 * 8);
@@ -283,8 +304,8 @@ mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, with every
     // padding byte an explicit field, so any bit pattern is a valid value.
     unsafe impl aya::Pod for InstanceKey {}
-    unsafe impl aya::Pod for InstanceConfig {}
-    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for InstanceSlot {}
+    unsafe impl aya::Pod for VridEntry {}
     unsafe impl aya::Pod for AdvertRecord {}
     unsafe impl aya::Pod for GuardEvent {}
     unsafe impl aya::Pod for GuardCounters {}

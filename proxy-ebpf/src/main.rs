@@ -9,7 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
     helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
@@ -19,27 +19,24 @@ use aya_log_ebpf::warn;
 use proxy_common::{
     guard::{classify, record_advert, Frame, Tables, Verdict, MAX_OFFSET},
     maps::{
-        AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, PeerValue,
-        Reason, EVENTS_BYTES, MAX_INSTANCES, MAX_PEERS,
+        AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, VridEntry, EVENTS_BYTES,
+        MAX_INSTANCES, VRIDS,
     },
 };
 
 /// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
 /// recognised. Not used by the program itself.
-#[btf_map]
-static hapd_layout: Array<u32, 1> = Array::new();
-#[btf_map]
-static vrrp_instances: HashMap<InstanceKey, InstanceConfig, { MAX_INSTANCES as usize }> =
+#[btf_map(name = "hapd_layout")]
+static HAPD_LAYOUT: Array<u32, 1> = Array::new();
+#[btf_map(name = "vrrp_vrids")]
+static VRRP_VRIDS: Array<VridEntry, { VRIDS as usize }> = Array::new();
+#[btf_map(name = "vrrp_adverts")]
+static VRRP_ADVERTS: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize }> =
     HashMap::new();
-#[btf_map]
-static vrrp_peers: HashMap<PeerKey, PeerValue, { MAX_PEERS as usize }> = HashMap::new();
-#[btf_map]
-static vrrp_adverts: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize }> =
-    HashMap::new();
-#[btf_map]
-static guard_stats: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
-#[btf_map]
-static vrrp_events: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+#[btf_map(name = "guard_stats")]
+static GUARD_STATS: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
+#[btf_map(name = "vrrp_events")]
+static VRRP_EVENTS: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
 
 /// The packet between `data` and `data_end`.
 struct XdpFrame {
@@ -67,20 +64,15 @@ struct Maps;
 
 impl Tables for Maps {
     #[inline(always)]
-    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig> {
-        // SAFETY: the value is copied out at once; userspace replaces whole values only.
-        unsafe { vrrp_instances.get(key).copied() }
-    }
-
-    #[inline(always)]
-    fn is_peer(&self, key: &PeerKey) -> bool {
-        vrrp_peers.get_ptr(key).is_some()
+    fn vrid(&self, vrid: u8) -> Option<&VridEntry> {
+        // An array element lives as long as the map; userspace replaces whole entries.
+        VRRP_VRIDS.get(vrid as u32)
     }
 }
 
 #[inline(always)]
 fn count(reason: Reason) {
-    if let Some(c) = guard_stats.get_ptr_mut(0) {
+    if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot of this CPU; XDP runs with preemption disabled.
         unsafe { *(*c).slot(reason) += 1 };
     }
@@ -102,7 +94,7 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
         }
         Verdict::Advert(advert) => {
             count(Reason::Accepted);
-            let Some(rec) = vrrp_adverts.get_ptr_mut(advert.key) else {
+            let Some(rec) = VRRP_ADVERTS.get_ptr_mut(advert.key) else {
                 // Userspace creates a record with every instance; a missing one means the
                 // instance is being removed right now. Nothing to record.
                 return XDP_PASS;
@@ -128,8 +120,8 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
                     addr_count: advert.addr_count,
                     prev_priority,
                 };
-                if vrrp_events.output(&event, 0).is_err() {
-                    if let Some(c) = guard_stats.get_ptr_mut(0) {
+                if VRRP_EVENTS.output(&event, 0).is_err() {
+                    if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
                         // SAFETY: as in count().
                         unsafe { (*c).events_lost += 1 };
                     }
@@ -143,6 +135,14 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             XDP_PASS
         }
     }
+}
+
+/// Traffic generator for the `xdp` benchmark: run with BPF_F_TEST_XDP_LIVE_FRAMES, it transmits
+/// the test frame out of the ingress interface, as fast as the kernel can. hapd never attaches
+/// it to an interface.
+#[xdp]
+pub fn hapd_bench_tx(_ctx: XdpContext) -> u32 {
+    XDP_TX
 }
 
 #[cfg(not(test))]

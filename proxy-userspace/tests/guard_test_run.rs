@@ -63,7 +63,7 @@ impl Both {
         let mut xdp = XdpGuard::load(None).expect("load the guard (run the tests as root)");
         xdp.configure(&refs).unwrap();
         let raw = RawState::default();
-        raw.configure(&refs);
+        raw.configure(&refs).unwrap();
         Both { xdp, raw }
     }
 

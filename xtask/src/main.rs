@@ -1,1 +1,77 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | bench`.
+mod demo;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hapd project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh Debian 12 machine lacks to build, test and demo hapd (idempotent).
+    Setup,
+    /// Build hapd and show the XDP VRRP guard at work in a network-namespace lab.
+    Demo,
+    /// Run a benchmark suite (see bench/README.md): `xdp`, or `all`.
+    Bench {
+        /// Suite name.
+        suite: String,
+        /// Short runs, for a smoke check.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => demo::run(),
+        Task::Bench { suite, quick } => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "proxy-userspace",
+                "--bin",
+                "hapd",
+            ]))?;
+            let mut c = cargo();
+            c.args(["run", "--release", "--quiet", "-p", "bench", "--", &suite]);
+            if quick {
+                c.arg("--quick");
+            }
+            run(&mut c)
+        }
+    }
+}
+
+/// The cargo that runs us.
+pub fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Runs `c`, failing with its name if it fails.
+pub fn run(c: &mut Command) -> anyhow::Result<()> {
+    let st = c.status().with_context(|| format!("running {c:?}"))?;
+    if !st.success() {
+        bail!("{c:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// The workspace root.
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
+}

@@ -15,6 +15,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
+use proxy_common::maps::{MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -300,6 +301,7 @@ impl Config {
 
         let mut names = HashSet::new();
         let mut ids = HashSet::new();
+        let mut ifaces_per_vrid: HashMap<Vrid, usize> = HashMap::new();
         let mut modes: HashMap<&str, XdpMode> = HashMap::new();
         for (i, v) in self.vrrp.iter().enumerate() {
             let span = v.span();
@@ -328,6 +330,18 @@ impl Config {
                 return Err(err(
                     "vrid",
                     format!("vrid {} is used twice on interface {}", v.vrid, v.interface),
+                ));
+            }
+            let n = ifaces_per_vrid.entry(v.vrid).or_default();
+            *n += 1;
+            if *n > MAX_IFACES_PER_VRID {
+                return Err(err(
+                    "vrid",
+                    format!(
+                        "vrid {} is on more than {MAX_IFACES_PER_VRID} interfaces; the guard holds \
+                         {MAX_IFACES_PER_VRID} per VRID",
+                        v.vrid
+                    ),
                 ));
             }
             if let Some(&other) = modes.get(v.interface.as_str()) {
@@ -413,6 +427,15 @@ impl Config {
                 return Err(err(
                     "virtual_ips",
                     "at most 255 addresses fit in an advert".into(),
+                ));
+            }
+            if v.peers.len() > MAX_PEERS_PER_INSTANCE {
+                return Err(err(
+                    "peers",
+                    format!(
+                        "{} peers; the guard holds at most {MAX_PEERS_PER_INSTANCE} per instance",
+                        v.peers.len()
+                    ),
                 ));
             }
             let mut seen = HashSet::new();

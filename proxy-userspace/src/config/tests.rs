@@ -107,6 +107,7 @@ fn every_invalid_case_names_the_key() {
         (with_vrrp("virtual_ips = [\"10.0.1.300/24\"]"), "virtual_ips: \"10.0.1.300/24\" is not an IPv4 address with prefix", "@virtual_ips ="),
         (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.2\"]"), "vrrp[0].peers[1]: 198.18.0.2 is listed twice", "[[vrrp]]"),
         (with_vrrp("peers = [\"224.0.0.18\"]"), "vrrp[0].peers[0]", "[[vrrp]]"),
+        (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.3\", \"198.18.0.4\", \"198.18.0.5\", \"198.18.0.6\", \"198.18.0.7\", \"198.18.0.8\", \"198.18.0.9\", \"198.18.0.10\"]"), "vrrp[0].peers: 9 peers; the guard holds at most 8", "[[vrrp]]"),
         (with_vrrp("peers = [\"proxy02\"]"), "peers: \"proxy02\" is not an IPv4 address", "@peers ="),
         (with_vrrp("peers = []\nunicast = true"), "vrrp[0].peers: unicast = true needs at least one peer", "[[vrrp]]"),
         (with_vrrp("track_scripts = [\"nope\"]"), "vrrp[0].track_scripts[0]: no [[track_script]] named \"nope\"", "[[vrrp]]"),

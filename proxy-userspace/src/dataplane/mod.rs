@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, CFG_PEER_FILTER,
-    CFG_V3_PSEUDO_HEADER,
+    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, InstanceSlot, VridEntry, CFG_PEER_FILTER,
+    CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
 };
 use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
@@ -67,14 +67,17 @@ impl InstanceSpec {
         InstanceKey::new(self.ifindex, self.vrid)
     }
 
-    pub fn peer_keys(&self) -> impl Iterator<Item = PeerKey> + '_ {
-        self.peers
-            .iter()
-            .map(|a| PeerKey::new(self.ifindex, self.vrid, *a))
-    }
-
-    /// The `vrrp_instances` value for this instance.
-    pub fn guard_config(&self) -> InstanceConfig {
+    /// This instance's slot in `vrrp_vrids[vrid]`.
+    pub fn slot(&self) -> anyhow::Result<InstanceSlot> {
+        if self.peers.len() > MAX_PEERS_PER_INSTANCE {
+            anyhow::bail!(
+                "vrrp {:?}: {} peers, the guard holds at most {MAX_PEERS_PER_INSTANCE}",
+                self.name,
+                self.peers.len()
+            );
+        }
+        let mut peers = [[0u8; 4]; MAX_PEERS_PER_INSTANCE];
+        peers[..self.peers.len()].copy_from_slice(&self.peers);
         let mut flags = 0;
         if !self.peers.is_empty() {
             flags |= CFG_PEER_FILTER;
@@ -82,7 +85,8 @@ impl InstanceSpec {
         if self.pseudo_header {
             flags |= CFG_V3_PSEUDO_HEADER;
         }
-        InstanceConfig {
+        Ok(InstanceSlot {
+            ifindex: self.ifindex,
             version: self.version,
             flags,
             auth_type: if self.auth_pass.is_some() {
@@ -90,10 +94,31 @@ impl InstanceSpec {
             } else {
                 AUTH_NONE
             },
-            _pad: [0; 5],
+            peer_count: self.peers.len() as u8,
             auth_pass: self.auth_pass.unwrap_or_default(),
-        }
+            peers,
+        })
     }
+}
+
+/// The `vrrp_vrids` entries that `specs` make, by VRID.
+pub fn vrid_entries(specs: &[&InstanceSpec]) -> anyhow::Result<BTreeMap<u8, VridEntry>> {
+    let mut out: BTreeMap<u8, VridEntry> = BTreeMap::new();
+    for s in specs {
+        let entry = out.entry(s.vrid).or_default();
+        let free = entry
+            .slots
+            .iter_mut()
+            .find(|slot| slot.ifindex == 0)
+            .with_context(|| {
+                format!(
+                    "vrid {} is on more than {MAX_IFACES_PER_VRID} interfaces",
+                    s.vrid
+                )
+            })?;
+        *free = s.slot()?;
+    }
+    Ok(out)
 }
 
 /// How the guard runs on one interface.
@@ -225,7 +250,7 @@ impl Dataplane {
                 g.spawn_events(tx.clone())?;
             }
         }
-        self.raw.configure(&raw_specs);
+        self.raw.configure(&raw_specs)?;
         for (iface, mode) in &self.modes {
             if *mode != GuardMode::Raw {
                 continue;

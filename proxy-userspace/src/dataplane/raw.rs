@@ -3,7 +3,7 @@
 //! filter limits to IPv4 protocol 112. "Drop" here means hapd ignores the packet; the kernel
 //! has no other use for protocol 112.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use proxy_common::{
     guard::{classify, record_advert, Tables, Verdict},
-    maps::{AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, Reason},
+    maps::{AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, VridEntry},
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
@@ -30,32 +30,30 @@ pub struct RawState {
     counters: Mutex<GuardCounters>,
 }
 
+/// `vrrp_vrids` in memory: the configured VRIDs only (absent = no slot in use).
 #[derive(Default)]
 struct RawTables {
-    instances: HashMap<InstanceKey, InstanceConfig>,
-    peers: HashSet<PeerKey>,
+    vrids: std::collections::BTreeMap<u8, VridEntry>,
 }
 
 impl Tables for RawTables {
-    fn instance(&self, key: &InstanceKey) -> Option<InstanceConfig> {
-        self.instances.get(key).copied()
-    }
-    fn is_peer(&self, key: &PeerKey) -> bool {
-        self.peers.contains(key)
+    fn vrid(&self, vrid: u8) -> Option<&VridEntry> {
+        self.vrids.get(&vrid)
     }
 }
 
 impl RawState {
     /// Makes the tables hold exactly `specs` (records of kept instances survive).
-    pub fn configure(&self, specs: &[&InstanceSpec]) {
-        let mut t = lock(&self.tables);
-        t.instances = specs.iter().map(|s| (s.key(), s.guard_config())).collect();
-        t.peers = specs.iter().flat_map(|s| s.peer_keys()).collect();
+    pub fn configure(&self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
+        let vrids = super::vrid_entries(specs)?;
+        let keys: Vec<InstanceKey> = specs.iter().map(|s| s.key()).collect();
+        lock(&self.tables).vrids = vrids;
         let mut adverts = lock(&self.adverts);
-        adverts.retain(|k, _| t.instances.contains_key(k));
-        for s in specs {
-            adverts.entry(s.key()).or_default();
+        adverts.retain(|k, _| keys.contains(k));
+        for k in keys {
+            adverts.entry(k).or_default();
         }
+        Ok(())
     }
 
     pub fn advert(&self, key: &InstanceKey) -> Option<AdvertRecord> {
@@ -228,7 +226,7 @@ pub fn spawn_receiver(
                     warn!("{iface}: receiving on the raw guard socket: {e}");
                     return;
                 }
-                if sll.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                if sll.sll_pkttype == libc::PACKET_OUTGOING {
                     continue; // our own adverts
                 }
                 // MSG_TRUNC returns the real length: a frame larger than the buffer is judged on

@@ -12,9 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceConfig, InstanceKey, PeerKey, PeerValue,
-    EVENTS_BYTES, LAYOUT_VERSION, MAP_ADVERTS, MAP_EVENTS, MAP_INSTANCES, MAP_PEERS, MAP_STATS,
-    MAX_INSTANCES, MAX_PEERS, PROGRAM_NAME,
+    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, VridEntry, EVENTS_BYTES, LAYOUT_VERSION,
+    MAP_ADVERTS, MAP_EVENTS, MAP_STATS, MAP_VRIDS, MAX_INSTANCES, PROGRAM_NAME, VRIDS,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{info, warn};
@@ -29,10 +28,9 @@ pub static GUARD_OBJECT: &[u8] =
 pub const MAP_LAYOUT: &str = "hapd_layout";
 
 /// Every map the guard pins: name, type, key size, value size, max entries.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 6] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); 5] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
-    (MAP_INSTANCES, MapType::Hash, 8, 16, MAX_INSTANCES),
-    (MAP_PEERS, MapType::Hash, 12, 4, MAX_PEERS),
+    (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
     (MAP_STATS, MapType::PerCpuArray, 4, 104, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
@@ -57,8 +55,7 @@ impl std::fmt::Display for Attached {
 /// The loaded guard and its maps.
 pub struct XdpGuard {
     ebpf: Ebpf,
-    instances: HashMap<MapData, InstanceKey, InstanceConfig>,
-    peers: HashMap<MapData, PeerKey, PeerValue>,
+    vrids: Array<MapData, VridEntry>,
     adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
@@ -103,8 +100,7 @@ impl XdpGuard {
             .set(0, LAYOUT_VERSION, 0)
             .context("writing the layout version")?;
         let guard = XdpGuard {
-            instances: take(&mut ebpf, MAP_INSTANCES)?,
-            peers: take(&mut ebpf, MAP_PEERS)?,
+            vrids: take(&mut ebpf, MAP_VRIDS)?,
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
@@ -116,40 +112,35 @@ impl XdpGuard {
         Ok(guard)
     }
 
-    /// Makes the maps hold exactly `specs`: adds and updates instances and peers, creates an
-    /// empty advert record for new instances, and removes what is no longer configured (left
-    /// behind by an earlier run that shared the pins).
+    /// Makes the maps hold exactly `specs`: writes the VRID entries that changed (each in one
+    /// update, so the guard never sees half an entry), clears the VRIDs no longer configured,
+    /// creates an empty advert record for new instances and removes the records of instances
+    /// that are gone (left behind by an earlier run that shared the pins).
     pub fn configure(&mut self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
-        let keys: Vec<InstanceKey> = specs.iter().map(|s| s.key()).collect();
-        let peers: Vec<PeerKey> = specs.iter().flat_map(|s| s.peer_keys()).collect();
-        for s in specs {
-            self.instances
-                .insert(s.key(), s.guard_config(), 0)
-                .with_context(|| format!("writing instance {} to {MAP_INSTANCES}", s.name))?;
-            let keep = match self.adverts.get(&s.key(), 0) {
-                // A record left by an earlier run of the same instance stays: it is still true.
-                Ok(_) => true,
-                Err(aya::maps::MapError::KeyNotFound) => false,
-                Err(e) => return Err(e).context("reading vrrp_adverts"),
-            };
-            if !keep {
-                self.adverts
-                    .insert(s.key(), AdvertRecord::default(), 0)
-                    .with_context(|| format!("creating the advert record of {}", s.name))?;
+        let entries = super::vrid_entries(specs)?;
+        for vrid in 0..VRIDS {
+            let want = entries.get(&(vrid as u8)).copied().unwrap_or_default();
+            let have = self
+                .vrids
+                .get(&vrid, 0)
+                .with_context(|| format!("reading {MAP_VRIDS}[{vrid}]"))?;
+            if have != want {
+                self.vrids
+                    .set(vrid, want, 0)
+                    .with_context(|| format!("writing {MAP_VRIDS}[{vrid}]"))?;
             }
         }
-        for p in &peers {
-            self.peers.insert(p, 1, 0).context("writing vrrp_peers")?;
-        }
-        let stale: Vec<InstanceKey> = self
-            .instances
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keys.contains(k))
-            .collect();
-        for k in stale {
-            let _ = self.instances.remove(&k);
-            let _ = self.adverts.remove(&k);
+        let keys: Vec<InstanceKey> = specs.iter().map(|s| s.key()).collect();
+        for (s, key) in specs.iter().zip(&keys) {
+            match self.adverts.get(key, 0) {
+                // A record left by an earlier run of the same instance stays: it is still true.
+                Ok(_) => {}
+                Err(aya::maps::MapError::KeyNotFound) => self
+                    .adverts
+                    .insert(key, AdvertRecord::default(), 0)
+                    .with_context(|| format!("creating the advert record of {}", s.name))?,
+                Err(e) => return Err(e).context("reading vrrp_adverts"),
+            }
         }
         let stale: Vec<InstanceKey> = self
             .adverts
@@ -159,15 +150,6 @@ impl XdpGuard {
             .collect();
         for k in stale {
             let _ = self.adverts.remove(&k);
-        }
-        let stale: Vec<PeerKey> = self
-            .peers
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !peers.contains(k))
-            .collect();
-        for k in stale {
-            let _ = self.peers.remove(&k);
         }
         Ok(())
     }

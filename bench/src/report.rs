@@ -1,0 +1,123 @@
+//! Suite reports: raw rounds and machine facts as JSON, tables as Markdown.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::SystemTime,
+};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub kernel: String,
+    pub hapd: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let kernel = Command::new("uname")
+            .arg("-r")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            kernel,
+            hapd: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// One table of a report: a title, column names, rows of cells, and notes under it.
+#[derive(Serialize)]
+pub struct Table {
+    pub title: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub suite: String,
+    pub timestamp: String,
+    pub command: String,
+    pub machine: Machine,
+    pub tables: Vec<Table>,
+    /// Every measurement of every round, for whoever wants to redo the statistics.
+    pub raw: serde_json::Value,
+}
+
+impl Report {
+    pub fn new(suite: &str, quick: bool) -> Report {
+        let ts = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        Report {
+            suite: suite.into(),
+            timestamp: ts,
+            command: format!(
+                "cargo xtask bench {suite}{}",
+                if quick { " --quick" } else { "" }
+            ),
+            machine: Machine::read(),
+            tables: Vec::new(),
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# {} benchmark, {}\n\n`{}` on {} cores, kernel {}, hapd {}.\n",
+            self.suite,
+            self.timestamp,
+            self.command,
+            self.machine.cores,
+            self.machine.kernel,
+            self.machine.hapd
+        );
+        for t in &self.tables {
+            s += &format!(
+                "\n## {}\n\n| {} |\n|{}\n",
+                t.title,
+                t.columns.join(" | "),
+                " --- |".repeat(t.columns.len())
+            );
+            for r in &t.rows {
+                s += &format!("| {} |\n", r.join(" | "));
+            }
+            for n in &t.notes {
+                s += &format!("\n{n}\n");
+            }
+        }
+        s
+    }
+
+    /// Writes `bench/results/<suite>-<timestamp>.{json,md}`; returns both paths.
+    pub fn write(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let stem = format!("{}-{}", self.suite, self.timestamp.replace(':', ""));
+        let json = dir.join(format!("{stem}.json"));
+        let md = dir.join(format!("{stem}.md"));
+        std::fs::write(&json, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", json.display()))?;
+        std::fs::write(&md, self.markdown())
+            .with_context(|| format!("writing {}", md.display()))?;
+        Ok((json, md))
+    }
+}
+
+/// Median and (min, max) of `v` (not empty).
+pub fn median_spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (m, s[0], s[s.len() - 1])
+}
