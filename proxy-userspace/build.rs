@@ -43,12 +43,13 @@ fn check_toolchain() -> anyhow::Result<()> {
             core.display()
         );
     }
-    if Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        bail!("bpf-linker is not in PATH; {FIX}");
+    // bpf-linker links the nightly toolchain's libLLVM, so it runs under `rustup run nightly`,
+    // as aya-build runs it.
+    let linker = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output();
+    if !linker.is_ok_and(|o| o.status.success()) {
+        bail!("bpf-linker does not run under the nightly toolchain; {FIX}");
     }
     Ok(())
 }

@@ -9,22 +9,23 @@ use proxy_common::maps::{
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::info;
 
-use crate::{config::Config, dataplane::Dataplane};
+use crate::{
+    config::Config,
+    dataplane::{Dataplane, InstanceSpec},
+};
 
 /// Runs until SIGTERM or SIGINT, then detaches the guard and removes the pins.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut dp = Dataplane::start(&config)?;
-    let names: HashMap<InstanceKey, String> = config
+    let specs = config
         .vrrp
         .iter()
-        .filter_map(|v| {
-            let v = v.get_ref();
-            let ifindex = nix::net::if_::if_nametoindex(v.interface.as_str()).ok()?;
-            Some((InstanceKey::new(ifindex, v.vrid.get()), v.name.clone()))
-        })
-        .collect();
+        .map(|v| InstanceSpec::from_config(v.get_ref()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut dp = Dataplane::start(&specs, Some(&config.node.pin_dir))?;
+    let names: HashMap<InstanceKey, String> =
+        specs.iter().map(|s| (s.key(), s.name.clone())).collect();
     info!(
         node = %config.node.name,
         instances = config.vrrp.len(),
@@ -67,13 +68,13 @@ pub fn describe(instance: &str, ev: &GuardEvent) -> String {
         }
     }
     format!(
-        "instance {instance} vrid {}: VRRPv{} advert from {} priority {} (was {}) interval {}0ms: {}",
+        "instance {instance} vrid {}: VRRPv{} advert from {} priority {} (was {}) interval {}ms: {}",
         ev.vrid,
         ev.version,
         Ipv4Addr::from(ev.src),
         ev.priority,
         ev.prev_priority,
-        ev.interval_cs,
+        u32::from(ev.interval_cs) * 10,
         why.join(", ")
     )
 }

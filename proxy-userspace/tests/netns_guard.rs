@@ -114,6 +114,14 @@ fn ping_and_tcp(lab: &Lab) {
     server.join().unwrap();
 }
 
+fn ip_link(lab: &Lab) -> String {
+    let out = Command::new("ip")
+        .args(["-n", &lab.host(0).netns, "link", "show", "eth0"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn pinned_counters(pin_dir: &Path) -> GuardCounters {
     let map = MapData::from_pin(pin_dir.join("guard_stats")).unwrap();
     let stats: PerCpuArray<_, GuardCounters> =
@@ -127,22 +135,27 @@ fn pinned_counters(pin_dir: &Path) -> GuardCounters {
 
 #[test]
 fn xdp_guard_in_the_lab() {
-    let mut s = start("auto");
+    xdp_guard("auto", "native XDP", "xdp");
+}
+
+#[test]
+fn generic_xdp_guard_in_the_lab() {
+    xdp_guard("generic", "generic XDP", "xdpgeneric");
+}
+
+/// `xdp = mode` must attach as `shown` in the log and `ip_flag` in `ip link`.
+fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
+    let mut s = start(mode);
     let modes = s.hapd.grep("VRRP guard runs as");
+    let want = format!("eth0: VRRP guard runs as {shown}");
+    assert!(modes.iter().any(|l| l.contains(&want)), "{modes:?}");
+    let link = ip_link(&s.lab);
+    // `ip link` shows the mode after the MTU ("mtu 1500 xdpgeneric qdisc") and the program.
     assert!(
-        modes
-            .iter()
-            .any(|l| l.contains("eth0: VRRP guard runs as native XDP")),
-        "{modes:?}"
+        link.contains(&format!(" {ip_flag} qdisc")),
+        "guard attached as {ip_flag}: {link}"
     );
-    let xdp = Command::new("ip")
-        .args(["-n", &s.lab.host(0).netns, "link", "show", "eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&xdp.stdout).contains("xdp"),
-        "guard attached to eth0"
-    );
+    assert!(link.contains("name hapd_vrrp_guard"), "{link}");
 
     send_traffic(&s.lab);
     s.hapd
@@ -214,14 +227,8 @@ fn xdp_guard_in_the_lab() {
             "{m} still pinned after SIGTERM"
         );
     }
-    let xdp = Command::new("ip")
-        .args(["-n", &s.lab.host(0).netns, "link", "show", "eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&xdp.stdout).contains("xdp"),
-        "guard detached"
-    );
+    let link = ip_link(&s.lab);
+    assert!(!link.contains("xdp"), "guard detached: {link}");
 }
 
 #[test]
@@ -257,4 +264,43 @@ fn raw_socket_guard_in_the_lab() {
         !s.pin_dir.join("guard_stats").exists(),
         "no pins in off mode"
     );
+}
+
+/// `auto` on an interface without native XDP (a bridge device) falls back to generic XDP and
+/// says so.
+#[test]
+fn auto_falls_back_to_generic_and_says_so() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.exec(0, &["ip", "link", "add", "dum0", "type", "bridge"])
+        .unwrap();
+    lab.exec(0, &["ip", "link", "set", "dum0", "up"]).unwrap();
+    let pin_dir = lab.bpffs().unwrap().join("h0");
+    let cfg = lab.dir().join("h0.toml");
+    std::fs::write(
+        &cfg,
+        config(&pin_dir, "auto").replace("\"eth0\"", "\"dum0\""),
+    )
+    .unwrap();
+    let child = lab
+        .spawn(0, &[HAPD, "run", "--config", cfg.to_str().unwrap()])
+        .unwrap();
+    let mut hapd = Proc::new("hapd", child);
+    hapd.wait_for("hapd ready", 1, Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        hapd.grep("dum0: native XDP attach failed").len(),
+        1,
+        "{:?}",
+        hapd.lines()
+    );
+    assert_eq!(
+        hapd.grep("dum0: VRRP guard runs as generic XDP").len(),
+        1,
+        "{:?}",
+        hapd.lines()
+    );
+    assert!(hapd
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
 }

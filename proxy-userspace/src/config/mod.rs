@@ -503,6 +503,25 @@ impl Config {
                 return Err(err("garp.interval", "must be greater than 0".into()));
             }
         }
+        let proxy_sections = [
+            ("server", self.server.is_some()),
+            ("tls", self.tls.is_some()),
+            ("listener", !self.listener.is_empty()),
+            ("upstream", !self.upstream.is_empty()),
+            ("vhost", !self.vhost.is_empty()),
+        ];
+        let present: Vec<&str> = proxy_sections
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(n, _)| *n)
+            .collect();
+        if !present.is_empty() {
+            warnings.push(Warning {
+                key: present.join(", "),
+                message: "proxy sections are accepted but this hapd build does not serve them yet"
+                    .into(),
+            });
+        }
         if self.vrrp.is_empty() {
             warnings.push(Warning {
                 key: "vrrp".into(),

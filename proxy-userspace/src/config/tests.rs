@@ -66,7 +66,12 @@ fn the_documented_example_is_valid() {
     assert_eq!(v.advert_interval.0, Duration::from_secs(1));
     assert_eq!(v.garp.repeat, 5);
     assert_eq!(c.track_script[0].get_ref().fall, 2);
-    assert!(warnings.is_empty(), "{warnings:?}");
+    let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["server, tls, listener, upstream, vhost"],
+        "{warnings:?}"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{Config, V3Checksum, Vrrp, VrrpVersion, XdpMode};
+use crate::config::{V3Checksum, Vrrp, VrrpVersion, XdpMode};
 use xdp::{Attached, XdpGuard};
 
 /// One configured VRRP instance as the guard needs it.
@@ -150,19 +150,10 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads and attaches the guard for every instance of `config`. Must run inside a tokio
-    /// runtime. On error nothing stays attached or pinned.
-    pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let specs = config
-            .vrrp
-            .iter()
-            .map(|v| InstanceSpec::from_config(v.get_ref()))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::start_with(&specs, Some(&config.node.pin_dir))
-    }
-
-    /// As [`Dataplane::start`], from resolved specs; `pin_dir` None keeps the maps unpinned.
-    pub fn start_with(specs: &[InstanceSpec], pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// Loads and attaches the guard for `specs` (see [`InstanceSpec::from_config`]); `pin_dir`
+    /// None keeps the maps unpinned. Must run inside a tokio runtime. On error nothing stays
+    /// attached or pinned.
+    pub fn start(specs: &[InstanceSpec], pin_dir: Option<&Path>) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(1024);
         let mut per_iface: BTreeMap<&str, (u32, XdpMode)> = BTreeMap::new();
         for s in specs {
