@@ -8,20 +8,17 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{MapData, PerCpuArray},
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
     Ebpf,
 };
 use hapd_lab::{
     frames::{ether, ipv4, Advert, Csum},
-    proc::Proc,
     Lab,
 };
-use proxy_common::maps::GuardCounters;
 use proxy_userspace::{
     config::XdpMode,
     dataplane::{
-        xdp::{XdpGuard, GUARD_OBJECT},
+        xdp::{pinned_counters, XdpGuard, GUARD_OBJECT},
         InstanceSpec,
     },
 };
@@ -196,17 +193,6 @@ fn hapd_bin() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-fn pinned_counters(path: &std::path::Path) -> anyhow::Result<GuardCounters> {
-    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
-    let stats: PerCpuArray<_, GuardCounters> =
-        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))?;
-    let mut sum = GuardCounters::default();
-    for c in stats.get(&0, 0)?.iter() {
-        sum.accumulate(c);
-    }
-    Ok(sum)
-}
-
 /// CPU time (user + system) of `pid` so far.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -230,26 +216,13 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     // in native mode (a veth takes XDP frames only when its peer has XDP attached).
     let (dut_if, gen_if) = lab.link(0, 1)?;
     let pin_dir = lab.bpffs()?.join("dut");
-    let cfg = lab.dir().join("dut.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nname = \"dut\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"{dut_if}\"\nvrid = 51\n\
-             priority = 100\nadvert_interval = \"10ms\"\nvirtual_ips = [\"198.18.0.100/24\"]\npeers = [\"198.18.0.9\"]\nxdp = \"native\"\n",
-            pin_dir.display()
-        ),
-    )?;
-    let child = lab.spawn(
-        0,
-        &[
-            hapd.to_str().context("path")?,
-            "run",
-            "--config",
-            cfg.to_str().context("path")?,
-        ],
-    )?;
-    let mut daemon = Proc::new("hapd", child);
-    daemon.wait_for("hapd ready", 1, Duration::from_secs(10))?;
+    let config = format!(
+        "[node]\nname = \"dut\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\n\
+         interface = \"{dut_if}\"\nvrid = 51\npriority = 100\nadvert_interval = \"10ms\"\n\
+         virtual_ips = [\"198.18.0.100/24\"]\npeers = [\"198.18.0.9\"]\nxdp = \"native\"\n",
+        pin_dir.display()
+    );
+    let mut daemon = lab.start_hapd(0, &hapd, &config)?;
 
     // The generator: XDP_TX of one forged advert, over and over, out of the intruder's eth0.
     let mut gen_obj = Ebpf::load(GUARD_OBJECT).context("loading the generator object")?;
@@ -265,7 +238,6 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         ..Advert::v3(lab.host(1).addr.octets())
     }
     .frame();
-    let stats = pin_dir.join("guard_stats");
 
     let mut rows = Vec::new();
     let mut raw = Vec::new();
@@ -275,7 +247,7 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
             "xdp: flood round {}/{rounds}: {frames} forged adverts into native XDP on a veth",
             round + 1
         );
-        let before = pinned_counters(&stats)?;
+        let before = pinned_counters(&pin_dir)?;
         let cpu0 = cpu_time(daemon.pid())?;
         let events0 = daemon.grep("advert from").len();
         let t0 = Instant::now();
@@ -297,7 +269,7 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         })?;
         let wall = t0.elapsed();
         std::thread::sleep(Duration::from_millis(100));
-        let after = pinned_counters(&stats)?;
+        let after = pinned_counters(&pin_dir)?;
         let cpu = cpu_time(daemon.pid())? - cpu0;
         let dropped = after.drop_not_peer - before.drop_not_peer;
         let rate = dropped as f64 / wall.as_secs_f64() / 1e6;

@@ -219,6 +219,18 @@ impl Lab {
             .with_context(|| format!("starting {argv:?} in {}", self.hosts[i].netns))
     }
 
+    /// Writes `config` to the lab's folder, starts `hapd run` with it in host `i` and waits
+    /// until it says it is ready.
+    pub fn start_hapd(&self, i: usize, hapd: &Path, config: &str) -> anyhow::Result<proc::Proc> {
+        let cfg = self.dir.join(format!("h{i}.toml"));
+        std::fs::write(&cfg, config).with_context(|| format!("writing {}", cfg.display()))?;
+        let hapd = hapd.to_str().context("hapd path is not UTF-8")?;
+        let cfg = cfg.to_str().context("lab path is not UTF-8")?;
+        let mut p = proc::Proc::new("hapd", self.spawn(i, &[hapd, "run", "--config", cfg])?);
+        p.wait_for("hapd ready", 1, std::time::Duration::from_secs(10))?;
+        Ok(p)
+    }
+
     /// Runs `f` on a thread that has entered host `i`'s network namespace: sockets it opens
     /// belong to that host.
     pub fn in_netns<R: Send>(

@@ -16,7 +16,7 @@ fn namespaces() -> String {
 
 #[test]
 fn hosts_talk_and_everything_goes_on_drop_and_on_panic() {
-    let (names, bpffs) = {
+    let (names, bpffs, mut sleeper) = {
         let mut lab = Lab::new(3).unwrap();
         let bpffs = lab.bpffs().unwrap();
         let names: Vec<String> = lab.hosts().iter().map(|h| h.netns.clone()).collect();
@@ -28,9 +28,15 @@ fn hosts_talk_and_everything_goes_on_drop_and_on_panic() {
         lab.exec(0, &["ping", "-c", "1", "-W", "2", "198.18.0.3"])
             .unwrap();
         // A process left running is killed with the lab.
-        let _sleeper = lab.spawn(1, &["sleep", "600"]).unwrap();
-        (names, bpffs)
+        let sleeper = lab.spawn(1, &["sleep", "600"]).unwrap();
+        (names, bpffs, sleeper)
     };
+    // Killed by the lab's drop: it has exited already, by a signal.
+    let status = sleeper
+        .try_wait()
+        .unwrap()
+        .expect("the lab killed what ran in it");
+    assert!(!status.success());
     let list = namespaces();
     for n in &names {
         assert!(!list.contains(n.as_str()), "{n} left behind");

@@ -9,10 +9,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{HashMap, MapData};
 use hapd_lab::{frames::Advert, proc::Proc, Lab};
 use nix::sys::signal::Signal;
-use proxy_common::maps::{AdvertRecord, GuardCounters, InstanceKey};
+use proxy_common::maps::{AdvertRecord, InstanceKey};
+use proxy_userspace::dataplane::xdp::pinned_counters;
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 
@@ -46,13 +47,8 @@ struct Setup {
 fn start(xdp: &str) -> Setup {
     let mut lab = Lab::new(3).unwrap();
     let pin_dir = lab.bpffs().unwrap().join("h0");
-    let cfg = lab.dir().join("h0.toml");
-    std::fs::write(&cfg, config(&pin_dir, xdp)).unwrap();
-    let child = lab
-        .spawn(0, &[HAPD, "run", "--config", cfg.to_str().unwrap()])
-        .unwrap();
-    let mut hapd = Proc::new("hapd", child);
-    hapd.wait_for("hapd ready", 1, Duration::from_secs(10))
+    let hapd = lab
+        .start_hapd(0, Path::new(HAPD), &config(&pin_dir, xdp))
         .unwrap();
     Setup { lab, hapd, pin_dir }
 }
@@ -122,17 +118,6 @@ fn ip_link(lab: &Lab) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn pinned_counters(pin_dir: &Path) -> GuardCounters {
-    let map = MapData::from_pin(pin_dir.join("guard_stats")).unwrap();
-    let stats: PerCpuArray<_, GuardCounters> =
-        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map)).unwrap();
-    let mut sum = GuardCounters::default();
-    for c in stats.get(&0, 0).unwrap().iter() {
-        sum.accumulate(c);
-    }
-    sum
-}
-
 #[test]
 fn xdp_guard_in_the_lab() {
     xdp_guard("auto", "native XDP", "xdp");
@@ -167,7 +152,7 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
         .unwrap();
     ping_and_tcp(&s.lab);
 
-    let c = pinned_counters(&s.pin_dir);
+    let c = pinned_counters(&s.pin_dir).unwrap();
     assert_eq!(c.accepted, 5, "{c:?}");
     assert_eq!(c.drop_not_peer, 10, "{c:?}");
     assert_eq!(c.drop_ttl, 7, "{c:?}");
@@ -275,18 +260,8 @@ fn auto_falls_back_to_generic_and_says_so() {
         .unwrap();
     lab.exec(0, &["ip", "link", "set", "dum0", "up"]).unwrap();
     let pin_dir = lab.bpffs().unwrap().join("h0");
-    let cfg = lab.dir().join("h0.toml");
-    std::fs::write(
-        &cfg,
-        config(&pin_dir, "auto").replace("\"eth0\"", "\"dum0\""),
-    )
-    .unwrap();
-    let child = lab
-        .spawn(0, &[HAPD, "run", "--config", cfg.to_str().unwrap()])
-        .unwrap();
-    let mut hapd = Proc::new("hapd", child);
-    hapd.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let cfg = config(&pin_dir, "auto").replace("\"eth0\"", "\"dum0\"");
+    let mut hapd = lab.start_hapd(0, Path::new(HAPD), &cfg).unwrap();
     assert_eq!(
         hapd.grep("dum0: native XDP attach failed").len(),
         1,

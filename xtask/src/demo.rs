@@ -4,23 +4,13 @@
 //! (198.18.0.2); an intruder (198.18.0.3) on the same segment forges priority-255 adverts.
 use std::{process::Command, time::Duration};
 
-use anyhow::Context as _;
 use hapd_lab::{frames::Advert, proc::Proc, Lab};
 
-use crate::{cargo, root, run as run_cmd};
+use crate::{build_hapd, run as run_cmd};
 
 pub fn run() -> anyhow::Result<()> {
     step("Building hapd (release, with the XDP guard embedded)");
-    run_cmd(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "proxy-userspace",
-        "--bin",
-        "hapd",
-    ]))?;
-    let hapd = root().join("target/release/hapd");
+    let hapd = build_hapd()?;
 
     step("Creating the lab: proxy01, proxy02 and an intruder on one bridge, in network namespaces");
     let mut lab = Lab::new(3)?;
@@ -29,31 +19,19 @@ pub fn run() -> anyhow::Result<()> {
     for (i, n) in names.iter().enumerate() {
         println!("  {n:9} {} (netns {})", lab.host(i).addr, lab.host(i).netns);
     }
+    let config = format!(
+        "[node]\nname = \"proxy01\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\n\
+         interface = \"eth0\"\nvrid = 51\npriority = 110\nadvert_interval = \"100ms\"\n\
+         virtual_ips = [\"198.18.0.100/24\"]\npeers = [\"198.18.0.2\"]\n",
+        pin_dir.display()
+    );
+    println!("\n{config}");
     let cfg = lab.dir().join("proxy01.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nname = \"proxy01\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
-             vrid = 51\npriority = 110\nadvert_interval = \"100ms\"\nvirtual_ips = [\"198.18.0.100/24\"]\n\
-             peers = [\"198.18.0.2\"]\n",
-            pin_dir.display()
-        ),
-    )?;
-    println!("\n{}", std::fs::read_to_string(&cfg)?);
+    std::fs::write(&cfg, &config)?;
     run_cmd(Command::new(&hapd).args(["check", "--config"]).arg(&cfg))?;
 
     step("Starting hapd on proxy01");
-    let child = lab.spawn(
-        0,
-        &[
-            hapd.to_str().context("hapd path")?,
-            "run",
-            "--config",
-            cfg.to_str().context("config path")?,
-        ],
-    )?;
-    let mut daemon = Proc::new("hapd", child);
-    daemon.wait_for("hapd ready", 1, Duration::from_secs(10))?;
+    let mut daemon = lab.start_hapd(0, &hapd, &config)?;
     show(&daemon, 0);
 
     step("proxy02 sends 20 VRRPv3 adverts (priority 100, every 100 ms): recorded, one wake-up");

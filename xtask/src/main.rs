@@ -35,15 +35,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
         Task::Bench { suite, quick } => {
-            run(cargo().args([
-                "build",
-                "--release",
-                "--quiet",
-                "-p",
-                "proxy-userspace",
-                "--bin",
-                "hapd",
-            ]))?;
+            build_hapd()?;
             let mut c = cargo();
             c.args(["run", "--release", "--quiet", "-p", "bench", "--", &suite]);
             if quick {
@@ -52,6 +44,20 @@ fn main() -> anyhow::Result<()> {
             run(&mut c)
         }
     }
+}
+
+/// Builds `hapd` in release and returns its path.
+pub fn build_hapd() -> anyhow::Result<std::path::PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "proxy-userspace",
+        "--bin",
+        "hapd",
+    ]))?;
+    Ok(root().join("target/release/hapd"))
 }
 
 /// The cargo that runs us.

@@ -187,12 +187,7 @@ impl XdpGuard {
 
     /// Counters summed over all CPUs.
     pub fn counters(&self) -> anyhow::Result<GuardCounters> {
-        let per_cpu = self.stats.get(&0, 0).context("reading guard_stats")?;
-        let mut sum = GuardCounters::default();
-        for c in per_cpu.iter() {
-            sum.accumulate(c);
-        }
-        Ok(sum)
+        sum_cpus(&self.stats)
     }
 
     /// Runs the guard once on `frame` as if it arrived on `ifindex` (BPF_PROG_TEST_RUN).
@@ -298,6 +293,25 @@ impl XdpGuard {
         }
         Ok(())
     }
+}
+
+/// The guard's counters summed over CPUs, read from the pins in `pin_dir` (of a running hapd).
+pub fn pinned_counters(pin_dir: &Path) -> anyhow::Result<GuardCounters> {
+    let path = pin_dir.join(MAP_STATS);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let stats: PerCpuArray<MapData, GuardCounters> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))
+            .with_context(|| format!("{} is not the guard's counters", path.display()))?;
+    sum_cpus(&stats)
+}
+
+fn sum_cpus(stats: &PerCpuArray<MapData, GuardCounters>) -> anyhow::Result<GuardCounters> {
+    let per_cpu = stats.get(&0, 0).context("reading guard_stats")?;
+    let mut sum = GuardCounters::default();
+    for c in per_cpu.iter() {
+        sum.accumulate(c);
+    }
+    Ok(sum)
 }
 
 fn decode_event(item: &[u8]) -> Option<GuardEvent> {
