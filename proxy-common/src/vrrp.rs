@@ -66,3 +66,150 @@ pub const fn message_len(version: u8, count: u8) -> usize {
         base
     }
 }
+
+/// What is wrong with a buffer given to [`Packet::new_checked`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Shorter than the fixed header, or than the addresses (and v2 auth data) it announces.
+    Truncated,
+}
+
+/// A zero-copy view of a VRRP message (the IP payload), smoltcp style: after
+/// [`Packet::new_checked`] no accessor can panic.
+#[derive(Clone, Copy, Debug)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length (for emitting into a buffer sized with
+    /// `message_len`).
+    pub const fn new_unchecked(buffer: T) -> Self {
+        Packet { buffer }
+    }
+
+    /// Wraps `buffer`, checking that it holds the header and everything the header announces.
+    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+        let p = Packet { buffer };
+        p.check_len()?;
+        Ok(p)
+    }
+
+    /// Whether the buffer is long enough for the header and the announced addresses.
+    pub fn check_len(&self) -> Result<(), Error> {
+        let b = self.buffer.as_ref();
+        if b.len() < HEADER_LEN || b.len() < message_len(self.version(), self.addr_count()) {
+            return Err(Error::Truncated);
+        }
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    fn b(&self, i: usize) -> u8 {
+        self.buffer.as_ref()[i]
+    }
+
+    pub fn version(&self) -> u8 {
+        self.buffer.as_ref().first().map_or(0, |b| b >> 4)
+    }
+    pub fn kind(&self) -> u8 {
+        self.b(field::VER_TYPE) & 0x0f
+    }
+    pub fn vrid(&self) -> u8 {
+        self.b(field::VRID)
+    }
+    pub fn priority(&self) -> u8 {
+        self.b(field::PRIORITY)
+    }
+    pub fn addr_count(&self) -> u8 {
+        self.buffer.as_ref().get(field::COUNT).copied().unwrap_or(0)
+    }
+    /// v3: Max Adver Int in centiseconds (RFC 5798 section 5.2.7).
+    pub fn max_adver_int(&self) -> u16 {
+        (((self.b(field::B4) & 0x0f) as u16) << 8) | self.b(field::B5) as u16
+    }
+    /// v3: the 4 reserved bits, which must be sent as zero.
+    pub fn reserved(&self) -> u8 {
+        self.b(field::B4) >> 4
+    }
+    /// v2: Auth Type (RFC 3768 section 5.3.6).
+    pub fn auth_type(&self) -> u8 {
+        self.b(field::B4)
+    }
+    /// v2: Adver Int in seconds (RFC 3768 section 5.3.7).
+    pub fn adver_int_secs(&self) -> u8 {
+        self.b(field::B5)
+    }
+    pub fn checksum(&self) -> u16 {
+        u16::from_be_bytes([self.b(field::CHECKSUM), self.b(field::CHECKSUM + 1)])
+    }
+    /// Address `i` (`i < addr_count()`).
+    pub fn addr(&self, i: usize) -> [u8; 4] {
+        let o = field::ADDRS + 4 * i;
+        let b = self.buffer.as_ref();
+        [b[o], b[o + 1], b[o + 2], b[o + 3]]
+    }
+    /// v2: the 8 bytes of authentication data after the addresses.
+    pub fn auth_data(&self) -> [u8; 8] {
+        let o = field::ADDRS + 4 * self.addr_count() as usize;
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&self.buffer.as_ref()[o..o + 8]);
+        out
+    }
+    /// The message as announced (without trailing bytes beyond it).
+    pub fn message(&self) -> &[u8] {
+        &self.buffer.as_ref()[..message_len(self.version(), self.addr_count())]
+    }
+    /// Whether the checksum is right; `pseudo` is the pseudo-header sum for v3 IPv4
+    /// (see [`crate::guard::pseudo_header_sum`]), 0 for a message-only checksum.
+    pub fn verify_checksum(&self, pseudo: u32) -> bool {
+        crate::guard::checksum(self.message(), pseudo) == 0
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
+    fn bm(&mut self, i: usize) -> &mut u8 {
+        &mut self.buffer.as_mut()[i]
+    }
+    pub fn set_version_kind(&mut self, version: u8, kind: u8) {
+        *self.bm(field::VER_TYPE) = (version << 4) | (kind & 0x0f);
+    }
+    pub fn set_vrid(&mut self, v: u8) {
+        *self.bm(field::VRID) = v;
+    }
+    pub fn set_priority(&mut self, v: u8) {
+        *self.bm(field::PRIORITY) = v;
+    }
+    pub fn set_addr_count(&mut self, v: u8) {
+        *self.bm(field::COUNT) = v;
+    }
+    /// v3: Max Adver Int (12 bits) with the reserved bits zero.
+    pub fn set_max_adver_int(&mut self, cs: u16) {
+        *self.bm(field::B4) = ((cs >> 8) & 0x0f) as u8;
+        *self.bm(field::B5) = cs as u8;
+    }
+    pub fn set_auth_type(&mut self, v: u8) {
+        *self.bm(field::B4) = v;
+    }
+    pub fn set_adver_int_secs(&mut self, v: u8) {
+        *self.bm(field::B5) = v;
+    }
+    pub fn set_addr(&mut self, i: usize, a: [u8; 4]) {
+        let o = field::ADDRS + 4 * i;
+        self.buffer.as_mut()[o..o + 4].copy_from_slice(&a);
+    }
+    pub fn set_auth_data(&mut self, d: [u8; 8]) {
+        let o = field::ADDRS + 4 * self.addr_count() as usize;
+        self.buffer.as_mut()[o..o + 8].copy_from_slice(&d);
+    }
+    /// Computes and stores the checksum (`pseudo` as for [`Packet::verify_checksum`]).
+    pub fn fill_checksum(&mut self, pseudo: u32) {
+        self.buffer.as_mut()[field::CHECKSUM..field::CHECKSUM + 2].copy_from_slice(&[0, 0]);
+        let c = crate::guard::checksum(self.message(), pseudo);
+        self.buffer.as_mut()[field::CHECKSUM..field::CHECKSUM + 2]
+            .copy_from_slice(&c.to_be_bytes());
+    }
+}

@@ -681,3 +681,70 @@ fn reconfigure_removes_what_is_gone() {
         (1, 1, 2)
     );
 }
+
+fn fixture(name: &str) -> Vec<Vec<u8>> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// keepalived's own adverts (captured in the lab) pass the guard when keepalived is a peer.
+#[test]
+fn keepalived_adverts_are_accepted() {
+    const KEEPALIVED: [u8; 4] = [198, 18, 0, 1];
+    for (file, version, pass) in [
+        ("keepalived-v3.hex", 3, None),
+        ("keepalived-v2.hex", 2, Some(b"ChangeTh")),
+    ] {
+        let mut s = spec(51, version, version == 3, pass);
+        s.peers = vec![KEEPALIVED];
+        let mut g = XdpGuard::load(None).unwrap();
+        g.configure(&[&s]).unwrap();
+        let frames = fixture(file);
+        assert_eq!(
+            g.test_run(&frames[0], LO).unwrap(),
+            XDP_PASS,
+            "{file} steady advert"
+        );
+        assert_eq!(
+            g.poll_events()
+                .iter()
+                .map(|e| (e.priority, e.flags))
+                .collect::<Vec<_>>(),
+            vec![(110, EV_AFTER_SILENCE)]
+        );
+        assert_eq!(
+            g.test_run(&frames[1], LO).unwrap(),
+            XDP_PASS,
+            "{file} priority-0 advert"
+        );
+        assert_eq!(
+            g.poll_events()
+                .iter()
+                .map(|e| (e.priority, e.flags))
+                .collect::<Vec<_>>(),
+            vec![(0, EV_PRIORITY_ZERO | EV_PRIORITY_CHANGE)]
+        );
+        let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();
+        assert_eq!(
+            (rec.master, rec.version, rec.interval_cs, rec.adverts),
+            (KEEPALIVED, version, 100, 2)
+        );
+        // The same bytes from anyone else are forgeries.
+        s.peers = vec![PEER];
+        g.configure(&[&s]).unwrap();
+        assert_eq!(
+            g.test_run(&frames[0], LO).unwrap(),
+            XDP_DROP,
+            "{file} from a non-peer"
+        );
+    }
+}

@@ -1,0 +1,414 @@
+//! The VRRP state machine of one instance, without I/O (quinn-proto / holo-vrrp style).
+//!
+//! Time goes in as `now` (a monotonic [`Duration`] since any fixed epoch; the daemon uses
+//! `CLOCK_MONOTONIC`, the clock of the guard's `last_seen_ns`), events go in through the
+//! `handle_*` methods, and what to do comes out of [`Instance::poll_action`]; when to call
+//! [`Instance::handle_timeout`] next comes out of [`Instance::poll_timeout`]. Every state change
+//! goes through [`Instance::change_state`].
+//!
+//! One deliberate difference from RFC 5798 section 6.4.2, shared with keepalived: a backup with
+//! preemption on that hears a master of lower priority takes over at once instead of waiting
+//! for Master_Down_Interval, so a master that lowers its priority hands over within one advert.
+use std::{collections::BTreeMap, collections::VecDeque, fmt, net::Ipv4Addr, time::Duration};
+
+use super::packet::Centisecs;
+
+/// The priority of the address owner (RFC 5798 section 5.2.4).
+pub const OWNER: u8 = 255;
+
+/// What the engine needs to know about its instance.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub vrid: u8,
+    /// 2 or 3.
+    pub version: u8,
+    /// Configured priority, 1..=255.
+    pub priority: u8,
+    pub advert_interval: Centisecs,
+    pub preempt: bool,
+    /// After start-up, lower-priority masters are not preempted for this long.
+    pub preempt_delay: Duration,
+    /// Our primary address on the interface: the tie-breaker (RFC 5798 section 6.4.3).
+    pub primary: Ipv4Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum State {
+    Initialize,
+    Backup,
+    Master,
+    /// Interface down, or a tracked check in fault: no VIPs, no adverts.
+    Fault,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Initialize => "INIT",
+            State::Backup => "BACKUP",
+            State::Master => "MASTER",
+            State::Fault => "FAULT",
+        })
+    }
+}
+
+/// Why a state changed: logged, and given to notify scripts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    /// No advert from the master for Master_Down_Interval.
+    MasterDown,
+    /// The master sent priority 0 and Skew_Time passed.
+    MasterResigned,
+    /// A master of higher priority (or equal priority and higher address) was heard.
+    HigherPriorityMaster,
+    /// We preempted a master of lower priority.
+    Preempt,
+    /// Our effective priority fell below a known peer's: we resigned (priority 0).
+    Resigned,
+    Shutdown,
+    LinkDown,
+    TrackFault,
+    /// The link is up and every track is healthy again.
+    Recovered,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Startup => "start-up",
+            Reason::MasterDown => "master down",
+            Reason::MasterResigned => "master resigned (priority 0)",
+            Reason::HigherPriorityMaster => "higher-priority master",
+            Reason::Preempt => "preempting a lower-priority master",
+            Reason::Resigned => "our priority fell below a peer's",
+            Reason::Shutdown => "shutdown",
+            Reason::LinkDown => "link down",
+            Reason::TrackFault => "tracked check in fault",
+            Reason::Recovered => "recovered",
+        })
+    }
+}
+
+/// What the I/O layer must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advert with this priority and the configured interval.
+    SendAdvert { priority: u8 },
+    /// Add the virtual addresses and send a gratuitous ARP burst.
+    TakeVips,
+    /// Send a gratuitous ARP burst again (another node claimed master: heal a split brain).
+    Reannounce,
+    /// Remove the virtual addresses.
+    ReleaseVips,
+    /// The state changed (for logs, notify, status).
+    Transition {
+        from: State,
+        to: State,
+        reason: Reason,
+    },
+    /// An advert was ignored, and why (logs, metrics).
+    Ignored { from: Ipv4Addr, why: &'static str },
+}
+
+/// An advert as the engine sees it (already checked by the guard or the parser).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    pub src: Ipv4Addr,
+    pub priority: u8,
+    pub interval: Centisecs,
+}
+
+/// One VRRP instance.
+#[derive(Debug)]
+pub struct Instance {
+    cfg: Config,
+    state: State,
+    /// Added to the configured priority by tracking (`set_priority_delta`).
+    delta: i32,
+    link_up: bool,
+    track_fault: bool,
+    /// Master_Adver_Interval: the master's interval as learned (v3), else ours.
+    master_adver_interval: Centisecs,
+    adver_timer: Option<Duration>,
+    master_down_timer: Option<Duration>,
+    /// Why the master-down timer runs: the master fell silent, or resigned (priority 0).
+    down_reason: Reason,
+    started: Duration,
+    /// The last priority each other router advertised as master (not 0).
+    peers: BTreeMap<Ipv4Addr, u8>,
+    actions: VecDeque<Action>,
+}
+
+impl Instance {
+    pub fn new(cfg: Config) -> Instance {
+        Instance {
+            master_adver_interval: cfg.advert_interval,
+            cfg,
+            state: State::Initialize,
+            delta: 0,
+            link_up: true,
+            track_fault: false,
+            adver_timer: None,
+            master_down_timer: None,
+            down_reason: Reason::MasterDown,
+            started: Duration::ZERO,
+            peers: BTreeMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The priority we advertise: the configured one plus tracking, within 1..=254; the owner
+    /// (255) is never adjusted (RFC 5798 section 5.2.4).
+    pub fn effective_priority(&self) -> u8 {
+        if self.cfg.priority == OWNER {
+            return OWNER;
+        }
+        (self.cfg.priority as i32 + self.delta).clamp(1, 254) as u8
+    }
+
+    /// Master_Down_Interval = 3 x Master_Adver_Interval + Skew_Time (RFC 5798 section 6.1).
+    pub fn master_down_interval(&self) -> Duration {
+        3 * self.master_adver_interval.as_duration() + self.skew_time()
+    }
+
+    /// Skew_Time: v3 ((256 - priority) x Master_Adver_Interval) / 256 (RFC 5798 section 6.1);
+    /// v2 (256 - priority) / 256 seconds (RFC 3768 section 6.1).
+    pub fn skew_time(&self) -> Duration {
+        let p = 256 - self.effective_priority() as u32;
+        if self.cfg.version == 2 {
+            Duration::from_secs(1) * p / 256
+        } else {
+            self.master_adver_interval.as_duration() * p / 256
+        }
+    }
+
+    /// When [`Instance::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match (self.adver_timer, self.master_down_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The master-down deadline while backup (the I/O layer reads the guard's map before it).
+    pub fn master_down_deadline(&self) -> Option<Duration> {
+        self.master_down_timer
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The Startup event (RFC 5798 section 6.4.1).
+    pub fn handle_startup(&mut self, now: Duration) {
+        self.started = now;
+        if self.state != State::Initialize {
+            return;
+        }
+        self.enter_election(now, Reason::Startup);
+    }
+
+    fn enter_election(&mut self, now: Duration, reason: Reason) {
+        if !self.link_up {
+            self.change_state(now, State::Fault, Reason::LinkDown);
+        } else if self.track_fault {
+            self.change_state(now, State::Fault, Reason::TrackFault);
+        } else if self.cfg.priority == OWNER {
+            self.change_state(now, State::Master, reason);
+        } else {
+            self.change_state(now, State::Backup, reason);
+        }
+    }
+
+    /// The Shutdown event: a master resigns with priority 0 (RFC 5798 section 6.4.3).
+    pub fn handle_shutdown(&mut self, now: Duration) {
+        if self.state != State::Initialize {
+            self.change_state(now, State::Initialize, Reason::Shutdown);
+        }
+    }
+
+    /// Timers that are due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if self.adver_timer.is_some_and(|t| t <= now) && self.state == State::Master {
+            self.actions.push_back(Action::SendAdvert {
+                priority: self.effective_priority(),
+            });
+            self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+        }
+        if self.master_down_timer.is_some_and(|t| t <= now) && self.state == State::Backup {
+            self.change_state(now, State::Master, self.down_reason);
+        }
+    }
+
+    /// An advert for this instance heard at `at` (which may lie before `now` when it comes from
+    /// the guard's record).
+    pub fn handle_advert(&mut self, at: Duration, h: Heard) {
+        if h.src == self.cfg.primary {
+            return; // our own advert, looped back
+        }
+        if h.priority != 0 {
+            self.peers.insert(h.src, h.priority);
+        }
+        if self.cfg.version == 2 && h.interval != self.cfg.advert_interval {
+            // RFC 3768 section 7.1: the interval must match the configured one.
+            self.actions.push_back(Action::Ignored {
+                from: h.src,
+                why: "v2 advert interval differs from ours",
+            });
+            return;
+        }
+        let ours = self.effective_priority();
+        match self.state {
+            State::Backup => {
+                if h.priority == 0 {
+                    // RFC 5798 section 6.4.2: the master resigned; take over after Skew_Time.
+                    self.master_down_timer = Some(at + self.skew_time());
+                    self.down_reason = Reason::MasterResigned;
+                    return;
+                }
+                let may_preempt = self.cfg.preempt && at >= self.started + self.cfg.preempt_delay;
+                if !may_preempt || h.priority >= ours {
+                    if self.cfg.version == 3 {
+                        // RFC 5798 section 6.4.2: a v3 backup adopts the master's interval.
+                        self.master_adver_interval = h.interval;
+                    }
+                    self.master_down_timer = Some(at + self.master_down_interval());
+                    self.down_reason = Reason::MasterDown;
+                } else {
+                    // A lower-priority master and we may preempt: take over now.
+                    self.change_state(at, State::Master, Reason::Preempt);
+                }
+            }
+            State::Master => {
+                if h.priority == 0 {
+                    // RFC 5798 section 6.4.3: another master resigned; assert ourselves.
+                    self.actions
+                        .push_back(Action::SendAdvert { priority: ours });
+                    self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
+                } else if h.priority > ours || (h.priority == ours && h.src > self.cfg.primary) {
+                    // RFC 5798 section 6.4.3: a better master exists.
+                    self.change_state(at, State::Backup, Reason::HigherPriorityMaster);
+                    if self.cfg.version == 3 {
+                        self.master_adver_interval = h.interval;
+                        self.master_down_timer = Some(at + self.master_down_interval());
+                    }
+                } else {
+                    // A worse router claims master (split brain healing): answer at once so it
+                    // steps down, and re-announce the VIPs so clients come back to us.
+                    self.actions
+                        .push_back(Action::SendAdvert { priority: ours });
+                    self.actions.push_back(Action::Reannounce);
+                    self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
+                }
+            }
+            State::Initialize | State::Fault => {}
+        }
+    }
+
+    /// Tracking changed the priority adjustment (sum of the weights of failing checks).
+    pub fn set_priority_delta(&mut self, now: Duration, delta: i32) {
+        if delta == self.delta {
+            return;
+        }
+        self.delta = delta;
+        if self.state != State::Master {
+            return;
+        }
+        let ours = self.effective_priority();
+        let best_peer = self.peers.values().copied().max();
+        if best_peer.is_some_and(|p| p > ours) {
+            // Lower than a router we know: hand over now (priority 0, RFC 5798 section 6.4.3).
+            self.change_state(now, State::Backup, Reason::Resigned);
+        } else {
+            // Tell the others at once; a backup with preemption and a higher priority takes over.
+            self.actions
+                .push_back(Action::SendAdvert { priority: ours });
+            self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+        }
+    }
+
+    /// The interface went down or up.
+    pub fn set_link(&mut self, now: Duration, up: bool) {
+        if up == self.link_up {
+            return;
+        }
+        self.link_up = up;
+        self.refresh_fault(now, Reason::LinkDown);
+    }
+
+    /// A tracked check with no weight (or the proxy) is in fault, or recovered.
+    pub fn set_track_fault(&mut self, now: Duration, fault: bool) {
+        if fault == self.track_fault {
+            return;
+        }
+        self.track_fault = fault;
+        self.refresh_fault(now, Reason::TrackFault);
+    }
+
+    fn refresh_fault(&mut self, now: Duration, why: Reason) {
+        let faulty = !self.link_up || self.track_fault;
+        match (self.state, faulty) {
+            (State::Initialize, _) => {}
+            (State::Fault, false) => self.enter_election(now, Reason::Recovered),
+            (State::Fault, true) => {}
+            (_, true) => self.change_state(now, State::Fault, why),
+            (_, false) => {}
+        }
+    }
+
+    /// The one place where the state changes: exit actions of the old state, entry actions of
+    /// the new one, timers re-armed, and the transition reported.
+    pub fn change_state(&mut self, now: Duration, to: State, reason: Reason) {
+        let from = self.state;
+        if from == to {
+            return;
+        }
+        // Leaving master: resign with priority 0 when we give up (RFC 5798 section 6.4.3: on
+        // shutdown; and on a fault or a lowered priority, so a backup takes over after Skew_Time)
+        // while the link can carry it; yielding to a better master needs no advert. The
+        // addresses go in every case.
+        if from == State::Master {
+            let resign = matches!(
+                reason,
+                Reason::Shutdown | Reason::Resigned | Reason::TrackFault
+            );
+            if resign && self.link_up {
+                self.actions.push_back(Action::SendAdvert { priority: 0 });
+            }
+            self.actions.push_back(Action::ReleaseVips);
+        }
+        self.adver_timer = None;
+        self.master_down_timer = None;
+        self.state = to;
+        self.actions
+            .push_back(Action::Transition { from, to, reason });
+        match to {
+            State::Master => {
+                // RFC 5798 section 6.4.1/6.4.2: advertise, claim the addresses, arm Adver_Timer.
+                self.actions.push_back(Action::SendAdvert {
+                    priority: self.effective_priority(),
+                });
+                self.actions.push_back(Action::TakeVips);
+                self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+            }
+            State::Backup => {
+                self.master_adver_interval = self.cfg.advert_interval;
+                self.master_down_timer = Some(now + self.master_down_interval());
+                self.down_reason = Reason::MasterDown;
+            }
+            State::Initialize | State::Fault => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

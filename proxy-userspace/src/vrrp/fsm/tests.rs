@@ -1,0 +1,498 @@
+//! Scenarios on virtual time: N engines on a simulated segment that delivers every advert at
+//! once, except where a link is cut.
+//!
+//! ```text
+//!   A 198.18.0.1 ──┐
+//!   B 198.18.0.2 ──┼── segment (cut: a node neither sends nor hears)
+//!   C 198.18.0.3 ──┘
+//! ```
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn cfg(i: u8, priority: u8, interval_cs: u16) -> Config {
+    Config {
+        vrid: 51,
+        version: 3,
+        priority,
+        advert_interval: Centisecs(interval_cs),
+        preempt: true,
+        preempt_delay: Duration::ZERO,
+        primary: Ipv4Addr::new(198, 18, 0, i + 1),
+    }
+}
+
+struct Node {
+    inst: Instance,
+    vips: bool,
+    running: bool,
+    transitions: Vec<(Duration, State, State, Reason)>,
+    sent: Vec<(Duration, u8)>,
+    reannounced: usize,
+    ignored: usize,
+}
+
+struct Sim {
+    now: Duration,
+    nodes: Vec<Node>,
+    cut: BTreeSet<usize>,
+}
+
+impl Sim {
+    fn new(cfgs: Vec<Config>) -> Sim {
+        let nodes = cfgs
+            .into_iter()
+            .map(|c| Node {
+                inst: Instance::new(c),
+                vips: false,
+                running: false,
+                transitions: vec![],
+                sent: vec![],
+                reannounced: 0,
+                ignored: 0,
+            })
+            .collect();
+        Sim {
+            now: Duration::ZERO,
+            nodes,
+            cut: BTreeSet::new(),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let now = self.now;
+        let c = self.nodes[i].inst.config().clone();
+        self.nodes[i].inst = Instance::new(c);
+        self.nodes[i].running = true;
+        self.nodes[i].inst.handle_startup(now);
+        self.drain(i);
+    }
+
+    fn stop(&mut self, i: usize) {
+        let now = self.now;
+        self.nodes[i].inst.handle_shutdown(now);
+        self.drain(i);
+        self.nodes[i].running = false;
+    }
+
+    /// kill -9 or a dead host: no more adverts, no goodbye.
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].running = false;
+        self.nodes[i].vips = false;
+    }
+
+    /// Runs the actions of node `i`, delivering adverts to every other running node.
+    fn drain(&mut self, i: usize) {
+        let mut work = vec![i];
+        while let Some(n) = work.pop() {
+            while let Some(a) = self.nodes[n].inst.poll_action() {
+                match a {
+                    Action::SendAdvert { priority } => {
+                        self.nodes[n].sent.push((self.now, priority));
+                        if self.cut.contains(&n) {
+                            continue;
+                        }
+                        let h = Heard {
+                            src: self.nodes[n].inst.config().primary,
+                            priority,
+                            interval: self.nodes[n].inst.config().advert_interval,
+                        };
+                        for j in 0..self.nodes.len() {
+                            if j != n && self.nodes[j].running && !self.cut.contains(&j) {
+                                self.nodes[j].inst.handle_advert(self.now, h);
+                                work.push(j);
+                            }
+                        }
+                    }
+                    Action::TakeVips => self.nodes[n].vips = true,
+                    Action::ReleaseVips => self.nodes[n].vips = false,
+                    Action::Reannounce => self.nodes[n].reannounced += 1,
+                    Action::Transition { from, to, reason } => {
+                        self.nodes[n].transitions.push((self.now, from, to, reason))
+                    }
+                    Action::Ignored { .. } => self.nodes[n].ignored += 1,
+                }
+            }
+        }
+    }
+
+    /// Advances virtual time to `t`, firing every timer on the way.
+    fn run_until(&mut self, t: Duration) {
+        loop {
+            let next = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].running)
+                .filter_map(|i| self.nodes[i].inst.poll_timeout().map(|d| (d, i)))
+                .min();
+            match next {
+                Some((d, i)) if d <= t => {
+                    self.now = self.now.max(d);
+                    let now = self.now;
+                    self.nodes[i].inst.handle_timeout(now);
+                    self.drain(i);
+                }
+                _ => break,
+            }
+        }
+        self.now = t;
+    }
+
+    /// Advances to `t`, then applies `f` to node `i`'s engine at `t` and runs its actions.
+    fn at(&mut self, t: Duration, i: usize, f: impl FnOnce(&mut Instance, Duration)) {
+        self.run_until(t);
+        f(&mut self.nodes[i].inst, t);
+        self.drain(i);
+    }
+
+    fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running && self.nodes[i].inst.state() == State::Master)
+            .collect()
+    }
+
+    fn vip_holders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].vips)
+            .collect()
+    }
+
+    /// When node `i` last became `to`.
+    fn became(&self, i: usize, to: State) -> Option<(Duration, Reason)> {
+        self.nodes[i]
+            .transitions
+            .iter()
+            .rev()
+            .find(|t| t.2 == to)
+            .map(|t| (t.0, t.3))
+    }
+}
+
+fn pair(interval_cs: u16) -> Sim {
+    let mut s = Sim::new(vec![cfg(0, 110, interval_cs), cfg(1, 100, interval_cs)]);
+    s.start(0);
+    s.start(1);
+    s
+}
+
+#[test]
+fn timers_follow_rfc_5798_section_6_1() {
+    let i = Instance::new(cfg(1, 100, 100));
+    // Skew_Time = (256 - 100) x 1 s / 256 = 609.375 ms; Master_Down = 3 s + skew.
+    assert_eq!(i.skew_time(), Duration::from_micros(609_375));
+    assert_eq!(i.master_down_interval(), Duration::from_micros(3_609_375));
+    let fast = Instance::new(cfg(1, 100, 1));
+    assert_eq!(
+        fast.master_down_interval(),
+        Duration::from_nanos(30_000_000 + 6_093_750)
+    );
+    let v2 = Instance::new(Config {
+        version: 2,
+        ..cfg(1, 200, 100)
+    });
+    assert_eq!(v2.skew_time(), Duration::from_micros(218_750));
+}
+
+#[test]
+fn first_election_the_higher_priority_wins() {
+    let mut s = pair(100);
+    assert_eq!(s.masters(), Vec::<usize>::new(), "both start as backup");
+    s.run_until(ms(10_000));
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.vip_holders(), vec![0]);
+    // A's Master_Down_Interval: 3 s + (146/256) s.
+    // 3 s + 146/256 s = 3.5703125 s.
+    assert_eq!(
+        s.became(0, State::Master),
+        Some((Duration::from_nanos(3_570_312_500), Reason::MasterDown))
+    );
+    assert_eq!(s.nodes[1].inst.state(), State::Backup);
+    // One advert a second from then on.
+    let adverts = s.nodes[0].sent.len();
+    assert!((7..=8).contains(&adverts), "{adverts}");
+}
+
+#[test]
+fn host_crash_backup_takes_over_after_master_down_interval() {
+    let mut s = pair(1); // 10 ms adverts
+    s.run_until(ms(1_000));
+    assert_eq!(s.masters(), vec![0]);
+    let last = s.nodes[0].sent.last().unwrap().0;
+    s.crash(0);
+    s.run_until(ms(2_000));
+    assert_eq!(s.masters(), vec![1]);
+    let (t, why) = s.became(1, State::Master).unwrap();
+    assert_eq!(why, Reason::MasterDown);
+    // 3 x 10 ms + (156/256) x 10 ms after A's last advert: 36.09 ms (the RFC floor).
+    assert_eq!(t - last, Duration::from_nanos(36_093_750));
+}
+
+#[test]
+fn graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    s.stop(0);
+    assert_eq!(
+        s.nodes[0].sent.last(),
+        Some(&(ms(1_000), 0)),
+        "priority 0 on stop"
+    );
+    assert!(!s.nodes[0].vips);
+    s.run_until(ms(1_100));
+    let (t, why) = s.became(1, State::Master).unwrap();
+    assert_eq!(why, Reason::MasterResigned);
+    assert_eq!(
+        t - ms(1_000),
+        Duration::from_nanos(6_093_750),
+        "Skew_Time of priority 100"
+    );
+}
+
+#[test]
+fn preempt_back_preempt_off_and_preempt_delay() {
+    // Preempt on: A comes back and takes over at B's first advert.
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    s.crash(0);
+    s.run_until(ms(2_000));
+    assert_eq!(s.masters(), vec![1]);
+    s.start(0);
+    s.run_until(ms(2_011));
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.became(0, State::Master).unwrap().1, Reason::Preempt);
+    assert_eq!(
+        s.became(1, State::Backup).unwrap().1,
+        Reason::HigherPriorityMaster
+    );
+    assert_eq!(s.vip_holders(), vec![0]);
+
+    // Preempt off: A comes back and stays backup.
+    let mut s = Sim::new(vec![
+        Config {
+            preempt: false,
+            ..cfg(0, 110, 1)
+        },
+        cfg(1, 100, 1),
+    ]);
+    s.start(1);
+    s.run_until(ms(500));
+    s.start(0);
+    s.run_until(ms(2_000));
+    assert_eq!(s.masters(), vec![1]);
+
+    // Preempt delay 300 ms: A waits that long after its start-up, then takes over.
+    let mut s = Sim::new(vec![
+        Config {
+            preempt_delay: ms(300),
+            ..cfg(0, 110, 1)
+        },
+        cfg(1, 100, 1),
+    ]);
+    s.start(1);
+    s.run_until(ms(500));
+    s.start(0);
+    s.run_until(ms(790));
+    assert_eq!(s.masters(), vec![1], "still inside the delay");
+    s.run_until(ms(900));
+    assert_eq!(s.masters(), vec![0]);
+    let t = s.became(0, State::Master).unwrap().0;
+    assert!(t >= ms(800) && t <= ms(811), "{t:?}");
+}
+
+#[test]
+fn equal_priority_masters_the_higher_address_wins() {
+    // Three equal routers that cannot hear each other all become master; when the segment
+    // heals, the tie is broken by the primary address (RFC 5798 section 6.4.3).
+    let mut s = Sim::new(vec![cfg(0, 100, 1), cfg(1, 100, 1), cfg(2, 100, 1)]);
+    s.cut.extend([0, 1, 2]);
+    for i in 0..3 {
+        s.start(i);
+    }
+    s.run_until(ms(500));
+    assert_eq!(s.masters(), vec![0, 1, 2]);
+    s.cut.clear();
+    s.run_until(ms(520));
+    assert_eq!(s.masters(), vec![2], "198.18.0.3 has the highest address");
+    assert_eq!(s.vip_holders(), vec![2]);
+}
+
+#[test]
+fn three_nodes_fail_over_in_priority_order() {
+    let mut s = Sim::new(vec![cfg(0, 150, 1), cfg(1, 120, 1), cfg(2, 100, 1)]);
+    for i in 0..3 {
+        s.start(i);
+    }
+    s.run_until(ms(500));
+    assert_eq!(s.masters(), vec![0]);
+    s.crash(0);
+    s.run_until(ms(1_000));
+    assert_eq!(
+        s.masters(),
+        vec![1],
+        "the next priority takes over, not the lowest"
+    );
+    s.crash(1);
+    s.run_until(ms(1_500));
+    assert_eq!(s.masters(), vec![2]);
+}
+
+#[test]
+fn the_owner_is_master_at_once() {
+    let mut s = Sim::new(vec![cfg(0, 255, 100), cfg(1, 200, 100)]);
+    s.start(1);
+    s.run_until(ms(100));
+    s.start(0);
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(
+        s.became(0, State::Master).unwrap(),
+        (ms(100), Reason::Startup)
+    );
+    assert_eq!(s.nodes[1].inst.state(), State::Backup);
+}
+
+#[test]
+fn a_v3_backup_adopts_the_masters_interval() {
+    // B is configured for 1 s but A advertises every 10 ms: B detects A's death in ~36 ms.
+    let mut s = Sim::new(vec![cfg(0, 110, 1), cfg(1, 100, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(5_000));
+    assert_eq!(s.masters(), vec![0]);
+    let last = s.nodes[0].sent.last().unwrap().0;
+    s.crash(0);
+    s.run_until(ms(6_000));
+    let t = s.became(1, State::Master).unwrap().0;
+    assert_eq!(t - last, Duration::from_nanos(36_093_750));
+}
+
+#[test]
+fn a_v2_advert_with_another_interval_is_ignored() {
+    let mut i = Instance::new(Config {
+        version: 2,
+        ..cfg(1, 100, 100)
+    });
+    i.handle_startup(ms(0));
+    while i.poll_action().is_some() {}
+    i.handle_advert(
+        ms(10),
+        Heard {
+            src: Ipv4Addr::new(198, 18, 0, 1),
+            priority: 110,
+            interval: Centisecs(200),
+        },
+    );
+    assert!(matches!(i.poll_action(), Some(Action::Ignored { .. })));
+    assert_eq!(
+        i.master_down_deadline(),
+        Some(Duration::from_micros(3_609_375)),
+        "timer untouched"
+    );
+}
+
+#[test]
+fn a_lowered_priority_hands_over_within_one_advert() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    assert_eq!(s.masters(), vec![0]);
+    // The proxy on A turns unhealthy: weight -50 makes A 60 < B 100. A has never heard B, so
+    // it advertises 60 at once and B, with preemption, takes over on that advert.
+    s.at(ms(1_000), 0, |i, t| i.set_priority_delta(t, -50));
+    assert_eq!(s.masters(), vec![1]);
+    assert_eq!(
+        s.became(1, State::Master),
+        Some((ms(1_000), Reason::Preempt))
+    );
+    assert_eq!(s.vip_holders(), vec![1]);
+    // Healthy again: A (110) preempts B at B's next advert.
+    s.at(ms(1_500), 0, |i, t| i.set_priority_delta(t, 0));
+    s.run_until(ms(1_511));
+    assert_eq!(s.masters(), vec![0]);
+    // Unhealthy again: now A knows B's priority (100 > 60) and resigns with priority 0.
+    s.at(ms(2_000), 0, |i, t| i.set_priority_delta(t, -50));
+    assert_eq!(s.nodes[0].sent.last(), Some(&(ms(2_000), 0)));
+    assert_eq!(
+        s.became(0, State::Backup).unwrap(),
+        (ms(2_000), Reason::Resigned)
+    );
+    s.run_until(ms(2_010));
+    assert_eq!(s.masters(), vec![1], "B took over after Skew_Time");
+}
+
+#[test]
+fn link_down_is_fault_and_link_up_rejoins() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    s.cut.insert(0);
+    s.at(ms(1_000), 0, |i, t| i.set_link(t, false));
+    assert_eq!(s.nodes[0].inst.state(), State::Fault);
+    assert!(!s.nodes[0].vips, "VIPs released on fault");
+    assert!(
+        s.nodes[0].sent.iter().all(|(t, _)| *t < ms(1_000)),
+        "nothing sent on a dead link"
+    );
+    s.run_until(ms(1_100));
+    assert_eq!(s.masters(), vec![1]);
+    s.cut.remove(&0);
+    s.at(ms(1_100), 0, |i, t| i.set_link(t, true));
+    assert_eq!(
+        s.became(0, State::Backup).unwrap(),
+        (ms(1_100), Reason::Recovered)
+    );
+    s.run_until(ms(1_200));
+    assert_eq!(s.masters(), vec![0], "and preempts back");
+}
+
+#[test]
+fn a_track_fault_resigns_and_recovers() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    s.at(ms(1_000), 0, |i, t| i.set_track_fault(t, true));
+    assert_eq!(s.nodes[0].inst.state(), State::Fault);
+    assert_eq!(
+        s.nodes[0].sent.last(),
+        Some(&(ms(1_000), 0)),
+        "resigns: the link still works"
+    );
+    s.run_until(ms(1_010));
+    assert_eq!(s.masters(), vec![1]);
+    s.at(ms(1_500), 0, |i, t| i.set_track_fault(t, false));
+    s.run_until(ms(1_600));
+    assert_eq!(s.masters(), vec![0]);
+}
+
+#[test]
+fn split_brain_heals_within_one_advert_interval() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    // Cut the segment between them: both become master.
+    s.cut.insert(0);
+    s.cut.insert(1);
+    s.run_until(ms(2_000));
+    assert_eq!(s.masters(), vec![0, 1]);
+    // Heal.
+    s.cut.clear();
+    s.run_until(ms(2_010));
+    assert_eq!(s.masters(), vec![0], "one master after one advert interval");
+    assert_eq!(s.vip_holders(), vec![0]);
+    assert!(
+        s.nodes[0].reannounced >= 1,
+        "the winner re-announced its VIPs"
+    );
+    assert_eq!(
+        s.became(1, State::Backup).unwrap().1,
+        Reason::HigherPriorityMaster
+    );
+}
+
+#[test]
+fn shutdown_of_a_backup_sends_nothing() {
+    let mut s = pair(100);
+    s.run_until(ms(10_000));
+    let sent = s.nodes[1].sent.len();
+    s.stop(1);
+    assert_eq!(s.nodes[1].sent.len(), sent);
+    assert_eq!(s.became(1, State::Initialize).unwrap().1, Reason::Shutdown);
+    assert_eq!(s.masters(), vec![0]);
+}
