@@ -259,6 +259,9 @@ fn auto_falls_back_to_generic_and_says_so() {
     lab.exec(0, &["ip", "link", "add", "dum0", "type", "bridge"])
         .unwrap();
     lab.exec(0, &["ip", "link", "set", "dum0", "up"]).unwrap();
+    // An address to send adverts from (the benchmarking range).
+    lab.exec(0, &["ip", "addr", "add", "198.19.0.1/24", "dev", "dum0"])
+        .unwrap();
     let pin_dir = lab.bpffs().unwrap().join("h0");
     let cfg = config(&pin_dir, "auto").replace("\"eth0\"", "\"dum0\"");
     let mut hapd = lab.start_hapd(0, Path::new(HAPD), &cfg).unwrap();
