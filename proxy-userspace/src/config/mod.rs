@@ -502,6 +502,23 @@ impl Config {
             if v.garp.interval.0.is_zero() {
                 return Err(err("garp.interval", "must be greater than 0".into()));
             }
+            let planned: Vec<&str> = [
+                ("track_proxy", v.track_proxy.is_some()),
+                ("track_scripts", !v.track_scripts.is_empty()),
+                ("notify", !v.notify.is_empty()),
+                ("notify_webhook", v.notify_webhook.is_some()),
+                ("fence", !v.fence.is_empty()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| k)
+            .collect();
+            if !planned.is_empty() {
+                warnings.push(Warning {
+                    key: key(&planned.join(", ")),
+                    message: "accepted but not acted on by this hapd build yet".into(),
+                });
+            }
         }
         let proxy_sections = [
             ("server", self.server.is_some()),
