@@ -1,6 +1,6 @@
 //! `hapd run`: the daemon's main loop. One task drives every VRRP instance: guard events and
 //! timers go into the engines, their actions come out as adverts, address changes and ARP.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, net::Ipv4Addr, process::Stdio, time::Duration};
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
@@ -9,19 +9,42 @@ use proxy_common::maps::{
     EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use rtnetlink::Handle;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
 use tracing::{debug, info, warn};
 
 use crate::{
     config::{Config, Garp, V3Checksum, Vrrp, VrrpVersion},
     dataplane::{monotonic_ns, Dataplane, InstanceSpec},
-    vip,
+    link, vip,
     vrrp::{
         fsm::{self, Action, Heard, Instance, State},
         io::AdvertSocket,
+        notify::{Notifier, NOTIFY_TIMEOUT},
+        track::{self, ScriptState},
         Advert, Auth, Centisecs, ChecksumMode,
     },
 };
+
+/// How long a fence command may run; past it the fence counts as failed.
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an embedding program (the proxy, tests) can hand the daemon.
+#[derive(Default)]
+pub struct Options {
+    /// The proxy's health for `track_proxy` (see [`crate::health::ProxyHealth`]).
+    pub proxy_health: Option<watch::Receiver<bool>>,
+    /// Stops the daemon like SIGTERM when it turns true.
+    pub shutdown: Option<watch::Receiver<bool>>,
+}
+
+/// Shared by every router's actions.
+struct Ctx {
+    nl: Handle,
+    fence_tx: mpsc::Sender<(usize, bool)>,
+}
 
 /// The monotonic clock as the engines see it (the clock of the guard's timestamps).
 fn now() -> Duration {
@@ -30,6 +53,7 @@ fn now() -> Duration {
 
 /// One running VRRP instance and what it needs to act.
 struct Router {
+    index: usize,
     name: String,
     key: InstanceKey,
     iface: String,
@@ -42,10 +66,22 @@ struct Router {
     /// `last_seen_ns` of the last advert given to the engine, to replay newer ones from the
     /// guard's record.
     delivered_ns: u64,
+    /// Track scripts and their weights.
+    scripts: Vec<(String, i32)>,
+    /// `track_proxy` weight.
+    track_proxy: Option<i32>,
+    notifier: Option<Notifier>,
+    fence: Vec<String>,
 }
 
 impl Router {
-    async fn new(v: &Vrrp, spec: &InstanceSpec, nl: &Handle) -> anyhow::Result<Router> {
+    async fn new(
+        index: usize,
+        v: &Vrrp,
+        spec: &InstanceSpec,
+        config: &Config,
+        nl: &Handle,
+    ) -> anyhow::Result<Router> {
         // Start-up: addresses of ours left by a crash or kill -9 go before the election.
         let stale = vip::remove(nl, spec.ifindex, &v.virtual_ips).await?;
         if stale > 0 {
@@ -78,8 +114,16 @@ impl Router {
             advert_interval: interval,
             preempt: v.preempt,
             preempt_delay: v.preempt_delay.0,
+            garp_refresh: (!v.garp.refresh.0.is_zero()).then_some(v.garp.refresh.0),
+            fence: !v.fence.is_empty(),
             primary,
         });
+        let scripts = v
+            .track_scripts
+            .iter()
+            .filter_map(|n| config.track_script.iter().find(|t| t.get_ref().name == *n))
+            .map(|t| (t.get_ref().name.clone(), t.get_ref().weight))
+            .collect();
         let advert = Advert {
             version: v.version.number(),
             vrid: v.vrid.get(),
@@ -93,6 +137,11 @@ impl Router {
             v.name, v.interface, v.vrid, v.priority
         );
         Ok(Router {
+            index,
+            scripts,
+            track_proxy: v.track_proxy.map(|t| t.weight),
+            notifier: Notifier::start(&v.name, &v.notify, NOTIFY_TIMEOUT).map(|(n, _task)| n),
+            fence: v.fence.clone(),
             name: v.name.clone(),
             key: spec.key(),
             iface: v.interface.clone(),
@@ -106,7 +155,8 @@ impl Router {
     }
 
     /// Carries out what the engine asked for, in order.
-    async fn act(&mut self, nl: &Handle) {
+    async fn act(&mut self, ctx: &Ctx) {
+        let nl = &ctx.nl;
         while let Some(a) = self.engine.poll_action() {
             match a {
                 Action::SendAdvert { priority } => {
@@ -129,12 +179,78 @@ impl Router {
                 }
                 Action::Transition { from, to, reason } => {
                     info!("{}: {from} => {to} ({reason})", self.name);
+                    if let Some(n) = &self.notifier {
+                        n.send(from, to);
+                    }
                 }
+                Action::Fence => self.run_fence(ctx.fence_tx.clone()),
                 Action::Ignored { from, why } => {
                     debug!("{}: advert from {from} ignored: {why}", self.name)
                 }
             }
         }
+    }
+
+    /// Runs the fence command in the background; its result comes back on `tx`.
+    fn run_fence(&self, tx: mpsc::Sender<(usize, bool)>) {
+        let (index, name, argv) = (self.index, self.name.clone(), self.fence.clone());
+        info!("{name}: the master fell silent; fencing it before taking over: {argv:?}");
+        tokio::spawn(async move {
+            let ok = match argv.split_first() {
+                Some((prog, args)) => {
+                    let child = tokio::process::Command::new(prog)
+                        .args(args)
+                        .stdin(Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn();
+                    match child {
+                        Ok(mut c) => match tokio::time::timeout(FENCE_TIMEOUT, c.wait()).await {
+                            Ok(Ok(st)) => st.success(),
+                            Ok(Err(e)) => {
+                                warn!("{name}: fence: {e}");
+                                false
+                            }
+                            Err(_) => {
+                                let _ = c.kill().await;
+                                false
+                            }
+                        },
+                        Err(e) => {
+                            warn!("{name}: cannot run fence {prog:?}: {e}");
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if !ok {
+                warn!("{name}: fencing failed; staying backup and trying again");
+            }
+            let _ = tx.send((index, ok)).await;
+        });
+    }
+
+    /// Applies the tracked checks: the priority delta and whether a weight-0 check failed.
+    fn apply_tracking(
+        &mut self,
+        now: Duration,
+        scripts: &HashMap<String, bool>,
+        proxy_healthy: bool,
+    ) {
+        let mut delta = 0;
+        let mut fault = false;
+        let checks = self
+            .scripts
+            .iter()
+            .map(|(n, w)| (*w, scripts.get(n).copied().unwrap_or(true)))
+            .chain(self.track_proxy.map(|w| (w, proxy_healthy)));
+        for (weight, healthy) in checks {
+            let (d, f) = track::effect(weight, healthy);
+            delta += d;
+            fault |= f;
+        }
+        self.engine.set_track_fault(now, fault);
+        self.engine.set_priority_delta(now, delta);
     }
 
     /// A gratuitous ARP burst for every virtual address, in the background.
@@ -172,6 +288,11 @@ impl Router {
 /// Runs until SIGTERM or SIGINT, then resigns mastership, removes the virtual addresses,
 /// detaches the guard and removes the pins.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, Options::default()).await
+}
+
+/// As [`run`], with inputs from an embedding program.
+pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (conn, nl, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
@@ -182,20 +303,61 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|v| InstanceSpec::from_config(v.get_ref()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut dp = Dataplane::start(&specs, Some(&config.node.pin_dir))?;
+    let (fence_tx, mut fence_rx) = mpsc::channel(16);
+    let ctx = Ctx {
+        nl: nl.clone(),
+        fence_tx,
+    };
     let mut routers = Vec::new();
-    for (v, spec) in config.vrrp.iter().zip(&specs) {
-        routers.push(Router::new(v.get_ref(), spec, &nl).await?);
+    for (i, (v, spec)) in config.vrrp.iter().zip(&specs).enumerate() {
+        routers.push(Router::new(i, v.get_ref(), spec, &config, &nl).await?);
     }
+    let (link_tx, mut link_rx) = mpsc::channel(64);
+    link::watch(link_tx)?;
+    let (script_tx, mut script_rx) = mpsc::channel::<ScriptState>(64);
+    let _scripts: Vec<_> = config
+        .track_script
+        .iter()
+        .map(|t| track::spawn(t.get_ref(), script_tx.clone()))
+        .collect();
+    let mut script_states: HashMap<String, bool> = HashMap::new();
+    let mut health = opts.proxy_health;
+    let mut proxy_healthy = health.as_ref().is_none_or(|h| *h.borrow());
+    let mut shutdown = opts.shutdown;
+
     info!(node = %config.node.name, instances = routers.len(), "hapd ready");
     for r in &mut routers {
-        r.engine.handle_startup(now());
-        r.act(&nl).await;
+        let t = now();
+        let up = link::state(&nl, r.key.ifindex).await?;
+        r.engine.set_link(t, up);
+        r.apply_tracking(t, &script_states, proxy_healthy);
+        r.engine.handle_startup(t);
+        r.act(&ctx).await;
     }
     loop {
         let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep(d.saturating_sub(now())).await,
+                None => std::future::pending().await,
+            }
+        };
+        let health_changed = async {
+            match &mut health {
+                Some(h) => h.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let stop_asked = async {
+            match &mut shutdown {
+                Some(s) => loop {
+                    if *s.borrow_and_update() {
+                        break;
+                    }
+                    if s.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                },
                 None => std::future::pending().await,
             }
         };
@@ -208,9 +370,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     r.delivered_ns = r.delivered_ns.max(ev.time_ns);
                     r.engine.handle_advert(
                         Duration::from_nanos(ev.time_ns),
-                        Heard { src: Ipv4Addr::from(ev.src), priority: ev.priority, interval: Centisecs(ev.interval_cs) },
+                        Heard {
+                            src: Ipv4Addr::from(ev.src),
+                            priority: ev.priority,
+                            interval: Centisecs(ev.interval_cs),
+                        },
                     );
-                    r.act(&nl).await;
+                    r.act(&ctx).await;
                 }
                 None => break,
             },
@@ -222,17 +388,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                             r.refresh_from_guard(&dp);
                         }
                         r.engine.handle_timeout(t);
-                        r.act(&nl).await;
+                        r.act(&ctx).await;
                     }
                 }
             }
+            Some(change) = link_rx.recv() => {
+                for r in routers.iter_mut().filter(|r| r.key.ifindex == change.ifindex) {
+                    r.engine.set_link(now(), change.up);
+                    r.act(&ctx).await;
+                }
+            }
+            Some(st) = script_rx.recv() => {
+                script_states.insert(st.name.clone(), st.healthy);
+                for r in routers.iter_mut().filter(|r| r.scripts.iter().any(|(n, _)| *n == st.name)) {
+                    r.apply_tracking(now(), &script_states, proxy_healthy);
+                    r.act(&ctx).await;
+                }
+            }
+            Some((i, ok)) = fence_rx.recv() => {
+                if let Some(r) = routers.get_mut(i) {
+                    r.engine.handle_fence_result(now(), ok);
+                    r.act(&ctx).await;
+                }
+            }
+            true = health_changed => {
+                proxy_healthy = health.as_mut().is_none_or(|h| *h.borrow_and_update());
+                info!("proxy {}", if proxy_healthy { "healthy" } else { "unhealthy" });
+                for r in routers.iter_mut().filter(|r| r.track_proxy.is_some()) {
+                    r.apply_tracking(now(), &script_states, proxy_healthy);
+                    r.act(&ctx).await;
+                }
+            }
+            _ = stop_asked => { info!("asked to stop"); break; }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
     for r in &mut routers {
         r.engine.handle_shutdown(now());
-        r.act(&nl).await;
+        r.act(&ctx).await;
     }
     let counters = dp.counters().ok();
     dp.shutdown();

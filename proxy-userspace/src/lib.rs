@@ -3,5 +3,7 @@
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
+pub mod link;
 pub mod vip;
 pub mod vrrp;

@@ -30,6 +30,11 @@ pub struct Config {
     pub preempt_delay: Duration,
     /// Our primary address on the interface: the tie-breaker (RFC 5798 section 6.4.3).
     pub primary: Ipv4Addr,
+    /// While master, re-announce the addresses (gratuitous ARP) this often; None: never.
+    pub garp_refresh: Option<Duration>,
+    /// Run a fence command (and wait for its success) before taking over from a master that
+    /// fell silent.
+    pub fence: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -109,6 +114,8 @@ pub enum Action {
     },
     /// An advert was ignored, and why (logs, metrics).
     Ignored { from: Ipv4Addr, why: &'static str },
+    /// Fence the silent master now; report with [`Instance::handle_fence_result`].
+    Fence,
 }
 
 /// An advert as the engine sees it (already checked by the guard or the parser).
@@ -132,6 +139,9 @@ pub struct Instance {
     master_adver_interval: Centisecs,
     adver_timer: Option<Duration>,
     master_down_timer: Option<Duration>,
+    refresh_timer: Option<Duration>,
+    /// A fence command runs; the takeover waits for it.
+    fencing: bool,
     /// Why the master-down timer runs: the master fell silent, or resigned (priority 0).
     down_reason: Reason,
     started: Duration,
@@ -151,6 +161,8 @@ impl Instance {
             track_fault: false,
             adver_timer: None,
             master_down_timer: None,
+            refresh_timer: None,
+            fencing: false,
             down_reason: Reason::MasterDown,
             started: Duration::ZERO,
             peers: BTreeMap::new(),
@@ -193,10 +205,10 @@ impl Instance {
 
     /// When [`Instance::handle_timeout`] must be called next.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        match (self.adver_timer, self.master_down_timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.adver_timer, self.master_down_timer, self.refresh_timer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The master-down deadline while backup (the I/O layer reads the guard's map before it).
@@ -244,8 +256,19 @@ impl Instance {
             });
             self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
         }
+        if self.refresh_timer.is_some_and(|t| t <= now) && self.state == State::Master {
+            self.actions.push_back(Action::Reannounce);
+            self.refresh_timer = self.cfg.garp_refresh.map(|r| now + r);
+        }
         if self.master_down_timer.is_some_and(|t| t <= now) && self.state == State::Backup {
-            self.change_state(now, State::Master, self.down_reason);
+            if self.cfg.fence && self.down_reason == Reason::MasterDown {
+                // The master fell silent: make sure it is gone before taking its addresses.
+                self.master_down_timer = None;
+                self.fencing = true;
+                self.actions.push_back(Action::Fence);
+            } else {
+                self.change_state(now, State::Master, self.down_reason);
+            }
         }
     }
 
@@ -269,6 +292,7 @@ impl Instance {
         let ours = self.effective_priority();
         match self.state {
             State::Backup => {
+                self.fencing = false;
                 if h.priority == 0 {
                     // RFC 5798 section 6.4.2: the master resigned; take over after Skew_Time.
                     self.master_down_timer = Some(at + self.skew_time());
@@ -311,6 +335,22 @@ impl Instance {
                 }
             }
             State::Initialize | State::Fault => {}
+        }
+    }
+
+    /// The fence command finished: take over if it succeeded; otherwise stay backup and try
+    /// again after another Master_Down_Interval. Ignored when an advert from the master came
+    /// in meanwhile (it is alive after all).
+    pub fn handle_fence_result(&mut self, now: Duration, ok: bool) {
+        if !self.fencing || self.state != State::Backup {
+            return;
+        }
+        self.fencing = false;
+        if ok {
+            self.change_state(now, State::Master, Reason::MasterDown);
+        } else {
+            self.master_down_timer = Some(now + self.master_down_interval());
+            self.down_reason = Reason::MasterDown;
         }
     }
 
@@ -388,6 +428,8 @@ impl Instance {
         }
         self.adver_timer = None;
         self.master_down_timer = None;
+        self.refresh_timer = None;
+        self.fencing = false;
         self.state = to;
         self.actions
             .push_back(Action::Transition { from, to, reason });
@@ -399,6 +441,7 @@ impl Instance {
                 });
                 self.actions.push_back(Action::TakeVips);
                 self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+                self.refresh_timer = self.cfg.garp_refresh.map(|r| now + r);
             }
             State::Backup => {
                 self.master_adver_interval = self.cfg.advert_interval;

@@ -23,6 +23,8 @@ fn cfg(i: u8, priority: u8, interval_cs: u16) -> Config {
         preempt: true,
         preempt_delay: Duration::ZERO,
         primary: Ipv4Addr::new(198, 18, 0, i + 1),
+        garp_refresh: None,
+        fence: false,
     }
 }
 
@@ -34,6 +36,7 @@ struct Node {
     sent: Vec<(Duration, u8)>,
     reannounced: usize,
     ignored: usize,
+    fences: usize,
 }
 
 struct Sim {
@@ -54,6 +57,7 @@ impl Sim {
                 sent: vec![],
                 reannounced: 0,
                 ignored: 0,
+                fences: 0,
             })
             .collect();
         Sim {
@@ -115,6 +119,7 @@ impl Sim {
                         self.nodes[n].transitions.push((self.now, from, to, reason))
                     }
                     Action::Ignored { .. } => self.nodes[n].ignored += 1,
+                    Action::Fence => self.nodes[n].fences += 1,
                 }
             }
         }
@@ -495,4 +500,84 @@ fn shutdown_of_a_backup_sends_nothing() {
     assert_eq!(s.nodes[1].sent.len(), sent);
     assert_eq!(s.became(1, State::Initialize).unwrap().1, Reason::Shutdown);
     assert_eq!(s.masters(), vec![0]);
+}
+
+#[test]
+fn the_master_refreshes_its_arp_announcements() {
+    let mut s = Sim::new(vec![
+        Config {
+            garp_refresh: Some(ms(1_000)),
+            ..cfg(0, 110, 10)
+        },
+        cfg(1, 100, 10),
+    ]);
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(500));
+    assert_eq!(s.masters(), vec![0]);
+    let became = s.became(0, State::Master).unwrap().0;
+    s.run_until(became + ms(3_500));
+    assert_eq!(
+        s.nodes[0].reannounced, 3,
+        "one re-announcement per second of mastership"
+    );
+    assert_eq!(s.nodes[1].reannounced, 0, "never from a backup");
+}
+
+#[test]
+fn fencing_before_taking_over_from_a_silent_master() {
+    let mut s = Sim::new(vec![
+        cfg(0, 110, 1),
+        Config {
+            fence: true,
+            ..cfg(1, 100, 1)
+        },
+    ]);
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(500));
+    s.crash(0);
+    s.run_until(ms(1_000));
+    assert_eq!(s.nodes[1].fences, 1, "fence asked for once");
+    assert_eq!(
+        s.masters(),
+        Vec::<usize>::new(),
+        "no takeover before the fence answers"
+    );
+    // The fence fails: stay backup, ask again after another Master_Down_Interval.
+    s.at(ms(1_000), 1, |i, t| i.handle_fence_result(t, false));
+    assert_eq!(s.masters(), Vec::<usize>::new());
+    s.run_until(ms(1_100));
+    assert_eq!(s.nodes[1].fences, 2);
+    s.at(ms(1_100), 1, |i, t| i.handle_fence_result(t, true));
+    assert_eq!(s.masters(), vec![1]);
+    assert_eq!(
+        s.became(1, State::Master).unwrap(),
+        (ms(1_100), Reason::MasterDown)
+    );
+
+    // A graceful stop needs no fence; an advert during fencing cancels it.
+    let mut s = Sim::new(vec![
+        cfg(0, 110, 1),
+        Config {
+            fence: true,
+            ..cfg(1, 100, 1)
+        },
+    ]);
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(500));
+    s.stop(0);
+    s.run_until(ms(600));
+    assert_eq!((s.masters(), s.nodes[1].fences), (vec![1], 0));
+    s.start(0); // preempts back
+    s.run_until(ms(700));
+    assert_eq!(s.masters(), vec![0]);
+    s.cut.insert(0);
+    s.run_until(ms(800));
+    assert_eq!(s.nodes[1].fences, 1);
+    s.cut.clear();
+    s.run_until(ms(820)); // A's adverts reach B again
+    s.at(ms(820), 1, |i, t| i.handle_fence_result(t, true));
+    assert_eq!(s.masters(), vec![0], "the late fence result is ignored");
 }

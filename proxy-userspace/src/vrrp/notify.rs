@@ -1,0 +1,135 @@
+//! Notify commands: run on every transition of an instance with STATE, the instance name and
+//! the previous state appended to the configured argv. Transitions of one instance are run in
+//! order, one at a time, by a task of its own: a slow or failing command never delays the
+//! election, and never runs concurrently with the next one.
+use std::{process::Stdio, time::Duration};
+
+use tokio::{process::Command, sync::mpsc};
+use tracing::warn;
+
+use super::fsm::State;
+
+/// How long a notify command may run before it is killed.
+pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The STATE word notify commands get (keepalived's names; STOP on shutdown).
+pub fn state_word(s: State) -> &'static str {
+    match s {
+        State::Initialize => "STOP",
+        State::Backup => "BACKUP",
+        State::Master => "MASTER",
+        State::Fault => "FAULT",
+    }
+}
+
+/// The queue of one instance's notifications.
+pub struct Notifier {
+    tx: mpsc::UnboundedSender<(State, State)>,
+}
+
+impl Notifier {
+    /// Starts the task that runs `argv` for `instance`; None when nothing is configured.
+    pub fn start(
+        instance: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Option<(Notifier, tokio::task::JoinHandle<()>)> {
+        let (prog, args) = argv.split_first()?;
+        let (prog, args, instance) = (prog.clone(), args.to_vec(), instance.to_owned());
+        let (tx, mut rx) = mpsc::unbounded_channel::<(State, State)>();
+        let task = tokio::spawn(async move {
+            while let Some((from, to)) = rx.recv().await {
+                let mut cmd = Command::new(&prog);
+                cmd.args(&args)
+                    .args([state_word(to), &instance, state_word(from)])
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                match cmd.spawn() {
+                    Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
+                        Ok(Ok(st)) if st.success() => {}
+                        Ok(Ok(st)) => {
+                            warn!("{instance}: notify {prog:?} for {}: {st}", state_word(to))
+                        }
+                        Ok(Err(e)) => warn!("{instance}: notify {prog:?}: {e}"),
+                        Err(_) => {
+                            warn!("{instance}: notify {prog:?} still running after {timeout:?}, killed");
+                            let _ = child.kill().await;
+                        }
+                    },
+                    Err(e) => warn!("{instance}: cannot run notify {prog:?}: {e}"),
+                }
+            }
+        });
+        Some((Notifier { tx }, task))
+    }
+
+    /// Queues a transition; returns at once.
+    pub fn send(&self, from: State, to: State) {
+        let _ = self.tx.send((from, to));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_order_one_at_a_time_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("hapd-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        // Each call sleeps a little, then appends its arguments: if two ran at once, or out of
+        // order, the lines would interleave or swap.
+        let script = dir.join("notify.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nsleep 0.05\necho \"$@\" >> {}\n", log.display()),
+        )
+        .unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&script).unwrap().permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let (n, task) = Notifier::start(
+            "VI_1",
+            &[script.display().to_string(), "--flag".into()],
+            NOTIFY_TIMEOUT,
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        n.send(State::Initialize, State::Backup);
+        n.send(State::Backup, State::Master);
+        n.send(State::Master, State::Fault);
+        n.send(State::Fault, State::Initialize);
+        assert!(
+            t0.elapsed() < Duration::from_millis(20),
+            "queuing never waits for the command"
+        );
+        drop(n);
+        task.await.unwrap();
+        let got = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            got,
+            "--flag BACKUP VI_1 STOP\n--flag MASTER VI_1 BACKUP\n--flag FAULT VI_1 MASTER\n--flag STOP VI_1 FAULT\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hanging_command_is_killed_and_the_queue_goes_on() {
+        let (n, task) = Notifier::start(
+            "VI_1",
+            &["/bin/sleep".into(), "60".into()],
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        n.send(State::Initialize, State::Backup);
+        n.send(State::Backup, State::Master);
+        drop(n);
+        task.await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    }
+}
