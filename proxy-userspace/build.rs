@@ -8,6 +8,10 @@ const FIX: &str =
     "run `cargo xtask setup` (installs the nightly rust-src component and bpf-linker)";
 
 fn main() -> anyhow::Result<()> {
+    // Only these inputs matter; without them cargo reruns this script (and rebuilds the
+    // guard) whenever any file of this package changes.
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../proxy-common");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     check_toolchain()?;
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../proxy-ebpf");

@@ -70,7 +70,7 @@ struct Router {
     scripts: Vec<(String, i32)>,
     /// `track_proxy` weight.
     track_proxy: Option<i32>,
-    notifier: Option<Notifier>,
+    notifier: Option<(Notifier, tokio::task::JoinHandle<()>)>,
     fence: Vec<String>,
 }
 
@@ -140,7 +140,7 @@ impl Router {
             index,
             scripts,
             track_proxy: v.track_proxy.map(|t| t.weight),
-            notifier: Notifier::start(&v.name, &v.notify, NOTIFY_TIMEOUT).map(|(n, _task)| n),
+            notifier: Notifier::start(&v.name, &v.notify, NOTIFY_TIMEOUT),
             fence: v.fence.clone(),
             name: v.name.clone(),
             key: spec.key(),
@@ -179,11 +179,17 @@ impl Router {
                 }
                 Action::Transition { from, to, reason } => {
                     info!("{}: {from} => {to} ({reason})", self.name);
-                    if let Some(n) = &self.notifier {
+                    if let Some((n, _)) = &self.notifier {
                         n.send(from, to);
                     }
                 }
                 Action::Fence => self.run_fence(ctx.fence_tx.clone()),
+                Action::TellWinner { to, priority } => {
+                    self.advert.priority = priority;
+                    if let Err(e) = self.sock.send_to(&self.advert, to) {
+                        warn!("{}: {e:#}", self.name);
+                    }
+                }
                 Action::Ignored { from, why } => {
                     debug!("{}: advert from {from} ignored: {why}", self.name)
                 }
@@ -427,6 +433,15 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     for r in &mut routers {
         r.engine.handle_shutdown(now());
         r.act(&ctx).await;
+    }
+    // Let every instance's queued notifications (STOP included) run before we exit.
+    for r in &mut routers {
+        if let Some((n, task)) = r.notifier.take() {
+            drop(n);
+            if tokio::time::timeout(NOTIFY_TIMEOUT, task).await.is_err() {
+                warn!("{}: notify commands still running at exit", r.name);
+            }
+        }
     }
     let counters = dp.counters().ok();
     dp.shutdown();

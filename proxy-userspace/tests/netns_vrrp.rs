@@ -15,8 +15,17 @@ const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
 
 fn config(lab: &mut Lab, i: usize, priority: u8) -> String {
+    config_with(lab, i, priority, "", "")
+}
+
+/// A node's config: `vrrp_extra` goes into its [[vrrp]] table, `tail` after it. Every other
+/// lab host is a peer.
+fn config_with(lab: &mut Lab, i: usize, priority: u8, vrrp_extra: &str, tail: &str) -> String {
     let pin_dir = lab.bpffs().unwrap().join(format!("h{i}"));
-    let peer = if i == 0 { "198.18.0.2" } else { "198.18.0.1" };
+    let peers: Vec<String> = (0..lab.hosts().len())
+        .filter(|&j| j != i)
+        .map(|j| format!("\"{}\"", lab.host(j).addr))
+        .collect();
     format!(
         r#"
 [node]
@@ -30,9 +39,12 @@ vrid = 51
 priority = {priority}
 advert_interval = "50ms"
 virtual_ips = ["{VIP}/24"]
-peers = ["{peer}"]
+peers = [{}]
+{vrrp_extra}
+{tail}
 "#,
-        pin_dir.display()
+        pin_dir.display(),
+        peers.join(", ")
     )
 }
 
@@ -135,4 +147,322 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
             .success());
     }
     assert!(!has_vip(&lab, 0) && !has_vip(&lab, 1));
+}
+
+fn state_lines(p: &Proc) -> Vec<String> {
+    p.lines()
+        .into_iter()
+        .filter(|l| l.contains(" => "))
+        .collect()
+}
+
+#[test]
+fn link_down_is_fault_and_link_up_rejoins() {
+    let mut lab = Lab::new(3).unwrap();
+    let (ca, cb) = (config(&mut lab, 0, 110), config(&mut lab, 1, 100));
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    // Pull A's cable: its bridge port goes down and A's eth0 loses its carrier.
+    let sw = lab.switch().to_string();
+    let ip = |args: &[&str]| {
+        assert!(std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap()
+            .success())
+    };
+    ip(&["-n", &sw, "link", "set", "p0", "down"]);
+    a.wait_for("MASTER => FAULT (link down)", 1, Duration::from_secs(5))
+        .unwrap();
+    assert!(!has_vip(&lab, 0), "VIPs released on fault");
+    wait_master(&mut b, 1);
+    assert!(client_reaches_vip(&lab));
+    ip(&["-n", &sw, "link", "set", "p0", "up"]);
+    a.wait_for("FAULT => BACKUP (recovered)", 1, Duration::from_secs(5))
+        .unwrap();
+    wait_master(&mut a, 2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        has_vip(&lab, 0) && !has_vip(&lab, 1),
+        "{:?}",
+        state_lines(&a)
+    );
+}
+
+#[test]
+fn track_script_failure_hands_over_and_recovery_takes_back() {
+    let mut lab = Lab::new(3).unwrap();
+    let flag = lab.dir().join("backend-ok");
+    std::fs::write(&flag, "").unwrap();
+    let script = format!(
+        "[[track_script]]\nname = \"chk\"\ncommand = [\"/usr/bin/test\", \"-e\", \"{}\"]\ninterval = \"50ms\"\ntimeout = \"1s\"\nweight = -20\nfall = 2\nrise = 2\n",
+        flag.display()
+    );
+    let ca = config_with(&mut lab, 0, 110, "track_scripts = [\"chk\"]", &script);
+    let cb = config(&mut lab, 1, 100);
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    std::fs::remove_file(&flag).unwrap();
+    // Two failures (about 100 ms), then A advertises 90 and B (100) preempts on that advert.
+    a.wait_for("track script chk: failed", 1, Duration::from_secs(5))
+        .unwrap();
+    b.wait_for(
+        "=> MASTER (preempting a lower-priority master)",
+        1,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(has_vip(&lab, 1) && !has_vip(&lab, 0));
+    std::fs::write(&flag, "").unwrap();
+    a.wait_for("track script chk: healthy", 1, Duration::from_secs(5))
+        .unwrap();
+    wait_master(&mut a, 2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
+    let _ = b;
+}
+
+#[test]
+fn notify_runs_in_order_and_fence_runs_before_a_takeover() {
+    let mut lab = Lab::new(3).unwrap();
+    let log = lab.dir().join("notify.log");
+    let fenced = lab.dir().join("fenced.log");
+    // No shell is involved for hapd: /bin/sh here is just the program the argv names.
+    let notify = format!(
+        "notify = [\"/bin/sh\", \"-c\", \"echo \\\"$0 $1 $2\\\" >> {}\"]",
+        log.display()
+    );
+    let fence = format!(
+        "fence = [\"/bin/sh\", \"-c\", \"echo fenced >> {}\"]",
+        fenced.display()
+    );
+    let ca = config(&mut lab, 0, 110);
+    let cb = config_with(&mut lab, 1, 100, &format!("{notify}\n{fence}"), "");
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    a.stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
+    b.wait_for("fencing it before taking over", 1, Duration::from_secs(5))
+        .unwrap();
+    wait_master(&mut b, 1);
+    assert_eq!(std::fs::read_to_string(&fenced).unwrap(), "fenced\n");
+    assert!(b
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "BACKUP VI_1 STOP\nMASTER VI_1 BACKUP\nSTOP VI_1 MASTER\n",
+        "every transition, in order"
+    );
+}
+
+#[test]
+fn three_nodes_fail_over_in_priority_order() {
+    let mut lab = Lab::new(4).unwrap();
+    let cfgs: Vec<String> = [150, 120, 100]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| config(&mut lab, i, *p))
+        .collect();
+    let mut n: Vec<Proc> = (0..3)
+        .map(|i| lab.start_hapd(i, Path::new(HAPD), &cfgs[i]).unwrap())
+        .collect();
+    wait_master(&mut n[0], 1);
+    n[0].stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
+    wait_master(&mut n[1], 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        n[2].grep("=> MASTER").is_empty(),
+        "the middle priority takes over, not the lowest"
+    );
+    assert!(n[1]
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    wait_master(&mut n[2], 1);
+    assert!(has_vip(&lab, 2));
+    // The client is host 3 here.
+    assert!(lab.exec(3, &["ping", "-c", "1", "-W", "1", VIP]).is_ok());
+}
+
+/// The MAC of host `i`'s eth0.
+fn mac(lab: &Lab, i: usize) -> String {
+    let out = lab
+        .exec(i, &["cat", "/sys/class/net/eth0/address"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn client_neighbour_mac(lab: &Lab) -> String {
+    let out = lab.exec(2, &["ip", "neigh", "show", VIP]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn split_brain_heals_within_one_advert_interval_with_a_garp() {
+    let mut lab = Lab::new(3).unwrap();
+    let (ca, cb) = (config(&mut lab, 0, 110), config(&mut lab, 1, 100));
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
+    // both still reach the client.
+    let sw = lab.switch().to_string();
+    let isolate = |port: &str, on: &str| {
+        let st = std::process::Command::new("ip")
+            .args([
+                "-n",
+                &sw,
+                "link",
+                "set",
+                port,
+                "type",
+                "bridge_slave",
+                "isolated",
+                on,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    isolate("p0", "on");
+    isolate("p1", "on");
+    wait_master(&mut b, 1);
+    assert!(
+        has_vip(&lab, 0) && has_vip(&lab, 1),
+        "split brain: both hold the VIP"
+    );
+    // The client ends up talking to B (its GARP came last).
+    lab.exec(2, &["ping", "-c", "1", "-W", "1", VIP]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(client_neighbour_mac(&lab), mac(&lab, 1));
+    // Heal: within one advert interval (50 ms) one master is left, and A's re-announcement
+    // (gratuitous ARP) points the client back at A.
+    isolate("p0", "off");
+    isolate("p1", "off");
+    b.wait_for(
+        "MASTER => BACKUP (higher-priority master)",
+        1,
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
+    assert_eq!(
+        client_neighbour_mac(&lab),
+        mac(&lab, 0),
+        "the client follows the GARP"
+    );
+    assert!(client_reaches_vip(&lab));
+}
+
+#[test]
+fn preempt_off_and_preempt_delay() {
+    let mut lab = Lab::new(3).unwrap();
+    let cb = config(&mut lab, 1, 100);
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut b, 1);
+    // preempt = false: A (110) joins and stays backup.
+    let ca = config_with(&mut lab, 0, 110, "preempt = false", "");
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(a.grep("=> MASTER").is_empty(), "{:?}", state_lines(&a));
+    assert!(a
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    // preempt_delay = 700ms: A takes over, but not before the delay.
+    let ca = config_with(&mut lab, 0, 110, "preempt_delay = \"700ms\"", "");
+    let t0 = std::time::Instant::now();
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    wait_master(&mut a, 1);
+    let waited = t0.elapsed();
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+    assert!(waited < Duration::from_millis(1_500), "{waited:?}");
+}
+
+#[test]
+fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
+    use proxy_userspace::{config::Config, daemon, health::ProxyHealth};
+    let mut lab = Lab::new(3).unwrap();
+    let ca = config_with(&mut lab, 0, 110, "track_proxy = { weight = -50 }", "");
+    let cb = config(&mut lab, 1, 100);
+    let cfg_path = lab.dir().join("inproc.toml");
+    std::fs::write(&cfg_path, &ca).unwrap();
+    let (config, _) = Config::load(&cfg_path).unwrap();
+    let (health, health_rx) = ProxyHealth::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    /// Stops the in-process node when dropped, also when an assertion below panics: the
+    /// scope would otherwise wait for it forever.
+    struct StopOnDrop(tokio::sync::watch::Sender<bool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(true);
+        }
+    }
+    // Node A runs in this test process, on a thread inside host 0's namespace.
+    let node_a = std::thread::scope(|scope| {
+        let runner = scope.spawn(|| {
+            lab.in_netns(0, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(daemon::run_with(
+                    config,
+                    daemon::Options {
+                        proxy_health: Some(health_rx),
+                        shutdown: Some(stop_rx),
+                    },
+                ))
+            })
+        });
+        let stop = StopOnDrop(stop_tx);
+        let wait = |cond: &dyn Fn() -> bool| {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while !cond() {
+                assert!(std::time::Instant::now() < end, "timed out");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // A first (it is master alone), then B joins as backup.
+        wait(&|| has_vip(&lab, 0));
+        let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(b.grep("=> MASTER").is_empty());
+        let t0 = std::time::Instant::now();
+        health.set(false);
+        b.wait_for(
+            "=> MASTER (preempting a lower-priority master)",
+            1,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let took = t0.elapsed();
+        wait(&|| has_vip(&lab, 1) && !has_vip(&lab, 0));
+        health.set(true);
+        b.wait_for(
+            "MASTER => BACKUP (higher-priority master)",
+            1,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        wait(&|| has_vip(&lab, 0) && !has_vip(&lab, 1));
+        drop(stop);
+        (runner.join().unwrap(), took)
+    });
+    let (result, took) = node_a;
+    result.unwrap();
+    // One advert interval is 50 ms; the handover rides on A's immediate advert.
+    assert!(took < Duration::from_millis(150), "{took:?}");
+    assert!(!has_vip(&lab, 0), "the in-process node cleaned up at stop");
 }

@@ -502,21 +502,10 @@ impl Config {
             if v.garp.interval.0.is_zero() {
                 return Err(err("garp.interval", "must be greater than 0".into()));
             }
-            let planned: Vec<&str> = [
-                ("track_proxy", v.track_proxy.is_some()),
-                ("track_scripts", !v.track_scripts.is_empty()),
-                ("notify", !v.notify.is_empty()),
-                ("notify_webhook", v.notify_webhook.is_some()),
-                ("fence", !v.fence.is_empty()),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(k, _)| k)
-            .collect();
-            if !planned.is_empty() {
+            if v.notify_webhook.is_some() {
                 warnings.push(Warning {
-                    key: key(&planned.join(", ")),
-                    message: "accepted but not acted on by this hapd build yet".into(),
+                    key: key("notify_webhook"),
+                    message: "accepted but not sent by this hapd build yet".into(),
                 });
             }
         }

@@ -70,7 +70,7 @@ fn the_documented_example_is_valid() {
     assert_eq!(
         keys,
         [
-            "vrrp[0].track_proxy, track_scripts, notify, notify_webhook",
+            "vrrp[0].notify_webhook",
             "server, tls, listener, upstream, vhost"
         ],
         "{warnings:?}"
@@ -93,14 +93,7 @@ fn warnings_for_pass_auth_and_no_peers() {
         .replace("peers = [\"198.18.0.2\"]\n", "");
     let (_, w) = parse(&text).unwrap();
     let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            "vrrp[0].auth_pass",
-            "vrrp[0].peers",
-            "vrrp[0].track_scripts"
-        ]
-    );
+    assert_eq!(keys, ["vrrp[0].auth_pass", "vrrp[0].peers",]);
     assert!(w[0].message.contains("plaintext"));
 }
 

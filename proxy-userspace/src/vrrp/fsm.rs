@@ -116,6 +116,10 @@ pub enum Action {
     Ignored { from: Ipv4Addr, why: &'static str },
     /// Fence the silent master now; report with [`Instance::handle_fence_result`].
     Fence,
+    /// Send one advert with this priority to `to` only: we were master and yield to `to`, which
+    /// may never have heard us (split brain); hearing a lower-priority master makes it
+    /// re-announce the addresses, so clients that followed us come back to it.
+    TellWinner { to: Ipv4Addr, priority: u8 },
 }
 
 /// An advert as the engine sees it (already checked by the guard or the parser).
@@ -320,6 +324,10 @@ impl Instance {
                     self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
                 } else if h.priority > ours || (h.priority == ours && h.src > self.cfg.primary) {
                     // RFC 5798 section 6.4.3: a better master exists.
+                    self.actions.push_back(Action::TellWinner {
+                        to: h.src,
+                        priority: ours,
+                    });
                     self.change_state(at, State::Backup, Reason::HigherPriorityMaster);
                     if self.cfg.version == 3 {
                         self.master_adver_interval = h.interval;

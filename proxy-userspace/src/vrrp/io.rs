@@ -60,6 +60,15 @@ impl AdvertSocket {
         self.src
     }
 
+    /// Sends `advert` to `dst` only.
+    pub fn send_to(&self, advert: &Advert, dst: Ipv4Addr) -> anyhow::Result<()> {
+        let msg = advert.emit(self.mode, self.src, dst);
+        self.sock
+            .send_to(&msg, &SocketAddrV4::new(dst, 0).into())
+            .with_context(|| format!("sending an advert to {dst} on {}", self.iface))?;
+        Ok(())
+    }
+
     /// Sends `advert` to every destination.
     pub fn send(&self, advert: &Advert) -> anyhow::Result<()> {
         for d in &self.dsts {

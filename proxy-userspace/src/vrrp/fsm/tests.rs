@@ -120,6 +120,25 @@ impl Sim {
                     }
                     Action::Ignored { .. } => self.nodes[n].ignored += 1,
                     Action::Fence => self.nodes[n].fences += 1,
+                    Action::TellWinner { to, priority } => {
+                        self.nodes[n].sent.push((self.now, priority));
+                        if self.cut.contains(&n) {
+                            continue;
+                        }
+                        let h = Heard {
+                            src: self.nodes[n].inst.config().primary,
+                            priority,
+                            interval: self.nodes[n].inst.config().advert_interval,
+                        };
+                        if let Some(j) = (0..self.nodes.len())
+                            .find(|&j| self.nodes[j].inst.config().primary == to)
+                        {
+                            if self.nodes[j].running && !self.cut.contains(&j) {
+                                self.nodes[j].inst.handle_advert(self.now, h);
+                                work.push(j);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -580,4 +599,26 @@ fn fencing_before_taking_over_from_a_silent_master() {
     s.run_until(ms(820)); // A's adverts reach B again
     s.at(ms(820), 1, |i, t| i.handle_fence_result(t, true));
     assert_eq!(s.masters(), vec![0], "the late fence result is ignored");
+}
+
+#[test]
+fn split_brain_the_winner_reannounces_even_when_its_advert_arrives_first() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    s.cut.extend([0, 1]);
+    s.run_until(ms(2_000));
+    assert_eq!(s.masters(), vec![0, 1]);
+    // Heal, and let A's advert reach B before B advertises again.
+    s.cut.clear();
+    let before = s.nodes[0].reannounced;
+    s.at(s.now, 0, |i, t| {
+        i.handle_timeout(t + ms(10)); // force A's next advert now
+    });
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(
+        s.nodes[0].reannounced,
+        before + 1,
+        "B told A, and A re-announced"
+    );
+    assert_eq!(s.vip_holders(), vec![0]);
 }
