@@ -43,6 +43,9 @@ struct Sim {
     now: Duration,
     nodes: Vec<Node>,
     cut: BTreeSet<usize>,
+    /// What happened, one JSON line each: transitions, address changes, resignations,
+    /// fences (not the periodic adverts). Compared with a golden file by [`Sim::golden`].
+    trace: Vec<String>,
 }
 
 impl Sim {
@@ -64,6 +67,7 @@ impl Sim {
             now: Duration::ZERO,
             nodes,
             cut: BTreeSet::new(),
+            trace: Vec::new(),
         }
     }
 
@@ -94,6 +98,7 @@ impl Sim {
         let mut work = vec![i];
         while let Some(n) = work.pop() {
             while let Some(a) = self.nodes[n].inst.poll_action() {
+                self.record(n, &a);
                 match a {
                     Action::SendAdvert { priority } => {
                         self.nodes[n].sent.push((self.now, priority));
@@ -142,6 +147,52 @@ impl Sim {
                 }
             }
         }
+    }
+
+    fn record(&mut self, n: usize, a: &Action) {
+        let what = match a {
+            Action::SendAdvert { priority: 0 } => "\"resign\": true".to_string(),
+            Action::SendAdvert { .. } | Action::Ignored { .. } => return,
+            Action::TakeVips => "\"vips\": \"take\"".into(),
+            Action::ReleaseVips => "\"vips\": \"release\"".into(),
+            Action::Reannounce => "\"vips\": \"reannounce\"".into(),
+            Action::Fence => "\"fence\": true".into(),
+            Action::TellWinner { to, priority } => {
+                format!("\"tell_winner\": \"{to}\", \"priority\": {priority}")
+            }
+            Action::Transition { from, to, reason } => {
+                format!("\"from\": \"{from}\", \"to\": \"{to}\", \"reason\": \"{reason}\"")
+            }
+        };
+        let node = (b'A' + n as u8) as char;
+        let t = self.now.as_micros();
+        self.trace
+            .push(format!("{{\"t_us\": {t}, \"node\": \"{node}\", {what}}}"));
+    }
+
+    /// Compares the trace with `golden/<name>.jsonl` beside this file; `HAPD_BLESS=1`
+    /// rewrites the file instead.
+    fn golden(&self, name: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("src/vrrp/fsm/golden/{name}.jsonl"));
+        let got = self.trace.join("\n") + "\n";
+        if std::env::var_os("HAPD_BLESS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &got).unwrap();
+            return;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run with HAPD_BLESS=1 to create it",
+                path.display()
+            )
+        });
+        assert_eq!(
+            got,
+            want,
+            "{name}: trace differs from {} (HAPD_BLESS=1 accepts it)",
+            path.display()
+        );
     }
 
     /// Advances virtual time to `t`, firing every timer on the way.
@@ -236,6 +287,7 @@ fn first_election_the_higher_priority_wins() {
     // One advert a second from then on.
     let adverts = s.nodes[0].sent.len();
     assert!((7..=8).contains(&adverts), "{adverts}");
+    s.golden("first_election_the_higher_priority_wins");
 }
 
 #[test]
@@ -251,6 +303,7 @@ fn host_crash_backup_takes_over_after_master_down_interval() {
     assert_eq!(why, Reason::MasterDown);
     // 3 x 10 ms + (156/256) x 10 ms after A's last advert: 36.09 ms (the RFC floor).
     assert_eq!(t - last, Duration::from_nanos(36_093_750));
+    s.golden("host_crash_backup_takes_over_after_master_down_interval");
 }
 
 #[test]
@@ -272,6 +325,7 @@ fn graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew() 
         Duration::from_nanos(6_093_750),
         "Skew_Time of priority 100"
     );
+    s.golden("graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew");
 }
 
 #[test]
@@ -323,6 +377,7 @@ fn preempt_back_preempt_off_and_preempt_delay() {
     assert_eq!(s.masters(), vec![0]);
     let t = s.became(0, State::Master).unwrap().0;
     assert!(t >= ms(800) && t <= ms(811), "{t:?}");
+    s.golden("preempt_back_preempt_off_and_preempt_delay");
 }
 
 #[test]
@@ -340,6 +395,7 @@ fn equal_priority_masters_the_higher_address_wins() {
     s.run_until(ms(520));
     assert_eq!(s.masters(), vec![2], "198.18.0.3 has the highest address");
     assert_eq!(s.vip_holders(), vec![2]);
+    s.golden("equal_priority_masters_the_higher_address_wins");
 }
 
 #[test]
@@ -360,6 +416,7 @@ fn three_nodes_fail_over_in_priority_order() {
     s.crash(1);
     s.run_until(ms(1_500));
     assert_eq!(s.masters(), vec![2]);
+    s.golden("three_nodes_fail_over_in_priority_order");
 }
 
 #[test]
@@ -374,6 +431,7 @@ fn the_owner_is_master_at_once() {
         (ms(100), Reason::Startup)
     );
     assert_eq!(s.nodes[1].inst.state(), State::Backup);
+    s.golden("the_owner_is_master_at_once");
 }
 
 #[test]
@@ -442,6 +500,7 @@ fn a_lowered_priority_hands_over_within_one_advert() {
     );
     s.run_until(ms(2_010));
     assert_eq!(s.masters(), vec![1], "B took over after Skew_Time");
+    s.golden("a_lowered_priority_hands_over_within_one_advert");
 }
 
 #[test]
@@ -466,6 +525,7 @@ fn link_down_is_fault_and_link_up_rejoins() {
     );
     s.run_until(ms(1_200));
     assert_eq!(s.masters(), vec![0], "and preempts back");
+    s.golden("link_down_is_fault_and_link_up_rejoins");
 }
 
 #[test]
@@ -484,6 +544,7 @@ fn a_track_fault_resigns_and_recovers() {
     s.at(ms(1_500), 0, |i, t| i.set_track_fault(t, false));
     s.run_until(ms(1_600));
     assert_eq!(s.masters(), vec![0]);
+    s.golden("a_track_fault_resigns_and_recovers");
 }
 
 #[test]
@@ -508,6 +569,7 @@ fn split_brain_heals_within_one_advert_interval() {
         s.became(1, State::Backup).unwrap().1,
         Reason::HigherPriorityMaster
     );
+    s.golden("split_brain_heals_within_one_advert_interval");
 }
 
 #[test]
@@ -599,6 +661,7 @@ fn fencing_before_taking_over_from_a_silent_master() {
     s.run_until(ms(820)); // A's adverts reach B again
     s.at(ms(820), 1, |i, t| i.handle_fence_result(t, true));
     assert_eq!(s.masters(), vec![0], "the late fence result is ignored");
+    s.golden("fencing_before_taking_over_from_a_silent_master");
 }
 
 #[test]
@@ -621,4 +684,5 @@ fn split_brain_the_winner_reannounces_even_when_its_advert_arrives_first() {
         "B told A, and A re-announced"
     );
     assert_eq!(s.vip_holders(), vec![0]);
+    s.golden("split_brain_the_winner_reannounces_even_when_its_advert_arrives_first");
 }
