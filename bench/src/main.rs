@@ -1,5 +1,6 @@
 //! hapd's benchmark suites: `bench <suite>|all [--quick]`, normally through `cargo xtask bench`.
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
+mod failover;
 mod report;
 mod xdp;
 
@@ -15,16 +16,33 @@ struct Cli {
     quick: bool,
 }
 
+/// The `hapd` binary the suites run: `HAPD_BIN`, or the workspace's release build.
+pub fn hapd_bin() -> anyhow::Result<std::path::PathBuf> {
+    let p = std::env::var_os("HAPD_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/hapd")
+        });
+    if !p.exists() {
+        anyhow::bail!(
+            "{} not found; build it with `cargo build --release -p proxy-userspace` (cargo xtask bench does)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let suites: Vec<&str> = match cli.suite.as_str() {
-        "all" => vec!["xdp"],
-        s @ "xdp" => vec![s],
-        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, all"),
+        "all" => vec!["xdp", "failover"],
+        s @ ("xdp" | "failover") => vec![s],
+        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, all"),
     };
     for s in suites {
         let report = match s {
             "xdp" => xdp::run(cli.quick)?,
+            "failover" => failover::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),
         };
         let (json, md) = report.write()?;

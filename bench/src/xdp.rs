@@ -1,10 +1,7 @@
 //! The `xdp` suite: the guard's cost per packet for each verdict (BPF_PROG_TEST_RUN with
 //! `repeat`, the kernel's own timing), and the drop rate of a forged-advert flood sent into a
 //! veth where `hapd run` has the guard attached in native mode.
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use aya::{
@@ -181,18 +178,6 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     ))
 }
 
-fn hapd_bin() -> anyhow::Result<PathBuf> {
-    let p = std::env::var_os("HAPD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/hapd")
-        });
-    if !p.exists() {
-        bail!("{} not found; build it with `cargo build --release -p proxy-userspace` (cargo xtask bench does)", p.display());
-    }
-    Ok(p)
-}
-
 /// CPU time (user + system) of `pid` so far.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -210,7 +195,7 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     } else {
         (20_000_000u32, 3)
     };
-    let hapd = hapd_bin()?;
+    let hapd = crate::hapd_bin()?;
     let mut lab = Lab::new(2)?;
     // A direct veth pair: the generator's XDP_TX lands in the DUT's veth, where the guard runs
     // in native mode (a veth takes XDP frames only when its peer has XDP attached).

@@ -289,6 +289,30 @@ impl Lab {
         })
     }
 
+    /// Starts a thread inside host `i`'s network namespace that runs `f` (a server, a prober).
+    /// The caller stops it (a flag) and joins it before the lab is dropped; the thread's
+    /// result is `None` only when it could not enter the namespace (then this call failed).
+    pub fn spawn_in_netns<R: Send + 'static>(
+        &self,
+        i: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> anyhow::Result<std::thread::JoinHandle<Option<R>>> {
+        let path = format!("/run/netns/{}", self.hosts[i].netns);
+        let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let entered = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET);
+            let ok = entered.is_ok();
+            let _ = ready_tx.send(entered);
+            ok.then(f)
+        });
+        ready_rx
+            .recv()
+            .context("namespace thread died")?
+            .with_context(|| format!("entering {path}"))?;
+        Ok(handle)
+    }
+
     /// Interface index of `ifname` in host `i`.
     pub fn ifindex(&self, i: usize, ifname: &str) -> anyhow::Result<u32> {
         let name = ifname.to_owned();

@@ -72,6 +72,8 @@ struct Router {
     track_proxy: Option<i32>,
     notifier: Option<(Notifier, tokio::task::JoinHandle<()>)>,
     fence: Vec<String>,
+    /// During a graceful stop: keep the VIPs until the successor is heard (see [`run_with`]).
+    hold_vips: bool,
 }
 
 impl Router {
@@ -142,6 +144,7 @@ impl Router {
             track_proxy: v.track_proxy.map(|t| t.weight),
             notifier: Notifier::start(&v.name, &v.notify, NOTIFY_TIMEOUT),
             fence: v.fence.clone(),
+            hold_vips: false,
             name: v.name.clone(),
             key: spec.key(),
             iface: v.interface.clone(),
@@ -172,6 +175,7 @@ impl Router {
                     self.announce();
                 }
                 Action::Reannounce => self.announce(),
+                Action::ReleaseVips if self.hold_vips => {}
                 Action::ReleaseVips => {
                     if let Err(e) = vip::remove(nl, self.key.ifindex, &self.vips).await {
                         warn!("{}: removing virtual addresses: {e:#}", self.name);
@@ -340,14 +344,21 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         r.engine.handle_startup(t);
         r.act(&ctx).await;
     }
+    // One timer for the whole loop, moved only when the next deadline changes: a new timer per
+    // iteration makes the runtime wake itself once more per advert. Engine deadlines are
+    // monotonic durations; `anchor` maps them onto tokio's clock.
+    let anchor = (tokio::time::Instant::now(), now());
+    let at = |d: Duration| anchor.0 + d.saturating_sub(anchor.1);
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    let mut armed: Option<Duration> = None;
     loop {
         let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep(d.saturating_sub(now())).await,
-                None => std::future::pending().await,
-            }
-        };
+        if deadline != armed {
+            sleep.as_mut().reset(deadline.map_or_else(far, at));
+            armed = deadline;
+        }
         let health_changed = async {
             match &mut health {
                 Some(h) => h.changed().await.is_ok(),
@@ -386,7 +397,8 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = sleep => {
+            _ = &mut sleep => {
+                armed = None;
                 let t = now();
                 for r in &mut routers {
                     if r.engine.poll_timeout().is_some_and(|d| d <= t) {
@@ -430,9 +442,47 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             _ = int.recv() => { info!("SIGINT: stopping"); break; }
         }
     }
-    for r in &mut routers {
+    // Graceful stop: a master resigns (priority 0) but keeps serving its VIPs until the
+    // successor's first advert arrives (it takes over after its Skew_Time and announces the
+    // VIPs with gratuitous ARP), so clients never find nobody at the address. Bounded by our
+    // Master_Down_Interval (at most 2 s) in case there is no successor.
+    let mut waiting = Vec::new();
+    let mut bound = Duration::ZERO;
+    for (i, r) in routers.iter_mut().enumerate() {
+        if r.engine.state() == State::Master {
+            r.hold_vips = true;
+            waiting.push(i);
+            bound = bound.max(r.engine.master_down_interval().min(Duration::from_secs(2)));
+        }
         r.engine.handle_shutdown(now());
         r.act(&ctx).await;
+    }
+    let until = tokio::time::Instant::now() + bound;
+    while !waiting.is_empty() {
+        tokio::select! {
+            ev = dp.next_event() => match ev {
+                Some(ev) if ev.priority > 0 => {
+                    let key = InstanceKey::new(ev.ifindex, ev.vrid);
+                    if let Some(pos) = waiting.iter().position(|&i| routers[i].key == key) {
+                        let r = &routers[waiting.remove(pos)];
+                        info!("{}: {} took over; releasing the VIPs", r.name, Ipv4Addr::from(ev.src));
+                        if let Err(e) = vip::remove(&nl, r.key.ifindex, &r.vips).await {
+                            warn!("{}: removing virtual addresses: {e:#}", r.name);
+                        }
+                    }
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = tokio::time::sleep_until(until) => break,
+        }
+    }
+    for &i in &waiting {
+        let r = &routers[i];
+        info!("{}: no successor heard; releasing the VIPs", r.name);
+        if let Err(e) = vip::remove(&nl, r.key.ifindex, &r.vips).await {
+            warn!("{}: removing virtual addresses: {e:#}", r.name);
+        }
     }
     // Let every instance's queued notifications (STOP included) run before we exit.
     for r in &mut routers {

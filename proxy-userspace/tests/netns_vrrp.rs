@@ -95,6 +95,13 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
         b.lines().join("\n")
     );
     assert!(!has_vip(&lab, 0), "A removed the VIP when it stopped");
+    // A kept serving until B's first advert, then let go: no gap for clients.
+    assert_eq!(
+        a.grep("198.18.0.2 took over; releasing the VIPs").len(),
+        1,
+        "{}",
+        a.lines().join("\n")
+    );
     assert!(has_vip(&lab, 1));
     assert!(client_reaches_vip(&lab));
 

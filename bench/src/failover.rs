@@ -1,0 +1,492 @@
+//! The `failover` suite: the outage a client sees when the master fails, hapd beside keepalived
+//! in the same run, alternating, per fault kind and advert interval.
+//!
+//! Each trial is a fresh lab: n0 (priority 110, master) and n1 (priority 100) run the daemon
+//! and a tiny TCP service on port 8080 that answers with the node's name; the client connects
+//! to the VIP every 5 ms. A fault hits n0; the outage is the longest run of failed probes (from
+//! the first failure to the next answer), the takeover the time until n1 first answers.
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use hapd_lab::{proc::Proc, Lab};
+use nix::sys::signal::Signal;
+
+use crate::report::{median_spread, Report, Table};
+
+const VIP: &str = "198.18.0.100";
+const PORT: u16 = 8080;
+const PROBE_EVERY: Duration = Duration::from_millis(5);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Daemon {
+    Hapd,
+    Keepalived,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// n0's cable is pulled (its bridge port goes down): nothing more from n0.
+    HostCrash,
+    /// The daemon on n0 is killed with SIGKILL; n0's service keeps running.
+    Kill9,
+    /// The daemon on n0 stops on SIGTERM.
+    GracefulStop,
+    /// n0's service dies; the daemon's track script notices.
+    ServiceDown,
+}
+
+impl Fault {
+    const ALL: [Fault; 4] = [
+        Fault::HostCrash,
+        Fault::Kill9,
+        Fault::GracefulStop,
+        Fault::ServiceDown,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::HostCrash => "host crash",
+            Fault::Kill9 => "kill -9",
+            Fault::GracefulStop => "graceful stop",
+            Fault::ServiceDown => "service down",
+        }
+    }
+}
+
+struct Outcome {
+    outage: Duration,
+    takeover: Duration,
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Report> {
+    let hapd = crate::hapd_bin()?;
+    let mut report = Report::new("failover", quick);
+    let intervals: &[u64] = if quick { &[10] } else { &[10, 1000] };
+    let rounds = if quick { 1 } else { 3 };
+    let mut raw = Vec::new();
+    let mut tables = Vec::new();
+    for &interval in intervals {
+        let mut rows = Vec::new();
+        for fault in Fault::ALL {
+            let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+            for round in 0..rounds {
+                // Alternate which daemon goes first each round.
+                let order = if round % 2 == 0 {
+                    [Daemon::Hapd, Daemon::Keepalived]
+                } else {
+                    [Daemon::Keepalived, Daemon::Hapd]
+                };
+                for d in order {
+                    eprintln!(
+                        "failover: {interval} ms adverts, {}, {d:?}, round {}/{rounds}",
+                        fault.name(),
+                        round + 1
+                    );
+                    let o = trial(&hapd, d, fault, interval)
+                        .with_context(|| format!("{d:?} {} at {interval} ms", fault.name()))?;
+                    let slot = if d == Daemon::Hapd { 0 } else { 1 };
+                    samples[slot].0.push(o.outage.as_secs_f64() * 1000.0);
+                    samples[slot].1.push(o.takeover.as_secs_f64() * 1000.0);
+                    raw.push(serde_json::json!({
+                        "daemon": format!("{d:?}"), "fault": fault.name(), "advert_ms": interval, "round": round,
+                        "outage_ms": o.outage.as_secs_f64() * 1000.0, "takeover_ms": o.takeover.as_secs_f64() * 1000.0,
+                    }));
+                }
+            }
+            let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
+            let (ht, kt) = (
+                median_spread(&samples[0].1).0,
+                median_spread(&samples[1].1).0,
+            );
+            let ratio = if ho.0 > 0.0 {
+                format!("{:.1}x", ko.0 / ho.0)
+            } else {
+                "n/a (no outage)".into()
+            };
+            rows.push(vec![
+                fault.name().to_string(),
+                format!("{:.0} ({:.0}..{:.0})", ho.0, ho.1, ho.2),
+                format!("{:.0} ({:.0}..{:.0})", ko.0, ko.1, ko.2),
+                ratio,
+                format!("{ht:.0}"),
+                format!("{kt:.0}"),
+            ]);
+        }
+        tables.push(Table {
+            title: format!("Client-visible outage, adverts every {interval} ms"),
+            columns: vec![
+                "fault on the master".into(),
+                "hapd outage ms (median, spread)".into(),
+                "keepalived outage ms".into(),
+                "keepalived / hapd".into(),
+                "hapd takeover ms".into(),
+                "keepalived takeover ms".into(),
+            ],
+            rows,
+            notes: vec![
+                format!("{rounds} round(s) per cell, daemons alternating. Outage: longest run of failed probes (5 ms apart) around the fault. Takeover: fault to the first answer from the backup."),
+                "kill -9 leaves n0's service and VIP in place, so clients are served until the backup takes over: the outage is near zero for both; the takeover column shows the detection.".into(),
+                "service down: hapd's track_script runs every 10 ms (fall 1); keepalived's vrrp_script every 1 s (its smallest interval, fall 1). hapd's track_proxy (no polling) comes with the proxy.".into(),
+            ],
+        });
+    }
+    let (idle_table, idle_raw) = idle(&hapd, quick)?;
+    tables.push(idle_table);
+    report.tables = tables;
+    report.raw = serde_json::json!({ "outages": raw, "idle": idle_raw });
+    Ok(report)
+}
+
+/// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
+/// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
+fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()?;
+    let mut nanos = 0u64;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.filter_map(Result::ok) {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("schedstat")) else {
+                continue;
+            };
+            nanos += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// CPU used by an idle pair (master and backup, 10 ms adverts, no faults): both daemons'
+/// processes, as a percentage of one core.
+fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+    let (secs, rounds) = if quick { (3, 1) } else { (10, 3) };
+    let mut pct: [Vec<f64>; 2] = Default::default();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Daemon::Hapd, Daemon::Keepalived]
+        } else {
+            [Daemon::Keepalived, Daemon::Hapd]
+        };
+        for d in order {
+            eprintln!(
+                "failover: idle CPU of a {d:?} pair at 10 ms adverts, {secs} s, round {}/{rounds}",
+                round + 1
+            );
+            let mut lab = Lab::new(2)?;
+            let mut procs = Vec::new();
+            for i in 0..2 {
+                procs.push(start(&mut lab, hapd, d, i, 10, None)?);
+            }
+            // Settle: election done, scripts started.
+            std::thread::sleep(Duration::from_secs(1));
+            let ns: Vec<String> = lab.hosts().iter().map(|h| h.netns.clone()).collect();
+            let before: Duration = ns
+                .iter()
+                .map(|n| ns_cpu(n))
+                .sum::<anyhow::Result<Duration>>()?;
+            let t0 = Instant::now();
+            std::thread::sleep(Duration::from_secs(secs));
+            let after: Duration = ns
+                .iter()
+                .map(|n| ns_cpu(n))
+                .sum::<anyhow::Result<Duration>>()?;
+            let p = (after - before).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+            pct[if d == Daemon::Hapd { 0 } else { 1 }].push(p);
+            for mut p in procs {
+                let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
+            }
+        }
+    }
+    let (h, k) = (median_spread(&pct[0]), median_spread(&pct[1]));
+    let table = Table {
+        title: "Idle CPU of a pair at 10 ms adverts".into(),
+        columns: vec!["daemon".into(), "% of one core (median, spread)".into()],
+        rows: vec![
+            vec![
+                "hapd (pair)".into(),
+                format!("{:.2} ({:.2}..{:.2})", h.0, h.1, h.2),
+            ],
+            vec![
+                "keepalived (pair)".into(),
+                format!("{:.2} ({:.2}..{:.2})", k.0, k.1, k.2),
+            ],
+        ],
+        notes: vec![format!(
+            "{rounds} round(s) of {secs} s; every process in both nodes' namespaces, no track \
+             scripts (VRRP alone). hapd / keepalived = {:.2}.",
+            if k.0 > 0.0 { h.0 / k.0 } else { f64::NAN }
+        )],
+    };
+    Ok((
+        table,
+        serde_json::json!({ "hapd_pct": pct[0], "keepalived_pct": pct[1] }),
+    ))
+}
+
+/// A service that answers every connection with `name`, while `up` is true (when it turns
+/// false the listener closes: connections are refused) and until `stop`.
+fn serve(name: &'static str, up: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let mut listener: Option<TcpListener> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if !up.load(Ordering::Relaxed) {
+            listener = None;
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        let l = match &listener {
+            Some(l) => l,
+            None => {
+                let l = TcpListener::bind(("0.0.0.0", PORT))?;
+                l.set_nonblocking(true)?;
+                listener.insert(l)
+            }
+        };
+        match l.accept() {
+            Ok((mut s, _)) => {
+                let _ = s.set_nonblocking(false);
+                let _ = s.write_all(name.as_bytes());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// One probe: connect to the VIP and read who answered.
+fn probe() -> Option<String> {
+    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().ok()?;
+    // Short timeouts keep the 5 ms cadence while nobody answers (everything is on one machine:
+    // an answer takes well under a millisecond).
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(5))).ok()?;
+    let mut buf = [0u8; 8];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
+/// `flag`: with a track script that checks the file (None: no track script).
+fn hapd_config(
+    lab: &mut Lab,
+    i: usize,
+    interval: u64,
+    flag: Option<&Path>,
+) -> anyhow::Result<String> {
+    let pin = lab.bpffs()?.join(format!("n{i}"));
+    let peer = lab.host(1 - i).addr;
+    let script = match flag {
+        Some(f) => format!(
+            "track_scripts = [\"chk_web\"]\n\n[[track_script]]\nname = \"chk_web\"\n\
+             command = [\"/usr/bin/test\", \"-e\", \"{}\"]\ninterval = \"10ms\"\ntimeout = \"1s\"\n\
+             weight = -20\nfall = 1\nrise = 1\n",
+            f.display()
+        ),
+        None => String::new(),
+    };
+    Ok(format!(
+        "[node]\nname = \"n{i}\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\n\
+         priority = {}\nadvert_interval = \"{interval}ms\"\nvirtual_ips = [\"{VIP}/24\"]\npeers = [\"{peer}\"]\n{script}",
+        pin.display(),
+        if i == 0 { 110 } else { 100 },
+    ))
+}
+
+fn keepalived_config(i: usize, interval: u64, flag: Option<&Path>) -> String {
+    let (script, track) = match flag {
+        Some(f) => (
+            format!(
+                "vrrp_script chk_web {{\n  script \"/usr/bin/test -e {}\"\n  interval 1\n  weight -20\n  fall 1\n  rise 1\n}}\n",
+                f.display()
+            ),
+            "  track_script {\n    chk_web\n  }\n",
+        ),
+        None => (String::new(), ""),
+    };
+    format!(
+        "global_defs {{\n  router_id N{i}\n  vrrp_version 3\n  enable_script_security\n  script_user root\n}}\n{script}\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  advert_int {}\n\
+         virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n{track}}}\n",
+        if i == 0 { 110 } else { 100 },
+        interval as f64 / 1000.0
+    )
+}
+
+fn start(
+    lab: &mut Lab,
+    hapd: &Path,
+    d: Daemon,
+    i: usize,
+    interval: u64,
+    flag: Option<&Path>,
+) -> anyhow::Result<Proc> {
+    match d {
+        Daemon::Hapd => {
+            let config = hapd_config(lab, i, interval, flag)?;
+            lab.start_hapd(i, hapd, &config)
+        }
+        Daemon::Keepalived => {
+            let conf = lab.dir().join(format!("ka{i}.conf"));
+            std::fs::write(&conf, keepalived_config(i, interval, flag))?;
+            let dir = lab.dir().display().to_string();
+            let conf = conf.display().to_string();
+            let child = lab.spawn(
+                i,
+                &[
+                    "keepalived",
+                    "-n",
+                    "-l",
+                    "-P",
+                    "-f",
+                    &conf,
+                    "-p",
+                    &format!("{dir}/ka{i}.pid"),
+                    "-r",
+                    &format!("{dir}/ka{i}-vrrp.pid"),
+                ],
+            )?;
+            Ok(Proc::new("keepalived", child))
+        }
+    }
+}
+
+fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<Outcome> {
+    let mut lab = Lab::new(3)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let up: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(true))).collect();
+    let flags: Vec<_> = (0..2).map(|i| lab.dir().join(format!("ok{i}"))).collect();
+    let mut servers = Vec::new();
+    for (i, name) in ["n0", "n1"].into_iter().enumerate() {
+        std::fs::write(&flags[i], "")?;
+        let (u, s) = (up[i].clone(), stop.clone());
+        servers.push(lab.spawn_in_netns(i, move || serve(name, u, s))?);
+    }
+    let result = (|| {
+        let mut n0 = start(&mut lab, hapd, d, 0, interval, Some(&flags[0]))?;
+        // n0 first, alone, so that it is the master when n1 joins.
+        let ready = Instant::now() + Duration::from_secs(10);
+        let answered =
+            |who: &str| lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() == Some(who);
+        while !answered("n0") {
+            if Instant::now() > ready {
+                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut n1 = start(&mut lab, hapd, d, 1, interval, Some(&flags[1]))?;
+        std::thread::sleep(Duration::from_millis(300 + 4 * interval));
+        // The prober: every 5 ms, from the client, until told to stop.
+        let probing = Arc::new(AtomicBool::new(true));
+        let p = probing.clone();
+        let t_base = Instant::now();
+        let prober = lab.spawn_in_netns(2, move || {
+            let mut log: Vec<(Duration, Option<String>)> = Vec::new();
+            let mut next = Instant::now();
+            while p.load(Ordering::Relaxed) {
+                let t = t_base.elapsed();
+                log.push((t, probe()));
+                next += PROBE_EVERY;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            log
+        })?;
+        std::thread::sleep(Duration::from_millis(200));
+        let t0 = t_base.elapsed();
+        match (fault, d) {
+            (Fault::HostCrash, _) => {
+                let st = std::process::Command::new("ip")
+                    .args(["-n", lab.switch(), "link", "set", "p0", "down"])
+                    .status()?;
+                if !st.success() {
+                    bail!("cutting n0's port failed");
+                }
+            }
+            (Fault::Kill9, Daemon::Hapd) => {
+                n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            }
+            (Fault::Kill9, Daemon::Keepalived) => {
+                // Every keepalived process of n0 (the parent and its VRRP child).
+                let conf = lab.dir().join("ka0.conf").display().to_string();
+                let _ = std::process::Command::new("pkill")
+                    .args(["-9", "-f", &conf])
+                    .status();
+            }
+            (Fault::GracefulStop, _) => {
+                n0.stop(Signal::SIGTERM, Duration::from_secs(10))?;
+            }
+            (Fault::ServiceDown, _) => {
+                up[0].store(false, Ordering::Relaxed);
+                std::fs::remove_file(&flags[0])?;
+            }
+        }
+        // Wait until n1 has answered for 300 ms in a row (or give up).
+        let limit = Instant::now() + Duration::from_millis(1_500 + 5 * interval);
+        std::thread::sleep(Duration::from_millis(300));
+        while Instant::now() < limit {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        probing.store(false, Ordering::Relaxed);
+        let log = prober
+            .join()
+            .map_err(|_| anyhow::anyhow!("prober panicked"))?
+            .context("prober")?;
+        let _ = n1.stop(Signal::SIGTERM, Duration::from_secs(10));
+        let _ = n0.stop(Signal::SIGTERM, Duration::from_secs(10));
+        outcome(&log, t0)
+    })();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+    result
+}
+
+/// Longest run of failed probes after (or spanning) `t0`, and the time from `t0` to the first
+/// answer from n1.
+fn outcome(log: &[(Duration, Option<String>)], t0: Duration) -> anyhow::Result<Outcome> {
+    let mut outage = Duration::ZERO;
+    let mut fail_start: Option<Duration> = None;
+    for (t, who) in log
+        .iter()
+        .filter(|(t, _)| *t + Duration::from_millis(50) >= t0)
+    {
+        match (who, fail_start) {
+            (None, None) => fail_start = Some(*t),
+            (Some(_), Some(s)) => {
+                outage = outage.max(*t - s);
+                fail_start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = fail_start {
+        bail!(
+            "the service never came back (failing since {:?} after the fault)",
+            s.saturating_sub(t0)
+        );
+    }
+    let takeover = log
+        .iter()
+        .find(|(t, who)| *t >= t0 && who.as_deref() == Some("n1"))
+        .map(|(t, _)| *t - t0)
+        .context("n1 never answered")?;
+    Ok(Outcome { outage, takeover })
+}
