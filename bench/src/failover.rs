@@ -133,7 +133,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             ],
             rows,
             notes: vec![
-                format!("{rounds} round(s) per cell, daemons alternating. Outage: longest run of failed probes (5 ms apart) around the fault. Takeover: fault to the first answer from the backup."),
+                format!("{rounds} round(s) per cell, daemons alternating, each fault at a random phase of the advert cycle. Outage: longest run of failed probes (5 ms apart) around the fault. Takeover: fault to the first answer from the backup."),
                 "kill -9 leaves n0's service and VIP in place, so clients are served until the backup takes over: the outage is near zero for both; the takeover column shows the detection.".into(),
                 "service down: hapd's track_script runs every 10 ms (fall 1); keepalived's vrrp_script every 1 s (its smallest interval, fall 1). hapd's track_proxy (no polling) comes with the proxy.".into(),
             ],
@@ -408,7 +408,13 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
             }
             log
         })?;
-        std::thread::sleep(Duration::from_millis(200));
+        // The fault lands at a random phase of the advert cycle: with a fixed delay every trial
+        // would hit the same phase and compare phases instead of daemons.
+        let phase = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64)
+            % (interval * 1_000_000);
+        std::thread::sleep(Duration::from_millis(200) + Duration::from_nanos(phase));
         let t0 = t_base.elapsed();
         match (fault, d) {
             (Fault::HostCrash, _) => {

@@ -142,7 +142,15 @@ impl Router {
             index,
             scripts,
             track_proxy: v.track_proxy.map(|t| t.weight),
-            notifier: Notifier::start(&v.name, &v.notify, NOTIFY_TIMEOUT),
+            notifier: Notifier::start(
+                &config.node.name,
+                &v.name,
+                &v.notify,
+                v.notify_webhook
+                    .as_deref()
+                    .and_then(|u| url::Url::parse(u).ok()),
+                NOTIFY_TIMEOUT,
+            ),
             fence: v.fence.clone(),
             hold_vips: false,
             name: v.name.clone(),

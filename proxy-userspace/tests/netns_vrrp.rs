@@ -247,7 +247,47 @@ fn notify_runs_in_order_and_fence_runs_before_a_takeover() {
         fenced.display()
     );
     let ca = config(&mut lab, 0, 110);
-    let cb = config_with(&mut lab, 1, 100, &format!("{notify}\n{fence}"), "");
+    // A webhook receiver on the client host: records each POST body, in order.
+    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (h2, s2) = (hooks.clone(), stop.clone());
+    let receiver = lab
+        .spawn_in_netns(2, move || {
+            let l = std::net::TcpListener::bind("198.18.0.3:8099").unwrap();
+            l.set_nonblocking(true).unwrap();
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = std::io::Read::read(&mut c, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    if String::from_utf8_lossy(&req).trim_end().ends_with('}') {
+                        break;
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                h2.lock().unwrap().push(
+                    text.split_once("\r\n\r\n")
+                        .map(|x| x.1.to_string())
+                        .unwrap_or_default(),
+                );
+                let _ = std::io::Write::write_all(
+                    &mut c,
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        })
+        .unwrap();
+    let hook = "notify_webhook = \"http://198.18.0.3:8099/hook\"";
+    let cb = config_with(&mut lab, 1, 100, &format!("{notify}\n{fence}\n{hook}"), "");
     let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
     let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
     wait_master(&mut a, 1);
@@ -265,6 +305,28 @@ fn notify_runs_in_order_and_fence_runs_before_a_takeover() {
         std::fs::read_to_string(&log).unwrap(),
         "BACKUP VI_1 STOP\nMASTER VI_1 BACKUP\nSTOP VI_1 MASTER\n",
         "every transition, in order"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    receiver.join().unwrap();
+    let states: Vec<String> = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            assert_eq!(
+                (v["host"].as_str(), v["instance"].as_str()),
+                (Some("node1"), Some("VI_1")),
+                "{b}"
+            );
+            assert!(v["time"].as_str().unwrap().ends_with('Z'), "{b}");
+            v["state"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        states,
+        ["BACKUP", "MASTER", "STOP"],
+        "the webhook saw every transition, in order"
     );
 }
 
@@ -472,4 +534,146 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
     // One advert interval is 50 ms; the handover rides on A's immediate advert.
     assert!(took < Duration::from_millis(150), "{took:?}");
     assert!(!has_vip(&lab, 0), "the in-process node cleaned up at stop");
+}
+
+/// `unicast = true`: adverts go to each peer instead of 224.0.0.18; election and failover
+/// work the same, and nothing is sent to the multicast group.
+#[test]
+fn unicast_adverts_elect_and_fail_over() {
+    let mut lab = Lab::new(3).unwrap();
+    // Peers: the two nodes only (config_with lists every other host, the client too).
+    let only = |c: String, peer: &str| {
+        c.replace(
+            "peers = [\"198.18.0.2\", \"198.18.0.3\"]",
+            &format!("peers = [\"{peer}\"]"),
+        )
+        .replace(
+            "peers = [\"198.18.0.1\", \"198.18.0.3\"]",
+            &format!("peers = [\"{peer}\"]"),
+        )
+    };
+    let ca = only(
+        config_with(&mut lab, 0, 110, "unicast = true", ""),
+        "198.18.0.2",
+    );
+    let cb = only(
+        config_with(&mut lab, 1, 100, "unicast = true", ""),
+        "198.18.0.1",
+    );
+    assert!(ca.contains("peers = [\"198.18.0.2\"]") && cb.contains("peers = [\"198.18.0.1\"]"));
+    // The client listens for VRRP on its own raw socket: unicast adverts never reach it.
+    let sniffer = lab
+        .in_netns(2, || {
+            let s = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::RAW,
+                Some(socket2::Protocol::from(112)),
+            )?;
+            s.join_multicast_v4(&"224.0.0.18".parse()?, &"198.18.0.3".parse()?)?;
+            s.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(s)
+        })
+        .unwrap();
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(b.grep("=> MASTER").is_empty());
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    assert!(
+        sniffer.recv(&mut buf).is_err(),
+        "a VRRP packet reached the client"
+    );
+    assert!(a
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    wait_master(&mut b, 1);
+    assert!(has_vip(&lab, 1));
+    assert!(client_reaches_vip(&lab));
+}
+
+/// `xdp = "off"` on both nodes: the raw-socket guard feeds the same engine, with the same
+/// result (election, graceful failover, preempt back).
+#[test]
+fn the_election_is_the_same_without_xdp() {
+    let mut lab = Lab::new(3).unwrap();
+    let (ca, cb) = (
+        config_with(&mut lab, 0, 110, "xdp = \"off\"", ""),
+        config_with(&mut lab, 1, 100, "xdp = \"off\"", ""),
+    );
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    assert_eq!(
+        a.grep("eth0: VRRP guard runs as raw socket (no XDP)").len(),
+        1
+    );
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(b.grep("=> MASTER").is_empty(), "{}", b.lines().join("\n"));
+    assert!(a
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    b.wait_for(
+        "=> MASTER (master resigned (priority 0))",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    a.wait_for(
+        "=> MASTER (preempting a lower-priority master)",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
+    assert!(client_reaches_vip(&lab));
+}
+
+/// Two instances in one daemon: VRID 51 (VIP .100) where node 0 is preferred and VRID 52
+/// (VIP .101) where node 1 is: each node is master of one, and each takes both when the
+/// other stops.
+#[test]
+fn two_instances_in_one_daemon() {
+    let mut lab = Lab::new(3).unwrap();
+    let second = |prio: u8, peer: &str| {
+        format!(
+            "[[vrrp]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvrid = 52\npriority = {prio}\n\
+             advert_interval = \"50ms\"\nvirtual_ips = [\"198.18.0.101/24\"]\npeers = [\"{peer}\"]\n"
+        )
+    };
+    let ca = config_with(&mut lab, 0, 110, "", &second(100, "198.18.0.2"));
+    let cb = config_with(&mut lab, 1, 100, "", &second(110, "198.18.0.1"));
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    a.wait_for("VI_1: BACKUP => MASTER", 1, Duration::from_secs(5))
+        .unwrap();
+    b.wait_for("VI_2: BACKUP => MASTER", 1, Duration::from_secs(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let holds = |i: usize, ip: &str| {
+        let out = lab
+            .exec(i, &["ip", "-4", "addr", "show", "dev", "eth0"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {ip}/24"))
+    };
+    assert!(holds(0, "198.18.0.100") && !holds(0, "198.18.0.101"));
+    assert!(holds(1, "198.18.0.101") && !holds(1, "198.18.0.100"));
+    assert!(b
+        .stop(Signal::SIGTERM, Duration::from_secs(5))
+        .unwrap()
+        .success());
+    a.wait_for("VI_2: BACKUP => MASTER", 1, Duration::from_secs(5))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        holds(0, "198.18.0.100") && holds(0, "198.18.0.101"),
+        "node 0 holds both"
+    );
+    assert!(lab
+        .exec(2, &["ping", "-c", "1", "-W", "1", "198.18.0.101"])
+        .is_ok());
 }

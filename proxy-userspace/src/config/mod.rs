@@ -485,12 +485,15 @@ impl Config {
             if v.fence.first().is_some_and(|c| c.is_empty()) {
                 return Err(err("fence", "the program name is empty".into()));
             }
-            if let Some(url) = &v.notify_webhook {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(
-                        "notify_webhook",
-                        format!("{url:?} is not an http(s) URL"),
-                    ));
+            if let Some(u) = &v.notify_webhook {
+                match url::Url::parse(u) {
+                    Ok(p) if matches!(p.scheme(), "http" | "https") && p.host_str().is_some() => {}
+                    _ => {
+                        return Err(err(
+                            "notify_webhook",
+                            format!("{u:?} is not an http(s) URL"),
+                        ))
+                    }
                 }
             }
             if v.garp.repeat == 0 || v.garp.repeat > 100 {
@@ -501,12 +504,6 @@ impl Config {
             }
             if v.garp.interval.0.is_zero() {
                 return Err(err("garp.interval", "must be greater than 0".into()));
-            }
-            if v.notify_webhook.is_some() {
-                warnings.push(Warning {
-                    key: key("notify_webhook"),
-                    message: "accepted but not sent by this hapd build yet".into(),
-                });
             }
         }
         let proxy_sections = [

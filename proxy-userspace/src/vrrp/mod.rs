@@ -4,5 +4,6 @@ pub mod io;
 pub mod notify;
 pub mod packet;
 pub mod track;
+pub mod webhook;
 
 pub use packet::{Advert, Auth, Centisecs, ChecksumMode};

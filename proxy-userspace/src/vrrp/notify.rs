@@ -1,13 +1,15 @@
-//! Notify commands: run on every transition of an instance with STATE, the instance name and
-//! the previous state appended to the configured argv. Transitions of one instance are run in
-//! order, one at a time, by a task of its own: a slow or failing command never delays the
-//! election, and never runs concurrently with the next one.
+//! Notify commands and webhooks: on every transition of an instance, the configured argv runs
+//! with STATE, the instance name and the previous state appended, and the webhook (if any) gets
+//! a JSON POST. Transitions of one instance are handled in order, one at a time, by a task of
+//! its own: a slow or failing command or webhook never delays the election, and never runs
+//! concurrently with the next one.
 use std::{process::Stdio, time::Duration};
 
 use tokio::{process::Command, sync::mpsc};
 use tracing::warn;
+use url::Url;
 
-use super::fsm::State;
+use super::{fsm::State, webhook};
 
 /// How long a notify command may run before it is killed.
 pub const NOTIFY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,35 +30,35 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the task that runs `argv` for `instance`; None when nothing is configured.
+    /// Starts the task that runs `argv` and posts to `hook` for `instance` of node `host`;
+    /// None when neither is configured.
     pub fn start(
+        host: &str,
         instance: &str,
         argv: &[String],
+        hook: Option<Url>,
         timeout: Duration,
     ) -> Option<(Notifier, tokio::task::JoinHandle<()>)> {
-        let (prog, args) = argv.split_first()?;
-        let (prog, args, instance) = (prog.clone(), args.to_vec(), instance.to_owned());
+        if argv.is_empty() && hook.is_none() {
+            return None;
+        }
+        let (argv, host, instance) = (argv.to_vec(), host.to_owned(), instance.to_owned());
         let (tx, mut rx) = mpsc::unbounded_channel::<(State, State)>();
         let task = tokio::spawn(async move {
             while let Some((from, to)) = rx.recv().await {
-                let mut cmd = Command::new(&prog);
-                cmd.args(&args)
-                    .args([state_word(to), &instance, state_word(from)])
-                    .stdin(Stdio::null())
-                    .kill_on_drop(true);
-                match cmd.spawn() {
-                    Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
-                        Ok(Ok(st)) if st.success() => {}
-                        Ok(Ok(st)) => {
-                            warn!("{instance}: notify {prog:?} for {}: {st}", state_word(to))
-                        }
-                        Ok(Err(e)) => warn!("{instance}: notify {prog:?}: {e}"),
-                        Err(_) => {
-                            warn!("{instance}: notify {prog:?} still running after {timeout:?}, killed");
-                            let _ = child.kill().await;
-                        }
-                    },
-                    Err(e) => warn!("{instance}: cannot run notify {prog:?}: {e}"),
+                if let Some((prog, args)) = argv.split_first() {
+                    run_command(&instance, prog, args, from, to, timeout).await;
+                }
+                if let Some(url) = &hook {
+                    let body = webhook::body(
+                        &host,
+                        &instance,
+                        state_word(to),
+                        std::time::SystemTime::now(),
+                    );
+                    if let Err(e) = webhook::post(url, body, webhook::WEBHOOK_TIMEOUT).await {
+                        warn!("{instance}: notify_webhook for {}: {e:#}", state_word(to));
+                    }
                 }
             }
         });
@@ -66,6 +68,33 @@ impl Notifier {
     /// Queues a transition; returns at once.
     pub fn send(&self, from: State, to: State) {
         let _ = self.tx.send((from, to));
+    }
+}
+
+async fn run_command(
+    instance: &str,
+    prog: &str,
+    args: &[String],
+    from: State,
+    to: State,
+    timeout: Duration,
+) {
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .args([state_word(to), instance, state_word(from)])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match cmd.spawn() {
+        Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(st)) if st.success() => {}
+            Ok(Ok(st)) => warn!("{instance}: notify {prog:?} for {}: {st}", state_word(to)),
+            Ok(Err(e)) => warn!("{instance}: notify {prog:?}: {e}"),
+            Err(_) => {
+                warn!("{instance}: notify {prog:?} still running after {timeout:?}, killed");
+                let _ = child.kill().await;
+            }
+        },
+        Err(e) => warn!("{instance}: cannot run notify {prog:?}: {e}"),
     }
 }
 
@@ -93,8 +122,10 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let (n, task) = Notifier::start(
+            "n",
             "VI_1",
             &[script.display().to_string(), "--flag".into()],
+            None,
             NOTIFY_TIMEOUT,
         )
         .unwrap();
@@ -120,8 +151,10 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_command_is_killed_and_the_queue_goes_on() {
         let (n, task) = Notifier::start(
+            "n",
             "VI_1",
             &["/bin/sleep".into(), "60".into()],
+            None,
             Duration::from_millis(100),
         )
         .unwrap();
