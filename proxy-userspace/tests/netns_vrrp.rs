@@ -156,6 +156,15 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
     assert!(!has_vip(&lab, 0) && !has_vip(&lab, 1));
 }
 
+/// Node A (110) and node B (100) with the default config, A elected.
+fn start_pair(lab: &mut Lab) -> (Proc, Proc) {
+    let (ca, cb) = (config(lab, 0, 110), config(lab, 1, 100));
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    let b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    wait_master(&mut a, 1);
+    (a, b)
+}
+
 fn state_lines(p: &Proc) -> Vec<String> {
     p.lines()
         .into_iter()
@@ -166,10 +175,7 @@ fn state_lines(p: &Proc) -> Vec<String> {
 #[test]
 fn link_down_is_fault_and_link_up_rejoins() {
     let mut lab = Lab::new(3).unwrap();
-    let (ca, cb) = (config(&mut lab, 0, 110), config(&mut lab, 1, 100));
-    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
-    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
-    wait_master(&mut a, 1);
+    let (mut a, mut b) = start_pair(&mut lab);
     // Pull A's cable: its bridge port goes down and A's eth0 loses its carrier.
     let sw = lab.switch().to_string();
     let ip = |args: &[&str]| {
@@ -380,12 +386,9 @@ fn client_neighbour_mac(lab: &Lab) -> String {
 #[test]
 fn split_brain_heals_within_one_advert_interval_with_a_garp() {
     let mut lab = Lab::new(3).unwrap();
-    let (ca, cb) = (config(&mut lab, 0, 110), config(&mut lab, 1, 100));
-    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
-    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
-    wait_master(&mut a, 1);
-    // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
-    // both still reach the client.
+    let (_a, mut b) = start_pair(&mut lab); // _a: A must keep running
+                                            // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
+                                            // both still reach the client.
     let sw = lab.switch().to_string();
     let isolate = |port: &str, on: &str| {
         let st = std::process::Command::new("ip")

@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
 };
 
@@ -103,6 +103,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Attaches the classic BPF program `filter` to socket `fd` (SO_ATTACH_FILTER).
+pub fn attach_filter(fd: BorrowedFd<'_>, filter: &mut [libc::sock_filter]) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prog points at `filter`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens an AF_PACKET socket on `ifindex` that only receives IPv4 protocol-112 frames.
 pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned at once.
@@ -145,23 +167,7 @@ pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
             k: 0,
         },
     ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: prog points at `filter`, alive across the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error()).context("attaching the protocol-112 filter");
-    }
+    attach_filter(fd.as_fd(), &mut filter).context("attaching the protocol-112 filter")?;
     // SAFETY: sockaddr_ll is plain data; zeroed is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;

@@ -4,7 +4,7 @@
 //! protocol-unreachable.
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd as _,
+    os::fd::AsFd as _,
 };
 
 use anyhow::Context as _;
@@ -83,28 +83,11 @@ impl AdvertSocket {
 
 /// Attaches a filter that accepts nothing.
 fn drop_all(sock: &Socket) -> std::io::Result<()> {
-    let mut filter = [libc::sock_filter {
+    let mut reject = [libc::sock_filter {
         code: 0x06,
         jt: 0,
         jf: 0,
         k: 0,
     }];
-    let prog = libc::sock_fprog {
-        len: 1,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: prog points at `filter`, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            std::mem::size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::dataplane::raw::attach_filter(sock.as_fd(), &mut reject)
 }
