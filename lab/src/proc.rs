@@ -82,6 +82,12 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).with_context(|| format!("signalling {}", self.name))
+    }
+
     /// Sends `signal` and waits up to `timeout` for the exit.
     pub fn stop(
         &mut self,

@@ -91,16 +91,18 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {}", l.trim());
     }
 
-    step("Graceful stop of proxy01 (SIGTERM): it resigns with priority 0, proxy02 takes over after Skew_Time");
-    let seen = p2.lines().len();
+    step("Graceful stop of proxy01 (SIGTERM): it resigns with priority 0 and serves the VIP until proxy02 has taken over");
+    let (seen1, seen2) = (p1.lines().len(), p2.lines().len());
     let t0 = Instant::now();
-    p1.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    p1.signal(Signal::SIGTERM)?;
     p2.wait_for("=> MASTER", 1, Duration::from_secs(5))?;
     println!(
-        "  proxy02 master {:.0} ms after the signal (including process exit)",
+        "  proxy02 master {:.0} ms after the signal",
         t0.elapsed().as_secs_f64() * 1000.0
     );
-    show(&p2, "proxy02", seen);
+    p1.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+    show(&p2, "proxy02", seen2);
+    show(&p1, "proxy01", seen1);
     where_is_vip(&lab);
     ping_vip(&lab)?;
 
@@ -142,7 +144,11 @@ fn step(s: &str) {
 /// The log lines of `p` from line `from` on that an operator cares about here.
 fn show(p: &Proc, name: &str, from: usize) {
     for l in p.lines().iter().skip(from) {
-        if l.contains("=>") || l.contains("removed") || l.contains("ready") {
+        if l.contains("=>")
+            || l.contains("removed")
+            || l.contains("ready")
+            || l.contains("releasing")
+        {
             let text = l.split_once(": ").map_or(l.as_str(), |(_, t)| t);
             println!("  {name} | {text}");
         }
