@@ -59,6 +59,15 @@ fn main() -> ExitCode {
                         v.xdp
                     );
                 }
+                if !cfg.listener.is_empty() || !cfg.vhost.is_empty() {
+                    println!(
+                        "  proxy: {} listener(s), {} upstream(s), {} vhost(s), {} certificate(s)",
+                        cfg.listener.len(),
+                        cfg.upstream.len(),
+                        cfg.vhost.len(),
+                        cfg.tls.as_ref().map_or(0, |t| t.certificate.len())
+                    );
+                }
                 for w in &warnings {
                     println!("warning: {w}");
                 }

@@ -3,6 +3,7 @@
 //! Parsing is strict (`deny_unknown_fields`), bounded values are checked as they are read, and
 //! the cross-field rules live in [`Config::validate`]. Every error names the file, the line and
 //! the key; nothing is applied before the whole file is valid.
+pub mod proxy;
 mod types;
 
 use std::{
@@ -67,18 +68,17 @@ pub struct Config {
     pub vrrp: Vec<Spanned<Vrrp>>,
     #[serde(default)]
     pub track_script: Vec<Spanned<TrackScript>>,
-    /// Proxy sections: read and kept here, checked by the proxy (`[server]`, `[tls]`,
-    /// `[[listener]]`, `[[upstream]]`, `[[vhost]]`).
+    /// The proxy's sections (see [`proxy`]).
     #[serde(default)]
-    pub server: Option<toml::Table>,
+    pub server: Option<proxy::Server>,
     #[serde(default)]
-    pub tls: Option<toml::Table>,
+    pub tls: Option<proxy::Tls>,
     #[serde(default)]
-    pub listener: Vec<toml::Table>,
+    pub listener: Vec<Spanned<proxy::Listener>>,
     #[serde(default)]
-    pub upstream: Vec<toml::Table>,
+    pub upstream: Vec<Spanned<proxy::Upstream>>,
     #[serde(default)]
-    pub vhost: Vec<toml::Table>,
+    pub vhost: Vec<Spanned<proxy::Vhost>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,6 +506,13 @@ impl Config {
                 return Err(err("garp.interval", "must be greater than 0".into()));
             }
         }
+        proxy::validate(
+            &self.server,
+            &self.tls,
+            &self.listener,
+            &self.upstream,
+            &self.vhost,
+        )?;
         let proxy_sections = [
             ("server", self.server.is_some()),
             ("tls", self.tls.is_some()),

@@ -2,6 +2,27 @@ use std::path::Path;
 
 use super::*;
 
+const PROXY: &str = r#"
+[tls]
+protocols = ["1.2", "1.3"]
+[[tls.certificate]]
+cert = "/etc/c.crt"
+key = "/etc/c.key"
+[[listener]]
+name = "https"
+bind = ["0.0.0.0:443"]
+tls = true
+[[upstream]]
+name = "api"
+servers = ["backend01.internal:3001"]
+[[vhost]]
+server_names = ["app.example"]
+listeners = ["https"]
+[[vhost.route]]
+prefix = "/"
+upstream = "api"
+"#;
+
 const BASE: &str = r#"
 [node]
 name = "proxy01"
@@ -134,6 +155,18 @@ fn every_invalid_case_names_the_key() {
         (format!("{BASE}\n[[vrrp]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvrid = 52\npriority = 100\nxdp = \"off\"\nvirtual_ips = [\"198.18.0.101/24\"]\n"), "vrrp[1].xdp", "@[[vrrp]]"),
         (format!("{BASE}\n[nodes]\n"), "unknown field `nodes`", "@[nodes]"),
         ("[vrrp\n".to_string(), "", "[vrrp"),
+        (format!("{BASE}{PROXY}").replace("protocols = [\"1.2\", \"1.3\"]", "protocols = [\"1.0\"]"), "tls.protocols[0]: \"1.0\" is not supported", ""),
+        (format!("{BASE}{PROXY}").replace("protocols = [\"1.2\", \"1.3\"]", "protocols = [\"1.3\"]\ncipher_suites = [\"RC4\"]"), "tls.cipher_suites[0]: \"RC4\" is not a cipher suite", ""),
+        (format!("{BASE}{PROXY}").replace("protocols = [\"1.2\", \"1.3\"]", "protocols = [\"1.3\"]\ncipher_suites = [\"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\"]"), "TLS 1.3 is enabled but none of its cipher suites", ""),
+        (format!("{BASE}{PROXY}").replace("upstream = \"api\"", "upstream = \"nope\""), "vhost[0].route[0].upstream: no [[upstream]] named \"nope\"", "@[[vhost]]"),
+        (format!("{BASE}{PROXY}").replace("listeners = [\"https\"]", "listeners = [\"http\"]"), "vhost[0].listeners[0]: no [[listener]] named \"http\"", "@[[vhost]]"),
+        (format!("{BASE}{PROXY}").replace("backend01.internal:3001", "backend01.internal"), "upstream[0].servers[0]", "@[[upstream]]"),
+        (format!("{BASE}{PROXY}").replace("bind = [\"0.0.0.0:443\"]", "bind = [\"0.0.0.0\"]"), "invalid socket address", "@bind ="),
+        (format!("{BASE}{PROXY}").replace("prefix = \"/\"", "prefix = \"/\"\nallow = [\"10.0.0.0/33\"]"), "allow: \"10.0.0.0/33\" is not an address or network", "@allow ="),
+        (format!("{BASE}{PROXY}").replace("prefix = \"/\"", "prefix = \"api\""), "vhost[0].route[0].prefix: \"api\" must start with /", "@[[vhost]]"),
+        (format!("{BASE}{PROXY}").replace("[[tls.certificate]]\ncert = \"/etc/c.crt\"\nkey = \"/etc/c.key\"\n", ""), "listener[0].tls: a TLS listener needs [[tls.certificate]]", "@[[listener]]"),
+        (format!("{BASE}{PROXY}").replace("[[vhost.route]]\nprefix = \"/\"\nupstream = \"api\"\n", "redirect_https = true\nresponse_headers = { \"Bad Name\" = \"x\" }\n"), "vhost[0].response_headers: \"Bad Name\" is not a header name", "@[[vhost]]"),
+        (format!("{BASE}{PROXY}").replace("tls = true", "tls = true\nport = 1"), "unknown field `port`", "@port ="),
     ];
     for (text, want, line) in cases {
         let err = match parse(&text) {
