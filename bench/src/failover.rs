@@ -32,6 +32,17 @@ enum Daemon {
     Keepalived,
 }
 
+impl Daemon {
+    /// Both daemons, the first alternating from round to round.
+    fn alternating(round: usize) -> [Daemon; 2] {
+        if round.is_multiple_of(2) {
+            [Daemon::Hapd, Daemon::Keepalived]
+        } else {
+            [Daemon::Keepalived, Daemon::Hapd]
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
     /// n0's cable is pulled (its bridge port goes down): nothing more from n0.
@@ -80,11 +91,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
             for round in 0..rounds {
                 // Alternate which daemon goes first each round.
-                let order = if round % 2 == 0 {
-                    [Daemon::Hapd, Daemon::Keepalived]
-                } else {
-                    [Daemon::Keepalived, Daemon::Hapd]
-                };
+                let order = Daemon::alternating(round);
                 for d in order {
                     eprintln!(
                         "failover: {interval} ms adverts, {}, {d:?}, round {}/{rounds}",
@@ -177,11 +184,7 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
     let (secs, rounds) = if quick { (3, 1) } else { (10, 3) };
     let mut pct: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
-        let order = if round % 2 == 0 {
-            [Daemon::Hapd, Daemon::Keepalived]
-        } else {
-            [Daemon::Keepalived, Daemon::Hapd]
-        };
+        let order = Daemon::alternating(round);
         for d in order {
             eprintln!(
                 "failover: idle CPU of a {d:?} pair at 10 ms adverts, {secs} s, round {}/{rounds}",

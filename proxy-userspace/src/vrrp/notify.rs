@@ -129,15 +129,13 @@ mod tests {
             NOTIFY_TIMEOUT,
         )
         .unwrap();
-        let t0 = std::time::Instant::now();
         n.send(State::Initialize, State::Backup);
         n.send(State::Backup, State::Master);
         n.send(State::Master, State::Fault);
         n.send(State::Fault, State::Initialize);
-        assert!(
-            t0.elapsed() < Duration::from_millis(20),
-            "queuing never waits for the command"
-        );
+        // The notify task has had no chance to run yet (this runtime has one thread and we
+        // have not yielded): sending returned without waiting for any command.
+        assert!(!log.exists(), "queuing never waits for the command");
         drop(n);
         task.await.unwrap();
         let got = std::fs::read_to_string(&log).unwrap();

@@ -28,7 +28,12 @@ pub fn body(host: &str, instance: &str, state: &str, time: std::time::SystemTime
 /// Posts `body` to `url`; returns the HTTP status. Fails on a connection or TLS error, a
 /// timeout, or a status outside 2xx.
 pub async fn post(url: &Url, body: String, timeout: Duration) -> anyhow::Result<u16> {
-    let status = tokio::time::timeout(timeout, send(url, body))
+    // Reading the CA store is local work, done once, and not part of the timed exchange.
+    let tls = match url.scheme() {
+        "https" => Some(tls_config()?),
+        _ => None,
+    };
+    let status = tokio::time::timeout(timeout, send(url, body, tls))
         .await
         .with_context(|| format!("no answer from {url} within {timeout:?}"))??;
     if !(200..300).contains(&status) {
@@ -37,7 +42,11 @@ pub async fn post(url: &Url, body: String, timeout: Duration) -> anyhow::Result<
     Ok(status)
 }
 
-async fn send(url: &Url, body: String) -> anyhow::Result<u16> {
+async fn send(
+    url: &Url,
+    body: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> anyhow::Result<u16> {
     let host = url
         .host_str()
         .with_context(|| format!("{url} has no host"))?
@@ -63,18 +72,18 @@ async fn send(url: &Url, body: String) -> anyhow::Result<u16> {
         .header(header::CONNECTION, "close")
         .body(Full::new(Bytes::from(body)))
         .context("building the request")?;
-    match url.scheme() {
-        "http" => exchange(TokioIo::new(tcp), req).await,
-        "https" => {
+    match (url.scheme(), tls) {
+        ("http", _) => exchange(TokioIo::new(tcp), req).await,
+        ("https", Some(config)) => {
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .with_context(|| format!("{host} is not a TLS server name"))?;
-            let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+            let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
                 .with_context(|| format!("TLS with {host}"))?;
             exchange(TokioIo::new(tls), req).await
         }
-        other => bail!("{url}: scheme {other} is not http or https"),
+        (other, _) => bail!("{url}: scheme {other} is not http or https"),
     }
 }
 
@@ -93,8 +102,17 @@ where
     Ok(resp.status().as_u16())
 }
 
-/// A client config trusting the system's certificate store.
+/// A client config trusting the system's certificate store, read once and kept.
 fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if let Some(c) = CONFIG.get() {
+        return Ok(c.clone());
+    }
+    let c = load_tls_config()?;
+    Ok(CONFIG.get_or_init(|| c).clone())
+}
+
+fn load_tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {

@@ -100,23 +100,7 @@ impl Sim {
             while let Some(a) = self.nodes[n].inst.poll_action() {
                 self.record(n, &a);
                 match a {
-                    Action::SendAdvert { priority } => {
-                        self.nodes[n].sent.push((self.now, priority));
-                        if self.cut.contains(&n) {
-                            continue;
-                        }
-                        let h = Heard {
-                            src: self.nodes[n].inst.config().primary,
-                            priority,
-                            interval: self.nodes[n].inst.config().advert_interval,
-                        };
-                        for j in 0..self.nodes.len() {
-                            if j != n && self.nodes[j].running && !self.cut.contains(&j) {
-                                self.nodes[j].inst.handle_advert(self.now, h);
-                                work.push(j);
-                            }
-                        }
-                    }
+                    Action::SendAdvert { priority } => self.send(n, priority, None, &mut work),
                     Action::TakeVips => self.nodes[n].vips = true,
                     Action::ReleaseVips => self.nodes[n].vips = false,
                     Action::Reannounce => self.nodes[n].reannounced += 1,
@@ -126,25 +110,30 @@ impl Sim {
                     Action::Ignored { .. } => self.nodes[n].ignored += 1,
                     Action::Fence => self.nodes[n].fences += 1,
                     Action::TellWinner { to, priority } => {
-                        self.nodes[n].sent.push((self.now, priority));
-                        if self.cut.contains(&n) {
-                            continue;
-                        }
-                        let h = Heard {
-                            src: self.nodes[n].inst.config().primary,
-                            priority,
-                            interval: self.nodes[n].inst.config().advert_interval,
-                        };
-                        if let Some(j) = (0..self.nodes.len())
-                            .find(|&j| self.nodes[j].inst.config().primary == to)
-                        {
-                            if self.nodes[j].running && !self.cut.contains(&j) {
-                                self.nodes[j].inst.handle_advert(self.now, h);
-                                work.push(j);
-                            }
-                        }
+                        self.send(n, priority, Some(to), &mut work)
                     }
                 }
+            }
+        }
+    }
+
+    /// Node `n` sends an advert with `priority` to `to` (None: to everyone), unless it is cut;
+    /// the nodes that hear it go on `work`.
+    fn send(&mut self, n: usize, priority: u8, to: Option<Ipv4Addr>, work: &mut Vec<usize>) {
+        self.nodes[n].sent.push((self.now, priority));
+        if self.cut.contains(&n) {
+            return;
+        }
+        let h = Heard {
+            src: self.nodes[n].inst.config().primary,
+            priority,
+            interval: self.nodes[n].inst.config().advert_interval,
+        };
+        for j in 0..self.nodes.len() {
+            let addressed = to.is_none_or(|a| self.nodes[j].inst.config().primary == a);
+            if j != n && addressed && self.nodes[j].running && !self.cut.contains(&j) {
+                self.nodes[j].inst.handle_advert(self.now, h);
+                work.push(j);
             }
         }
     }
