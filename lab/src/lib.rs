@@ -85,6 +85,18 @@ impl Lab {
             "mcast_snooping",
             "0",
         ])?;
+        // A lab switch is no firewall: where br_netfilter is loaded, every bridged frame would
+        // also go through iptables in this namespace, and that cost would be charged to
+        // whichever process sends. Off here (the sysctls are per namespace); absent, nothing to do.
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &sw, "sysctl", "-qw"])
+            .args([
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ])
+            .stderr(Stdio::null())
+            .status();
         ip(&["-n", &sw, "link", "set", "br0", "up"])?;
         for i in 0..n {
             let host = Host {

@@ -25,6 +25,21 @@ fn hosts_talk_and_everything_goes_on_drop_and_on_panic() {
             assert!(list.contains(n.as_str()), "{n} exists while the lab lives");
         }
         assert_eq!(lab.host(2).addr.to_string(), "198.18.0.3");
+        // The switch bridges without iptables (where br_netfilter exists at all).
+        let nf = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.switch(),
+                "sysctl",
+                "-n",
+                "net.bridge.bridge-nf-call-iptables",
+            ])
+            .output()
+            .unwrap();
+        if nf.status.success() {
+            assert_eq!(String::from_utf8_lossy(&nf.stdout).trim(), "0");
+        }
         lab.exec(0, &["ping", "-c", "1", "-W", "2", "198.18.0.3"])
             .unwrap();
         // A process left running is killed with the lab.
