@@ -28,6 +28,11 @@ use crate::{
     },
 };
 
+/// On a graceful stop, how long the VIPs stay after the successor's first advert (at least;
+/// three gratuitous-ARP intervals if that is longer), so its announcement reaches the clients
+/// before the addresses go.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
+
 /// How long a fence command may run; past it the fence counts as failed.
 pub const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -473,6 +478,10 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     let key = InstanceKey::new(ev.ifindex, ev.vrid);
                     if let Some(pos) = waiting.iter().position(|&i| routers[i].key == key) {
                         let r = &routers[waiting.remove(pos)];
+                        // The successor advertises before it adds the VIPs and announces them:
+                        // keep serving until its gratuitous ARP has moved the clients.
+                        let grace = (3 * r.garp.interval.0).max(HANDOVER_GRACE);
+                        tokio::time::sleep(grace).await;
                         info!("{}: {} took over; releasing the VIPs", r.name, Ipv4Addr::from(ev.src));
                         if let Err(e) = vip::remove(&nl, r.key.ifindex, &r.vips).await {
                             warn!("{}: removing virtual addresses: {e:#}", r.name);

@@ -194,6 +194,15 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
         .sum();
     assert_eq!(total, 10, "bpftool: {text}");
 
+    for m in [
+        "guard_stats",
+        "vrrp_adverts",
+        "vrrp_vrids",
+        "vrrp_events",
+        "hapd_layout",
+    ] {
+        assert!(s.pin_dir.join(m).exists(), "{m} is pinned while hapd runs");
+    }
     let st = s
         .hapd
         .stop(Signal::SIGTERM, Duration::from_secs(5))
@@ -202,8 +211,7 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
     for m in [
         "guard_stats",
         "vrrp_adverts",
-        "vrrp_instances",
-        "vrrp_peers",
+        "vrrp_vrids",
         "vrrp_events",
         "hapd_layout",
     ] {
@@ -212,6 +220,12 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
             "{m} still pinned after SIGTERM"
         );
     }
+    let left: Vec<_> = std::fs::read_dir(&s.pin_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "pins left after SIGTERM: {left:?}");
     let link = ip_link(&s.lab);
     assert!(!link.contains("xdp"), "guard detached: {link}");
 }
