@@ -81,6 +81,20 @@ fn send_traffic(lab: &Lab) {
     lab.send_frames(2, &vec![spoofed; 7]).unwrap();
 }
 
+/// The traffic both guard modes must handle: adverts from the peer and forgeries, the
+/// peer's advert reaching hapd, and ordinary traffic still flowing.
+fn exercise(s: &mut Setup) {
+    send_traffic(&s.lab);
+    s.hapd
+        .wait_for(
+            "advert from 198.18.0.2 priority 100",
+            1,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    ping_and_tcp(&s.lab);
+}
+
 fn ping_and_tcp(lab: &Lab) {
     for i in [1, 2] {
         lab.exec(i, &["ping", "-c", "1", "-W", "2", "198.18.0.1"])
@@ -142,15 +156,7 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
     );
     assert!(link.contains("name hapd_vrrp_guard"), "{link}");
 
-    send_traffic(&s.lab);
-    s.hapd
-        .wait_for(
-            "advert from 198.18.0.2 priority 100",
-            1,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    ping_and_tcp(&s.lab);
+    exercise(&mut s);
 
     let c = pinned_counters(&s.pin_dir).unwrap();
     assert_eq!(c.accepted, 5, "{c:?}");
@@ -240,15 +246,7 @@ fn raw_socket_guard_in_the_lab() {
         "{:?}",
         s.hapd.lines()
     );
-    send_traffic(&s.lab);
-    s.hapd
-        .wait_for(
-            "advert from 198.18.0.2 priority 100",
-            1,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    ping_and_tcp(&s.lab);
+    exercise(&mut s);
     // Give the socket a moment to judge the last forged frames, then stop and read the tally.
     std::thread::sleep(Duration::from_millis(200));
     let st = s.hapd.stop(Signal::SIGINT, Duration::from_secs(5)).unwrap();
