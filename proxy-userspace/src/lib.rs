@@ -5,5 +5,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod link;
+pub mod proxy;
 pub mod vip;
 pub mod vrrp;

@@ -1,8 +1,8 @@
 //! The `hapd` command.
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use proxy_userspace::{config::Config, daemon};
+use proxy_userspace::{config::Config, daemon, proxy};
 
 /// hapd: highly available proxy daemon (VRRP failover with an XDP guard, and a TLS proxy).
 #[derive(Parser)]
@@ -71,6 +71,10 @@ fn main() -> ExitCode {
                 for w in &warnings {
                     println!("warning: {w}");
                 }
+                if let Err(e) = proxy::check_files(&cfg) {
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -103,7 +107,36 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(daemon::run(cfg)) {
+            // The proxy runs on a multi-threaded runtime of its own (see proxy/mod.rs).
+            let proxy = if proxy::configured(&cfg) {
+                match proxy::start(&cfg) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::error!("proxy: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                None
+            };
+            let drain = cfg
+                .server
+                .as_ref()
+                .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
+            let result = if cfg.vrrp.is_empty() {
+                rt.block_on(proxy_only(&cfg.node.name))
+            } else {
+                let opts = daemon::Options {
+                    proxy_health: proxy.as_ref().map(|p| p.health.clone()),
+                    shutdown: None,
+                };
+                rt.block_on(daemon::run_with(cfg, opts))
+            };
+            // VRRP has handed the VIPs over by now; let requests in flight finish.
+            if let Some(p) = proxy {
+                p.stop(drain);
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -112,6 +145,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A node with a proxy and no VRRP instance: serve until SIGTERM or SIGINT.
+async fn proxy_only(node: &str) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!(node, instances = 0, "hapd ready");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    Ok(())
 }
 
 fn init_logging() {

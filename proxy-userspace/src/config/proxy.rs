@@ -33,6 +33,9 @@ pub struct Server {
     /// Whether to send a Server header (never with a version).
     #[serde(default)]
     pub server_header: bool,
+    /// On stop, how long requests in flight may take to finish.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Dur,
 }
 
 impl Default for Server {
@@ -43,8 +46,13 @@ impl Default for Server {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             server_header: false,
+            drain_timeout: default_drain(),
         }
     }
+}
+
+fn default_drain() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_keepalive() -> Dur {

@@ -1,0 +1,212 @@
+//! Access and error logs, one pair per vhost. Lines go over a channel to one writer thread
+//! per file, so a request never waits for the disk; the thread writes whatever has queued in
+//! one call. `reopen` (SIGUSR1, for logrotate) makes each writer close and reopen its path.
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use tracing::warn;
+
+enum Msg {
+    Line(String),
+    Reopen,
+}
+
+/// A log file written by its own thread. Dropping every handle ends the thread after it has
+/// written what was queued.
+#[derive(Clone)]
+pub struct LogFile {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl LogFile {
+    /// Opens (creates, appends to) `path` now, so a bad path is an error at start.
+    pub fn open(path: &Path) -> anyhow::Result<LogFile> {
+        let file = open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("hapd-log".into())
+            .spawn(move || writer(path, file, rx))?;
+        Ok(LogFile { tx })
+    }
+
+    pub fn write(&self, line: String) {
+        let _ = self.tx.send(Msg::Line(line));
+    }
+
+    pub fn reopen(&self) {
+        let _ = self.tx.send(Msg::Reopen);
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn writer(path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>) {
+    let mut batch = String::new();
+    while let Ok(first) = rx.recv() {
+        let mut reopen = false;
+        for msg in std::iter::once(first).chain(rx.try_iter()) {
+            match msg {
+                Msg::Line(l) => {
+                    batch.push_str(&l);
+                    batch.push('\n');
+                }
+                Msg::Reopen => reopen = true,
+            }
+            if batch.len() > 1 << 20 {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(e) = file.write_all(batch.as_bytes()) {
+                warn!("{}: writing the log: {e}", path.display());
+            }
+            batch.clear();
+        }
+        if reopen {
+            match open(&path) {
+                Ok(f) => file = f,
+                Err(e) => warn!(
+                    "{}: reopening the log: {e}; still writing the old file",
+                    path.display()
+                ),
+            }
+        }
+    }
+}
+
+/// What an access-log line needs from the request; the status and size come at the end.
+pub struct Access {
+    pub client: IpAddr,
+    pub time: SystemTime,
+    /// `METHOD target VERSION`.
+    pub request_line: String,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Access {
+    /// Apache's combined format:
+    /// `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i"`.
+    pub fn line(&self, status: u16, bytes: u64) -> String {
+        let size = if bytes == 0 {
+            "-".to_string()
+        } else {
+            bytes.to_string()
+        };
+        format!(
+            "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\"",
+            self.client,
+            clf_time(self.time),
+            escape(&self.request_line),
+            status,
+            size,
+            escape(self.referer.as_deref().unwrap_or("-")),
+            escape(self.user_agent.as_deref().unwrap_or("-")),
+        )
+    }
+}
+
+/// Escapes `"`, `\` and control bytes the way Apache does (`\"`, `\\`, `\xhh`), so a line
+/// is always one parseable line.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
+/// `10/Oct/2000:13:55:36 +0000` (UTC).
+pub fn clf_time(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// An error-log line in Apache's shape: `[time] [proxy:error] [client ip] message`.
+pub fn error_line(client: Option<IpAddr>, message: &str) -> String {
+    let client = client.map_or(String::new(), |c| format!(" [client {c}]"));
+    format!(
+        "[{}] [proxy:error]{client} {}",
+        clf_time(SystemTime::now()),
+        escape(message)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn combined_format_matches_apache() {
+        let a = Access {
+            client: "198.18.0.9".parse().unwrap(),
+            // 2000-10-10T13:55:36Z, Apache's documentation example.
+            time: UNIX_EPOCH + Duration::from_secs(971_186_136),
+            request_line: "GET /apache_pb.gif HTTP/1.0".into(),
+            referer: Some("http://www.example.com/start.html".into()),
+            user_agent: Some("Mozilla/4.08 [en] (Win98; I ;Nav)".into()),
+        };
+        assert_eq!(
+            a.line(200, 2326),
+            "198.18.0.9 - - [10/Oct/2000:13:55:36 +0000] \"GET /apache_pb.gif HTTP/1.0\" 200 2326 \
+             \"http://www.example.com/start.html\" \"Mozilla/4.08 [en] (Win98; I ;Nav)\""
+        );
+        let empty = Access {
+            referer: None,
+            user_agent: Some("a\"b\\c\n".into()),
+            ..a
+        };
+        assert!(empty
+            .line(304, 0)
+            .ends_with(" 304 - \"-\" \"a\\\"b\\\\c\\x0a\""));
+    }
+
+    #[test]
+    fn calendar_handles_leap_days_and_epoch() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 5));
+    }
+}

@@ -1,0 +1,531 @@
+//! The TLS reverse proxy (`[server]`, `[tls]`, `[[listener]]`, `[[upstream]]`, `[[vhost]]`).
+//!
+//! It runs on a multi-threaded runtime of its own, beside the VRRP engine's single thread, so
+//! load on the proxy never delays an advert. [`start`] reads every file and binds every
+//! listener before it returns, so a bad certificate or a port in use is an error at start.
+//! Listeners bound to a VIP use IP_FREEBIND: they work on a backup that does not hold the
+//! address yet, and nothing is rebound at failover.
+mod body;
+pub mod guard;
+mod log;
+mod service;
+pub mod tls;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context};
+use hyper::{
+    header::{HeaderName, HeaderValue},
+    service::service_fn,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    signal::unix::{signal, SignalKind},
+    sync::{watch, Notify},
+};
+use tracing::{debug, info, warn};
+
+use self::{
+    guard::{ConnState, Guard, Limits},
+    log::LogFile,
+    service::{Conn, Route, Site, Sites},
+    tls::TlsStore,
+    upstream::Pool,
+};
+use crate::{config::Config, health::ProxyHealth};
+
+/// How often certificate files are looked at for changes.
+pub const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// A running proxy.
+pub struct ProxyHandle {
+    stop: watch::Sender<Option<Duration>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The proxy's health for `track_proxy`.
+    pub health: watch::Receiver<bool>,
+    /// Where each listener is bound (in config order), useful when a port was 0.
+    pub bound: Vec<(String, SocketAddr)>,
+}
+
+impl ProxyHandle {
+    /// Stops accepting, lets requests in flight finish for up to `drain`, then stops.
+    pub fn stop(mut self, drain: Duration) {
+        let _ = self.stop.send(Some(drain));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = self.stop.send(Some(Duration::ZERO));
+            let _ = t.join();
+        }
+    }
+}
+
+struct Shared {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<Arc<TlsStore>>,
+    limits: Limits,
+    server_header: bool,
+    handshake_timeout: Duration,
+    connections: AtomicUsize,
+    idle: Notify,
+}
+
+/// Whether the config has a proxy to run.
+pub fn configured(cfg: &Config) -> bool {
+    !cfg.listener.is_empty()
+}
+
+/// Loads certificates, opens logs, binds the listeners and starts serving.
+pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
+    let server = cfg
+        .server
+        .as_ref()
+        .map_or_else(Default::default, |s| Limits {
+            keepalive: s.keepalive_timeout.0,
+            header_read: s.header_read_timeout.0,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+        });
+    let server_header = cfg.server.as_ref().is_some_and(|s| s.server_header);
+    let tls = match &cfg.tls {
+        Some(t) if cfg.listener.iter().any(|l| l.get_ref().tls) => {
+            Some(Arc::new(TlsStore::new(t)?))
+        }
+        _ => None,
+    };
+    let (changes, _) = watch::channel(0u64);
+    let pools: HashMap<String, Arc<Pool>> = cfg
+        .upstream
+        .iter()
+        .map(|u| {
+            let u = u.get_ref();
+            (u.name.clone(), Arc::new(Pool::new(u, changes.clone())))
+        })
+        .collect();
+    // Log files are shared by vhosts naming the same path.
+    let mut logs: HashMap<std::path::PathBuf, LogFile> = HashMap::new();
+    let mut open_log = |p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<LogFile>> {
+        let Some(p) = p else { return Ok(None) };
+        if let Some(l) = logs.get(p) {
+            return Ok(Some(l.clone()));
+        }
+        let l = LogFile::open(p)?;
+        logs.insert(p.clone(), l.clone());
+        Ok(Some(l))
+    };
+    let mut sites_by_listener: HashMap<String, Sites> = HashMap::new();
+    let mut route_pools = Vec::new();
+    for (i, v) in cfg.vhost.iter().enumerate() {
+        let v = v.get_ref();
+        let mut routes: Vec<Route> = v
+            .route
+            .iter()
+            .map(|r| Route {
+                prefix: r.prefix.clone(),
+                pool: pools[&r.upstream].clone(),
+                allow: r.allow.clone(),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        route_pools.extend(routes.iter().map(|r| r.pool.clone()));
+        let headers = v
+            .response_headers
+            .iter()
+            .map(|(k, val)| {
+                Ok((
+                    HeaderName::from_bytes(k.as_bytes())?,
+                    HeaderValue::from_str(val)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("vhost[{i}].response_headers"))?;
+        let site = Arc::new(Site {
+            names: v
+                .server_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            preserve_host: v.preserve_host,
+            timeout: v.timeout.0,
+            headers,
+            access_log: open_log(&v.access_log)
+                .with_context(|| format!("vhost[{i}].access_log"))?,
+            error_log: open_log(&v.error_log).with_context(|| format!("vhost[{i}].error_log"))?,
+            redirect_https: v.redirect_https,
+            routes,
+        });
+        for l in &v.listeners {
+            let sites = sites_by_listener.entry(l.clone()).or_insert_with(|| Sites {
+                exact: HashMap::new(),
+                wildcard: Vec::new(),
+                default: site.clone(),
+            });
+            for n in &site.names {
+                match n.strip_prefix('*') {
+                    Some(suffix) => sites.wildcard.push((suffix.to_string(), site.clone())),
+                    None => {
+                        sites.exact.entry(n.clone()).or_insert_with(|| site.clone());
+                    }
+                }
+            }
+        }
+    }
+    let logs: Vec<LogFile> = logs.into_values().collect();
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The guard times heads and idleness by phase (see guard.rs).
+        .header_read_timeout(None)
+        .max_buf_size(server.max_header_bytes.max(8192))
+        .max_headers(server.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(server.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(server.keepalive))
+        .keep_alive_timeout(server.header_read);
+    let shared = Arc::new(Shared {
+        builder,
+        tls,
+        limits: server,
+        server_header,
+        handshake_timeout: server.header_read,
+        connections: AtomicUsize::new(0),
+        idle: Notify::new(),
+    });
+
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("hapd-proxy")
+        .enable_all()
+        .build()
+        .context("starting the proxy runtime")?;
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    {
+        let _enter = rt.enter();
+        for l in &cfg.listener {
+            let l = l.get_ref();
+            let sites = sites_by_listener.remove(&l.name).map(Arc::new);
+            let Some(sites) = sites else {
+                warn!(listener = %l.name, "no vhost uses this listener; it is not opened");
+                continue;
+            };
+            for addr in &l.bind {
+                let sock =
+                    bind(*addr).with_context(|| format!("listener {}: binding {addr}", l.name))?;
+                let local = sock.local_addr()?;
+                info!(listener = %l.name, %local, tls = l.tls, "listening");
+                bound.push((l.name.clone(), local));
+                listeners.push((sock, l.tls, sites.clone()));
+            }
+        }
+    }
+    let (health_tx, health_rx) = ProxyHealth::new();
+    let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("hapd-proxy-main".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                for pool in route_pools.iter() {
+                    pool.spawn_checks();
+                }
+                tokio::spawn(report_health(route_pools, changes, health_tx));
+                tokio::spawn(signals(shared.tls.clone(), logs));
+                if let Some(t) = shared.tls.clone() {
+                    tokio::spawn(watch_certificates(t));
+                }
+                let mut accepts = Vec::new();
+                for (sock, tls, sites) in listeners {
+                    accepts.push(tokio::spawn(accept_loop(
+                        sock,
+                        tls,
+                        sites,
+                        shared.clone(),
+                        drain_rx.clone(),
+                    )));
+                }
+                let drain = loop {
+                    if let Some(d) = *stop_rx.borrow_and_update() {
+                        break d;
+                    }
+                    if stop_rx.changed().await.is_err() {
+                        break Duration::ZERO;
+                    }
+                };
+                for a in &accepts {
+                    a.abort();
+                }
+                let _ = drain_tx.send(true);
+                let left = shared.connections.load(Ordering::Acquire);
+                if left > 0 {
+                    info!("draining {left} connection(s) for up to {drain:?}");
+                }
+                let all_closed = async {
+                    loop {
+                        let notified = shared.idle.notified();
+                        if shared.connections.load(Ordering::Acquire) == 0 {
+                            break;
+                        }
+                        notified.await;
+                    }
+                };
+                if tokio::time::timeout(drain, all_closed).await.is_err() {
+                    warn!(
+                        "{} connection(s) still open after {drain:?}; closing them",
+                        shared.connections.load(Ordering::Acquire)
+                    );
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        })
+        .context("starting the proxy thread")?;
+    Ok(ProxyHandle {
+        stop: stop_tx,
+        thread: Some(thread),
+        health: health_rx,
+        bound,
+    })
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let s = crate::config::proxy::Server::default();
+        Limits {
+            keepalive: s.keepalive_timeout.0,
+            header_read: s.header_read_timeout.0,
+            max_header_bytes: s.max_header_bytes,
+            max_headers: s.max_headers,
+        }
+    }
+}
+
+/// A listening socket; IP_FREEBIND lets it bind a VIP this node does not hold (yet).
+fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    if addr.is_ipv4() {
+        sock.set_freebind_v4(true)?;
+    } else {
+        sock.set_freebind_v6(true)?;
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    Ok(TcpListener::from_std(sock.into())?)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: bool,
+    sites: Arc<Sites>,
+    shared: Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.connections.fetch_add(1, Ordering::AcqRel);
+        let shared = shared.clone();
+        let sites = sites.clone();
+        let drain = drain.clone();
+        tokio::spawn(async move {
+            serve(stream, peer, tls, sites, &shared, drain).await;
+            if shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+                shared.idle.notify_waiters();
+            }
+        });
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    sites: Arc<Sites>,
+    shared: &Shared,
+    drain: watch::Receiver<bool>,
+) {
+    let state = Arc::new(ConnState::default());
+    if tls {
+        let Some(store) = &shared.tls else { return };
+        let acceptor = tokio_rustls::TlsAcceptor::from(store.config());
+        let stream =
+            match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let sni = stream.get_ref().1.server_name().map(str::to_string);
+        let conn = Arc::new(Conn {
+            peer,
+            tls: true,
+            sni,
+            sites,
+            state: state.clone(),
+            server_header: shared.server_header,
+        });
+        run_http(
+            Guard::new(stream, shared.limits, state),
+            conn,
+            shared,
+            drain,
+        )
+        .await;
+    } else {
+        let conn = Arc::new(Conn {
+            peer,
+            tls: false,
+            sni: None,
+            sites,
+            state: state.clone(),
+            server_header: shared.server_header,
+        });
+        run_http(
+            Guard::new(stream, shared.limits, state),
+            conn,
+            shared,
+            drain,
+        )
+        .await;
+    }
+}
+
+async fn run_http<IO>(
+    io: Guard<IO>,
+    conn: Arc<Conn>,
+    shared: &Shared,
+    mut drain: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let svc = service_fn(move |req| service::handle(conn.clone(), req));
+    let c = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(c);
+    let draining = async {
+        loop {
+            if *drain.borrow_and_update() {
+                return;
+            }
+            if drain.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = c.as_mut() => r,
+        () = draining => {
+            c.as_mut().graceful_shutdown();
+            c.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// Reports healthy while every route has an upstream server up.
+async fn report_health(pools: Vec<Arc<Pool>>, changes: watch::Sender<u64>, health: ProxyHealth) {
+    let mut rx = changes.subscribe();
+    loop {
+        let healthy = pools.iter().all(|p| p.available());
+        health.set(healthy);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn signals(tls: Option<Arc<TlsStore>>, logs: Vec<LogFile>) {
+    let (Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
+        warn!("cannot install SIGHUP/SIGUSR1 handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Some(t) = &tls {
+                    let t = t.clone();
+                    let _ = tokio::task::spawn_blocking(move || t.reload("SIGHUP")).await;
+                }
+            }
+            _ = usr1.recv() => {
+                info!("SIGUSR1: reopening {} log file(s)", logs.len());
+                for l in &logs {
+                    l.reopen();
+                }
+            }
+        }
+    }
+}
+
+async fn watch_certificates(tls: Arc<TlsStore>) {
+    let mut tick = tokio::time::interval(CERT_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let t = tls.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if t.files_changed() {
+                t.reload("certificate files changed");
+            }
+        })
+        .await;
+    }
+}
+
+/// Checks what `start` would read, without binding: used by `hapd check`.
+pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
+    if let Some(t) = &cfg.tls {
+        if !t.certificate.is_empty() {
+            tls::build(t).map_err(|e| anyhow!("{e:#}"))?;
+        }
+    }
+    Ok(())
+}

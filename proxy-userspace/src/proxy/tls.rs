@@ -1,0 +1,253 @@
+//! TLS for the listeners: certificates chosen by SNI, protocol versions and cipher suites from
+//! `[tls]`, ALPN h2 and http/1.1, and reloading.
+//!
+//! Reloading (SIGHUP, or a changed certificate or key file) builds a whole new configuration
+//! and swaps it in atomically; handshakes in progress finish with the one they started with.
+//! A configuration that does not build (unreadable file, key not matching its certificate)
+//! is logged and the running one stays.
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use anyhow::{anyhow, bail, Context};
+use arc_swap::ArcSwap;
+use rustls::{
+    crypto::CryptoProvider,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use tracing::{error, info};
+
+use crate::config::proxy::{Certificate, Tls};
+
+/// The certificates, by the DNS names they carry.
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `.example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    /// The first certificate: for clients without SNI or with an unknown name.
+    default: Arc<CertifiedKey>,
+    pub names: Vec<String>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl SniResolver {
+    pub fn lookup(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        if let Some(dot) = name.find('.') {
+            let suffix = &name[dot..];
+            if let Some((_, k)) = self.wildcard.iter().find(|(s, _)| s == suffix) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.lookup(hello.server_name()))
+    }
+}
+
+fn load_certified(
+    c: &Certificate,
+    provider: &CryptoProvider,
+) -> anyhow::Result<(CertifiedKey, Vec<String>)> {
+    let read_certs = |p: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_file_iter(p)
+            .map_err(|e| anyhow!("{}: {e}", p.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+        if certs.is_empty() {
+            bail!("{}: no PEM certificate in it", p.display());
+        }
+        Ok(certs)
+    };
+    let mut chain = read_certs(&c.cert)?;
+    if let Some(extra) = &c.chain {
+        chain.extend(read_certs(extra)?);
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&c.key).map_err(|e| anyhow!("{}: {e}", c.key.display()))?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| anyhow!("{}: {e}", c.key.display()))?;
+    let names: Vec<String> = webpki::EndEntityCert::try_from(&chain[0])
+        .map_err(|e| anyhow!("{}: not a usable certificate: {e}", c.cert.display()))?
+        .valid_dns_names()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match().map_err(|e| {
+        anyhow!(
+            "{} does not belong to {}: {e}",
+            c.key.display(),
+            c.cert.display()
+        )
+    })?;
+    Ok((ck, names))
+}
+
+/// The rustls provider limited to the configured cipher suites.
+fn provider(tls: &Tls) -> CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    if !tls.cipher_suites.is_empty() {
+        // Keep the configured order: it is the server's preference.
+        p.cipher_suites = tls
+            .cipher_suites
+            .iter()
+            .filter_map(|name| {
+                rustls::crypto::ring::ALL_CIPHER_SUITES
+                    .iter()
+                    .find(|s| format!("{:?}", s.suite()) == *name)
+                    .copied()
+            })
+            .collect();
+    }
+    p
+}
+
+/// Builds a server configuration from the `[tls]` section, reading every file.
+pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
+    let provider = provider(tls);
+    let mut exact = HashMap::new();
+    let mut wildcard = Vec::new();
+    let mut default = None;
+    let mut all_names = Vec::new();
+    for (i, c) in tls.certificate.iter().enumerate() {
+        let (ck, names) =
+            load_certified(c, &provider).with_context(|| format!("tls.certificate[{i}]"))?;
+        let ck = Arc::new(ck);
+        for n in &names {
+            if let Some(suffix) = n.strip_prefix('*') {
+                wildcard.push((suffix.to_string(), ck.clone()));
+            } else {
+                exact.entry(n.clone()).or_insert_with(|| ck.clone());
+            }
+        }
+        all_names.extend(names);
+        default.get_or_insert(ck);
+    }
+    let default = default.ok_or_else(|| anyhow!("tls: no [[tls.certificate]]"))?;
+    let resolver = Arc::new(SniResolver {
+        exact,
+        wildcard,
+        default,
+        names: all_names,
+    });
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+        .protocols
+        .iter()
+        .filter_map(|p| match p.as_str() {
+            "1.2" => Some(&rustls::version::TLS12),
+            "1.3" => Some(&rustls::version::TLS13),
+            _ => None,
+        })
+        .collect();
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&versions)
+        .context("tls: protocols and cipher_suites do not fit together")?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = ServerSessionMemoryCache::new(16 * 1024);
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().context("tls: session tickets")?;
+    Ok((Arc::new(cfg), resolver))
+}
+
+/// The running TLS configuration and what it was built from.
+pub struct TlsStore {
+    current: ArcSwap<ServerConfig>,
+    files: Vec<PathBuf>,
+    stamps: std::sync::Mutex<Vec<Option<(SystemTime, u64)>>>,
+    tls: Tls,
+}
+
+fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+impl TlsStore {
+    pub fn new(tls: &Tls) -> anyhow::Result<TlsStore> {
+        let (cfg, resolver) = build(tls)?;
+        info!(names = ?resolver.names, "TLS certificates loaded");
+        let files: Vec<PathBuf> = tls
+            .certificate
+            .iter()
+            .flat_map(|c| [Some(c.cert.clone()), Some(c.key.clone()), c.chain.clone()])
+            .flatten()
+            .collect();
+        let stamps = files.iter().map(|f| stamp(f)).collect();
+        Ok(TlsStore {
+            current: ArcSwap::new(cfg),
+            files,
+            stamps: std::sync::Mutex::new(stamps),
+            tls: Tls {
+                protocols: tls.protocols.clone(),
+                cipher_suites: tls.cipher_suites.clone(),
+                certificate: tls
+                    .certificate
+                    .iter()
+                    .map(|c| Certificate {
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                        chain: c.chain.clone(),
+                    })
+                    .collect(),
+            },
+        })
+    }
+
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Whether a certificate, key or chain file changed since the last look.
+    pub fn files_changed(&self) -> bool {
+        let now: Vec<_> = self.files.iter().map(|f| stamp(f)).collect();
+        let Ok(mut old) = self.stamps.lock() else {
+            return false;
+        };
+        if *old == now {
+            return false;
+        }
+        *old = now;
+        true
+    }
+
+    /// Rebuilds from the files; on success swaps it in, else keeps the running one.
+    pub fn reload(&self, why: &str) -> bool {
+        match build(&self.tls) {
+            Ok((cfg, resolver)) => {
+                self.current.store(cfg);
+                info!(names = ?resolver.names, "TLS certificates reloaded ({why})");
+                true
+            }
+            Err(e) => {
+                error!("TLS reload ({why}) failed, keeping the running certificates: {e:#}");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! Upstream pools (`[[upstream]]`): server choice, HTTP/1.1 connections kept alive per server,
+//! active health checks and passive ejection.
+//!
+//! A server is *up* until `fall` health checks in a row fail, or a connection to it fails
+//! (passive ejection); it is *up* again after `rise` checks in a row pass or, for a pool
+//! without health checks, after [`PASSIVE_RETRY`].
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty};
+use hyper::{body::Incoming, client::conn::http1, Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::watch};
+use tracing::{info, warn};
+
+use crate::config::proxy::{Balance, HealthCheck, Upstream};
+
+/// The request body type sent upstream.
+pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// How long a server that refused a connection is left out when its pool has no health check.
+pub const PASSIVE_RETRY: Duration = Duration::from_secs(10);
+
+/// Idle connections kept per server.
+const MAX_IDLE: usize = 1024;
+
+pub struct Server {
+    /// `host:port` as configured.
+    pub authority: String,
+    host: String,
+    port: u16,
+    pool: String,
+    outstanding: AtomicUsize,
+    up: AtomicBool,
+    /// Consecutive passing checks while down.
+    rises: AtomicU32,
+    idle: Mutex<Vec<http1::SendRequest<UpBody>>>,
+}
+
+pub struct Pool {
+    pub name: String,
+    balance: Balance,
+    pub servers: Vec<Arc<Server>>,
+    next: AtomicUsize,
+    pub connect_timeout: Duration,
+    check: Option<Check>,
+    /// Bumped whenever a server goes up or down.
+    changes: watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+struct Check {
+    path: String,
+    interval: Duration,
+    timeout: Duration,
+    fall: u32,
+    rise: u32,
+}
+
+impl From<&HealthCheck> for Check {
+    fn from(h: &HealthCheck) -> Self {
+        Check {
+            path: h.path.clone(),
+            interval: h.interval.0,
+            timeout: h.timeout.0,
+            fall: h.fall,
+            rise: h.rise,
+        }
+    }
+}
+
+/// Why a request found no answer.
+pub enum SendError {
+    /// No connection could be made; the request comes back for another server.
+    Connect(Box<Request<UpBody>>, String),
+    /// The connection broke or the answer was not HTTP.
+    Upstream(hyper::Error),
+}
+
+/// Counts a request against its server (least-outstanding) until dropped.
+pub struct Busy(Arc<Server>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    pub fn new(u: &Upstream, changes: watch::Sender<u64>) -> Pool {
+        let servers = u
+            .servers
+            .iter()
+            .map(|s| {
+                // Checked by the config: "host:port" with a port 1..=65535.
+                let (host, port) = s.rsplit_once(':').unwrap_or((s, "80"));
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Arc::new(Server {
+                    authority: s.clone(),
+                    host: host.to_string(),
+                    port: port.parse().unwrap_or(80),
+                    pool: u.name.clone(),
+                    outstanding: AtomicUsize::new(0),
+                    up: AtomicBool::new(true),
+                    rises: AtomicU32::new(0),
+                    idle: Mutex::new(Vec::new()),
+                })
+            })
+            .collect();
+        Pool {
+            name: u.name.clone(),
+            balance: u.balance,
+            servers,
+            next: AtomicUsize::new(0),
+            connect_timeout: u.connect_timeout.0,
+            check: u.health_check.as_ref().map(Check::from),
+            changes,
+        }
+    }
+
+    /// Whether any server is up.
+    pub fn available(&self) -> bool {
+        self.servers.iter().any(|s| s.is_up())
+    }
+
+    /// Chooses an up server not in `tried`, and counts the request against it.
+    pub fn pick(&self, tried: &[usize]) -> Option<(usize, Busy)> {
+        let n = self.servers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let candidates = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i) && self.servers[*i].is_up());
+        let i = match self.balance {
+            Balance::RoundRobin => candidates.into_iter().next(),
+            // Ties go to the first from a rotating start, so equal servers share the load.
+            Balance::LeastOutstanding => {
+                candidates.min_by_key(|&i| self.servers[i].outstanding.load(Ordering::Relaxed))
+            }
+        }?;
+        let s = &self.servers[i];
+        s.outstanding.fetch_add(1, Ordering::Relaxed);
+        Some((i, Busy(s.clone())))
+    }
+
+    /// A connection to the server failed: take it out until it is seen working again.
+    pub fn eject(self: &Arc<Self>, i: usize, why: &str) {
+        let s = &self.servers[i];
+        s.rises.store(0, Ordering::Relaxed);
+        if !s.up.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        warn!(upstream = %self.name, server = %s.authority, "server ejected: {why}");
+        self.changes.send_modify(|c| *c += 1);
+        if self.check.is_none() {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(PASSIVE_RETRY).await;
+                pool.set_up(i, true, "retry time passed");
+            });
+        }
+    }
+
+    fn set_up(&self, i: usize, up: bool, why: &str) {
+        let s = &self.servers[i];
+        if s.up.swap(up, Ordering::AcqRel) != up {
+            info!(upstream = %self.name, server = %s.authority, "server {}: {why}", if up { "up" } else { "down" });
+            self.changes.send_modify(|c| *c += 1);
+        }
+    }
+
+    /// Starts the active health checks, one task per server.
+    pub fn spawn_checks(self: &Arc<Self>) {
+        let Some(check) = self.check.clone() else {
+            return;
+        };
+        for i in 0..self.servers.len() {
+            let pool = self.clone();
+            let check = check.clone();
+            tokio::spawn(async move { pool.check_loop(i, check).await });
+        }
+    }
+
+    async fn check_loop(self: Arc<Self>, i: usize, check: Check) {
+        let s = self.servers[i].clone();
+        let mut tick = tokio::time::interval(check.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut fails = 0u32;
+        loop {
+            tick.tick().await;
+            let result =
+                tokio::time::timeout(check.timeout, s.probe(&check.path, self.connect_timeout))
+                    .await;
+            let outcome = match result {
+                Ok(Ok(status)) if status.is_success() || status.is_redirection() => Ok(()),
+                Ok(Ok(status)) => Err(format!("health check answered {status}")),
+                Ok(Err(e)) => Err(format!("health check failed: {e}")),
+                Err(_) => Err(format!("health check timed out after {:?}", check.timeout)),
+            };
+            match outcome {
+                Ok(()) => {
+                    fails = 0;
+                    let rises = s.rises.fetch_add(1, Ordering::Relaxed) + 1;
+                    if !s.is_up() && rises >= check.rise {
+                        self.set_up(i, true, &format!("{rises} health check(s) passed"));
+                    }
+                }
+                Err(why) => {
+                    s.rises.store(0, Ordering::Relaxed);
+                    fails += 1;
+                    if s.is_up() && fails >= check.fall {
+                        self.set_up(i, false, &why);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Server {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Sends `req` on an idle kept-alive connection, or a new one. The response comes with the
+    /// connection, to be given back with [`Server::put_back`] once its body has been read.
+    pub async fn send(
+        &self,
+        mut req: Request<UpBody>,
+        connect_timeout: Duration,
+    ) -> Result<(Response<Incoming>, http1::SendRequest<UpBody>), SendError> {
+        loop {
+            let idle = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let Some(mut conn) = idle else { break };
+            if conn.is_closed() || conn.ready().await.is_err() {
+                continue;
+            }
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok((resp, conn)),
+                Err(mut e) => match e.take_message() {
+                    // The connection closed before the request went out: try another.
+                    Some(r) => req = r,
+                    None => return Err(SendError::Upstream(e.into_error())),
+                },
+            }
+        }
+        let stream = match self.connect(connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
+        };
+        let (mut conn, task) = match http1::handshake(TokioIo::new(stream)).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::Connect(Box::new(req), e.to_string())),
+        };
+        tokio::spawn(async move {
+            let _ = task.await;
+        });
+        match conn.send_request(req).await {
+            Ok(resp) => Ok((resp, conn)),
+            Err(e) => Err(SendError::Upstream(e)),
+        }
+    }
+
+    /// Sends `req` on a connection of its own that can be upgraded (WebSocket).
+    pub async fn send_upgrade(
+        &self,
+        req: Request<UpBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, SendError> {
+        let stream = match self.connect(connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
+        };
+        let (mut conn, task) = match http1::handshake(TokioIo::new(stream)).await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::Connect(Box::new(req), e.to_string())),
+        };
+        tokio::spawn(async move {
+            let _ = task.with_upgrades().await;
+        });
+        conn.send_request(req).await.map_err(SendError::Upstream)
+    }
+
+    /// Keeps a connection whose last response was read completely for the next request.
+    pub fn put_back(&self, conn: http1::SendRequest<UpBody>) {
+        if conn.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<TcpStream, String> {
+        let attempt = async {
+            let addrs: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, self.port)],
+                Err(_) => tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await
+                    .map_err(|e| format!("resolving {}: {e}", self.host))?
+                    .collect(),
+            };
+            let mut last = format!("{} has no address", self.host);
+            for a in addrs {
+                match TcpStream::connect(a).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(s);
+                    }
+                    Err(e) => last = format!("connecting to {a}: {e}"),
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "connecting to {} timed out after {timeout:?}",
+                self.authority
+            )),
+        }
+    }
+
+    async fn probe(
+        &self,
+        path: &str,
+        connect_timeout: Duration,
+    ) -> Result<hyper::StatusCode, String> {
+        let req = Request::get(path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::USER_AGENT, "hapd-health-check")
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .map_err(|e| e.to_string())?;
+        match self.send(req, connect_timeout).await {
+            Ok((resp, conn)) => {
+                let status = resp.status();
+                // Read the body so the connection can serve the next check.
+                if resp.into_body().collect().await.is_ok() {
+                    self.put_back(conn);
+                }
+                Ok(status)
+            }
+            Err(SendError::Connect(_, e)) => Err(e),
+            Err(SendError::Upstream(e)) => Err(e.to_string()),
+        }
+    }
+
+    pub fn pool_name(&self) -> &str {
+        &self.pool
+    }
+}

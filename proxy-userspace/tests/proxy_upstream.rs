@@ -1,0 +1,216 @@
+//! Upstream pools against real backends: least-outstanding and round-robin balancing, active
+//! health checks, passive ejection with a retry on another server, 502/503, and the proxy's
+//! health as `track_proxy` sees it.
+mod proxy_kit;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use proxy_kit::*;
+
+fn config(servers: &[String], balance: &str, health: &str) -> String {
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[node]
+name = "t"
+
+[[listener]]
+name = "http"
+bind = ["127.0.0.1:0"]
+
+[[upstream]]
+name = "pool"
+servers = [{list}]
+balance = "{balance}"
+connect_timeout = "500ms"
+{health}
+
+[[vhost]]
+server_names = ["site"]
+listeners = ["http"]
+timeout = "5s"
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "pool"
+"#
+    )
+}
+
+fn dead_address() -> String {
+    // A port that was just free: nothing listens there.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_outstanding_sends_new_requests_to_the_idle_server() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = start_proxy(&config(
+        &[a.authority(), b.authority()],
+        "least-outstanding",
+        "",
+    ));
+    let addr = addr_of(&p, "http");
+    // Concurrent slow requests spread evenly.
+    let slow: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(addr, "site", "/slow?ms=1500").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (
+            a.hits.load(Ordering::Relaxed),
+            b.hits.load(Ordering::Relaxed)
+        ),
+        (3, 3),
+        "six concurrent requests on two servers"
+    );
+    // Now occupy `a` only: three more slow ones all land on... whoever is less busy, and with
+    // both at three the next fast requests alternate. Occupy `a` directly to tip the balance.
+    for h in slow {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    let a0 = a.hits.load(Ordering::Relaxed);
+    let b0 = b.hits.load(Ordering::Relaxed);
+    // Two long requests: one per server. Then one more long one, then fast requests: the
+    // server with fewer outstanding requests gets all of them.
+    let long: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "site", "/slow?ms=1500").await }))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (a1, b1) = (
+        a.hits.load(Ordering::Relaxed) - a0,
+        b.hits.load(Ordering::Relaxed) - b0,
+    );
+    assert_eq!(a1 + b1, 3);
+    for _ in 0..10 {
+        assert_eq!(get(addr, "site", "/fast").await.status, 200);
+    }
+    let (a2, b2) = (
+        a.hits.load(Ordering::Relaxed) - a0 - a1,
+        b.hits.load(Ordering::Relaxed) - b0 - b1,
+    );
+    let busier_is_a = a1 > b1;
+    if busier_is_a {
+        assert_eq!((a2, b2), (0, 10), "fast requests avoid the busier server");
+    } else {
+        assert_eq!((a2, b2), (10, 0), "fast requests avoid the busier server");
+    }
+    for h in long {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_alternates() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let p = start_proxy(&config(&[a.authority(), b.authority()], "round-robin", ""));
+    let addr = addr_of(&p, "http");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(
+            get(addr, "site", "/").await.json()["backend"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for w in seen.windows(2) {
+        assert_ne!(w[0], w[1], "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let hc = r#"health_check = { path = "/health", interval = "100ms", timeout = "200ms", fall = 2, rise = 2 }"#;
+    let p = start_proxy(&config(&[a.authority(), b.authority()], "round-robin", hc));
+    let addr = addr_of(&p, "http");
+    let mut health = p.health.clone();
+    assert!(*health.borrow_and_update());
+    a.healthy.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..6 {
+        assert_eq!(get(addr, "site", "/").await.json()["backend"], "b");
+    }
+    // One server up: the proxy is still healthy.
+    assert!(*health.borrow());
+    a.healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut backends = std::collections::HashSet::new();
+    for _ in 0..6 {
+        backends.insert(
+            get(addr, "site", "/").await.json()["backend"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(backends.len(), 2, "a is back: {backends:?}");
+
+    // Both down: 503, and the proxy reports itself unhealthy at once (track_proxy).
+    a.healthy.store(false, Ordering::Relaxed);
+    b.healthy.store(false, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(3), health.wait_for(|h| !*h))
+        .await
+        .expect("proxy health turns false")
+        .unwrap();
+    let r = get(addr, "site", "/").await;
+    assert_eq!(r.status, 503);
+    assert!(r.body.len() < 300, "short body: {}", r.body);
+    b.healthy.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(3), health.wait_for(|h| *h))
+        .await
+        .expect("proxy health turns true again")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_server_and_ejected() {
+    let b = Backend::start("b").await;
+    let dead = dead_address();
+    let p = start_proxy(&config(&[dead, b.authority()], "round-robin", ""));
+    let addr = addr_of(&p, "http");
+    // Every request succeeds: the dead server costs one retry, then it is left out.
+    for _ in 0..8 {
+        let r = get(addr, "site", "/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["backend"], "b");
+    }
+    assert_eq!(b.hits.load(Ordering::Relaxed), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_reachable_is_502_then_503() {
+    let p = start_proxy(&config(&[dead_address()], "round-robin", ""));
+    let addr = addr_of(&p, "http");
+    let mut health = p.health.clone();
+    let r = get(addr, "site", "/").await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.header("server").is_none());
+    // The server is ejected: no server is up, which is 503 and an unhealthy proxy.
+    let r = get(addr, "site", "/").await;
+    assert_eq!(r.status, 503, "{r:?}");
+    tokio::time::timeout(Duration::from_secs(1), health.wait_for(|h| !*h))
+        .await
+        .expect("proxy health turns false")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive() {
+    let a = Backend::start("a").await;
+    let p = start_proxy(&config(&[a.authority()], "round-robin", ""));
+    let addr = addr_of(&p, "http");
+    for _ in 0..5 {
+        assert_eq!(get(addr, "site", "/").await.status, 200);
+    }
+    // Five client connections, one upstream connection.
+    assert_eq!(a.accepts.load(Ordering::Relaxed), 1);
+}
