@@ -702,3 +702,64 @@ async fn certificate_rotation_under_load_never_fails_a_request() {
 }
 
 use rustls::pki_types::pem::PemObject;
+
+#[test]
+fn hapd_check_names_a_broken_certificate_pair() {
+    let dir = Scratch::new("check");
+    let pki = Pki::new();
+    let (c, k, _) = pki.write_leaf(&dir.0, "app", &[APP]);
+    let (_, other_key) = pki.leaf(&[APP]);
+    let cfg = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            r#"
+[node]
+name = "n"
+[[tls.certificate]]
+cert = "{}"
+key = "{}"
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:0"]
+tls = true
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:9"]
+[[vhost]]
+server_names = ["a"]
+listeners = ["https"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+            cert.display(),
+            key.display()
+        )
+    };
+    let check = |text: String| {
+        let p = dir.path("hapd.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(check(cfg(&c, &k)).0);
+    let wrong = dir.path("wrong.key");
+    std::fs::write(&wrong, other_key).unwrap();
+    let (ok, err) = check(cfg(&c, &wrong));
+    assert!(!ok);
+    assert!(
+        err.contains("tls.certificate[0]")
+            && err.contains("wrong.key")
+            && err.contains("does not belong"),
+        "{err}"
+    );
+    let (ok, err) = check(cfg(&dir.path("missing.crt"), &k));
+    assert!(!ok);
+    assert!(err.contains("missing.crt"), "{err}");
+}

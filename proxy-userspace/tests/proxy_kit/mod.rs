@@ -150,7 +150,11 @@ fn full(s: impl Into<Bytes>) -> BBody {
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::start_on("127.0.0.1:0".parse().unwrap(), name).await
+    }
+
+    pub async fn start_on(bind: SocketAddr, name: &str) -> Backend {
+        let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
         let healthy = Arc::new(AtomicBool::new(true));
         let hits = Arc::new(AtomicUsize::new(0));
