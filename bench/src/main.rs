@@ -1,6 +1,7 @@
 //! hapd's benchmark suites: `bench <suite>|all [--quick]`, normally through `cargo xtask bench`.
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
 mod failover;
+mod proxy;
 mod report;
 mod xdp;
 
@@ -35,14 +36,15 @@ pub fn hapd_bin() -> anyhow::Result<std::path::PathBuf> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let suites: Vec<&str> = match cli.suite.as_str() {
-        "all" => vec!["xdp", "failover"],
-        s @ ("xdp" | "failover") => vec![s],
-        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, all"),
+        "all" => vec!["xdp", "failover", "proxy"],
+        s @ ("xdp" | "failover" | "proxy") => vec![s],
+        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, all"),
     };
     for s in suites {
         let report = match s {
             "xdp" => xdp::run(cli.quick)?,
             "failover" => failover::run(cli.quick)?,
+            "proxy" => proxy::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),
         };
         let (json, md) = report.write()?;

@@ -15,6 +15,12 @@ const PACKAGES: &[&str] = &[
     "keepalived",   // the peer we replace and interoperate with
     "wrk",          // load generator
     "procps",       // ps, pgrep
+    "curl",         // HTTP client in the netns tests
+    "openssl",      // s_client: the TLS tests
+    "nginx",        // proxy peers in the benchmark
+    "haproxy",
+    "apache2",
+    "nghttp2-client", // h2load
 ];
 
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.

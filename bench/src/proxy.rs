@@ -1,0 +1,657 @@
+//! The `proxy` suite: hapd beside nginx, HAProxy and Apache (Debian packages), each in front of
+//! the same backend on loopback, under the same load in the same run, alternating order per
+//! round. Loads: wrk keep-alive over plain HTTP and over TLS, wrk with `Connection: close` over
+//! TLS (a handshake per request), h2load over HTTP/2. Then memory held by 10k idle client
+//! connections.
+//!
+//! Every proxy gets two workers (the machine's cores), no access log, kept-alive upstream
+//! connections, TLS 1.2/1.3 with the same ECDSA P-256 certificate.
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use serde_json::json;
+
+use crate::report::{median_spread, Report, Table};
+
+/// Below the ephemeral port range (32768..), so no client socket holds them.
+const BACKEND: u16 = 18_000;
+
+struct Peer {
+    name: &'static str,
+    plain: u16,
+    tls: u16,
+}
+
+const PEERS: [Peer; 4] = [
+    Peer {
+        name: "hapd",
+        plain: 18_080,
+        tls: 18_443,
+    },
+    Peer {
+        name: "nginx",
+        plain: 19_080,
+        tls: 19_443,
+    },
+    Peer {
+        name: "haproxy",
+        plain: 20_080,
+        tls: 20_443,
+    },
+    Peer {
+        name: "apache2",
+        plain: 21_080,
+        tls: 21_443,
+    },
+];
+
+/// A child process killed (with its process group) when dropped.
+struct Running(Child, &'static str);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+        eprintln!("  {} needed SIGKILL", self.1);
+    }
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> anyhow::Result<Running> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log)?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Running(child, name))
+}
+
+fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
+    let end = Instant::now() + Duration::from_secs(10);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        if Instant::now() > end {
+            bail!(
+                "{what} is not listening on {port}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn write_certs(dir: &Path) -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    std::fs::write(dir.join("cert.pem"), cert.pem())?;
+    std::fs::write(dir.join("key.pem"), key.serialize_pem())?;
+    std::fs::write(
+        dir.join("both.pem"),
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    )?;
+    Ok(())
+}
+
+fn start(peer: &Peer, dir: &Path) -> anyhow::Result<Vec<Running>> {
+    let d = dir.display();
+    let log = dir.join(format!("{}.log", peer.name));
+    let (p, t) = (peer.plain, peer.tls);
+    let running = match peer.name {
+        "hapd" => {
+            let cfg = format!(
+                r#"[node]
+name = "bench"
+[tls]
+protocols = ["1.2", "1.3"]
+[[tls.certificate]]
+cert = "{d}/cert.pem"
+key = "{d}/key.pem"
+[[listener]]
+name = "plain"
+bind = ["127.0.0.1:{p}"]
+[[listener]]
+name = "tls"
+bind = ["127.0.0.1:{t}"]
+tls = true
+[[upstream]]
+name = "backend"
+servers = ["127.0.0.1:{BACKEND}"]
+[[vhost]]
+server_names = ["localhost"]
+listeners = ["plain", "tls"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "backend"
+"#
+            );
+            let path = dir.join("hapd.toml");
+            std::fs::write(&path, cfg)?;
+            vec![spawn(
+                "hapd",
+                Command::new(crate::hapd_bin()?)
+                    .args(["run", "--config"])
+                    .arg(&path)
+                    .env("HAPD_LOG", "warn"),
+                &log,
+            )?]
+        }
+        "nginx" => {
+            let cfg = format!(
+                r#"worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+daemon off;
+events {{ worker_connections 16384; }}
+worker_rlimit_nofile 16384;
+http {{
+  access_log off;
+  server_tokens off;
+  client_body_temp_path {d}/nginx-body;
+  proxy_temp_path {d}/nginx-proxy;
+  fastcgi_temp_path {d}/nginx-fcgi;
+  uwsgi_temp_path {d}/nginx-uwsgi;
+  scgi_temp_path {d}/nginx-scgi;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{BACKEND}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{p};
+    listen 127.0.0.1:{t} ssl http2;
+    ssl_certificate {d}/cert.pem;
+    ssl_certificate_key {d}/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+    }}
+  }}
+}}
+"#
+            );
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, cfg)?;
+            vec![spawn(
+                "nginx",
+                Command::new("nginx")
+                    .arg("-c")
+                    .arg(&path)
+                    .arg("-p")
+                    .arg(dir),
+                &log,
+            )?]
+        }
+        "haproxy" => {
+            let cfg = format!(
+                r#"global
+  nbthread 2
+  maxconn 9990
+  tune.ssl.default-dh-param 2048
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 15s
+frontend fe
+  bind 127.0.0.1:{p}
+  bind 127.0.0.1:{t} ssl crt {d}/both.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:{BACKEND}
+"#
+            );
+            let path = dir.join("haproxy.cfg");
+            std::fs::write(&path, cfg)?;
+            vec![spawn(
+                "haproxy",
+                Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+                &log,
+            )?]
+        }
+        "apache2" => {
+            let m = "/usr/lib/apache2/modules";
+            let cfg = format!(
+                r#"ServerRoot {d}
+DefaultRuntimeDir {d}
+PidFile {d}/apache2.pid
+Mutex file:{d} default
+ServerName localhost
+User www-data
+Group www-data
+ErrorLog {d}/apache2-error.log
+LogLevel warn
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule proxy_module {m}/mod_proxy.so
+LoadModule proxy_http_module {m}/mod_proxy_http.so
+LoadModule ssl_module {m}/mod_ssl.so
+LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so
+LoadModule http2_module {m}/mod_http2.so
+ServerTokens Prod
+KeepAlive On
+KeepAliveTimeout 15
+MaxKeepAliveRequests 0
+ServerLimit 4
+StartServers 2
+ThreadsPerChild 64
+MaxRequestWorkers 256
+SSLSessionCache shmcb:{d}/ssl_scache(512000)
+Listen 127.0.0.1:{p}
+Listen 127.0.0.1:{t}
+<VirtualHost 127.0.0.1:{p}>
+  ProxyPass / http://127.0.0.1:{BACKEND}/
+</VirtualHost>
+<VirtualHost 127.0.0.1:{t}>
+  SSLEngine on
+  SSLCertificateFile {d}/cert.pem
+  SSLCertificateKeyFile {d}/key.pem
+  SSLProtocol -all +TLSv1.2 +TLSv1.3
+  Protocols h2 http/1.1
+  ProxyPass / http://127.0.0.1:{BACKEND}/
+</VirtualHost>
+"#
+            );
+            let path = dir.join("apache2.conf");
+            std::fs::write(&path, cfg)?;
+            vec![spawn(
+                "apache2",
+                Command::new("apache2")
+                    .arg("-f")
+                    .arg(&path)
+                    .arg("-DFOREGROUND"),
+                &log,
+            )?]
+        }
+        other => bail!("unknown peer {other}"),
+    };
+    wait_port(p, peer.name, &log)?;
+    wait_port(t, peer.name, &log)?;
+    Ok(running)
+}
+
+/// The shared backend: a hyper server answering every request with the same 128 bytes.
+fn backend() -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use hyper::{service::service_fn, Response};
+    use hyper_util::rt::TokioIo;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", BACKEND)))?;
+    Ok(std::thread::spawn(move || {
+        rt.block_on(async move {
+            let body = bytes::Bytes::from(vec![b'x'; 128]);
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = s.set_nodelay(true);
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| {
+                        let b = body.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(b),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        })
+    }))
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    Plain,
+    TlsKeepAlive,
+    TlsHandshakes,
+    Http2,
+}
+
+impl Load {
+    fn label(self) -> &'static str {
+        match self {
+            Load::Plain => "HTTP/1.1 keep-alive",
+            Load::TlsKeepAlive => "TLS keep-alive",
+            Load::TlsHandshakes => "TLS, new connection per request",
+            Load::Http2 => "HTTP/2 (h2load)",
+        }
+    }
+}
+
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_ms(s: &str) -> Option<f64> {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
+    let v: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => return None,
+    })
+}
+
+fn run_load(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<Sample> {
+    match load {
+        Load::Http2 => {
+            let out = Command::new("h2load")
+                .args(["-D", &secs.to_string(), "-c", "16", "-m", "10", "-t", "1"])
+                .arg(format!("https://localhost:{}/", peer.tls))
+                .output()
+                .context("running h2load (Debian package nghttp2-client)")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps = text
+                .lines()
+                .find(|l| l.starts_with("finished in"))
+                .and_then(|l| l.split(", ").nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("h2load output:\n{text}"))?;
+            let clean = text.lines().any(|l| {
+                l.starts_with("requests:") && l.contains(" 0 failed") && l.contains(" 0 errored")
+            });
+            if !clean {
+                bail!("h2load saw failures against {}:\n{text}", peer.name);
+            }
+            // h2load reports the mean and the spread, not percentiles.
+            let mean = text
+                .lines()
+                .find(|l| l.trim_start().starts_with("time for request:"))
+                .and_then(|l| l.split_whitespace().nth(5))
+                .and_then(parse_ms)
+                .unwrap_or(f64::NAN);
+            Ok(Sample {
+                rps,
+                p50_ms: mean,
+                p99_ms: f64::NAN,
+            })
+        }
+        _ => {
+            let (url, extra): (String, &[&str]) = match load {
+                Load::Plain => (format!("http://127.0.0.1:{}/", peer.plain), &[]),
+                Load::TlsKeepAlive => (format!("https://localhost:{}/", peer.tls), &[]),
+                _ => (
+                    format!("https://localhost:{}/", peer.tls),
+                    &["-H", "Connection: close"],
+                ),
+            };
+            let conns = if matches!(load, Load::TlsHandshakes) {
+                "16"
+            } else {
+                "64"
+            };
+            let out = Command::new("wrk")
+                .args([
+                    "-t",
+                    "1",
+                    "-c",
+                    conns,
+                    "-d",
+                    &format!("{secs}s"),
+                    "--latency",
+                ])
+                .args(extra)
+                .arg(&url)
+                .output()
+                .context("running wrk")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps: f64 = text
+                .lines()
+                .find(|l| l.starts_with("Requests/sec:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("wrk output:\n{text}"))?;
+            let pct = |p: &str| {
+                text.lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with(p))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(parse_ms)
+                    .unwrap_or(f64::NAN)
+            };
+            if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx")) {
+                bail!("{}: {l}", peer.name);
+            }
+            Ok(Sample {
+                rps,
+                p50_ms: pct("50%"),
+                p99_ms: pct("99%"),
+            })
+        }
+    }
+}
+
+/// Resident memory of every process in `pgid`'s process group, in KiB.
+fn group_rss_kib(pgid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let pg: Option<u32> = after.split_whitespace().nth(2).and_then(|s| s.parse().ok());
+        if pg != Some(pgid) {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            total += status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Memory a proxy holds for `n` idle keep-alive client connections (each sent one request).
+fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64)> {
+    use std::io::{Read, Write};
+    let before = group_rss_kib(pgid);
+    let mut conns = Vec::with_capacity(n);
+    let addr = SocketAddr::from(([127, 0, 0, 1], peer.plain));
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr)?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        conns.push(s);
+    }
+    let mut buf = [0u8; 512];
+    for s in &mut conns {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let _ = s.read(&mut buf)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = group_rss_kib(pgid);
+    drop(conns);
+    Ok((before, after))
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Report> {
+    let rounds = if quick { 1 } else { 3 };
+    let secs = if quick { 2 } else { 5 };
+    // 10k was asked for; HAProxy reserves two descriptors per connection and this machine's
+    // hard limit is 20000, which caps its maxconn just under 10k.
+    let idle_conns = if quick { 2_000 } else { 9_500 };
+    let loads = [
+        Load::Plain,
+        Load::TlsKeepAlive,
+        Load::TlsHandshakes,
+        Load::Http2,
+    ];
+    // Raise the descriptor limit to the hard limit: the idle test holds 10k connections.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
+    let dir = std::env::temp_dir().join(format!("hapd-bench-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    write_certs(&dir)?;
+    let _backend = backend()?;
+    wait_port(BACKEND, "backend", &dir.join("none"))?;
+
+    let total_runs = rounds * PEERS.len() * loads.len();
+    let t0 = Instant::now();
+    let mut done = 0;
+    // samples[load][peer] = per-round samples
+    let mut samples: Vec<Vec<Vec<Sample>>> = (0..loads.len())
+        .map(|_| (0..PEERS.len()).map(|_| Vec::new()).collect())
+        .collect();
+    let mut memory = vec![Vec::new(); PEERS.len()];
+    for round in 0..rounds {
+        // Alternate the order so no peer always runs first (warm caches, thermal state).
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..PEERS.len()).collect()
+        } else {
+            (0..PEERS.len()).rev().collect()
+        };
+        for &pi in &order {
+            let peer = &PEERS[pi];
+            let procs = start(peer, &dir)?;
+            // Warm up: connections, TLS session caches, upstream keep-alive.
+            let _ = run_load(Load::Plain, peer, 1);
+            for (li, &load) in loads.iter().enumerate() {
+                done += 1;
+                let left = (t0.elapsed().as_secs_f64() / done as f64) * (total_runs - done) as f64;
+                println!(
+                    "[proxy] round {}/{rounds} {:>7} {:<32} ({done}/{total_runs}, about {:.0} s left)",
+                    round + 1,
+                    peer.name,
+                    load.label(),
+                    left
+                );
+                samples[li][pi].push(run_load(load, peer, secs)?);
+            }
+            if round == 0 {
+                let pgid = procs[0].0.id();
+                memory[pi].push(idle_memory(peer, pgid, idle_conns)?);
+            }
+            drop(procs);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    let mut report = Report::new("proxy", quick);
+    let mut raw = serde_json::Map::new();
+    for (li, load) in loads.iter().enumerate() {
+        let med: Vec<(f64, f64, f64)> = samples[li]
+            .iter()
+            .map(|s| median_spread(&s.iter().map(|x| x.rps).collect::<Vec<_>>()))
+            .collect();
+        let best_peer = (1..PEERS.len()).map(|i| med[i].0).fold(f64::MIN, f64::max);
+        let mut rows = Vec::new();
+        for (pi, peer) in PEERS.iter().enumerate() {
+            let p50 =
+                median_spread(&samples[li][pi].iter().map(|x| x.p50_ms).collect::<Vec<_>>()).0;
+            let p99 =
+                median_spread(&samples[li][pi].iter().map(|x| x.p99_ms).collect::<Vec<_>>()).0;
+            rows.push(vec![
+                peer.name.to_string(),
+                format!("{:.0}", med[pi].0),
+                format!("{:.0}..{:.0}", med[pi].1, med[pi].2),
+                if p50.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{p50:.2}")
+                },
+                if p99.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{p99:.2}")
+                },
+                format!("{:.2}", med[pi].0 / best_peer),
+            ]);
+            raw.insert(
+                format!("{}/{}", load.label(), peer.name),
+                json!(samples[li][pi]
+                    .iter()
+                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms}))
+                    .collect::<Vec<_>>()),
+            );
+        }
+        report.tables.push(Table {
+            title: load.label().to_string(),
+            columns: ["proxy", "req/s (median)", "spread", "p50 ms", "p99 ms", "ratio to best peer"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            notes: vec![if matches!(load, Load::Http2) {
+                "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
+            } else {
+                format!(
+                    "wrk: 1 thread, {} connections, {secs} s per round.",
+                    if matches!(load, Load::TlsHandshakes) { 16 } else { 64 }
+                )
+            }],
+        });
+    }
+    let mut rows = Vec::new();
+    for (pi, peer) in PEERS.iter().enumerate() {
+        if let Some(&(before, after)) = memory[pi].first() {
+            rows.push(vec![
+                peer.name.to_string(),
+                format!("{:.1}", before as f64 / 1024.0),
+                format!("{:.1}", after as f64 / 1024.0),
+                format!(
+                    "{:.2}",
+                    (after.saturating_sub(before)) as f64 / idle_conns as f64
+                ),
+            ]);
+        }
+    }
+    report.tables.push(Table {
+        title: format!("Memory with {idle_conns} idle keep-alive connections"),
+        columns: ["proxy", "RSS before (MiB)", "RSS with connections (MiB)", "KiB per connection"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+        notes: vec!["RSS of every process of the proxy (all workers), after one request on each connection.".into()],
+    });
+    report.raw = serde_json::Value::Object(raw);
+    Ok(report)
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
