@@ -322,6 +322,12 @@ pub fn validate(
         if u.servers.is_empty() {
             return Err(err("servers", "needs at least one \"host:port\"".into()));
         }
+        if u.servers.len() > 64 {
+            return Err(err(
+                "servers",
+                format!("at most 64 servers, got {}", u.servers.len()),
+            ));
+        }
         for (j, s) in u.servers.iter().enumerate() {
             let ok = s
                 .rsplit_once(':')

@@ -35,7 +35,6 @@ use tokio::{
 pub const REJECT_HEADER: &str = "x-hapd-reject";
 
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
-const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -89,8 +88,6 @@ pub struct Guard<IO> {
     /// Checked bytes waiting for hyper.
     out: Vec<u8>,
     out_pos: usize,
-    /// Read buffer.
-    buf: Box<[u8]>,
     deadline: Option<Instant>,
     sleep: Pin<Box<Sleep>>,
     first: bool,
@@ -107,7 +104,6 @@ impl<IO> Guard<IO> {
             head: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
-            buf: vec![0; READ_CHUNK].into_boxed_slice(),
             deadline: Some(deadline),
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             first: true,
@@ -224,6 +220,65 @@ impl<IO> Guard<IO> {
         }
     }
 
+    /// Checks `data` where it lies, as far as it can be passed on unchanged: complete heads
+    /// that are not refused, and body bytes. Returns how many bytes that is; the rest needs
+    /// [`Guard::push`].
+    fn scan(&mut self, data: &[u8]) -> usize {
+        let mut pos = 0;
+        while pos < data.len() {
+            match self.state {
+                State::Through => return data.len(),
+                State::Closed => return pos,
+                State::Body(n) => {
+                    let take = n.min((data.len() - pos) as u64);
+                    pos += take as usize;
+                    if n == take {
+                        self.enter_head();
+                    } else {
+                        self.state = State::Body(n - take);
+                    }
+                }
+                State::Chunked(c, size) => {
+                    pos += self.chunk(c, size, &data[pos..]);
+                }
+                State::Head => {
+                    let d = &data[pos..];
+                    if d.starts_with(&H2_PREFACE_START[..d.len().min(4)]) {
+                        return pos;
+                    }
+                    let lead = d
+                        .iter()
+                        .position(|&b| b != b'\r' && b != b'\n')
+                        .unwrap_or(d.len());
+                    let Some(end) = find_head_end(d, lead) else {
+                        return pos;
+                    };
+                    match check_head(&d[lead..end], self.limits.max_headers) {
+                        Verdict::Refuse { .. } => return pos,
+                        Verdict::Pass => {
+                            self.state = State::Through;
+                            self.deadline = None;
+                            return data.len();
+                        }
+                        Verdict::Framed(next) => {
+                            pos += end;
+                            self.first = false;
+                            self.deadline = None;
+                            match next {
+                                Framing::None => self.enter_head(),
+                                Framing::Length(n) => self.state = State::Body(n),
+                                Framing::Chunked => {
+                                    self.state = State::Chunked(Chunk::Size { digits: 0 }, 0)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        pos
+    }
+
     fn through(&mut self) {
         let head = std::mem::take(&mut self.head);
         self.out.extend_from_slice(&head);
@@ -323,8 +378,19 @@ enum Verdict {
 }
 
 fn check_head(head: &[u8], max_headers: usize) -> Verdict {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut headers);
+    // Most heads fit on the stack; a server configured for more fields pays for a heap array.
+    const STACK: usize = 100;
+    if max_headers <= STACK {
+        let mut headers = [httparse::EMPTY_HEADER; STACK];
+        check_parsed(head, &mut headers[..max_headers])
+    } else {
+        let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+        check_parsed(head, &mut headers)
+    }
+}
+
+fn check_parsed<'h>(head: &'h [u8], headers: &mut [httparse::Header<'h>]) -> Verdict {
+    let mut req = httparse::Request::new(headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
         // hyper parses it again and answers 400 or 431 itself.
@@ -423,7 +489,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guard<IO> {
                 buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
                 this.out_pos += n;
                 if this.out_pos == this.out.len() {
-                    this.out.clear();
+                    // An idle connection should not keep a large buffer.
+                    if this.out.capacity() > 4096 {
+                        this.out = Vec::new();
+                    } else {
+                        this.out.clear();
+                    }
                     this.out_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
@@ -434,10 +505,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guard<IO> {
                 State::Through => return Pin::new(&mut this.io).poll_read(cx, buf),
                 _ => {}
             }
-            let mut rb = ReadBuf::new(&mut this.buf);
-            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+            // Read straight into hyper's buffer; bytes that must be held back or replaced are
+            // taken out again.
+            let start = buf.filled().len();
+            match Pin::new(&mut this.io).poll_read(cx, buf) {
                 Poll::Ready(Ok(())) => {
-                    let n = rb.filled().len();
+                    let n = buf.filled().len() - start;
                     if n == 0 {
                         // End of stream: hand over whatever head bytes there are.
                         if this.head.is_empty() {
@@ -446,8 +519,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guard<IO> {
                         this.through();
                         continue;
                     }
-                    let data = this.buf[..n].to_vec();
-                    this.push(data);
+                    // The usual case: complete heads that pass and bodies stay where they are.
+                    let kept = if this.head.is_empty() {
+                        this.scan(&buf.filled()[start..])
+                    } else {
+                        0
+                    };
+                    if kept == n {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // The rest (an incomplete head, a head to replace) goes the long way.
+                    let rest = buf.filled()[start + kept..].to_vec();
+                    buf.set_filled(start + kept);
+                    this.push(rest);
+                    if kept > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return this.poll_deadline(cx),

@@ -1,7 +1,8 @@
 //! The TLS reverse proxy (`[server]`, `[tls]`, `[[listener]]`, `[[upstream]]`, `[[vhost]]`).
 //!
-//! It runs on a multi-threaded runtime of its own, beside the VRRP engine's single thread, so
-//! load on the proxy never delays an advert. [`start`] reads every file and binds every
+//! It runs on threads of its own, one single-threaded runtime per core plus one for health
+//! checks and signals, beside the VRRP engine's thread, so load on the proxy never delays an
+//! advert. [`start`] reads every file and binds every
 //! listener before it returns, so a bad certificate or a port in use is an error at start.
 //! Listeners bound to a VIP use IP_FREEBIND: they work on a backup that does not hold the
 //! address yet, and nothing is rebound at failover.
@@ -53,7 +54,7 @@ pub const CERT_POLL: Duration = Duration::from_secs(2);
 /// A running proxy.
 pub struct ProxyHandle {
     stop: watch::Sender<Option<Duration>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     /// The proxy's health for `track_proxy`.
     pub health: watch::Receiver<bool>,
     /// Where each listener is bound (in config order), useful when a port was 0.
@@ -64,7 +65,7 @@ impl ProxyHandle {
     /// Stops accepting, lets requests in flight finish for up to `drain`, then stops.
     pub fn stop(mut self, drain: Duration) {
         let _ = self.stop.send(Some(drain));
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -72,9 +73,11 @@ impl ProxyHandle {
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
+        if !self.threads.is_empty() {
             let _ = self.stop.send(Some(Duration::ZERO));
-            let _ = t.join();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -96,6 +99,9 @@ pub fn configured(cfg: &Config) -> bool {
 
 /// Loads certificates, opens logs, binds the listeners and starts serving.
 pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // The workers and the control thread each keep their own upstream connections.
+    upstream::set_workers(workers + 1);
     let server = cfg
         .server
         .as_ref()
@@ -197,8 +203,11 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         .timer(TokioTimer::new())
         // The guard times heads and idleness by phase (see guard.rs).
         .header_read_timeout(None)
-        .max_buf_size(server.max_header_bytes.max(8192))
-        .max_headers(server.max_headers);
+        .max_buf_size(server.max_header_bytes.max(8192));
+    if server.max_headers != 100 {
+        // hyper's default; setting it at all moves its header array to the heap.
+        builder.http1().max_headers(server.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -216,100 +225,145 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         idle: Notify::new(),
     });
 
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .thread_name("hapd-proxy")
-        .enable_all()
-        .build()
-        .context("starting the proxy runtime")?;
-    let mut listeners = Vec::new();
+    // Each worker thread binds its own socket per address (SO_REUSEPORT) and the kernel spreads
+    // connections over them: a connection, its upstream connections and their tasks stay on
+    // one thread, with no wake-ups across threads.
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool, Arc<Sites>)>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    {
-        let _enter = rt.enter();
-        for l in &cfg.listener {
-            let l = l.get_ref();
-            let sites = sites_by_listener.remove(&l.name).map(Arc::new);
-            let Some(sites) = sites else {
-                warn!(listener = %l.name, "no vhost uses this listener; it is not opened");
-                continue;
-            };
-            for addr in &l.bind {
+    for l in &cfg.listener {
+        let l = l.get_ref();
+        let sites = sites_by_listener.remove(&l.name).map(Arc::new);
+        let Some(sites) = sites else {
+            warn!(listener = %l.name, "no vhost uses this listener; it is not opened");
+            continue;
+        };
+        for addr in &l.bind {
+            let first =
+                bind(*addr).with_context(|| format!("listener {}: binding {addr}", l.name))?;
+            // Port 0: the others take the port the first one got.
+            let local = first.local_addr()?;
+            info!(listener = %l.name, %local, tls = l.tls, workers, "listening");
+            bound.push((l.name.clone(), local));
+            per_worker[0].push((first, l.tls, sites.clone()));
+            for w in per_worker.iter_mut().skip(1) {
                 let sock =
-                    bind(*addr).with_context(|| format!("listener {}: binding {addr}", l.name))?;
-                let local = sock.local_addr()?;
-                info!(listener = %l.name, %local, tls = l.tls, "listening");
-                bound.push((l.name.clone(), local));
-                listeners.push((sock, l.tls, sites.clone()));
+                    bind(local).with_context(|| format!("listener {}: binding {local}", l.name))?;
+                w.push((sock, l.tls, sites.clone()));
             }
         }
     }
     let (health_tx, health_rx) = ProxyHealth::new();
-    let (stop_tx, mut stop_rx) = watch::channel(None::<Duration>);
-    let (drain_tx, drain_rx) = watch::channel(false);
-    let thread = std::thread::Builder::new()
-        .name("hapd-proxy-main".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                for pool in route_pools.iter() {
-                    pool.spawn_checks();
-                }
-                tokio::spawn(report_health(route_pools, changes, health_tx));
-                tokio::spawn(signals(shared.tls.clone(), logs));
-                if let Some(t) = shared.tls.clone() {
-                    tokio::spawn(watch_certificates(t));
-                }
-                let mut accepts = Vec::new();
-                for (sock, tls, sites) in listeners {
-                    accepts.push(tokio::spawn(accept_loop(
-                        sock,
-                        tls,
-                        sites,
-                        shared.clone(),
-                        drain_rx.clone(),
-                    )));
-                }
-                let drain = loop {
-                    if let Some(d) = *stop_rx.borrow_and_update() {
-                        break d;
+    let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
+    let mut threads = Vec::new();
+    for (w, listeners) in per_worker.into_iter().enumerate() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a proxy runtime")?;
+        let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("hapd-proxy-{w}"))
+                .spawn(move || {
+                    upstream::set_worker(w);
+                    rt.block_on(worker(listeners, shared, stop_rx));
+                    rt.shutdown_timeout(Duration::from_millis(100));
+                })
+                .context("starting a proxy thread")?,
+        );
+    }
+    // Health checks, health reports, signals and the certificate watcher.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the proxy control runtime")?;
+    let tls = shared.tls.clone();
+    let mut stop_ctl = stop_rx;
+    threads.push(
+        std::thread::Builder::new()
+            .name("hapd-proxy-ctl".into())
+            .spawn(move || {
+                upstream::set_worker(workers);
+                rt.block_on(async move {
+                    for pool in route_pools.iter() {
+                        pool.spawn_checks();
                     }
-                    if stop_rx.changed().await.is_err() {
-                        break Duration::ZERO;
+                    tokio::spawn(report_health(route_pools, changes, health_tx));
+                    tokio::spawn(signals(tls.clone(), logs));
+                    if let Some(t) = tls {
+                        tokio::spawn(watch_certificates(t));
                     }
-                };
-                for a in &accepts {
-                    a.abort();
-                }
-                let _ = drain_tx.send(true);
-                let left = shared.connections.load(Ordering::Acquire);
-                if left > 0 {
-                    info!("draining {left} connection(s) for up to {drain:?}");
-                }
-                let all_closed = async {
-                    loop {
-                        let notified = shared.idle.notified();
-                        if shared.connections.load(Ordering::Acquire) == 0 {
-                            break;
-                        }
-                        notified.await;
-                    }
-                };
-                if tokio::time::timeout(drain, all_closed).await.is_err() {
-                    warn!(
-                        "{} connection(s) still open after {drain:?}; closing them",
-                        shared.connections.load(Ordering::Acquire)
-                    );
-                }
-            });
-            rt.shutdown_timeout(Duration::from_millis(100));
-        })
-        .context("starting the proxy thread")?;
+                    stopped(&mut stop_ctl).await;
+                });
+                rt.shutdown_timeout(Duration::from_millis(100));
+            })
+            .context("starting the proxy control thread")?,
+    );
     Ok(ProxyHandle {
         stop: stop_tx,
-        thread: Some(thread),
+        threads,
         health: health_rx,
         bound,
     })
+}
+
+/// Waits for the stop request; returns the drain time.
+async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
+    loop {
+        if let Some(d) = *stop.borrow_and_update() {
+            return d;
+        }
+        if stop.changed().await.is_err() {
+            return Duration::ZERO;
+        }
+    }
+}
+
+/// One worker thread: accepts on its sockets until stopped, then drains.
+async fn worker(
+    listeners: Vec<(std::net::TcpListener, bool, Arc<Sites>)>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut accepts = Vec::new();
+    for (sock, tls, sites) in listeners {
+        match TcpListener::from_std(sock) {
+            Ok(l) => accepts.push(tokio::spawn(accept_loop(
+                l,
+                tls,
+                sites,
+                shared.clone(),
+                drain_rx.clone(),
+            ))),
+            Err(e) => warn!("registering a listener: {e}"),
+        }
+    }
+    let drain = stopped(&mut stop).await;
+    for a in &accepts {
+        a.abort();
+    }
+    let _ = drain_tx.send(true);
+    let left = shared.connections.load(Ordering::Acquire);
+    if left > 0 {
+        info!("draining {left} connection(s) for up to {drain:?}");
+    }
+    let all_closed = async {
+        loop {
+            let notified = shared.idle.notified();
+            if shared.connections.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            notified.await;
+        }
+    };
+    if tokio::time::timeout(drain, all_closed).await.is_err() {
+        warn!(
+            "{} connection(s) still open after {drain:?}; closing them",
+            shared.connections.load(Ordering::Acquire)
+        );
+    }
 }
 
 impl Default for Limits {
@@ -324,11 +378,13 @@ impl Default for Limits {
     }
 }
 
-/// A listening socket; IP_FREEBIND lets it bind a VIP this node does not hold (yet).
-fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+/// A listening socket; IP_FREEBIND lets it bind a VIP this node does not hold (yet),
+/// SO_REUSEPORT lets every worker have one.
+fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
     if addr.is_ipv4() {
         sock.set_freebind_v4(true)?;
     } else {
@@ -338,7 +394,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(4096)?;
-    Ok(TcpListener::from_std(sock.into())?)
+    Ok(sock.into())
 }
 
 async fn accept_loop(

@@ -21,7 +21,7 @@ use super::{
     body::{Finish, ProxyBody},
     guard::{ConnState, REJECT_HEADER},
     log::{error_line, Access, LogFile},
-    upstream::{Pool, SendError},
+    upstream::{Pool, SendError, Tried},
 };
 
 /// One `[[vhost]]`, ready to serve.
@@ -113,7 +113,12 @@ pub async fn handle(
         })
         .or_else(|| conn.sni.clone())
         .unwrap_or_default();
-    let host = strip_port(&host_full).to_ascii_lowercase();
+    let host = strip_port(&host_full);
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    };
     let site = conn.sites.find(&host).clone();
     let access = site.access_log.as_ref().map(|_| Access {
         client: conn.peer.ip(),
@@ -266,12 +271,17 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, u);
     }
-    let uri: Uri = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"));
+    // Origin-form as it came (HTTP/1), or rebuilt from the path (HTTP/2, absolute-form).
+    let uri: Uri = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+        std::mem::take(&mut parts.uri)
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    };
     let mut up = Request::new(body.boxed_unsync());
     *up.method_mut() = parts.method.clone();
     *up.uri_mut() = uri;
@@ -279,18 +289,18 @@ async fn forward(
     *up.headers_mut() = headers;
 
     let pool = &route.pool;
-    let mut tried = Vec::new();
+    let mut tried = Tried::default();
     let deadline = tokio::time::Instant::now() + site.timeout;
     loop {
-        let Some((i, busy)) = pool.pick(&tried) else {
-            let msg = if tried.is_empty() {
+        let Some((i, busy)) = pool.pick(tried) else {
+            let msg = if tried.none() {
                 format!("upstream {}: no server is up", pool.name)
             } else {
                 format!("upstream {}: no server accepted a connection", pool.name)
             };
             site_error(site, conn, &msg);
             return generated(
-                if tried.is_empty() {
+                if tried.none() {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
                     StatusCode::BAD_GATEWAY
@@ -298,7 +308,7 @@ async fn forward(
                 "The service is not available",
             );
         };
-        tried.push(i);
+        tried.add(i);
         let server = pool.servers[i].clone();
         if !site.preserve_host {
             if let Ok(v) = HeaderValue::from_str(&server.authority) {

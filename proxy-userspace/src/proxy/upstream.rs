@@ -28,8 +28,29 @@ pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
 /// How long a server that refused a connection is left out when its pool has no health check.
 pub const PASSIVE_RETRY: Duration = Duration::from_secs(10);
 
-/// Idle connections kept per server.
+/// Idle connections kept per server and worker.
 const MAX_IDLE: usize = 1024;
+
+static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many threads use pools (workers and the control thread); set before any pool exists.
+pub fn set_workers(n: usize) {
+    WORKERS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Which thread this is: connections are pooled per thread, so a request uses a connection
+/// whose task runs on its own thread.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
 
 pub struct Server {
     /// `host:port` as configured.
@@ -41,7 +62,8 @@ pub struct Server {
     up: AtomicBool,
     /// Consecutive passing checks while down.
     rises: AtomicU32,
-    idle: Mutex<Vec<http1::SendRequest<UpBody>>>,
+    /// Idle connections, one list per thread.
+    idle: Vec<Mutex<Vec<http1::SendRequest<UpBody>>>>,
 }
 
 pub struct Pool {
@@ -84,6 +106,25 @@ pub enum SendError {
     Upstream(hyper::Error),
 }
 
+/// The servers a request has been tried on (a pool has at most [`MAX_SERVERS`]).
+#[derive(Default, Clone, Copy)]
+pub struct Tried(u64);
+
+/// The most servers an upstream may list.
+pub const MAX_SERVERS: usize = 64;
+
+impl Tried {
+    pub fn add(&mut self, i: usize) {
+        self.0 |= 1 << (i % MAX_SERVERS);
+    }
+    pub fn contains(&self, i: usize) -> bool {
+        self.0 & (1 << (i % MAX_SERVERS)) != 0
+    }
+    pub fn none(&self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// Counts a request against its server (least-outstanding) until dropped.
 pub struct Busy(Arc<Server>);
 
@@ -110,7 +151,9 @@ impl Pool {
                     outstanding: AtomicUsize::new(0),
                     up: AtomicBool::new(true),
                     rises: AtomicU32::new(0),
-                    idle: Mutex::new(Vec::new()),
+                    idle: (0..WORKERS.load(Ordering::Relaxed))
+                        .map(|_| Mutex::new(Vec::new()))
+                        .collect(),
                 })
             })
             .collect();
@@ -131,12 +174,12 @@ impl Pool {
     }
 
     /// Chooses an up server not in `tried`, and counts the request against it.
-    pub fn pick(&self, tried: &[usize]) -> Option<(usize, Busy)> {
+    pub fn pick(&self, tried: Tried) -> Option<(usize, Busy)> {
         let n = self.servers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let candidates = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|i| !tried.contains(i) && self.servers[*i].is_up());
+            .filter(|&i| !tried.contains(i) && self.servers[i].is_up());
         let i = match self.balance {
             Balance::RoundRobin => candidates.into_iter().next(),
             // Ties go to the first from a rotating start, so equal servers share the load.
@@ -224,6 +267,10 @@ impl Pool {
 }
 
 impl Server {
+    fn idle_list(&self) -> &Mutex<Vec<http1::SendRequest<UpBody>>> {
+        &self.idle[worker() % self.idle.len()]
+    }
+
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -236,7 +283,7 @@ impl Server {
         connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, http1::SendRequest<UpBody>), SendError> {
         loop {
-            let idle = self.idle.lock().map(|mut v| v.pop()).unwrap_or(None);
+            let idle = self.idle_list().lock().map(|mut v| v.pop()).unwrap_or(None);
             let Some(mut conn) = idle else { break };
             if conn.is_closed() || conn.ready().await.is_err() {
                 continue;
@@ -292,7 +339,7 @@ impl Server {
         if conn.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle_list().lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }

@@ -160,3 +160,39 @@ async fn an_oversized_head_is_left_to_hyper() {
     assert_eq!(out, input);
     assert_eq!(g.state, State::Through);
 }
+
+#[tokio::test]
+async fn reading_through_the_guard_in_small_pieces_gives_the_same_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut input = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n".to_vec();
+    input.extend_from_slice(&[b'b'; 40]);
+    input.extend_from_slice(GET);
+    input.extend_from_slice(
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwxyz\r\n0\r\n\r\n",
+    );
+    input.extend_from_slice(GET);
+    let (mut client, server) = tokio::io::duplex(16);
+    let data = input.clone();
+    let writer = tokio::spawn(async move {
+        for piece in data.chunks(7) {
+            client.write_all(piece).await.unwrap();
+        }
+    });
+    let limits = Limits {
+        keepalive: Duration::from_secs(15),
+        header_read: Duration::from_secs(10),
+        max_header_bytes: 8192,
+        max_headers: 100,
+    };
+    let mut g = Guard::new(server, limits, Arc::default());
+    let mut got = Vec::new();
+    let mut small = [0u8; 5];
+    while got.len() < input.len() {
+        let n = g.read(&mut small).await.unwrap();
+        assert!(n > 0, "early end after {} bytes", got.len());
+        got.extend_from_slice(&small[..n]);
+    }
+    writer.await.unwrap();
+    assert_eq!(got, input);
+    assert_eq!(g.state, State::Head);
+}
