@@ -513,23 +513,20 @@ impl Config {
             &self.upstream,
             &self.vhost,
         )?;
-        let proxy_sections = [
-            ("server", self.server.is_some()),
-            ("tls", self.tls.is_some()),
-            ("listener", !self.listener.is_empty()),
-            ("upstream", !self.upstream.is_empty()),
-            ("vhost", !self.vhost.is_empty()),
-        ];
-        let present: Vec<&str> = proxy_sections
-            .iter()
-            .filter(|(_, p)| *p)
-            .map(|(n, _)| *n)
-            .collect();
-        if !present.is_empty() {
+        if self.listener.is_empty() {
+            for (i, v) in self.vrrp.iter().enumerate() {
+                if v.get_ref().track_proxy.is_some() {
+                    warnings.push(Warning {
+                        key: format!("vrrp[{i}].track_proxy"),
+                        message: "there is no [[listener]]: with no proxy to track, it never changes the priority".into(),
+                    });
+                }
+            }
+        }
+        if self.listener.is_empty() && (!self.upstream.is_empty() || !self.vhost.is_empty()) {
             warnings.push(Warning {
-                key: present.join(", "),
-                message: "proxy sections are accepted but this hapd build does not serve them yet"
-                    .into(),
+                key: "listener".into(),
+                message: "upstreams or vhosts but no [[listener]]: nothing is served".into(),
             });
         }
         if self.vrrp.is_empty() {

@@ -87,10 +87,16 @@ fn the_documented_example_is_valid() {
     assert_eq!(v.advert_interval.0, Duration::from_secs(1));
     assert_eq!(v.garp.repeat, 5);
     assert_eq!(c.track_script[0].get_ref().fall, 2);
-    let keys: Vec<&str> = warnings.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        ["server, tls, listener, upstream, vhost"],
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn track_proxy_without_a_listener_is_a_warning() {
+    let text = BASE.replace("[[vrrp]]\n", "[[vrrp]]\ntrack_proxy = { weight = -50 }\n");
+    assert!(text.contains("track_proxy"), "BASE has a [[vrrp]] table");
+    let (_, warnings) = parse(&text).unwrap();
+    assert!(
+        warnings.iter().any(|w| w.key == "vrrp[0].track_proxy"),
         "{warnings:?}"
     );
 }
