@@ -1,5 +1,6 @@
 //! hapd's benchmark suites: `bench <suite>|all [--quick]`, normally through `cargo xtask bench`.
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
+mod cleanup;
 mod failover;
 mod proxy;
 mod report;
@@ -35,6 +36,7 @@ pub fn hapd_bin() -> anyhow::Result<std::path::PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
         "all" => vec!["xdp", "failover", "proxy"],
         s @ ("xdp" | "failover" | "proxy") => vec![s],

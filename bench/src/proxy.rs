@@ -55,6 +55,7 @@ struct Running(Child, &'static str);
 
 impl Drop for Running {
     fn drop(&mut self) {
+        crate::cleanup::unregister(self.0.id() as i32);
         let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGTERM);
         let end = Instant::now() + Duration::from_secs(5);
@@ -80,6 +81,7 @@ fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> anyhow::Result<Ru
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
+    crate::cleanup::register(child.id() as i32);
     Ok(Running(child, name))
 }
 
@@ -482,8 +484,9 @@ fn group_rss_kib(pgid: u32) -> u64 {
     total
 }
 
-/// Memory a proxy holds for `n` idle keep-alive client connections (each sent one request).
-fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64)> {
+/// Memory a proxy holds for `n` idle keep-alive client connections (each sent one request),
+/// and how many of them were answered within 15 s (a proxy may leave some in its backlog).
+fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64, usize)> {
     use std::io::{Read, Write};
     let before = group_rss_kib(pgid);
     let mut conns = Vec::with_capacity(n);
@@ -494,14 +497,21 @@ fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64)> {
         conns.push(s);
     }
     let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut answered = 0;
     for s in &mut conns {
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let _ = s.read(&mut buf)?;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left))?;
+        if matches!(s.read(&mut buf), Ok(k) if k > 0) {
+            answered += 1;
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = group_rss_kib(pgid);
     drop(conns);
-    Ok((before, after))
+    Ok((before, after, answered))
 }
 
 pub fn run(quick: bool) -> anyhow::Result<Report> {
@@ -624,25 +634,31 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     }
     let mut rows = Vec::new();
     for (pi, peer) in PEERS.iter().enumerate() {
-        if let Some(&(before, after)) = memory[pi].first() {
+        if let Some(&(before, after, answered)) = memory[pi].first() {
             rows.push(vec![
                 peer.name.to_string(),
+                answered.to_string(),
                 format!("{:.1}", before as f64 / 1024.0),
                 format!("{:.1}", after as f64 / 1024.0),
                 format!(
                     "{:.2}",
-                    (after.saturating_sub(before)) as f64 / idle_conns as f64
+                    after.saturating_sub(before) as f64 / answered.max(1) as f64
                 ),
             ]);
+            raw.insert(
+                format!("idle/{}", peer.name),
+                json!({"connections": idle_conns, "answered": answered,
+                       "rss_before_kib": before, "rss_after_kib": after}),
+            );
         }
     }
     report.tables.push(Table {
         title: format!("Memory with {idle_conns} idle keep-alive connections"),
-        columns: ["proxy", "RSS before (MiB)", "RSS with connections (MiB)", "KiB per connection"]
+        columns: ["proxy", "answered", "RSS before (MiB)", "RSS with connections (MiB)", "KiB per answered connection"]
             .map(String::from)
             .to_vec(),
         rows,
-        notes: vec!["RSS of every process of the proxy (all workers), after one request on each connection.".into()],
+        notes: vec!["RSS of every process of the proxy (all workers), after one request on each connection; a connection a proxy does not answer within 15 s stays in its accept backlog.".into()],
     });
     report.raw = serde_json::Value::Object(raw);
     Ok(report)

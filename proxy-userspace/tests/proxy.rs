@@ -648,10 +648,14 @@ async fn certificate_rotation_under_load_never_fails_a_request() {
             let (mut ok, mut failed, mut serials) =
                 (0, Vec::new(), std::collections::HashSet::new());
             while !stop.load(Ordering::Relaxed) {
+                // A new connection and a request on it, every time.
                 match tls_connect(g.https(), g.pki.client_config(&[b"http/1.1"]), APP).await {
                     Ok(s) => {
                         serials.insert(s.get_ref().1.peer_certificates().unwrap()[0].to_vec());
-                        ok += 1;
+                        match request_on(s, "/rotation").await {
+                            Ok(200) => ok += 1,
+                            other => failed.push(format!("request: {other:?}")),
+                        }
                     }
                     Err(e) => failed.push(e.to_string()),
                 }
@@ -688,12 +692,15 @@ async fn certificate_rotation_under_load_never_fails_a_request() {
     let mut seen = std::collections::HashSet::new();
     for c in clients {
         let (ok, failed, serials) = c.await.unwrap();
-        assert!(failed.is_empty(), "failed handshakes: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "failed handshakes or requests: {failed:?}"
+        );
         total += ok;
         seen.extend(serials);
     }
     assert!(rotated, "the new certificate was never served");
-    assert!(total > 50, "only {total} handshakes");
+    assert!(total > 50, "only {total} requests");
     assert_eq!(
         seen.len(),
         2,
@@ -762,4 +769,112 @@ listeners = ["https"]
     let (ok, err) = check(cfg(&dir.path("missing.crt"), &k));
     assert!(!ok);
     assert!(err.contains("missing.crt"), "{err}");
+}
+
+/// The `hapd` binary as a proxy-only node: SIGHUP reloads the certificates, SIGTERM drains.
+#[test]
+fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
+    use nix::sys::signal::Signal;
+    let dir = Scratch::new("sighup");
+    let pki = Pki::new();
+    let (c, k, ch) = pki.write_leaf(&dir.0, "app", &[APP]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = dir.path("hapd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[node]
+name = "n"
+[[tls.certificate]]
+cert = "{}"
+key = "{}"
+chain = "{}"
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:{port}"]
+tls = true
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:9"]
+[[vhost]]
+server_names = ["{APP}"]
+listeners = ["https"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+            c.display(),
+            k.display(),
+            ch.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = hapd_lab::proc::Proc::new("hapd", child);
+    p.wait_for("hapd ready", 1, Duration::from_secs(10))
+        .unwrap();
+    // A new pair with a name the old one lacks.
+    let (cert, key) = pki.leaf(&[APP, "renewed.example-corp.com"]);
+    std::fs::write(&k, key).unwrap();
+    std::fs::write(&c, cert).unwrap();
+    p.signal(Signal::SIGHUP).unwrap();
+    p.wait_for(
+        "TLS certificates reloaded (SIGHUP)",
+        1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert!(
+        !p.grep("renewed.example-corp.com").is_empty(),
+        "{}",
+        p.lines().join("\n")
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = rt.block_on(async {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let s = tls_connect(
+            addr,
+            pki.client_config(&[b"http/1.1"]),
+            "renewed.example-corp.com",
+        )
+        .await
+        .unwrap();
+        s.get_ref().1.peer_certificates().unwrap()[0].clone()
+    });
+    let text = String::from_utf8_lossy(served.as_ref()).into_owned();
+    assert!(text.contains("renewed.example-corp.com"));
+    let status = p.stop(Signal::SIGTERM, Duration::from_secs(15)).unwrap();
+    assert!(status.success(), "{}", p.lines().join("\n"));
+}
+
+/// One HTTP/1.1 request on an established TLS stream; the status.
+async fn request_on(
+    s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    path: &str,
+) -> Result<u16, String> {
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", APP)
+        .body(String::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
 }

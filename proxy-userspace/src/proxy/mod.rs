@@ -496,7 +496,8 @@ async fn run_http<IO>(
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let svc = service_fn(move |req| service::handle(conn.clone(), req));
+    // Boxed: an idle connection then holds no request state, only the pointer.
+    let svc = service_fn(move |req| Box::pin(service::handle(conn.clone(), req)));
     let c = shared
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc);
