@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 
 use nix::{
-    sys::signal::{killpg, SigSet, Signal},
+    sys::signal::{killpg, Signal},
     unistd::Pid,
 };
 
@@ -25,19 +25,19 @@ pub fn unregister(pgid: i32) {
     }
 }
 
-/// Must run before any other thread starts: the threads inherit the blocked signals, so only
-/// the waiting thread receives them.
+/// Starts the thread that waits for SIGINT, SIGTERM and SIGHUP. The signals are caught, not
+/// blocked: a blocked signal mask would be inherited by every daemon the suites start.
 pub fn install() -> anyhow::Result<()> {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set.thread_block()?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("bench-signals".into())
         .spawn(move || {
-            let Ok(sig) = set.wait() else { return };
-            eprintln!("\nbench: {sig}: stopping everything the suites started");
+            let Some(sig) = signals.forever().next() else {
+                return;
+            };
+            let name = Signal::try_from(sig).map_or("a signal", |s| s.as_str());
+            eprintln!("\nbench: {name}: stopping everything the suites started");
             if let Ok(groups) = GROUPS.lock() {
                 for &g in groups.iter() {
                     let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);

@@ -25,6 +25,8 @@ use crate::report::{median_spread, Report, Table};
 const VIP: &str = "198.18.0.100";
 const PORT: u16 = 8080;
 const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// Where the service listens when hapd's proxy is in front of it.
+const SERVICE_BEHIND_PROXY: u16 = 8081;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Daemon {
@@ -53,14 +55,19 @@ enum Fault {
     GracefulStop,
     /// n0's service dies; the daemon's track script notices.
     ServiceDown,
+    /// n0's proxy loses its upstream. hapd: the proxy in the daemon, in front of the service,
+    /// reports it through `track_proxy`. keepalived: the guide's setup, where the web server
+    /// is what dies and a track script notices (as for "service down").
+    ProxyUnhealthy,
 }
 
 impl Fault {
-    const ALL: [Fault; 4] = [
+    const ALL: [Fault; 5] = [
         Fault::HostCrash,
         Fault::Kill9,
         Fault::GracefulStop,
         Fault::ServiceDown,
+        Fault::ProxyUnhealthy,
     ];
 
     fn name(self) -> &'static str {
@@ -69,6 +76,7 @@ impl Fault {
             Fault::Kill9 => "kill -9",
             Fault::GracefulStop => "graceful stop",
             Fault::ServiceDown => "service down",
+            Fault::ProxyUnhealthy => "proxy unhealthy",
         }
     }
 }
@@ -142,7 +150,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             notes: vec![
                 format!("{rounds} round(s) per cell, daemons alternating, each fault at a random phase of the advert cycle. Outage: longest run of failed probes (5 ms apart) around the fault. Takeover: fault to the first answer from the backup."),
                 "kill -9 leaves n0's service and VIP in place, so clients are served until the backup takes over: the outage is near zero for both; the takeover column shows the detection.".into(),
-                "service down: hapd's track_script runs every 10 ms (fall 1); keepalived's vrrp_script every 1 s (its smallest interval, fall 1). hapd's track_proxy (no polling) comes with the proxy.".into(),
+                "service down: hapd's track_script runs every 10 ms (fall 1); keepalived's vrrp_script every 1 s (its smallest interval, fall 1).".into(),
+                "proxy unhealthy: clients reach the service through hapd's proxy on the VIP; its upstream (n0's service) stops; the proxy ejects it at the first refused connection (health checks every 10 ms otherwise) and track_proxy (weight -50) hands over at once. keepalived has no proxy: the guide's Apache is the service and its check script (every 1 s) notices.".into(),
             ],
         });
     }
@@ -193,7 +202,7 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
             let mut lab = Lab::new(2)?;
             let mut procs = Vec::new();
             for i in 0..2 {
-                procs.push(start(&mut lab, hapd, d, i, 10, None)?);
+                procs.push(start(&mut lab, hapd, d, i, 10, None, false)?);
             }
             // Settle: election done, scripts started.
             std::thread::sleep(Duration::from_secs(1));
@@ -241,9 +250,14 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
     ))
 }
 
-/// A service that answers every connection with `name`, while `up` is true (when it turns
-/// false the listener closes: connections are refused) and until `stop`.
-fn serve(name: &'static str, up: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// A service that answers every HTTP request with `name` (and closes), on `bind`, while `up`
+/// is true (when it turns false the listener closes: connections are refused) and until `stop`.
+fn serve(
+    name: &'static str,
+    bind: (&'static str, u16),
+    up: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let mut listener: Option<TcpListener> = None;
     while !stop.load(Ordering::Relaxed) {
         if !up.load(Ordering::Relaxed) {
@@ -254,7 +268,7 @@ fn serve(name: &'static str, up: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> anyh
         let l = match &listener {
             Some(l) => l,
             None => {
-                let l = TcpListener::bind(("0.0.0.0", PORT))?;
+                let l = TcpListener::bind(bind)?;
                 l.set_nonblocking(true)?;
                 listener.insert(l)
             }
@@ -262,7 +276,23 @@ fn serve(name: &'static str, up: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> anyh
         match l.accept() {
             Ok((mut s, _)) => {
                 let _ = s.set_nonblocking(false);
-                let _ = s.write_all(name.as_bytes());
+                // Read the request head (it is small and comes at once), then answer.
+                let _ = s.set_read_timeout(Some(Duration::from_millis(20)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
+                        name.len()
+                    )
+                    .as_bytes(),
+                );
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(1))
@@ -273,16 +303,20 @@ fn serve(name: &'static str, up: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> anyh
     Ok(())
 }
 
-/// One probe: connect to the VIP and read who answered.
+/// One probe: an HTTP request to the VIP; who answered (the body of a 200).
 fn probe() -> Option<String> {
     let addr: SocketAddr = format!("{VIP}:{PORT}").parse().ok()?;
     // Short timeouts keep the 5 ms cadence while nobody answers (everything is on one machine:
     // an answer takes well under a millisecond).
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(5))).ok()?;
-    let mut buf = [0u8; 8];
-    let n = s.read(&mut buf).ok()?;
-    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).to_string())
+    s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.1 200") && !body.is_empty()).then(|| body.to_string())
 }
 
 /// `flag`: with a track script that checks the file (None: no track script).
@@ -291,10 +325,18 @@ fn hapd_config(
     i: usize,
     interval: u64,
     flag: Option<&Path>,
+    proxy: bool,
 ) -> anyhow::Result<String> {
     let pin = lab.bpffs()?.join(format!("n{i}"));
     let peer = lab.host(1 - i).addr;
     let script = match flag {
+        // The proxy in front of the service on 127.0.0.1:SERVICE_BEHIND_PROXY.
+        _ if proxy => format!(
+            "track_proxy = {{ weight = -50 }}\n\n[[listener]]\nname = \"web\"\nbind = [\"{VIP}:{PORT}\"]\n\n\
+             [[upstream]]\nname = \"svc\"\nservers = [\"127.0.0.1:{SERVICE_BEHIND_PROXY}\"]\nconnect_timeout = \"5ms\"\n\
+             health_check = {{ path = \"/\", interval = \"10ms\", timeout = \"10ms\", fall = 1, rise = 1 }}\n\n\
+             [[vhost]]\nserver_names = [\"vip\"]\nlisteners = [\"web\"]\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"svc\"\n"
+        ),
         Some(f) => format!(
             "track_scripts = [\"chk_web\"]\n\n[[track_script]]\nname = \"chk_web\"\n\
              command = [\"/usr/bin/test\", \"-e\", \"{}\"]\ninterval = \"10ms\"\ntimeout = \"1s\"\n\
@@ -338,10 +380,11 @@ fn start(
     i: usize,
     interval: u64,
     flag: Option<&Path>,
+    proxy: bool,
 ) -> anyhow::Result<Proc> {
     match d {
         Daemon::Hapd => {
-            let config = hapd_config(lab, i, interval, flag)?;
+            let config = hapd_config(lab, i, interval, flag, proxy)?;
             lab.start_hapd(i, hapd, &config)
         }
         Daemon::Keepalived => {
@@ -371,6 +414,7 @@ fn start(
 
 fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<Outcome> {
     let mut lab = Lab::new(3)?;
+    let behind_proxy = d == Daemon::Hapd && fault == Fault::ProxyUnhealthy;
     let stop = Arc::new(AtomicBool::new(false));
     let up: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(true))).collect();
     let flags: Vec<_> = (0..2).map(|i| lab.dir().join(format!("ok{i}"))).collect();
@@ -378,10 +422,23 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
     for (i, name) in ["n0", "n1"].into_iter().enumerate() {
         std::fs::write(&flags[i], "")?;
         let (u, s) = (up[i].clone(), stop.clone());
-        servers.push(lab.spawn_in_netns(i, move || serve(name, u, s))?);
+        let bind = if behind_proxy {
+            ("127.0.0.1", SERVICE_BEHIND_PROXY)
+        } else {
+            ("0.0.0.0", PORT)
+        };
+        servers.push(lab.spawn_in_netns(i, move || serve(name, bind, u, s))?);
     }
     let result = (|| {
-        let mut n0 = start(&mut lab, hapd, d, 0, interval, Some(&flags[0]))?;
+        let mut n0 = start(
+            &mut lab,
+            hapd,
+            d,
+            0,
+            interval,
+            Some(&flags[0]),
+            behind_proxy,
+        )?;
         // n0 first, alone, so that it is the master when n1 joins.
         let ready = Instant::now() + Duration::from_secs(10);
         let answered =
@@ -392,7 +449,15 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let mut n1 = start(&mut lab, hapd, d, 1, interval, Some(&flags[1]))?;
+        let mut n1 = start(
+            &mut lab,
+            hapd,
+            d,
+            1,
+            interval,
+            Some(&flags[1]),
+            behind_proxy,
+        )?;
         std::thread::sleep(Duration::from_millis(300 + 4 * interval));
         // The prober: every 5 ms, from the client, until told to stop.
         let probing = Arc::new(AtomicBool::new(true));
@@ -441,7 +506,7 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
             (Fault::GracefulStop, _) => {
                 n0.stop(Signal::SIGTERM, Duration::from_secs(10))?;
             }
-            (Fault::ServiceDown, _) => {
+            (Fault::ServiceDown | Fault::ProxyUnhealthy, _) => {
                 up[0].store(false, Ordering::Relaxed);
                 std::fs::remove_file(&flags[0])?;
             }

@@ -33,6 +33,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A supervisor may start us with signals blocked (the mask is inherited across exec);
+    // SIGTERM must reach the graceful stop.
+    let _ = nix::sys::signal::SigSet::all().thread_unblock();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
