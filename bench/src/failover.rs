@@ -95,6 +95,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     let mut tables = Vec::new();
     for &interval in intervals {
         let mut rows = Vec::new();
+        let (mut plot_h, mut plot_k) = (Vec::new(), Vec::new());
         for fault in Fault::ALL {
             let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
             for round in 0..rounds {
@@ -118,6 +119,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 }
             }
             let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
+            plot_h.push(ho.0);
+            plot_k.push(ko.0);
             let (ht, kt) = (
                 median_spread(&samples[0].1).0,
                 median_spread(&samples[1].1).0,
@@ -153,6 +156,12 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 "service down: hapd's track_script runs every 10 ms (fall 1); keepalived's vrrp_script every 1 s (its smallest interval, fall 1).".into(),
                 "proxy unhealthy: clients reach the service through hapd's proxy on the VIP; its upstream (n0's service) stops; the proxy ejects it at the first refused connection (health checks every 10 ms otherwise) and track_proxy (weight -50) hands over at once. keepalived has no proxy: the guide's Apache is the service and its check script (every 1 s) notices.".into(),
             ],
+            plot: Some(crate::plot::Plot {
+                title: format!("Client-visible outage by fault, adverts every {interval} ms"),
+                y_label: "outage ms (median)".into(),
+                categories: Fault::ALL.iter().map(|f| f.name().to_string()).collect(),
+                series: vec![("hapd".into(), plot_h), ("keepalived".into(), plot_k)],
+            }),
         });
     }
     let (idle_table, idle_raw) = idle(&hapd, quick)?;
@@ -243,6 +252,12 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
              scripts (VRRP alone). hapd / keepalived = {:.2}.",
             if k.0 > 0.0 { h.0 / k.0 } else { f64::NAN }
         )],
+        plot: Some(crate::plot::Plot {
+            title: "Idle CPU of a pair at 10 ms adverts".into(),
+            y_label: "% of one core (median)".into(),
+            categories: vec!["hapd pair".into(), "keepalived pair".into()],
+            series: vec![("CPU".into(), vec![h.0, k.0])],
+        }),
     };
     Ok((
         table,

@@ -2,6 +2,7 @@
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
 mod cleanup;
 mod failover;
+mod plot;
 mod proxy;
 mod report;
 mod xdp;

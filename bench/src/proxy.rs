@@ -16,7 +16,10 @@ use std::{
 use anyhow::{bail, Context};
 use serde_json::json;
 
-use crate::report::{median_spread, Report, Table};
+use crate::{
+    plot::Plot,
+    report::{median_spread, Report, Table},
+};
 
 /// Below the ephemeral port range (32768..), so no client socket holds them.
 const BACKEND: u16 = 18_000;
@@ -630,11 +633,19 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                     if matches!(load, Load::TlsHandshakes) { 16 } else { 64 }
                 )
             }],
+            plot: Some(Plot {
+                title: format!("{}: requests per second", load.label()),
+                y_label: "req/s (median)".into(),
+                categories: PEERS.iter().map(|p| p.name.to_string()).collect(),
+                series: vec![("req/s".into(), med.iter().map(|m| m.0).collect())],
+            }),
         });
     }
     let mut rows = Vec::new();
+    let mut per_conn = Vec::new();
     for (pi, peer) in PEERS.iter().enumerate() {
         if let Some(&(before, after, answered)) = memory[pi].first() {
+            per_conn.push(after.saturating_sub(before) as f64 / answered.max(1) as f64);
             rows.push(vec![
                 peer.name.to_string(),
                 answered.to_string(),
@@ -659,6 +670,12 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             .to_vec(),
         rows,
         notes: vec!["RSS of every process of the proxy (all workers), after one request on each connection; a connection a proxy does not answer within 15 s stays in its accept backlog.".into()],
+        plot: Some(Plot {
+            title: format!("Memory per idle connection ({idle_conns} connections)"),
+            y_label: "KiB per connection".into(),
+            categories: PEERS.iter().map(|p| p.name.to_string()).collect(),
+            series: vec![("KiB".into(), per_conn)],
+        }),
     });
     report.raw = serde_json::Value::Object(raw);
     Ok(report)

@@ -13,7 +13,20 @@ pub struct Machine {
     pub cores: usize,
     pub kernel: String,
     pub hapd: String,
+    /// The first line each peer and load tool prints about its version.
+    pub versions: std::collections::BTreeMap<String, String>,
 }
+
+/// `program args...` whose output names its version.
+const VERSION_COMMANDS: [(&str, &[&str]); 7] = [
+    ("keepalived", &["--version"]),
+    ("nginx", &["-v"]),
+    ("haproxy", &["-v"]),
+    ("apache2", &["-v"]),
+    ("wrk", &["--version"]),
+    ("h2load", &["--version"]),
+    ("bpftool", &["--version"]),
+];
 
 impl Machine {
     pub fn read() -> Machine {
@@ -28,6 +41,23 @@ impl Machine {
                 .unwrap_or(0),
             kernel,
             hapd: env!("CARGO_PKG_VERSION").to_string(),
+            versions: VERSION_COMMANDS
+                .iter()
+                .filter_map(|(prog, args)| {
+                    let o = Command::new(prog).args(*args).output().ok()?;
+                    let text = format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    let line = text
+                        .lines()
+                        .find(|l| !l.trim().is_empty())?
+                        .trim()
+                        .to_string();
+                    Some((prog.to_string(), line))
+                })
+                .collect(),
         }
     }
 }
@@ -39,6 +69,9 @@ pub struct Table {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<String>>,
     pub notes: Vec<String>,
+    /// Drawn as `<report>-<n>.svg` beside the Markdown, shown under the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot: Option<crate::plot::Plot>,
 }
 
 #[derive(Serialize)]
@@ -68,7 +101,20 @@ impl Report {
         }
     }
 
+    /// The report as Markdown, without the plots (for the terminal).
     pub fn markdown(&self) -> String {
+        self.markdown_with(None)
+    }
+
+    fn stem(&self) -> String {
+        format!("{}-{}", self.suite, self.timestamp.replace(':', ""))
+    }
+
+    fn plot_file(stem: &str, n: usize) -> String {
+        format!("{stem}-{n}.svg")
+    }
+
+    fn markdown_with(&self, plots_of: Option<&str>) -> String {
         let mut s = format!(
             "# {} benchmark, {}\n\n`{}` on {} cores, kernel {}, hapd {}.\n",
             self.suite,
@@ -91,6 +137,22 @@ impl Report {
             for n in &t.notes {
                 s += &format!("\n{n}\n");
             }
+            if let (Some(stem), Some(p)) = (plots_of, &t.plot) {
+                let file = Self::plot_file(
+                    stem,
+                    self.tables
+                        .iter()
+                        .position(|x| std::ptr::eq(x, t))
+                        .unwrap_or(0),
+                );
+                s += &format!("\n![{}]({file})\n", p.title);
+            }
+        }
+        if !self.machine.versions.is_empty() {
+            s += "\n## Versions\n\n";
+            for (k, v) in &self.machine.versions {
+                s += &format!("- {k}: {v}\n");
+            }
         }
         s
     }
@@ -99,12 +161,19 @@ impl Report {
     pub fn write(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let stem = format!("{}-{}", self.suite, self.timestamp.replace(':', ""));
+        let stem = self.stem();
+        for (i, t) in self.tables.iter().enumerate() {
+            if let Some(p) = &t.plot {
+                let file = dir.join(Self::plot_file(&stem, i));
+                p.render(&file)
+                    .with_context(|| format!("drawing {}", file.display()))?;
+            }
+        }
         let json = dir.join(format!("{stem}.json"));
         let md = dir.join(format!("{stem}.md"));
         std::fs::write(&json, serde_json::to_string_pretty(self)?)
             .with_context(|| format!("writing {}", json.display()))?;
-        std::fs::write(&md, self.markdown())
+        std::fs::write(&md, self.markdown_with(Some(&stem)))
             .with_context(|| format!("writing {}", md.display()))?;
         Ok((json, md))
     }

@@ -145,8 +145,10 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let mut rows = Vec::new();
     let mut raw = serde_json::Map::new();
     let mut worst_reject = (0.0f64, "");
+    let mut medians = Vec::new();
     for ((name, ..), s) in cases.iter().zip(&samples) {
         let (m, lo, hi) = median_spread(s);
+        medians.push(m);
         if !name.starts_with("accept") && m > worst_reject.0 {
             worst_reject = (m, name);
         }
@@ -173,6 +175,15 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
                     if worst_reject.0 <= 50.0 { "met" } else { "NOT met" }
                 ),
             ],
+            plot: Some(crate::plot::Plot {
+                title: "Guard cost per packet by verdict".into(),
+                y_label: "ns per packet (median)".into(),
+                categories: cases
+                    .iter()
+                    .map(|(n, ..)| n.split(", ").next().unwrap_or(n).to_string())
+                    .collect(),
+                series: vec![("ns".into(), medians)],
+            }),
         },
         serde_json::Value::Object(raw),
     ))
@@ -292,6 +303,12 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
                  natively. Generator and guard share the machine's cores, so this is a floor."
                     .into(),
             ],
+            plot: Some(crate::plot::Plot {
+                title: "Forged adverts dropped per round".into(),
+                y_label: "Mpps".into(),
+                categories: (1..=mpps.len()).map(|r| format!("round {r}")).collect(),
+                series: vec![("Mpps".into(), mpps.clone())],
+            }),
         },
         serde_json::Value::Array(raw),
     ))
