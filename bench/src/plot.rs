@@ -39,7 +39,10 @@ impl Plot {
             .filter(|v| v.is_finite())
             .fold(0.0f64, f64::max);
         let y_max = if max > 0.0 { max * 1.18 } else { 1.0 };
-        let width = (160 + 110 * n * k.min(4)).clamp(480, 1200) as u32;
+        // Wide enough for the bars and for the longest category name under each group.
+        let longest = self.categories.iter().map(|c| c.len()).max().unwrap_or(0);
+        let per_group = (110 * k.min(4)).max(longest * 7 + 12);
+        let width = (160 + per_group * n).clamp(480, 2000) as u32;
         let root = SVGBackend::new(path, (width, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut chart = ChartBuilder::on(&root)

@@ -178,10 +178,7 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
             plot: Some(crate::plot::Plot {
                 title: "Guard cost per packet by verdict".into(),
                 y_label: "ns per packet (median)".into(),
-                categories: cases
-                    .iter()
-                    .map(|(n, ..)| n.split(", ").next().unwrap_or(n).to_string())
-                    .collect(),
+                categories: cases.iter().map(|(n, ..)| n.to_string()).collect(),
                 series: vec![("ns".into(), medians)],
             }),
         },
@@ -211,6 +208,14 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     // A direct veth pair: the generator's XDP_TX lands in the DUT's veth, where the guard runs
     // in native mode (a veth takes XDP frames only when its peer has XDP attached).
     let (dut_if, gen_if) = lab.link(0, 1)?;
+    // hapd sends adverts from the interface's own address.
+    let out = lab.exec(0, &["ip", "addr", "add", "198.18.1.1/24", "dev", &dut_if])?;
+    if !out.status.success() {
+        bail!(
+            "addressing {dut_if}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let pin_dir = lab.bpffs()?.join("dut");
     let config = format!(
         "[node]\nname = \"dut\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\n\
