@@ -93,6 +93,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     let rounds = if quick { 1 } else { 3 };
     let mut raw = Vec::new();
     let mut tables = Vec::new();
+    let total = intervals.len() * Fault::ALL.len() * rounds * 2;
+    let (t_start, mut done) = (Instant::now(), 0usize);
     for &interval in intervals {
         let mut rows = Vec::new();
         let (mut plot_h, mut plot_k) = (Vec::new(), Vec::new());
@@ -102,8 +104,15 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 // Alternate which daemon goes first each round.
                 let order = Daemon::alternating(round);
                 for d in order {
-                    eprintln!(
-                        "failover: {interval} ms adverts, {}, {d:?}, round {}/{rounds}",
+                    let left = if done == 0 {
+                        String::new()
+                    } else {
+                        let per = t_start.elapsed().as_secs_f64() / done as f64;
+                        format!(", about {:.0} s left", per * (total - done) as f64)
+                    };
+                    done += 1;
+                    println!(
+                        "[failover] {interval} ms adverts, {}, {d:?}, round {}/{rounds} ({done}/{total}{left})",
                         fault.name(),
                         round + 1
                     );
@@ -164,10 +173,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             }),
         });
     }
-    let (idle_table, idle_raw) = idle(&hapd, quick)?;
-    tables.push(idle_table);
     report.tables = tables;
-    report.raw = serde_json::json!({ "outages": raw, "idle": idle_raw });
+    report.raw = serde_json::json!({ "outages": raw });
     Ok(report)
 }
 
@@ -196,16 +203,37 @@ fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// Resident memory of every process in `ns`, in KiB.
+fn ns_rss_kib(ns: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()?;
+    let mut kib = 0;
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        kib += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib)
+}
+
 /// CPU used by an idle pair (master and backup, 10 ms adverts, no faults): both daemons'
 /// processes, as a percentage of one core.
-fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let (secs, rounds) = if quick { (3, 1) } else { (10, 3) };
     let mut pct: [Vec<f64>; 2] = Default::default();
+    let mut rss: [Vec<f64>; 2] = Default::default();
     for round in 0..rounds {
         let order = Daemon::alternating(round);
         for d in order {
-            eprintln!(
-                "failover: idle CPU of a {d:?} pair at 10 ms adverts, {secs} s, round {}/{rounds}",
+            println!(
+                "[idle] CPU and memory of a {d:?} pair at 10 ms adverts, {secs} s, round {}/{rounds}",
                 round + 1
             );
             let mut lab = Lab::new(2)?;
@@ -227,24 +255,37 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
                 .map(|n| ns_cpu(n))
                 .sum::<anyhow::Result<Duration>>()?;
             let p = (after - before).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
-            pct[if d == Daemon::Hapd { 0 } else { 1 }].push(p);
+            let slot = if d == Daemon::Hapd { 0 } else { 1 };
+            pct[slot].push(p);
+            let kib: u64 = ns
+                .iter()
+                .map(|n| ns_rss_kib(n))
+                .sum::<anyhow::Result<u64>>()?;
+            rss[slot].push(kib as f64 / 1024.0);
             for mut p in procs {
                 let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
             }
         }
     }
     let (h, k) = (median_spread(&pct[0]), median_spread(&pct[1]));
+    let (hm, km) = (median_spread(&rss[0]).0, median_spread(&rss[1]).0);
     let table = Table {
-        title: "Idle CPU of a pair at 10 ms adverts".into(),
-        columns: vec!["daemon".into(), "% of one core (median, spread)".into()],
+        title: "Idle CPU and memory of a pair at 10 ms adverts".into(),
+        columns: vec![
+            "daemon".into(),
+            "% of one core (median, spread)".into(),
+            "RSS of both nodes, MiB (median)".into(),
+        ],
         rows: vec![
             vec![
                 "hapd (pair)".into(),
                 format!("{:.2} ({:.2}..{:.2})", h.0, h.1, h.2),
+                format!("{hm:.1}"),
             ],
             vec![
                 "keepalived (pair)".into(),
                 format!("{:.2} ({:.2}..{:.2})", k.0, k.1, k.2),
+                format!("{km:.1}"),
             ],
         ],
         notes: vec![format!(
@@ -261,7 +302,10 @@ fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> 
     };
     Ok((
         table,
-        serde_json::json!({ "hapd_pct": pct[0], "keepalived_pct": pct[1] }),
+        serde_json::json!({
+            "hapd_pct": pct[0], "keepalived_pct": pct[1],
+            "hapd_rss_mib": rss[0], "keepalived_rss_mib": rss[1],
+        }),
     ))
 }
 

@@ -2,6 +2,7 @@
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
 mod cleanup;
 mod failover;
+mod idle;
 mod plot;
 mod proxy;
 mod report;
@@ -12,7 +13,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "hapd benchmarks (run as root; they build labs of network namespaces)")]
 struct Cli {
-    /// `xdp`, or `all`.
+    /// `xdp`, `failover`, `proxy`, `idle`, or `all`.
     suite: String,
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
@@ -39,15 +40,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
-        "all" => vec!["xdp", "failover", "proxy"],
-        s @ ("xdp" | "failover" | "proxy") => vec![s],
-        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, all"),
+        "all" => vec!["xdp", "failover", "proxy", "idle"],
+        s @ ("xdp" | "failover" | "proxy" | "idle") => vec![s],
+        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, idle, all"),
     };
     for s in suites {
         let report = match s {
             "xdp" => xdp::run(cli.quick)?,
             "failover" => failover::run(cli.quick)?,
             "proxy" => proxy::run(cli.quick)?,
+            "idle" => idle::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),
         };
         let (json, md) = report.write()?;

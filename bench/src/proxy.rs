@@ -1,8 +1,8 @@
 //! The `proxy` suite: hapd beside nginx, HAProxy and Apache (Debian packages), each in front of
 //! the same backend on loopback, under the same load in the same run, alternating order per
 //! round. Loads: wrk keep-alive over plain HTTP and over TLS, wrk with `Connection: close` over
-//! TLS (a handshake per request), h2load over HTTP/2. Then memory held by 10k idle client
-//! connections.
+//! TLS (a handshake per request), h2load over HTTP/2. The memory held by idle client
+//! connections is measured here too, for the `idle` suite ([`idle_connections`]).
 //!
 //! Every proxy gets two workers (the machine's cores), no access log, kept-alive upstream
 //! connections, TLS 1.2/1.3 with the same ECDSA P-256 certificate.
@@ -295,40 +295,72 @@ Listen 127.0.0.1:{t}
     Ok(running)
 }
 
-/// The shared backend: a hyper server answering every request with the same 128 bytes.
-fn backend() -> anyhow::Result<std::thread::JoinHandle<()>> {
+/// The shared backend: a hyper server answering every request with the same 128 bytes, on its
+/// own thread until dropped.
+struct Backend {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn backend() -> anyhow::Result<Backend> {
     use hyper::{service::service_fn, Response};
     use hyper_util::rt::TokioIo;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", BACKEND)))?;
-    Ok(std::thread::spawn(move || {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", BACKEND)))
+        .with_context(|| format!("binding the backend to 127.0.0.1:{BACKEND}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
         rt.block_on(async move {
             let body = bytes::Bytes::from(vec![b'x'; 128]);
-            loop {
-                let Ok((s, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = s.set_nodelay(true);
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| {
-                        let b = body.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(
-                                http_body_util::Full::new(b),
-                            ))
-                        }
+            let serve = async {
+                loop {
+                    let Ok((s, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    let body = body.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |_req| {
+                            let b = body.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(Response::new(
+                                    http_body_util::Full::new(b),
+                                ))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(s), svc)
+                            .await;
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = stop_rx => {}
             }
-        })
-    }))
+        });
+        // Dropping the runtime ends every connection task and closes the listener.
+        rt.shutdown_timeout(Duration::from_millis(200));
+    });
+    Ok(Backend {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -520,25 +552,13 @@ fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64, us
 pub fn run(quick: bool) -> anyhow::Result<Report> {
     let rounds = if quick { 1 } else { 3 };
     let secs = if quick { 2 } else { 5 };
-    // 10k was asked for; HAProxy reserves two descriptors per connection and this machine's
-    // hard limit is 20000, which caps its maxconn just under 10k.
-    let idle_conns = if quick { 2_000 } else { 9_500 };
     let loads = [
         Load::Plain,
         Load::TlsKeepAlive,
         Load::TlsHandshakes,
         Load::Http2,
     ];
-    // Raise the descriptor limit to the hard limit: the idle test holds 10k connections.
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
-    let dir = std::env::temp_dir().join(format!("hapd-bench-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _cleanup = Cleanup(dir.clone());
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    write_certs(&dir)?;
-    let _backend = backend()?;
-    wait_port(BACKEND, "backend", &dir.join("none"))?;
+    let (dir, _cleanup, _backend) = setup()?;
 
     let total_runs = rounds * PEERS.len() * loads.len();
     let t0 = Instant::now();
@@ -547,7 +567,6 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     let mut samples: Vec<Vec<Vec<Sample>>> = (0..loads.len())
         .map(|_| (0..PEERS.len()).map(|_| Vec::new()).collect())
         .collect();
-    let mut memory = vec![Vec::new(); PEERS.len()];
     for round in 0..rounds {
         // Alternate the order so no peer always runs first (warm caches, thermal state).
         let order: Vec<usize> = if round % 2 == 0 {
@@ -572,10 +591,6 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 );
                 samples[li][pi].push(run_load(load, peer, secs)?);
             }
-            if round == 0 {
-                let pgid = procs[0].0.id();
-                memory[pi].push(idle_memory(peer, pgid, idle_conns)?);
-            }
             drop(procs);
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -583,6 +598,11 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
 
     let mut report = Report::new("proxy", quick);
     let mut raw = serde_json::Map::new();
+    // p99 per proxy for the wrk loads (h2load gives no percentiles).
+    let mut p99s: Vec<(String, Vec<f64>)> = PEERS
+        .iter()
+        .map(|p| (p.name.to_string(), Vec::new()))
+        .collect();
     for (li, load) in loads.iter().enumerate() {
         let med: Vec<(f64, f64, f64)> = samples[li]
             .iter()
@@ -595,6 +615,9 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 median_spread(&samples[li][pi].iter().map(|x| x.p50_ms).collect::<Vec<_>>()).0;
             let p99 =
                 median_spread(&samples[li][pi].iter().map(|x| x.p99_ms).collect::<Vec<_>>()).0;
+            if !matches!(load, Load::Http2) {
+                p99s[pi].1.push(p99);
+            }
             rows.push(vec![
                 peer.name.to_string(),
                 format!("{:.0}", med[pi].0),
@@ -641,44 +664,144 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             }),
         });
     }
-    let mut rows = Vec::new();
-    let mut per_conn = Vec::new();
-    for (pi, peer) in PEERS.iter().enumerate() {
-        if let Some(&(before, after, answered)) = memory[pi].first() {
-            per_conn.push(after.saturating_sub(before) as f64 / answered.max(1) as f64);
-            rows.push(vec![
-                peer.name.to_string(),
-                answered.to_string(),
-                format!("{:.1}", before as f64 / 1024.0),
-                format!("{:.1}", after as f64 / 1024.0),
-                format!(
-                    "{:.2}",
-                    after.saturating_sub(before) as f64 / answered.max(1) as f64
-                ),
-            ]);
-            raw.insert(
-                format!("idle/{}", peer.name),
-                json!({"connections": idle_conns, "answered": answered,
-                       "rss_before_kib": before, "rss_after_kib": after}),
-            );
-        }
-    }
+    let wrk_loads: Vec<String> = loads
+        .iter()
+        .filter(|l| !matches!(l, Load::Http2))
+        .map(|l| l.label().to_string())
+        .collect();
+    let rows = wrk_loads
+        .iter()
+        .enumerate()
+        .map(|(li, name)| {
+            std::iter::once(name.clone())
+                .chain(p99s.iter().map(|(_, v)| format!("{:.2}", v[li])))
+                .collect()
+        })
+        .collect();
     report.tables.push(Table {
-        title: format!("Memory with {idle_conns} idle keep-alive connections"),
-        columns: ["proxy", "answered", "RSS before (MiB)", "RSS with connections (MiB)", "KiB per answered connection"]
-            .map(String::from)
-            .to_vec(),
+        title: "p99 latency by load".into(),
+        columns: std::iter::once("load".to_string())
+            .chain(PEERS.iter().map(|p| format!("{} p99 ms", p.name)))
+            .collect(),
         rows,
-        notes: vec!["RSS of every process of the proxy (all workers), after one request on each connection; a connection a proxy does not answer within 15 s stays in its accept backlog.".into()],
+        notes: vec![
+            "Medians of the rounds' p99 from wrk --latency (h2load reports no percentiles).".into(),
+        ],
         plot: Some(Plot {
-            title: format!("Memory per idle connection ({idle_conns} connections)"),
-            y_label: "KiB per connection".into(),
-            categories: PEERS.iter().map(|p| p.name.to_string()).collect(),
-            series: vec![("KiB".into(), per_conn)],
+            title: "p99 latency by load".into(),
+            y_label: "p99 ms (median)".into(),
+            categories: wrk_loads,
+            series: p99s,
         }),
     });
     report.raw = serde_json::Value::Object(raw);
     Ok(report)
+}
+
+/// The scratch directory (certificates, configs, logs), its remover, and the backend.
+fn setup() -> anyhow::Result<(PathBuf, Cleanup, Backend)> {
+    // Raise the descriptor limit to the hard limit: the idle test holds 10k connections.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
+    let dir = std::env::temp_dir().join(format!("hapd-bench-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cleanup = Cleanup(dir.clone());
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    write_certs(&dir)?;
+    let backend = backend()?;
+    wait_port(BACKEND, "backend", &dir.join("none"))?;
+    Ok((dir, cleanup, backend))
+}
+
+/// Memory each proxy holds for idle keep-alive client connections (the `idle` suite).
+pub fn idle_connections(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+    // 10k was asked for; HAProxy reserves two descriptors per connection and this machine's
+    // hard limit is 20000, which caps its maxconn just under 10k.
+    let idle_conns = if quick { 2_000 } else { 9_500 };
+    let rounds = if quick { 1 } else { 3 };
+    let (dir, _cleanup, _backend) = setup()?;
+    // (rss before KiB, rss after KiB, answered) per proxy, one per round.
+    let mut runs: Vec<Vec<(u64, u64, usize)>> = vec![Vec::new(); PEERS.len()];
+    let total = rounds * PEERS.len();
+    let mut done = 0;
+    for round in 0..rounds {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..PEERS.len()).collect()
+        } else {
+            (0..PEERS.len()).rev().collect()
+        };
+        for &i in &order {
+            let peer = &PEERS[i];
+            done += 1;
+            println!(
+                "[idle] round {}/{rounds}: {} with {idle_conns} idle connections ({done}/{total})",
+                round + 1,
+                peer.name,
+            );
+            let procs = start(peer, &dir)?;
+            runs[i].push(idle_memory(peer, procs[0].0.id(), idle_conns)?);
+            drop(procs);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut per_conn = Vec::new();
+    let mut raw = serde_json::Map::new();
+    for (i, peer) in PEERS.iter().enumerate() {
+        let kib: Vec<f64> = runs[i]
+            .iter()
+            .map(|&(b, a, n)| a.saturating_sub(b) as f64 / n.max(1) as f64)
+            .collect();
+        let (m, lo, hi) = median_spread(&kib);
+        per_conn.push(m);
+        let answered = runs[i].iter().map(|r| r.2).min().unwrap_or(0);
+        let before = median_spread(&runs[i].iter().map(|r| r.0 as f64).collect::<Vec<_>>()).0;
+        let after = median_spread(&runs[i].iter().map(|r| r.1 as f64).collect::<Vec<_>>()).0;
+        rows.push(vec![
+            peer.name.to_string(),
+            answered.to_string(),
+            format!("{:.1}", before / 1024.0),
+            format!("{:.1}", after / 1024.0),
+            format!("{m:.2} ({lo:.2}..{hi:.2})"),
+        ]);
+        raw.insert(
+            peer.name.to_string(),
+            json!(runs[i]
+                .iter()
+                .map(
+                    |&(b, a, n)| json!({"connections": idle_conns, "answered": n,
+                                         "rss_before_kib": b, "rss_after_kib": a})
+                )
+                .collect::<Vec<_>>()),
+        );
+    }
+    let leanest = per_conn[1..].iter().copied().fold(f64::INFINITY, f64::min);
+    Ok((
+        Table {
+            title: format!("Memory with {idle_conns} idle keep-alive connections"),
+            columns: [
+                "proxy",
+                "answered (fewest of the rounds)",
+                "RSS before (MiB)",
+                "RSS with connections (MiB)",
+                "KiB per answered connection (median, spread)",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows,
+            notes: vec![
+                format!("{rounds} round(s), proxies alternating. RSS of every process of the proxy (all workers), after one request on each connection; a connection a proxy does not answer within 15 s stays in its accept backlog."),
+                format!("hapd holds {:.1} times the memory per connection of the leanest peer.", per_conn[0] / leanest),
+            ],
+            plot: Some(Plot {
+                title: format!("Memory per idle connection ({idle_conns} connections)"),
+                y_label: "KiB per connection (median)".into(),
+                categories: PEERS.iter().map(|p| p.name.to_string()).collect(),
+                series: vec![("KiB".into(), per_conn)],
+            }),
+        },
+        serde_json::Value::Object(raw),
+    ))
 }
 
 struct Cleanup(PathBuf);

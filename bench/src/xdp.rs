@@ -121,9 +121,19 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         ("drop: truncated", v3.frame()[..40].to_vec(), 1),
     ];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let t_start = std::time::Instant::now();
     for round in 0..rounds {
-        eprintln!(
-            "xdp: per-verdict round {}/{rounds} ({} cases x {repeat} runs)",
+        let left = if round == 0 {
+            String::new()
+        } else {
+            let per = t_start.elapsed().as_secs_f64() / round as f64;
+            format!(
+                ", about {:.0} s left before the flood",
+                per * (rounds - round) as f64
+            )
+        };
+        println!(
+            "[xdp] per-verdict round {}/{rounds} ({} cases x {repeat} runs{left})",
             round + 1,
             cases.len()
         );
@@ -176,10 +186,10 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
                 ),
             ],
             plot: Some(crate::plot::Plot {
-                title: "Guard cost per packet by verdict".into(),
-                y_label: "ns per packet (median)".into(),
+                title: "Packets per second one core can judge, by verdict (1000 / ns per packet)".into(),
+                y_label: "Mpps (median)".into(),
                 categories: cases.iter().map(|(n, ..)| n.to_string()).collect(),
-                series: vec![("ns".into(), medians)],
+                series: vec![("Mpps".into(), medians.iter().map(|ns| 1000.0 / ns).collect())],
             }),
         },
         serde_json::Value::Object(raw),
@@ -244,8 +254,8 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let mut raw = Vec::new();
     let mut mpps = Vec::new();
     for round in 0..rounds {
-        eprintln!(
-            "xdp: flood round {}/{rounds}: {frames} forged adverts into native XDP on a veth",
+        println!(
+            "[xdp] flood round {}/{rounds}: {frames} forged adverts into native XDP on a veth (a few seconds each)",
             round + 1
         );
         let before = pinned_counters(&pin_dir)?;

@@ -20,7 +20,7 @@ enum Task {
     Setup,
     /// Build hapd and show the XDP VRRP guard at work in a network-namespace lab.
     Demo,
-    /// Run a benchmark suite (see bench/README.md): `xdp`, or `all`.
+    /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, or `all`.
     Bench {
         /// Suite name.
         suite: String,
