@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: the guide's failover pair in a lab, narrated.
 //!
 //! proxy01 (198.18.0.1, priority 110) and proxy02 (198.18.0.2, priority 100) run hapd with
-//! VRRP instance VI_1 (VRID 51, VIP 198.18.0.100, adverts every 100 ms); a client
-//! (198.18.0.3) uses the VIP; an intruder (198.18.0.4) on the same segment forges adverts.
+//! VRRP instance VI_1 (VRID 51, VIP 198.18.0.100, adverts every 100 ms) and the reverse proxy
+//! on VIP:80 in front of a backend (nginx on 198.18.0.5); a client (198.18.0.3) uses the VIP;
+//! an intruder (198.18.0.4) on the same segment forges adverts.
 use std::{
     process::Command,
     time::{Duration, Instant},
@@ -19,18 +20,25 @@ pub fn run() -> anyhow::Result<()> {
     step("Building hapd (release, with the XDP guard embedded)");
     let hapd = build_hapd()?;
 
-    step("Creating the lab: four hosts on one bridge, each a network namespace");
-    let mut lab = Lab::new(4)?;
-    let names = ["proxy01", "proxy02", "client", "intruder"];
+    step("Creating the lab: five hosts on one bridge, each a network namespace");
+    let mut lab = Lab::new(5)?;
+    let names = ["proxy01", "proxy02", "client", "intruder", "backend"];
     for (i, n) in names.iter().enumerate() {
         println!("  {n:9} {} (netns {})", lab.host(i).addr, lab.host(i).netns);
     }
     let bpf = lab.bpffs()?;
+    let _backend = start_backend(&lab)?;
+    let backend_addr = lab.host(4).addr;
     let config = |i: usize, priority: u8| {
         format!(
             "[node]\nname = \"{}\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
              vrid = 51\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
-             peers = [\"{}\"]\n",
+             peers = [\"{}\"]\ntrack_proxy = {{ weight = -50 }}\n\n\
+             [[listener]]\nname = \"http\"\nbind = [\"{VIP}:80\"]   # the VIP: works on the backup too\n\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"{backend_addr}:8081\"]\n\
+             health_check = {{ path = \"/\", interval = \"500ms\", timeout = \"200ms\", fall = 2, rise = 2 }}\n\n\
+             [[vhost]]\nserver_names = [\"app.example-corp.com\"]\nlisteners = [\"http\"]\n\
+             response_headers = {{ \"X-Frame-Options\" = \"DENY\" }}\n\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"app\"\n",
             names[i],
             bpf.join(names[i]).display(),
             lab.host(1 - i).addr,
@@ -50,7 +58,7 @@ pub fn run() -> anyhow::Result<()> {
     show(&p1, "proxy01", 0);
     show(&p2, "proxy02", 0);
     where_is_vip(&lab);
-    ping_vip(&lab)?;
+    ask_vip(&lab)?;
 
     step("The intruder forges 20000 priority-255 adverts for VRID 51 (from itself, and spoofing proxy01 with TTL 64)");
     let forged = Advert {
@@ -104,7 +112,7 @@ pub fn run() -> anyhow::Result<()> {
     show(&p2, "proxy02", seen2);
     show(&p1, "proxy01", seen1);
     where_is_vip(&lab);
-    ping_vip(&lab)?;
+    ask_vip(&lab)?;
 
     step("proxy01 comes back: it preempts at proxy02's next advert");
     let mut p1 = lab.start_hapd(0, &hapd, &c1)?;
@@ -175,13 +183,62 @@ fn where_is_vip(lab: &Lab) {
     );
 }
 
-fn ping_vip(lab: &Lab) -> anyhow::Result<()> {
-    let out = lab.exec(2, &["ping", "-c", "1", "-W", "1", VIP])?;
-    let line = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.contains("bytes from"))
-        .unwrap_or("")
-        .to_string();
-    println!("  client: {line}");
+/// The client asks the VIP over HTTP; the backend says which proxy the request came through.
+fn ask_vip(lab: &Lab) -> anyhow::Result<()> {
+    let out = lab.exec(
+        2,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-H",
+            "Host: app.example-corp.com",
+            &format!("http://{VIP}/"),
+        ],
+    )?;
+    let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let who = if body.contains(&lab.host(0).addr.to_string()) {
+        " (proxy01)"
+    } else if body.contains(&lab.host(1).addr.to_string()) {
+        " (proxy02)"
+    } else {
+        ""
+    };
+    println!("  client: curl http://{VIP}/ -> {body}{who}");
     Ok(())
+}
+
+/// nginx in the backend host, answering with the address the request came from: the proxy
+/// that forwarded it. Stopped when dropped.
+fn start_backend(lab: &Lab) -> anyhow::Result<Proc> {
+    let dir = lab.dir().join("backend");
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\ndaemon off;\n\
+             events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n\
+             client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n\
+             uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             server {{ listen 8081; location / {{ return 200 \"backend answered a request forwarded by $remote_addr\\n\"; }} }}\n}}\n"
+        ),
+    )?;
+    let conf = conf.display().to_string();
+    let prefix = d.to_string();
+    let child = lab.spawn(4, &["nginx", "-c", &conf, "-p", &prefix])?;
+    let p = Proc::new("nginx", child);
+    // Wait until it answers.
+    let url = format!("http://{}:8081/", lab.host(4).addr);
+    let end = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .exec(4, &["curl", "-s", "-m", "1", &url])
+        .is_ok_and(|o| o.status.success())
+    {
+        anyhow::ensure!(Instant::now() < end, "the backend (nginx) did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(p)
 }

@@ -18,7 +18,8 @@ struct Cli {
 enum Task {
     /// Install what a fresh Debian 12 machine lacks to build, test and demo hapd (idempotent).
     Setup,
-    /// Build hapd and show the XDP VRRP guard at work in a network-namespace lab.
+    /// Build hapd and show a failover pair with the proxy on the VIP, and the XDP guard, in a
+    /// network-namespace lab.
     Demo,
     /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, or `all`.
     Bench {
