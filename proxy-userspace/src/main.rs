@@ -74,9 +74,16 @@ fn main() -> ExitCode {
                 for w in &warnings {
                     println!("warning: {w}");
                 }
-                if let Err(e) = proxy::check_files(&cfg) {
-                    eprintln!("error: {}: {e}", config.display());
-                    return ExitCode::FAILURE;
+                match proxy::check_files(&cfg) {
+                    Ok(cert_warnings) => {
+                        for w in &cert_warnings {
+                            println!("warning: {w}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", config.display());
+                        return ExitCode::FAILURE;
+                    }
                 }
                 ExitCode::SUCCESS
             }

@@ -878,3 +878,57 @@ async fn request_on(
         .map_err(|e| e.to_string())?;
     Ok(status)
 }
+
+#[test]
+fn hapd_check_warns_about_certificates_that_expire_soon() {
+    use proxy_userspace::proxy::tls::expiry_warning;
+    use std::time::{Duration as D, UNIX_EPOCH};
+    let dir = Scratch::new("expiry");
+    let pki = Pki::new();
+    // Valid until 2030-01-01T00:00:00Z (1893456000).
+    let (cert, _) = pki.leaf_until(&[APP], 2030, 1, 1);
+    let path = dir.path("soon.crt");
+    std::fs::write(&path, cert).unwrap();
+    let at = |secs: u64| UNIX_EPOCH + D::from_secs(secs);
+    let end = 1_893_456_000;
+    assert_eq!(expiry_warning(&path, at(end - 60 * 86_400)).unwrap(), None);
+    let soon = expiry_warning(&path, at(end - 10 * 86_400 - 3600))
+        .unwrap()
+        .unwrap();
+    assert!(
+        soon.contains("soon.crt") && soon.contains("in 10 day(s)"),
+        "{soon}"
+    );
+    let gone = expiry_warning(&path, at(end + 1)).unwrap().unwrap();
+    assert!(gone.contains("expired on"), "{gone}");
+
+    // Through the binary: an expired certificate is a warning, not an error.
+    let (old_cert, old_key) = pki.leaf_until(&[APP], 2021, 1, 1);
+    let (c, k) = (dir.path("old.crt"), dir.path("old.key"));
+    std::fs::write(&c, old_cert).unwrap();
+    std::fs::write(&k, old_key).unwrap();
+    let cfg = dir.path("hapd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nname = \"n\"\n[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[listener]]\nname = \"https\"\nbind = [\"127.0.0.1:0\"]\ntls = true\n\
+             [[upstream]]\nname = \"u\"\nservers = [\"127.0.0.1:9\"]\n\
+             [[vhost]]\nserver_names = [\"a\"]\nlisteners = [\"https\"]\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"u\"\n",
+            c.display(),
+            k.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: tls.certificate[0].cert: ") && stdout.contains("expired on"),
+        "{stdout}"
+    );
+}

@@ -577,12 +577,25 @@ async fn watch_certificates(tls: Arc<TlsStore>) {
     }
 }
 
-/// Checks what `start` would read, without binding: used by `hapd check`.
-pub fn check_files(cfg: &Config) -> anyhow::Result<()> {
+/// A certificate that expires within this is worth a warning from `hapd check`.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// Checks what `start` would read, without binding: used by `hapd check`. Returns warnings:
+/// certificates that expire within [`EXPIRY_WARNING`] or have expired.
+pub fn check_files(cfg: &Config) -> anyhow::Result<Vec<crate::config::Warning>> {
+    let mut warnings = Vec::new();
     if let Some(t) = &cfg.tls {
         if !t.certificate.is_empty() {
             tls::build(t).map_err(|e| anyhow!("{e:#}"))?;
         }
+        for (i, c) in t.certificate.iter().enumerate() {
+            if let Some(w) = tls::expiry_warning(&c.cert, std::time::SystemTime::now())? {
+                warnings.push(crate::config::Warning {
+                    key: format!("tls.certificate[{i}].cert"),
+                    message: w,
+                });
+            }
+        }
     }
-    Ok(())
+    Ok(warnings)
 }

@@ -251,3 +251,32 @@ impl TlsStore {
         }
     }
 }
+
+/// A warning when the first certificate in `path` has expired at `now` or expires within
+/// [`super::EXPIRY_WARNING`]; `None` when it is valid for longer.
+pub fn expiry_warning(path: &Path, now: SystemTime) -> anyhow::Result<Option<String>> {
+    let der = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?
+        .next()
+        .ok_or_else(|| anyhow!("{}: no PEM certificate in it", path.display()))?
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow!("{}: not a readable certificate: {e}", path.display()))?;
+    let not_after = cert.validity().not_after;
+    let end = not_after.timestamp();
+    let now_s = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = end - now_s;
+    Ok(if left <= 0 {
+        Some(format!("{} expired on {not_after}", path.display()))
+    } else if left < super::EXPIRY_WARNING.as_secs() as i64 {
+        Some(format!(
+            "{} expires on {not_after}, in {} day(s)",
+            path.display(),
+            left / 86_400
+        ))
+    } else {
+        None
+    })
+}

@@ -93,6 +93,18 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf for `names` valid until `not_after` (PEM certificate, PEM key).
+    pub fn leaf_until(&self, names: &[&str], y: i32, m: u8, d: u8) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+        let cert = p.signed_by(&key, &self.inter, &self.inter_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// Writes a leaf as `<stem>.crt`, `<stem>.key`, and the intermediate as `<stem>-chain.crt`.
     pub fn write_leaf(
         &self,
