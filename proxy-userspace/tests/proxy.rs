@@ -716,44 +716,10 @@ fn hapd_check_names_a_broken_certificate_pair() {
     let pki = Pki::new();
     let (c, k, _) = pki.write_leaf(&dir.0, "app", &[APP]);
     let (_, other_key) = pki.leaf(&[APP]);
-    let cfg = |cert: &std::path::Path, key: &std::path::Path| {
-        format!(
-            r#"
-[node]
-name = "n"
-[[tls.certificate]]
-cert = "{}"
-key = "{}"
-[[listener]]
-name = "https"
-bind = ["127.0.0.1:0"]
-tls = true
-[[upstream]]
-name = "u"
-servers = ["127.0.0.1:9"]
-[[vhost]]
-server_names = ["a"]
-listeners = ["https"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-            cert.display(),
-            key.display()
-        )
-    };
+    let cfg = |cert: &std::path::Path, key: &std::path::Path| one_tls_vhost(cert, key, None, 0);
     let check = |text: String| {
-        let p = dir.path("hapd.toml");
-        std::fs::write(&p, text).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
-            .args(["check", "--config"])
-            .arg(&p)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (ok, _, stderr) = hapd_check(&dir, &text);
+        (ok, stderr)
     };
     assert!(check(cfg(&c, &k)).0);
     let wrong = dir.path("wrong.key");
@@ -784,36 +750,7 @@ fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let cfg = dir.path("hapd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[node]
-name = "n"
-[[tls.certificate]]
-cert = "{}"
-key = "{}"
-chain = "{}"
-[[listener]]
-name = "https"
-bind = ["127.0.0.1:{port}"]
-tls = true
-[[upstream]]
-name = "u"
-servers = ["127.0.0.1:9"]
-[[vhost]]
-server_names = ["{APP}"]
-listeners = ["https"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-            c.display(),
-            k.display(),
-            ch.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, one_tls_vhost(&c, &k, Some(&ch), port)).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
         .args(["run", "--config"])
         .arg(&cfg)
@@ -907,28 +844,61 @@ fn hapd_check_warns_about_certificates_that_expire_soon() {
     let (c, k) = (dir.path("old.crt"), dir.path("old.key"));
     std::fs::write(&c, old_cert).unwrap();
     std::fs::write(&k, old_key).unwrap();
-    let cfg = dir.path("hapd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nname = \"n\"\n[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\
-             [[listener]]\nname = \"https\"\nbind = [\"127.0.0.1:0\"]\ntls = true\n\
-             [[upstream]]\nname = \"u\"\nservers = [\"127.0.0.1:9\"]\n\
-             [[vhost]]\nserver_names = [\"a\"]\nlisteners = [\"https\"]\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"u\"\n",
-            c.display(),
-            k.display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let (ok, stdout, _) = hapd_check(&dir, &one_tls_vhost(&c, &k, None, 0));
+    assert!(ok, "{stdout}");
     assert!(
         stdout.contains("warning: tls.certificate[0].cert: ") && stdout.contains("expired on"),
         "{stdout}"
     );
+}
+
+/// A config with one TLS listener on 127.0.0.1:`port` and one vhost.
+fn one_tls_vhost(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    chain: Option<&std::path::Path>,
+    port: u16,
+) -> String {
+    let chain = chain.map_or(String::new(), |c| format!("chain = \"{}\"\n", c.display()));
+    format!(
+        r#"
+[node]
+name = "n"
+[[tls.certificate]]
+cert = "{}"
+key = "{}"
+{chain}
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:{port}"]
+tls = true
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:9"]
+[[vhost]]
+server_names = ["{APP}"]
+listeners = ["https"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+        cert.display(),
+        key.display()
+    )
+}
+
+/// `hapd check` on `text`: whether it passed, its stdout and its stderr.
+fn hapd_check(dir: &Scratch, text: &str) -> (bool, String, String) {
+    let p = dir.path("hapd.toml");
+    std::fs::write(&p, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(["check", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
