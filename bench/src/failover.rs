@@ -208,19 +208,10 @@ fn ns_rss_kib(ns: &str) -> anyhow::Result<u64> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output()?;
-    let mut kib = 0;
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        kib += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(kib)
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(crate::report::rss_kib)
+        .sum())
 }
 
 /// CPU used by an idle pair (master and backup, 10 ms adverts, no faults): both daemons'

@@ -507,14 +507,7 @@ fn group_rss_kib(pgid: u32) -> u64 {
         if pg != Some(pgid) {
             continue;
         }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            total += status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        total += crate::report::rss_kib(&pid.to_string());
     }
     total
 }

@@ -179,6 +179,20 @@ impl Report {
     }
 }
 
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`); 0 if it is gone.
+pub fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Median and (min, max) of `v` (not empty).
 pub fn median_spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();

@@ -68,7 +68,7 @@ fn default_max_headers() -> usize {
     100
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// "1.2" and/or "1.3".
@@ -85,7 +85,7 @@ fn default_protocols() -> Vec<String> {
     vec!["1.2".into(), "1.3".into()]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub cert: PathBuf,

@@ -208,13 +208,7 @@ impl<IO> Guard<IO> {
             }
             Verdict::Framed(next) => {
                 self.out.extend_from_slice(&head);
-                self.first = false;
-                self.deadline = None;
-                match next {
-                    Framing::None => self.enter_head(),
-                    Framing::Length(n) => self.state = State::Body(n),
-                    Framing::Chunked => self.state = State::Chunked(Chunk::Size { digits: 0 }, 0),
-                }
+                self.after_head(next);
                 Some(rest)
             }
         }
@@ -262,21 +256,24 @@ impl<IO> Guard<IO> {
                         }
                         Verdict::Framed(next) => {
                             pos += end;
-                            self.first = false;
-                            self.deadline = None;
-                            match next {
-                                Framing::None => self.enter_head(),
-                                Framing::Length(n) => self.state = State::Body(n),
-                                Framing::Chunked => {
-                                    self.state = State::Chunked(Chunk::Size { digits: 0 }, 0)
-                                }
-                            }
+                            self.after_head(next);
                         }
                     }
                 }
             }
         }
         pos
+    }
+
+    /// A head passed: frame its body (or wait for the next head).
+    fn after_head(&mut self, next: Framing) {
+        self.first = false;
+        self.deadline = None;
+        match next {
+            Framing::None => self.enter_head(),
+            Framing::Length(n) => self.state = State::Body(n),
+            Framing::Chunked => self.state = State::Chunked(Chunk::Size { digits: 0 }, 0),
+        }
     }
 
     fn through(&mut self) {

@@ -105,12 +105,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     let server = cfg
         .server
         .as_ref()
-        .map_or_else(Default::default, |s| Limits {
-            keepalive: s.keepalive_timeout.0,
-            header_read: s.header_read_timeout.0,
-            max_header_bytes: s.max_header_bytes,
-            max_headers: s.max_headers,
-        });
+        .map_or_else(|| Limits::from(&Default::default()), Limits::from);
     let server_header = cfg.server.as_ref().is_some_and(|s| s.server_header);
     let tls = match &cfg.tls {
         Some(t) if cfg.listener.iter().any(|l| l.get_ref().tls) => {
@@ -366,9 +361,8 @@ async fn worker(
     }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        let s = crate::config::proxy::Server::default();
+impl From<&crate::config::proxy::Server> for Limits {
+    fn from(s: &crate::config::proxy::Server) -> Self {
         Limits {
             keepalive: s.keepalive_timeout.0,
             header_read: s.header_read_timeout.0,
@@ -437,6 +431,16 @@ async fn serve(
     drain: watch::Receiver<bool>,
 ) {
     let state = Arc::new(ConnState::default());
+    let conn = |tls: bool, sni: Option<String>| {
+        Arc::new(Conn {
+            peer,
+            tls,
+            sni,
+            sites,
+            state: state.clone(),
+            server_header: shared.server_header,
+        })
+    };
     if tls {
         let Some(store) = &shared.tls else { return };
         let acceptor = tokio_rustls::TlsAcceptor::from(store.config());
@@ -452,38 +456,13 @@ async fn serve(
                     return;
                 }
             };
-        let sni = stream.get_ref().1.server_name().map(str::to_string);
-        let conn = Arc::new(Conn {
-            peer,
-            tls: true,
-            sni,
-            sites,
-            state: state.clone(),
-            server_header: shared.server_header,
-        });
-        run_http(
-            Guard::new(stream, shared.limits, state),
-            conn,
-            shared,
-            drain,
-        )
-        .await;
+        let conn = conn(true, stream.get_ref().1.server_name().map(str::to_string));
+        let io = Guard::new(stream, shared.limits, state);
+        run_http(io, conn, shared, drain).await;
     } else {
-        let conn = Arc::new(Conn {
-            peer,
-            tls: false,
-            sni: None,
-            sites,
-            state: state.clone(),
-            server_header: shared.server_header,
-        });
-        run_http(
-            Guard::new(stream, shared.limits, state),
-            conn,
-            shared,
-            drain,
-        )
-        .await;
+        let conn = conn(false, None);
+        let io = Guard::new(stream, shared.limits, state);
+        run_http(io, conn, shared, drain).await;
     }
 }
 

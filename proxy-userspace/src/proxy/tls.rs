@@ -203,19 +203,7 @@ impl TlsStore {
             current: ArcSwap::new(cfg),
             files,
             stamps: std::sync::Mutex::new(stamps),
-            tls: Tls {
-                protocols: tls.protocols.clone(),
-                cipher_suites: tls.cipher_suites.clone(),
-                certificate: tls
-                    .certificate
-                    .iter()
-                    .map(|c| Certificate {
-                        cert: c.cert.clone(),
-                        key: c.key.clone(),
-                        chain: c.chain.clone(),
-                    })
-                    .collect(),
-            },
+            tls: tls.clone(),
         })
     }
 

@@ -297,13 +297,9 @@ impl Server {
                 },
             }
         }
-        let stream = match self.connect(connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
-        };
-        let (mut conn, task) = match http1::handshake(TokioIo::new(stream)).await {
+        let (mut conn, task) = match self.handshake(connect_timeout).await {
             Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e.to_string())),
+            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
         };
         tokio::spawn(async move {
             let _ = task.await;
@@ -320,13 +316,9 @@ impl Server {
         req: Request<UpBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, SendError> {
-        let stream = match self.connect(connect_timeout).await {
-            Ok(s) => s,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
-        };
-        let (mut conn, task) = match http1::handshake(TokioIo::new(stream)).await {
+        let (mut conn, task) = match self.handshake(connect_timeout).await {
             Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e.to_string())),
+            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
         };
         tokio::spawn(async move {
             let _ = task.with_upgrades().await;
@@ -344,6 +336,23 @@ impl Server {
                 idle.push(conn);
             }
         }
+    }
+
+    /// A new HTTP/1.1 connection to this server; the caller runs its task.
+    async fn handshake(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<
+        (
+            http1::SendRequest<UpBody>,
+            http1::Connection<TokioIo<TcpStream>, UpBody>,
+        ),
+        String,
+    > {
+        let stream = self.connect(connect_timeout).await?;
+        http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn connect(&self, timeout: Duration) -> Result<TcpStream, String> {
