@@ -124,6 +124,7 @@ fn start(peer: &Peer, dir: &Path) -> anyhow::Result<Vec<Running>> {
             let cfg = format!(
                 r#"[node]
 name = "bench"
+admin = "127.0.0.1:0"
 [tls]
 protocols = ["1.2", "1.3"]
 [[tls.certificate]]

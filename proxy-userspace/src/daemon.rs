@@ -11,11 +11,12 @@ use proxy_common::maps::{
 use rtnetlink::Handle;
 use tokio::{
     signal::unix::{signal, SignalKind},
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
 };
 use tracing::{debug, info, warn};
 
 use crate::{
+    admin::status::{GuardStatus, InstanceStatus},
     config::{Config, Garp, V3Checksum, Vrrp, VrrpVersion},
     dataplane::{monotonic_ns, Dataplane, InstanceSpec},
     link, vip,
@@ -43,6 +44,20 @@ pub struct Options {
     pub proxy_health: Option<watch::Receiver<bool>>,
     /// Stops the daemon like SIGTERM when it turns true.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// Requests from the admin endpoint.
+    pub control: Option<mpsc::Receiver<Control>>,
+}
+
+/// What the admin endpoint asks of the VRRP loop.
+pub enum Control {
+    /// Every instance's state and the guard's counters.
+    Status(oneshot::Sender<(Vec<InstanceStatus>, Option<GuardStatus>)>),
+    /// A drill: step `instance` down (`on`) or hand it back. The answer says what changed.
+    StepDown {
+        instance: String,
+        on: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// Shared by every router's actions.
@@ -79,6 +94,18 @@ struct Router {
     fence: Vec<String>,
     /// During a graceful stop: keep the VIPs until the successor is heard (see [`run_with`]).
     hold_vips: bool,
+    /// For status and metrics.
+    stats: RouterStats,
+    /// The failing checks and what they cost, for status.
+    reasons: Vec<String>,
+    link_up: bool,
+}
+
+#[derive(Default)]
+struct RouterStats {
+    transitions: u64,
+    last_transition: Option<(std::time::Instant, String)>,
+    adverts_sent: u64,
 }
 
 impl Router {
@@ -158,6 +185,9 @@ impl Router {
             ),
             fence: v.fence.clone(),
             hold_vips: false,
+            stats: RouterStats::default(),
+            reasons: Vec::new(),
+            link_up: true,
             name: v.name.clone(),
             key: spec.key(),
             iface: v.interface.clone(),
@@ -177,8 +207,9 @@ impl Router {
             match a {
                 Action::SendAdvert { priority } => {
                     self.advert.priority = priority;
-                    if let Err(e) = self.sock.send(&self.advert) {
-                        warn!("{}: {e:#}", self.name);
+                    match self.sock.send(&self.advert) {
+                        Ok(()) => self.stats.adverts_sent += 1,
+                        Err(e) => warn!("{}: {e:#}", self.name),
                     }
                 }
                 Action::TakeVips => {
@@ -196,6 +227,11 @@ impl Router {
                 }
                 Action::Transition { from, to, reason } => {
                     info!("{}: {from} => {to} ({reason})", self.name);
+                    self.stats.transitions += 1;
+                    self.stats.last_transition = Some((
+                        std::time::Instant::now(),
+                        format!("{from} => {to} ({reason})"),
+                    ));
                     if let Some((n, _)) = &self.notifier {
                         n.send(from, to);
                     }
@@ -203,8 +239,9 @@ impl Router {
                 Action::Fence => self.run_fence(ctx.fence_tx.clone()),
                 Action::TellWinner { to, priority } => {
                     self.advert.priority = priority;
-                    if let Err(e) = self.sock.send_to(&self.advert, to) {
-                        warn!("{}: {e:#}", self.name);
+                    match self.sock.send_to(&self.advert, to) {
+                        Ok(()) => self.stats.adverts_sent += 1,
+                        Err(e) => warn!("{}: {e:#}", self.name),
                     }
                 }
                 Action::Ignored { from, why } => {
@@ -262,18 +299,89 @@ impl Router {
     ) {
         let mut delta = 0;
         let mut fault = false;
+        self.reasons.clear();
         let checks = self
             .scripts
             .iter()
-            .map(|(n, w)| (*w, scripts.get(n).copied().unwrap_or(true)))
-            .chain(self.track_proxy.map(|w| (w, proxy_healthy)));
-        for (weight, healthy) in checks {
+            .map(|(n, w)| {
+                (
+                    *w,
+                    scripts.get(n).copied().unwrap_or(true),
+                    format!("track_script {n}"),
+                )
+            })
+            .chain(
+                self.track_proxy
+                    .map(|w| (w, proxy_healthy, "track_proxy".to_string())),
+            );
+        for (weight, healthy, what) in checks {
             let (d, f) = track::effect(weight, healthy);
             delta += d;
             fault |= f;
+            if !healthy {
+                self.reasons.push(if f {
+                    format!("{what} failing (fault)")
+                } else {
+                    format!("{what} failing ({weight:+})")
+                });
+            }
         }
         self.engine.set_track_fault(now, fault);
         self.engine.set_priority_delta(now, delta);
+    }
+
+    /// The instance as `/status` shows it.
+    fn status(&self, dp: &Dataplane, v: &Vrrp) -> InstanceStatus {
+        let rec = dp.advert(&self.key);
+        let now_ns = monotonic_ns();
+        let age_ms = rec
+            .filter(|r| r.last_seen_ns > 0)
+            .map(|r| now_ns.saturating_sub(r.last_seen_ns) / 1_000_000);
+        let state = self.engine.state();
+        let down_ms = self.engine.master_down_interval().as_millis() as u64;
+        let master = match state {
+            State::Master => Some(format!("{} (this node)", self.engine.config().primary)),
+            _ => rec
+                .filter(|r| r.adverts > 0 && age_ms.is_some_and(|a| a <= down_ms))
+                .map(|r| format!("{} (priority {})", Ipv4Addr::from(r.master), r.priority)),
+        };
+        let mut reasons = self.reasons.clone();
+        if !self.link_up {
+            reasons.push(format!("{} is down", self.iface));
+        }
+        if self.engine.stepped_down() {
+            reasons.push("stepped down by a drill (priority 1 until handed back)".into());
+        }
+        InstanceStatus {
+            name: self.name.clone(),
+            interface: self.iface.clone(),
+            vrid: self.key.vrid,
+            version: self.advert.version,
+            state: state.to_string(),
+            master,
+            priority: v.priority.get(),
+            effective_priority: self.engine.effective_priority(),
+            reasons,
+            last_advert_age_ms: age_ms,
+            transitions: self.stats.transitions,
+            last_transition: self.stats.last_transition.as_ref().map(|(_, t)| t.clone()),
+            last_transition_age_ms: self
+                .stats
+                .last_transition
+                .as_ref()
+                .map(|(t, _)| t.elapsed().as_millis() as u64),
+            adverts_sent: self.stats.adverts_sent,
+            adverts_received: rec.map_or(0, |r| r.adverts),
+            virtual_ips: self.vips.iter().map(|n| n.to_string()).collect(),
+            guard: dp
+                .modes()
+                .get(&self.iface)
+                .map_or_else(|| "none".into(), |m| m.to_string()),
+            stepped_down: self.engine.stepped_down(),
+            preempt: v.preempt,
+            advert_interval_ms: v.advert_interval.0.as_millis() as u64,
+            master_down_ms: down_ms,
+        }
     }
 
     /// A gratuitous ARP burst for every virtual address, in the background.
@@ -437,11 +545,13 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut health = opts.proxy_health;
     let mut proxy_healthy = health.as_ref().is_none_or(|h| *h.borrow());
     let mut shutdown = opts.shutdown;
+    let mut control = opts.control;
 
     info!(node = %config.node.name, instances = routers.len(), "hapd ready");
     for r in &mut routers {
         let t = now();
         let up = link::state(&nl, r.key.ifindex).await?;
+        r.link_up = up;
         r.engine.set_link(t, up);
         r.apply_tracking(t, &script_states, proxy_healthy);
         r.engine.handle_startup(t);
@@ -503,6 +613,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             }
             Some(change) = link_rx.recv() => {
                 for r in routers.iter_mut().filter(|r| r.key.ifindex == change.ifindex) {
+                    r.link_up = change.up;
                     r.engine.set_link(now(), change.up);
                     r.act(&ctx).await;
                 }
@@ -528,6 +639,46 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     r.act(&ctx).await;
                 }
             }
+            Some(req) = async {
+                match &mut control {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match req {
+                Control::Status(reply) => {
+                    let instances = routers
+                        .iter()
+                        .zip(&config.vrrp)
+                        .map(|(r, v)| r.status(&dp, v.get_ref()))
+                        .collect();
+                    let guard = dp.counters().ok().map(|c| GuardStatus {
+                        pin_dir: dp
+                            .xdp()
+                            .and_then(|x| x.pin_dir())
+                            .map(|d| d.display().to_string()),
+                        counters: proxy_common::maps::Reason::ALL
+                            .iter()
+                            .map(|&r| (r.name().to_string(), c.get(r)))
+                            .chain([("events_lost".to_string(), c.events_lost)])
+                            .collect(),
+                    });
+                    let _ = reply.send((instances, guard));
+                }
+                Control::StepDown { instance, on, reply } => {
+                    let answer = match routers.iter_mut().find(|r| r.name == instance) {
+                        None => Err(format!("no VRRP instance named {instance:?}")),
+                        Some(r) => {
+                            let before = r.engine.state();
+                            r.engine.set_stepped_down(now(), on);
+                            r.act(&ctx).await;
+                            let verb = if on { "stepped down" } else { "handed back" };
+                            info!("{}: {verb} by a drill ({before} => {})", r.name, r.engine.state());
+                            Ok(format!("{}: {verb}; was {before}, now {}", r.name, r.engine.state()))
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+            },
             _ = stop_asked => { info!("asked to stop"); break; }
             _ = term.recv() => { info!("SIGTERM: stopping"); break; }
             _ = int.recv() => { info!("SIGINT: stopping"); break; }

@@ -1,8 +1,10 @@
 //! hapd: VRRP failover and a TLS reverse proxy in one daemon. This library holds everything the
 //! `hapd` binary runs, so tests and benchmarks can drive the same code.
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod drill;
 pub mod health;
 pub mod link;
 pub mod proxy;

@@ -1,8 +1,9 @@
 //! The `hapd` command.
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
-use proxy_userspace::{config::Config, daemon, proxy};
+use hyper::Method;
+use proxy_userspace::{admin, config::Config, daemon, drill, proxy};
 
 /// hapd: highly available proxy daemon (VRRP failover with an XDP guard, and a TLS proxy).
 #[derive(Parser)]
@@ -14,12 +15,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon in the foreground until SIGTERM or SIGINT.
+    /// Run the daemon in the foreground until SIGTERM or SIGINT (SIGHUP reloads).
     ///
     /// Example: hapd run --config /etc/hapd/hapd.toml
     Run {
         /// The configuration file.
-        #[arg(short, long, default_value = "/etc/hapd/hapd.toml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration file, print a summary and warnings; exit 1 if it is invalid.
@@ -27,9 +28,94 @@ enum Command {
     /// Example: hapd check --config /etc/hapd/hapd.toml
     Check {
         /// The configuration file.
-        #[arg(short, long, default_value = "/etc/hapd/hapd.toml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Show the running daemon's state: VRRP instances, guard counters, upstreams, certificates.
+    ///
+    /// It asks the admin endpoint named in the config (node.admin) or given with --admin.
+    ///
+    /// Examples: hapd status;  hapd status --json;  hapd status --admin 127.0.0.1:9100
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the JSON the admin endpoint answers (GET /status) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its config file and apply it without dropping
+    /// connections: vhosts, routes, upstreams, log files and certificates. Changes to [node],
+    /// VRRP, [server] or listeners are refused (they need a restart) and nothing is applied.
+    ///
+    /// Example: hapd reload
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Failover drill, run on the master: step down, watch the VIP move with a client probe,
+    /// report the outage, then hand back (the master takes over again if preempt is on).
+    ///
+    /// It refuses to start unless this node is master, the probe answers, and the peer (asked
+    /// at --peer-admin) is a healthy backup that hears this node.
+    ///
+    /// Example: hapd drill --probe http://10.0.1.100/ --peer-admin 10.0.1.11:9100
+    Drill {
+        #[command(flatten)]
+        target: Target,
+        /// The VRRP instance (needed when the node runs more than one).
+        #[arg(long)]
+        instance: Option<String>,
+        /// URL a client would use through the VIP (http://VIP[:PORT]/PATH). Any HTTP answer
+        /// counts as served.
+        #[arg(long)]
+        probe: String,
+        /// The peer's admin endpoint, to check it is a healthy backup before stepping down.
+        #[arg(long, required_unless_present = "no_peer_check")]
+        peer_admin: Option<SocketAddr>,
+        /// Skip the peer check (not safe: if the peer cannot take over, the VIP is
+        /// unanswered for one Master_Down_Interval before this node takes it back).
+        #[arg(long)]
+        no_peer_check: bool,
+        /// Time between probes.
+        #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+        probe_interval: Duration,
+        /// Time after which a probe counts as failed.
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        probe_timeout: Duration,
+        /// How long to watch each step (step-down, hand-back) before giving up.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Exit 1 when an outage is longer than this.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_outage: Option<Duration>,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/hapd/hapd.toml";
+
+/// Which daemon a client command talks to.
+#[derive(clap::Args)]
+struct Target {
+    /// The configuration file; its node.admin is the address asked.
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The admin endpoint to ask instead of the config's node.admin.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+impl Target {
+    fn addr(&self) -> anyhow::Result<SocketAddr> {
+        if let Some(a) = self.admin {
+            return Ok(a);
+        }
+        let (cfg, _) = Config::load(&self.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut a = cfg.node.admin;
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Ok(a)
+    }
 }
 
 fn main() -> ExitCode {
@@ -38,121 +124,218 @@ fn main() -> ExitCode {
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok((cfg, warnings)) => {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(config),
+        Command::Status { target, json } => client(async move {
+            let addr = target.addr()?;
+            if json {
+                let (code, body) = admin::client::request(addr, Method::GET, "/status").await?;
+                print!("{body}");
+                return Ok(code == 200);
+            }
+            let st = admin::client::status(addr).await?;
+            print!("{}", st.render());
+            let problems = st.problems();
+            for p in &problems {
+                println!("problem: {p}");
+            }
+            Ok(problems.is_empty())
+        }),
+        Command::Reload { target } => client(async move {
+            let addr = target.addr()?;
+            let (code, body) = admin::client::request(addr, Method::POST, "/reload").await?;
+            if code == 200 {
+                print!("{body}");
+            } else {
+                eprint!("error: {body}");
+            }
+            Ok(code == 200)
+        }),
+        Command::Drill {
+            target,
+            instance,
+            probe,
+            peer_admin,
+            no_peer_check: _,
+            probe_interval,
+            probe_timeout,
+            timeout,
+            max_outage,
+        } => client(async move {
+            let plan = drill::Plan {
+                admin: target.addr()?,
+                instance,
+                probe: drill::Probe::parse(&probe)?,
+                peer_admin,
+                probe_interval,
+                probe_timeout,
+                timeout,
+                max_outage,
+            };
+            drill::run(plan).await
+        }),
+    }
+}
+
+/// Runs a client command; `Ok(false)` and errors exit 1.
+fn client(f: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &std::path::Path) -> ExitCode {
+    match Config::load(config) {
+        Ok((cfg, warnings)) => {
+            println!(
+                "{}: valid; node {}, {} VRRP instance(s), {} track script(s)",
+                config.display(),
+                cfg.node.name,
+                cfg.vrrp.len(),
+                cfg.track_script.len()
+            );
+            for v in &cfg.vrrp {
+                let v = v.get_ref();
                 println!(
-                    "{}: valid; node {}, {} VRRP instance(s), {} track script(s)",
-                    config.display(),
-                    cfg.node.name,
-                    cfg.vrrp.len(),
-                    cfg.track_script.len()
+                    "  vrrp {}: {} vrid {} v{} priority {} interval {} vips {} peers {} xdp {}",
+                    v.name,
+                    v.interface,
+                    v.vrid,
+                    v.version.number(),
+                    v.priority,
+                    v.advert_interval,
+                    v.virtual_ips.len(),
+                    v.peers.len(),
+                    v.xdp
                 );
-                for v in &cfg.vrrp {
-                    let v = v.get_ref();
-                    println!(
-                        "  vrrp {}: {} vrid {} v{} priority {} interval {} vips {} peers {} xdp {}",
-                        v.name,
-                        v.interface,
-                        v.vrid,
-                        v.version.number(),
-                        v.priority,
-                        v.advert_interval,
-                        v.virtual_ips.len(),
-                        v.peers.len(),
-                        v.xdp
-                    );
-                }
-                if !cfg.listener.is_empty() || !cfg.vhost.is_empty() {
-                    println!(
-                        "  proxy: {} listener(s), {} upstream(s), {} vhost(s), {} certificate(s)",
-                        cfg.listener.len(),
-                        cfg.upstream.len(),
-                        cfg.vhost.len(),
-                        cfg.tls.as_ref().map_or(0, |t| t.certificate.len())
-                    );
-                }
-                for w in &warnings {
-                    println!("warning: {w}");
-                }
-                match proxy::check_files(&cfg) {
-                    Ok(cert_warnings) => {
-                        for w in &cert_warnings {
-                            println!("warning: {w}");
-                        }
-                    }
-                    Err(e) => {
-                        eprintln!("error: {}: {e}", config.display());
-                        return ExitCode::FAILURE;
-                    }
-                }
-                ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
+            if !cfg.listener.is_empty() || !cfg.vhost.is_empty() {
+                println!(
+                    "  proxy: {} listener(s), {} upstream(s), {} vhost(s), {} certificate(s)",
+                    cfg.listener.len(),
+                    cfg.upstream.len(),
+                    cfg.vhost.len(),
+                    cfg.tls.as_ref().map_or(0, |t| t.certificate.len())
+                );
             }
-        },
-        Command::Run { config } => {
-            init_logging();
-            let (cfg, warnings) = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            println!("  admin endpoint: {}", cfg.node.admin);
             for w in &warnings {
-                tracing::warn!("config: {w}");
+                println!("warning: {w}");
             }
-            // The VRRP engine runs on one thread: it is one task that sleeps between adverts,
-            // and a single-threaded runtime wakes only itself (no worker hand-offs), which keeps
-            // an idle pair at 10 ms adverts cheap and its timing independent of other work.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            // The proxy runs on a multi-threaded runtime of its own (see proxy/mod.rs).
-            let proxy = if proxy::configured(&cfg) {
-                match proxy::start(&cfg) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::error!("proxy: {e:#}");
-                        return ExitCode::FAILURE;
+            match proxy::check_files(&cfg) {
+                Ok(cert_warnings) => {
+                    for w in &cert_warnings {
+                        println!("warning: {w}");
                     }
                 }
-            } else {
-                None
-            };
-            let drain = cfg
-                .server
-                .as_ref()
-                .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
-            let result = if cfg.vrrp.is_empty() {
-                rt.block_on(proxy_only(&cfg.node.name))
-            } else {
-                let opts = daemon::Options {
-                    proxy_health: proxy.as_ref().map(|p| p.health.clone()),
-                    shutdown: None,
-                };
-                rt.block_on(daemon::run_with(cfg, opts))
-            };
-            // VRRP has handed the VIPs over by now; let requests in flight finish.
-            if let Some(p) = proxy {
-                p.stop(drain);
-            }
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::FAILURE
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::FAILURE;
                 }
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf) -> ExitCode {
+    init_logging();
+    let started = std::time::Instant::now();
+    let (cfg, warnings) = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &warnings {
+        tracing::warn!("config: {w}");
+    }
+    // The VRRP engine runs on one thread: it is one task that sleeps between adverts,
+    // and a single-threaded runtime wakes only itself (no worker hand-offs), which keeps
+    // an idle pair at 10 ms adverts cheap and its timing independent of other work.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The proxy runs on threads of its own (see proxy/mod.rs).
+    let proxy = if proxy::configured(&cfg) {
+        match proxy::start(&cfg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!("proxy: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
+    let admin = match admin::start(
+        cfg.node.admin,
+        admin::Admin {
+            config_path: config.clone(),
+            running: std::sync::Mutex::new(cfg.clone()),
+            started,
+            vrrp: (!cfg.vrrp.is_empty()).then_some(control_tx),
+            proxy: proxy.as_ref().map(|p| p.view.clone()),
+        },
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let drain = cfg
+        .server
+        .as_ref()
+        .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
+    let result = if cfg.vrrp.is_empty() {
+        rt.block_on(proxy_only(&cfg.node.name))
+    } else {
+        let opts = daemon::Options {
+            proxy_health: proxy.as_ref().map(|p| p.health.clone()),
+            shutdown: None,
+            control: Some(control_rx),
+        };
+        rt.block_on(daemon::run_with(cfg, opts))
+    };
+    drop(admin);
+    // VRRP has handed the VIPs over by now; let requests in flight finish.
+    if let Some(p) = proxy {
+        p.stop(drain);
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
         }
     }
 }

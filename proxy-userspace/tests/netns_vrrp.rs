@@ -494,6 +494,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                     daemon::Options {
                         proxy_health: Some(health_rx),
                         shutdown: Some(stop_rx),
+                        control: None,
                     },
                 ))
             })

@@ -559,9 +559,10 @@ async fn access_log_is_apache_combined_and_reopens_on_sigusr1() {
     assert_eq!(re[0].5, "test-agent/1.0");
     assert_eq!(re[1].2, 403);
 
-    // logrotate: move the file away, SIGUSR1, the next line goes to a new file.
+    // logrotate: move the file away, reopen (what SIGUSR1 does in hapd, see
+    // hapd_reloads_certificates_on_sighup_and_stops_on_sigterm), the next line goes to a new file.
     std::fs::rename(&log, g.dir.join("app-access.log.1")).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    g.proxy.view.reopen_logs();
     let mut fresh = false;
     for _ in 0..50 {
         let _ = g.get("/after-rotate").await;
@@ -737,7 +738,8 @@ fn hapd_check_names_a_broken_certificate_pair() {
     assert!(err.contains("missing.crt"), "{err}");
 }
 
-/// The `hapd` binary as a proxy-only node: SIGHUP reloads the certificates, SIGTERM drains.
+/// The `hapd` binary as a proxy-only node: SIGHUP reloads the certificates, SIGUSR1 reopens
+/// the logs, SIGTERM drains.
 #[test]
 fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
     use nix::sys::signal::Signal;
@@ -791,6 +793,10 @@ fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
     });
     let text = String::from_utf8_lossy(served.as_ref()).into_owned();
     assert!(text.contains("renewed.example-corp.com"));
+    // SIGUSR1 reopens the log files (and does not stop hapd).
+    p.signal(Signal::SIGUSR1).unwrap();
+    p.wait_for("reopening 0 log file(s)", 1, Duration::from_secs(5))
+        .unwrap();
     let status = p.stop(Signal::SIGTERM, Duration::from_secs(15)).unwrap();
     assert!(status.success(), "{}", p.lines().join("\n"));
 }
@@ -864,6 +870,7 @@ fn one_tls_vhost(
         r#"
 [node]
 name = "n"
+admin = "127.0.0.1:0"
 [[tls.certificate]]
 cert = "{}"
 key = "{}"

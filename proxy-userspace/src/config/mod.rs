@@ -60,7 +60,7 @@ impl fmt::Display for Warning {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub node: Node,
@@ -81,7 +81,7 @@ pub struct Config {
     pub vhost: Vec<Spanned<proxy::Vhost>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// Router id: shown in logs, notify and status.
@@ -102,7 +102,7 @@ fn default_admin() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9100))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vrrp {
     pub name: String,
@@ -151,13 +151,13 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrackProxy {
     pub weight: i32,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Garp {
     #[serde(default = "default_garp_repeat")]
@@ -188,7 +188,7 @@ fn default_garp_refresh() -> Dur {
     Dur(Duration::from_secs(60))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrackScript {
     pub name: String,

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::Dur;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Idle time a client connection is kept open between requests (Apache KeepAliveTimeout).
@@ -68,7 +68,7 @@ fn default_max_headers() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// "1.2" and/or "1.3".
@@ -85,7 +85,7 @@ fn default_protocols() -> Vec<String> {
     vec!["1.2".into(), "1.3".into()]
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
     pub cert: PathBuf,
@@ -94,7 +94,7 @@ pub struct Certificate {
     pub chain: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
@@ -114,7 +114,7 @@ pub enum Balance {
     RoundRobin,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
     pub name: String,
@@ -132,7 +132,7 @@ fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,
@@ -156,7 +156,7 @@ fn default_one() -> u32 {
     1
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vhost {
     pub server_names: Vec<String>,
@@ -183,7 +183,7 @@ fn default_proxy_timeout() -> Dur {
     Dur(Duration::from_secs(60))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     /// Longest prefix wins.

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::{
-    guard::ConnState,
     log::{Access, LogFile},
+    service::{Conn, Site},
     upstream::{Busy, Server, UpBody},
 };
 
@@ -24,11 +24,15 @@ enum Kind {
 
 /// What to do when the response is over.
 pub struct Finish {
-    pub conn: Arc<ConnState>,
+    pub conn: Arc<Conn>,
     pub log: Option<(LogFile, Access)>,
     pub status: u16,
     pub upstream: Option<(hyper::client::conn::http1::SendRequest<UpBody>, Arc<Server>)>,
     pub busy: Option<Busy>,
+    /// The vhost and route that answered, and when the request came: for the metrics.
+    pub site: Option<Arc<Site>>,
+    pub route: Option<usize>,
+    pub started: std::time::Instant,
 }
 
 pub struct ProxyBody {
@@ -124,6 +128,15 @@ impl Drop for ProxyBody {
             file.write(access.line(f.status, self.sent));
         }
         drop(f.busy);
-        f.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(site) = f.site.as_ref().filter(|_| f.status != 0) {
+            let upstream = f
+                .route
+                .and_then(|i| site.routes.get(i))
+                .map(|r| &r.pool.name);
+            f.conn
+                .metrics
+                .record(&site.label, f.status, upstream, f.started.elapsed());
+        }
+        f.conn.state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -9,6 +9,7 @@
 mod body;
 pub mod guard;
 mod log;
+pub mod metrics;
 mod service;
 pub mod tls;
 pub mod upstream;
@@ -16,6 +17,7 @@ pub mod upstream;
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -23,7 +25,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
+use arc_swap::ArcSwap;
 use hyper::{
     header::{HeaderName, HeaderValue},
     service::service_fn,
@@ -34,7 +37,6 @@ use hyper_util::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    signal::unix::{signal, SignalKind},
     sync::{watch, Notify},
 };
 use tracing::{debug, info, warn};
@@ -42,6 +44,7 @@ use tracing::{debug, info, warn};
 use self::{
     guard::{ConnState, Guard, Limits},
     log::LogFile,
+    metrics::Metrics,
     service::{Conn, Route, Site, Sites},
     tls::TlsStore,
     upstream::Pool,
@@ -59,6 +62,8 @@ pub struct ProxyHandle {
     pub health: watch::Receiver<bool>,
     /// Where each listener is bound (in config order), useful when a port was 0.
     pub bound: Vec<(String, SocketAddr)>,
+    /// Status, metrics and reload.
+    pub view: Arc<ProxyView>,
 }
 
 impl ProxyHandle {
@@ -90,12 +95,279 @@ struct Shared {
     handshake_timeout: Duration,
     connections: AtomicUsize,
     idle: Notify,
+    metrics: Arc<Metrics>,
 }
 
 /// Whether the config has a proxy to run.
 pub fn configured(cfg: &Config) -> bool {
     !cfg.listener.is_empty()
 }
+
+/// What a reload replaces: the vhosts of each listener, the upstream pools and the log files.
+struct Routing {
+    sites: HashMap<String, Arc<Sites>>,
+    pools: HashMap<String, Arc<Pool>>,
+    logs: HashMap<PathBuf, LogFile>,
+}
+
+impl Routing {
+    /// The pools some route uses, each once: the ones whose health counts.
+    fn routed_pools(&self) -> Vec<Arc<Pool>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for sites in self.sites.values() {
+            for site in sites.all() {
+                for r in &site.routes {
+                    if seen.insert(Arc::as_ptr(&r.pool)) {
+                        out.push(r.pool.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Builds the vhosts, pools and logs of `cfg`. Pools whose `[[upstream]]` is unchanged and log
+/// files already open are taken over from `old`, so health state and kept-alive upstream
+/// connections survive a reload.
+fn build_routing(
+    cfg: &Config,
+    old: Option<&Routing>,
+    changes: &watch::Sender<u64>,
+) -> anyhow::Result<Routing> {
+    let pools: HashMap<String, Arc<Pool>> = cfg
+        .upstream
+        .iter()
+        .map(|u| {
+            let u = u.get_ref();
+            let pool = old
+                .and_then(|o| o.pools.get(&u.name))
+                .filter(|p| p.config() == u)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(Pool::new(u, changes.clone())));
+            (u.name.clone(), pool)
+        })
+        .collect();
+    // Log files are shared by vhosts naming the same path.
+    let mut logs: HashMap<PathBuf, LogFile> = HashMap::new();
+    let mut open_log = |p: &Option<PathBuf>| -> anyhow::Result<Option<LogFile>> {
+        let Some(p) = p else { return Ok(None) };
+        if let Some(l) = logs
+            .get(p)
+            .or_else(|| old.and_then(|o| o.logs.get(p)))
+            .cloned()
+        {
+            logs.insert(p.clone(), l.clone());
+            return Ok(Some(l));
+        }
+        let l = LogFile::open(p)?;
+        logs.insert(p.clone(), l.clone());
+        Ok(Some(l))
+    };
+    let mut sites: HashMap<String, Sites> = HashMap::new();
+    for (i, v) in cfg.vhost.iter().enumerate() {
+        let v = v.get_ref();
+        let mut routes: Vec<Route> = v
+            .route
+            .iter()
+            .map(|r| Route {
+                prefix: r.prefix.clone(),
+                pool: pools[&r.upstream].clone(),
+                allow: r.allow.clone(),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let headers = v
+            .response_headers
+            .iter()
+            .map(|(k, val)| {
+                Ok((
+                    HeaderName::from_bytes(k.as_bytes())?,
+                    HeaderValue::from_str(val)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .with_context(|| format!("vhost[{i}].response_headers"))?;
+        let names: Vec<String> = v
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        let site = Arc::new(Site {
+            label: Arc::from(names.first().map_or("", String::as_str)),
+            names,
+            preserve_host: v.preserve_host,
+            timeout: v.timeout.0,
+            headers,
+            access_log: open_log(&v.access_log)
+                .with_context(|| format!("vhost[{i}].access_log"))?,
+            error_log: open_log(&v.error_log).with_context(|| format!("vhost[{i}].error_log"))?,
+            redirect_https: v.redirect_https,
+            routes,
+        });
+        for l in &v.listeners {
+            let s = sites.entry(l.clone()).or_insert_with(|| Sites {
+                exact: HashMap::new(),
+                wildcard: Vec::new(),
+                default: site.clone(),
+            });
+            for n in &site.names {
+                match n.strip_prefix('*') {
+                    Some(suffix) => s.wildcard.push((suffix.to_string(), site.clone())),
+                    None => {
+                        s.exact.entry(n.clone()).or_insert_with(|| site.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(Routing {
+        sites: sites.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        pools,
+        logs,
+    })
+}
+
+/// The running proxy as the admin endpoint and reloads see it.
+pub struct ProxyView {
+    shared: Arc<Shared>,
+    routing: std::sync::Mutex<Routing>,
+    /// The vhosts each open listener serves; a reload swaps them.
+    listeners: HashMap<String, Arc<ArcSwap<Sites>>>,
+    /// The sections a reload cannot change.
+    fixed: (
+        Vec<crate::config::proxy::Listener>,
+        Option<crate::config::proxy::Server>,
+    ),
+    changes: watch::Sender<u64>,
+    /// The control thread's runtime: health checks of new pools run there.
+    control: tokio::runtime::Handle,
+    health: watch::Receiver<bool>,
+}
+
+/// One upstream server as `/status` shows it.
+#[derive(Clone, Debug)]
+pub struct ServerState {
+    pub upstream: String,
+    pub server: String,
+    pub up: bool,
+    pub outstanding: usize,
+}
+
+impl ProxyView {
+    /// Request counters and latency histograms.
+    pub fn metrics(&self) -> metrics::Snapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether every route has a server up (what `track_proxy` follows).
+    pub fn healthy(&self) -> bool {
+        *self.health.borrow()
+    }
+
+    /// Every server of every upstream, in config order of the upstreams' names.
+    pub fn servers(&self) -> Vec<ServerState> {
+        let Ok(r) = self.routing.lock() else {
+            return Vec::new();
+        };
+        let mut pools: Vec<_> = r.pools.values().collect();
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        pools
+            .into_iter()
+            .flat_map(|p| {
+                p.servers.iter().map(|s| ServerState {
+                    upstream: p.name.to_string(),
+                    server: s.authority.clone(),
+                    up: s.is_up(),
+                    outstanding: s.outstanding(),
+                })
+            })
+            .collect()
+    }
+
+    /// The certificates being served.
+    pub fn certificates(&self) -> Vec<tls::CertInfo> {
+        self.shared
+            .tls
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.certificates())
+    }
+
+    /// Applies the proxy part of `cfg`: vhosts, routes, upstreams, logs and certificates.
+    /// Everything is built before anything is swapped in, so a reload that fails changes
+    /// nothing. Listeners and `[server]` cannot change without a restart.
+    pub fn reload(&self, cfg: &Config, why: &str) -> anyhow::Result<()> {
+        let listeners: Vec<_> = cfg.listener.iter().map(|l| l.get_ref().clone()).collect();
+        if listeners != self.fixed.0 {
+            bail!("[[listener]] changed: restart hapd to open or close listeners");
+        }
+        if cfg.server != self.fixed.1 {
+            bail!("[server] changed: restart hapd to apply it");
+        }
+        let tls = match (&self.shared.tls, &cfg.tls) {
+            (Some(_), Some(t)) => Some((t, tls::build(t)?)),
+            (Some(_), None) => bail!("[tls] removed while TLS listeners are open"),
+            (None, _) => None,
+        };
+        let mut current = self
+            .routing
+            .lock()
+            .map_err(|_| anyhow!("routing state poisoned"))?;
+        let next = build_routing(cfg, Some(&current), &self.changes)?;
+        for name in self.listeners.keys() {
+            if !next.sites.contains_key(name) {
+                bail!("listener {name} would have no vhost: restart hapd to close it");
+            }
+        }
+        // Nothing can fail from here on.
+        if let (Some(store), Some((t, built))) = (&self.shared.tls, tls) {
+            store.replace(t, built, why);
+        }
+        let old_pools = current.routed_pools();
+        *current = next;
+        for (name, slot) in &self.listeners {
+            slot.store(current.sites[name].clone());
+        }
+        let new_pools = current.routed_pools();
+        let _guard = self.control.enter();
+        for p in &new_pools {
+            if !old_pools.iter().any(|o| Arc::ptr_eq(o, p)) {
+                p.spawn_checks();
+            }
+        }
+        for p in &old_pools {
+            if !new_pools.iter().any(|n| Arc::ptr_eq(n, p)) {
+                p.retire();
+            }
+        }
+        self.changes.send_modify(|c| *c += 1);
+        info!(
+            "proxy configuration reloaded ({why}): {} vhost(s), {} upstream(s)",
+            cfg.vhost.len(),
+            cfg.upstream.len()
+        );
+        Ok(())
+    }
+
+    /// Reopens every log file (SIGUSR1, after rotation).
+    pub fn reopen_logs(&self) {
+        if let Ok(r) = self.routing.lock() {
+            info!("reopening {} log file(s)", r.logs.len());
+            for l in r.logs.values() {
+                l.reopen();
+            }
+        }
+    }
+}
+
+/// One worker's socket of a listener: the socket, whether it speaks TLS, and its vhosts.
+type WorkerListener = (std::net::TcpListener, bool, Arc<ArcSwap<Sites>>);
 
 /// Loads certificates, opens logs, binds the listeners and starts serving.
 pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
@@ -114,83 +386,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         _ => None,
     };
     let (changes, _) = watch::channel(0u64);
-    let pools: HashMap<String, Arc<Pool>> = cfg
-        .upstream
-        .iter()
-        .map(|u| {
-            let u = u.get_ref();
-            (u.name.clone(), Arc::new(Pool::new(u, changes.clone())))
-        })
-        .collect();
-    // Log files are shared by vhosts naming the same path.
-    let mut logs: HashMap<std::path::PathBuf, LogFile> = HashMap::new();
-    let mut open_log = |p: &Option<std::path::PathBuf>| -> anyhow::Result<Option<LogFile>> {
-        let Some(p) = p else { return Ok(None) };
-        if let Some(l) = logs.get(p) {
-            return Ok(Some(l.clone()));
-        }
-        let l = LogFile::open(p)?;
-        logs.insert(p.clone(), l.clone());
-        Ok(Some(l))
-    };
-    let mut sites_by_listener: HashMap<String, Sites> = HashMap::new();
-    let mut route_pools = Vec::new();
-    for (i, v) in cfg.vhost.iter().enumerate() {
-        let v = v.get_ref();
-        let mut routes: Vec<Route> = v
-            .route
-            .iter()
-            .map(|r| Route {
-                prefix: r.prefix.clone(),
-                pool: pools[&r.upstream].clone(),
-                allow: r.allow.clone(),
-            })
-            .collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        route_pools.extend(routes.iter().map(|r| r.pool.clone()));
-        let headers = v
-            .response_headers
-            .iter()
-            .map(|(k, val)| {
-                Ok((
-                    HeaderName::from_bytes(k.as_bytes())?,
-                    HeaderValue::from_str(val)?,
-                ))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
-            .with_context(|| format!("vhost[{i}].response_headers"))?;
-        let site = Arc::new(Site {
-            names: v
-                .server_names
-                .iter()
-                .map(|n| n.to_ascii_lowercase())
-                .collect(),
-            preserve_host: v.preserve_host,
-            timeout: v.timeout.0,
-            headers,
-            access_log: open_log(&v.access_log)
-                .with_context(|| format!("vhost[{i}].access_log"))?,
-            error_log: open_log(&v.error_log).with_context(|| format!("vhost[{i}].error_log"))?,
-            redirect_https: v.redirect_https,
-            routes,
-        });
-        for l in &v.listeners {
-            let sites = sites_by_listener.entry(l.clone()).or_insert_with(|| Sites {
-                exact: HashMap::new(),
-                wildcard: Vec::new(),
-                default: site.clone(),
-            });
-            for n in &site.names {
-                match n.strip_prefix('*') {
-                    Some(suffix) => sites.wildcard.push((suffix.to_string(), site.clone())),
-                    None => {
-                        sites.exact.entry(n.clone()).or_insert_with(|| site.clone());
-                    }
-                }
-            }
-        }
-    }
-    let logs: Vec<LogFile> = logs.into_values().collect();
+    let routing = build_routing(cfg, None, &changes)?;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -218,21 +414,23 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         handshake_timeout: server.header_read,
         connections: AtomicUsize::new(0),
         idle: Notify::new(),
+        metrics: Arc::new(Metrics::new(workers + 1)),
     });
 
     // Each worker thread binds its own socket per address (SO_REUSEPORT) and the kernel spreads
     // connections over them: a connection, its upstream connections and their tasks stay on
     // one thread, with no wake-ups across threads.
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, bool, Arc<Sites>)>> =
-        (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut listeners = HashMap::new();
     for l in &cfg.listener {
         let l = l.get_ref();
-        let sites = sites_by_listener.remove(&l.name).map(Arc::new);
-        let Some(sites) = sites else {
+        let Some(sites) = routing.sites.get(&l.name) else {
             warn!(listener = %l.name, "no vhost uses this listener; it is not opened");
             continue;
         };
+        let sites = Arc::new(ArcSwap::new(sites.clone()));
+        listeners.insert(l.name.clone(), sites.clone());
         for addr in &l.bind {
             let first =
                 bind(*addr).with_context(|| format!("listener {}: binding {addr}", l.name))?;
@@ -268,24 +466,37 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
                 .context("starting a proxy thread")?,
         );
     }
-    // Health checks, health reports, signals and the certificate watcher.
+    // Health checks, health reports and the certificate watcher.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the proxy control runtime")?;
+    let view = Arc::new(ProxyView {
+        shared: shared.clone(),
+        routing: std::sync::Mutex::new(routing),
+        listeners,
+        fixed: (
+            cfg.listener.iter().map(|l| l.get_ref().clone()).collect(),
+            cfg.server.clone(),
+        ),
+        changes,
+        control: rt.handle().clone(),
+        health: health_rx.clone(),
+    });
     let tls = shared.tls.clone();
     let mut stop_ctl = stop_rx;
+    let ctl_view = view.clone();
     threads.push(
         std::thread::Builder::new()
             .name("hapd-proxy-ctl".into())
             .spawn(move || {
                 upstream::set_worker(workers);
                 rt.block_on(async move {
-                    for pool in route_pools.iter() {
+                    let pools = ctl_view.routing.lock().map(|r| r.routed_pools());
+                    for pool in pools.iter().flatten() {
                         pool.spawn_checks();
                     }
-                    tokio::spawn(report_health(route_pools, changes, health_tx));
-                    tokio::spawn(signals(tls.clone(), logs));
+                    tokio::spawn(report_health(ctl_view.clone(), health_tx));
                     if let Some(t) = tls {
                         tokio::spawn(watch_certificates(t));
                     }
@@ -300,6 +511,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         threads,
         health: health_rx,
         bound,
+        view,
     })
 }
 
@@ -317,7 +529,7 @@ async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
 
 /// One worker thread: accepts on its sockets until stopped, then drains.
 async fn worker(
-    listeners: Vec<(std::net::TcpListener, bool, Arc<Sites>)>,
+    listeners: Vec<WorkerListener>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
@@ -394,7 +606,7 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 async fn accept_loop(
     listener: TcpListener,
     tls: bool,
-    sites: Arc<Sites>,
+    sites: Arc<ArcSwap<Sites>>,
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 ) {
@@ -426,7 +638,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
-    sites: Arc<Sites>,
+    sites: Arc<ArcSwap<Sites>>,
     shared: &Shared,
     drain: watch::Receiver<bool>,
 ) {
@@ -439,6 +651,7 @@ async fn serve(
             sites,
             state: state.clone(),
             server_header: shared.server_header,
+            metrics: shared.metrics.clone(),
         })
     };
     if tls {
@@ -504,39 +717,16 @@ async fn run_http<IO>(
 }
 
 /// Reports healthy while every route has an upstream server up.
-async fn report_health(pools: Vec<Arc<Pool>>, changes: watch::Sender<u64>, health: ProxyHealth) {
-    let mut rx = changes.subscribe();
+async fn report_health(view: Arc<ProxyView>, health: ProxyHealth) {
+    let mut rx = view.changes.subscribe();
     loop {
-        let healthy = pools.iter().all(|p| p.available());
+        let healthy = view
+            .routing
+            .lock()
+            .is_ok_and(|r| r.routed_pools().iter().all(|p| p.available()));
         health.set(healthy);
         if rx.changed().await.is_err() {
             return;
-        }
-    }
-}
-
-async fn signals(tls: Option<Arc<TlsStore>>, logs: Vec<LogFile>) {
-    let (Ok(mut hup), Ok(mut usr1)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        warn!("cannot install SIGHUP/SIGUSR1 handlers");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                if let Some(t) = &tls {
-                    let t = t.clone();
-                    let _ = tokio::task::spawn_blocking(move || t.reload("SIGHUP")).await;
-                }
-            }
-            _ = usr1.recv() => {
-                info!("SIGUSR1: reopening {} log file(s)", logs.len());
-                for l in &logs {
-                    l.reopen();
-                }
-            }
         }
     }
 }

@@ -26,6 +26,8 @@ use super::{
 
 /// One `[[vhost]]`, ready to serve.
 pub struct Site {
+    /// The first server name: the `vhost` label of the metrics.
+    pub label: Arc<str>,
     pub names: Vec<String>,
     pub preserve_host: bool,
     pub timeout: Duration,
@@ -53,6 +55,13 @@ pub struct Sites {
 }
 
 impl Sites {
+    /// Every vhost of the listener (a vhost with several names comes several times).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Site>> {
+        std::iter::once(&self.default)
+            .chain(self.exact.values())
+            .chain(self.wildcard.iter().map(|(_, s)| s))
+    }
+
     pub fn find(&self, host: &str) -> &Arc<Site> {
         if let Some(s) = self.exact.get(host) {
             return s;
@@ -71,9 +80,11 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub tls: bool,
     pub sni: Option<String>,
-    pub sites: Arc<Sites>,
+    /// The vhosts of the listener; a reload swaps them, each request takes the current ones.
+    pub sites: Arc<arc_swap::ArcSwap<Sites>>,
     pub state: Arc<ConnState>,
     pub server_header: bool,
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 /// The methods answered when TRACE is refused.
@@ -100,6 +111,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
     let started = SystemTime::now();
+    let started_mono = std::time::Instant::now();
     // The client's view of the host: the URI's authority (HTTP/2, absolute-form), else Host.
     let host_full = req
         .uri()
@@ -119,7 +131,7 @@ pub async fn handle(
     } else {
         std::borrow::Cow::Borrowed(host)
     };
-    let site = conn.sites.find(&host).clone();
+    let site = conn.sites.load().find(&host).clone();
     let access = site.access_log.as_ref().map(|_| Access {
         client: conn.peer.ip(),
         time: started,
@@ -133,21 +145,24 @@ pub async fn handle(
         user_agent: header_str(req.headers(), &header::USER_AGENT),
     });
     let mut finish = Finish {
-        conn: conn.state.clone(),
+        conn: conn.clone(),
         log: site.access_log.clone().zip(access),
         status: 0,
         upstream: None,
         busy: None,
+        site: None,
+        route: None,
+        started: started_mono,
     };
     let resp = route(&conn, &site, &host_full, &host, req, &mut finish).await;
-    Ok(seal(&conn, &site, resp, finish))
+    Ok(seal(&conn, site, resp, finish))
 }
 
 /// The last step of every response, the proxy's own included: response headers, no Server
 /// header (or one without a version), and the finishing work attached to the body.
 fn seal(
     conn: &Conn,
-    site: &Site,
+    site: Arc<Site>,
     mut resp: Response<ProxyBody>,
     mut finish: Finish,
 ) -> Response<ProxyBody> {
@@ -166,7 +181,11 @@ fn seal(
         f.log = finish.log.take();
         f.status = finish.status;
         f.busy = finish.busy.take().or(f.busy.take());
+        f.route = finish.route;
+        f.started = finish.started;
+        f.site = Some(site);
     } else {
+        finish.site = Some(site);
         resp.body_mut().set_finish(finish);
     }
     resp
@@ -207,13 +226,15 @@ async fn route(
         };
     }
     let path = req.uri().path();
-    let Some(route) = site
+    let Some(index) = site
         .routes
         .iter()
-        .find(|r| path.starts_with(r.prefix.as_str()))
+        .position(|r| path.starts_with(r.prefix.as_str()))
     else {
         return generated(StatusCode::NOT_FOUND, "No route for this path");
     };
+    let route = &site.routes[index];
+    finish.route = Some(index);
     let client = canonical(conn.peer.ip());
     if !route.allow.is_empty() && !route.allow.iter().any(|n| n.contains(&client)) {
         return generated(StatusCode::FORBIDDEN, "Forbidden");
@@ -370,11 +391,14 @@ async fn forward(
                 }
                 let mut body = ProxyBody::upstream(rbody);
                 body.set_finish(Finish {
-                    conn: conn.state.clone(),
+                    conn: conn.clone(),
                     log: None,
                     status: 0,
                     upstream: pooled.map(|c| (c, server.clone())),
                     busy: None,
+                    site: None,
+                    route: None,
+                    started: finish.started,
                 });
                 return Response::from_parts(rparts, body);
             }

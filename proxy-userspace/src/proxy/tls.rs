@@ -34,6 +34,17 @@ pub struct SniResolver {
     /// The first certificate: for clients without SNI or with an unknown name.
     default: Arc<CertifiedKey>,
     pub names: Vec<String>,
+    /// What was loaded, for `hapd status` and `/metrics`.
+    pub certs: Vec<CertInfo>,
+}
+
+/// One loaded certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    pub file: PathBuf,
+    pub names: Vec<String>,
+    /// notAfter, in seconds since the Unix epoch.
+    pub not_after: i64,
 }
 
 impl fmt::Debug for SniResolver {
@@ -71,7 +82,7 @@ impl ResolvesServerCert for SniResolver {
 fn load_certified(
     c: &Certificate,
     provider: &CryptoProvider,
-) -> anyhow::Result<(CertifiedKey, Vec<String>)> {
+) -> anyhow::Result<(CertifiedKey, CertInfo)> {
     let read_certs = |p: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
         let certs = CertificateDer::pem_file_iter(p)
             .map_err(|e| anyhow!("{}: {e}", p.display()))?
@@ -97,6 +108,7 @@ fn load_certified(
         .valid_dns_names()
         .map(str::to_ascii_lowercase)
         .collect();
+    let not_after = not_after(&chain[0], &c.cert)?;
     let ck = CertifiedKey::new(chain, signer);
     ck.keys_match().map_err(|e| {
         anyhow!(
@@ -105,7 +117,21 @@ fn load_certified(
             c.cert.display()
         )
     })?;
-    Ok((ck, names))
+    Ok((
+        ck,
+        CertInfo {
+            file: c.cert.clone(),
+            names,
+            not_after,
+        },
+    ))
+}
+
+/// The certificate's notAfter in seconds since the Unix epoch.
+fn not_after(der: &CertificateDer<'_>, path: &Path) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow!("{}: not a readable certificate: {e}", path.display()))?;
+    Ok(cert.validity().not_after.timestamp())
 }
 
 /// The rustls provider limited to the configured cipher suites.
@@ -134,10 +160,13 @@ pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)>
     let mut wildcard = Vec::new();
     let mut default = None;
     let mut all_names = Vec::new();
+    let mut certs = Vec::new();
     for (i, c) in tls.certificate.iter().enumerate() {
-        let (ck, names) =
+        let (ck, info) =
             load_certified(c, &provider).with_context(|| format!("tls.certificate[{i}]"))?;
         let ck = Arc::new(ck);
+        let names = info.names.clone();
+        certs.push(info);
         for n in &names {
             if let Some(suffix) = n.strip_prefix('*') {
                 wildcard.push((suffix.to_string(), ck.clone()));
@@ -154,6 +183,7 @@ pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)>
         wildcard,
         default,
         names: all_names,
+        certs,
     });
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
         .protocols
@@ -178,9 +208,33 @@ pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)>
 /// The running TLS configuration and what it was built from.
 pub struct TlsStore {
     current: ArcSwap<ServerConfig>,
-    files: Vec<PathBuf>,
-    stamps: std::sync::Mutex<Vec<Option<(SystemTime, u64)>>>,
+    state: std::sync::Mutex<Loaded>,
+}
+
+/// The `[tls]` section in use, its files with their last seen stamps, and what they held.
+struct Loaded {
     tls: Tls,
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    certs: Vec<CertInfo>,
+}
+
+impl Loaded {
+    fn new(tls: &Tls, certs: Vec<CertInfo>) -> Loaded {
+        let files: Vec<PathBuf> = tls
+            .certificate
+            .iter()
+            .flat_map(|c| [Some(c.cert.clone()), Some(c.key.clone()), c.chain.clone()])
+            .flatten()
+            .collect();
+        let stamps = files.iter().map(|f| stamp(f)).collect();
+        Loaded {
+            tls: tls.clone(),
+            files,
+            stamps,
+            certs,
+        }
+    }
 }
 
 fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
@@ -192,18 +246,9 @@ impl TlsStore {
     pub fn new(tls: &Tls) -> anyhow::Result<TlsStore> {
         let (cfg, resolver) = build(tls)?;
         info!(names = ?resolver.names, "TLS certificates loaded");
-        let files: Vec<PathBuf> = tls
-            .certificate
-            .iter()
-            .flat_map(|c| [Some(c.cert.clone()), Some(c.key.clone()), c.chain.clone()])
-            .flatten()
-            .collect();
-        let stamps = files.iter().map(|f| stamp(f)).collect();
         Ok(TlsStore {
             current: ArcSwap::new(cfg),
-            files,
-            stamps: std::sync::Mutex::new(stamps),
-            tls: tls.clone(),
+            state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone())),
         })
     }
 
@@ -211,25 +256,34 @@ impl TlsStore {
         self.current.load_full()
     }
 
+    /// The certificates being served.
+    pub fn certificates(&self) -> Vec<CertInfo> {
+        self.state
+            .lock()
+            .map_or_else(|_| Vec::new(), |s| s.certs.clone())
+    }
+
     /// Whether a certificate, key or chain file changed since the last look.
     pub fn files_changed(&self) -> bool {
-        let now: Vec<_> = self.files.iter().map(|f| stamp(f)).collect();
-        let Ok(mut old) = self.stamps.lock() else {
+        let Ok(mut st) = self.state.lock() else {
             return false;
         };
-        if *old == now {
+        let now: Vec<_> = st.files.iter().map(|f| stamp(f)).collect();
+        if st.stamps == now {
             return false;
         }
-        *old = now;
+        st.stamps = now;
         true
     }
 
     /// Rebuilds from the files; on success swaps it in, else keeps the running one.
     pub fn reload(&self, why: &str) -> bool {
-        match build(&self.tls) {
-            Ok((cfg, resolver)) => {
-                self.current.store(cfg);
-                info!(names = ?resolver.names, "TLS certificates reloaded ({why})");
+        let Ok(tls) = self.state.lock().map(|s| s.tls.clone()) else {
+            return false;
+        };
+        match build(&tls) {
+            Ok(built) => {
+                self.replace(&tls, built, why);
                 true
             }
             Err(e) => {
@@ -237,6 +291,20 @@ impl TlsStore {
                 false
             }
         }
+    }
+
+    /// Swaps in a configuration built from `tls` (a config reload may name other files).
+    pub fn replace(
+        &self,
+        tls: &Tls,
+        (cfg, resolver): (Arc<ServerConfig>, Arc<SniResolver>),
+        why: &str,
+    ) {
+        self.current.store(cfg);
+        if let Ok(mut st) = self.state.lock() {
+            *st = Loaded::new(tls, resolver.certs.clone());
+        }
+        info!(names = ?resolver.names, "TLS certificates reloaded ({why})");
     }
 }
 

@@ -48,7 +48,7 @@ pub fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
 }
 
-fn worker() -> usize {
+pub(crate) fn worker() -> usize {
     WORKER.with(|w| w.get())
 }
 
@@ -67,7 +67,11 @@ pub struct Server {
 }
 
 pub struct Pool {
-    pub name: String,
+    pub name: Arc<str>,
+    /// What it was built from: a reload keeps a pool whose config did not change.
+    config: Upstream,
+    /// Replaced by a reload: its health checks stop.
+    retired: AtomicBool,
     balance: Balance,
     pub servers: Vec<Arc<Server>>,
     next: AtomicUsize,
@@ -158,7 +162,9 @@ impl Pool {
             })
             .collect();
         Pool {
-            name: u.name.clone(),
+            name: Arc::from(u.name.as_str()),
+            config: u.clone(),
+            retired: AtomicBool::new(false),
             balance: u.balance,
             servers,
             next: AtomicUsize::new(0),
@@ -166,6 +172,15 @@ impl Pool {
             check: u.health_check.as_ref().map(Check::from),
             changes,
         }
+    }
+
+    pub fn config(&self) -> &Upstream {
+        &self.config
+    }
+
+    /// Stops the health checks (the pool was replaced by a reload).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
     }
 
     /// Whether any server is up.
@@ -237,6 +252,9 @@ impl Pool {
         let mut fails = 0u32;
         loop {
             tick.tick().await;
+            if self.retired.load(Ordering::Relaxed) {
+                return;
+            }
             let result =
                 tokio::time::timeout(check.timeout, s.probe(&check.path, self.connect_timeout))
                     .await;
@@ -273,6 +291,11 @@ impl Server {
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    /// Requests in progress on this server.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
     }
 
     /// Sends `req` on an idle kept-alive connection, or a new one. The response comes with the

@@ -76,6 +76,8 @@ pub enum Reason {
     TrackFault,
     /// The link is up and every track is healthy again.
     Recovered,
+    /// An operator's drill asked this router to step down.
+    SteppedDown,
 }
 
 impl fmt::Display for Reason {
@@ -91,6 +93,7 @@ impl fmt::Display for Reason {
             Reason::LinkDown => "link down",
             Reason::TrackFault => "tracked check in fault",
             Reason::Recovered => "recovered",
+            Reason::SteppedDown => "stepped down for a drill",
         })
     }
 }
@@ -148,6 +151,8 @@ pub struct Instance {
     fencing: bool,
     /// Why the master-down timer runs: the master fell silent, or resigned (priority 0).
     down_reason: Reason,
+    /// A drill asked us to step down: we advertise priority 1 until handed back.
+    stepped_down: bool,
     started: Duration,
     /// The last priority each other router advertised as master (not 0).
     peers: BTreeMap<Ipv4Addr, u8>,
@@ -168,6 +173,7 @@ impl Instance {
             refresh_timer: None,
             fencing: false,
             down_reason: Reason::MasterDown,
+            stepped_down: false,
             started: Duration::ZERO,
             peers: BTreeMap::new(),
             actions: VecDeque::new(),
@@ -185,6 +191,9 @@ impl Instance {
     /// The priority we advertise: the configured one plus tracking, within 1..=254; the owner
     /// (255) is never adjusted (RFC 5798 section 5.2.4).
     pub fn effective_priority(&self) -> u8 {
+        if self.stepped_down {
+            return 1;
+        }
         if self.cfg.priority == OWNER {
             return OWNER;
         }
@@ -384,6 +393,35 @@ impl Instance {
         }
     }
 
+    /// Whether a drill has stepped this router down.
+    pub fn stepped_down(&self) -> bool {
+        self.stepped_down
+    }
+
+    /// A drill: step down (a master resigns with priority 0 so a backup takes over after its
+    /// Skew_Time, and we advertise priority 1 from then on, so we neither preempt nor win an
+    /// election while anyone else is up), or hand back (the configured priority again; with
+    /// preemption a backup then takes over from a lower-priority master at its next advert).
+    /// If nobody takes over, the master-down timer makes us master again: a drill against a
+    /// dead peer costs one Master_Down_Interval, not the service.
+    pub fn set_stepped_down(&mut self, now: Duration, on: bool) {
+        if on == self.stepped_down {
+            return;
+        }
+        self.stepped_down = on;
+        match (on, self.state) {
+            (true, State::Master) => self.change_state(now, State::Backup, Reason::SteppedDown),
+            (false, State::Master) => {
+                // Tell the others our priority at once.
+                self.actions.push_back(Action::SendAdvert {
+                    priority: self.effective_priority(),
+                });
+                self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+            }
+            _ => {}
+        }
+    }
+
     /// The interface went down or up.
     pub fn set_link(&mut self, now: Duration, up: bool) {
         if up == self.link_up {
@@ -427,7 +465,7 @@ impl Instance {
         if from == State::Master {
             let resign = matches!(
                 reason,
-                Reason::Shutdown | Reason::Resigned | Reason::TrackFault
+                Reason::Shutdown | Reason::Resigned | Reason::TrackFault | Reason::SteppedDown
             );
             if resign && self.link_up {
                 self.actions.push_back(Action::SendAdvert { priority: 0 });

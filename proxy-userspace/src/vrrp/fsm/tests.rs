@@ -675,3 +675,45 @@ fn split_brain_the_winner_reannounces_even_when_its_advert_arrives_first() {
     assert_eq!(s.vip_holders(), vec![0]);
     s.golden("split_brain_the_winner_reannounces_even_when_its_advert_arrives_first");
 }
+
+#[test]
+fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
+    let mut s = pair(1);
+    s.run_until(ms(1_000));
+    assert_eq!(s.masters(), vec![0]);
+    s.at(ms(1_000), 0, |i, t| i.set_stepped_down(t, true));
+    assert_eq!(s.nodes[0].sent.last(), Some(&(ms(1_000), 0)), "resigns");
+    assert!(!s.nodes[0].vips);
+    s.run_until(ms(1_100));
+    assert_eq!(s.masters(), vec![1]);
+    assert_eq!(
+        s.became(1, State::Master).unwrap(),
+        (
+            ms(1_000) + Duration::from_nanos(6_093_750),
+            Reason::MasterResigned
+        )
+    );
+    assert_eq!(s.became(0, State::Backup).unwrap().1, Reason::SteppedDown);
+    assert_eq!(s.nodes[0].inst.effective_priority(), 1);
+    // Stepped down, A does not preempt B for as long as the drill lasts.
+    s.run_until(ms(3_000));
+    assert_eq!(s.masters(), vec![1]);
+    // Handed back: A (110, preempt) takes over at B's next advert.
+    s.at(ms(3_000), 0, |i, t| i.set_stepped_down(t, false));
+    s.run_until(ms(3_011));
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.became(0, State::Master).unwrap().1, Reason::Preempt);
+    assert_eq!(s.vip_holders(), vec![0]);
+
+    // The peer is dead: the stepped-down master waits one Master_Down_Interval (3 x 10 ms +
+    // Skew_Time of priority 1) and takes the addresses back.
+    s.crash(1);
+    s.at(ms(4_000), 0, |i, t| i.set_stepped_down(t, true));
+    assert!(s.vip_holders().is_empty());
+    s.run_until(ms(4_100));
+    assert_eq!(s.masters(), vec![0]);
+    let (t, why) = s.became(0, State::Master).unwrap();
+    assert_eq!(why, Reason::MasterDown);
+    assert_eq!(t - ms(4_000), Duration::from_nanos(39_960_937));
+    s.golden("a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down");
+}

@@ -1,0 +1,393 @@
+//! The admin endpoint (`node.admin`, loopback by default) and the daemon's own signals.
+//!
+//! - `GET /healthz`: 200 `ok` when no VRRP instance is in FAULT and the proxy has a server up
+//!   for every route, else 503 with the reasons.
+//! - `GET /status`: the node as JSON ([`status::Status`]); `hapd status` prints it.
+//! - `GET /metrics`: Prometheus text format ([`prom`]).
+//! - `POST /reload`: re-read the config file and apply it (see [`Admin::reload`]); also SIGHUP.
+//! - `POST /step-down?instance=NAME`, `POST /hand-back?instance=NAME`: the drill's two steps.
+//!
+//! The POST endpoints answer only clients on this host (loopback, or the admin address talking
+//! to itself): an admin address opened to the network for monitoring and for the peer's drill
+//! checks does not let the network move the VIP.
+//!
+//! It runs on a thread of its own, so a slow scrape never delays an advert or a request.
+pub mod client;
+pub mod prom;
+pub mod status;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+};
+use tracing::{debug, error, info, warn};
+
+use self::status::{CertStatus, ProxyStatus, ServerStatus, Status};
+use crate::{config::Config, daemon::Control, proxy::ProxyView};
+
+/// How long the VRRP loop has to answer a status request.
+const VRRP_ANSWER: Duration = Duration::from_secs(2);
+
+/// What the admin endpoint serves from.
+pub struct Admin {
+    pub config_path: PathBuf,
+    /// The configuration running now (replaced by a successful reload).
+    pub running: Mutex<Config>,
+    pub started: Instant,
+    pub vrrp: Option<mpsc::Sender<Control>>,
+    pub proxy: Option<Arc<ProxyView>>,
+}
+
+/// The running endpoint; dropping it stops the thread.
+pub struct AdminHandle {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds `addr` and serves on a thread of its own; also handles SIGHUP (reload) and SIGUSR1
+/// (reopen log files).
+pub fn start(addr: SocketAddr, admin: Admin) -> anyhow::Result<AdminHandle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the admin runtime")?;
+    let sock = {
+        let _g = rt.enter();
+        let std = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("node.admin: binding {addr}"))?;
+        std.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(std)?
+    };
+    let local = sock.local_addr()?;
+    // Installed here, before the caller says it is ready: a SIGHUP from then on reloads.
+    let (hup, usr1) = {
+        let _g = rt.enter();
+        (
+            signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?,
+        )
+    };
+    info!(%local, "admin endpoint listening");
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let admin = Arc::new(admin);
+    let thread = std::thread::Builder::new()
+        .name("hapd-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                tokio::spawn(signals(admin.clone(), hup, usr1));
+                tokio::select! {
+                    _ = serve(sock, admin) => {}
+                    _ = stop_rx => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+        })
+        .context("starting the admin thread")?;
+    Ok(AdminHandle {
+        addr: local,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+async fn signals(
+    admin: Arc<Admin>,
+    mut hup: tokio::signal::unix::Signal,
+    mut usr1: tokio::signal::unix::Signal,
+) {
+    loop {
+        tokio::select! {
+            Some(()) = hup.recv() => {
+                let a = admin.clone();
+                match tokio::task::spawn_blocking(move || a.reload("SIGHUP")).await {
+                    Ok(Ok(msg)) => info!("{msg}"),
+                    Ok(Err(e)) => error!("reload (SIGHUP) refused, nothing changed: {e}"),
+                    Err(e) => error!("reload (SIGHUP): {e}"),
+                }
+            }
+            Some(()) = usr1.recv() => {
+                match &admin.proxy {
+                    Some(p) => p.reopen_logs(),
+                    None => info!("SIGUSR1: no log files to reopen"),
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+async fn serve(sock: tokio::net::TcpListener, admin: Arc<Admin>) {
+    loop {
+        let (stream, peer) = match sock.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("admin accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        // A client on this host: loopback, or one of our addresses talking to itself.
+        let local = stream
+            .local_addr()
+            .is_ok_and(|l| peer.ip().is_loopback() || l.ip() == peer.ip());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, local, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(%peer, "admin connection: {e}");
+            }
+        });
+    }
+}
+
+fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    })
+}
+
+async fn handle(admin: &Arc<Admin>, local: bool, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET | Method::HEAD, "/healthz") => {
+            let st = admin.status().await;
+            let problems = st.problems();
+            if problems.is_empty() {
+                text(StatusCode::OK, "ok\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{}\n", problems.join("\n")),
+                )
+            }
+        }
+        (Method::GET | Method::HEAD, "/status") => {
+            let st = admin.status().await;
+            let mut r = text(
+                StatusCode::OK,
+                serde_json::to_vec_pretty(&st).unwrap_or_default(),
+            );
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        (Method::GET | Method::HEAD, "/metrics") => {
+            let st = admin.status().await;
+            let m = admin.proxy.as_ref().map(|p| p.metrics());
+            let mut r = text(StatusCode::OK, prom::render(&st, m.as_ref()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        (Method::POST, "/reload" | "/step-down" | "/hand-back") if !local => text(
+            StatusCode::FORBIDDEN,
+            "control requests are accepted from this host only\n",
+        ),
+        (Method::POST, "/reload") => {
+            let a = admin.clone();
+            match tokio::task::spawn_blocking(move || a.reload("hapd reload")).await {
+                Ok(Ok(msg)) => {
+                    info!("{msg}");
+                    text(StatusCode::OK, format!("{msg}\n"))
+                }
+                Ok(Err(e)) => {
+                    error!("reload refused, nothing changed: {e}");
+                    text(
+                        StatusCode::CONFLICT,
+                        format!("reload refused, nothing changed: {e}\n"),
+                    )
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (Method::POST, "/step-down" | "/hand-back") => {
+            let Some(instance) = query_param(&req, "instance") else {
+                return text(StatusCode::BAD_REQUEST, "missing ?instance=NAME\n");
+            };
+            let Some(vrrp) = &admin.vrrp else {
+                return text(StatusCode::CONFLICT, "this node runs no VRRP instance\n");
+            };
+            let (tx, rx) = oneshot::channel();
+            let on = path == "/step-down";
+            if vrrp
+                .send(Control::StepDown {
+                    instance,
+                    on,
+                    reply: tx,
+                })
+                .await
+                .is_err()
+            {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the VRRP loop has stopped\n",
+                );
+            }
+            match tokio::time::timeout(VRRP_ANSWER, rx).await {
+                Ok(Ok(Ok(msg))) => text(StatusCode::OK, format!("{msg}\n")),
+                Ok(Ok(Err(e))) => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+                _ => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the VRRP loop did not answer\n",
+                ),
+            }
+        }
+        (_, "/healthz" | "/status" | "/metrics" | "/reload" | "/step-down" | "/hand-back") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /status, /metrics or /healthz\n",
+        ),
+    }
+}
+
+impl Admin {
+    /// The node's status: the VRRP loop's part (asked over its channel) and the proxy's.
+    pub async fn status(&self) -> Status {
+        let node = self
+            .running
+            .lock()
+            .map(|c| c.node.name.clone())
+            .unwrap_or_default();
+        let mut st = Status {
+            node,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            ..Status::default()
+        };
+        if let Some(vrrp) = &self.vrrp {
+            let (tx, rx) = oneshot::channel();
+            if vrrp.send(Control::Status(tx)).await.is_ok() {
+                if let Ok(Ok((instances, guard))) = tokio::time::timeout(VRRP_ANSWER, rx).await {
+                    st.instances = instances;
+                    st.guard = guard;
+                }
+            }
+        }
+        if let Some(p) = &self.proxy {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            st.proxy = Some(ProxyStatus {
+                healthy: p.healthy(),
+                connections: p.connections(),
+                servers: p
+                    .servers()
+                    .into_iter()
+                    .map(|s| ServerStatus {
+                        upstream: s.upstream,
+                        server: s.server,
+                        up: s.up,
+                        outstanding: s.outstanding,
+                    })
+                    .collect(),
+                certificates: p
+                    .certificates()
+                    .into_iter()
+                    .map(|c| CertStatus {
+                        file: c.file.display().to_string(),
+                        names: c.names,
+                        not_after: c.not_after,
+                        days_left: (c.not_after - now).div_euclid(86_400),
+                    })
+                    .collect(),
+            });
+        }
+        st
+    }
+
+    /// Re-reads the config file and applies it, or changes nothing and says why. The proxy's
+    /// vhosts, routes, upstreams, log files and certificates are reloaded; `[node]`, the VRRP
+    /// sections, `[server]` and the listeners need a restart (one node at a time).
+    pub fn reload(&self, why: &str) -> Result<String, String> {
+        let (cfg, warnings) = Config::load(&self.config_path).map_err(|e| format!("{e}"))?;
+        for w in &warnings {
+            warn!("config: {w}");
+        }
+        let mut running = self
+            .running
+            .lock()
+            .map_err(|_| "the running config is poisoned".to_string())?;
+        let mut fixed = Vec::new();
+        if cfg.node != running.node {
+            fixed.push("[node]".to_string());
+        }
+        if cfg.vrrp != running.vrrp {
+            fixed.push("[[vrrp]]".to_string());
+        }
+        if cfg.track_script != running.track_script {
+            fixed.push("[[track_script]]".to_string());
+        }
+        if !fixed.is_empty() {
+            return Err(format!(
+                "{} changed: restart hapd to apply (the backup first, then the master)",
+                fixed.join(", ")
+            ));
+        }
+        match &self.proxy {
+            Some(p) => p.reload(&cfg, why).map_err(|e| format!("{e:#}"))?,
+            None if !cfg.listener.is_empty() => {
+                return Err(
+                    "[[listener]] added to a node without a proxy: restart hapd to start it".into(),
+                )
+            }
+            None => {}
+        }
+        *running = cfg;
+        Ok(format!(
+            "configuration reloaded ({why}) from {}",
+            self.config_path.display()
+        ))
+    }
+}

@@ -1,0 +1,261 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+use std::fmt::Write as _;
+
+use super::status::Status;
+use crate::proxy::metrics::{Snapshot, BUCKETS};
+
+/// A label value with `\`, `"` and newlines escaped.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", esc(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+const STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
+
+/// Renders the node's status and the proxy's counters.
+pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
+    let mut o = Out(String::new());
+    o.family("hapd_build_info", "gauge", "Version of the running hapd.");
+    o.sample(
+        "hapd_build_info",
+        &[("version", &st.version), ("node", &st.node)],
+        1,
+    );
+    o.family(
+        "hapd_uptime_seconds",
+        "gauge",
+        "Seconds since hapd started.",
+    );
+    o.sample("hapd_uptime_seconds", &[], st.uptime_secs);
+
+    if !st.instances.is_empty() {
+        o.family(
+            "hapd_vrrp_state",
+            "gauge",
+            "1 for the state the VRRP instance is in, 0 for the others.",
+        );
+        for i in &st.instances {
+            for s in STATES {
+                o.sample(
+                    "hapd_vrrp_state",
+                    &[("instance", &i.name), ("state", s)],
+                    u8::from(i.state == s),
+                );
+            }
+        }
+        o.family(
+            "hapd_vrrp_priority",
+            "gauge",
+            "Configured priority of the VRRP instance.",
+        );
+        for i in &st.instances {
+            o.sample("hapd_vrrp_priority", &[("instance", &i.name)], i.priority);
+        }
+        o.family(
+            "hapd_vrrp_effective_priority",
+            "gauge",
+            "Priority advertised now (configured plus tracking, or 1 while stepped down).",
+        );
+        for i in &st.instances {
+            o.sample(
+                "hapd_vrrp_effective_priority",
+                &[("instance", &i.name)],
+                i.effective_priority,
+            );
+        }
+        o.family(
+            "hapd_vrrp_transitions_total",
+            "counter",
+            "State changes of the VRRP instance since start.",
+        );
+        for i in &st.instances {
+            o.sample(
+                "hapd_vrrp_transitions_total",
+                &[("instance", &i.name)],
+                i.transitions,
+            );
+        }
+        o.family(
+            "hapd_vrrp_adverts_sent_total",
+            "counter",
+            "VRRP advertisements sent.",
+        );
+        for i in &st.instances {
+            o.sample(
+                "hapd_vrrp_adverts_sent_total",
+                &[("instance", &i.name)],
+                i.adverts_sent,
+            );
+        }
+        o.family(
+            "hapd_vrrp_adverts_received_total",
+            "counter",
+            "Valid VRRP advertisements received from other routers (counted by the guard).",
+        );
+        for i in &st.instances {
+            o.sample(
+                "hapd_vrrp_adverts_received_total",
+                &[("instance", &i.name)],
+                i.adverts_received,
+            );
+        }
+        o.family(
+            "hapd_vrrp_last_advert_age_seconds",
+            "gauge",
+            "Seconds since the last valid advert from another router (absent: never).",
+        );
+        for i in &st.instances {
+            if let Some(ms) = i.last_advert_age_ms {
+                o.sample(
+                    "hapd_vrrp_last_advert_age_seconds",
+                    &[("instance", &i.name)],
+                    ms as f64 / 1000.0,
+                );
+            }
+        }
+    }
+    if let Some(g) = &st.guard {
+        o.family(
+            "hapd_guard_packets_total",
+            "counter",
+            "Protocol-112 packets the guard handled, by decision (accepted or the drop reason).",
+        );
+        for (k, v) in g.counters.iter().filter(|(k, _)| *k != "events_lost") {
+            o.sample("hapd_guard_packets_total", &[("reason", k)], v);
+        }
+        o.family(
+            "hapd_guard_events_lost_total",
+            "counter",
+            "Guard events that did not fit in the ring buffer.",
+        );
+        o.sample(
+            "hapd_guard_events_lost_total",
+            &[],
+            g.counters.get("events_lost").copied().unwrap_or(0),
+        );
+    }
+    if let Some(p) = &st.proxy {
+        o.family(
+            "hapd_proxy_healthy",
+            "gauge",
+            "1 when every route has an upstream server up.",
+        );
+        o.sample("hapd_proxy_healthy", &[], u8::from(p.healthy));
+        o.family(
+            "hapd_proxy_connections",
+            "gauge",
+            "Client connections open now.",
+        );
+        o.sample("hapd_proxy_connections", &[], p.connections);
+        o.family(
+            "hapd_upstream_server_up",
+            "gauge",
+            "1 when the upstream server is up (health checks and passive ejection).",
+        );
+        for s in &p.servers {
+            o.sample(
+                "hapd_upstream_server_up",
+                &[("upstream", &s.upstream), ("server", &s.server)],
+                u8::from(s.up),
+            );
+        }
+        o.family(
+            "hapd_upstream_server_outstanding",
+            "gauge",
+            "Requests in progress on the upstream server.",
+        );
+        for s in &p.servers {
+            o.sample(
+                "hapd_upstream_server_outstanding",
+                &[("upstream", &s.upstream), ("server", &s.server)],
+                s.outstanding,
+            );
+        }
+        o.family(
+            "hapd_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "notAfter of each served certificate, in seconds since the Unix epoch.",
+        );
+        for c in &p.certificates {
+            let names = c.names.join(",");
+            o.sample(
+                "hapd_tls_certificate_expiry_timestamp_seconds",
+                &[("file", &c.file), ("names", &names)],
+                c.not_after,
+            );
+        }
+    }
+    if let Some(m) = m {
+        o.family(
+            "hapd_http_requests_total",
+            "counter",
+            "Requests answered, by vhost (its first server name), status code and upstream.",
+        );
+        for ((vhost, code, upstream), n) in &m.requests {
+            let code = code.to_string();
+            o.sample(
+                "hapd_http_requests_total",
+                &[("vhost", vhost), ("code", &code), ("upstream", upstream)],
+                n,
+            );
+        }
+        o.family(
+            "hapd_http_request_duration_seconds",
+            "histogram",
+            "Time from the request head to the end of the response, by vhost.",
+        );
+        for (vhost, h) in &m.latency {
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cumulative += h.counts[i];
+                let le = le.to_string();
+                o.sample(
+                    "hapd_http_request_duration_seconds_bucket",
+                    &[("vhost", vhost), ("le", &le)],
+                    cumulative,
+                );
+            }
+            o.sample(
+                "hapd_http_request_duration_seconds_bucket",
+                &[("vhost", vhost), ("le", "+Inf")],
+                h.count(),
+            );
+            o.sample(
+                "hapd_http_request_duration_seconds_sum",
+                &[("vhost", vhost)],
+                h.sum,
+            );
+            o.sample(
+                "hapd_http_request_duration_seconds_count",
+                &[("vhost", vhost)],
+                h.count(),
+            );
+        }
+    }
+    o.0
+}

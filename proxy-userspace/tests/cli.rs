@@ -1,0 +1,75 @@
+//! The `hapd` command line: help for every command, and a clear error for each way a client
+//! command can fail before it reaches a daemon.
+use std::process::{Command, Output};
+
+fn hapd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let o = hapd(&["--help"]);
+    let top = String::from_utf8_lossy(&o.stdout).into_owned();
+    for cmd in ["run", "check", "status", "reload", "drill"] {
+        assert!(top.contains(cmd), "{cmd} missing from\n{top}");
+        let o = hapd(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}: {}", stderr(&o));
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            text.contains("Example"),
+            "{cmd} --help has no example:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn client_commands_say_what_is_wrong() {
+    // No daemon at the address.
+    let o = hapd(&["status", "--admin", "127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is hapd running?"), "{}", stderr(&o));
+    let o = hapd(&["reload", "--admin", "127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("127.0.0.1:1"), "{}", stderr(&o));
+    // The address comes from a config that does not exist.
+    let o = hapd(&["status", "--config", "/nonexistent/hapd.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("/nonexistent/hapd.toml"),
+        "{}",
+        stderr(&o)
+    );
+    // A drill needs the peer's admin endpoint (or an explicit --no-peer-check).
+    let o = hapd(&["drill", "--probe", "http://198.18.0.100/"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--peer-admin"), "{}", stderr(&o));
+    // Only http:// probes; checked before anything is asked of the daemon.
+    let o = hapd(&[
+        "drill",
+        "--admin",
+        "127.0.0.1:1",
+        "--no-peer-check",
+        "--probe",
+        "https://198.18.0.100/",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("only http://"), "{}", stderr(&o));
+    // A bad duration.
+    let o = hapd(&[
+        "drill",
+        "--no-peer-check",
+        "--probe",
+        "http://198.18.0.100/",
+        "--timeout",
+        "soon",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--timeout"), "{}", stderr(&o));
+}
