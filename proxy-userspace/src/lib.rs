@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod drill;
 pub mod health;
+pub mod import;
 pub mod link;
 pub mod proxy;
 pub mod vip;

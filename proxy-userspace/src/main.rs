@@ -89,6 +89,25 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         max_outage: Option<Duration>,
     },
+    /// Turn a keepalived.conf and an Apache vhost file into a hapd config (printed, or written
+    /// with --output). Directives that cannot be mapped are kept as comments saying why.
+    ///
+    /// Example: hapd import --keepalived /etc/keepalived/keepalived.conf
+    ///   --apache /etc/httpd/conf.d/app.conf --peer 10.0.1.11 --output /etc/hapd/hapd.toml
+    Import {
+        /// keepalived configuration file.
+        #[arg(long)]
+        keepalived: Option<PathBuf>,
+        /// Apache httpd configuration file with the vhosts.
+        #[arg(long)]
+        apache: Option<PathBuf>,
+        /// The other node's address (repeat for more): the VRRP peers the XDP guard allows.
+        #[arg(long)]
+        peer: Vec<std::net::Ipv4Addr>,
+        /// Write here instead of standard output (refuses to overwrite an existing file).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
 }
 
 const DEFAULT_CONFIG: &str = "/etc/hapd/hapd.toml";
@@ -126,6 +145,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(config),
+        Command::Import {
+            keepalived,
+            apache,
+            peer,
+            output,
+        } => import(
+            keepalived.as_ref(),
+            apache.as_ref(),
+            &peer,
+            output.as_deref(),
+        ),
         Command::Status { target, json } => client(async move {
             let addr = target.addr()?;
             if json {
@@ -175,6 +205,41 @@ fn main() -> ExitCode {
             drill::run(plan).await
         }),
     }
+}
+
+fn import(
+    keepalived: Option<&PathBuf>,
+    apache: Option<&PathBuf>,
+    peers: &[std::net::Ipv4Addr],
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let imported = match proxy_userspace::import::run(keepalived, apache, peers) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match output {
+        None => print!("{}", imported.toml),
+        Some(p) => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, imported.toml.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("error: writing {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+            println!("wrote {}", p.display());
+        }
+    }
+    eprintln!(
+        "{} directive(s) not mapped: see the `# not mapped` comments",
+        imported.unmapped
+    );
+    ExitCode::SUCCESS
 }
 
 /// Runs a client command; `Ok(false)` and errors exit 1.

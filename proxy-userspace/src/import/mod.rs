@@ -1,0 +1,925 @@
+//! `hapd import`: a keepalived.conf and an Apache httpd vhost file turned into one hapd config.
+//!
+//! Every directive is either mapped to a key or named in a `# not mapped` comment with the
+//! reason, with the file and line it came from, so an operator can review the result line by
+//! line. The output is checked with the config parser before it is printed.
+pub mod parse;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+
+use self::parse::Directive;
+use crate::config::Config;
+
+/// Where a directive came from, for comments.
+#[derive(Clone)]
+struct Src<'a> {
+    file: &'a str,
+}
+
+impl Src<'_> {
+    fn at(&self, d: &Directive) -> String {
+        format!("{}:{}", self.file, d.line)
+    }
+}
+
+/// A TOML string literal.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn qlist<S: AsRef<str>>(v: &[S]) -> String {
+    let items: Vec<String> = v.iter().map(|s| q(s.as_ref())).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Seconds as written by keepalived or Apache ("1", "0.5") as a hapd duration.
+fn secs(s: &str) -> Option<String> {
+    let f: f64 = s.parse().ok()?;
+    if !(f.is_finite() && f >= 0.0) {
+        return None;
+    }
+    let ms = (f * 1000.0).round() as u64;
+    Some(if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    })
+}
+
+/// A section of the output: its header, keys and comments in order.
+#[derive(Default)]
+struct Section {
+    header: String,
+    lines: Vec<String>,
+}
+
+impl Section {
+    fn new(header: &str) -> Section {
+        Section {
+            header: header.into(),
+            lines: vec![],
+        }
+    }
+    fn key(&mut self, k: &str, v: impl Into<String>) {
+        self.lines.push(format!("{k} = {}", v.into()));
+    }
+    fn note(&mut self, text: impl AsRef<str>) {
+        for l in text.as_ref().lines() {
+            self.lines.push(format!("# {l}"));
+        }
+    }
+    fn unmapped(&mut self, at: String, what: &str, why: &str) {
+        self.note(format!("not mapped ({at}): {what}: {why}"));
+    }
+}
+
+/// The imported config.
+pub struct Imported {
+    pub toml: String,
+    /// How many directives could not be mapped (each has a comment).
+    pub unmapped: usize,
+}
+
+/// What the importer is given.
+pub struct Sources<'a> {
+    pub keepalived: Option<(&'a Path, &'a str)>,
+    pub apache: Option<(&'a Path, &'a str)>,
+    /// The other nodes' addresses, for `peers` (keepalived's multicast setup does not name them).
+    pub peers: &'a [Ipv4Addr],
+}
+
+/// Builds the config; errors name the file and line of what could not be read at all.
+pub fn import(src: &Sources) -> anyhow::Result<Imported> {
+    let mut node = Section::new("[node]");
+    let mut tail: Vec<Section> = Vec::new();
+    let mut proxy_scripts: BTreeMap<String, i64> = BTreeMap::new();
+    if let Some((path, text)) = src.keepalived {
+        let tree = parse::keepalived(text).with_context(|| path.display().to_string())?;
+        let file = path.display().to_string();
+        let s = Src { file: &file };
+        tail.extend(keepalived(
+            &tree,
+            &s,
+            src.peers,
+            &mut node,
+            &mut proxy_scripts,
+        )?);
+    } else {
+        node.key("name", q("hapd"));
+    }
+    if let Some((path, text)) = src.apache {
+        let tree = parse::apache(text).with_context(|| path.display().to_string())?;
+        let file = path.display().to_string();
+        let s = Src { file: &file };
+        tail.extend(apache(&tree, &s)?);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# hapd configuration imported by `hapd import` (hapd {}).",
+        env!("CARGO_PKG_VERSION")
+    );
+    let from: Vec<String> = [src.keepalived, src.apache]
+        .into_iter()
+        .flatten()
+        .map(|(p, _)| p.display().to_string())
+        .collect();
+    let _ = writeln!(out, "# From: {}", from.join(", "));
+    let _ = writeln!(
+        out,
+        "# Review every `not mapped` comment, then run `hapd check --config THIS_FILE`."
+    );
+    for sec in std::iter::once(node).chain(tail) {
+        let _ = writeln!(out, "\n{}", sec.header);
+        for l in &sec.lines {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+    let unmapped = out.matches("# not mapped (").count();
+    // Our own output must parse; if it does not, that is a bug here, not in the input.
+    Config::parse(&out, Path::new("(imported)")).map_err(|e| {
+        anyhow::anyhow!("the imported config does not parse (a bug in hapd import): {e}\n{out}")
+    })?;
+    Ok(Imported {
+        toml: out,
+        unmapped,
+    })
+}
+
+/// Scripts that checked the proxy hapd replaces: their weight goes to `track_proxy`.
+fn checks_old_proxy(script: &str) -> bool {
+    ["httpd", "apache2", "apachectl", "nginx", "haproxy"]
+        .iter()
+        .any(|p| {
+            script
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|w| w == *p)
+        })
+}
+
+fn keepalived(
+    tree: &[Directive],
+    s: &Src,
+    cli_peers: &[Ipv4Addr],
+    node: &mut Section,
+    proxy_scripts: &mut BTreeMap<String, i64>,
+) -> anyhow::Result<Vec<Section>> {
+    let mut out = Vec::new();
+    let mut name = None;
+    let mut default_version = 2u8;
+    for d in tree.iter().filter(|d| d.name == "global_defs") {
+        for g in &d.children {
+            match g.name.as_str() {
+                "router_id" => name = g.arg(0).map(str::to_ascii_lowercase),
+                "vrrp_version" => default_version = g.arg(0).and_then(|v| v.parse().ok()).unwrap_or(2),
+                "enable_script_security" => node.note(format!(
+                    "{}: enable_script_security: hapd runs track and notify commands itself, as argv without a shell",
+                    s.at(g)
+                )),
+                other => node.unmapped(s.at(g), other, "no hapd equivalent"),
+            }
+        }
+    }
+    node.key("name", q(name.as_deref().unwrap_or("hapd")));
+    node.key("pin_dir", q("/sys/fs/bpf/hapd"));
+    node.key("admin", q("127.0.0.1:9100"));
+
+    // Scripts first: instances refer to them.
+    let mut scripts = Vec::new();
+    for d in tree.iter().filter(|d| d.name == "vrrp_script") {
+        let Some(sname) = d.arg(0) else {
+            bail!("{}: vrrp_script without a name", s.at(d));
+        };
+        let mut sec = Section::new("[[track_script]]");
+        sec.key("name", q(sname));
+        let mut weight = 0i64;
+        let mut script = String::new();
+        for c in &d.children {
+            match c.name.as_str() {
+                "script" => {
+                    script = c.rest();
+                    let shell = script.contains(['|', ';', '&', '$', '>', '<', '`', '*']);
+                    if shell {
+                        sec.note(format!(
+                            "{}: the script uses shell syntax: run by /bin/sh -c",
+                            s.at(c)
+                        ));
+                        sec.key("command", qlist(&["/bin/sh", "-c", script.as_str()]));
+                    } else {
+                        let argv: Vec<&str> = script.split_whitespace().collect();
+                        sec.key("command", qlist(&argv));
+                    }
+                }
+                "interval" | "timeout" => match c.arg(0).and_then(secs) {
+                    Some(v) => sec.key(&c.name, q(&v)),
+                    None => bail!(
+                        "{}: {} {:?} is not a number of seconds",
+                        s.at(c),
+                        c.name,
+                        c.rest()
+                    ),
+                },
+                "weight" => {
+                    weight = c.arg(0).and_then(|w| w.parse().ok()).with_context(|| {
+                        format!("{}: weight {:?} is not a number", s.at(c), c.rest())
+                    })?;
+                    sec.key("weight", weight.to_string());
+                }
+                "fall" | "rise" => sec.key(&c.name, c.arg(0).unwrap_or("1")),
+                other => sec.unmapped(s.at(c), other, "no hapd equivalent"),
+            }
+        }
+        if checks_old_proxy(&script) {
+            proxy_scripts.insert(sname.to_string(), weight);
+            continue;
+        }
+        scripts.push(sec);
+    }
+
+    for d in tree.iter().filter(|d| d.name == "vrrp_instance") {
+        let mut sec = Section::new("[[vrrp]]");
+        let iname = d.arg(0).unwrap_or("VI_1");
+        sec.key("name", q(iname));
+        let mut interface = None;
+        let mut version = default_version;
+        let mut advert = "1".to_string();
+        let mut vips = Vec::new();
+        let mut peers: Vec<String> = Vec::new();
+        let mut unicast = false;
+        let mut track: Vec<String> = Vec::new();
+        let mut track_proxy = None;
+        let mut notify: Option<(String, String)> = None;
+        let mut auth = None;
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let mut notes = Section::default();
+        for c in &d.children {
+            let at = s.at(c);
+            match c.name.as_str() {
+                "state" => notes.note(format!(
+                    "{at}: state {}: hapd has no initial state; the highest priority wins the election",
+                    c.rest()
+                )),
+                "interface" => interface = c.arg(0).map(str::to_string),
+                "virtual_router_id" => keys.push(("vrid".into(), c.rest())),
+                "priority" => keys.push(("priority".into(), c.rest())),
+                "advert_int" => advert = c.rest(),
+                "vrrp_version" | "version" => version = c.arg(0).and_then(|v| v.parse().ok()).unwrap_or(version),
+                "nopreempt" => keys.push(("preempt".into(), "false".into())),
+                "preempt_delay" => match c.arg(0).and_then(secs) {
+                    Some(v) => keys.push(("preempt_delay".into(), q(&v))),
+                    None => bail!("{at}: preempt_delay {:?} is not a number of seconds", c.rest()),
+                },
+                "authentication" => {
+                    let mut ty = String::new();
+                    let mut pass = String::new();
+                    for a in &c.children {
+                        match a.name.as_str() {
+                            "auth_type" => ty = a.rest(),
+                            "auth_pass" => pass = a.rest(),
+                            other => notes.unmapped(s.at(a), other, "no hapd equivalent"),
+                        }
+                    }
+                    if ty.eq_ignore_ascii_case("PASS") {
+                        auth = Some((pass, s.at(c)));
+                    } else {
+                        notes.unmapped(at, &format!("auth_type {ty}"), "only PASS exists in hapd (AH was removed from VRRP by RFC 3768); the XDP guard's peer list is what stops forged adverts");
+                    }
+                }
+                "virtual_ipaddress" => {
+                    for v in &c.children {
+                        let ip = if v.name.contains('/') { v.name.clone() } else { format!("{}/32", v.name) };
+                        if let Some(pos) = v.args.iter().position(|a| a == "dev") {
+                            let dev = v.arg(pos + 1).unwrap_or_default();
+                            if interface.as_deref().is_some_and(|i| i != dev) {
+                                notes.unmapped(s.at(v), &format!("{ip} dev {dev}"), "hapd adds virtual addresses on the instance's interface only");
+                                continue;
+                            }
+                        }
+                        if v.args.iter().any(|a| a == "label") {
+                            notes.note(format!("{}: the address label is not kept", s.at(v)));
+                        }
+                        vips.push(ip);
+                    }
+                }
+                "unicast_peer" => {
+                    unicast = true;
+                    peers.extend(c.children.iter().map(|p| p.name.clone()));
+                }
+                "unicast_src_ip" => notes.note(format!(
+                    "{at}: unicast_src_ip {}: hapd sends from the interface's primary address",
+                    c.rest()
+                )),
+                "track_script" => {
+                    for t in &c.children {
+                        match proxy_scripts.get(&t.name) {
+                            Some(w) => {
+                                notes.note(format!(
+                                    "{}: {} checked the proxy hapd replaces: track_proxy (the proxy's own health) takes its weight",
+                                    s.at(t),
+                                    t.name
+                                ));
+                                track_proxy = Some(*w);
+                            }
+                            None => track.push(t.name.clone()),
+                        }
+                    }
+                }
+                "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" => {
+                    let words: Vec<&str> = c.args.iter().flat_map(|a| a.split_whitespace()).collect();
+                    let Some(prog) = words.first() else { continue };
+                    let prev = notify.get_or_insert_with(|| (prog.to_string(), at.clone()));
+                    if prev.0 != *prog {
+                        notes.unmapped(at, &c.name, "hapd runs one notify command for every state; this one differs from the first");
+                    }
+                }
+                "garp_master_repeat" => keys.push(("garp.repeat".into(), c.rest())),
+                "garp_master_refresh" => match c.arg(0).and_then(secs) {
+                    Some(v) => keys.push(("garp.refresh".into(), q(&v))),
+                    None => notes.unmapped(at, &c.name, "not a number of seconds"),
+                },
+                "track_interface" => notes.unmapped(at, "track_interface", "hapd follows the link of its own interface; for others use a track_script such as `ip link show IF up`"),
+                other => notes.unmapped(at, other, "no hapd equivalent"),
+            }
+        }
+        let Some(interface) = interface else {
+            bail!("{}: vrrp_instance {iname} has no interface", s.at(d));
+        };
+        sec.key("interface", q(&interface));
+        for (k, v) in keys.iter().filter(|(k, _)| !k.contains('.')) {
+            sec.key(k, v.clone());
+        }
+        sec.key("version", version.to_string());
+        let interval = secs(&advert).with_context(|| {
+            format!(
+                "{}: advert_int {advert:?} is not a number of seconds",
+                s.at(d)
+            )
+        })?;
+        sec.key("advert_interval", q(&interval));
+        if vips.is_empty() {
+            bail!(
+                "{}: vrrp_instance {iname} has no virtual_ipaddress",
+                s.at(d)
+            );
+        }
+        sec.key("virtual_ips", qlist(&vips));
+        if peers.is_empty() {
+            peers = cli_peers.iter().map(|p| p.to_string()).collect();
+        }
+        if peers.is_empty() {
+            sec.note("peers: the other node's address goes here (hapd import --peer IP): the XDP guard then drops VRRP from anyone else");
+        }
+        sec.key("peers", qlist(&peers));
+        if unicast {
+            sec.key("unicast", "true");
+        }
+        if let Some((pass, at)) = auth {
+            if version != 2 {
+                notes.unmapped(
+                    at,
+                    "authentication",
+                    "VRRPv3 has no authentication; the XDP guard's peer list replaces it",
+                );
+            } else {
+                let cut: String = pass.bytes().take(8).map(char::from).collect();
+                if cut.len() < pass.len() {
+                    sec.note(format!("{at}: auth_pass is {} bytes; keepalived sends only the first 8 ({cut:?}), so that is what a mixed pair must use", pass.len()));
+                }
+                sec.note(
+                    "auth_pass is sent in clear text (RFC 3768); it stops mistakes, not attackers",
+                );
+                sec.key("auth_pass", q(&cut));
+            }
+        }
+        if let Some(w) = track_proxy {
+            sec.key("track_proxy", format!("{{ weight = {w} }}"));
+        }
+        if !track.is_empty() {
+            sec.key("track_scripts", qlist(&track));
+        }
+        if let Some((prog, at)) = notify {
+            sec.note(format!("{at}: hapd runs notify with STATE, instance and previous state appended (keepalived's notify_* lines passed the state as the first argument too)"));
+            sec.key("notify", qlist(&[prog]));
+        }
+        let garp: Vec<String> = keys
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix("garp.").map(|k| format!("{k} = {v}")))
+            .collect();
+        if !garp.is_empty() {
+            sec.key("garp", format!("{{ {} }}", garp.join(", ")));
+        }
+        sec.lines.extend(notes.lines);
+        out.push(sec);
+    }
+    out.extend(scripts);
+    Ok(out)
+}
+
+/// Apache cipher names for TLS 1.2 → rustls names.
+fn cipher(openssl: &str) -> Option<&'static str> {
+    Some(match openssl {
+        "ECDHE-ECDSA-AES256-GCM-SHA384" => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384" => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "ECDHE-ECDSA-AES128-GCM-SHA256" => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256" => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-ECDSA-CHACHA20-POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "ECDHE-RSA-CHACHA20-POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        _ => return None,
+    })
+}
+
+/// One `[[vhost]]` being built.
+struct Vhost {
+    sec: Section,
+    listener: String,
+    names: Vec<String>,
+    routes: Vec<(String, String, Vec<String>)>,
+    redirect: bool,
+}
+
+#[derive(Default)]
+struct ApacheState {
+    server: Section,
+    tls: Section,
+    protocols: Option<Vec<String>>,
+    ciphers: Option<Vec<String>>,
+    certs: Vec<(String, String, Option<String>)>,
+    /// name → (bind, tls)
+    listeners: BTreeMap<String, (String, bool)>,
+    /// authority → name
+    upstreams: BTreeMap<String, String>,
+    /// balancer name → (members, balance)
+    balancers: BTreeMap<String, (Vec<String>, Option<&'static str>)>,
+    upstream_notes: Vec<String>,
+}
+
+impl ApacheState {
+    /// The upstream for a ProxyPass target; its name, or why not.
+    fn upstream(&mut self, url: &str) -> Result<String, String> {
+        if let Some(b) = url.strip_prefix("balancer://") {
+            let name = b.split('/').next().unwrap_or(b).to_string();
+            return if self.balancers.contains_key(&name) {
+                Ok(name)
+            } else {
+                Err(format!("balancer://{name} is not defined in this file"))
+            };
+        }
+        let u = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        if u.scheme() != "http" {
+            return Err(format!(
+                "{url}: hapd talks to upstreams in plain HTTP/1.1 only"
+            ));
+        }
+        let host = u.host_str().ok_or_else(|| format!("{url}: no host"))?;
+        let authority = format!("{host}:{}", u.port_or_known_default().unwrap_or(80));
+        if let Some(n) = self.upstreams.get(&authority) {
+            return Ok(n.clone());
+        }
+        let short = host.split('.').next().unwrap_or(host).to_string();
+        let name = if self.upstreams.values().any(|n| *n == short)
+            || self.balancers.contains_key(&short)
+        {
+            format!("{short}-{}", u.port_or_known_default().unwrap_or(80))
+        } else {
+            short
+        };
+        self.upstreams.insert(authority, name.clone());
+        Ok(name)
+    }
+}
+
+/// A route's target path must be the prefix itself: hapd forwards paths unchanged.
+fn same_path(prefix: &str, url: &str) -> bool {
+    let path = url::Url::parse(url)
+        .map(|u| u.path().to_string())
+        .unwrap_or_default();
+    let p = if url.starts_with("balancer://") {
+        url.splitn(4, '/')
+            .nth(3)
+            .map(|p| format!("/{p}"))
+            .unwrap_or_else(|| "/".into())
+    } else {
+        path
+    };
+    p == prefix || (p == "/" && prefix == "/")
+}
+
+fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
+    let mut st = ApacheState {
+        server: Section::new("[server]"),
+        tls: Section::new("[tls]"),
+        ..ApacheState::default()
+    };
+    // Balancers first: routes refer to them.
+    for d in tree.iter().filter(|d| d.name.eq_ignore_ascii_case("Proxy")) {
+        let Some(b) = d.arg(0).and_then(|a| a.strip_prefix("balancer://")) else {
+            st.upstream_notes.push(format!(
+                "not mapped ({}): <Proxy {}>: only balancer:// sections are read",
+                s.at(d),
+                d.rest()
+            ));
+            continue;
+        };
+        let name = b.trim_end_matches('/').to_string();
+        let mut members = Vec::new();
+        let mut balance = None;
+        for c in &d.children {
+            match c.name.as_str() {
+                "BalancerMember" => match c.arg(0).and_then(|u| url::Url::parse(u).ok()) {
+                    Some(u) if u.scheme() == "http" => members.push(format!(
+                        "{}:{}",
+                        u.host_str().unwrap_or_default(),
+                        u.port_or_known_default().unwrap_or(80)
+                    )),
+                    _ => st.upstream_notes.push(format!(
+                        "not mapped ({}): BalancerMember {}: not an http:// URL",
+                        s.at(c),
+                        c.rest()
+                    )),
+                },
+                "ProxySet" => {
+                    for a in &c.args {
+                        match a.as_str() {
+                            "lbmethod=bybusyness" => balance = Some("least-outstanding"),
+                            "lbmethod=byrequests" => balance = Some("round-robin"),
+                            other => st.upstream_notes.push(format!(
+                                "not mapped ({}): ProxySet {other}: no hapd equivalent",
+                                s.at(c)
+                            )),
+                        }
+                    }
+                }
+                other => st.upstream_notes.push(format!(
+                    "not mapped ({}): {other}: no hapd equivalent in a balancer",
+                    s.at(c)
+                )),
+            }
+        }
+        st.balancers.insert(name, (members, balance));
+    }
+    // Server-wide settings, and <Location> blocks that apply to every proxying vhost.
+    let mut global_routes: Vec<(String, String, Vec<String>)> = Vec::new();
+    let mut server_header_set = false;
+    for d in tree {
+        let at = s.at(d);
+        match d.name.as_str() {
+            "VirtualHost" | "Proxy" => {}
+            "ServerTokens" => {
+                if !server_header_set {
+                    st.server.note(format!("{at}: ServerTokens {}: hapd never sends a version", d.rest()));
+                    st.server.key("server_header", "false");
+                    server_header_set = true;
+                }
+            }
+            "ServerSignature" => st.server.note(format!("{at}: ServerSignature {}: hapd's own error pages carry no signature", d.rest())),
+            "TraceEnable" => st.server.note(format!("{at}: TraceEnable {}: hapd always answers TRACE with 405", d.rest())),
+            "FileETag" => st.server.note(format!("{at}: FileETag {}: hapd serves no files; upstream ETags pass unchanged", d.rest())),
+            "Timeout" => st.server.note(format!("{at}: Timeout {}: covered by header_read_timeout (client heads) and each vhost's timeout (upstream answers)", d.rest())),
+            "KeepAliveTimeout" => match d.arg(0).and_then(secs) {
+                Some(v) => st.server.key("keepalive_timeout", q(&v)),
+                None => bail!("{at}: KeepAliveTimeout {:?} is not a number of seconds", d.rest()),
+            },
+            "LimitRequestFieldSize" => st.server.key("max_header_bytes", d.rest()),
+            "Location" => {
+                let prefix = d.arg(0).unwrap_or("/").to_string();
+                match location(d, s, &mut st) {
+                    Ok(Some((up, allow))) => {
+                        st.server.note(format!("{at}: <Location {prefix}> is a route in every vhost that proxies"));
+                        global_routes.push((prefix, up, allow));
+                    }
+                    Ok(None) => {}
+                    Err(why) => st.server.unmapped(at, &format!("<Location {prefix}>"), &why),
+                }
+            }
+            other => st.server.unmapped(at, other, "no hapd equivalent"),
+        }
+    }
+    let mut vhosts: Vec<Vhost> = Vec::new();
+    for d in tree.iter().filter(|d| d.name == "VirtualHost") {
+        vhosts.push(vhost(d, s, &mut st)?);
+    }
+    for v in vhosts.iter_mut().filter(|v| !v.routes.is_empty()) {
+        for r in &global_routes {
+            if !v.routes.iter().any(|x| x.0 == r.0) {
+                v.routes.push(r.clone());
+            }
+        }
+    }
+    // Output, in the order a reader expects.
+    let mut out = Vec::new();
+    if !st.server.lines.is_empty() {
+        out.push(std::mem::take(&mut st.server));
+    }
+    if !st.certs.is_empty() {
+        let mut tls = std::mem::take(&mut st.tls);
+        tls.key(
+            "protocols",
+            qlist(
+                st.protocols
+                    .as_deref()
+                    .unwrap_or(&["1.2".to_string(), "1.3".to_string()]),
+            ),
+        );
+        if let Some(c) = &st.ciphers {
+            let mut all = vec![
+                "TLS13_AES_256_GCM_SHA384".to_string(),
+                "TLS13_CHACHA20_POLY1305_SHA256".into(),
+                "TLS13_AES_128_GCM_SHA256".into(),
+            ];
+            all.extend(c.iter().cloned());
+            tls.note("TLS 1.3 suites first (Apache's SSLCipherSuite covers TLS 1.2 only), then the mapped TLS 1.2 ones");
+            tls.key("cipher_suites", qlist(&all));
+        }
+        out.push(tls);
+        for (cert, key, chain) in &st.certs {
+            let mut c = Section::new("[[tls.certificate]]");
+            c.key("cert", q(cert));
+            c.key("key", q(key));
+            if let Some(ch) = chain {
+                c.key("chain", q(ch));
+            }
+            out.push(c);
+        }
+    }
+    for (name, (bind, tls)) in &st.listeners {
+        let mut l = Section::new("[[listener]]");
+        l.key("name", q(name));
+        l.key("bind", qlist(&[bind]));
+        if *tls {
+            l.key("tls", "true");
+        }
+        out.push(l);
+    }
+    for (name, (members, balance)) in &st.balancers {
+        let mut u = Section::new("[[upstream]]");
+        u.key("name", q(name));
+        u.key("servers", qlist(members));
+        if let Some(b) = balance {
+            u.key("balance", q(b));
+        }
+        out.push(u);
+    }
+    for (authority, name) in &st.upstreams {
+        let mut u = Section::new("[[upstream]]");
+        u.key("name", q(name));
+        u.key("servers", qlist(&[authority]));
+        out.push(u);
+    }
+    if let Some(first) = out.iter_mut().find(|s| s.header == "[[upstream]]") {
+        for n in &st.upstream_notes {
+            first.note(n);
+        }
+    }
+    for v in vhosts {
+        let mut sec = v.sec;
+        sec.lines
+            .insert(0, format!("listeners = {}", qlist(&[v.listener])));
+        sec.lines
+            .insert(0, format!("server_names = {}", qlist(&v.names)));
+        if v.redirect {
+            sec.key("redirect_https", "true");
+        }
+        out.push(sec);
+        let mut routes = v.routes;
+        if !v.redirect {
+            routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+            for (prefix, up, allow) in routes {
+                let mut r = Section::new("  [[vhost.route]]");
+                r.lines.push(format!("  prefix = {}", q(&prefix)));
+                r.lines.push(format!("  upstream = {}", q(&up)));
+                if !allow.is_empty() {
+                    r.lines.push(format!("  allow = {}", qlist(&allow)));
+                }
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A `<Location>` block: ProxyPass and `Require ip`. `Ok(None)` when it proxies nothing.
+fn location(
+    d: &Directive,
+    s: &Src,
+    st: &mut ApacheState,
+) -> Result<Option<(String, Vec<String>)>, String> {
+    let mut up = None;
+    let mut allow = Vec::new();
+    for c in &d.children {
+        match c.name.as_str() {
+            "ProxyPass" => up = Some(st.upstream(c.arg(0).unwrap_or_default())?),
+            "ProxyPassReverse" => {}
+            "Require" if c.arg(0) == Some("ip") => allow.extend(c.args[1..].iter().cloned()),
+            "Require" if c.arg(0) == Some("all") && c.arg(1) == Some("granted") => {}
+            other => {
+                return Err(format!(
+                    "{other} ({}) inside <Location> has no hapd equivalent",
+                    s.at(c)
+                ))
+            }
+        }
+    }
+    Ok(up.map(|u| (u, allow)))
+}
+
+fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> {
+    let addr = d.arg(0).unwrap_or("*:80");
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "80"));
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{}: <VirtualHost {addr}>: bad port", s.at(d)))?;
+    let tls = d
+        .children
+        .iter()
+        .any(|c| c.name == "SSLEngine" && c.arg(0).is_some_and(|a| a.eq_ignore_ascii_case("on")));
+    let ip = if host == "*" || host == "_default_" {
+        "0.0.0.0"
+    } else {
+        host
+    };
+    let bind = format!("{ip}:{port}");
+    let lname = match (port, tls) {
+        (443, true) => "https".to_string(),
+        (80, false) => "http".to_string(),
+        (p, true) => format!("tls-{p}"),
+        (p, false) => format!("plain-{p}"),
+    };
+    st.listeners.insert(lname.clone(), (bind, tls));
+    let mut v = Vhost {
+        sec: Section::new("[[vhost]]"),
+        listener: lname,
+        names: vec![],
+        routes: vec![],
+        redirect: false,
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let (mut cert, mut key, mut chain) = (None, None, None);
+    for c in &d.children {
+        let at = s.at(c);
+        match c.name.as_str() {
+            "ServerName" | "ServerAlias" => v.names.extend(c.args.iter().cloned()),
+            "SSLEngine" => {}
+            "SSLCertificateFile" => cert = c.arg(0).map(str::to_string),
+            "SSLCertificateKeyFile" => key = c.arg(0).map(str::to_string),
+            "SSLCertificateChainFile" => chain = c.arg(0).map(str::to_string),
+            "SSLProtocol" => {
+                let mut on: Vec<String> = Vec::new();
+                for a in &c.args {
+                    let (sign, p) = match a.chars().next() {
+                        Some('+') => (true, &a[1..]),
+                        Some('-') => (false, &a[1..]),
+                        _ => (true, a.as_str()),
+                    };
+                    let vs: Vec<&str> = match p {
+                        "all" => vec!["1.2", "1.3"],
+                        "TLSv1.2" => vec!["1.2"],
+                        "TLSv1.3" => vec!["1.3"],
+                        _ => vec![],
+                    };
+                    for x in vs {
+                        on.retain(|o| o != x);
+                        if sign {
+                            on.push(x.to_string());
+                        }
+                    }
+                }
+                on.sort();
+                if c.args.iter().any(|a| a.starts_with('+') && matches!(&a[1..], "TLSv1" | "TLSv1.1" | "SSLv3")) {
+                    st.tls.unmapped(at.clone(), "SSLProtocol", "hapd speaks TLS 1.2 and 1.3 only; older versions are left out");
+                }
+                st.protocols = Some(on);
+            }
+            "SSLCipherSuite" => {
+                let mut mapped = Vec::new();
+                for name in c.rest().split(':') {
+                    match cipher(name) {
+                        Some(r) => mapped.push(r.to_string()),
+                        None => st.tls.unmapped(at.clone(), &format!("cipher {name}"), "not offered by hapd (rustls offers AEAD suites with forward secrecy only)"),
+                    }
+                }
+                st.ciphers = Some(mapped);
+            }
+            "SSLHonorCipherOrder" => st.tls.note(format!("{at}: SSLHonorCipherOrder {}: hapd follows the client's order among the allowed suites, like `off`", c.rest())),
+            "Header" => {
+                let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+                match args.as_slice() {
+                    ["always", "set", name, value] | ["set", name, value] => headers.push((name.to_string(), value.to_string())),
+                    _ => v.sec.unmapped(at, &format!("Header {}", c.rest()), "hapd sets response headers only (Header [always] set NAME VALUE)"),
+                }
+            }
+            "ProxyPreserveHost" => {
+                if c.arg(0).is_some_and(|a| a.eq_ignore_ascii_case("on")) {
+                    v.sec.key("preserve_host", "true");
+                }
+            }
+            "ProxyTimeout" => match c.arg(0).and_then(secs) {
+                Some(t) => v.sec.key("timeout", q(&t)),
+                None => bail!("{at}: ProxyTimeout {:?} is not a number of seconds", c.rest()),
+            },
+            "ProxyRequests" => v.sec.note(format!("{at}: ProxyRequests {}: hapd is never a forward proxy", c.rest())),
+            "ProxyPass" => {
+                let (Some(prefix), Some(target)) = (c.arg(0), c.arg(1)) else {
+                    v.sec.unmapped(at, "ProxyPass", "needs a path and a URL");
+                    continue;
+                };
+                if target == "!" {
+                    v.sec.unmapped(at, &format!("ProxyPass {prefix} !"), "hapd has no exclusions: every path is proxied by its longest matching prefix");
+                    continue;
+                }
+                match st.upstream(target) {
+                    Ok(up) => {
+                        if !same_path(prefix, target) {
+                            v.sec.note(format!("{at}: ProxyPass {prefix} {target}: hapd forwards the path unchanged; the upstream must serve it under {prefix}"));
+                        }
+                        v.routes.push((prefix.to_string(), up, vec![]));
+                    }
+                    Err(why) => v.sec.unmapped(at, &format!("ProxyPass {prefix}"), &why),
+                }
+            }
+            "ProxyPassReverse" => {}
+            "ErrorLog" => v.sec.key("error_log", q(c.arg(0).unwrap_or_default())),
+            "CustomLog" => {
+                if c.arg(1) != Some("combined") {
+                    v.sec.note(format!("{at}: CustomLog format {:?}: hapd writes the combined format", c.arg(1).unwrap_or("")));
+                }
+                v.sec.key("access_log", q(c.arg(0).unwrap_or_default()));
+            }
+            "RewriteEngine" => {}
+            "RewriteRule" if c.arg(1).is_some_and(|t| t.starts_with("https://%{HTTP_HOST}") || t.starts_with("https://%{SERVER_NAME}")) => v.redirect = true,
+            "Redirect" if c.args.iter().any(|a| a.starts_with("https://")) && c.args.iter().any(|a| a == "/") => v.redirect = true,
+            "Location" => {
+                let prefix = c.arg(0).unwrap_or("/").to_string();
+                match location(c, s, st) {
+                    Ok(Some((up, allow))) => v.routes.push((prefix, up, allow)),
+                    Ok(None) => v.sec.unmapped(at, &format!("<Location {prefix}>"), "proxies nothing"),
+                    Err(why) => v.sec.unmapped(at, &format!("<Location {prefix}>"), &why),
+                }
+            }
+            other => v.sec.unmapped(at, other, "no hapd equivalent"),
+        }
+    }
+    if v.names.is_empty() {
+        v.sec.note(format!(
+            "{}: no ServerName: this vhost answers every name on its listener",
+            s.at(d)
+        ));
+        v.names.push("_".into());
+    }
+    if !headers.is_empty() {
+        let kv: Vec<String> = headers
+            .iter()
+            .map(|(k, val)| format!("{} = {}", q(k), q(val)))
+            .collect();
+        v.sec
+            .key("response_headers", format!("{{ {} }}", kv.join(", ")));
+    }
+    if let (Some(c), Some(k)) = (cert, key) {
+        if !st.certs.iter().any(|x| x.0 == c) {
+            st.certs.push((c, k, chain));
+        }
+    } else if tls {
+        bail!(
+            "{}: SSLEngine on without SSLCertificateFile and SSLCertificateKeyFile",
+            s.at(d)
+        );
+    }
+    if v.redirect && !v.routes.is_empty() {
+        v.sec
+            .note("this vhost redirects to https: its routes are not used");
+    }
+    if !v.redirect && v.routes.is_empty() {
+        v.sec.note(format!(
+            "{}: this vhost proxies nothing; hapd answers 404 on it",
+            s.at(d)
+        ));
+    }
+    Ok(v)
+}
+
+/// `hapd import`'s whole job: read the files, build, and return the text.
+pub fn run(
+    keepalived: Option<&PathBuf>,
+    apache: Option<&PathBuf>,
+    peers: &[Ipv4Addr],
+) -> anyhow::Result<Imported> {
+    if keepalived.is_none() && apache.is_none() {
+        bail!("give --keepalived FILE, --apache FILE or both");
+    }
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let k = keepalived.map(read).transpose()?;
+    let a = apache.map(read).transpose()?;
+    import(&Sources {
+        keepalived: keepalived.map(PathBuf::as_path).zip(k.as_deref()),
+        apache: apache.map(PathBuf::as_path).zip(a.as_deref()),
+        peers,
+    })
+}
