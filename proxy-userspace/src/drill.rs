@@ -10,8 +10,11 @@
 //!    peer's next advert, and that move is measured too.
 //!
 //! The probe sends a fresh HTTP request every `probe_interval` on a new connection, each in its
-//! own task so a request stuck in a dead path does not slow the others. An outage is the time
-//! from the last answered probe before a run of failures to the first answered one after it.
+//! own task so a request stuck in a dead path does not slow the others. The outage is the
+//! longest time without an answer: between two answers in a row (by when they came back), or
+//! from the last answer to the end if the answers stopped. A probe that waits for ARP to find
+//! the new master and is answered late counts its wait, not just failed probes.
+//! With probes every 10 ms, a step without any interruption shows about 10 ms.
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     sync::{Arc, Mutex},
@@ -103,8 +106,8 @@ impl Probe {
     }
 }
 
-/// Probes sent so far: when, and whether answered.
-type Samples = Arc<Mutex<Vec<(Instant, bool)>>>;
+/// Probes sent so far: when, and when answered (None: failed or timed out).
+type Samples = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
 
 struct Prober {
     samples: Samples,
@@ -125,7 +128,7 @@ impl Prober {
                     let sent = Instant::now();
                     let ok = probe.once(timeout).await;
                     if let Ok(mut v) = s.lock() {
-                        v.push((sent, ok));
+                        v.push((sent, ok.then(Instant::now)));
                     }
                 });
             }
@@ -134,7 +137,7 @@ impl Prober {
     }
 
     /// Probes sent at or after `from`, in the order they were sent.
-    fn since(&self, from: Instant) -> Vec<(Instant, bool)> {
+    fn since(&self, from: Instant) -> Vec<(Instant, Option<Instant>)> {
         let mut v: Vec<_> = self
             .samples
             .lock()
@@ -154,35 +157,33 @@ impl Drop for Prober {
 /// What the probe saw during one step.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outage {
-    /// Longest time from an answered probe to the next answered one across failures.
+    /// Longest time without an answer.
     pub longest: Duration,
     pub failed: usize,
     pub sent: usize,
 }
 
-/// The outage in `samples` (sorted by send time).
-pub fn outage(samples: &[(Instant, bool)]) -> Outage {
+/// The outage in `samples` (sorted by send time): the longest gap between consecutive answers
+/// (from the first probe sent), or from the last answer to the last probe sent when answers
+/// stopped.
+pub fn outage(samples: &[(Instant, Option<Instant>)]) -> Outage {
     let mut o = Outage {
         sent: samples.len(),
-        failed: samples.iter().filter(|(_, ok)| !ok).count(),
+        failed: samples.iter().filter(|(_, done)| done.is_none()).count(),
         ..Outage::default()
     };
-    let mut last_ok: Option<Instant> = None;
-    let mut failing_since: Option<Instant> = None;
-    for &(t, ok) in samples {
-        if ok {
-            if let Some(f) = failing_since.take() {
-                let from = last_ok.unwrap_or(f);
-                o.longest = o.longest.max(t - from);
-            }
-            last_ok = Some(t);
-        } else if failing_since.is_none() {
-            failing_since = Some(t);
-        }
+    let Some(&(start, _)) = samples.first() else {
+        return o;
+    };
+    let mut answers: Vec<Instant> = samples.iter().filter_map(|(_, d)| *d).collect();
+    answers.sort();
+    let mut prev = start;
+    for a in &answers {
+        o.longest = o.longest.max(a.saturating_duration_since(prev));
+        prev = prev.max(*a);
     }
-    if let (Some(f), Some(last)) = (failing_since, samples.last()) {
-        // Still failing at the end: at least this long.
-        o.longest = o.longest.max(last.0 - last_ok.unwrap_or(f));
+    if let Some(&(last_sent, None)) = samples.last() {
+        o.longest = o.longest.max(last_sent.saturating_duration_since(prev));
     }
     o
 }
@@ -251,7 +252,7 @@ async fn until_served(p: &Prober, from: Instant, steady: Duration, timeout: Dura
         let run_start = s
             .iter()
             .rev()
-            .take_while(|(_, ok)| *ok)
+            .take_while(|(_, done)| done.is_some())
             .last()
             .map(|(t, _)| *t);
         if let (Some(start), Some((end, _))) = (run_start, s.last()) {
@@ -458,30 +459,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn outage_is_from_the_last_answer_before_failures_to_the_first_after() {
+    fn outage_is_the_longest_time_without_an_answer() {
         let t = Instant::now();
-        let at = |ms: u64, ok: bool| (t + Duration::from_millis(ms), ok);
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // (sent, answered after) in ms; None: failed.
+        let at = |sent: u64, after: Option<u64>| (ms(sent), after.map(|a| ms(sent + a)));
         let s = [
-            at(0, true),
-            at(10, true),
-            at(20, false),
-            at(30, false),
-            at(40, false),
-            at(50, true),
-            at(60, false),
-            at(70, true),
+            at(0, Some(1)),
+            at(10, Some(1)),
+            at(20, None),
+            at(30, None),
+            at(40, Some(45)), // waited for ARP: answered at 85
+            at(50, Some(40)), // answered at 90
+            at(60, None),
+            at(70, Some(1)), // 71
         ];
         assert_eq!(
             outage(&s),
             Outage {
-                longest: Duration::from_millis(40),
-                failed: 4,
+                longest: Duration::from_millis(60), // answers at 11 then 71
+                failed: 3,
                 sent: 8
             }
         );
-        assert_eq!(outage(&s[..2]).longest, Duration::ZERO);
-        // Still down at the end: as long as seen so far.
-        assert_eq!(outage(&s[..5]).longest, Duration::from_millis(30));
+        assert_eq!(outage(&s[..2]).longest, Duration::from_millis(10));
+        // Answers stopped: from the last answer to the last probe sent.
+        assert_eq!(outage(&s[..4]).longest, Duration::from_millis(19));
+        assert_eq!(outage(&[]).longest, Duration::ZERO);
     }
 
     #[test]

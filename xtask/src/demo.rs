@@ -31,7 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     let backend_addr = lab.host(4).addr;
     let config = |i: usize, priority: u8| {
         format!(
-            "[node]\nname = \"{}\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
+            "[node]\nname = \"{}\"\npin_dir = \"{}\"\nadmin = \"{}:9100\"   # status, /metrics, /healthz\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
              vrid = 51\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
              peers = [\"{}\"]\ntrack_proxy = {{ weight = -50 }}\n\n\
              [[listener]]\nname = \"http\"\nbind = [\"{VIP}:80\"]   # the VIP: works on the backup too\n\n\
@@ -41,6 +41,7 @@ pub fn run() -> anyhow::Result<()> {
              response_headers = {{ \"X-Frame-Options\" = \"DENY\" }}\n\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"app\"\n",
             names[i],
             bpf.join(names[i]).display(),
+            lab.host(i).addr,
             lab.host(1 - i).addr,
         )
     };
@@ -99,11 +100,73 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {}", l.trim());
     }
 
+    step("Watching the pair: hapd status on proxy02, and a few lines of proxy01's /metrics");
+    let status = lab
+        .command(
+            1,
+            &[
+                hapd.to_str().unwrap_or("hapd"),
+                "status",
+                "--admin",
+                "198.18.0.2:9100",
+            ],
+        )
+        .output()?;
+    println!("$ hapd status   (on proxy02)");
+    for l in String::from_utf8_lossy(&status.stdout).lines() {
+        println!("  {l}");
+    }
+    let metrics = lab
+        .command(2, &["curl", "-s", "http://198.18.0.1:9100/metrics"])
+        .output()?;
+    println!(
+        "$ curl http://198.18.0.1:9100/metrics | grep -E 'vrrp_state|requests_total|drop_ttl'"
+    );
+    for l in String::from_utf8_lossy(&metrics.stdout)
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.contains("state=\"MASTER\"")
+                    || l.contains("requests_total")
+                    || l.contains("drop_ttl"))
+        })
+    {
+        println!("  {l}");
+    }
+
+    step("The failover drill the guide asks for: hapd drill on proxy01 steps down, measures the outage at the VIP, hands back");
+    let drill = lab
+        .command(
+            0,
+            &[
+                hapd.to_str().unwrap_or("hapd"),
+                "drill",
+                "--admin",
+                "198.18.0.1:9100",
+                "--peer-admin",
+                "198.18.0.2:9100",
+                "--probe",
+                &format!("http://{VIP}/"),
+            ],
+        )
+        .output()?;
+    println!("$ hapd drill --peer-admin 198.18.0.2:9100 --probe http://{VIP}/");
+    for l in String::from_utf8_lossy(&drill.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&drill.stderr).lines())
+    {
+        println!("  {l}");
+    }
+    if !drill.status.success() {
+        anyhow::bail!("the drill failed");
+    }
+    where_is_vip(&lab);
+
     step("Graceful stop of proxy01 (SIGTERM): it resigns with priority 0 and serves the VIP until proxy02 has taken over");
     let (seen1, seen2) = (p1.lines().len(), p2.lines().len());
     let t0 = Instant::now();
     p1.signal(Signal::SIGTERM)?;
-    p2.wait_for("=> MASTER", 1, Duration::from_secs(5))?;
+    p2.wait_for("=> MASTER", 2, Duration::from_secs(5))?;
     println!(
         "  proxy02 master {:.0} ms after the signal",
         t0.elapsed().as_secs_f64() * 1000.0
@@ -125,7 +188,7 @@ pub fn run() -> anyhow::Result<()> {
     let seen = p2.lines().len();
     let t0 = Instant::now();
     p1.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-    p2.wait_for("=> MASTER", 2, Duration::from_secs(5))?;
+    p2.wait_for("=> MASTER", 3, Duration::from_secs(5))?;
     println!(
         "  proxy02 master {:.0} ms after the kill",
         t0.elapsed().as_secs_f64() * 1000.0
