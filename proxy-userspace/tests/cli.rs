@@ -73,3 +73,25 @@ fn client_commands_say_what_is_wrong() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--timeout"), "{}", stderr(&o));
 }
+
+#[test]
+fn run_stops_at_once_when_the_admin_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("hapd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("hapd.toml");
+    std::fs::write(
+        &cfg,
+        format!("[node]\nname = \"x\"\nadmin = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let o = hapd(&["run", "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!("node.admin: binding 127.0.0.1:{port}")),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -128,6 +128,16 @@ listeners = ["https"]
         served_names(&pki, port, "renewed.example-corp.com").contains("renewed.example-corp.com")
     );
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), c);
+    // hapd status shows the certificate being served now.
+    let o = Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(["status", "--json", "--admin", &format!("127.0.0.1:{admin}")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let certs = &st["proxy"]["certificates"];
+    assert_eq!(certs[0]["names"][1], "renewed.example-corp.com", "{st}");
+    assert!(certs[0]["days_left"].as_i64().unwrap() > 30, "{st}");
 
     // A renewal whose key does not belong to its certificate: refused, the old files back,
     // hapd still serves the good one.
