@@ -6,7 +6,7 @@ mod proxy_kit;
 use std::{path::Path, process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
-use proxy_kit::{tls_connect, Pki, Scratch};
+use proxy_kit::{one_tls_vhost, tls_connect, Pki, Scratch};
 
 const APP: &str = "app.example-corp.com";
 
@@ -50,37 +50,7 @@ fn the_acme_hook_installs_checks_and_reloads() {
     let (cert, key, chain) = pki.write_leaf(&dir.0, "live", &[APP]);
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.path("hapd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[node]
-name = "acme"
-admin = "127.0.0.1:{admin}"
-[[tls.certificate]]
-cert = "{}"
-key = "{}"
-chain = "{}"
-[[listener]]
-name = "https"
-bind = ["127.0.0.1:{port}"]
-tls = true
-[[upstream]]
-name = "u"
-servers = ["127.0.0.1:9"]
-[[vhost]]
-server_names = ["{APP}"]
-listeners = ["https"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-            cert.display(),
-            key.display(),
-            chain.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, one_tls_vhost(&cert, &key, Some(&chain), port, admin)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_hapd"))
         .args(["run", "--config"])
         .arg(&cfg)

@@ -14,13 +14,13 @@ mod proxy_kit;
 use std::{
     path::{Path, PathBuf},
     process::Output,
-    sync::{atomic::Ordering, mpsc},
+    sync::atomic::Ordering,
     time::Duration,
 };
 
 use hapd_lab::Lab;
 use nix::sys::signal::Signal;
-use proxy_kit::Backend;
+use proxy_kit::{answered_by, wait_until, LabBackends};
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
@@ -97,13 +97,8 @@ fn curl(lab: &Lab, i: usize, args: &[&str]) -> (u16, String) {
 }
 
 /// Which backend answered `path` at the VIP.
-fn answered_by(lab: &Lab, path: &str) -> Option<String> {
-    let (code, body) = curl(lab, 3, &[&format!("http://{VIP}:8080{path}")]);
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    v["backend"].as_str().map(str::to_string)
+fn answered(lab: &Lab, path: &str) -> Option<String> {
+    answered_by(lab, 3, &format!("http://{VIP}:8080{path}"), "app")
 }
 
 fn status_json(lab: &Lab, i: usize, cfg: &Path) -> serde_json::Value {
@@ -114,17 +109,6 @@ fn status_json(lab: &Lab, i: usize, cfg: &Path) -> serde_json::Value {
     );
     assert!(o.status.success(), "{}", text(&o));
     serde_json::from_slice(&o.stdout).unwrap()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The value of the one sample of `name` whose labels include `labels`.
@@ -154,25 +138,12 @@ fn metrics(lab: &Lab, i: usize) -> prometheus_parse::Scrape {
 #[test]
 fn status_metrics_reload_and_drill_on_a_running_pair() {
     let mut lab = Lab::new(4).unwrap();
-    let (flags_tx, flags_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let backends = lab
-        .spawn_in_netns(2, move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let (a, b) = rt.block_on(async {
-                (
-                    Backend::start_on("198.18.0.3:8001".parse().unwrap(), "a").await,
-                    Backend::start_on("198.18.0.3:8002".parse().unwrap(), "b").await,
-                )
-            });
-            flags_tx
-                .send((a.healthy.clone(), b.healthy.clone()))
-                .unwrap();
-            let _ = stop_rx.recv();
-            drop((a, b));
-        })
-        .unwrap();
-    let (_healthy_a, healthy_b) = flags_rx.recv().unwrap();
+    let backends = LabBackends::start(
+        &lab,
+        2,
+        &[("198.18.0.3:8001", "a"), ("198.18.0.3:8002", "b")],
+    );
+    let healthy_b = backends.healthy[1].clone();
     let (ca, cb) = (node(&mut lab, 0, 110, ""), node(&mut lab, 1, 100, ""));
     let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
     a.wait_for("=> MASTER", 1, Duration::from_secs(5)).unwrap();
@@ -181,10 +152,10 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
     let cfg_b: PathBuf = lab.dir().join("h1.toml");
     let (sa, sb) = (cfg_a.to_str().unwrap(), cfg_b.to_str().unwrap());
     wait_until("an answer from a", || {
-        answered_by(&lab, "/who").as_deref() == Some("a")
+        answered(&lab, "/who").as_deref() == Some("a")
     });
     for _ in 0..9 {
-        assert_eq!(answered_by(&lab, "/who").as_deref(), Some("a"));
+        assert_eq!(answered(&lab, "/who").as_deref(), Some("a"));
     }
 
     // hapd status, text: A is master, B is a backup that hears A.
@@ -275,8 +246,8 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
     std::fs::write(&cfg_a, node(&mut lab, 0, 110, route)).unwrap();
     let o = run(&lab, 0, &["reload", "--config", sa]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(answered_by(&lab, "/v2/who").as_deref(), Some("b"));
-    assert_eq!(answered_by(&lab, "/who").as_deref(), Some("a"));
+    assert_eq!(answered(&lab, "/v2/who").as_deref(), Some("b"));
+    assert_eq!(answered(&lab, "/who").as_deref(), Some("a"));
     // A VRRP change needs a restart: refused, nothing applied.
     std::fs::write(&cfg_a, node(&mut lab, 0, 120, "")).unwrap();
     let o = run(&lab, 0, &["reload", "--config", sa]);
@@ -287,7 +258,7 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         text(&o)
     );
     assert_eq!(
-        answered_by(&lab, "/v2/who").as_deref(),
+        answered(&lab, "/v2/who").as_deref(),
         Some("b"),
         "old routes kept"
     );
@@ -300,7 +271,7 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         "{}",
         text(&o)
     );
-    assert_eq!(answered_by(&lab, "/v2/who").as_deref(), Some("b"));
+    assert_eq!(answered(&lab, "/v2/who").as_deref(), Some("b"));
     std::fs::write(&cfg_a, &ca).unwrap();
 
     // The drill refuses on the backup, and on the master while the peer is unhealthy.
@@ -370,7 +341,7 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         st["instances"][0]["transitions"].as_u64().unwrap(),
         transitions_before + 2
     );
-    assert_eq!(answered_by(&lab, "/who").as_deref(), Some("a"));
+    assert_eq!(answered(&lab, "/who").as_deref(), Some("a"));
     assert_eq!(b.grep("=> MASTER").len(), 1, "{}", b.lines().join("\n"));
 
     for p in [&mut a, &mut b] {
@@ -379,6 +350,5 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
             .unwrap()
             .success());
     }
-    let _ = stop_tx.send(());
-    backends.join().unwrap();
+    drop(backends);
 }

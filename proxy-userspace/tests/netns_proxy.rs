@@ -11,15 +11,11 @@
 //! ```
 mod proxy_kit;
 
-use std::{
-    path::Path,
-    sync::{atomic::Ordering, mpsc},
-    time::Duration,
-};
+use std::{path::Path, sync::atomic::Ordering, time::Duration};
 
 use hapd_lab::Lab;
 use nix::sys::signal::Signal;
-use proxy_kit::Backend;
+use proxy_kit::{answered_by, wait_until, LabBackends};
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
@@ -64,59 +60,20 @@ listeners = ["web"]
 }
 
 /// Which backend answered a client at the VIP (`None`: no answer).
-fn answered_by(lab: &Lab) -> Option<String> {
-    let out = lab
-        .exec(
-            3,
-            &[
-                "curl",
-                "-s",
-                "-m",
-                "1",
-                "-H",
-                "Host: app",
-                &format!("http://{VIP}:8080/who"),
-            ],
-        )
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["backend"].as_str().map(str::to_string)
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn answered(lab: &Lab) -> Option<String> {
+    answered_by(lab, 3, &format!("http://{VIP}:8080/who"), "app")
 }
 
 #[test]
 fn an_unhealthy_upstream_moves_the_vip_to_the_healthy_proxy() {
     let mut lab = Lab::new(4).unwrap();
     // Backends in h2, each with a health switch.
-    let (flags_tx, flags_rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let backends = lab
-        .spawn_in_netns(2, move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            let (a, b) = rt.block_on(async {
-                (
-                    Backend::start_on("198.18.0.3:8001".parse().unwrap(), "a").await,
-                    Backend::start_on("198.18.0.3:8002".parse().unwrap(), "b").await,
-                )
-            });
-            flags_tx
-                .send((a.healthy.clone(), b.healthy.clone()))
-                .unwrap();
-            let _ = stop_rx.recv();
-            drop((a, b));
-        })
-        .unwrap();
-    let (healthy_a, _healthy_b) = flags_rx.recv().unwrap();
+    let backends = LabBackends::start(
+        &lab,
+        2,
+        &[("198.18.0.3:8001", "a"), ("198.18.0.3:8002", "b")],
+    );
+    let healthy_a = backends.healthy[0].clone();
     let (ca, cb) = (node(&mut lab, 0, 110, 8001), node(&mut lab, 1, 100, 8002));
     let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
     a.wait_for("=> MASTER", 1, Duration::from_secs(5)).unwrap();
@@ -129,7 +86,7 @@ fn an_unhealthy_upstream_moves_the_vip_to_the_healthy_proxy() {
         b.lines().join("\n")
     );
     wait_until("an answer from a", || {
-        answered_by(&lab).as_deref() == Some("a")
+        answered(&lab).as_deref() == Some("a")
     });
 
     // a's health check fails: A's proxy is unhealthy, B takes the VIP, clients reach b.
@@ -142,14 +99,14 @@ fn an_unhealthy_upstream_moves_the_vip_to_the_healthy_proxy() {
         a.lines().join("\n")
     );
     wait_until("an answer from b", || {
-        answered_by(&lab).as_deref() == Some("b")
+        answered(&lab).as_deref() == Some("b")
     });
 
     // Recovery: A's proxy is healthy again and A preempts back.
     healthy_a.store(true, Ordering::Relaxed);
     a.wait_for("=> MASTER", 2, Duration::from_secs(3)).unwrap();
     wait_until("an answer from a again", || {
-        answered_by(&lab).as_deref() == Some("a")
+        answered(&lab).as_deref() == Some("a")
     });
 
     for p in [&mut a, &mut b] {
@@ -158,6 +115,5 @@ fn an_unhealthy_upstream_moves_the_vip_to_the_healthy_proxy() {
             .unwrap()
             .success());
     }
-    let _ = stop_tx.send(());
-    backends.join().unwrap();
+    drop(backends);
 }

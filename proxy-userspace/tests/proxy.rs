@@ -536,7 +536,7 @@ async fn slow_upstream_is_504_and_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn access_log_is_apache_combined_and_reopens_on_sigusr1() {
+async fn access_log_is_apache_combined_and_reopens_after_rotation() {
     let g = guide("").await;
     let req = Request::get("/api/log-me?q=1")
         .header("host", APP)
@@ -717,7 +717,7 @@ fn hapd_check_names_a_broken_certificate_pair() {
     let pki = Pki::new();
     let (c, k, _) = pki.write_leaf(&dir.0, "app", &[APP]);
     let (_, other_key) = pki.leaf(&[APP]);
-    let cfg = |cert: &std::path::Path, key: &std::path::Path| one_tls_vhost(cert, key, None, 0);
+    let cfg = |cert: &std::path::Path, key: &std::path::Path| one_tls_vhost(cert, key, None, 0, 0);
     let check = |text: String| {
         let (ok, _, stderr) = hapd_check(&dir, &text);
         (ok, stderr)
@@ -752,7 +752,7 @@ fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
         .unwrap()
         .port();
     let cfg = dir.path("hapd.toml");
-    std::fs::write(&cfg, one_tls_vhost(&c, &k, Some(&ch), port)).unwrap();
+    std::fs::write(&cfg, one_tls_vhost(&c, &k, Some(&ch), port, 0)).unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
         .args(["run", "--config"])
         .arg(&cfg)
@@ -850,48 +850,12 @@ fn hapd_check_warns_about_certificates_that_expire_soon() {
     let (c, k) = (dir.path("old.crt"), dir.path("old.key"));
     std::fs::write(&c, old_cert).unwrap();
     std::fs::write(&k, old_key).unwrap();
-    let (ok, stdout, _) = hapd_check(&dir, &one_tls_vhost(&c, &k, None, 0));
+    let (ok, stdout, _) = hapd_check(&dir, &one_tls_vhost(&c, &k, None, 0, 0));
     assert!(ok, "{stdout}");
     assert!(
         stdout.contains("warning: tls.certificate[0].cert: ") && stdout.contains("expired on"),
         "{stdout}"
     );
-}
-
-/// A config with one TLS listener on 127.0.0.1:`port` and one vhost.
-fn one_tls_vhost(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    chain: Option<&std::path::Path>,
-    port: u16,
-) -> String {
-    let chain = chain.map_or(String::new(), |c| format!("chain = \"{}\"\n", c.display()));
-    format!(
-        r#"
-[node]
-name = "n"
-admin = "127.0.0.1:0"
-[[tls.certificate]]
-cert = "{}"
-key = "{}"
-{chain}
-[[listener]]
-name = "https"
-bind = ["127.0.0.1:{port}"]
-tls = true
-[[upstream]]
-name = "u"
-servers = ["127.0.0.1:9"]
-[[vhost]]
-server_names = ["{APP}"]
-listeners = ["https"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-        cert.display(),
-        key.display()
-    )
 }
 
 /// `hapd check` on `text`: whether it passed, its stdout and its stderr.

@@ -101,63 +101,46 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     step("Watching the pair: hapd status on proxy02, and a few lines of proxy01's /metrics");
-    let status = lab
-        .command(
-            1,
-            &[
-                hapd.to_str().unwrap_or("hapd"),
-                "status",
-                "--admin",
-                "198.18.0.2:9100",
-            ],
-        )
-        .output()?;
-    println!("$ hapd status   (on proxy02)");
-    for l in String::from_utf8_lossy(&status.stdout).lines() {
-        println!("  {l}");
-    }
-    let metrics = lab
-        .command(2, &["curl", "-s", "http://198.18.0.1:9100/metrics"])
-        .output()?;
-    println!(
-        "$ curl http://198.18.0.1:9100/metrics | grep -E 'vrrp_state|requests_total|drop_ttl'"
-    );
-    for l in String::from_utf8_lossy(&metrics.stdout)
-        .lines()
-        .filter(|l| {
+    let hapd_s = hapd.to_str().unwrap_or("hapd");
+    shell(
+        &lab,
+        1,
+        "hapd status   (on proxy02)",
+        &[hapd_s, "status", "--admin", "198.18.0.2:9100"],
+        |_| true,
+    )?;
+    shell(
+        &lab,
+        2,
+        "curl http://198.18.0.1:9100/metrics | grep -E 'vrrp_state|requests_total|drop_ttl'",
+        &["curl", "-s", "http://198.18.0.1:9100/metrics"],
+        |l| {
             !l.starts_with('#')
                 && (l.contains("state=\"MASTER\"")
                     || l.contains("requests_total")
                     || l.contains("drop_ttl"))
-        })
-    {
-        println!("  {l}");
-    }
+        },
+    )?;
 
     step("The failover drill the guide asks for: hapd drill on proxy01 steps down, measures the outage at the VIP, hands back");
-    let drill = lab
-        .command(
-            0,
-            &[
-                hapd.to_str().unwrap_or("hapd"),
-                "drill",
-                "--admin",
-                "198.18.0.1:9100",
-                "--peer-admin",
-                "198.18.0.2:9100",
-                "--probe",
-                &format!("http://{VIP}/"),
-            ],
-        )
-        .output()?;
-    println!("$ hapd drill --peer-admin 198.18.0.2:9100 --probe http://{VIP}/");
-    for l in String::from_utf8_lossy(&drill.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&drill.stderr).lines())
-    {
-        println!("  {l}");
-    }
-    if !drill.status.success() {
+    let probe = format!("http://{VIP}/");
+    let ok = shell(
+        &lab,
+        0,
+        &format!("hapd drill --peer-admin 198.18.0.2:9100 --probe {probe}"),
+        &[
+            hapd_s,
+            "drill",
+            "--admin",
+            "198.18.0.1:9100",
+            "--peer-admin",
+            "198.18.0.2:9100",
+            "--probe",
+            &probe,
+        ],
+        |_| true,
+    )?;
+    if !ok {
         anyhow::bail!("the drill failed");
     }
     where_is_vip(&lab);
@@ -206,6 +189,27 @@ pub fn run() -> anyhow::Result<()> {
     where_is_vip(&lab);
     println!("\nDemo done. Faster failover: set advert_interval = \"10ms\" (about 36 ms for a dead host).");
     Ok(())
+}
+
+/// Runs `argv` in host `i`, prints `$ shown` and the lines of its output that `keep` keeps;
+/// whether it succeeded.
+fn shell(
+    lab: &Lab,
+    i: usize,
+    shown: &str,
+    argv: &[&str],
+    keep: impl Fn(&str) -> bool,
+) -> anyhow::Result<bool> {
+    let out = lab.command(i, argv).output()?;
+    println!("$ {shown}");
+    for l in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|l| keep(l))
+    {
+        println!("  {l}");
+    }
+    Ok(out.status.success())
 }
 
 fn step(s: &str) {

@@ -452,3 +452,119 @@ pub fn status_of(raw: &str) -> u16 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// Backends running in a lab host's network namespace, each with its health switch; stopped
+/// when dropped.
+pub struct LabBackends {
+    /// One per backend, in the order given: false makes its `/health` answer 503.
+    pub healthy: Vec<Arc<AtomicBool>>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Option<()>>>,
+}
+
+impl LabBackends {
+    /// Starts one [`Backend`] per `(address, name)` in host `i`.
+    pub fn start(lab: &hapd_lab::Lab, i: usize, specs: &[(&str, &str)]) -> LabBackends {
+        let specs: Vec<(SocketAddr, String)> = specs
+            .iter()
+            .map(|(a, n)| (a.parse().unwrap(), n.to_string()))
+            .collect();
+        let (flags_tx, flags_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = lab
+            .spawn_in_netns(i, move || {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                let backends: Vec<Backend> = rt.block_on(async {
+                    let mut v = Vec::new();
+                    for (addr, name) in &specs {
+                        v.push(Backend::start_on(*addr, name).await);
+                    }
+                    v
+                });
+                flags_tx
+                    .send(backends.iter().map(|b| b.healthy.clone()).collect())
+                    .unwrap();
+                let _ = stop_rx.recv();
+                drop(backends);
+            })
+            .unwrap();
+        LabBackends {
+            healthy: flags_rx.recv().unwrap(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for LabBackends {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Which backend answered `url` (curl from lab host `i`, 1 s at most); `None`: no answer.
+pub fn answered_by(lab: &hapd_lab::Lab, i: usize, url: &str, host: &str) -> Option<String> {
+    let out = lab
+        .command(
+            i,
+            &["curl", "-s", "-m", "1", "-H", &format!("Host: {host}"), url],
+        )
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["backend"].as_str().map(str::to_string)
+}
+
+/// Polls `cond` every 20 ms for up to 5 s; panics naming `what` if it never holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A config with one TLS listener on 127.0.0.1:`port`, one vhost for app.example-corp.com
+/// with an upstream that refuses connections, and the admin endpoint on 127.0.0.1:`admin`
+/// (0: any free port).
+pub fn one_tls_vhost(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    chain: Option<&std::path::Path>,
+    port: u16,
+    admin: u16,
+) -> String {
+    let chain = chain.map_or(String::new(), |c| format!("chain = \"{}\"\n", c.display()));
+    format!(
+        r#"
+[node]
+name = "n"
+admin = "127.0.0.1:{admin}"
+[[tls.certificate]]
+cert = "{}"
+key = "{}"
+{chain}
+[[listener]]
+name = "https"
+bind = ["127.0.0.1:{port}"]
+tls = true
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:9"]
+[[vhost]]
+server_names = ["app.example-corp.com"]
+listeners = ["https"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+        cert.display(),
+        key.display()
+    )
+}
