@@ -219,3 +219,76 @@ async fn upstream_connections_are_kept_alive() {
         "{accepts} upstream connections for 10 requests"
     );
 }
+
+/// A reload swaps routes under open connections: the next request on a kept-alive connection
+/// uses the new route, and a reload that cannot apply changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_to_open_connections_and_a_refused_one_changes_nothing() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let cfg = |upstream: &str, bind: &str| {
+        format!(
+            r#"
+[node]
+name = "n"
+[[listener]]
+name = "web"
+bind = ["{bind}"]
+[[upstream]]
+name = "a"
+servers = ["{}"]
+[[upstream]]
+name = "b"
+servers = ["{}"]
+[[vhost]]
+server_names = ["app"]
+listeners = ["web"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "{upstream}"
+"#,
+            a.authority(),
+            b.authority()
+        )
+    };
+    let parse = |t: &str| {
+        proxy_userspace::config::Config::parse(t, std::path::Path::new("t.toml"))
+            .unwrap()
+            .0
+    };
+    let p = start_proxy(&cfg("a", "127.0.0.1:0"));
+    let addr = addr_of(&p, "web");
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut who = async || {
+        let req = hyper::Request::get("/who")
+            .header("host", "app")
+            .body(String::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["backend"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(who().await, "a");
+    p.view
+        .reload(&parse(&cfg("b", "127.0.0.1:0")), "test")
+        .unwrap();
+    assert_eq!(who().await, "b", "the same connection, the new route");
+    let e = p
+        .view
+        .reload(&parse(&cfg("a", "127.0.0.2:0")), "test")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[[listener]] changed"), "{e}");
+    assert_eq!(who().await, "b", "refused: nothing changed");
+    assert!(!conn.is_finished(), "the connection stayed open");
+}
