@@ -88,6 +88,26 @@ impl Proc {
         nix::sys::signal::kill(pid, signal).with_context(|| format!("signalling {}", self.name))
     }
 
+    /// Waits up to `timeout` for the process to exit by itself (then kills it and fails).
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                std::thread::sleep(Duration::from_millis(50)); // let the readers finish
+                return Ok(st);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                bail!(
+                    "{} still running after {timeout:?}:\n{}",
+                    self.name,
+                    self.lines().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Sends `signal` and waits up to `timeout` for the exit.
     pub fn stop(
         &mut self,

@@ -107,6 +107,61 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, ifindex: u32, t: &
     classify_ipv4(f, l3, ifindex, t)
 }
 
+/// The first packet of a TCP connection (SYN set, ACK clear) as the guard sees it; addresses
+/// and ports as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSyn {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// `f` as a TCP connection request over IPv4 (not a fragment), or `None`. The guard keeps new
+/// connections to a virtual address away from a node that cannot serve them: during a
+/// graceful handover, and when nothing listens (the daemon was killed), so the client
+/// retransmits its SYN to the new master instead of being refused.
+#[inline(always)]
+pub fn tcp_syn<F: Frame + ?Sized>(f: &F) -> Option<TcpSyn> {
+    let mut ethertype = f.be16_at(12)?;
+    let mut l3 = ETH_HLEN;
+    let mut tags = 0;
+    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
+        ethertype = f.be16_at(l3 + 2)?;
+        l3 += 4;
+        tags += 1;
+    }
+    if ethertype != ETH_P_IPV4 {
+        return None;
+    }
+    let hdr = f.bytes::<IPV4_MIN_HLEN>(l3)?;
+    if hdr[0] >> 4 != 4 || hdr[9] != IPPROTO_TCP {
+        return None;
+    }
+    if u16::from_be_bytes([hdr[6], hdr[7]]) & IP_MF_OFFSET_MASK != 0 {
+        return None;
+    }
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    if ihl < IPV4_MIN_HLEN {
+        return None;
+    }
+    let tcp = f.bytes::<14>(l3 + ihl)?;
+    let flags = tcp[13];
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return None;
+    }
+    Some(TcpSyn {
+        src: [hdr[12], hdr[13], hdr[14], hdr[15]],
+        dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
+        sport: [tcp[0], tcp[1]],
+        dport: [tcp[2], tcp[3]],
+    })
+}
+
+const IPPROTO_TCP: u8 = 6;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
 /// The IPv4 part of [`classify`]: `l3` is the offset of the IPv4 header in `f`.
 #[inline(always)]
 pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
@@ -333,4 +388,51 @@ pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
     rec.version = a.version;
     rec.interval_cs = a.interval_cs;
     ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    /// Ethernet (with `tags` VLAN tags) + IPv4 (`proto`, fragment word) + 20 bytes of TCP
+    /// with `flags`.
+    fn frame(tags: usize, proto: u8, frag: u16, flags: u8) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0; 12]);
+        for _ in 0..tags {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&[0, 7]);
+        }
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&[198, 18, 0, 3]);
+        ip[16..20].copy_from_slice(&[198, 18, 0, 100]);
+        f.extend_from_slice(&ip);
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&50000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        tcp[13] = flags;
+        f.extend_from_slice(&tcp);
+        f
+    }
+
+    #[test]
+    fn only_the_first_packet_of_a_tcp_connection_is_a_syn() {
+        let dst = |f: Vec<u8>| tcp_syn(f.as_slice()).map(|s| (s.dst, s.dport));
+        let vip = Some(([198, 18, 0, 100], [0x1f, 0x90]));
+        assert_eq!(dst(frame(0, 6, 0, 0x02)), vip);
+        assert_eq!(dst(frame(1, 6, 0, 0x02)), vip);
+        assert_eq!(dst(frame(0, 6, 0, 0x12)), None, "SYN-ACK");
+        assert_eq!(dst(frame(0, 6, 0, 0x10)), None, "ACK");
+        assert_eq!(dst(frame(0, 17, 0, 0x02)), None, "UDP");
+        assert_eq!(dst(frame(0, 6, 0x2000, 0x02)), None, "fragment");
+        let f = frame(0, 6, 0, 0x02);
+        assert_eq!(tcp_syn(&f[..47]), None, "no TCP flags byte");
+        let s = tcp_syn(f.as_slice()).unwrap();
+        assert_eq!((s.src, s.sport), ([198, 18, 0, 3], [0xc3, 0x50]));
+    }
 }

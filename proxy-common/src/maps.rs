@@ -14,6 +14,15 @@ pub const MAP_VRIDS: &str = "vrrp_vrids";
 pub const MAP_ADVERTS: &str = "vrrp_adverts";
 pub const MAP_STATS: &str = "guard_stats";
 pub const MAP_EVENTS: &str = "vrrp_events";
+/// The virtual addresses of every instance (key: the address as on the wire, value unused).
+/// A connection request to one of them that no socket listens for is dropped instead of
+/// refused, so the client retries (and reaches the new master) rather than failing.
+pub const MAP_VIPS: &str = "vip_addrs";
+/// Virtual addresses this node is handing over on a graceful stop: every connection request
+/// to them is dropped.
+pub const MAP_DRAIN: &str = "vip_drain";
+/// Capacity of `vip_addrs` and `vip_drain`.
+pub const MAX_VIPS: u32 = 256;
 
 /// Entries of `vrrp_vrids`: one per VRID value (index = VRID; 0 is never configured).
 pub const VRIDS: u32 = 256;

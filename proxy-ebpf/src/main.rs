@@ -9,18 +9,23 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        BPF_F_CURRENT_NETNS,
+    },
     btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
     helpers::bpf_ktime_get_ns,
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use proxy_common::{
-    guard::{classify, record_advert, Frame, Tables, Verdict, MAX_OFFSET},
+    guard::{classify, record_advert, tcp_syn, Frame, Tables, TcpSyn, Verdict, MAX_OFFSET},
     maps::{
         AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, VridEntry, EVENTS_BYTES,
-        MAX_INSTANCES, VRIDS,
+        MAX_INSTANCES, MAX_VIPS, VRIDS,
     },
 };
 
@@ -37,6 +42,57 @@ static VRRP_ADVERTS: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize
 static GUARD_STATS: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map(name = "vrrp_events")]
 static VRRP_EVENTS: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
+/// The virtual addresses: connection requests to them are checked (see [`connection_request`]).
+#[btf_map(name = "vip_addrs")]
+static VIP_ADDRS: HashMap<[u8; 4], u8, { MAX_VIPS as usize }> = HashMap::new();
+/// Virtual addresses this node is handing over: connection requests to them are dropped (the
+/// client's SYN is retransmitted and reaches the new master). Element 0 of `DRAINING` is the
+/// number of entries.
+#[btf_map(name = "vip_drain")]
+static VIP_DRAIN: HashMap<[u8; 4], u8, { MAX_VIPS as usize }> = HashMap::new();
+#[btf_map(name = "vip_draining")]
+static DRAINING: Array<u32, 1> = Array::new();
+
+/// A TCP connection request to a virtual address: dropped while this node hands the address
+/// over, and when no socket listens for it (the daemon is gone: refusing it would fail the
+/// client, dropping it makes the client retransmit, by when the new master has the address).
+/// The guard's program stays attached after the daemon dies (its link is pinned).
+#[inline(always)]
+fn connection_request(ctx: &XdpContext, syn: &TcpSyn) -> u32 {
+    // SAFETY: lookups by value; the entries are not kept.
+    if unsafe { VIP_ADDRS.get(&syn.dst) }.is_none() {
+        return XDP_PASS;
+    }
+    if DRAINING.get(0).is_some_and(|n| *n != 0) && unsafe { VIP_DRAIN.get(&syn.dst) }.is_some() {
+        return XDP_DROP;
+    }
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
+                saddr: u32::from_ne_bytes(syn.src),
+                daddr: u32::from_ne_bytes(syn.dst),
+                sport: u16::from_ne_bytes(syn.sport),
+                dport: u16::from_ne_bytes(syn.dport),
+            },
+        },
+    };
+    // SAFETY: ctx.ctx is the xdp_md of this run; the tuple is a valid IPv4 tuple of the size
+    // given; a socket returned is released before returning.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx as *mut _,
+            &mut tuple,
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return XDP_DROP;
+        }
+        bpf_sk_release(sk as *mut _);
+    }
+    XDP_PASS
+}
 
 /// The packet between `data` and `data_end`.
 struct XdpFrame {
@@ -87,7 +143,10 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     match classify(&frame, ifindex, &Maps) {
-        Verdict::Pass => XDP_PASS,
+        Verdict::Pass => match tcp_syn(&frame) {
+            Some(syn) => connection_request(&ctx, &syn),
+            None => XDP_PASS,
+        },
         Verdict::Drop(reason) => {
             count(reason);
             XDP_DROP

@@ -34,6 +34,10 @@ use crate::{
 /// before the addresses go.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
 
+/// On a graceful stop, how long the VIPs stay at most while the proxy's clients move to the
+/// successor (see [`crate::proxy::ProxyView::begin_handover`]).
+pub const HANDOVER_DRAIN: Duration = Duration::from_secs(1);
+
 /// How long a fence command may run; past it the fence counts as failed.
 pub const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +50,8 @@ pub struct Options {
     pub shutdown: Option<watch::Receiver<bool>>,
     /// Requests from the admin endpoint.
     pub control: Option<mpsc::Receiver<Control>>,
+    /// The proxy, to move its clients to the successor on a graceful stop.
+    pub proxy: Option<std::sync::Arc<crate::proxy::ProxyView>>,
 }
 
 /// What the admin endpoint asks of the VRRP loop.
@@ -546,6 +552,9 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut proxy_healthy = health.as_ref().is_none_or(|h| *h.borrow());
     let mut shutdown = opts.shutdown;
     let mut control = opts.control;
+    let opts_proxy = opts.proxy;
+    // Set while a graceful stop moves the proxy's clients away (see `begin_handover`).
+    let mut draining: Option<std::time::Instant> = None;
 
     info!(node = %config.node.name, instances = routers.len(), "hapd ready");
     for r in &mut routers {
@@ -679,9 +688,35 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     let _ = reply.send(answer);
                 }
             },
-            _ = stop_asked => { info!("asked to stop"); break; }
-            _ = term.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { info!("SIGINT: stopping"); break; }
+            _ = stop_asked => {
+                info!("asked to stop");
+                if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
+                    break;
+                }
+            }
+            _ = term.recv() => {
+                info!("SIGTERM: stopping");
+                if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
+                    break;
+                }
+            }
+            _ = int.recv() => {
+                info!("SIGINT: stopping");
+                if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)), if draining.is_some() => {
+                let left = opts_proxy.as_ref().map_or(0, |p| p.connections());
+                if left == 0 {
+                    info!("every proxy client has moved: resigning");
+                    break;
+                }
+                if draining.is_some_and(|d| std::time::Instant::now() >= d) {
+                    info!("{left} proxy connection(s) still open after {HANDOVER_DRAIN:?}: resigning");
+                    break;
+                }
+            }
         }
     }
     // Graceful stop: a master resigns (priority 0) but keeps serving its VIPs until the
@@ -745,6 +780,43 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         info!("guard counters at stop: {c:?}");
     }
     Ok(())
+}
+
+/// The first step of a graceful stop on a master with a proxy: before resigning, move the
+/// proxy's clients off this node without failing a request. New TCP connections to the VIPs
+/// are dropped by the guard (the client retransmits its SYN after about a second, by when the
+/// successor holds the VIPs), and every HTTP/1 response carries `Connection: close` (HTTP/2:
+/// GOAWAY), so each busy connection ends after its current request. The loop keeps advertising
+/// meanwhile; it resigns when the proxy has no connection left or after [`HANDOVER_DRAIN`].
+/// Returns false when there is nothing to hand over (stop at once).
+fn begin_handover(
+    routers: &[Router],
+    dp: &mut Dataplane,
+    proxy: Option<&crate::proxy::ProxyView>,
+    draining: &mut Option<std::time::Instant>,
+) -> bool {
+    let Some(proxy) = proxy else { return false };
+    let vips: Vec<Ipv4Addr> = routers
+        .iter()
+        .filter(|r| r.engine.state() == State::Master)
+        .flat_map(|r| r.vips.iter().map(|n| n.addr()))
+        .collect();
+    if vips.is_empty() || proxy.connections() == 0 {
+        return false;
+    }
+    let syns = dp.drain_new_connections(&vips);
+    proxy.begin_handover();
+    info!(
+        "handing over: {} proxy connection(s) close after their current request{}",
+        proxy.connections(),
+        if syns {
+            "; new connections wait for the successor"
+        } else {
+            " (no XDP: new connections are still served here)"
+        }
+    );
+    *draining = Some(std::time::Instant::now() + HANDOVER_DRAIN);
+    true
 }
 
 /// One line for the log: which instance, who sent what, and why it matters.

@@ -388,6 +388,7 @@ fn run(config: PathBuf) -> ExitCode {
             proxy_health: proxy.as_ref().map(|p| p.health.clone()),
             shutdown: None,
             control: Some(control_rx),
+            proxy: proxy.as_ref().map(|p| p.view.clone()),
         };
         rt.block_on(daemon::run_with(cfg, opts))
     };

@@ -29,6 +29,7 @@ fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> Instance
         pseudo_header: pseudo,
         auth_pass: pass.copied(),
         xdp: XdpMode::Auto,
+        vips: vec![[198, 18, 0, 100]],
     }
 }
 

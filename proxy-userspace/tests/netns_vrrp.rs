@@ -495,6 +495,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                         proxy_health: Some(health_rx),
                         shutdown: Some(stop_rx),
                         control: None,
+                        proxy: None,
                     },
                 ))
             })

@@ -30,6 +30,8 @@ pub struct InstanceSpec {
     pub pseudo_header: bool,
     pub auth_pass: Option<[u8; 8]>,
     pub xdp: XdpMode,
+    /// The virtual addresses, as on the wire.
+    pub vips: Vec<[u8; 4]>,
 }
 
 impl InstanceSpec {
@@ -60,6 +62,7 @@ impl InstanceSpec {
                 && v.v3_checksum == V3Checksum::PseudoHeader,
             auth_pass,
             xdp: v.xdp,
+            vips: v.virtual_ips.iter().map(|n| n.addr().octets()).collect(),
         }
     }
 
@@ -286,6 +289,21 @@ impl Dataplane {
     /// The next advert userspace has to act on.
     pub async fn next_event(&mut self) -> Option<GuardEvent> {
         self.events.recv().await
+    }
+
+    /// Drops new TCP connections to `vips` on interfaces where the guard runs in XDP (a
+    /// graceful stop: clients retry their SYN and reach the new master). Whether it does.
+    pub fn drain_new_connections(&mut self, vips: &[std::net::Ipv4Addr]) -> bool {
+        match self.xdp.as_mut() {
+            Some(g) => match g.drain_new_connections(vips) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!("keeping new connections away during the handover: {e:#}");
+                    false
+                }
+            },
+            None => false,
+        }
     }
 
     /// The XDP guard, when loaded (tests and benchmarks run it directly).

@@ -8,12 +8,16 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
     AdvertRecord, GuardCounters, GuardEvent, InstanceKey, VridEntry, EVENTS_BYTES, LAYOUT_VERSION,
-    MAP_ADVERTS, MAP_EVENTS, MAP_STATS, MAP_VRIDS, MAX_INSTANCES, PROGRAM_NAME, VRIDS,
+    MAP_ADVERTS, MAP_DRAIN, MAP_EVENTS, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES, MAX_VIPS,
+    PROGRAM_NAME, VRIDS,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{info, warn};
@@ -28,13 +32,19 @@ pub static GUARD_OBJECT: &[u8] =
 pub const MAP_LAYOUT: &str = "hapd_layout";
 
 /// Every map the guard pins: name, type, key size, value size, max entries.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 5] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); 8] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
     (MAP_STATS, MapType::PerCpuArray, 4, 104, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
+    (MAP_VIPS, MapType::Hash, 4, 1, MAX_VIPS),
+    (MAP_DRAIN, MapType::Hash, 4, 1, MAX_VIPS),
+    (MAP_DRAINING, MapType::Array, 4, 4, 1),
 ];
+
+/// Name of the one-entry array with the number of entries in `vip_drain`.
+pub const MAP_DRAINING: &str = "vip_draining";
 
 /// How the guard ended up attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +62,17 @@ impl std::fmt::Display for Attached {
     }
 }
 
+/// How the guard is attached to one interface.
+enum Link {
+    /// Owned by the program (no pin directory): detached with the process.
+    Id(aya::programs::xdp::XdpLinkId),
+    /// Pinned at `<pin_dir>/link_<iface>`: stays attached if the process dies; removed on a
+    /// clean stop, replaced by the next start.
+    Pinned(PinnedLink),
+    /// Could not be pinned after the take: the kernel keeps it until the process ends.
+    Lost,
+}
+
 /// The loaded guard and its maps.
 pub struct XdpGuard {
     ebpf: Ebpf,
@@ -59,8 +80,11 @@ pub struct XdpGuard {
     adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
+    vips: HashMap<MapData, [u8; 4], u8>,
+    drain: HashMap<MapData, [u8; 4], u8>,
+    draining: Array<MapData, u32>,
     pin_dir: Option<PathBuf>,
-    links: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+    links: Vec<(String, Link)>,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -104,6 +128,9 @@ impl XdpGuard {
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
+            vips: take(&mut ebpf, MAP_VIPS)?,
+            drain: take(&mut ebpf, MAP_DRAIN)?,
+            draining: take(&mut ebpf, MAP_DRAINING)?,
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
@@ -117,6 +144,28 @@ impl XdpGuard {
     /// creates an empty advert record for new instances and removes the records of instances
     /// that are gone (left behind by an earlier run that shared the pins).
     pub fn configure(&mut self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
+        let want: std::collections::BTreeSet<[u8; 4]> =
+            specs.iter().flat_map(|s| s.vips.iter().copied()).collect();
+        if want.len() > MAX_VIPS as usize {
+            anyhow::bail!(
+                "{} virtual addresses; the guard holds at most {MAX_VIPS}",
+                want.len()
+            );
+        }
+        for v in &want {
+            self.vips
+                .insert(v, 1, 0)
+                .with_context(|| format!("adding {v:?} to {MAP_VIPS}"))?;
+        }
+        let gone: Vec<[u8; 4]> = self
+            .vips
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.contains(k))
+            .collect();
+        for k in gone {
+            let _ = self.vips.remove(&k);
+        }
         let entries = super::vrid_entries(specs)?;
         for vrid in 0..VRIDS {
             let want = entries.get(&(vrid as u8)).copied().unwrap_or_default();
@@ -157,6 +206,24 @@ impl XdpGuard {
     /// Attaches to `iface`. `native_first`: try driver mode, then generic; otherwise the one
     /// mode asked for.
     pub fn attach(&mut self, iface: &str, modes: &[Attached]) -> anyhow::Result<Attached> {
+        // A link pinned by an earlier run that was killed: its program still guards the
+        // interface (see `Link`); ours replaces it.
+        let link_pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")));
+        if let Some(p) = link_pin.as_ref().filter(|p| p.exists()) {
+            match PinnedLink::from_pin(p)
+                .map_err(anyhow::Error::from)
+                .and_then(|l| l.unpin().map_err(anyhow::Error::from))
+            {
+                Ok(old) => {
+                    drop(old);
+                    info!("{iface}: replaced the guard left attached by an earlier run");
+                }
+                Err(e) => warn!("{iface}: removing the pinned link {}: {e:#}", p.display()),
+            }
+        }
         let prog: &mut Xdp = program(&mut self.ebpf)?;
         let mut last = None;
         for &mode in modes {
@@ -166,7 +233,29 @@ impl XdpGuard {
             };
             match prog.attach(iface, flags) {
                 Ok(id) => {
-                    self.links.push((iface.to_owned(), id));
+                    let link = match link_pin.as_ref() {
+                        // Pinned, the link outlives us: after a kill -9 the guard still drops
+                        // forged adverts, and connection requests nobody listens for.
+                        Some(path) => {
+                            let pinned = prog
+                                .take_link(id)
+                                .map_err(anyhow::Error::from)
+                                .and_then(|l| FdLink::try_from(l).map_err(anyhow::Error::from))
+                                .and_then(|l| l.pin(path).map_err(anyhow::Error::from));
+                            match pinned {
+                                Ok(p) => Link::Pinned(p),
+                                Err(e) => {
+                                    // Attached through netlink (old kernel) or no bpffs: it
+                                    // goes with the process.
+                                    warn!("{iface}: the guard's link is not pinned: {e:#}");
+                                    self.links.push((iface.to_owned(), Link::Lost));
+                                    return Ok(mode);
+                                }
+                            }
+                        }
+                        None => Link::Id(id),
+                    };
+                    self.links.push((iface.to_owned(), link));
                     return Ok(mode);
                 }
                 Err(e) => {
@@ -273,6 +362,27 @@ impl XdpGuard {
         Ok(())
     }
 
+    /// From now on, drop new TCP connections (SYN without ACK) to `vips`; an empty list stops
+    /// dropping. The count is written last when adding and first when clearing, so the
+    /// program never looks up a half-written set.
+    pub fn drain_new_connections(&mut self, vips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
+        if vips.is_empty() {
+            self.draining.set(0, 0, 0)?;
+            let keys: Vec<[u8; 4]> = self.drain.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = self.drain.remove(&k);
+            }
+            return Ok(());
+        }
+        for v in vips {
+            self.drain
+                .insert(v.octets(), 1, 0)
+                .with_context(|| format!("adding {v} to {MAP_DRAIN}"))?;
+        }
+        self.draining.set(0, vips.len() as u32, 0)?;
+        Ok(())
+    }
+
     /// Where the maps are pinned, if they are.
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
@@ -282,9 +392,15 @@ impl XdpGuard {
     pub fn shutdown(mut self) -> anyhow::Result<()> {
         let links = std::mem::take(&mut self.links);
         if let Ok(prog) = program(&mut self.ebpf) {
-            for (iface, id) in links {
-                if let Err(e) = prog.detach(id) {
-                    warn!("{iface}: detaching the guard: {e}");
+            for (iface, link) in links {
+                let r = match link {
+                    Link::Id(id) => prog.detach(id).map_err(anyhow::Error::from),
+                    // Unpinned and dropped: the last reference goes, the program detaches.
+                    Link::Pinned(p) => p.unpin().map(drop).map_err(anyhow::Error::from),
+                    Link::Lost => Ok(()),
+                };
+                if let Err(e) = r {
+                    warn!("{iface}: detaching the guard: {e:#}");
                 }
             }
         }

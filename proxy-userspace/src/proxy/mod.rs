@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -96,6 +96,9 @@ struct Shared {
     connections: AtomicUsize,
     idle: Notify,
     metrics: Arc<Metrics>,
+    /// Set when this node hands its VIPs over (see [`ProxyView::begin_handover`]).
+    handover: Arc<AtomicBool>,
+    handover_tx: watch::Sender<bool>,
 }
 
 /// Whether the config has a proxy to run.
@@ -355,6 +358,17 @@ impl ProxyView {
         Ok(())
     }
 
+    /// This node is handing its VIPs to another: ask every client to reconnect, which takes
+    /// it to the new master, without failing a request. HTTP/1 responses from now on carry
+    /// `Connection: close` (the client sends its next request on a new connection; closing an
+    /// idle connection instead would race with a request already on its way), HTTP/2
+    /// connections get GOAWAY (the client knows which streams were served). New connections
+    /// are still accepted and served once: a client may not have heard the new master's ARP.
+    pub fn begin_handover(&self) {
+        self.shared.handover.store(true, Ordering::Release);
+        let _ = self.shared.handover_tx.send(true);
+    }
+
     /// Reopens every log file (SIGUSR1, after rotation).
     pub fn reopen_logs(&self) {
         if let Ok(r) = self.routing.lock() {
@@ -415,6 +429,8 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         connections: AtomicUsize::new(0),
         idle: Notify::new(),
         metrics: Arc::new(Metrics::new(workers + 1)),
+        handover: Arc::new(AtomicBool::new(false)),
+        handover_tx: watch::channel(false).0,
     });
 
     // Each worker thread binds its own socket per address (SO_REUSEPORT) and the kernel spreads
@@ -652,6 +668,7 @@ async fn serve(
             state: state.clone(),
             server_header: shared.server_header,
             metrics: shared.metrics.clone(),
+            handover: shared.handover.clone(),
         })
     };
     if tls {
@@ -669,13 +686,14 @@ async fn serve(
                     return;
                 }
             };
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let conn = conn(true, stream.get_ref().1.server_name().map(str::to_string));
         let io = Guard::new(stream, shared.limits, state);
-        run_http(io, conn, shared, drain).await;
+        run_http(io, conn, shared, drain, h2).await;
     } else {
         let conn = conn(false, None);
         let io = Guard::new(stream, shared.limits, state);
-        run_http(io, conn, shared, drain).await;
+        run_http(io, conn, shared, drain, false).await;
     }
 }
 
@@ -684,6 +702,7 @@ async fn run_http<IO>(
     conn: Arc<Conn>,
     shared: &Shared,
     mut drain: watch::Receiver<bool>,
+    h2: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -704,9 +723,28 @@ async fn run_http<IO>(
             }
         }
     };
+    // HTTP/2 learns of a handover by GOAWAY; HTTP/1 by `Connection: close` (service.rs).
+    let mut handover = shared.handover_tx.subscribe();
+    let handing_over = async {
+        if !h2 {
+            return std::future::pending().await;
+        }
+        loop {
+            if *handover.borrow_and_update() {
+                return;
+            }
+            if handover.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let result = tokio::select! {
         r = c.as_mut() => r,
         () = draining => {
+            c.as_mut().graceful_shutdown();
+            c.await
+        }
+        () = handing_over => {
             c.as_mut().graceful_shutdown();
             c.await
         }

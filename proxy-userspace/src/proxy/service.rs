@@ -85,6 +85,8 @@ pub struct Conn {
     pub state: Arc<ConnState>,
     pub server_header: bool,
     pub metrics: Arc<super::metrics::Metrics>,
+    /// This node is handing its VIPs over: HTTP/1 responses close their connection.
+    pub handover: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The methods answered when TRACE is refused.
@@ -154,7 +156,15 @@ pub async fn handle(
         route: None,
         started: started_mono,
     };
-    let resp = route(&conn, &site, &host_full, &host, req, &mut finish).await;
+    let http1 = req.version() < Version::HTTP_2;
+    let mut resp = route(&conn, &site, &host_full, &host, req, &mut finish).await;
+    if http1
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && conn.handover.load(Ordering::Acquire)
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(seal(&conn, site, resp, finish))
 }
 
