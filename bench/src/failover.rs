@@ -173,8 +173,10 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             }),
         });
     }
+    let (load_table, load_raw) = under_load(&hapd, quick)?;
+    tables.push(load_table);
     report.tables = tables;
-    report.raw = serde_json::json!({ "outages": raw });
+    report.raw = serde_json::json!({ "outages": raw, "under_load": load_raw });
     Ok(report)
 }
 
@@ -613,4 +615,168 @@ fn outcome(log: &[(Duration, Option<String>)], t0: Duration) -> anyhow::Result<O
         .map(|(t, _)| *t - t0)
         .context("n1 never answered")?;
     Ok(Outcome { outage, takeover })
+}
+
+/// nginx on lab host `i`: a backend answering `n<i>` on 127.0.0.1:SERVICE_BEHIND_PROXY and,
+/// with `proxy`, the guide's reverse proxy on port PORT (all addresses, so on the VIP too) in
+/// front of it with kept-alive upstream connections (what keepalived fails over).
+fn nginx(lab: &Lab, i: usize, proxy: bool) -> anyhow::Result<Proc> {
+    let d = lab.dir().join(format!("nginx{i}"));
+    std::fs::create_dir_all(&d)?;
+    let dd = d.display();
+    let front = if proxy {
+        format!(
+            "  upstream be {{ server 127.0.0.1:{SERVICE_BEHIND_PROXY}; keepalive 64; }}\n  \
+             server {{ listen {PORT}; location / {{ proxy_pass http://be; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; }} }}\n"
+        )
+    } else {
+        String::new()
+    };
+    let conf = format!(
+        "worker_processes 1;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log;\ndaemon off;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
+         client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n  fastcgi_temp_path {dd}/fcgi;\n  \
+         uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n  \
+         server {{ listen 127.0.0.1:{SERVICE_BEHIND_PROXY}; location / {{ return 200 \"n{i}\"; }} }}\n{front}}}\n"
+    );
+    let path = d.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let p = path.display().to_string();
+    let child = lab.spawn(i, &["nginx", "-c", &p, "-p", &dd.to_string()])?;
+    Ok(Proc::new("nginx", child))
+}
+
+/// Connections wrk keeps busy in the under-load runs.
+const LOAD_CONNECTIONS: u32 = 32;
+
+/// One run: wrk keeps LOAD_CONNECTIONS connections busy against the VIP for 4 s and `fault`
+/// hits n0 after 1.5 s; wrk's counts.
+fn load_trial(hapd: &Path, d: Daemon, fault: Fault) -> anyhow::Result<hapd_lab::wrk::Wrk> {
+    let mut lab = Lab::new(3)?;
+    let proxy_in_nginx = d == Daemon::Keepalived;
+    let mut nginxes = Vec::new();
+    for i in 0..2 {
+        nginxes.push(nginx(&lab, i, proxy_in_nginx)?);
+    }
+    let result = (|| {
+        let mut n0 = start(&mut lab, hapd, d, 0, 10, None, d == Daemon::Hapd)?;
+        let ready = Instant::now() + Duration::from_secs(10);
+        while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
+            if Instant::now() > ready {
+                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut n1 = start(&mut lab, hapd, d, 1, 10, None, d == Daemon::Hapd)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let url = format!("http://{VIP}:{PORT}/");
+        let c = format!("-c{LOAD_CONNECTIONS}");
+        let mut wrk = Proc::new(
+            "wrk",
+            lab.spawn(2, &["wrk", "-t1", &c, "-d4s", "--timeout", "1s", &url])?,
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        match (fault, d) {
+            (Fault::HostCrash, _) => {
+                let st = std::process::Command::new("ip")
+                    .args(["-n", lab.switch(), "link", "set", "p0", "down"])
+                    .status()?;
+                if !st.success() {
+                    bail!("cutting n0's port failed");
+                }
+            }
+            (Fault::Kill9, Daemon::Hapd) => {
+                n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+            }
+            (Fault::Kill9, Daemon::Keepalived) => {
+                let conf = lab.dir().join("ka0.conf").display().to_string();
+                let _ = std::process::Command::new("pkill")
+                    .args(["-9", "-f", &conf])
+                    .status();
+            }
+            (Fault::GracefulStop, _) => {
+                n0.signal(Signal::SIGTERM)?;
+            }
+            _ => bail!("{} is not run under load", fault.name()),
+        }
+        let st = wrk.wait(Duration::from_secs(15))?;
+        if !st.success() {
+            bail!("wrk failed:\n{}", wrk.lines().join("\n"));
+        }
+        let w = hapd_lab::wrk::parse(&wrk.lines().join("\n"));
+        let _ = n1.stop(Signal::SIGTERM, Duration::from_secs(10));
+        let _ = n0.stop(Signal::SIGTERM, Duration::from_secs(10));
+        Ok(w)
+    })();
+    for mut n in nginxes {
+        let _ = n.stop(Signal::SIGTERM, Duration::from_secs(5));
+    }
+    result
+}
+
+/// Failover under load: failed requests and refused connections with wrk keeping 32
+/// connections busy, hapd (VRRP and its proxy) beside keepalived + nginx, per fault.
+pub fn under_load(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+    let rounds = if quick { 1 } else { 3 };
+    let faults = [Fault::GracefulStop, Fault::Kill9, Fault::HostCrash];
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    let (mut plot_h, mut plot_k) = (Vec::new(), Vec::new());
+    for fault in faults {
+        let mut failed: [Vec<f64>; 2] = Default::default();
+        let mut refused: [Vec<f64>; 2] = Default::default();
+        for round in 0..rounds {
+            for d in Daemon::alternating(round) {
+                println!(
+                    "[failover] under load (wrk -c{LOAD_CONNECTIONS}), {}, {d:?}, round {}/{rounds}",
+                    fault.name(),
+                    round + 1
+                );
+                let w = load_trial(hapd, d, fault)
+                    .with_context(|| format!("{d:?} {} under load", fault.name()))?;
+                let slot = if d == Daemon::Hapd { 0 } else { 1 };
+                failed[slot].push(w.failed as f64);
+                refused[slot].push(w.refused as f64);
+                raw.push(serde_json::json!({
+                    "daemon": format!("{d:?}"), "fault": fault.name(), "round": round,
+                    "requests": w.requests, "failed": w.failed, "refused": w.refused,
+                }));
+            }
+        }
+        let m = |v: &[f64]| median_spread(v);
+        let (hf, kf, hr, kr) = (m(&failed[0]), m(&failed[1]), m(&refused[0]), m(&refused[1]));
+        plot_h.push(hf.0 + hr.0);
+        plot_k.push(kf.0 + kr.0);
+        rows.push(vec![
+            fault.name().to_string(),
+            format!("{:.0} ({:.0}..{:.0})", hf.0, hf.1, hf.2),
+            format!("{:.0}", hr.0),
+            format!("{:.0} ({:.0}..{:.0})", kf.0, kf.1, kf.2),
+            format!("{:.0}", kr.0),
+        ]);
+    }
+    let table = Table {
+        title: format!("Failover under load: requests lost with {LOAD_CONNECTIONS} busy connections"),
+        columns: vec![
+            "fault on the master".into(),
+            "hapd failed requests (median, spread)".into(),
+            "hapd refused connections".into(),
+            "keepalived + nginx failed requests".into(),
+            "keepalived + nginx refused connections".into(),
+        ],
+        rows,
+        notes: vec![
+            format!("wrk -t1 -c{LOAD_CONNECTIONS} -d4s --timeout 1s against the VIP, the fault 1.5 s in; adverts every 10 ms; {rounds} round(s), daemons alternating. Failed: wrk's read errors, timeouts and non-2xx answers (requests on open connections). Refused: connect and write errors (connections that took no request)."),
+            "hapd: its own proxy on the VIP in front of nginx (127.0.0.1). keepalived: the guide's setup with nginx as the proxy on the VIP in front of the same backend.".into(),
+            "graceful stop: hapd drops new connection requests to the VIP (clients retransmit the SYN, about 1 s later, to the new master), ends each kept-alive connection after its current request, and resigns when none is left. kill -9 kills hapd's proxy with it; keepalived's nginx survives (the VIP's connections then die at the takeover).".into(),
+        ],
+        plot: Some(crate::plot::Plot {
+            title: format!("Requests lost under load ({LOAD_CONNECTIONS} connections)"),
+            y_label: "failed + refused (median)".into(),
+            categories: faults.iter().map(|f| f.name().to_string()).collect(),
+            series: vec![("hapd".into(), plot_h), ("keepalived + nginx".into(), plot_k)],
+        }),
+    };
+    Ok((table, serde_json::json!({ "under_load": raw })))
 }

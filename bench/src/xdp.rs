@@ -46,7 +46,7 @@ fn spec(vrid: u8, version: u8, pass: Option<&[u8; 8]>) -> InstanceSpec {
         pseudo_header: version == 3,
         auth_pass: pass.copied(),
         xdp: XdpMode::Auto,
-        vips: vec![[198, 18, 0, 100]],
+        served: vec![],
     }
 }
 

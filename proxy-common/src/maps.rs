@@ -14,15 +14,36 @@ pub const MAP_VRIDS: &str = "vrrp_vrids";
 pub const MAP_ADVERTS: &str = "vrrp_adverts";
 pub const MAP_STATS: &str = "guard_stats";
 pub const MAP_EVENTS: &str = "vrrp_events";
-/// The virtual addresses of every instance (key: the address as on the wire, value unused).
+/// The (virtual address, port) pairs hapd's proxy serves (key [`ServedPort`], value unused).
 /// A connection request to one of them that no socket listens for is dropped instead of
-/// refused, so the client retries (and reaches the new master) rather than failing.
-pub const MAP_VIPS: &str = "vip_addrs";
-/// Virtual addresses this node is handing over on a graceful stop: every connection request
-/// to them is dropped.
+/// refused, so the client retries (and reaches the new master) rather than failing. Other
+/// ports of a VIP (IPVS, DNAT, other daemons) are left alone.
+pub const MAP_VIPS: &str = "vip_served";
+/// The pairs this node is handing over on a graceful stop: every connection request to them
+/// is dropped.
 pub const MAP_DRAIN: &str = "vip_drain";
-/// Capacity of `vip_addrs` and `vip_drain`.
-pub const MAX_VIPS: u32 = 256;
+/// Capacity of `vip_served` and `vip_drain`.
+pub const MAX_VIPS: u32 = 1024;
+
+/// Key of `vip_served` and `vip_drain`: an address and a TCP port as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServedPort {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+impl ServedPort {
+    #[inline(always)]
+    pub const fn new(addr: [u8; 4], port: [u8; 2]) -> Self {
+        Self {
+            addr,
+            port,
+            _pad: [0; 2],
+        }
+    }
+}
 
 /// Entries of `vrrp_vrids`: one per VRID value (index = VRID; 0 is never configured).
 pub const VRIDS: u32 = 256;
@@ -305,6 +326,7 @@ const _: () = {
     assert!(core::mem::size_of::<AdvertRecord>() == 24);
     assert!(core::mem::size_of::<GuardEvent>() == 24);
     assert!(core::mem::size_of::<GuardCounters>() == 13 * 8);
+    assert!(core::mem::size_of::<ServedPort>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -318,4 +340,5 @@ mod pod {
     unsafe impl aya::Pod for AdvertRecord {}
     unsafe impl aya::Pod for GuardEvent {}
     unsafe impl aya::Pod for GuardCounters {}
+    unsafe impl aya::Pod for ServedPort {}
 }

@@ -24,8 +24,8 @@ use aya_log_ebpf::warn;
 use proxy_common::{
     guard::{classify, record_advert, tcp_syn, Frame, Tables, TcpSyn, Verdict, MAX_OFFSET},
     maps::{
-        AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, VridEntry, EVENTS_BYTES,
-        MAX_INSTANCES, MAX_VIPS, VRIDS,
+        AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, ServedPort, VridEntry,
+        EVENTS_BYTES, MAX_INSTANCES, MAX_VIPS, VRIDS,
     },
 };
 
@@ -42,14 +42,15 @@ static VRRP_ADVERTS: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize
 static GUARD_STATS: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map(name = "vrrp_events")]
 static VRRP_EVENTS: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::new();
-/// The virtual addresses: connection requests to them are checked (see [`connection_request`]).
-#[btf_map(name = "vip_addrs")]
-static VIP_ADDRS: HashMap<[u8; 4], u8, { MAX_VIPS as usize }> = HashMap::new();
-/// Virtual addresses this node is handing over: connection requests to them are dropped (the
-/// client's SYN is retransmitted and reaches the new master). Element 0 of `DRAINING` is the
-/// number of entries.
+/// The (VIP, port) pairs the proxy serves: connection requests to them are checked (see
+/// [`connection_request`]).
+#[btf_map(name = "vip_served")]
+static VIP_SERVED: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new();
+/// The pairs this node is handing over: connection requests to them are dropped (the client's
+/// SYN is retransmitted and reaches the new master). Element 0 of `DRAINING` is the number of
+/// entries.
 #[btf_map(name = "vip_drain")]
-static VIP_DRAIN: HashMap<[u8; 4], u8, { MAX_VIPS as usize }> = HashMap::new();
+static VIP_DRAIN: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new();
 #[btf_map(name = "vip_draining")]
 static DRAINING: Array<u32, 1> = Array::new();
 
@@ -59,11 +60,12 @@ static DRAINING: Array<u32, 1> = Array::new();
 /// The guard's program stays attached after the daemon dies (its link is pinned).
 #[inline(always)]
 fn connection_request(ctx: &XdpContext, syn: &TcpSyn) -> u32 {
+    let key = ServedPort::new(syn.dst, syn.dport);
     // SAFETY: lookups by value; the entries are not kept.
-    if unsafe { VIP_ADDRS.get(&syn.dst) }.is_none() {
+    if unsafe { VIP_SERVED.get(&key) }.is_none() {
         return XDP_PASS;
     }
-    if DRAINING.get(0).is_some_and(|n| *n != 0) && unsafe { VIP_DRAIN.get(&syn.dst) }.is_some() {
+    if DRAINING.get(0).is_some_and(|n| *n != 0) && unsafe { VIP_DRAIN.get(&key) }.is_some() {
         return XDP_DROP;
     }
     let mut tuple = bpf_sock_tuple {

@@ -100,6 +100,8 @@ struct Router {
     fence: Vec<String>,
     /// During a graceful stop: keep the VIPs until the successor is heard (see [`run_with`]).
     hold_vips: bool,
+    /// The (VIP, port) pairs the proxy serves (for the handover).
+    served: Vec<proxy_common::maps::ServedPort>,
     /// For status and metrics.
     stats: RouterStats,
     /// The failing checks and what they cost, for status.
@@ -191,6 +193,7 @@ impl Router {
             ),
             fence: v.fence.clone(),
             hold_vips: false,
+            served: spec.served.clone(),
             stats: RouterStats::default(),
             reasons: Vec::new(),
             link_up: true,
@@ -527,7 +530,12 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let specs = config
         .vrrp
         .iter()
-        .map(|v| InstanceSpec::from_config(v.get_ref()))
+        .map(|v| {
+            InstanceSpec::from_config(v.get_ref()).map(|s| InstanceSpec {
+                served: crate::dataplane::served_ports(&config, v.get_ref()),
+                ..s
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut dp = Dataplane::start(&specs, Some(&config.node.pin_dir))?;
     let (fence_tx, mut fence_rx) = mpsc::channel(16);
@@ -796,15 +804,15 @@ fn begin_handover(
     draining: &mut Option<std::time::Instant>,
 ) -> bool {
     let Some(proxy) = proxy else { return false };
-    let vips: Vec<Ipv4Addr> = routers
+    let ports: Vec<proxy_common::maps::ServedPort> = routers
         .iter()
         .filter(|r| r.engine.state() == State::Master)
-        .flat_map(|r| r.vips.iter().map(|n| n.addr()))
+        .flat_map(|r| r.served.iter().copied())
         .collect();
-    if vips.is_empty() || proxy.connections() == 0 {
+    if ports.is_empty() || proxy.connections() == 0 {
         return false;
     }
-    let syns = dp.drain_new_connections(&vips);
+    let syns = dp.drain_new_connections(&ports);
     proxy.begin_handover();
     info!(
         "handing over: {} proxy connection(s) close after their current request{}",

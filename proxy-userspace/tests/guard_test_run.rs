@@ -29,7 +29,7 @@ fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> Instance
         pseudo_header: pseudo,
         auth_pass: pass.copied(),
         xdp: XdpMode::Auto,
-        vips: vec![[198, 18, 0, 100]],
+        served: vec![],
     }
 }
 
@@ -748,4 +748,62 @@ fn keepalived_adverts_are_accepted() {
             "{file} from a non-peer"
         );
     }
+}
+
+/// A TCP segment from 198.18.0.3:50000 to `dst`:`port` with `flags`.
+fn tcp(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&50000u16.to_be_bytes());
+    seg[2..4].copy_from_slice(&port.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    ether(0x0800, &ipv4(6, 64, [198, 18, 0, 3], dst, &seg))
+}
+
+/// Connection requests to a (VIP, port) the proxy serves: dropped when no socket listens (the
+/// daemon was killed: the client retries and reaches the new master instead of being
+/// refused) and while the node hands over; passed otherwise. Other ports and later segments
+/// are never touched. Run in a lab host, whose listening sockets the guard looks up.
+#[test]
+fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let lab = hapd_lab::Lab::new(1).unwrap();
+    lab.in_netns(0, || {
+        let vip = [198, 18, 0, 100];
+        let mut s = spec(51, 3, true, None);
+        s.served = vec![proxy_common::maps::ServedPort::new(
+            vip,
+            8080u16.to_be_bytes(),
+        )];
+        let mut g = XdpGuard::load(None).unwrap();
+        g.configure(&[&s]).unwrap();
+        let run = |g: &XdpGuard, f: Vec<u8>| g.test_run(&f, LO).unwrap();
+        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_DROP, "nobody listens");
+        assert_eq!(run(&g, tcp(vip, 9090, SYN)), XDP_PASS, "not a served port");
+        assert_eq!(
+            run(&g, tcp(vip, 8080, ACK)),
+            XDP_PASS,
+            "not a connection request"
+        );
+        assert_eq!(
+            run(&g, tcp([198, 18, 0, 9], 8080, SYN)),
+            XDP_PASS,
+            "not a VIP"
+        );
+        let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_PASS, "listened for");
+        g.drain_new_connections(&s.served).unwrap();
+        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_DROP, "handing over");
+        assert_eq!(
+            run(&g, tcp(vip, 8080, ACK)),
+            XDP_PASS,
+            "open connections go on"
+        );
+        g.drain_new_connections(&[]).unwrap();
+        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_PASS, "handover cancelled");
+        drop(listener);
+        Ok(())
+    })
+    .unwrap();
 }

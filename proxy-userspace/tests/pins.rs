@@ -24,7 +24,7 @@ fn spec() -> InstanceSpec {
         pseudo_header: true,
         auth_pass: None,
         xdp: XdpMode::Auto,
-        vips: vec![[198, 18, 0, 100]],
+        served: vec![],
     }
 }
 

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, InstanceSlot, VridEntry, CFG_PEER_FILTER,
-    CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
+    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, InstanceSlot, ServedPort, VridEntry,
+    CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
 };
 use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
@@ -30,8 +30,8 @@ pub struct InstanceSpec {
     pub pseudo_header: bool,
     pub auth_pass: Option<[u8; 8]>,
     pub xdp: XdpMode,
-    /// The virtual addresses, as on the wire.
-    pub vips: Vec<[u8; 4]>,
+    /// The (virtual address, port) pairs the proxy listens on (see [`served_ports`]).
+    pub served: Vec<ServedPort>,
 }
 
 impl InstanceSpec {
@@ -62,7 +62,7 @@ impl InstanceSpec {
                 && v.v3_checksum == V3Checksum::PseudoHeader,
             auth_pass,
             xdp: v.xdp,
-            vips: v.virtual_ips.iter().map(|n| n.addr().octets()).collect(),
+            served: Vec::new(),
         }
     }
 
@@ -102,6 +102,27 @@ impl InstanceSpec {
             peers,
         })
     }
+}
+
+/// The (VIP, port) pairs of `v` that the proxy of `config` listens on: listeners bound to one
+/// of `v`'s virtual addresses or to the wildcard address.
+pub fn served_ports(config: &crate::config::Config, v: &Vrrp) -> Vec<ServedPort> {
+    let mut out = Vec::new();
+    for l in &config.listener {
+        for b in &l.get_ref().bind {
+            let std::net::SocketAddr::V4(b) = b else {
+                continue;
+            };
+            for vip in &v.virtual_ips {
+                if b.ip().is_unspecified() || *b.ip() == vip.addr() {
+                    out.push(ServedPort::new(vip.addr().octets(), b.port().to_be_bytes()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The `vrrp_vrids` entries that `specs` make, by VRID.
@@ -293,9 +314,9 @@ impl Dataplane {
 
     /// Drops new TCP connections to `vips` on interfaces where the guard runs in XDP (a
     /// graceful stop: clients retry their SYN and reach the new master). Whether it does.
-    pub fn drain_new_connections(&mut self, vips: &[std::net::Ipv4Addr]) -> bool {
+    pub fn drain_new_connections(&mut self, ports: &[ServedPort]) -> bool {
         match self.xdp.as_mut() {
-            Some(g) => match g.drain_new_connections(vips) {
+            Some(g) => match g.drain_new_connections(ports) {
                 Ok(()) => true,
                 Err(e) => {
                     warn!("keeping new connections away during the handover: {e:#}");
@@ -341,4 +362,53 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_ports_are_the_listeners_on_a_vip_or_the_wildcard() {
+        let text = r#"
+[node]
+name = "n"
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = 100
+virtual_ips = ["198.18.0.100/24", "198.18.0.101/24"]
+peers = ["198.18.0.2"]
+[[listener]]
+name = "all"
+bind = ["0.0.0.0:443"]
+tls = false
+[[listener]]
+name = "vip"
+bind = ["198.18.0.100:80", "198.18.0.7:8080"]
+[[upstream]]
+name = "u"
+servers = ["127.0.0.1:9"]
+[[vhost]]
+server_names = ["a"]
+listeners = ["all", "vip"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#;
+        let (cfg, _) = crate::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        let got: Vec<([u8; 4], u16)> = served_ports(&cfg, cfg.vrrp[0].get_ref())
+            .iter()
+            .map(|s| (s.addr, u16::from_be_bytes(s.port)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ([198, 18, 0, 100], 80),
+                ([198, 18, 0, 100], 443),
+                ([198, 18, 0, 101], 443)
+            ]
+        );
+    }
 }

@@ -15,9 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, VridEntry, EVENTS_BYTES, LAYOUT_VERSION,
-    MAP_ADVERTS, MAP_DRAIN, MAP_EVENTS, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES, MAX_VIPS,
-    PROGRAM_NAME, VRIDS,
+    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, ServedPort, VridEntry, EVENTS_BYTES,
+    LAYOUT_VERSION, MAP_ADVERTS, MAP_DRAIN, MAP_EVENTS, MAP_STATS, MAP_VIPS, MAP_VRIDS,
+    MAX_INSTANCES, MAX_VIPS, PROGRAM_NAME, VRIDS,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{info, warn};
@@ -38,8 +38,8 @@ const EXPECTED: [(&str, MapType, u32, u32, u32); 8] = [
     (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
     (MAP_STATS, MapType::PerCpuArray, 4, 104, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
-    (MAP_VIPS, MapType::Hash, 4, 1, MAX_VIPS),
-    (MAP_DRAIN, MapType::Hash, 4, 1, MAX_VIPS),
+    (MAP_VIPS, MapType::Hash, 8, 1, MAX_VIPS),
+    (MAP_DRAIN, MapType::Hash, 8, 1, MAX_VIPS),
     (MAP_DRAINING, MapType::Array, 4, 4, 1),
 ];
 
@@ -80,8 +80,8 @@ pub struct XdpGuard {
     adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
-    vips: HashMap<MapData, [u8; 4], u8>,
-    drain: HashMap<MapData, [u8; 4], u8>,
+    served: HashMap<MapData, ServedPort, u8>,
+    drain: HashMap<MapData, ServedPort, u8>,
     draining: Array<MapData, u32>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, Link)>,
@@ -128,7 +128,7 @@ impl XdpGuard {
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
-            vips: take(&mut ebpf, MAP_VIPS)?,
+            served: take(&mut ebpf, MAP_VIPS)?,
             drain: take(&mut ebpf, MAP_DRAIN)?,
             draining: take(&mut ebpf, MAP_DRAINING)?,
             ebpf,
@@ -144,8 +144,10 @@ impl XdpGuard {
     /// creates an empty advert record for new instances and removes the records of instances
     /// that are gone (left behind by an earlier run that shared the pins).
     pub fn configure(&mut self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
-        let want: std::collections::BTreeSet<[u8; 4]> =
-            specs.iter().flat_map(|s| s.vips.iter().copied()).collect();
+        let want: std::collections::BTreeSet<ServedPort> = specs
+            .iter()
+            .flat_map(|s| s.served.iter().copied())
+            .collect();
         if want.len() > MAX_VIPS as usize {
             anyhow::bail!(
                 "{} virtual addresses; the guard holds at most {MAX_VIPS}",
@@ -153,18 +155,18 @@ impl XdpGuard {
             );
         }
         for v in &want {
-            self.vips
+            self.served
                 .insert(v, 1, 0)
                 .with_context(|| format!("adding {v:?} to {MAP_VIPS}"))?;
         }
-        let gone: Vec<[u8; 4]> = self
-            .vips
+        let gone: Vec<ServedPort> = self
+            .served
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !want.contains(k))
             .collect();
         for k in gone {
-            let _ = self.vips.remove(&k);
+            let _ = self.served.remove(&k);
         }
         let entries = super::vrid_entries(specs)?;
         for vrid in 0..VRIDS {
@@ -365,21 +367,21 @@ impl XdpGuard {
     /// From now on, drop new TCP connections (SYN without ACK) to `vips`; an empty list stops
     /// dropping. The count is written last when adding and first when clearing, so the
     /// program never looks up a half-written set.
-    pub fn drain_new_connections(&mut self, vips: &[std::net::Ipv4Addr]) -> anyhow::Result<()> {
-        if vips.is_empty() {
+    pub fn drain_new_connections(&mut self, ports: &[ServedPort]) -> anyhow::Result<()> {
+        if ports.is_empty() {
             self.draining.set(0, 0, 0)?;
-            let keys: Vec<[u8; 4]> = self.drain.keys().filter_map(Result::ok).collect();
+            let keys: Vec<ServedPort> = self.drain.keys().filter_map(Result::ok).collect();
             for k in keys {
                 let _ = self.drain.remove(&k);
             }
             return Ok(());
         }
-        for v in vips {
+        for p in ports {
             self.drain
-                .insert(v.octets(), 1, 0)
-                .with_context(|| format!("adding {v} to {MAP_DRAIN}"))?;
+                .insert(p, 1, 0)
+                .with_context(|| format!("adding {p:?} to {MAP_DRAIN}"))?;
         }
-        self.draining.set(0, vips.len() as u32, 0)?;
+        self.draining.set(0, ports.len() as u32, 0)?;
         Ok(())
     }
 
