@@ -59,6 +59,12 @@ fn client_reaches_vip(lab: &Lab) -> bool {
     lab.exec(2, &["ping", "-c", "1", "-W", "1", VIP]).is_ok()
 }
 
+/// Whether an XDP program is attached to host `i`'s eth0.
+fn xdp_attached(lab: &Lab, i: usize) -> bool {
+    let out = lab.exec(i, &["ip", "link", "show", "eth0"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
 fn wait_master(p: &mut Proc, count: usize) {
     p.wait_for("=> MASTER", count, Duration::from_secs(5))
         .unwrap();
@@ -134,24 +140,47 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
         b.lines().join("\n")
     );
     assert!(has_vip(&lab, 0), "kill -9 leaves the VIP on A");
-    // Restart A: the stale VIP goes before the election, then A preempts again.
-    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
-    assert_eq!(
-        a.grep("removed 1 virtual address(es) left on eth0 by an earlier run")
-            .len(),
-        1,
-        "{}",
-        a.lines().join("\n")
+    // The guard stays on A's interface (its link is pinned) with its maps.
+    let pins = lab.bpffs().unwrap().join("h0");
+    assert!(
+        xdp_attached(&lab, 0),
+        "the guard outlives the killed daemon"
     );
+    assert!(pins.join("link_eth0").exists() && pins.join("vrrp_adverts").exists());
+    // Restart A: the stale VIP goes before the election, the old guard is replaced, then A
+    // preempts again.
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    for line in [
+        "removed 1 virtual address(es) left on eth0 by an earlier run",
+        "replaced the guard left attached by an earlier run",
+    ] {
+        assert_eq!(a.grep(line).len(), 1, "{}", a.lines().join("\n"));
+    }
     wait_master(&mut a, 1);
     std::thread::sleep(Duration::from_millis(200));
     assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
     assert!(client_reaches_vip(&lab));
+    // One master: B went back to backup when A preempted.
+    assert_eq!(
+        b.grep("MASTER => BACKUP").len(),
+        2,
+        "{}",
+        b.lines().join("\n")
+    );
     for p in [&mut a, &mut b] {
         assert!(p
             .stop(Signal::SIGTERM, Duration::from_secs(5))
             .unwrap()
             .success());
+    }
+    // A clean stop leaves nothing behind: no program, no pins.
+    for i in 0..2 {
+        assert!(!xdp_attached(&lab, i), "host {i}");
+        let dir = lab.bpffs().unwrap().join(format!("h{i}"));
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "pins left in {}: {left:?}", dir.display());
     }
     assert!(!has_vip(&lab, 0) && !has_vip(&lab, 1));
 }
