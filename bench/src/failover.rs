@@ -175,8 +175,11 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     }
     let (load_table, load_raw) = under_load(&hapd, quick)?;
     tables.push(load_table);
+    let (attack_table, attack_raw) = attacks(&hapd, quick)?;
+    tables.push(attack_table);
     report.tables = tables;
-    report.raw = serde_json::json!({ "outages": raw, "under_load": load_raw });
+    report.raw =
+        serde_json::json!({ "outages": raw, "under_load": load_raw, "attacks": attack_raw });
     Ok(report)
 }
 
@@ -779,4 +782,191 @@ pub fn under_load(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json
         }),
     };
     Ok((table, serde_json::json!({ "under_load": raw })))
+}
+
+/// The attacks the issue describes, against a pair at 10 ms adverts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attack {
+    /// A host that is not a peer sends priority-255 adverts for the VRID, 100 a second.
+    Forged255,
+    /// The same host sends priority-50 adverts as fast as one AF_PACKET socket can.
+    Flood,
+}
+
+impl Attack {
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Forged255 => "forged priority 255, 100/s",
+            Attack::Flood => "flood of priority-50 adverts",
+        }
+    }
+}
+
+/// What an attack did to a pair.
+struct Harm {
+    /// Share of client probes to the VIP that failed during the attack, in percent.
+    failed_pct: f64,
+    /// State changes of either node during the attack.
+    changes: usize,
+    /// CPU of both nodes' daemons during the attack, % of one core.
+    cpu_pct: f64,
+    /// Forged adverts sent per second.
+    rate: f64,
+}
+
+fn state_changes(p: &Proc, d: Daemon) -> usize {
+    match d {
+        Daemon::Hapd => p.grep(" => ").len(),
+        Daemon::Keepalived => p.grep("Entering ").len(),
+    }
+}
+
+fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Result<Harm> {
+    let mut lab = Lab::new(4)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = Vec::new();
+    for (i, name) in ["n0", "n1"].into_iter().enumerate() {
+        let (u, s) = (Arc::new(AtomicBool::new(true)), stop.clone());
+        servers.push(lab.spawn_in_netns(i, move || serve(name, ("0.0.0.0", PORT), u, s))?);
+    }
+    let result = (|| {
+        let mut n0 = start(&mut lab, hapd, d, 0, 10, None, false)?;
+        let ready = Instant::now() + Duration::from_secs(10);
+        while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
+            if Instant::now() > ready {
+                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut n1 = start(&mut lab, hapd, d, 1, 10, None, false)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (c0, c1) = (state_changes(&n0, d), state_changes(&n1, d));
+        let ns: Vec<String> = lab.hosts()[..2].iter().map(|h| h.netns.clone()).collect();
+        let cpu0: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
+        let probing = Arc::new(AtomicBool::new(true));
+        let p = probing.clone();
+        let prober = lab.spawn_in_netns(2, move || {
+            let (mut ok, mut all) = (0u64, 0u64);
+            let mut next = Instant::now();
+            while p.load(Ordering::Relaxed) {
+                all += 1;
+                ok += u64::from(probe().is_some());
+                next += PROBE_EVERY;
+                if let Some(w) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(w);
+                }
+            }
+            (ok, all)
+        })?;
+        let priority = if attack == Attack::Forged255 { 255 } else { 50 };
+        let forged = hapd_lab::frames::Advert {
+            priority,
+            interval: 1,
+            ..hapd_lab::frames::Advert::v3(lab.host(3).addr.octets())
+        }
+        .frame();
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        let mut next = t0;
+        while t0.elapsed() < Duration::from_secs(secs) {
+            match attack {
+                Attack::Forged255 => {
+                    lab.send_frames(3, std::slice::from_ref(&forged))?;
+                    sent += 1;
+                    next += Duration::from_millis(10);
+                    if let Some(w) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(w);
+                    }
+                }
+                Attack::Flood => {
+                    let batch = vec![forged.clone(); 20_000];
+                    lab.send_frames(3, &batch)?;
+                    sent += batch.len() as u64;
+                }
+            }
+        }
+        let wall = t0.elapsed();
+        let cpu1: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
+        probing.store(false, Ordering::Relaxed);
+        let (ok, all) = prober
+            .join()
+            .map_err(|_| anyhow::anyhow!("prober panicked"))?
+            .context("prober")?;
+        let changes = state_changes(&n0, d) - c0 + state_changes(&n1, d) - c1;
+        let _ = n1.stop(Signal::SIGTERM, Duration::from_secs(10));
+        let _ = n0.stop(Signal::SIGTERM, Duration::from_secs(10));
+        Ok(Harm {
+            failed_pct: if all == 0 {
+                100.0
+            } else {
+                (all - ok) as f64 * 100.0 / all as f64
+            },
+            changes,
+            cpu_pct: (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0,
+            rate: sent as f64 / wall.as_secs_f64(),
+        })
+    })();
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+    result
+}
+
+/// Forged adverts and a flood from a host that is not a peer, hapd beside keepalived.
+pub fn attacks(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+    let (secs, rounds) = if quick { (3, 1) } else { (10, 3) };
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for attack in [Attack::Forged255, Attack::Flood] {
+        let mut cells: [Vec<Harm>; 2] = Default::default();
+        for round in 0..rounds {
+            for d in Daemon::alternating(round) {
+                println!(
+                    "[failover] attack: {} for {secs} s, {d:?}, round {}/{rounds}",
+                    attack.name(),
+                    round + 1
+                );
+                let h = attack_trial(hapd, d, attack, secs)
+                    .with_context(|| format!("{d:?} {}", attack.name()))?;
+                raw.push(serde_json::json!({
+                    "daemon": format!("{d:?}"), "attack": attack.name(), "round": round,
+                    "failed_pct": h.failed_pct, "changes": h.changes, "cpu_pct": h.cpu_pct,
+                    "forged_per_s": h.rate,
+                }));
+                cells[usize::from(d == Daemon::Keepalived)].push(h);
+            }
+        }
+        for (slot, name) in [(0, "hapd"), (1, "keepalived")] {
+            let c = &cells[slot];
+            let med =
+                |f: &dyn Fn(&Harm) -> f64| median_spread(&c.iter().map(f).collect::<Vec<_>>()).0;
+            rows.push(vec![
+                attack.name().to_string(),
+                name.to_string(),
+                format!("{:.0}", med(&|h| h.rate)),
+                format!("{:.1}", med(&|h| h.failed_pct)),
+                format!("{:.0}", med(&|h| h.changes as f64)),
+                format!("{:.1}", med(&|h| h.cpu_pct)),
+            ]);
+        }
+    }
+    let table = Table {
+        title: "Forged adverts from a host that is not a peer, against a pair at 10 ms adverts".into(),
+        columns: vec![
+            "attack".into(),
+            "daemon".into(),
+            "forged adverts/s".into(),
+            "client probes failed %".into(),
+            "state changes".into(),
+            "CPU of both daemons, % of one core".into(),
+        ],
+        rows,
+        notes: vec![
+            format!("{secs} s per attack, {rounds} round(s), medians; a client probes the VIP every 5 ms meanwhile. VRRP v3, VRID 51; the intruder is a third host on the segment sending from its own address."),
+            "keepalived runs the guide's setup (multicast, no unicast peers: it accepts adverts from any source). hapd lists the other node in `peers`; its XDP guard drops everything else before it reaches userspace.".into(),
+        ],
+        plot: None,
+    };
+    Ok((table, serde_json::json!({ "attacks": raw })))
 }
