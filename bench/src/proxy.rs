@@ -688,6 +688,9 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             series: p99s,
         }),
     });
+    let (scan, scan_raw) = tls_scan(&dir)?;
+    report.tables.push(scan);
+    raw.insert("testssl".into(), scan_raw);
     report.raw = serde_json::Value::Object(raw);
     Ok(report)
 }
@@ -804,4 +807,87 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Where the TLS scan's hapd listens (below the ephemeral range, like the others).
+const SCAN_PORT: u16 = 22_443;
+
+/// testssl.sh against hapd with the guide's TLS settings and HSTS header.
+fn tls_scan(dir: &Path) -> anyhow::Result<(Table, serde_json::Value)> {
+    println!("[proxy] TLS scan of hapd with testssl (about 10 s)");
+    let d = dir.display();
+    let cfg = format!(
+        r#"[node]
+name = "scan"
+admin = "127.0.0.1:0"
+[tls]
+protocols = ["1.2", "1.3"]
+cipher_suites = ["TLS13_AES_256_GCM_SHA384", "TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_128_GCM_SHA256",
+  "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+  "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"]
+[[tls.certificate]]
+cert = "{d}/cert.pem"
+key = "{d}/key.pem"
+[[listener]]
+name = "tls"
+bind = ["127.0.0.1:{SCAN_PORT}"]
+tls = true
+[[upstream]]
+name = "backend"
+servers = ["127.0.0.1:{BACKEND}"]
+[[vhost]]
+server_names = ["localhost"]
+listeners = ["tls"]
+response_headers = {{ "Strict-Transport-Security" = "max-age=63072000; includeSubDomains; preload" }}
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "backend"
+"#
+    );
+    let path = dir.join("scan.toml");
+    std::fs::write(&path, cfg)?;
+    let log = dir.join("scan.log");
+    let running = spawn(
+        "hapd",
+        Command::new(crate::hapd_bin()?)
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("HAPD_LOG", "warn"),
+        &log,
+    )?;
+    wait_port(SCAN_PORT, "hapd (scan)", &log)?;
+    let found = hapd_lab::testssl::scan(&format!("https://localhost:{SCAN_PORT}/"), dir);
+    drop(running);
+    let found = found?;
+    let problems = hapd_lab::testssl::problems(&found);
+    let version = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "testssl.sh"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let rows = found
+        .iter()
+        .map(|f| vec![f.id.clone(), f.severity.clone(), f.finding.clone()])
+        .collect();
+    let table = Table {
+        title: "TLS scan of hapd (testssl.sh)".into(),
+        columns: vec!["check".into(), "severity".into(), "finding".into()],
+        rows,
+        notes: vec![
+            format!(
+                "testssl.sh {version} (`testssl --protocols --std -h`) against hapd with the guide's protocols, cipher suites and HSTS header. Verdict: {}.",
+                if problems.is_empty() {
+                    "no SSL, no TLS 1.0/1.1, no weak cipher category, HSTS sent".to_string()
+                } else {
+                    format!("problems: {}", problems.join("; "))
+                }
+            ),
+        ],
+        plot: None,
+    };
+    let raw = serde_json::json!(found
+        .iter()
+        .map(|f| serde_json::json!({"id": f.id, "severity": f.severity, "finding": f.finding}))
+        .collect::<Vec<_>>());
+    Ok((table, raw))
 }

@@ -7,6 +7,7 @@
 //! namespaces and unmounts its bpffs.
 pub mod frames;
 pub mod proc;
+pub mod testssl;
 pub mod wrk;
 
 use std::{

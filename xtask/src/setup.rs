@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
     "haproxy",
     "apache2",
     "nghttp2-client", // h2load
+    "testssl.sh",     // the TLS scan (command `testssl`)
 ];
 
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.
