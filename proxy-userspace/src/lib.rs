@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod drill;
+pub mod fuzz;
 pub mod health;
 pub mod import;
 pub mod link;
