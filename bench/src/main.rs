@@ -2,6 +2,7 @@
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
 mod cleanup;
 mod failover;
+mod fuzz;
 mod idle;
 mod plot;
 mod proxy;
@@ -13,7 +14,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "hapd benchmarks (run as root; they build labs of network namespaces)")]
 struct Cli {
-    /// `xdp`, `failover`, `proxy`, `idle`, or `all`.
+    /// `xdp`, `failover`, `proxy`, `idle`, `fuzz`, or `all` (all but `fuzz`).
     suite: String,
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
@@ -41,8 +42,10 @@ fn main() -> anyhow::Result<()> {
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
         "all" => vec!["xdp", "failover", "proxy", "idle"],
-        s @ ("xdp" | "failover" | "proxy" | "idle") => vec![s],
-        other => anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, idle, all"),
+        s @ ("xdp" | "failover" | "proxy" | "idle" | "fuzz") => vec![s],
+        other => {
+            anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, idle, fuzz, all")
+        }
     };
     for s in suites {
         let report = match s {
@@ -50,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             "failover" => failover::run(cli.quick)?,
             "proxy" => proxy::run(cli.quick)?,
             "idle" => idle::run(cli.quick)?,
+            "fuzz" => fuzz::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),
         };
         let (json, md) = report.write()?;

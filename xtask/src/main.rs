@@ -21,7 +21,8 @@ enum Task {
     /// Build hapd and show a failover pair with the proxy on the VIP, and the XDP guard, in a
     /// network-namespace lab.
     Demo,
-    /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, or `all`.
+    /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, `fuzz`,
+    /// or `all` (every suite but `fuzz`).
     Bench {
         /// Suite name.
         suite: String,
