@@ -796,7 +796,7 @@ enum Attack {
 impl Attack {
     fn name(self) -> &'static str {
         match self {
-            Attack::Forged255 => "forged priority 255, 100/s",
+            Attack::Forged255 => "forged priority 255, paced",
             Attack::Flood => "flood of priority-50 adverts",
         }
     }
@@ -963,7 +963,7 @@ pub fn attacks(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::V
         ],
         rows,
         notes: vec![
-            format!("{secs} s per attack, {rounds} round(s), medians; a client probes the VIP every 5 ms meanwhile. VRRP v3, VRID 51; the intruder is a third host on the segment sending from its own address."),
+            format!("{secs} s per attack, {rounds} round(s), medians; a client probes the VIP every 5 ms meanwhile. VRRP v3, VRID 51; the intruder is a third host on the segment sending from its own address. Forged priority 255: one advert per 10 ms at most (each send also costs a few ms: the rate column is what was sent); flood: batches of 20,000 from one AF_PACKET socket, as fast as it goes while the daemons under attack share the 2 cores."),
             "keepalived runs the guide's setup (multicast, no unicast peers: it accepts adverts from any source). hapd lists the other node in `peers`; its XDP guard drops everything else before it reaches userspace.".into(),
         ],
         plot: None,

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 
 use crate::report::{Report, Table};
 
-const TARGETS: [&str; 3] = ["vrrp_message", "config_text", "guard_frame"];
+const TARGETS: [&str; 4] = ["vrrp_message", "config_text", "guard_frame", "xdp_frame"];
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -104,7 +104,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
         ],
         rows,
         notes: vec![
-            "Targets in proxy-userspace/src/fuzz.rs: vrrp_message (parse never panics; parse(emit(a)) == a in both checksum modes), config_text (loading any text never panics), guard_frame (the guard's decision procedure, the code the XDP program runs, on any frame). The test command runs the same targets on the corpus plus 200k seeded mutations, and the XDP program itself against the userspace path on 20k mutated frames.".into(),
+            "Targets in proxy-userspace/src/fuzz.rs: vrrp_message (parse never panics; parse(emit(a)) == a in both checksum modes), config_text (loading any text never panics), guard_frame (the guard's decision procedure, the code the XDP program runs, on any frame), xdp_frame (the XDP program itself through BPF_PROG_TEST_RUN, against the userspace path: same action, same counter). The test command runs the same targets on the corpus plus 200k seeded mutations, and the XDP program itself against the userspace path on 20k mutated frames.".into(),
         ],
         plot: None,
     });

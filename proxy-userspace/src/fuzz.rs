@@ -60,3 +60,47 @@ pub fn guard_frame(data: &[u8]) {
     });
     let _ = state.handle(data, 2, 1_000_000_000);
 }
+
+/// The XDP program itself, through BPF_PROG_TEST_RUN on loopback (needs root): on any frame it
+/// passes the verifier's bounds at run time (the kernel would abort it otherwise) and decides
+/// exactly as the userspace path does: the same action and the same counter.
+pub fn xdp_frame(data: &[u8]) {
+    use crate::dataplane::xdp::XdpGuard;
+    use proxy_common::maps::Reason;
+    use std::sync::Mutex;
+    static BOTH: OnceLock<Mutex<(XdpGuard, RawState)>> = OnceLock::new();
+    if data.len() < 14 {
+        return; // test-run refuses runts, and the kernel never runs XDP on them
+    }
+    let both = BOTH.get_or_init(|| {
+        let specs: Vec<InstanceSpec> = fuzz_specs()
+            .into_iter()
+            .map(|s| InstanceSpec { ifindex: 1, ..s })
+            .collect();
+        let refs: Vec<&InstanceSpec> = specs.iter().collect();
+        let mut xdp = XdpGuard::load(None).expect("load the guard (run as root)");
+        xdp.configure(&refs).expect("configure the guard");
+        let raw = RawState::default();
+        raw.configure(&refs).expect("configure the raw path");
+        Mutex::new((xdp, raw))
+    });
+    let Ok(guard) = both.lock() else { return };
+    let (xdp, raw) = &*guard;
+    let before = (xdp.counters().expect("counters"), raw.counters());
+    let action = xdp.test_run(data, 1).expect("test-run");
+    let _ = raw.handle(data, 1, crate::dataplane::monotonic_ns());
+    let after = (xdp.counters().expect("counters"), raw.counters());
+    let mut dropped = false;
+    for r in Reason::ALL {
+        let dx = after.0.get(r) - before.0.get(r);
+        let dr = after.1.get(r) - before.1.get(r);
+        assert_eq!(dx, dr, "{}: xdp {dx}, userspace {dr}", r.name());
+        dropped |= r != Reason::Accepted && dr > 0;
+    }
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    // A TCP connection request may also be dropped (see the guard); VRRP verdicts must agree.
+    if action != XDP_DROP || dropped {
+        assert_eq!(action, if dropped { XDP_DROP } else { XDP_PASS }, "action");
+    }
+}

@@ -145,3 +145,9 @@ fn xdp_program_agrees_with_userspace_on_mutated_frames() {
     }
     assert!(drops > 1000, "the mutations reach the drop paths ({drops})");
 }
+
+/// The `xdp_frame` target (what the long run fuzzes) on its corpus.
+#[test]
+fn xdp_frame_target_on_its_corpus() {
+    run("xdp_frame", fuzz::xdp_frame, 2_000);
+}
