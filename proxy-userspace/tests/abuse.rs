@@ -3,25 +3,13 @@
 //! nothing reaches the backend that should not, memory stays bounded, and hapd keeps serving.
 mod proxy_kit;
 
-use std::{
-    process::{Command, Stdio},
-    sync::atomic::Ordering,
-    time::Duration,
-};
+use std::{process::Command, sync::atomic::Ordering, time::Duration};
 
 use nix::sys::signal::Signal;
-use proxy_kit::{raw, status_of, tls_connect, Backend, Pki, Scratch};
+use proxy_kit::{free_port, raw, run_hapd, status_of, tls_connect, Backend, Pki, Scratch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const APP: &str = "app.example-corp.com";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Running {
     p: hapd_lab::proc::Proc,
@@ -76,16 +64,7 @@ listeners = ["plain", "tls"]
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = hapd_lab::proc::Proc::new("hapd", child);
-    p.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let p = run_hapd(&cfg);
     Running {
         p,
         plain: format!("127.0.0.1:{plain}").parse().unwrap(),

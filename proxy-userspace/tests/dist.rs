@@ -6,7 +6,7 @@ mod proxy_kit;
 use std::{path::Path, process::Command, time::Duration};
 
 use nix::sys::signal::Signal;
-use proxy_kit::{one_tls_vhost, tls_connect, Pki, Scratch};
+use proxy_kit::{free_port, one_tls_vhost, run_hapd, tls_connect, Pki, Scratch};
 
 const APP: &str = "app.example-corp.com";
 
@@ -14,14 +14,6 @@ fn dist(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../dist")
         .join(name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The names in the certificate hapd serves on `port` for `sni`.
@@ -51,16 +43,7 @@ fn the_acme_hook_installs_checks_and_reloads() {
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.path("hapd.toml");
     std::fs::write(&cfg, one_tls_vhost(&cert, &key, Some(&chain), port, admin)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = hapd_lab::proc::Proc::new("hapd", child);
-    p.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let mut p = run_hapd(&cfg);
     // (hapd's certificate watcher may also notice the new files; the hook's reload is the one
     // waited for below, and a broken pair is refused by both.)
     let hook = |lineage: &Path| {

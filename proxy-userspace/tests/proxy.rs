@@ -746,23 +746,10 @@ fn hapd_reloads_certificates_on_sighup_and_stops_on_sigterm() {
     let dir = Scratch::new("sighup");
     let pki = Pki::new();
     let (c, k, ch) = pki.write_leaf(&dir.0, "app", &[APP]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.path("hapd.toml");
     std::fs::write(&cfg, one_tls_vhost(&c, &k, Some(&ch), port, 0)).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = hapd_lab::proc::Proc::new("hapd", child);
-    p.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let mut p = run_hapd(&cfg);
     // A new pair with a name the old one lacks.
     let (cert, key) = pki.leaf(&[APP, "renewed.example-corp.com"]);
     std::fs::write(&k, key).unwrap();

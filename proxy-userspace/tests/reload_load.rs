@@ -9,17 +9,9 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use proxy_kit::{Backend, Pki, Scratch};
+use proxy_kit::{free_port, run_hapd, Backend, Pki, Scratch};
 
 const APP: &str = "app.example-corp.com";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(dir: &std::path::Path, port: u16, admin: u16, backend: &str, version: u32) -> String {
     let d = dir.display();
@@ -66,16 +58,7 @@ fn reloads_and_a_certificate_rotation_under_load_fail_no_request() {
     let (port, admin) = (free_port(), free_port());
     let cfg = dir.path("hapd.toml");
     std::fs::write(&cfg, config(&dir.0, port, admin, &backend.authority(), 0)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = hapd_lab::proc::Proc::new("hapd", child);
-    p.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let mut p = run_hapd(&cfg);
 
     let wrk = Command::new("wrk")
         .args(["-t1", "-c16", "-d5s", "--timeout", "2s"])

@@ -3,13 +3,10 @@
 //! in its report.)
 mod proxy_kit;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use proxy_kit::{Backend, Pki, Scratch};
+use proxy_kit::{free_port, run_hapd, Backend, Pki, Scratch};
 
 #[test]
 fn testssl_finds_nothing_weak_and_hsts() {
@@ -18,11 +15,7 @@ fn testssl_finds_nothing_weak_and_hsts() {
     let dir = Scratch::new("testssl");
     let pki = Pki::new();
     let (c, k, ch) = pki.write_leaf(&dir.0, "app", &["app.example-corp.com"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.path("hapd.toml");
     std::fs::write(
         &cfg,
@@ -62,16 +55,7 @@ response_headers = {{ "Strict-Transport-Security" = "max-age=63072000; includeSu
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hapd"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut p = hapd_lab::proc::Proc::new("hapd", child);
-    p.wait_for("hapd ready", 1, Duration::from_secs(10))
-        .unwrap();
+    let mut p = run_hapd(&cfg);
     let found = hapd_lab::testssl::scan(&format!("https://127.0.0.1:{port}/"), &dir.0).unwrap();
     for f in &found {
         eprintln!("{:22} {:6} {}", f.id, f.severity, f.finding);

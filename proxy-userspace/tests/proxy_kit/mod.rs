@@ -568,3 +568,27 @@ listeners = ["https"]
         key.display()
     )
 }
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `hapd run --config cfg` here, with its output captured, once it says it is ready.
+pub fn run_hapd(cfg: &Path) -> hapd_lab::proc::Proc {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut p = hapd_lab::proc::Proc::new("hapd", child);
+    p.wait_for("hapd ready", 1, Duration::from_secs(10))
+        .unwrap();
+    p
+}
