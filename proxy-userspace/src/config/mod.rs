@@ -234,11 +234,17 @@ impl Config {
 
     /// Parses and validates `text`; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
-            file: path.to_owned(),
-            line: e.span().map(|s| line_of(text, s.start)),
-            key: None,
-            message: e.message().trim_end().to_string(),
+        // serde_path_to_error names the key a type error is about (`vhost[0].route[1].prefix`).
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(e.path());
+            let e = e.into_inner();
+            ConfigError {
+                file: path.to_owned(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                key: (!key.is_empty()).then_some(key),
+                message: e.message().trim_end().to_string(),
+            }
         })?;
         let warnings = config
             .validate()
@@ -550,3 +556,26 @@ fn line_of(text: &str, at: usize) -> usize {
 
 #[cfg(test)]
 mod tests;
+
+/// `vhost[0].route[1].prefix` from a deserialization path, without the fields toml's
+/// `Spanned` uses inside (`$__serde_spanned_private_*`).
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if key.starts_with("$__") {
+                    continue;
+                }
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
+}

@@ -212,3 +212,24 @@ fn a_missing_file_says_so() {
         "{e}"
     );
 }
+
+#[test]
+fn type_errors_name_the_key() {
+    let text = "[node]\nname = \"n\"\n[[listener]]\nname = \"web\"\nbind = [\"127.0.0.1:80\"]\n\
+        [[upstream]]\nname = \"u\"\nservers = [\"127.0.0.1:9\"]\n[[vhost]]\nserver_names = [\"a\"]\n\
+        listeners = [\"web\"]\n[[vhost.route]]\nprefix = 7\nupstream = \"u\"\n";
+    let e = Config::parse(text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "t.toml:13: vhost[0].route[0].prefix: invalid type: integer `7`, expected a string"
+    );
+    let e = Config::parse("[node]\nname = \"n\"\nfoo = 1\n", Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("t.toml:3: node.foo: unknown field `foo`"),
+        "{e}"
+    );
+}
