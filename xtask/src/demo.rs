@@ -178,7 +178,11 @@ pub fn run() -> anyhow::Result<()> {
     );
     show(&p2, "proxy02", seen);
     where_is_vip(&lab);
-    println!("  (proxy01 died holding the VIP; its next start removes it before the election)");
+    println!(
+        "  (proxy01 died holding the VIP; its XDP guard stays attached, its link pinned, and drops\n   \
+         connection requests nobody serves there; the next start replaces the guard and removes\n   \
+         the VIP before the election)"
+    );
     let p1 = lab.start_hapd(0, &hapd, &c1)?;
     show(&p1, "proxy01", 0);
 
@@ -223,6 +227,7 @@ fn show(p: &Proc, name: &str, from: usize) {
             || l.contains("removed")
             || l.contains("ready")
             || l.contains("releasing")
+            || l.contains("replaced the guard")
         {
             let text = l.split_once(": ").map_or(l.as_str(), |(_, t)| t);
             println!("  {name} | {text}");
