@@ -64,13 +64,11 @@ impl std::fmt::Display for Attached {
 
 /// How the guard is attached to one interface.
 enum Link {
-    /// Owned by the program (no pin directory): detached with the process.
+    /// Owned by the program (no pin directory, or the pin failed): detached with the process.
     Id(aya::programs::xdp::XdpLinkId),
     /// Pinned at `<pin_dir>/link_<iface>`: stays attached if the process dies; removed on a
     /// clean stop, replaced by the next start.
     Pinned(PinnedLink),
-    /// Could not be pinned after the take: the kernel keeps it until the process ends.
-    Lost,
 }
 
 /// The loaded guard and its maps.
@@ -247,11 +245,15 @@ impl XdpGuard {
                             match pinned {
                                 Ok(p) => Link::Pinned(p),
                                 Err(e) => {
-                                    // Attached through netlink (old kernel) or no bpffs: it
+                                    // Attached through netlink (old kernel) or the pin failed:
+                                    // the taken link was dropped with the error, which
+                                    // detached it. Attach again, owned by the program: it
                                     // goes with the process.
                                     warn!("{iface}: the guard's link is not pinned: {e:#}");
-                                    self.links.push((iface.to_owned(), Link::Lost));
-                                    return Ok(mode);
+                                    let id = prog.attach(iface, flags).with_context(|| {
+                                        format!("{mode} attach to {iface} after the pin failed")
+                                    })?;
+                                    Link::Id(id)
                                 }
                             }
                         }
@@ -399,7 +401,6 @@ impl XdpGuard {
                     Link::Id(id) => prog.detach(id).map_err(anyhow::Error::from),
                     // Unpinned and dropped: the last reference goes, the program detaches.
                     Link::Pinned(p) => p.unpin().map(drop).map_err(anyhow::Error::from),
-                    Link::Lost => Ok(()),
                 };
                 if let Err(e) = r {
                     warn!("{iface}: detaching the guard: {e:#}");
