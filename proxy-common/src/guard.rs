@@ -85,26 +85,27 @@ pub enum Verdict {
 /// filter, and honours the IPv4 header length so that options are none either.
 #[inline(always)]
 pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, ifindex: u32, t: &T) -> Verdict {
-    let Some(mut ethertype) = f.be16_at(12) else {
-        return Verdict::Pass;
-    };
+    match ipv4_offset(f) {
+        Some(l3) => classify_ipv4(f, l3, ifindex, t),
+        None => Verdict::Pass,
+    }
+}
+
+/// Where the IPv4 header of the Ethernet frame `f` starts, after up to two VLAN tags (one
+/// 802.1Q tag, or an 802.1ad tag followed by an 802.1Q tag); `None` for IPv6, ARP, anything
+/// else, and frames with more than two tags, which the kernel does not deliver to an IP stack
+/// either.
+#[inline(always)]
+pub fn ipv4_offset<F: Frame + ?Sized>(f: &F) -> Option<usize> {
+    let mut ethertype = f.be16_at(12)?;
     let mut l3 = ETH_HLEN;
-    // One 802.1Q tag, or an 802.1ad tag followed by an 802.1Q tag.
     let mut tags = 0;
     while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
-        match f.be16_at(l3 + 2) {
-            Some(inner) => ethertype = inner,
-            None => return Verdict::Pass,
-        }
+        ethertype = f.be16_at(l3 + 2)?;
         l3 += 4;
         tags += 1;
     }
-    if ethertype != ETH_P_IPV4 {
-        // IPv6, ARP, anything else, and frames with more than two tags, which the kernel does
-        // not deliver to an IP stack either.
-        return Verdict::Pass;
-    }
-    classify_ipv4(f, l3, ifindex, t)
+    (ethertype == ETH_P_IPV4).then_some(l3)
 }
 
 /// The first packet of a TCP connection (SYN set, ACK clear) as the guard sees it; addresses
@@ -122,18 +123,9 @@ pub struct TcpSyn {
 /// graceful handover, and when nothing listens (the daemon was killed), so the client
 /// retransmits its SYN to the new master instead of being refused.
 #[inline(always)]
-pub fn tcp_syn<F: Frame + ?Sized>(f: &F) -> Option<TcpSyn> {
-    let mut ethertype = f.be16_at(12)?;
-    let mut l3 = ETH_HLEN;
-    let mut tags = 0;
-    while tags < 2 && (ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD) {
-        ethertype = f.be16_at(l3 + 2)?;
-        l3 += 4;
-        tags += 1;
-    }
-    if ethertype != ETH_P_IPV4 {
-        return None;
-    }
+///
+/// `l3` is where the IPv4 header starts ([`ipv4_offset`]).
+pub fn tcp_syn<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<TcpSyn> {
     let hdr = f.bytes::<IPV4_MIN_HLEN>(l3)?;
     if hdr[0] >> 4 != 4 || hdr[9] != IPPROTO_TCP {
         return None;
@@ -422,7 +414,10 @@ mod tests {
 
     #[test]
     fn only_the_first_packet_of_a_tcp_connection_is_a_syn() {
-        let dst = |f: Vec<u8>| tcp_syn(f.as_slice()).map(|s| (s.dst, s.dport));
+        let dst = |f: Vec<u8>| {
+            let l3 = ipv4_offset(f.as_slice())?;
+            tcp_syn(f.as_slice(), l3).map(|s| (s.dst, s.dport))
+        };
         let vip = Some(([198, 18, 0, 100], [0x1f, 0x90]));
         assert_eq!(dst(frame(0, 6, 0, 0x02)), vip);
         assert_eq!(dst(frame(1, 6, 0, 0x02)), vip);
@@ -431,8 +426,8 @@ mod tests {
         assert_eq!(dst(frame(0, 17, 0, 0x02)), None, "UDP");
         assert_eq!(dst(frame(0, 6, 0x2000, 0x02)), None, "fragment");
         let f = frame(0, 6, 0, 0x02);
-        assert_eq!(tcp_syn(&f[..47]), None, "no TCP flags byte");
-        let s = tcp_syn(f.as_slice()).unwrap();
+        assert_eq!(tcp_syn(&f[..47], 14), None, "no TCP flags byte");
+        let s = tcp_syn(f.as_slice(), 14).unwrap();
         assert_eq!((s.src, s.sport), ([198, 18, 0, 3], [0xc3, 0x50]));
     }
 }

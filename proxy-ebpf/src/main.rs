@@ -22,7 +22,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use proxy_common::{
-    guard::{classify, record_advert, tcp_syn, Frame, Tables, TcpSyn, Verdict, MAX_OFFSET},
+    guard::{
+        classify_ipv4, ipv4_offset, record_advert, tcp_syn, Frame, Tables, TcpSyn, Verdict,
+        MAX_OFFSET,
+    },
     maps::{
         AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, ServedPort, VridEntry,
         EVENTS_BYTES, MAX_INSTANCES, MAX_VIPS, VRIDS,
@@ -144,8 +147,13 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     };
     // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match classify(&frame, ifindex, &Maps) {
-        Verdict::Pass => match tcp_syn(&frame) {
+    // Not IPv4 (ARP, IPv6, ...): nothing to look at.
+    let Some(l3) = ipv4_offset(&frame) else {
+        return XDP_PASS;
+    };
+    // `classify` with the Ethernet part done once for both checks.
+    match classify_ipv4(&frame, l3, ifindex, &Maps) {
+        Verdict::Pass => match tcp_syn(&frame, l3) {
             Some(syn) => connection_request(&ctx, &syn),
             None => XDP_PASS,
         },
