@@ -597,6 +597,14 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // Why to stop: the embedding program asked, SIGTERM or SIGINT.
+        let stop_requested = async {
+            tokio::select! {
+                _ = stop_asked => "asked to stop",
+                _ = term.recv() => "SIGTERM: stopping",
+                _ = int.recv() => "SIGINT: stopping",
+            }
+        };
         tokio::select! {
             ev = dp.next_event() => match ev {
                 Some(ev) => {
@@ -696,20 +704,9 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     let _ = reply.send(answer);
                 }
             },
-            _ = stop_asked => {
-                info!("asked to stop");
-                if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
-                    break;
-                }
-            }
-            _ = term.recv() => {
-                info!("SIGTERM: stopping");
-                if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
-                    break;
-                }
-            }
-            _ = int.recv() => {
-                info!("SIGINT: stopping");
+            why = stop_requested => {
+                info!("{why}");
+                // A second request while the clients move stops at once.
                 if draining.is_some() || !begin_handover(&routers, &mut dp, opts_proxy.as_deref(), &mut draining) {
                     break;
                 }
