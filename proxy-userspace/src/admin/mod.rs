@@ -35,7 +35,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::status::{CertStatus, ProxyStatus, ServerStatus, Status};
+use self::status::{CertStatus, ProxyStatus, Status};
 use crate::{config::Config, daemon::Control, proxy::ProxyView};
 
 /// How long the VRRP loop has to answer a status request.
@@ -322,16 +322,7 @@ impl Admin {
             st.proxy = Some(ProxyStatus {
                 healthy: p.healthy(),
                 connections: p.connections(),
-                servers: p
-                    .servers()
-                    .into_iter()
-                    .map(|s| ServerStatus {
-                        upstream: s.upstream,
-                        server: s.server,
-                        up: s.up,
-                        outstanding: s.outstanding,
-                    })
-                    .collect(),
+                servers: p.servers(),
                 certificates: p
                     .certificates()
                     .into_iter()

@@ -49,7 +49,7 @@ use self::{
     tls::TlsStore,
     upstream::Pool,
 };
-use crate::{config::Config, health::ProxyHealth};
+use crate::{admin::status::ServerStatus, config::Config, health::ProxyHealth};
 
 /// How often certificate files are looked at for changes.
 pub const CERT_POLL: Duration = Duration::from_secs(2);
@@ -249,15 +249,6 @@ pub struct ProxyView {
     health: watch::Receiver<bool>,
 }
 
-/// One upstream server as `/status` shows it.
-#[derive(Clone, Debug)]
-pub struct ServerState {
-    pub upstream: String,
-    pub server: String,
-    pub up: bool,
-    pub outstanding: usize,
-}
-
 impl ProxyView {
     /// Request counters and latency histograms.
     pub fn metrics(&self) -> metrics::Snapshot {
@@ -274,8 +265,8 @@ impl ProxyView {
         *self.health.borrow()
     }
 
-    /// Every server of every upstream, in config order of the upstreams' names.
-    pub fn servers(&self) -> Vec<ServerState> {
+    /// Every server of every upstream, the upstreams by name.
+    pub fn servers(&self) -> Vec<ServerStatus> {
         let Ok(r) = self.routing.lock() else {
             return Vec::new();
         };
@@ -284,7 +275,7 @@ impl ProxyView {
         pools
             .into_iter()
             .flat_map(|p| {
-                p.servers.iter().map(|s| ServerState {
+                p.servers.iter().map(|s| ServerStatus {
                     upstream: p.name.to_string(),
                     server: s.authority.clone(),
                     up: s.is_up(),
