@@ -467,6 +467,53 @@ fn start(
     }
 }
 
+/// Starts n0 alone, waits until it serves the VIP (so that it is the master), then n1.
+fn start_pair(
+    lab: &mut Lab,
+    hapd: &Path,
+    d: Daemon,
+    interval: u64,
+    flags: [Option<&Path>; 2],
+    proxy: bool,
+) -> anyhow::Result<(Proc, Proc)> {
+    let n0 = start(lab, hapd, d, 0, interval, flags[0], proxy)?;
+    let ready = Instant::now() + Duration::from_secs(10);
+    while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
+        if Instant::now() > ready {
+            bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let n1 = start(lab, hapd, d, 1, interval, flags[1], proxy)?;
+    Ok((n0, n1))
+}
+
+/// A host crash (n0's bridge port goes down) or a kill -9 of n0's daemon.
+fn crash_or_kill(lab: &Lab, n0: &mut Proc, d: Daemon, fault: Fault) -> anyhow::Result<()> {
+    match (fault, d) {
+        (Fault::HostCrash, _) => {
+            let st = std::process::Command::new("ip")
+                .args(["-n", lab.switch(), "link", "set", "p0", "down"])
+                .status()?;
+            if !st.success() {
+                bail!("cutting n0's port failed");
+            }
+        }
+        (Fault::Kill9, Daemon::Hapd) => {
+            n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
+        }
+        (Fault::Kill9, Daemon::Keepalived) => {
+            // Every keepalived process of n0 (the parent and its VRRP child).
+            let conf = lab.dir().join("ka0.conf").display().to_string();
+            let _ = std::process::Command::new("pkill")
+                .args(["-9", "-f", &conf])
+                .status();
+        }
+        _ => bail!("{} is neither a crash nor a kill", fault.name()),
+    }
+    Ok(())
+}
+
 fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<Outcome> {
     let mut lab = Lab::new(3)?;
     let behind_proxy = d == Daemon::Hapd && fault == Fault::ProxyUnhealthy;
@@ -485,32 +532,12 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
         servers.push(lab.spawn_in_netns(i, move || serve(name, bind, u, s))?);
     }
     let result = (|| {
-        let mut n0 = start(
+        let (mut n0, mut n1) = start_pair(
             &mut lab,
             hapd,
             d,
-            0,
             interval,
-            Some(&flags[0]),
-            behind_proxy,
-        )?;
-        // n0 first, alone, so that it is the master when n1 joins.
-        let ready = Instant::now() + Duration::from_secs(10);
-        let answered =
-            |who: &str| lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() == Some(who);
-        while !answered("n0") {
-            if Instant::now() > ready {
-                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut n1 = start(
-            &mut lab,
-            hapd,
-            d,
-            1,
-            interval,
-            Some(&flags[1]),
+            [Some(&flags[0]), Some(&flags[1])],
             behind_proxy,
         )?;
         std::thread::sleep(Duration::from_millis(300 + 4 * interval));
@@ -539,29 +566,12 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
             % (interval * 1_000_000);
         std::thread::sleep(Duration::from_millis(200) + Duration::from_nanos(phase));
         let t0 = t_base.elapsed();
-        match (fault, d) {
-            (Fault::HostCrash, _) => {
-                let st = std::process::Command::new("ip")
-                    .args(["-n", lab.switch(), "link", "set", "p0", "down"])
-                    .status()?;
-                if !st.success() {
-                    bail!("cutting n0's port failed");
-                }
-            }
-            (Fault::Kill9, Daemon::Hapd) => {
-                n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-            }
-            (Fault::Kill9, Daemon::Keepalived) => {
-                // Every keepalived process of n0 (the parent and its VRRP child).
-                let conf = lab.dir().join("ka0.conf").display().to_string();
-                let _ = std::process::Command::new("pkill")
-                    .args(["-9", "-f", &conf])
-                    .status();
-            }
-            (Fault::GracefulStop, _) => {
+        match fault {
+            Fault::HostCrash | Fault::Kill9 => crash_or_kill(&lab, &mut n0, d, fault)?,
+            Fault::GracefulStop => {
                 n0.stop(Signal::SIGTERM, Duration::from_secs(10))?;
             }
-            (Fault::ServiceDown | Fault::ProxyUnhealthy, _) => {
+            Fault::ServiceDown | Fault::ProxyUnhealthy => {
                 up[0].store(false, Ordering::Relaxed);
                 std::fs::remove_file(&flags[0])?;
             }
@@ -663,15 +673,7 @@ fn load_trial(hapd: &Path, d: Daemon, fault: Fault) -> anyhow::Result<hapd_lab::
         nginxes.push(nginx(&lab, i, proxy_in_nginx)?);
     }
     let result = (|| {
-        let mut n0 = start(&mut lab, hapd, d, 0, 10, None, d == Daemon::Hapd)?;
-        let ready = Instant::now() + Duration::from_secs(10);
-        while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
-            if Instant::now() > ready {
-                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut n1 = start(&mut lab, hapd, d, 1, 10, None, d == Daemon::Hapd)?;
+        let (mut n0, mut n1) = start_pair(&mut lab, hapd, d, 10, [None, None], d == Daemon::Hapd)?;
         std::thread::sleep(Duration::from_millis(500));
         let url = format!("http://{VIP}:{PORT}/");
         let c = format!("-c{LOAD_CONNECTIONS}");
@@ -680,27 +682,9 @@ fn load_trial(hapd: &Path, d: Daemon, fault: Fault) -> anyhow::Result<hapd_lab::
             lab.spawn(2, &["wrk", "-t1", &c, "-d4s", "--timeout", "1s", &url])?,
         );
         std::thread::sleep(Duration::from_millis(1500));
-        match (fault, d) {
-            (Fault::HostCrash, _) => {
-                let st = std::process::Command::new("ip")
-                    .args(["-n", lab.switch(), "link", "set", "p0", "down"])
-                    .status()?;
-                if !st.success() {
-                    bail!("cutting n0's port failed");
-                }
-            }
-            (Fault::Kill9, Daemon::Hapd) => {
-                n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
-            }
-            (Fault::Kill9, Daemon::Keepalived) => {
-                let conf = lab.dir().join("ka0.conf").display().to_string();
-                let _ = std::process::Command::new("pkill")
-                    .args(["-9", "-f", &conf])
-                    .status();
-            }
-            (Fault::GracefulStop, _) => {
-                n0.signal(Signal::SIGTERM)?;
-            }
+        match fault {
+            Fault::HostCrash | Fault::Kill9 => crash_or_kill(&lab, &mut n0, d, fault)?,
+            Fault::GracefulStop => n0.signal(Signal::SIGTERM)?,
             _ => bail!("{} is not run under load", fault.name()),
         }
         let st = wrk.wait(Duration::from_secs(15))?;
@@ -830,15 +814,7 @@ fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Re
         servers.push(lab.spawn_in_netns(i, move || serve(name, ("0.0.0.0", PORT), u, s))?);
     }
     let result = (|| {
-        let mut n0 = start(&mut lab, hapd, d, 0, 10, None, false)?;
-        let ready = Instant::now() + Duration::from_secs(10);
-        while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
-            if Instant::now() > ready {
-                bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut n1 = start(&mut lab, hapd, d, 1, 10, None, false)?;
+        let (mut n0, mut n1) = start_pair(&mut lab, hapd, d, 10, [None, None], false)?;
         std::thread::sleep(Duration::from_millis(500));
         let (c0, c1) = (state_changes(&n0, d), state_changes(&n1, d));
         let ns: Vec<String> = lab.hosts()[..2].iter().map(|h| h.netns.clone()).collect();
