@@ -6,11 +6,14 @@
 //! listener before it returns, so a bad certificate or a port in use is an error at start.
 //! Listeners bound to a VIP use IP_FREEBIND: they work on a backup that does not hold the
 //! address yet, and nothing is rebound at failover.
-mod body;
-pub mod guard;
+mod buf;
+mod client;
+mod h2;
+mod headers;
+mod http1;
 mod log;
 pub mod metrics;
-mod service;
+mod site;
 pub mod tls;
 pub mod upstream;
 
@@ -31,10 +34,7 @@ use hyper::{
     header::{HeaderName, HeaderValue},
     service::service_fn,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{watch, Notify},
@@ -42,10 +42,11 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use self::{
-    guard::{ConnState, Guard, Limits},
+    buf::Buf,
+    h2::H2Conn,
     log::LogFile,
     metrics::Metrics,
-    service::{Conn, Route, Site, Sites},
+    site::{Route, Site, Sites},
     tls::TlsStore,
     upstream::Pool,
 };
@@ -87,8 +88,17 @@ impl Drop for ProxyHandle {
     }
 }
 
+/// The `[server]` limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub keepalive: Duration,
+    pub header_read: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
 struct Shared {
-    builder: auto::Builder<TokioExecutor>,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     tls: Option<Arc<TlsStore>>,
     limits: Limits,
     server_header: bool,
@@ -393,26 +403,14 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     let (changes, _) = watch::channel(0u64);
     let routing = build_routing(cfg, None, &changes)?;
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // The guard times heads and idleness by phase (see guard.rs).
-        .header_read_timeout(None)
-        .max_buf_size(server.max_header_bytes.max(8192));
-    if server.max_headers != 100 {
-        // hyper's default; setting it at all moves its header array to the heap.
-        builder.http1().max_headers(server.max_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(server.max_header_bytes as u32)
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(server.keepalive))
         .keep_alive_timeout(server.header_read);
     let shared = Arc::new(Shared {
-        builder,
+        h2,
         tls,
         limits: server,
         server_header,
@@ -646,63 +644,79 @@ async fn serve(
     peer: SocketAddr,
     tls: bool,
     sites: Arc<ArcSwap<Sites>>,
-    shared: &Shared,
-    drain: watch::Receiver<bool>,
+    shared: &Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
 ) {
-    let state = Arc::new(ConnState::default());
-    let conn = |tls: bool, sni: Option<String>| {
-        Arc::new(Conn {
+    if !tls {
+        let conn = http1::Conn {
             peer,
-            tls,
-            sni,
-            sites,
-            state: state.clone(),
-            server_header: shared.server_header,
-            metrics: shared.metrics.clone(),
-            handover: shared.handover.clone(),
-        })
+            tls: false,
+            sni: None,
+            sites: &sites,
+            shared,
+        };
+        if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
+            // HTTP/2 with prior knowledge (h2c): hyper takes it from the preface on.
+            let io = h2::Rewind::new(io, early);
+            run_h2(io, peer, false, None, sites, shared, drain).await;
+        }
+        return;
+    }
+    let Some(store) = &shared.tls else { return };
+    let acceptor = tokio_rustls::TlsAcceptor::from(store.config());
+    let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
     };
-    if tls {
-        let Some(store) = &shared.tls else { return };
-        let acceptor = tokio_rustls::TlsAcceptor::from(store.config());
-        let stream =
-            match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        let conn = conn(true, stream.get_ref().1.server_name().map(str::to_string));
-        let io = Guard::new(stream, shared.limits, state);
-        run_http(io, conn, shared, drain, h2).await;
-    } else {
-        let conn = conn(false, None);
-        let io = Guard::new(stream, shared.limits, state);
-        run_http(io, conn, shared, drain, false).await;
+    let sni = stream.get_ref().1.server_name().map(str::to_string);
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        run_h2(stream, peer, true, sni, sites, shared, drain).await;
+        return;
+    }
+    let conn = http1::Conn {
+        peer,
+        tls: true,
+        sni: sni.as_deref(),
+        sites: &sites,
+        shared,
+    };
+    if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
+        let io = h2::Rewind::new(io, early);
+        run_h2(io, peer, true, sni, sites, shared, drain).await;
     }
 }
 
-async fn run_http<IO>(
-    io: Guard<IO>,
-    conn: Arc<Conn>,
-    shared: &Shared,
+/// An HTTP/2 connection, until it ends, the proxy drains, or this node hands its VIPs over
+/// (GOAWAY: the client knows which streams were served and opens a new connection).
+async fn run_h2<IO>(
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+    sni: Option<String>,
+    sites: Arc<ArcSwap<Sites>>,
+    shared: &Arc<Shared>,
     mut drain: watch::Receiver<bool>,
-    h2: bool,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let peer = conn.peer;
-    // Boxed: an idle connection then holds no request state, only the pointer.
-    let svc = service_fn(move |req| Box::pin(service::handle(conn.clone(), req)));
-    let c = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
+    let conn = Arc::new(H2Conn {
+        peer,
+        tls,
+        sni,
+        sites,
+        server_header: shared.server_header,
+        metrics: shared.metrics.clone(),
+    });
+    let svc = service_fn(move |req| h2::handle(conn.clone(), req));
+    let c = shared.h2.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(c);
     let draining = async {
         loop {
@@ -714,12 +728,8 @@ async fn run_http<IO>(
             }
         }
     };
-    // HTTP/2 learns of a handover by GOAWAY; HTTP/1 by `Connection: close` (service.rs).
     let mut handover = shared.handover_tx.subscribe();
     let handing_over = async {
-        if !h2 {
-            return std::future::pending().await;
-        }
         loop {
             if *handover.borrow_and_update() {
                 return;

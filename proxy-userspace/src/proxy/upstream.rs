@@ -13,17 +13,14 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty};
-use hyper::{body::Incoming, client::conn::http1, Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::watch};
+use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch};
 use tracing::{info, warn};
 
+use super::{
+    client::{UpConn, UpError},
+    http1::body::Decoder,
+};
 use crate::config::proxy::{Balance, HealthCheck, Upstream};
-
-/// The request body type sent upstream.
-pub type UpBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// How long a server that refused a connection is left out when its pool has no health check.
 pub const PASSIVE_RETRY: Duration = Duration::from_secs(10);
@@ -62,8 +59,9 @@ pub struct Server {
     up: AtomicBool,
     /// Consecutive passing checks while down.
     rises: AtomicU32,
-    /// Idle connections, one list per thread.
-    idle: Vec<Mutex<Vec<http1::SendRequest<UpBody>>>>,
+    /// Idle connections, one list per thread: a connection is only used by the thread whose
+    /// runtime it is registered with.
+    idle: Vec<Mutex<Vec<UpConn>>>,
 }
 
 pub struct Pool {
@@ -100,14 +98,6 @@ impl From<&HealthCheck> for Check {
             rise: h.rise,
         }
     }
-}
-
-/// Why a request found no answer.
-pub enum SendError {
-    /// No connection could be made; the request comes back for another server.
-    Connect(Box<Request<UpBody>>, String),
-    /// The connection broke or the answer was not HTTP.
-    Upstream(hyper::Error),
 }
 
 /// The servers a request has been tried on (a pool has at most [`MAX_SERVERS`]).
@@ -255,11 +245,13 @@ impl Pool {
             if self.retired.load(Ordering::Relaxed) {
                 return;
             }
-            let result =
-                tokio::time::timeout(check.timeout, s.probe(&check.path, self.connect_timeout))
-                    .await;
+            let result = tokio::time::timeout(
+                check.timeout,
+                s.probe(&check.path, self.connect_timeout, check.timeout),
+            )
+            .await;
             let outcome = match result {
-                Ok(Ok(status)) if status.is_success() || status.is_redirection() => Ok(()),
+                Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
                 Ok(Ok(status)) => Err(format!("health check answered {status}")),
                 Ok(Err(e)) => Err(format!("health check failed: {e}")),
                 Err(_) => Err(format!("health check timed out after {:?}", check.timeout)),
@@ -285,7 +277,7 @@ impl Pool {
 }
 
 impl Server {
-    fn idle_list(&self) -> &Mutex<Vec<http1::SendRequest<UpBody>>> {
+    fn idle_list(&self) -> &Mutex<Vec<UpConn>> {
         &self.idle[worker() % self.idle.len()]
     }
 
@@ -298,62 +290,34 @@ impl Server {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// Sends `req` on an idle kept-alive connection, or a new one. The response comes with the
-    /// connection, to be given back with [`Server::put_back`] once its body has been read.
-    pub async fn send(
-        &self,
-        mut req: Request<UpBody>,
-        connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, http1::SendRequest<UpBody>), SendError> {
-        loop {
-            let idle = self.idle_list().lock().map(|mut v| v.pop()).unwrap_or(None);
-            let Some(mut conn) = idle else { break };
-            if conn.is_closed() || conn.ready().await.is_err() {
-                continue;
-            }
-            match conn.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, conn)),
-                Err(mut e) => match e.take_message() {
-                    // The connection closed before the request went out: try another.
-                    Some(r) => req = r,
-                    None => return Err(SendError::Upstream(e.into_error())),
-                },
+    /// A kept-alive connection of this thread that can still carry a request.
+    pub fn idle_connection(&self) -> Option<UpConn> {
+        let mut idle = self.idle_list().lock().ok()?;
+        while let Some(mut c) = idle.pop() {
+            if c.usable() {
+                c.reused = true;
+                return Some(c);
             }
         }
-        let (mut conn, task) = match self.handshake(connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
-        };
-        tokio::spawn(async move {
-            let _ = task.await;
-        });
-        match conn.send_request(req).await {
-            Ok(resp) => Ok((resp, conn)),
-            Err(e) => Err(SendError::Upstream(e)),
-        }
+        None
     }
 
-    /// Sends `req` on a connection of its own that can be upgraded (WebSocket).
-    pub async fn send_upgrade(
-        &self,
-        req: Request<UpBody>,
-        connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, SendError> {
-        let (mut conn, task) = match self.handshake(connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(Box::new(req), e)),
-        };
-        tokio::spawn(async move {
-            let _ = task.with_upgrades().await;
-        });
-        conn.send_request(req).await.map_err(SendError::Upstream)
+    /// An idle connection, or a new one; the error says why none could be made.
+    pub async fn connection(&self, connect_timeout: Duration) -> Result<UpConn, String> {
+        if let Some(c) = self.idle_connection() {
+            return Ok(c);
+        }
+        self.connect(connect_timeout).await.map(UpConn::new)
     }
 
     /// Keeps a connection whose last response was read completely for the next request.
-    pub fn put_back(&self, conn: http1::SendRequest<UpBody>) {
-        if conn.is_closed() {
+    pub fn put_back(&self, mut conn: UpConn) {
+        if !conn.buf.is_empty() {
+            // Bytes past the end of the response: the connection is out of step.
             return;
         }
+        conn.buf.release();
+        conn.reused = false;
         if let Ok(mut idle) = self.idle_list().lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
@@ -361,24 +325,7 @@ impl Server {
         }
     }
 
-    /// A new HTTP/1.1 connection to this server; the caller runs its task.
-    async fn handshake(
-        &self,
-        connect_timeout: Duration,
-    ) -> Result<
-        (
-            http1::SendRequest<UpBody>,
-            http1::Connection<TokioIo<TcpStream>, UpBody>,
-        ),
-        String,
-    > {
-        let stream = self.connect(connect_timeout).await?;
-        http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn connect(&self, timeout: Duration) -> Result<TcpStream, String> {
+    pub async fn connect(&self, timeout: Duration) -> Result<TcpStream, String> {
         let attempt = async {
             let addrs: Vec<SocketAddr> = match self.host.parse::<IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, self.port)],
@@ -408,27 +355,43 @@ impl Server {
         }
     }
 
+    /// One health check: GET `path`, the status it answers (the body is read and dropped,
+    /// so the connection serves the next check).
     async fn probe(
         &self,
         path: &str,
         connect_timeout: Duration,
-    ) -> Result<hyper::StatusCode, String> {
-        let req = Request::get(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::USER_AGENT, "hapd-health-check")
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
-            .map_err(|e| e.to_string())?;
-        match self.send(req, connect_timeout).await {
-            Ok((resp, conn)) => {
-                let status = resp.status();
-                // Read the body so the connection can serve the next check.
-                if resp.into_body().collect().await.is_ok() {
-                    self.put_back(conn);
-                }
-                Ok(status)
+        timeout: Duration,
+    ) -> Result<u16, String> {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: hapd-health-check\r\n\r\n",
+            self.authority
+        );
+        let deadline = super::client::Deadline::after(timeout);
+        let mut retried = false;
+        loop {
+            let mut c = self.connection(connect_timeout).await?;
+            let result = async {
+                c.io.write_all(head.as_bytes()).await.map_err(UpError::Io)?;
+                let h = c.response(&deadline, false, |_| ()).await?;
+                let mut dec = Decoder::new(h.body);
+                while std::future::poll_fn(|cx| c.poll_data(cx, &mut dec))
+                    .await?
+                    .is_some()
+                {}
+                Ok::<_, UpError>(h)
             }
-            Err(SendError::Connect(_, e)) => Err(e),
-            Err(SendError::Upstream(e)) => Err(e.to_string()),
+            .await;
+            match result {
+                Ok(h) => {
+                    if !h.close {
+                        self.put_back(c);
+                    }
+                    return Ok(h.code);
+                }
+                Err(e) if !retried && e.stale(c.reused) => retried = true,
+                Err(e) => return Err(e.to_string()),
+            }
         }
     }
 

@@ -1,0 +1,655 @@
+//! HTTP/2 from clients: hyper's server speaks the protocol; each stream is forwarded over the
+//! same upstream HTTP/1.1 connections, under the same rules (`site.rs`, `headers.rs`), as the
+//! HTTP/1 path. The response body streams from the upstream connection, which goes back to
+//! its idle list when the body has been read to its end.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    header::{HeaderName, HeaderValue},
+    HeaderMap, Request, Response, StatusCode,
+};
+use tokio::{io::AsyncWriteExt, time::Instant};
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{
+    buf::Buf,
+    client::{self, Deadline, UpConn, UpError},
+    headers::{self, Answer, Back, Forward},
+    http1::{
+        body::{chunk_head, Decoder, LAST_CHUNK},
+        head::Framing,
+    },
+    log::Access,
+    metrics::Metrics,
+    site::{Decision, Site, Sites},
+    upstream::{Busy, Server, Tried},
+};
+
+/// What an HTTP/2 connection's streams share.
+pub struct H2Conn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub sites: Arc<ArcSwap<Sites>>,
+    pub server_header: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The response body: the proxy's own, or the upstream's, streamed.
+pub struct ProxyBody {
+    kind: Kind,
+    sent: u64,
+    finish: Option<Finish>,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream {
+        src: Source,
+        dec: Decoder,
+        timeout: Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+/// Where an upstream body is read from.
+enum Source {
+    /// A whole connection, back to its idle list when the body is read (if `reusable`).
+    Conn {
+        conn: Option<UpConn>,
+        server: Arc<Server>,
+        reusable: bool,
+    },
+    /// The read half of a connection whose write half still carries the request body (a task
+    /// of its own, stopped when this is dropped); it is closed afterwards.
+    Half {
+        rd: Option<OwnedReadHalf>,
+        buf: Buf,
+        sender: tokio::task::AbortHandle,
+    },
+}
+
+impl Source {
+    fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+        dec: &mut Decoder,
+    ) -> Poll<Result<Option<Bytes>, UpError>> {
+        let r = match self {
+            Source::Conn { conn: None, .. } | Source::Half { rd: None, .. } => {
+                return Poll::Ready(Ok(None))
+            }
+            Source::Conn { conn: Some(c), .. } => c.poll_data(cx, dec),
+            Source::Half {
+                rd: Some(rd), buf, ..
+            } => client::poll_data(rd, buf, cx, dec),
+        };
+        match &r {
+            Poll::Ready(Ok(None)) => self.end(true),
+            Poll::Ready(Err(_)) => self.end(false),
+            _ => {}
+        }
+        r
+    }
+
+    /// The body ended (`complete`: read to its end); a reusable connection goes back.
+    fn end(&mut self, complete: bool) {
+        match self {
+            Source::Conn {
+                conn,
+                server,
+                reusable,
+            } => {
+                if let Some(c) = conn.take() {
+                    if complete && *reusable && c.buf.is_empty() {
+                        server.put_back(c);
+                    }
+                }
+            }
+            Source::Half { rd, .. } => *rd = None,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        matches!(
+            self,
+            Source::Conn { conn: None, .. } | Source::Half { rd: None, .. }
+        )
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if let Source::Half { sender, .. } = self {
+            sender.abort();
+        }
+    }
+}
+
+/// What to record when the response is over (sent completely, or the client went away).
+struct Finish {
+    site: Arc<Site>,
+    route: Option<usize>,
+    status: u16,
+    started: Instant,
+    access: Option<Access>,
+    metrics: Arc<Metrics>,
+    _busy: Option<Busy>,
+}
+
+impl ProxyBody {
+    fn full(b: impl Into<Bytes>) -> ProxyBody {
+        let b = b.into();
+        ProxyBody {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+            sent: 0,
+            finish: None,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|d| {
+                this.sent += d.len() as u64;
+                Ok(Frame::data(d))
+            })),
+            Kind::Upstream {
+                src,
+                dec,
+                timeout,
+                sleep,
+            } => match src.poll_data(cx, dec) {
+                Poll::Ready(Ok(Some(d))) => {
+                    *sleep = None;
+                    this.sent += d.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(d))))
+                }
+                Poll::Ready(Ok(None)) => Poll::Ready(None),
+                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(std::io::Error::other(e.to_string())))),
+                Poll::Pending => {
+                    // The vhost's timeout bounds an upstream's silence within a body too.
+                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*timeout)));
+                    if s.as_mut().poll(cx).is_ready() {
+                        src.end(false);
+                        return Poll::Ready(Some(Err(std::io::Error::other(
+                            "upstream silent within the answer",
+                        ))));
+                    }
+                    Poll::Pending
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream { src, dec, .. } => src.is_over() || dec.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { dec, .. } => match dec.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+        }
+    }
+}
+
+use std::future::Future;
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let Some(f) = self.finish.take() else { return };
+        if let (Some(log), Some(a)) = (&f.site.access_log, &f.access) {
+            log.write(a.line(f.status, self.sent));
+        }
+        let upstream = f
+            .route
+            .and_then(|i| f.site.routes.get(i))
+            .map(|r| &r.pool.name);
+        f.metrics
+            .record(&f.site.label, f.status, upstream, f.started.elapsed());
+    }
+}
+
+/// Serves one stream.
+pub async fn handle(
+    conn: Arc<H2Conn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    // The client's view of the host: `:authority`, else Host, else SNI.
+    let host_full = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .or_else(|| conn.sni.clone())
+        .unwrap_or_default();
+    let bare = headers::strip_port(&host_full).to_ascii_lowercase();
+    let site = conn.sites.load().find(&bare).clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let access = site.access_log.as_ref().map(|_| Access {
+        client: conn.peer.ip(),
+        time: SystemTime::now(),
+        request_line: format!("{} {} HTTP/2.0", req.method(), target),
+        referer: text(req.headers(), "referer"),
+        user_agent: text(req.headers(), "user-agent"),
+    });
+    let mut finish = Finish {
+        site: site.clone(),
+        route: None,
+        status: 0,
+        started,
+        access,
+        metrics: conn.metrics.clone(),
+        _busy: None,
+    };
+    let client = headers::canonical(conn.peer.ip());
+    let method = req.method().as_str().to_string();
+    let (mut resp, mut fields) = match site.decide(&method, &target, &bare, client) {
+        Decision::Answer(a) => answer(&site, &conn, &a),
+        Decision::Forward(route) => {
+            finish.route = Some(route);
+            forward(&conn, &site, route, &host_full, &target, req, &mut finish).await
+        }
+    };
+    finish.status = resp.status().as_u16();
+    std::mem::swap(resp.headers_mut(), &mut fields);
+    resp.body_mut().finish = Some(finish);
+    Ok(resp)
+}
+
+type Parts = (Response<ProxyBody>, HeaderMap);
+
+fn answer(site: &Site, conn: &H2Conn, a: &Answer) -> Parts {
+    let mut h = HeaderMap::new();
+    a.fields(Some(site), conn.server_header, |n, v| insert(&mut h, n, v));
+    let mut r = Response::new(ProxyBody::full(a.body()));
+    *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (r, h)
+}
+
+fn insert(h: &mut HeaderMap, name: &[u8], value: &[u8]) {
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+        h.append(n, v);
+    }
+}
+
+fn text(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+fn site_error(site: &Site, conn: &H2Conn, msg: &str) {
+    tracing::warn!(client = %conn.peer, "{msg}");
+    if let Some(l) = &site.error_log {
+        l.write(super::log::error_line(Some(conn.peer.ip()), msg));
+    }
+}
+
+async fn forward(
+    conn: &H2Conn,
+    site: &Arc<Site>,
+    route: usize,
+    host_full: &str,
+    target: &str,
+    req: Request<Incoming>,
+    finish: &mut Finish,
+) -> Parts {
+    let pool = site.routes[route].pool.clone();
+    let (parts, body) = req.into_parts();
+    let framing = if body.is_end_stream() {
+        Framing::None
+    } else {
+        match parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    };
+    let client = headers::canonical(conn.peer.ip());
+    // Taken by the task that sends it (a request with a body is never retried after that).
+    let mut body = Some(body);
+    let mut tried = Tried::default();
+    let mut fresh = false;
+    let mut retried = false;
+    let mut head = Vec::new();
+    let fields: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    loop {
+        let Some((i, busy)) = pool.pick(tried) else {
+            let (status, msg) = if tried.none() {
+                (503, format!("upstream {}: no server is up", pool.name))
+            } else {
+                (
+                    502,
+                    format!("upstream {}: no server accepted a connection", pool.name),
+                )
+            };
+            site_error(site, conn, &msg);
+            return answer(
+                site,
+                conn,
+                &Answer::new(status, "The service is not available"),
+            );
+        };
+        let server = pool.servers[i].clone();
+        let idle = if fresh {
+            None
+        } else {
+            server.idle_connection()
+        };
+        let mut up = match idle {
+            Some(c) => c,
+            None => match server.connect(pool.connect_timeout).await {
+                Ok(s) => UpConn::new(s),
+                Err(why) => {
+                    pool.eject(i, &why);
+                    site_error(
+                        site,
+                        conn,
+                        &format!("upstream {} server {}: {why}", pool.name, server.authority),
+                    );
+                    tried.add(i);
+                    continue;
+                }
+            },
+        };
+        head.clear();
+        let up_host = if site.preserve_host {
+            host_full.as_bytes()
+        } else {
+            server.authority.as_bytes()
+        };
+        headers::request_head(
+            &mut head,
+            &Forward {
+                method: parts.method.as_str(),
+                target,
+                host: up_host,
+                client_host: host_full,
+                client,
+                tls: conn.tls,
+                body: framing,
+                upgrade: None,
+            },
+            fields.iter().copied(),
+        );
+        let back = Back {
+            site,
+            pool: Some(&pool),
+            tls: conn.tls,
+            client_host: host_full,
+            server_header: conn.server_header,
+            keep_length: false,
+            keep_upgrade: false,
+        };
+        let is_head = parts.method == hyper::Method::HEAD;
+        let make = |r: &super::http1::head::Response<'_, '_>| {
+            let mut h = HeaderMap::new();
+            let back = Back {
+                keep_length: r.body == Framing::None,
+                ..back
+            };
+            headers::response_fields(
+                r.headers.iter().map(|f| (f.name, f.value)),
+                &back,
+                |n, v| insert(&mut h, n, v),
+            );
+            if let Framing::Length(n) = r.body {
+                h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            h
+        };
+        let reused = up.reused;
+        let exchange = if framing == Framing::None {
+            // The usual request: one write up, the answer back.
+            async {
+                up.io.write_all(&head).await.map_err(UpError::Io)?;
+                up.response(&Deadline::after(site.timeout), is_head, make)
+                    .await
+            }
+            .await
+            .map(|h| {
+                let reusable = !h.close;
+                (
+                    h,
+                    Source::Conn {
+                        conn: Some(up),
+                        server: server.clone(),
+                        reusable,
+                    },
+                )
+            })
+        } else {
+            // A request body: it goes up from a task of its own while the answer is read,
+            // which may come (and stream) before the body is complete.
+            let (mut rd, wr) = up.io.into_split();
+            let mut up_buf = std::mem::take(&mut up.buf);
+            let progress = Arc::new(Deadline::after(site.timeout));
+            let sender = tokio::spawn(send_body(
+                body.take(),
+                wr,
+                std::mem::take(&mut head),
+                framing == Framing::Chunked,
+                progress.clone(),
+                site.timeout,
+            ))
+            .abort_handle();
+            match client::read_response(&mut rd, &mut up_buf, &progress, is_head, make).await {
+                Ok(h) => Ok((
+                    h,
+                    Source::Half {
+                        rd: Some(rd),
+                        buf: up_buf,
+                        sender,
+                    },
+                )),
+                Err(e) => {
+                    sender.abort();
+                    Err(e)
+                }
+            }
+        };
+        match exchange {
+            Ok((h, mut src)) => {
+                finish._busy = Some(busy);
+                let status = StatusCode::from_u16(h.code).unwrap_or(StatusCode::BAD_GATEWAY);
+                let dec = Decoder::new(h.body);
+                let kind = if dec.is_done() {
+                    src.end(true);
+                    Kind::Full(None)
+                } else {
+                    Kind::Upstream {
+                        src,
+                        dec,
+                        timeout: site.timeout,
+                        sleep: None,
+                    }
+                };
+                let mut r = Response::new(ProxyBody {
+                    kind,
+                    sent: 0,
+                    finish: None,
+                });
+                *r.status_mut() = status;
+                return (r, h.made);
+            }
+            Err(e) if !retried && framing == Framing::None && e.stale(reused) => {
+                retried = true;
+                fresh = true;
+                drop(busy);
+            }
+            Err(e) => {
+                let (status, msg, log) = match e {
+                    UpError::Timeout => (
+                        504,
+                        "The upstream did not answer in time",
+                        format!("no answer within {:?}", site.timeout),
+                    ),
+                    e => (502, "The upstream answer was not usable", e.to_string()),
+                };
+                site_error(
+                    site,
+                    conn,
+                    &format!("upstream {} server {}: {log}", pool.name, server.authority),
+                );
+                return answer(site, conn, &Answer::new(status, msg));
+            }
+        }
+    }
+}
+
+/// Sends the upstream head, then the client's body frames (chunked when `chunked`); each write
+/// pushes the answer's deadline back. A client body that fails ends the upstream's too
+/// (the write half closes, the upstream sees a truncated body).
+async fn send_body(
+    body: Option<Incoming>,
+    mut up: OwnedWriteHalf,
+    mut pending: Vec<u8>,
+    chunked: bool,
+    progress: Arc<Deadline>,
+    timeout: Duration,
+) {
+    let Some(mut body) = body else { return };
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return,
+            Some(Ok(f)) => {
+                let Ok(data) = f.into_data() else {
+                    // Trailers are not forwarded.
+                    continue;
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if chunked {
+                    chunk_head(&mut pending, data.len());
+                    pending.extend_from_slice(&data);
+                    pending.extend_from_slice(b"\r\n");
+                } else {
+                    pending.extend_from_slice(&data);
+                }
+                if up.write_all(&pending).await.is_err() {
+                    return;
+                }
+                progress.extend(timeout);
+                pending.clear();
+            }
+        }
+    }
+    if chunked {
+        pending.extend_from_slice(LAST_CHUNK);
+    }
+    if up.write_all(&pending).await.is_ok() {
+        progress.extend(timeout);
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+pub struct Rewind<S> {
+    early: Vec<u8>,
+    pos: usize,
+    io: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(io: S, early: Vec<u8>) -> Rewind<S> {
+        Rewind { early, pos: 0, io }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.early.len() {
+            let n = (this.early.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.early[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.early.len() {
+                this.early = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
