@@ -3,13 +3,19 @@
 //! no channel between them. Kept-alive connections wait in their server's idle list for this
 //! thread (see `upstream.rs`).
 use std::{
+    future::Future,
     io,
+    pin::Pin,
     task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
-use tokio::{io::AsyncRead, net::TcpStream, time::Instant};
+use tokio::{
+    io::AsyncRead,
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
 
 use super::{
     buf::Buf,
@@ -110,6 +116,87 @@ impl Deadline {
     }
 }
 
+/// One timer for every deadline of a connection, phase after phase. Starting a phase costs
+/// nothing when its deadline is later than the timer's (the usual case: the timer fires
+/// early, finds the phase's deadline ahead, and re-arms once), and an operation that completes
+/// at its first poll never touches the timer. A timer per phase would be registered and
+/// cancelled with the runtime's timer wheel several times per request.
+pub struct Watchdog {
+    sleep: Pin<Box<Sleep>>,
+    due: Instant,
+}
+
+impl Watchdog {
+    pub fn new(due: Instant) -> Watchdog {
+        Watchdog {
+            sleep: Box::pin(tokio::time::sleep_until(due)),
+            due,
+        }
+    }
+
+    /// `f`, unless `due` passes first (`None`).
+    pub async fn run<F: Future>(&mut self, due: Instant, f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            self.due = due;
+            if self.sleep.deadline() > due {
+                self.sleep.as_mut().reset(due);
+            }
+            self.poll_expired(cx, || due).map(|()| None)
+        })
+        .await
+    }
+
+    /// `f`, unless it takes longer than `d` from its first poll that did not complete it.
+    pub async fn run_for<F: Future>(&mut self, d: Duration, f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        let mut due = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            let due = *due.get_or_insert_with(|| Instant::now() + d);
+            self.due = due;
+            if self.sleep.deadline() > due {
+                self.sleep.as_mut().reset(due);
+            }
+            self.poll_expired(cx, || due).map(|()| None)
+        })
+        .await
+    }
+
+    /// `f`, unless `deadline` passes first (`None`); the deadline may move later meanwhile.
+    pub async fn run_moving<F: Future>(&mut self, deadline: &Deadline, f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            let due = deadline.get();
+            if self.sleep.deadline() > due {
+                self.sleep.as_mut().reset(due);
+            }
+            self.poll_expired(cx, || deadline.get()).map(|()| None)
+        })
+        .await
+    }
+
+    /// Ready once the deadline `due()` has passed; a timer that fired early is re-armed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>, due: impl Fn() -> Instant) -> Poll<()> {
+        loop {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            let d = due();
+            if Instant::now() >= d {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(d);
+        }
+    }
+}
+
 /// What the head of a response says about what follows it.
 pub struct Head<T> {
     /// What the caller made of the head while it was at hand.
@@ -148,11 +235,10 @@ impl UpConn {
     /// [`read_response`] on this connection.
     pub async fn response<T>(
         &mut self,
-        deadline: &Deadline,
         head_request: bool,
         made: impl FnMut(&head::Response<'_, '_>) -> T,
     ) -> Result<Head<T>, UpError> {
-        read_response(&mut self.io, &mut self.buf, deadline, head_request, made).await
+        read_response(&mut self.io, &mut self.buf, head_request, made).await
     }
 
     /// [`poll_data`] on this connection.
@@ -165,14 +251,13 @@ impl UpConn {
     }
 }
 
-/// Reads the response head (skipping interim 1xx answers other than 101) until
-/// `deadline`; `made` turns the parsed head into what the caller keeps, while the head is
+/// Reads the response head, skipping interim 1xx answers other than 101 (the caller bounds
+/// the wait); `made` turns the parsed head into what the caller keeps, while the head is
 /// still in the buffer. The head's bytes are consumed; the body's first bytes may follow
-/// in [`UpConn::buf`].
+/// in `buf`.
 pub async fn read_response<R: AsyncRead + Unpin, T>(
     io: &mut R,
     buf: &mut Buf,
-    deadline: &Deadline,
     head_request: bool,
     mut made: impl FnMut(&head::Response<'_, '_>) -> T,
 ) -> Result<Head<T>, UpError> {
@@ -216,15 +301,7 @@ pub async fn read_response<R: AsyncRead + Unpin, T>(
         if buf.len() >= HEAD_LIMIT {
             return Err(UpError::Bad("response head too large"));
         }
-        let n = loop {
-            match tokio::time::timeout_at(deadline.get(), buf.read_from(io, HEAD_LIMIT)).await {
-                Ok(Err(e)) => return Err(UpError::Io(e)),
-                Ok(Ok(n)) => break n,
-                // The deadline may have moved meanwhile.
-                Err(_) if Instant::now() >= deadline.get() => return Err(UpError::Timeout),
-                Err(_) => {}
-            }
-        };
+        let n = buf.read_from(io, HEAD_LIMIT).await.map_err(UpError::Io)?;
         if n == 0 {
             return Err(UpError::Closed {
                 answered: answered || !buf.is_empty(),

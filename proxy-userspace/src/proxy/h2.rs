@@ -34,7 +34,7 @@ use super::{
     log::Access,
     metrics::Metrics,
     site::{Decision, Site, Sites},
-    upstream::{Busy, Server, Tried},
+    upstream::{OwnedBusy, Server, Tried},
 };
 
 /// What an HTTP/2 connection's streams share.
@@ -146,7 +146,7 @@ struct Finish {
     started: Instant,
     access: Option<Access>,
     metrics: Arc<Metrics>,
-    _busy: Option<Busy>,
+    _busy: Option<OwnedBusy>,
 }
 
 impl ProxyBody {
@@ -347,7 +347,7 @@ async fn forward(
             None => Framing::Chunked,
         }
     };
-    let client = headers::canonical(conn.peer.ip());
+    let client = headers::canonical(conn.peer.ip()).to_string();
     // Taken by the task that sends it (a request with a body is never retried after that).
     let mut body = Some(body);
     let mut tried = Tried::default();
@@ -360,7 +360,7 @@ async fn forward(
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
     loop {
-        let Some((i, busy)) = pool.pick(tried) else {
+        let Some(i) = pool.pick(tried) else {
             let (status, msg) = if tried.none() {
                 (503, format!("upstream {}: no server is up", pool.name))
             } else {
@@ -377,6 +377,7 @@ async fn forward(
             );
         };
         let server = pool.servers[i].clone();
+        let busy = OwnedBusy::new(server.clone());
         let idle = if fresh {
             None
         } else {
@@ -411,7 +412,7 @@ async fn forward(
                 target,
                 host: up_host,
                 client_host: host_full,
-                client,
+                client: &client,
                 tls: conn.tls,
                 body: framing,
                 upgrade: None,
@@ -449,8 +450,9 @@ async fn forward(
             // The usual request: one write up, the answer back.
             async {
                 up.io.write_all(&head).await.map_err(UpError::Io)?;
-                up.response(&Deadline::after(site.timeout), is_head, make)
+                tokio::time::timeout(site.timeout, up.response(is_head, make))
                     .await
+                    .unwrap_or(Err(UpError::Timeout))
             }
             .await
             .map(|h| {
@@ -479,7 +481,15 @@ async fn forward(
                 site.timeout,
             ))
             .abort_handle();
-            match client::read_response(&mut rd, &mut up_buf, &progress, is_head, make).await {
+            let mut watchdog = client::Watchdog::new(progress.get());
+            let head = watchdog
+                .run_moving(
+                    &progress,
+                    client::read_response(&mut rd, &mut up_buf, is_head, make),
+                )
+                .await
+                .unwrap_or(Err(UpError::Timeout));
+            match head {
                 Ok(h) => Ok((
                     h,
                     Source::Half {

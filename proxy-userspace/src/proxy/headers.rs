@@ -119,7 +119,8 @@ pub struct Forward<'a> {
     pub host: &'a [u8],
     /// The host as the client named it, for `X-Forwarded-Host`.
     pub client_host: &'a str,
-    pub client: IpAddr,
+    /// The client's address as text.
+    pub client: &'a str,
     pub tls: bool,
     /// How the body goes upstream: none, `Content-Length`, or chunked.
     pub body: super::http1::head::Framing,
@@ -164,7 +165,8 @@ where
             }
         }
     }
-    let _ = write!(out, "{}\r\n", f.client);
+    out.extend_from_slice(f.client.as_bytes());
+    out.extend_from_slice(b"\r\n");
     if cookies > 0 {
         // HTTP/2 may split cookies (RFC 9113 section 8.2.3); HTTP/1.1 wants one line.
         out.extend_from_slice(b"cookie: ");

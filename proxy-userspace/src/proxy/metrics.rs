@@ -64,7 +64,7 @@ fn addr(s: &Arc<str>) -> usize {
 
 /// The proxy's counters, one shard per thread.
 pub struct Metrics {
-    shards: Vec<Mutex<Shard>>,
+    shards: Vec<super::upstream::Padded<Mutex<Shard>>>,
 }
 
 /// The counters added up, by name.
@@ -79,7 +79,9 @@ pub struct Snapshot {
 impl Metrics {
     pub fn new(threads: usize) -> Metrics {
         Metrics {
-            shards: (0..threads.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..threads.max(1))
+                .map(|_| super::upstream::Padded(Mutex::default()))
+                .collect(),
         }
     }
 

@@ -22,7 +22,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::Duration,
@@ -108,6 +108,10 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Set when this node hands its VIPs over (see [`ProxyView::begin_handover`]).
     handover: Arc<AtomicBool>,
+    /// Bumped by every reload: connections take the new vhosts at their next request.
+    generation: AtomicU64,
+    /// The proxy is stopping: connections close after the request in progress.
+    draining: AtomicBool,
     handover_tx: watch::Sender<bool>,
 }
 
@@ -338,6 +342,7 @@ impl ProxyView {
         for (name, slot) in &self.listeners {
             slot.store(current.sites[name].clone());
         }
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
         let new_pools = current.routed_pools();
         let _guard = self.control.enter();
         for p in &new_pools {
@@ -420,6 +425,8 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         metrics: Arc::new(Metrics::new(workers + 1)),
         handover: Arc::new(AtomicBool::new(false)),
         handover_tx: watch::channel(false).0,
+        generation: AtomicU64::new(0),
+        draining: AtomicBool::new(false),
     });
 
     // Each worker thread binds its own socket per address (SO_REUSEPORT) and the kernel spreads
@@ -556,6 +563,7 @@ async fn worker(
     for a in &accepts {
         a.abort();
     }
+    shared.draining.store(true, Ordering::Release);
     let _ = drain_tx.send(true);
     let left = shared.connections.load(Ordering::Acquire);
     if left > 0 {
@@ -647,9 +655,11 @@ async fn serve(
     shared: &Arc<Shared>,
     mut drain: watch::Receiver<bool>,
 ) {
+    let client = headers::canonical(peer.ip()).to_string();
     if !tls {
         let conn = http1::Conn {
             peer,
+            client,
             tls: false,
             sni: None,
             sites: &sites,
@@ -683,6 +693,7 @@ async fn serve(
     }
     let conn = http1::Conn {
         peer,
+        client,
         tls: true,
         sni: sni.as_deref(),
         sites: &sites,

@@ -49,19 +49,40 @@ pub(crate) fn worker() -> usize {
     WORKER.with(|w| w.get())
 }
 
+/// A value on cache lines of its own: per-thread slots side by side would otherwise share a
+/// line, and every write by one thread would evict it from the other's cache.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// One slot per thread that uses pools.
+fn per_thread<T: Default>() -> Box<[Padded<T>]> {
+    (0..WORKERS.load(Ordering::Relaxed))
+        .map(|_| Padded::default())
+        .collect()
+}
+
 pub struct Server {
     /// `host:port` as configured.
     pub authority: String,
     host: String,
     port: u16,
     pool: String,
-    outstanding: AtomicUsize,
+    /// Requests in flight, counted by the thread that sent them (summed when read).
+    outstanding: Box<[Padded<AtomicUsize>]>,
     up: AtomicBool,
     /// Consecutive passing checks while down.
     rises: AtomicU32,
     /// Idle connections, one list per thread: a connection is only used by the thread whose
     /// runtime it is registered with.
-    idle: Vec<Mutex<Vec<UpConn>>>,
+    idle: Box<[Padded<Mutex<Vec<UpConn>>>]>,
 }
 
 pub struct Pool {
@@ -72,7 +93,10 @@ pub struct Pool {
     retired: AtomicBool,
     balance: Balance,
     pub servers: Vec<Arc<Server>>,
-    next: AtomicUsize,
+    /// Round-robin: the next server, for the whole proxy.
+    turn: AtomicUsize,
+    /// Least-outstanding: where each thread's search starts, so ties rotate.
+    next: Box<[Padded<AtomicUsize>]>,
     pub connect_timeout: Duration,
     check: Option<Check>,
     /// Bumped whenever a server goes up or down.
@@ -120,11 +144,42 @@ impl Tried {
 }
 
 /// Counts a request against its server (least-outstanding) until dropped.
-pub struct Busy(Arc<Server>);
+pub struct Busy<'a> {
+    server: &'a Server,
+    slot: usize,
+}
 
-impl Drop for Busy {
+impl<'a> Busy<'a> {
+    pub fn new(server: &'a Server) -> Busy<'a> {
+        let slot = worker() % server.outstanding.len();
+        server.outstanding[slot].fetch_add(1, Ordering::Relaxed);
+        Busy { server, slot }
+    }
+}
+
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+        self.server.outstanding[self.slot].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// [`Busy`] for a request whose end is met somewhere that cannot borrow (an HTTP/2 body).
+pub struct OwnedBusy {
+    server: Arc<Server>,
+    slot: usize,
+}
+
+impl OwnedBusy {
+    pub fn new(server: Arc<Server>) -> OwnedBusy {
+        let slot = worker() % server.outstanding.len();
+        server.outstanding[slot].fetch_add(1, Ordering::Relaxed);
+        OwnedBusy { server, slot }
+    }
+}
+
+impl Drop for OwnedBusy {
+    fn drop(&mut self) {
+        self.server.outstanding[self.slot].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -142,12 +197,10 @@ impl Pool {
                     host: host.to_string(),
                     port: port.parse().unwrap_or(80),
                     pool: u.name.clone(),
-                    outstanding: AtomicUsize::new(0),
+                    outstanding: per_thread(),
                     up: AtomicBool::new(true),
                     rises: AtomicU32::new(0),
-                    idle: (0..WORKERS.load(Ordering::Relaxed))
-                        .map(|_| Mutex::new(Vec::new()))
-                        .collect(),
+                    idle: per_thread(),
                 })
             })
             .collect();
@@ -157,7 +210,8 @@ impl Pool {
             retired: AtomicBool::new(false),
             balance: u.balance,
             servers,
-            next: AtomicUsize::new(0),
+            turn: AtomicUsize::new(0),
+            next: per_thread(),
             connect_timeout: u.connect_timeout.0,
             check: u.health_check.as_ref().map(Check::from),
             changes,
@@ -178,23 +232,23 @@ impl Pool {
         self.servers.iter().any(|s| s.is_up())
     }
 
-    /// Chooses an up server not in `tried`, and counts the request against it.
-    pub fn pick(&self, tried: Tried) -> Option<(usize, Busy)> {
+    /// Chooses an up server not in `tried` (count the request against it with [`Busy`]).
+    pub fn pick(&self, tried: Tried) -> Option<usize> {
         let n = self.servers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = match self.balance {
+            Balance::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed),
+            Balance::LeastOutstanding => {
+                self.next[worker() % self.next.len()].fetch_add(1, Ordering::Relaxed)
+            }
+        };
         let candidates = (0..n)
             .map(|k| (start + k) % n)
             .filter(|&i| !tried.contains(i) && self.servers[i].is_up());
-        let i = match self.balance {
+        match self.balance {
             Balance::RoundRobin => candidates.into_iter().next(),
             // Ties go to the first from a rotating start, so equal servers share the load.
-            Balance::LeastOutstanding => {
-                candidates.min_by_key(|&i| self.servers[i].outstanding.load(Ordering::Relaxed))
-            }
-        }?;
-        let s = &self.servers[i];
-        s.outstanding.fetch_add(1, Ordering::Relaxed);
-        Some((i, Busy(s.clone())))
+            Balance::LeastOutstanding => candidates.min_by_key(|&i| self.servers[i].outstanding()),
+        }
     }
 
     /// A connection to the server failed: take it out until it is seen working again.
@@ -245,11 +299,9 @@ impl Pool {
             if self.retired.load(Ordering::Relaxed) {
                 return;
             }
-            let result = tokio::time::timeout(
-                check.timeout,
-                s.probe(&check.path, self.connect_timeout, check.timeout),
-            )
-            .await;
+            let result =
+                tokio::time::timeout(check.timeout, s.probe(&check.path, self.connect_timeout))
+                    .await;
             let outcome = match result {
                 Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
                 Ok(Ok(status)) => Err(format!("health check answered {status}")),
@@ -287,7 +339,10 @@ impl Server {
 
     /// Requests in progress on this server.
     pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Relaxed)
+        self.outstanding
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// A kept-alive connection of this thread that can still carry a request.
@@ -356,24 +411,18 @@ impl Server {
     }
 
     /// One health check: GET `path`, the status it answers (the body is read and dropped,
-    /// so the connection serves the next check).
-    async fn probe(
-        &self,
-        path: &str,
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Result<u16, String> {
+    /// so the connection serves the next check). The caller bounds its time.
+    async fn probe(&self, path: &str, connect_timeout: Duration) -> Result<u16, String> {
         let head = format!(
             "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: hapd-health-check\r\n\r\n",
             self.authority
         );
-        let deadline = super::client::Deadline::after(timeout);
         let mut retried = false;
         loop {
             let mut c = self.connection(connect_timeout).await?;
             let result = async {
                 c.io.write_all(head.as_bytes()).await.map_err(UpError::Io)?;
-                let h = c.response(&deadline, false, |_| ()).await?;
+                let h = c.response(false, |_| ()).await?;
                 let mut dec = Decoder::new(h.body);
                 while std::future::poll_fn(|cx| c.poll_data(cx, &mut dec))
                     .await?

@@ -1,0 +1,635 @@
+//! One forwarded HTTP/1 request: a connection to a server (another server when one cannot be
+//! made, a new connection when a kept-alive one turns out closed), the request head and body
+//! up, the response head and body back, re-framed for the client, and the proxy's own answer
+//! when the upstream fails. WebSocket upgrades end in a tunnel.
+use std::{sync::atomic::Ordering, time::Duration};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::{
+    body::{chunk_head, BodyError, Decoder, LAST_CHUNK},
+    connection_field,
+    head::{self, Framing},
+    put, put_number, send, site_error, status_line, Conn, Done, Prep, Req, Transport,
+};
+use crate::proxy::{
+    buf::{self, Buf},
+    client::{self, Deadline, UpConn, UpError, Watchdog},
+    headers::{self, Answer, Back},
+    site::{Site, Sites},
+    upstream::{Busy, Tried},
+};
+
+/// One forwarded request on its way.
+pub(super) struct Exchange<'s> {
+    pub site: &'s Site,
+    pub route: usize,
+    pub server: usize,
+    pub req: Req,
+    pub tried: Tried,
+}
+
+/// Where an exchange broke.
+enum Broke {
+    /// Before a response head reached the client: the proxy answers.
+    Upstream(UpError),
+    /// The client's request body could not be read: it went away, or its framing broke.
+    Client(Option<BodyError>),
+    /// After the response head was sent: only closing is left.
+    Midway(String),
+}
+
+/// How a response body goes to the client.
+struct Plan {
+    /// Re-framed as chunked (from chunked, or from a close-delimited upstream body).
+    chunked: bool,
+    /// The client connection ends after this response.
+    close: bool,
+}
+
+impl Conn<'_> {
+    /// Runs the exchange of a forwarded request and answers for the upstream when it fails.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn forward<'s, S: Transport>(
+        &self,
+        io: &mut S,
+        buf: &mut Buf,
+        out: &mut Vec<u8>,
+        host: &mut String,
+        sites: &'s Sites,
+        ex: &mut Exchange<'s>,
+        watchdog: &mut Watchdog,
+    ) -> Done {
+        let mut fresh = ex.req.upgrade;
+        let mut retried = false;
+        loop {
+            let site = ex.site;
+            let pool = &site.routes[ex.route].pool;
+            let server = &*pool.servers[ex.server];
+            let busy = Busy::new(server);
+            let idle = if fresh {
+                None
+            } else {
+                server.idle_connection()
+            };
+            let mut up = match idle {
+                Some(c) => c,
+                None => match server.connect(pool.connect_timeout).await {
+                    Ok(s) => UpConn::new(s),
+                    Err(why) => {
+                        drop(busy);
+                        pool.eject(ex.server, &why);
+                        site_error(
+                            site,
+                            self,
+                            &format!("upstream {} server {}: {why}", pool.name, server.authority),
+                        );
+                        ex.tried.add(ex.server);
+                        match self.prepare(
+                            sites,
+                            buf.as_slice(),
+                            ex.tried,
+                            ex.req.started,
+                            host,
+                            out,
+                        ) {
+                            Some(Prep::Forward {
+                                site,
+                                route,
+                                server,
+                                req,
+                            }) => {
+                                (ex.site, ex.route, ex.server) = (site, route, server);
+                                ex.req.up_head = req.up_head;
+                                continue;
+                            }
+                            Some(
+                                Prep::Answer { answer, site, .. } | Prep::Refuse { answer, site },
+                            ) => {
+                                return self.answer_for(io, buf, out, site, &ex.req, &answer).await;
+                            }
+                            // The head was complete before; it still is.
+                            None => {
+                                return self
+                                    .answer_for(
+                                        io,
+                                        buf,
+                                        out,
+                                        site,
+                                        &ex.req,
+                                        &Answer::new(502, "The service is not available"),
+                                    )
+                                    .await
+                            }
+                        }
+                    }
+                },
+            };
+            let reused = up.reused;
+            let result = self
+                .exchange(io, buf, &out[..ex.req.up_head], host, ex, &mut up, watchdog)
+                .await;
+            drop(busy);
+            match result {
+                Ok((done, reusable)) => {
+                    if reusable {
+                        server.put_back(up);
+                    }
+                    return done;
+                }
+                Err(Broke::Upstream(e))
+                    if !retried && ex.req.body == Framing::None && e.stale(reused) =>
+                {
+                    // A kept-alive connection closed by the server before our request reached
+                    // it: the request goes again, on a new connection. The head is still in
+                    // `out`, and no body byte was taken from the client.
+                    retried = true;
+                    fresh = true;
+                }
+                Err(Broke::Upstream(e)) => {
+                    let (status, msg, log) = match e {
+                        UpError::Timeout => (
+                            504,
+                            "The upstream did not answer in time",
+                            format!("no answer within {:?}", site.timeout),
+                        ),
+                        e => (502, "The upstream answer was not usable", e.to_string()),
+                    };
+                    site_error(
+                        site,
+                        self,
+                        &format!("upstream {} server {}: {log}", pool.name, server.authority),
+                    );
+                    let r = self
+                        .answer(
+                            io,
+                            out,
+                            site,
+                            &Answer::new(status, msg),
+                            ex.req.head,
+                            ex.req.minor,
+                            true,
+                        )
+                        .await;
+                    return Done {
+                        status,
+                        sent: r.unwrap_or(0),
+                        close: true,
+                    };
+                }
+                Err(Broke::Client(None)) => {
+                    return Done {
+                        status: 499,
+                        sent: 0,
+                        close: true,
+                    }
+                }
+                Err(Broke::Client(Some(e))) => {
+                    site_error(site, self, &format!("request body refused: {e}"));
+                    let r = self
+                        .answer(
+                            io,
+                            out,
+                            site,
+                            &Answer::new(400, "malformed request body"),
+                            ex.req.head,
+                            ex.req.minor,
+                            true,
+                        )
+                        .await;
+                    return Done {
+                        status: 400,
+                        sent: r.unwrap_or(0),
+                        close: true,
+                    };
+                }
+                Err(Broke::Midway(why)) => {
+                    site_error(
+                        site,
+                        self,
+                        &format!("upstream {} server {}: {why}", pool.name, server.authority),
+                    );
+                    return Done {
+                        status: 502,
+                        sent: 0,
+                        close: true,
+                    };
+                }
+            }
+        }
+    }
+
+    /// The proxy's answer in place of a forwarded request; the request's head is used up, and
+    /// a body it did not read ends the connection.
+    async fn answer_for<S: Transport>(
+        &self,
+        io: &mut S,
+        buf: &mut Buf,
+        out: &mut Vec<u8>,
+        site: &Site,
+        req: &Req,
+        a: &Answer,
+    ) -> Done {
+        buf.consume(req.len);
+        let close = req.close || req.body != Framing::None;
+        let r = self
+            .answer(io, out, site, a, req.head, req.minor, close)
+            .await;
+        Done {
+            status: a.status,
+            sent: r.as_ref().map_or(0, |n| *n),
+            close: close || r.is_err(),
+        }
+    }
+
+    /// One attempt: the request to `up`, its response to the client. Returns how it ended and
+    /// whether `up` can carry another request.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange<S: Transport>(
+        &self,
+        io: &mut S,
+        buf: &mut Buf,
+        up_head: &[u8],
+        host: &str,
+        ex: &Exchange<'_>,
+        up: &mut UpConn,
+        watchdog: &mut Watchdog,
+    ) -> Result<(Done, bool), Broke> {
+        let req = &ex.req;
+        let site = ex.site;
+        let pool = &*site.routes[ex.route].pool;
+        let handover = self.handing_over();
+        // The head as it will go to the client, built while the upstream's head is at hand.
+        let back = Back {
+            site,
+            pool: Some(pool),
+            tls: self.tls,
+            client_host: host,
+            server_header: self.shared.server_header,
+            keep_length: false,
+            keep_upgrade: false,
+        };
+        let mut client_head = buf::take();
+        let make = |r: &head::Response<'_, '_>| {
+            let mut h = std::mem::take(&mut client_head);
+            let plan = response_head(&mut h, r, req, &back, handover);
+            (h, plan)
+        };
+        if req.body == Framing::None {
+            // The usual request: one write up, the answer back.
+            up.io
+                .write_all(up_head)
+                .await
+                .map_err(|e| Broke::Upstream(UpError::Io(e)))?;
+            buf.consume(req.len);
+            let head = watchdog
+                .run_for(
+                    site.timeout,
+                    client::read_response(&mut up.io, &mut up.buf, req.head, make),
+                )
+                .await
+                .unwrap_or(Err(UpError::Timeout))
+                .map_err(Broke::Upstream)?;
+            let (mut client_head, plan) = head.made;
+            if req.upgrade && head.code == 101 {
+                return tunnel(io, buf, &client_head, up).await;
+            }
+            let mut dec = Decoder::new(head.body);
+            let sent = relay(
+                io,
+                &mut up.io,
+                &mut up.buf,
+                &mut dec,
+                &mut client_head,
+                plan.chunked,
+                site.timeout,
+                watchdog,
+            )
+            .await?;
+            buf::give_back(client_head);
+            let reusable = !head.close && dec.is_done() && up.buf.is_empty() && !req.upgrade;
+            return Ok((
+                Done {
+                    status: head.code,
+                    sent,
+                    close: plan.close,
+                },
+                reusable,
+            ));
+        }
+        // A request body: both directions at once. The upstream may answer while the body is
+        // still coming, and may need the rest of it to finish its answer (an echo, say).
+        buf.consume(req.len);
+        let mut dec_req = Decoder::new(req.body);
+        if req.expect_continue && !body_buffered(&dec_req, buf) {
+            // RFC 9110 section 10.1.1: the client waits for this before sending the body.
+            send(io, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+                .await
+                .map_err(|_| Broke::Client(None))?;
+        }
+        let progress = Deadline::after(site.timeout);
+        let head_sent = std::sync::atomic::AtomicBool::new(false);
+        let (mut cr, mut cw) = tokio::io::split(&mut *io);
+        let (mut rd, mut wr) = up.io.split();
+        let up_buf = &mut up.buf;
+        let sending = send_body(
+            &mut cr,
+            buf,
+            &mut dec_req,
+            &mut wr,
+            up_head,
+            req.body == Framing::Chunked,
+            site.timeout,
+            &progress,
+        );
+        let responding = async {
+            let head = watchdog
+                .run_moving(
+                    &progress,
+                    client::read_response(&mut rd, up_buf, req.head, make),
+                )
+                .await
+                .unwrap_or(Err(UpError::Timeout))
+                .map_err(Broke::Upstream)?;
+            if head.code == 101 {
+                return Err(Broke::Upstream(UpError::Bad(
+                    "switching protocols for a request with a body",
+                )));
+            }
+            let (mut client_head, plan) = head.made;
+            head_sent.store(true, Ordering::Relaxed);
+            let mut dec = Decoder::new(head.body);
+            let sent = relay(
+                &mut cw,
+                &mut rd,
+                up_buf,
+                &mut dec,
+                &mut client_head,
+                plan.chunked,
+                site.timeout,
+                watchdog,
+            )
+            .await?;
+            buf::give_back(client_head);
+            Ok((head.code, head.close, plan, sent, dec.is_done()))
+        };
+        tokio::pin!(sending, responding);
+        let mut body_sent = false;
+        let mut sending_over = false;
+        let (code, up_close, plan, sent, resp_done) = loop {
+            tokio::select! {
+                biased;
+                r = &mut responding => break r?,
+                r = &mut sending, if !sending_over => {
+                    sending_over = true;
+                    match r {
+                        Ok(()) => body_sent = true,
+                        // The upstream stopped reading: its answer may still come.
+                        Err(SendErr::Upstream) => {}
+                        Err(SendErr::Client(e)) => {
+                            if !head_sent.load(Ordering::Relaxed) {
+                                return Err(Broke::Client(e));
+                            }
+                            // The answer is under way and the client's body broke off.
+                            return Err(Broke::Midway("the client's request body broke off".into()));
+                        }
+                    }
+                }
+            }
+        };
+        let reusable = !up_close && body_sent && resp_done;
+        Ok((
+            Done {
+                status: code,
+                sent,
+                // The rest of an unread body would be taken for the next request.
+                close: plan.close || !body_sent,
+            },
+            reusable,
+        ))
+    }
+}
+
+/// Writes the client's response head for an upstream head `r`; says how the body goes.
+fn response_head(
+    out: &mut Vec<u8>,
+    r: &head::Response<'_, '_>,
+    req: &Req,
+    back: &Back<'_>,
+    handover: bool,
+) -> Plan {
+    let upgraded = req.upgrade && r.code == 101;
+    let no_body = r.body == Framing::None;
+    let back = Back {
+        keep_length: no_body && !upgraded,
+        keep_upgrade: upgraded,
+        ..*back
+    };
+    out.clear();
+    status_line(out, r.code, r.reason.as_bytes());
+    headers::response_fields(
+        r.headers.iter().map(|h| (h.name, h.value)),
+        &back,
+        |n, v| put(out, n, v),
+    );
+    if upgraded {
+        out.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        return Plan {
+            chunked: false,
+            close: true,
+        };
+    }
+    let (chunked, by_close) = match r.body {
+        Framing::Length(n) => {
+            put_number(out, b"content-length", n);
+            (false, false)
+        }
+        // Chunked or close-delimited: chunked to an HTTP/1.1 client, close-delimited to an
+        // HTTP/1.0 one.
+        Framing::Chunked | Framing::Close if req.minor == 1 => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            (true, false)
+        }
+        Framing::Chunked | Framing::Close => (false, true),
+        // A response without a body (HEAD, 204, 304) keeps the upstream's length, if any.
+        Framing::None => (false, false),
+    };
+    // An upgrade that was not accepted stays HTTP/1: close so no request follows an
+    // unexamined upgrade attempt.
+    let close = req.close || by_close || handover || req.upgrade;
+    connection_field(out, close, req.minor);
+    out.extend_from_slice(b"\r\n");
+    Plan { chunked, close }
+}
+
+/// After a 101: the client's head goes out, then bytes flow both ways until either side
+/// closes.
+async fn tunnel<S: Transport>(
+    io: &mut S,
+    buf: &mut Buf,
+    head: &[u8],
+    up: &mut UpConn,
+) -> Result<(Done, bool), Broke> {
+    let mut first = head.to_vec();
+    first.extend_from_slice(&up.buf.take_vec());
+    send(io, &mut first)
+        .await
+        .map_err(|e| Broke::Midway(e.to_string()))?;
+    let pending = buf.take_vec();
+    if !pending.is_empty() {
+        up.io
+            .write_all(&pending)
+            .await
+            .map_err(|e| Broke::Midway(e.to_string()))?;
+    }
+    let _ = tokio::io::copy_bidirectional(io, &mut up.io).await;
+    Ok((
+        Done {
+            status: 101,
+            sent: 0,
+            close: true,
+        },
+        false,
+    ))
+}
+
+enum SendErr {
+    Client(Option<BodyError>),
+    /// The upstream stopped reading.
+    Upstream,
+}
+
+/// Whether the rest of the body is already in `buf`.
+fn body_buffered(dec: &Decoder, buf: &Buf) -> bool {
+    dec.remaining().is_some_and(|n| n <= buf.len() as u64)
+}
+
+/// Sends the upstream head and the request body: what is in `buf` first, then what the
+/// client sends, re-chunked when `chunked`. A client silent for `timeout` is cut off; every
+/// write pushes the upstream's answer deadline (`progress`) back.
+#[allow(clippy::too_many_arguments)]
+async fn send_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    client: &mut R,
+    buf: &mut Buf,
+    dec: &mut Decoder,
+    up: &mut W,
+    up_head: &[u8],
+    chunked: bool,
+    timeout: Duration,
+    progress: &Deadline,
+) -> Result<(), SendErr> {
+    let mut pending = buf::take();
+    pending.extend_from_slice(up_head);
+    let result = async {
+        loop {
+            while !buf.is_empty() && !dec.is_done() {
+                let step = dec
+                    .decode(buf.as_slice())
+                    .map_err(|e| SendErr::Client(Some(e)))?;
+                let data = &buf.as_slice()[step.data.clone()];
+                if !data.is_empty() {
+                    if chunked {
+                        chunk_head(&mut pending, data.len());
+                        pending.extend_from_slice(data);
+                        pending.extend_from_slice(b"\r\n");
+                    } else {
+                        pending.extend_from_slice(data);
+                    }
+                }
+                buf.consume(step.consumed);
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            if dec.is_done() && chunked {
+                pending.extend_from_slice(LAST_CHUNK);
+            }
+            if !pending.is_empty() {
+                up.write_all(&pending)
+                    .await
+                    .map_err(|_| SendErr::Upstream)?;
+                progress.extend(timeout);
+                pending.clear();
+            }
+            if dec.is_done() {
+                return Ok(());
+            }
+            match tokio::time::timeout(timeout, buf.read_from(client, buf::SIZE)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(SendErr::Client(None)),
+            }
+        }
+    }
+    .await;
+    buf::give_back(pending);
+    result
+}
+
+/// Sends the response: `out` holds the client's head, the body follows from the upstream
+/// (`up_buf`, then `up`), re-chunked when `chunked`. Returns the body bytes sent.
+#[allow(clippy::too_many_arguments)]
+async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    client: &mut W,
+    up: &mut R,
+    up_buf: &mut Buf,
+    dec: &mut Decoder,
+    out: &mut Vec<u8>,
+    chunked: bool,
+    timeout: Duration,
+    watchdog: &mut Watchdog,
+) -> Result<u64, Broke> {
+    let mut sent = 0u64;
+    let midway = |e: &dyn std::fmt::Display| Broke::Midway(e.to_string());
+    loop {
+        while !up_buf.is_empty() && !dec.is_done() {
+            let step = dec.decode(up_buf.as_slice()).map_err(|e| midway(&e))?;
+            let data = &up_buf.as_slice()[step.data.clone()];
+            if !data.is_empty() {
+                if chunked {
+                    chunk_head(out, data.len());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(data);
+                }
+                sent += data.len() as u64;
+            }
+            up_buf.consume(step.consumed);
+            if step.consumed == 0 {
+                break;
+            }
+        }
+        if dec.is_done() && chunked {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        if !out.is_empty() {
+            watchdog
+                .run_for(timeout, send(client, out))
+                .await
+                .ok_or_else(|| Broke::Midway("the client stopped reading".into()))?
+                .map_err(|e| midway(&e))?;
+        }
+        if dec.is_done() {
+            return Ok(sent);
+        }
+        let n = match watchdog
+            .run_for(timeout, up_buf.read_from(up, buf::SIZE))
+            .await
+        {
+            None => {
+                return Err(Broke::Midway(format!(
+                    "silent for {timeout:?} within the answer"
+                )))
+            }
+            Some(Err(e)) => return Err(midway(&e)),
+            Some(Ok(n)) => n,
+        };
+        if n == 0 {
+            if *dec == Decoder::Close {
+                *dec = Decoder::Done;
+                continue;
+            }
+            return Err(Broke::Midway("connection closed within the answer".into()));
+        }
+    }
+}
