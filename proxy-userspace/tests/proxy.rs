@@ -266,6 +266,53 @@ async fn http2_from_clients_goes_upstream_as_http11() {
     assert_guide_headers(&r);
 }
 
+/// Streams of an HTTP/2 connection, one after the other and ten at once, share kept-alive
+/// upstream connections: each answered body gives its connection back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_reuse_upstream_connections() {
+    let g = guide("").await;
+    let s = tls_connect(g.https(), g.pki.client_config(&[b"h2"]), APP)
+        .await
+        .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let one = |tx: hyper::client::conn::http2::SendRequest<String>| async move {
+        let mut tx = tx;
+        let req = Request::get(format!("https://{APP}/page"))
+            .body(String::new())
+            .unwrap();
+        let r = tx.send_request(req).await.unwrap();
+        assert_eq!(r.status(), 200);
+        http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
+    };
+    for _ in 0..20 {
+        assert!(one(tx.clone()).await > 0);
+    }
+    let sequential = g.front.accepts.load(Ordering::Relaxed);
+    assert_eq!(sequential, 1, "20 requests one after the other");
+    for _ in 0..5 {
+        let rounds: Vec<_> = (0..10).map(|_| tokio::spawn(one(tx.clone()))).collect();
+        for r in rounds {
+            assert!(r.await.unwrap() > 0);
+        }
+    }
+    let total = g.front.accepts.load(Ordering::Relaxed);
+    assert!(
+        total <= 10,
+        "{total} upstream connections for 5 rounds of 10 streams"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_chosen_by_sni_and_sent_with_their_chain() {
     let g = guide("").await;

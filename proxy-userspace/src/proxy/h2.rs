@@ -98,6 +98,9 @@ impl Source {
         };
         match &r {
             Poll::Ready(Ok(None)) => self.end(true),
+            // hyper stops polling once the body says it has ended: the connection goes back
+            // with the last piece, not at a poll that would never come.
+            Poll::Ready(Ok(Some(_))) if dec.is_done() => self.end(true),
             Poll::Ready(Err(_)) => self.end(false),
             _ => {}
         }

@@ -15,6 +15,7 @@ mod log;
 pub mod metrics;
 mod site;
 pub mod tls;
+mod tls_stream;
 pub mod upstream;
 
 use std::{
@@ -673,8 +674,12 @@ async fn serve(
         return;
     }
     let Some(store) = &shared.tls else { return };
-    let acceptor = tokio_rustls::TlsAcceptor::from(store.config());
-    let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(stream)).await
+    let configs = store.config();
+    let stream = match tokio::time::timeout(
+        shared.handshake_timeout,
+        tls_stream::accept(stream, &configs),
+    )
+    .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -24,6 +24,7 @@ use rustls::{
 };
 use tracing::{error, info};
 
+use super::tls_stream::Configs;
 use crate::config::proxy::{Certificate, Tls};
 
 /// The certificates, by the DNS names they carry.
@@ -154,7 +155,7 @@ fn provider(tls: &Tls) -> CryptoProvider {
 }
 
 /// Builds a server configuration from the `[tls]` section, reading every file.
-pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)> {
+pub fn build(tls: &Tls) -> anyhow::Result<(Configs, Arc<SniResolver>)> {
     let provider = provider(tls);
     let mut exact = HashMap::new();
     let mut wildcard = Vec::new();
@@ -202,12 +203,12 @@ pub fn build(tls: &Tls) -> anyhow::Result<(Arc<ServerConfig>, Arc<SniResolver>)>
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.session_storage = ServerSessionMemoryCache::new(16 * 1024);
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().context("tls: session tickets")?;
-    Ok((Arc::new(cfg), resolver))
+    Ok((Configs::new(cfg), resolver))
 }
 
 /// The running TLS configuration and what it was built from.
 pub struct TlsStore {
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Configs>,
     state: std::sync::Mutex<Loaded>,
 }
 
@@ -247,12 +248,12 @@ impl TlsStore {
         let (cfg, resolver) = build(tls)?;
         info!(names = ?resolver.names, "TLS certificates loaded");
         Ok(TlsStore {
-            current: ArcSwap::new(cfg),
+            current: ArcSwap::from_pointee(cfg),
             state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone())),
         })
     }
 
-    pub fn config(&self) -> Arc<ServerConfig> {
+    pub fn config(&self) -> Arc<Configs> {
         self.current.load_full()
     }
 
@@ -294,13 +295,8 @@ impl TlsStore {
     }
 
     /// Swaps in a configuration built from `tls` (a config reload may name other files).
-    pub fn replace(
-        &self,
-        tls: &Tls,
-        (cfg, resolver): (Arc<ServerConfig>, Arc<SniResolver>),
-        why: &str,
-    ) {
-        self.current.store(cfg);
+    pub fn replace(&self, tls: &Tls, (cfg, resolver): (Configs, Arc<SniResolver>), why: &str) {
+        self.current.store(Arc::new(cfg));
         if let Ok(mut st) = self.state.lock() {
             *st = Loaded::new(tls, resolver.certs.clone());
         }

@@ -301,7 +301,7 @@ impl Conn<'_> {
                 &mut up.buf,
                 &mut dec,
                 &mut client_head,
-                plan.chunked,
+                (plan.chunked, plan.close),
                 site.timeout,
                 watchdog,
             )
@@ -323,7 +323,7 @@ impl Conn<'_> {
         let mut dec_req = Decoder::new(req.body);
         if req.expect_continue && !body_buffered(&dec_req, buf) {
             // RFC 9110 section 10.1.1: the client waits for this before sending the body.
-            send(io, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec())
+            send(io, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), true)
                 .await
                 .map_err(|_| Broke::Client(None))?;
         }
@@ -365,7 +365,7 @@ impl Conn<'_> {
                 up_buf,
                 &mut dec,
                 &mut client_head,
-                plan.chunked,
+                (plan.chunked, plan.close),
                 site.timeout,
                 watchdog,
             )
@@ -472,7 +472,7 @@ async fn tunnel<S: Transport>(
 ) -> Result<(Done, bool), Broke> {
     let mut first = head.to_vec();
     first.extend_from_slice(&up.buf.take_vec());
-    send(io, &mut first)
+    send(io, &mut first, true)
         .await
         .map_err(|e| Broke::Midway(e.to_string()))?;
     let pending = buf.take_vec();
@@ -566,7 +566,8 @@ async fn send_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 /// Sends the response: `out` holds the client's head, the body follows from the upstream
-/// (`up_buf`, then `up`), re-chunked when `chunked`. Returns the body bytes sent.
+/// (`up_buf`, then `up`), re-chunked when `chunked`; `closing`: the connection closes after
+/// it, and the close sends the end of it. Returns the body bytes sent.
 #[allow(clippy::too_many_arguments)]
 async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     client: &mut W,
@@ -574,7 +575,7 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     up_buf: &mut Buf,
     dec: &mut Decoder,
     out: &mut Vec<u8>,
-    chunked: bool,
+    (chunked, closing): (bool, bool),
     timeout: Duration,
     watchdog: &mut Watchdog,
 ) -> Result<u64, Broke> {
@@ -604,7 +605,7 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         }
         if !out.is_empty() {
             watchdog
-                .run_for(timeout, send(client, out))
+                .run_for(timeout, send(client, out, !(closing && dec.is_done())))
                 .await
                 .ok_or_else(|| Broke::Midway("the client stopped reading".into()))?
                 .map_err(|e| midway(&e))?;

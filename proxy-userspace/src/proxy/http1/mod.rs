@@ -62,14 +62,13 @@ impl Transport for TcpStream {
     }
 }
 
-impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+impl Transport for super::tls_stream::TlsStream {
     fn poll_ready_to_read(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let (tcp, tls) = self.get_ref();
-        if !tls.wants_read() {
+        if self.buffered() {
             // Decrypted bytes (or a close) wait inside rustls.
             return Poll::Ready(Ok(()));
         }
-        tcp.poll_read_ready(cx)
+        self.get_ref().0.poll_read_ready(cx)
     }
 }
 
@@ -238,6 +237,7 @@ pub async fn serve<S: Transport>(
                 let _ = conn
                     .answer(&mut io, &mut out, site, &answer, false, 1, true)
                     .await;
+                let _ = io.shutdown().await;
                 conn.shared
                     .metrics
                     .record(&site.label, answer.status, None, started.elapsed());
@@ -505,7 +505,7 @@ impl Conn<'_> {
         if !head_request {
             out.extend_from_slice(body.as_bytes());
         }
-        send(io, out).await?;
+        send(io, out, !close).await?;
         Ok(if head_request { 0 } else { body.len() as u64 })
     }
 
@@ -589,10 +589,14 @@ fn put_number(out: &mut Vec<u8>, name: &[u8], n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes all of `out` and flushes (TLS), then empties it.
-async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+/// Writes all of `out`, then empties it. `flush`: out to the socket now (TLS queues what is
+/// written); the last write before a close leaves it to the close, which sends it with the
+/// `close_notify` in one write.
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>, flush: bool) -> io::Result<()> {
     io.write_all(out).await?;
-    io.flush().await?;
+    if flush {
+        io.flush().await?;
+    }
     out.clear();
     Ok(())
 }
