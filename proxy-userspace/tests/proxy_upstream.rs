@@ -292,3 +292,148 @@ listeners = ["web"]
     assert_eq!(who().await, "b", "refused: nothing changed");
     assert!(!conn.is_finished(), "the connection stayed open");
 }
+
+/// A raw upstream: answers `ok` to the requests of a connection while `answer(n)` says so for
+/// its `n`th request (from 0), else closes it unanswered; waits `linger` after each answer.
+/// Counts connections and the POSTs that reached it.
+struct RawUpstream {
+    addr: std::net::SocketAddr,
+    accepts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    posts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawUpstream {
+    async fn start(answer: fn(usize) -> bool, close_after: Option<Duration>) -> RawUpstream {
+        use std::sync::{atomic::AtomicUsize, Arc};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let posts = Arc::new(AtomicUsize::new(0));
+        let (a, p) = (accepts.clone(), posts.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::Relaxed);
+                let p = p.clone();
+                tokio::spawn(async move {
+                    for n in 0.. {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut buf).await {
+                                Ok(k) if k > 0 => head.extend_from_slice(&buf[..k]),
+                                _ => return,
+                            }
+                        }
+                        if head.starts_with(b"POST") {
+                            p.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if !answer(n) {
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        if let Some(d) = close_after {
+                            tokio::time::sleep(d).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            accepts,
+            posts,
+        }
+    }
+}
+
+/// Sends `method` on one client connection (so every request goes through the same proxy
+/// thread and finds the upstream connection the previous one left); the status.
+async fn one_request(c: &mut tokio::net::TcpStream, method: &str, i: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    c.write_all(
+        format!("{method} /{i} HTTP/1.1\r\nHost: site\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "request {i} ({method}): the proxy closed");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return status_of(&text);
+            }
+        }
+    }
+}
+
+/// An upstream that closes each kept-alive connection 50 ms after answering (an idle timeout
+/// shorter than the client's pause between requests): every request still gets its answer,
+/// and each POST reaches the upstream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_upstream_closed_while_idle_are_not_a_failure() {
+    let up = RawUpstream::start(|_| true, Some(Duration::from_millis(50))).await;
+    let p = start_proxy(&config(&[up.addr.to_string()], "round-robin", ""));
+    let mut c = tokio::net::TcpStream::connect(addr_of(&p, "http"))
+        .await
+        .unwrap();
+    for (i, method) in ["GET", "GET", "POST", "GET", "POST"].iter().enumerate() {
+        assert_eq!(
+            one_request(&mut c, method, i).await,
+            200,
+            "request {i} ({method})"
+        );
+        // The upstream closes its side meanwhile.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(up.posts.load(Ordering::Relaxed), 2);
+    assert!(up.accepts.load(Ordering::Relaxed) >= 5);
+}
+
+/// A kept-alive connection that breaks under a request without an answer (the upstream
+/// dropped it just then): an idempotent request goes again on a new connection; a POST is
+/// never sent twice and gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_sent_again_on_a_new_connection() {
+    // Each connection answers its first request and drops the second.
+    let up = RawUpstream::start(|n| n == 0, None).await;
+    let p = start_proxy(&config(&[up.addr.to_string()], "round-robin", ""));
+    let mut c = tokio::net::TcpStream::connect(addr_of(&p, "http"))
+        .await
+        .unwrap();
+    assert_eq!(one_request(&mut c, "GET", 0).await, 200);
+    // On the kept-alive connection: dropped, then answered on a new one.
+    assert_eq!(one_request(&mut c, "GET", 1).await, 200);
+    assert_eq!(up.accepts.load(Ordering::Relaxed), 2);
+    // The connection left by the retried GET is kept: the POST goes there and is dropped.
+    let posted = one_request(&mut c, "POST", 2).await;
+    assert_eq!(
+        up.posts.load(Ordering::Relaxed),
+        1,
+        "the POST reached the upstream once"
+    );
+    assert_eq!(posted, 502);
+}

@@ -351,6 +351,7 @@ async fn forward(
         }
     };
     let client = headers::canonical(conn.peer.ip()).to_string();
+    let retriable = framing == Framing::None && super::http1::idempotent(parts.method.as_str());
     // Taken by the task that sends it (a request with a body is never retried after that).
     let mut body = Some(body);
     let mut tried = Tried::default();
@@ -384,7 +385,7 @@ async fn forward(
         let idle = if fresh {
             None
         } else {
-            server.idle_connection()
+            server.idle_connection(!retriable)
         };
         let mut up = match idle {
             Some(c) => c,
@@ -531,7 +532,7 @@ async fn forward(
                 *r.status_mut() = status;
                 return (r, h.made);
             }
-            Err(e) if !retried && framing == Framing::None && e.stale(reused) => {
+            Err(e) if !retried && retriable && e.stale(reused) => {
                 retried = true;
                 fresh = true;
                 drop(busy);

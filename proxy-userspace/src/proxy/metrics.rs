@@ -54,8 +54,8 @@ struct Requests {
 
 #[derive(Default)]
 struct Shard {
-    requests: HashMap<(usize, u16, usize), Requests>,
-    latency: HashMap<usize, (Arc<str>, Histogram)>,
+    requests: HashMap<(usize, u16, usize), Requests, super::fasthash::Fast>,
+    latency: HashMap<usize, (Arc<str>, Histogram), super::fasthash::Fast>,
 }
 
 fn addr(s: &Arc<str>) -> usize {

@@ -8,6 +8,7 @@
 //! address yet, and nothing is rebound at failover.
 mod buf;
 mod client;
+mod fasthash;
 mod h2;
 mod headers;
 mod http1;
@@ -226,7 +227,7 @@ fn build_routing(
         });
         for l in &v.listeners {
             let s = sites.entry(l.clone()).or_insert_with(|| Sites {
-                exact: HashMap::new(),
+                exact: HashMap::default(),
                 wildcard: Vec::new(),
                 default: site.clone(),
             });

@@ -33,7 +33,7 @@ pub struct Route {
 
 /// The vhosts one listener serves, by name.
 pub struct Sites {
-    pub exact: HashMap<String, Arc<Site>>,
+    pub exact: HashMap<String, Arc<Site>, super::fasthash::Fast>,
     /// `*.example.com` as `.example.com`.
     pub wildcard: Vec<(String, Arc<Site>)>,
     /// The first vhost of the listener (Apache's rule).

@@ -345,11 +345,13 @@ impl Server {
             .sum()
     }
 
-    /// A kept-alive connection of this thread that can still carry a request.
-    pub fn idle_connection(&self) -> Option<UpConn> {
+    /// A kept-alive connection of this thread. `checked`: only one that nothing arrived on
+    /// since its last response (a request that cannot be sent again needs that; one that can
+    /// is sent again on a new connection if the server had closed this one).
+    pub fn idle_connection(&self, checked: bool) -> Option<UpConn> {
         let mut idle = self.idle_list().lock().ok()?;
         while let Some(mut c) = idle.pop() {
-            if c.usable() {
+            if !checked || c.usable() {
                 c.reused = true;
                 return Some(c);
             }
@@ -359,7 +361,7 @@ impl Server {
 
     /// An idle connection, or a new one; the error says why none could be made.
     pub async fn connection(&self, connect_timeout: Duration) -> Result<UpConn, String> {
-        if let Some(c) = self.idle_connection() {
+        if let Some(c) = self.idle_connection(true) {
             return Ok(c);
         }
         self.connect(connect_timeout).await.map(UpConn::new)

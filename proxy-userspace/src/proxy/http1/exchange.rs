@@ -70,7 +70,7 @@ impl Conn<'_> {
             let idle = if fresh {
                 None
             } else {
-                server.idle_connection()
+                server.idle_connection(!retriable(&ex.req))
             };
             let mut up = match idle {
                 Some(c) => c,
@@ -137,9 +137,7 @@ impl Conn<'_> {
                     }
                     return done;
                 }
-                Err(Broke::Upstream(e))
-                    if !retried && ex.req.body == Framing::None && e.stale(reused) =>
-                {
+                Err(Broke::Upstream(e)) if !retried && retriable(&ex.req) && e.stale(reused) => {
                     // A kept-alive connection closed by the server before our request reached
                     // it: the request goes again, on a new connection. The head is still in
                     // `out`, and no body byte was taken from the client.
@@ -408,6 +406,12 @@ impl Conn<'_> {
             reusable,
         ))
     }
+}
+
+/// Whether a request can go again on a new connection when a kept-alive one turns out closed:
+/// idempotent, and without a body (whose bytes were taken from the client).
+fn retriable(req: &Req) -> bool {
+    req.idempotent && req.body == Framing::None
 }
 
 /// Writes the client's response head for an upstream head `r`; says how the body goes.

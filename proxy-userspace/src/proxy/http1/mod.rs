@@ -117,6 +117,8 @@ struct Req {
     body: Framing,
     /// HEAD: the response has no body.
     head: bool,
+    /// RFC 9110 section 9.2.2: the request may be sent again.
+    idempotent: bool,
     minor: u8,
     /// The client asked to close after this exchange.
     close: bool,
@@ -386,6 +388,7 @@ impl Conn<'_> {
             len: r.len,
             body: r.body,
             head: r.method == "HEAD",
+            idempotent: idempotent(r.method),
             minor: r.minor,
             close: r.close,
             expect_continue: r.expect_continue,
@@ -513,6 +516,14 @@ impl Conn<'_> {
     fn handing_over(&self) -> bool {
         self.shared.handover.load(Ordering::Acquire)
     }
+}
+
+/// RFC 9110 section 9.2.2.
+pub(crate) fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// `Connection` for a response: `close`, or `keep-alive` to an HTTP/1.0 client that stays.
