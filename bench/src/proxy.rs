@@ -387,6 +387,8 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU the proxy (all its processes and threads) spent per request, in µs.
+    cpu_us: f64,
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -400,7 +402,21 @@ fn parse_ms(s: &str) -> Option<f64> {
     })
 }
 
-fn run_load(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<Sample> {
+/// Runs `load` against `peer` (process group `pgid`) and measures the proxy's CPU meanwhile.
+fn run_load(load: Load, peer: &Peer, secs: u64, pgid: u32) -> anyhow::Result<Sample> {
+    let before = group_cpu_ns(pgid);
+    let (mut sample, requests) = load_only(load, peer, secs)?;
+    let spent = group_cpu_ns(pgid).saturating_sub(before);
+    sample.cpu_us = if requests > 0.0 {
+        spent as f64 / 1000.0 / requests
+    } else {
+        f64::NAN
+    };
+    Ok(sample)
+}
+
+/// The load tool's figures and the requests it completed.
+fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)> {
     match load {
         Load::Http2 => {
             let out = Command::new("h2load")
@@ -429,11 +445,22 @@ fn run_load(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<Sample> {
                 .and_then(|l| l.split_whitespace().nth(5))
                 .and_then(parse_ms)
                 .unwrap_or(f64::NAN);
-            Ok(Sample {
-                rps,
-                p50_ms: mean,
-                p99_ms: f64::NAN,
-            })
+            let done: f64 = text
+                .lines()
+                .find(|l| l.starts_with("requests:"))
+                .and_then(|l| l.split(", ").find(|p| p.ends_with(" succeeded")))
+                .and_then(|p| p.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            Ok((
+                Sample {
+                    rps,
+                    p50_ms: mean,
+                    p99_ms: f64::NAN,
+                    cpu_us: f64::NAN,
+                },
+                done,
+            ))
         }
         _ => {
             let (url, extra): (String, &[&str]) = match load {
@@ -481,36 +508,67 @@ fn run_load(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<Sample> {
             if let Some(l) = text.lines().find(|l| l.contains("Non-2xx or 3xx")) {
                 bail!("{}: {l}", peer.name);
             }
-            Ok(Sample {
-                rps,
-                p50_ms: pct("50%"),
-                p99_ms: pct("99%"),
-            })
+            let done: f64 = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.contains(" requests in "))
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0.0);
+            Ok((
+                Sample {
+                    rps,
+                    p50_ms: pct("50%"),
+                    p99_ms: pct("99%"),
+                    cpu_us: f64::NAN,
+                },
+                done,
+            ))
         }
     }
 }
 
+/// The processes of `pgid`'s process group.
+fn group_pids(pgid: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                after.split_whitespace().nth(2).and_then(|s| s.parse().ok()) == Some(pgid)
+            })
+        })
+        .collect()
+}
+
+/// CPU time of every thread of every process in `pgid`'s process group, in ns.
+fn group_cpu_ns(pgid: u32) -> u64 {
+    group_pids(pgid)
+        .into_iter()
+        .flat_map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
 /// Resident memory of every process in `pgid`'s process group, in KiB.
 fn group_rss_kib(pgid: u32) -> u64 {
-    let mut total = 0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let pg: Option<u32> = after.split_whitespace().nth(2).and_then(|s| s.parse().ok());
-        if pg != Some(pgid) {
-            continue;
-        }
-        total += crate::report::rss_kib(&pid.to_string());
-    }
-    total
+    group_pids(pgid)
+        .into_iter()
+        .map(|pid| crate::report::rss_kib(&pid.to_string()))
+        .sum()
 }
 
 /// Memory a proxy holds for `n` idle keep-alive client connections (each sent one request),
@@ -572,8 +630,9 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
         for &pi in &order {
             let peer = &PEERS[pi];
             let procs = start(peer, &dir)?;
+            let pgid = procs.first().map_or(0, |p| p.0.id());
             // Warm up: connections, TLS session caches, upstream keep-alive.
-            let _ = run_load(Load::Plain, peer, 1);
+            let _ = load_only(Load::Plain, peer, 1);
             for (li, &load) in loads.iter().enumerate() {
                 done += 1;
                 let left = (t0.elapsed().as_secs_f64() / done as f64) * (total_runs - done) as f64;
@@ -584,7 +643,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                     load.label(),
                     left
                 );
-                samples[li][pi].push(run_load(load, peer, secs)?);
+                samples[li][pi].push(run_load(load, peer, secs, pgid)?);
             }
             drop(procs);
             std::thread::sleep(Duration::from_millis(300));
@@ -613,6 +672,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             if !matches!(load, Load::Http2) {
                 p99s[pi].1.push(p99);
             }
+            let cpu =
+                median_spread(&samples[li][pi].iter().map(|x| x.cpu_us).collect::<Vec<_>>()).0;
             rows.push(vec![
                 peer.name.to_string(),
                 format!("{:.0}", med[pi].0),
@@ -627,30 +688,38 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                 } else {
                     format!("{p99:.2}")
                 },
+                format!("{cpu:.1}"),
                 format!("{:.2}", med[pi].0 / best_peer),
             ]);
             raw.insert(
                 format!("{}/{}", load.label(), peer.name),
                 json!(samples[li][pi]
                     .iter()
-                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms}))
+                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "cpu_us": s.cpu_us}))
                     .collect::<Vec<_>>()),
             );
         }
         report.tables.push(Table {
             title: load.label().to_string(),
-            columns: ["proxy", "req/s (median)", "spread", "p50 ms", "p99 ms", "ratio to best peer"]
+            columns: ["proxy", "req/s (median)", "spread", "p50 ms", "p99 ms", "proxy CPU µs/req", "ratio to best peer"]
                 .map(String::from)
                 .to_vec(),
             rows,
-            notes: vec![if matches!(load, Load::Http2) {
-                "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
-            } else {
-                format!(
-                    "wrk: 1 thread, {} connections, {secs} s per round.",
-                    if matches!(load, Load::TlsHandshakes) { 16 } else { 64 }
-                )
-            }],
+            notes: vec![
+                if matches!(load, Load::Http2) {
+                    "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
+                } else {
+                    format!(
+                        "wrk: 1 thread, {} connections, {secs} s per round.",
+                        if matches!(load, Load::TlsHandshakes) { 16 } else { 64 }
+                    )
+                },
+                "Proxy CPU: every thread of every process of the proxy (/proc/*/task/*/schedstat) \
+                 during the load, divided by the requests the load tool completed; median of the \
+                 rounds. It is steadier than req/s, which also moves with how the two cores are \
+                 shared with the load tool and the backend."
+                    .into(),
+            ],
             plot: Some(Plot {
                 title: format!("{}: requests per second", load.label()),
                 y_label: "req/s (median)".into(),
