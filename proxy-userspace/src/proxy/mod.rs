@@ -655,25 +655,48 @@ async fn serve(
     tls: bool,
     sites: Arc<ArcSwap<Sites>>,
     shared: &Arc<Shared>,
+    drain: watch::Receiver<bool>,
+) {
+    if tls {
+        // Boxed: a rustls connection is large, and a plain connection's task should not carry
+        // room for one.
+        Box::pin(serve_tls(stream, peer, sites, shared, drain)).await;
+    } else {
+        serve_plain(stream, peer, sites, shared, drain).await;
+    }
+}
+
+async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    sites: Arc<ArcSwap<Sites>>,
+    shared: &Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let conn = http1::Conn {
+        peer,
+        client: headers::canonical(peer.ip()).to_string(),
+        tls: false,
+        sni: None,
+        sites: &sites,
+        shared,
+    };
+    if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
+        // HTTP/2 with prior knowledge (h2c): hyper takes it from the preface on.
+        let io = h2::Rewind::new(io, early);
+        // Boxed, like every HTTP/2 connection: an HTTP/1 connection's task stays small.
+        Box::pin(run_h2(io, peer, false, None, sites, shared, drain)).await;
+    }
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    sites: Arc<ArcSwap<Sites>>,
+    shared: &Arc<Shared>,
     mut drain: watch::Receiver<bool>,
 ) {
     let client = headers::canonical(peer.ip()).to_string();
-    if !tls {
-        let conn = http1::Conn {
-            peer,
-            client,
-            tls: false,
-            sni: None,
-            sites: &sites,
-            shared,
-        };
-        if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
-            // HTTP/2 with prior knowledge (h2c): hyper takes it from the preface on.
-            let io = h2::Rewind::new(io, early);
-            run_h2(io, peer, false, None, sites, shared, drain).await;
-        }
-        return;
-    }
     let Some(store) = &shared.tls else { return };
     let configs = store.config();
     let stream = match tokio::time::timeout(
@@ -694,7 +717,7 @@ async fn serve(
     };
     let sni = stream.get_ref().1.server_name().map(str::to_string);
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        run_h2(stream, peer, true, sni, sites, shared, drain).await;
+        Box::pin(run_h2(stream, peer, true, sni, sites, shared, drain)).await;
         return;
     }
     let conn = http1::Conn {
@@ -707,7 +730,7 @@ async fn serve(
     };
     if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
         let io = h2::Rewind::new(io, early);
-        run_h2(io, peer, true, sni, sites, shared, drain).await;
+        Box::pin(run_h2(io, peer, true, sni, sites, shared, drain)).await;
     }
 }
 

@@ -290,7 +290,7 @@ impl Conn<'_> {
                 .map_err(Broke::Upstream)?;
             let (mut client_head, plan) = head.made;
             if req.upgrade && head.code == 101 {
-                return tunnel(io, buf, &client_head, up).await;
+                return Box::pin(tunnel(io, buf, &client_head, up)).await;
             }
             let mut dec = Decoder::new(head.body);
             let sent = relay(
@@ -315,8 +315,26 @@ impl Conn<'_> {
                 reusable,
             ));
         }
-        // A request body: both directions at once. The upstream may answer while the body is
-        // still coming, and may need the rest of it to finish its answer (an echo, say).
+        // A request body: both directions at once (boxed: rarer, and large).
+        Box::pin(self.exchange_with_body(io, buf, up_head, ex, up, watchdog, make)).await
+    }
+
+    /// [`Conn::exchange`] for a request with a body.
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange_with_body<S: Transport>(
+        &self,
+        io: &mut S,
+        buf: &mut Buf,
+        up_head: &[u8],
+        ex: &Exchange<'_>,
+        up: &mut UpConn,
+        watchdog: &mut Watchdog,
+        make: impl FnMut(&head::Response<'_, '_>) -> (Vec<u8>, Plan),
+    ) -> Result<(Done, bool), Broke> {
+        let req = &ex.req;
+        let site = ex.site;
+        // The upstream may answer while the body is still coming, and may need the rest of it
+        // to finish its answer (an echo, say).
         buf.consume(req.len);
         let mut dec_req = Decoder::new(req.body);
         if req.expect_continue && !body_buffered(&dec_req, buf) {
