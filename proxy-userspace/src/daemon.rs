@@ -425,13 +425,17 @@ impl Router {
     }
 }
 
-/// The engines' next deadline as a timerfd on CLOCK_MONOTONIC, the engines' own clock. Arming
-/// it is one system call and its expiry makes the fd readable. (A tokio timer moved to an
-/// earlier deadline from inside the runtime makes the runtime wake itself once more: at 10 ms
-/// adverts that was an extra write and two extra epoll_waits per advert.)
+/// The engines' next deadline as a timerfd on CLOCK_MONOTONIC, the engines' own clock. Its
+/// expiry makes the fd readable. A master's steady cadence is one periodic arming: each advert
+/// then costs the wake-up, one read and the send, with no system call to re-arm the timer. A
+/// tokio timer moved to an earlier deadline from inside the runtime would make the runtime wake
+/// itself once more.
 struct DeadlineTimer {
     fd: tokio::io::unix::AsyncFd<Tfd>,
+    /// The next expiry the timer is armed for.
     armed: Option<Duration>,
+    /// Its period, when periodic.
+    period: Option<Duration>,
 }
 
 /// `AsyncFd` wants `AsRawFd`; nix's `TimerFd` has `AsFd`.
@@ -460,48 +464,69 @@ impl DeadlineTimer {
                 )
             }?,
             armed: None,
+            period: None,
         })
     }
 
-    /// Fires at `deadline` (monotonic time), or never.
-    fn arm(&mut self, deadline: Option<Duration>) {
+    /// Fires at `deadline` (monotonic time), or never; then every `period` after it, if given.
+    /// Nothing to do when it is armed so already.
+    fn arm(&mut self, deadline: Option<Duration>, period: Option<Duration>) {
         use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
-        if deadline == self.armed {
+        if deadline == self.armed && (deadline.is_none() || period == self.period) {
             return;
         }
         let r = match deadline {
             // An all-zero value would disarm the timer; a deadline is never at boot time.
-            Some(d) => self.fd.get_ref().0.set(
-                Expiration::OneShot(nix::sys::time::TimeSpec::from_duration(
-                    d.max(Duration::from_nanos(1)),
-                )),
-                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
-            ),
+            Some(d) => {
+                let at = nix::sys::time::TimeSpec::from_duration(d.max(Duration::from_nanos(1)));
+                let exp = match period {
+                    Some(p) => {
+                        Expiration::IntervalDelayed(at, nix::sys::time::TimeSpec::from_duration(p))
+                    }
+                    None => Expiration::OneShot(at),
+                };
+                self.fd
+                    .get_ref()
+                    .0
+                    .set(exp, TimerSetTimeFlags::TFD_TIMER_ABSTIME)
+            }
             None => self.fd.get_ref().0.unset(),
         };
         match r {
-            Ok(()) => self.armed = deadline,
+            Ok(()) => {
+                self.armed = deadline;
+                self.period = period.filter(|_| deadline.is_some());
+            }
             // Cannot happen with a valid fd; leave it unarmed so the next loop tries again.
             Err(e) => {
                 warn!("arming the engines' timer: {e}");
                 self.armed = None;
+                self.period = None;
             }
         }
     }
 
-    /// Waits until the armed deadline has passed.
+    /// Waits for the timer's next expiry.
     async fn expired(&mut self) {
         loop {
             let Ok(mut guard) = self.fd.readable().await else {
                 return std::future::pending().await;
             };
-            // Reading the expiration count clears the readiness.
-            match guard.try_io(|fd| fd.get_ref().0.wait().map_err(std::io::Error::from)) {
-                Ok(Ok(())) => {
+            // Reading clears the readiness and, for a periodic timer, is what re-arms it (the
+            // kernel forwards a periodic timerfd when it is read, not when it fires).
+            let mut ticks = [0u8; 8];
+            match guard.try_io(|fd| {
+                nix::unistd::read(&fd.get_ref().0, &mut ticks).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(8)) => {
                     // Consumed: wait for the next expiry's edge instead of reading again to
                     // learn that the fd is empty.
                     guard.clear_ready();
-                    self.armed = None;
+                    let n = u32::try_from(u64::from_ne_bytes(ticks)).unwrap_or(u32::MAX);
+                    self.armed = match (self.armed, self.period) {
+                        (Some(at), Some(p)) => Some(at + p * n.max(1)),
+                        _ => None,
+                    };
                     return;
                 }
                 Ok(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
@@ -511,6 +536,21 @@ impl DeadlineTimer {
                 }
                 _ => continue,
             }
+        }
+    }
+}
+
+/// Every engine whose deadline has passed handles it (a backup reads the guard's record first:
+/// an advert it holds moves the master-down deadline).
+async fn handle_timeouts(routers: &mut [Router], dp: &Dataplane, ctx: &Ctx) {
+    let t = now();
+    for r in routers {
+        if r.engine.poll_timeout().is_some_and(|d| d <= t) {
+            if r.engine.state() == State::Backup {
+                r.refresh_from_guard(dp);
+            }
+            r.engine.handle_timeout(t);
+            r.act(ctx).await;
         }
     }
 }
@@ -575,9 +615,22 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         r.act(&ctx).await;
     }
     let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
+    let mut handled: Option<Duration> = None;
     loop {
         let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
-        timer.arm(deadline);
+        // One master whose adverts make the next deadline: a periodic timer carries them.
+        let period = match routers.as_slice() {
+            [r] if r.engine.poll_timeout() == deadline => r.engine.advert_period(),
+            _ => None,
+        };
+        timer.arm(deadline, period);
+        if deadline.is_some_and(|d| d <= now()) && deadline != handled {
+            // Already due (an expiry may have been folded into the one just handled). Once per
+            // deadline: one that handling leaves due waits for the timer like any other.
+            handled = deadline;
+            handle_timeouts(&mut routers, &dp, &ctx).await;
+            continue;
+        }
         let health_changed = async {
             match &mut health {
                 Some(h) => h.changed().await.is_ok(),
@@ -606,6 +659,10 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
+            // The timer first: at 10 ms adverts it is most of what wakes the loop, and a tick
+            // then costs no poll of the other sources.
+            biased;
+            _ = timer.expired() => handle_timeouts(&mut routers, &dp, &ctx).await,
             ev = dp.next_event() => match ev {
                 Some(ev) => {
                     let key = InstanceKey::new(ev.ifindex, ev.vrid);
@@ -624,18 +681,6 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 }
                 None => break,
             },
-            _ = timer.expired() => {
-                let t = now();
-                for r in &mut routers {
-                    if r.engine.poll_timeout().is_some_and(|d| d <= t) {
-                        if r.engine.state() == State::Backup {
-                            r.refresh_from_guard(&dp);
-                        }
-                        r.engine.handle_timeout(t);
-                        r.act(&ctx).await;
-                    }
-                }
-            }
             Some(change) = link_rx.recv() => {
                 for r in routers.iter_mut().filter(|r| r.key.ifindex == change.ifindex) {
                     r.link_up = change.up;
@@ -742,6 +787,10 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let until = tokio::time::Instant::now() + bound;
     while !waiting.is_empty() {
         tokio::select! {
+            // The timer first: at 10 ms adverts it is most of what wakes the loop, and a tick
+            // then costs no poll of the other sources.
+            biased;
+            _ = timer.expired() => handle_timeouts(&mut routers, &dp, &ctx).await,
             ev = dp.next_event() => match ev {
                 Some(ev) if ev.priority > 0 => {
                     let key = InstanceKey::new(ev.ifindex, ev.vrid);

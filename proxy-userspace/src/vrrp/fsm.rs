@@ -224,6 +224,13 @@ impl Instance {
             .min()
     }
 
+    /// The advert period while master: the I/O layer can keep a periodic timer for it.
+    pub fn advert_period(&self) -> Option<Duration> {
+        self.adver_timer
+            .filter(|_| self.state == State::Master)
+            .map(|_| self.cfg.advert_interval.as_duration())
+    }
+
     /// The master-down deadline while backup (the I/O layer reads the guard's map before it).
     pub fn master_down_deadline(&self) -> Option<Duration> {
         self.master_down_timer
@@ -263,11 +270,20 @@ impl Instance {
 
     /// Timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Duration) {
-        if self.adver_timer.is_some_and(|t| t <= now) && self.state == State::Master {
+        if let Some(due) = self
+            .adver_timer
+            .filter(|&t| t <= now && self.state == State::Master)
+        {
             self.actions.push_back(Action::SendAdvert {
                 priority: self.effective_priority(),
             });
-            self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
+            // RFC 5798 section 6.4.3: reset the Adver_Timer to Advertisement_Interval. Counted
+            // from when it was due rather than from when the I/O layer got round to it, so the
+            // adverts keep their cadence (and a periodic timer can carry them); a whole interval
+            // missed starts afresh instead of sending a burst to catch up.
+            let interval = self.cfg.advert_interval.as_duration();
+            let next = due + interval;
+            self.adver_timer = Some(if next > now { next } else { now + interval });
         }
         if self.refresh_timer.is_some_and(|t| t <= now) && self.state == State::Master {
             self.actions.push_back(Action::Reannounce);

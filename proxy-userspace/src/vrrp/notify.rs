@@ -105,6 +105,8 @@ mod tests {
     #[tokio::test]
     async fn in_order_one_at_a_time_without_blocking() {
         let dir = std::env::temp_dir().join(format!("hapd-notify-{}", std::process::id()));
+        // A run interrupted before its cleanup may have left a log under a reused pid.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
         // Each call sleeps a little, then appends its arguments: if two ran at once, or out of

@@ -717,3 +717,31 @@ fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
     assert_eq!(t - ms(4_000), Duration::from_nanos(39_960_937));
     s.golden("a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down");
 }
+
+/// RFC 5798 section 6.4.3, as the I/O layer meets it: a master whose timer is handled late
+/// keeps its cadence (the next advert is due one interval after the last was due, not after
+/// it was sent), and one handled more than an interval late starts afresh instead of sending
+/// the missed adverts in a burst.
+#[test]
+fn adverts_keep_their_cadence_when_handled_late() {
+    let mut i = Instance::new(cfg(0, 255, 1)); // owner: master at start-up, 10 ms adverts
+    i.handle_startup(ms(0));
+    assert_eq!(i.state(), State::Master);
+    assert_eq!(i.advert_period(), Some(ms(10)));
+    let sends = |i: &mut Instance| {
+        std::iter::from_fn(|| i.poll_action())
+            .filter(|a| matches!(a, Action::SendAdvert { .. }))
+            .count()
+    };
+    let _ = sends(&mut i);
+    let first = i.poll_timeout().unwrap();
+    // Handled 3 ms late: one advert, and the next one stays on the grid.
+    i.handle_timeout(first + ms(3));
+    assert_eq!(sends(&mut i), 1);
+    assert_eq!(i.poll_timeout(), Some(first + ms(10)));
+    // Handled 25 ms late (two whole intervals missed): one advert, then a fresh interval.
+    let due = first + ms(10);
+    i.handle_timeout(due + ms(25));
+    assert_eq!(sends(&mut i), 1, "no burst for the missed adverts");
+    assert_eq!(i.poll_timeout(), Some(due + ms(25) + ms(10)));
+}
