@@ -437,3 +437,71 @@ async fn only_idempotent_requests_are_sent_again_on_a_new_connection() {
     );
     assert_eq!(posted, 502);
 }
+
+/// An upstream that delimits its body by closing (no length, not chunked): an HTTP/1.1 client
+/// gets it chunked, ended by the last chunk, on a connection that stays open; an HTTP/1.0
+/// client gets it delimited by the close, as it came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_delimited_by_close_reaches_every_client_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst ")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = s.write_all(b"second").await;
+                // Dropping the socket ends the body.
+            });
+        }
+    });
+    let p = start_proxy(&config(&[addr.to_string()], "round-robin", ""));
+    let proxy = addr_of(&p, "http");
+
+    // HTTP/1.1: chunked, then a second request on the same connection.
+    let mut c = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut all = Vec::new();
+    for i in 0..2 {
+        c.write_all(format!("GET /{i} HTTP/1.1\r\nHost: site\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        let start = all.len();
+        while !all[start..].ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                .await
+                .expect("the whole chunked answer")
+                .unwrap();
+            assert!(n > 0, "closed before the last chunk");
+            all.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&all[start..]).to_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        assert!(!text.contains("connection: close"), "{text}");
+        let body = text.split_once("\r\n\r\n").unwrap().1;
+        assert_eq!(body, "6\r\nfirst \r\n6\r\nsecond\r\n0\r\n\r\n", "{text}");
+    }
+
+    // HTTP/1.0: as it came, ended by the close.
+    let out = raw(proxy, b"GET /old HTTP/1.0\r\nHost: site\r\n\r\n").await;
+    let lower = out.to_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{out}");
+    assert!(!lower.contains("transfer-encoding"), "{out}");
+    assert!(lower.contains("connection: close"), "{out}");
+    assert!(out.ends_with("\r\n\r\nfirst second"), "{out}");
+}

@@ -74,6 +74,19 @@ impl std::fmt::Display for UpError {
 }
 
 impl UpError {
+    /// The proxy's answer to the client for this failure, and the error log's words for it:
+    /// 504 when the upstream was silent for `timeout`, else 502.
+    pub fn answer(&self, timeout: Duration) -> (u16, &'static str, String) {
+        match self {
+            UpError::Timeout => (
+                504,
+                "The upstream did not answer in time",
+                format!("no answer within {timeout:?}"),
+            ),
+            e => (502, "The upstream answer was not usable", e.to_string()),
+        }
+    }
+
     /// A kept-alive connection the server had closed before the request reached it: the
     /// request may go again on a new connection.
     pub fn stale(&self, conn_reused: bool) -> bool {

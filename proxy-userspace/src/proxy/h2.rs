@@ -538,14 +538,7 @@ async fn forward(
                 drop(busy);
             }
             Err(e) => {
-                let (status, msg, log) = match e {
-                    UpError::Timeout => (
-                        504,
-                        "The upstream did not answer in time",
-                        format!("no answer within {:?}", site.timeout),
-                    ),
-                    e => (502, "The upstream answer was not usable", e.to_string()),
-                };
+                let (status, msg, log) = e.answer(site.timeout);
                 site_error(
                     site,
                     conn,

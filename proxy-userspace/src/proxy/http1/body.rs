@@ -207,6 +207,41 @@ pub fn chunk_head(out: &mut Vec<u8>, len: usize) {
 /// The end of a chunked body: the last chunk and an empty trailer section.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
+/// Moves the body bytes of `src` that `dec` finds into `out`, chunked again when `chunked`
+/// (with the last chunk once the body is complete); leaves in `src` what follows the body.
+/// Returns the payload bytes moved.
+pub fn reframe(
+    dec: &mut Decoder,
+    src: &mut crate::proxy::buf::Buf,
+    out: &mut Vec<u8>,
+    chunked: bool,
+) -> Result<u64, BodyError> {
+    let mut moved = 0u64;
+    let was_done = dec.is_done();
+    while !src.is_empty() && !dec.is_done() {
+        let step = dec.decode(src.as_slice())?;
+        let data = &src.as_slice()[step.data.clone()];
+        if !data.is_empty() {
+            if chunked {
+                chunk_head(out, data.len());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(data);
+            }
+            moved += data.len() as u64;
+        }
+        src.consume(step.consumed);
+        if step.consumed == 0 {
+            break;
+        }
+    }
+    if chunked && dec.is_done() && !was_done {
+        out.extend_from_slice(LAST_CHUNK);
+    }
+    Ok(moved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    body::{chunk_head, BodyError, Decoder, LAST_CHUNK},
+    body::{reframe, BodyError, Decoder, LAST_CHUNK},
     connection_field,
     head::{self, Framing},
     put, put_number, send, site_error, status_line, Conn, Done, Prep, Req, Transport,
@@ -145,14 +145,7 @@ impl Conn<'_> {
                     fresh = true;
                 }
                 Err(Broke::Upstream(e)) => {
-                    let (status, msg, log) = match e {
-                        UpError::Timeout => (
-                            504,
-                            "The upstream did not answer in time",
-                            format!("no answer within {:?}", site.timeout),
-                        ),
-                        e => (502, "The upstream answer was not usable", e.to_string()),
-                    };
+                    let (status, msg, log) = e.answer(site.timeout);
                     site_error(
                         site,
                         self,
@@ -544,28 +537,7 @@ async fn send_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     pending.extend_from_slice(up_head);
     let result = async {
         loop {
-            while !buf.is_empty() && !dec.is_done() {
-                let step = dec
-                    .decode(buf.as_slice())
-                    .map_err(|e| SendErr::Client(Some(e)))?;
-                let data = &buf.as_slice()[step.data.clone()];
-                if !data.is_empty() {
-                    if chunked {
-                        chunk_head(&mut pending, data.len());
-                        pending.extend_from_slice(data);
-                        pending.extend_from_slice(b"\r\n");
-                    } else {
-                        pending.extend_from_slice(data);
-                    }
-                }
-                buf.consume(step.consumed);
-                if step.consumed == 0 {
-                    break;
-                }
-            }
-            if dec.is_done() && chunked {
-                pending.extend_from_slice(LAST_CHUNK);
-            }
+            reframe(dec, buf, &mut pending, chunked).map_err(|e| SendErr::Client(Some(e)))?;
             if !pending.is_empty() {
                 up.write_all(&pending)
                     .await
@@ -604,27 +576,7 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     let mut sent = 0u64;
     let midway = |e: &dyn std::fmt::Display| Broke::Midway(e.to_string());
     loop {
-        while !up_buf.is_empty() && !dec.is_done() {
-            let step = dec.decode(up_buf.as_slice()).map_err(|e| midway(&e))?;
-            let data = &up_buf.as_slice()[step.data.clone()];
-            if !data.is_empty() {
-                if chunked {
-                    chunk_head(out, data.len());
-                    out.extend_from_slice(data);
-                    out.extend_from_slice(b"\r\n");
-                } else {
-                    out.extend_from_slice(data);
-                }
-                sent += data.len() as u64;
-            }
-            up_buf.consume(step.consumed);
-            if step.consumed == 0 {
-                break;
-            }
-        }
-        if dec.is_done() && chunked {
-            out.extend_from_slice(LAST_CHUNK);
-        }
+        sent += reframe(dec, up_buf, out, chunked).map_err(|e| midway(&e))?;
         if !out.is_empty() {
             watchdog
                 .run_for(timeout, send(client, out, !(closing && dec.is_done())))
@@ -649,7 +601,11 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         };
         if n == 0 {
             if *dec == Decoder::Close {
+                // The upstream's close ends the body: re-chunked, it ends with the last chunk.
                 *dec = Decoder::Done;
+                if chunked {
+                    out.extend_from_slice(LAST_CHUNK);
+                }
                 continue;
             }
             return Err(Broke::Midway("connection closed within the answer".into()));

@@ -42,7 +42,7 @@ use self::head::{Framing, Parsed};
 use super::{
     buf::{self, Buf},
     client::Watchdog,
-    headers::{self, Answer, Forward},
+    headers::{self, put, Answer, Forward},
     log::Access,
     site::{Decision, Site, Sites},
     upstream::Tried,
@@ -572,13 +572,6 @@ fn status_line(out: &mut Vec<u8>, code: u16, reason: &[u8]) {
         b' ',
     ]);
     out.extend_from_slice(reason);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
