@@ -96,7 +96,7 @@ pub fn parse_request<'h, 'b>(
     let mut te: Option<&[u8]> = None;
     let mut tes = 0;
     let mut upgrade = None;
-    let (mut close, mut keep_alive, mut conn_upgrade) = (false, false, false);
+    let mut conn = ConnectionTokens::default();
     let mut expect: Option<&[u8]> = None;
     for h in headers {
         match h.name.len() {
@@ -106,17 +106,7 @@ pub fn parse_request<'h, 'b>(
             }
             6 if h.name.eq_ignore_ascii_case("expect") => expect = Some(h.value),
             7 if h.name.eq_ignore_ascii_case("upgrade") => upgrade = Some(h.value),
-            10 if h.name.eq_ignore_ascii_case("connection") => {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
-                        conn_upgrade = true;
-                    }
-                }
-            }
+            10 if h.name.eq_ignore_ascii_case("connection") => conn.add(h.value),
             14 if h.name.eq_ignore_ascii_case("content-length") => {
                 lengths += 1;
                 length = Some(h.value);
@@ -169,7 +159,7 @@ pub fn parse_request<'h, 'b>(
             return refuse(417, "unsupported expectation", host);
         }
     }
-    let upgrade = upgrade.filter(|_| conn_upgrade && minor == 1);
+    let upgrade = upgrade.filter(|_| conn.upgrade && minor == 1);
     Parsed::Head(Request {
         method,
         target,
@@ -178,7 +168,7 @@ pub fn parse_request<'h, 'b>(
         len,
         body,
         host,
-        close: close || (minor == 0 && !keep_alive),
+        close: conn.close || (minor == 0 && !conn.keep_alive),
         upgrade,
         expect_continue,
     })
@@ -219,20 +209,12 @@ pub fn parse_response<'h, 'b>(
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &'h [Header<'b>] = resp.headers;
-    let (mut close, mut keep_alive) = (false, false);
+    let mut conn = ConnectionTokens::default();
     let mut length: Option<&[u8]> = None;
     let mut te: Option<&[u8]> = None;
     for h in headers {
         match h.name.len() {
-            10 if h.name.eq_ignore_ascii_case("connection") => {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    }
-                }
-            }
+            10 if h.name.eq_ignore_ascii_case("connection") => conn.add(h.value),
             14 if h.name.eq_ignore_ascii_case("content-length") => match length {
                 // Repeated equal values are one length (RFC 9110 section 8.6).
                 Some(prev) if decimal(prev) != decimal(h.value) => {
@@ -244,7 +226,7 @@ pub fn parse_response<'h, 'b>(
             _ => {}
         }
     }
-    let mut close = close || (minor == 0 && !keep_alive);
+    let mut close = conn.close || (minor == 0 && !conn.keep_alive);
     // RFC 9112 section 6.3, in order.
     let body = if head_request || (100..200).contains(&code) || code == 204 || code == 304 {
         Framing::None
@@ -283,6 +265,29 @@ pub fn parse_response<'h, 'b>(
 }
 
 /// The comma-separated tokens of a header value, trimmed, empty ones skipped.
+/// The options of the Connection header fields that change how the proxy
+/// treats the connection (RFC 9112 section 9.6, RFC 9110 section 7.8).
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+}
+
+impl ConnectionTokens {
+    fn add(&mut self, value: &[u8]) {
+        for t in tokens(value) {
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if t.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            }
+        }
+    }
+}
+
 pub fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty())
 }
