@@ -322,6 +322,7 @@ impl Admin {
             st.proxy = Some(ProxyStatus {
                 healthy: p.healthy(),
                 connections: p.connections(),
+                worker_connections: p.worker_connections(),
                 servers: p.servers(),
                 certificates: p
                     .certificates()

@@ -173,6 +173,18 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
         );
         o.sample("hapd_proxy_connections", &[], p.connections);
         o.family(
+            "hapd_proxy_worker_connections",
+            "gauge",
+            "Client connections each proxy worker thread serves (new ones go to the least loaded).",
+        );
+        for (i, n) in p.worker_connections.iter().enumerate() {
+            o.sample(
+                "hapd_proxy_worker_connections",
+                &[("worker", &i.to_string())],
+                n,
+            );
+        }
+        o.family(
             "hapd_upstream_server_up",
             "gauge",
             "1 when the upstream server is up (health checks and passive ejection).",

@@ -63,6 +63,9 @@ pub struct ProxyStatus {
     /// Every route has a server up.
     pub healthy: bool,
     pub connections: usize,
+    /// The client connections each proxy worker thread serves.
+    #[serde(default)]
+    pub worker_connections: Vec<usize>,
     pub servers: Vec<ServerStatus>,
     pub certificates: Vec<CertStatus>,
 }

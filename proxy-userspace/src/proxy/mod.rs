@@ -6,6 +6,7 @@
 //! listener before it returns, so a bad certificate or a port in use is an error at start.
 //! Listeners bound to a VIP use IP_FREEBIND: they work on a backup that does not hold the
 //! address yet, and nothing is rebound at failover.
+mod balance;
 mod buf;
 mod client;
 mod fasthash;
@@ -106,6 +107,8 @@ struct Shared {
     server_header: bool,
     handshake_timeout: Duration,
     connections: AtomicUsize,
+    /// Client connections per worker, and the inboxes of connections handed between them.
+    balance: balance::Balance<Accepted>,
     idle: Notify,
     metrics: Arc<Metrics>,
     /// Set when this node hands its VIPs over (see [`ProxyView::begin_handover`]).
@@ -276,6 +279,11 @@ impl ProxyView {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
+    /// Client connections open now on each worker thread.
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.shared.balance.open()
+    }
+
     /// Whether every route has a server up (what `track_proxy` follows).
     pub fn healthy(&self) -> bool {
         *self.health.borrow()
@@ -391,6 +399,14 @@ impl ProxyView {
 /// One worker's socket of a listener: the socket, whether it speaks TLS, and its vhosts.
 type WorkerListener = (std::net::TcpListener, bool, Arc<ArcSwap<Sites>>);
 
+/// What comes with an accepted connection: the client's address, whether the listener speaks
+/// TLS, and the listener's vhosts.
+struct Accepted {
+    peer: SocketAddr,
+    tls: bool,
+    sites: Arc<ArcSwap<Sites>>,
+}
+
 /// Loads certificates, opens logs, binds the listeners and starts serving.
 pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -416,6 +432,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(server.keepalive))
         .keep_alive_timeout(server.header_read);
+    let (balance, mut inboxes) = balance::Balance::new(workers);
     let shared = Arc::new(Shared {
         h2,
         tls,
@@ -423,6 +440,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         server_header,
         handshake_timeout: server.header_read,
         connections: AtomicUsize::new(0),
+        balance,
         idle: Notify::new(),
         metrics: Arc::new(Metrics::new(workers + 1)),
         handover: Arc::new(AtomicBool::new(false)),
@@ -469,12 +487,13 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
             .build()
             .context("starting a proxy runtime")?;
         let (shared, stop_rx) = (shared.clone(), stop_rx.clone());
+        let inbox = inboxes.remove(0);
         threads.push(
             std::thread::Builder::new()
                 .name(format!("hapd-proxy-{w}"))
                 .spawn(move || {
                     upstream::set_worker(w);
-                    rt.block_on(worker(listeners, shared, stop_rx));
+                    rt.block_on(worker(listeners, inbox, shared, stop_rx));
                     rt.shutdown_timeout(Duration::from_millis(100));
                 })
                 .context("starting a proxy thread")?,
@@ -544,10 +563,26 @@ async fn stopped(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
 /// One worker thread: accepts on its sockets until stopped, then drains.
 async fn worker(
     listeners: Vec<WorkerListener>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<balance::Handed<Accepted>>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let (drain_tx, drain_rx) = watch::channel(false);
+    // Connections other workers hand over. This task outlives the accept loops: a connection
+    // handed over just before the stop is served (and closed after its request) like the rest.
+    let (handed_shared, handed_drain) = (shared.clone(), drain_rx.clone());
+    tokio::spawn(async move {
+        let me = upstream::worker();
+        while let Some(h) = inbox.recv().await {
+            match TcpStream::from_std(h.stream) {
+                Ok(stream) => spawn_connection(stream, h.with, me, &handed_shared, &handed_drain),
+                Err(e) => {
+                    warn!(peer = %h.with.peer, "taking over a connection: {e}");
+                    handed_shared.closed(me);
+                }
+            }
+        }
+    });
     let mut accepts = Vec::new();
     for (sock, tls, sites) in listeners {
         match TcpListener::from_std(sock) {
@@ -625,6 +660,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     drain: watch::Receiver<bool>,
 ) {
+    let me = upstream::worker();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -637,15 +673,63 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         shared.connections.fetch_add(1, Ordering::AcqRel);
-        let shared = shared.clone();
-        let sites = sites.clone();
-        let drain = drain.clone();
-        tokio::spawn(async move {
-            serve(stream, peer, tls, sites, &shared, drain).await;
-            if shared.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.idle.notify_waiters();
+        let with = Accepted {
+            peer,
+            tls,
+            sites: sites.clone(),
+        };
+        let to = shared.balance.place(me);
+        if to == me {
+            spawn_connection(stream, with, me, &shared, &drain);
+            continue;
+        }
+        let handed = match stream.into_std() {
+            Ok(stream) => shared.balance.hand(to, balance::Handed { stream, with }),
+            Err(e) => {
+                // Taken out of this worker's poller and not given away: it is lost, as an
+                // accept error would have lost it.
+                warn!(%peer, "handing a connection over: {e}");
+                shared.closed(to);
+                continue;
             }
-        });
+        };
+        // The other worker is stopping: serve it here after all.
+        if let Err(h) = handed {
+            shared.balance.recount(to, me);
+            match TcpStream::from_std(h.stream) {
+                Ok(stream) => spawn_connection(stream, h.with, me, &shared, &drain),
+                Err(e) => {
+                    warn!(%peer, "taking a connection back: {e}");
+                    shared.closed(me);
+                }
+            }
+        }
+    }
+}
+
+/// Serves a connection placed on worker `me` (this thread) in a task of its own.
+fn spawn_connection(
+    stream: TcpStream,
+    with: Accepted,
+    me: usize,
+    shared: &Arc<Shared>,
+    drain: &watch::Receiver<bool>,
+) {
+    let shared = shared.clone();
+    let drain = drain.clone();
+    tokio::spawn(async move {
+        serve(stream, with.peer, with.tls, with.sites, &shared, drain).await;
+        shared.closed(me);
+    });
+}
+
+impl Shared {
+    /// A connection placed on `worker` ended (served, or lost before it was).
+    fn closed(&self, worker: usize) {
+        self.balance.release(worker);
+        if self.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
     }
 }
 
