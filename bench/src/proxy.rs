@@ -115,7 +115,24 @@ fn write_certs(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails when something listens on a peer's ports already: with `SO_REUSEPORT` (hapd sets it)
+/// a stale process would share the port with the peer under test and take part of the load,
+/// which happened once and halved hapd's figures. A plain bind, without `SO_REUSEPORT`, fails
+/// on any listener.
+fn ports_free(peer: &Peer) -> anyhow::Result<()> {
+    for port in [peer.plain, peer.tls] {
+        std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!(
+                "port {port} for {} is taken: a process left from an earlier run? (ss -ltnp)",
+                peer.name
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn start(peer: &Peer, dir: &Path) -> anyhow::Result<Vec<Running>> {
+    ports_free(peer)?;
     let d = dir.display();
     let log = dir.join(format!("{}.log", peer.name));
     let (p, t) = (peer.plain, peer.tls);
