@@ -134,6 +134,33 @@ fn client_hellos_say_whether_they_offer_a_ticket() {
     assert_eq!(offers_psk(&[]), None);
 }
 
+/// A server configuration with a new certificate, a TLS 1.3 client that trusts it (with its
+/// ticket store) and a listener.
+async fn setup() -> (
+    Configs,
+    Arc<ClientConfig>,
+    Arc<Counting>,
+    tokio::net::TcpListener,
+    std::net::SocketAddr,
+) {
+    let (server, ca) = server_config();
+    let (client, store) = client_config(&ca);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (Configs::new(server), client, store, l, addr)
+}
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    client: Arc<ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(client)
+        .connect("localhost".try_into().unwrap(), s)
+        .await
+        .unwrap()
+}
+
 /// Serves one connection: reads a line, answers it, closes with close_notify.
 async fn serve_one(l: &tokio::net::TcpListener, configs: &Configs) {
     let (s, _) = l.accept().await.unwrap();
@@ -147,20 +174,12 @@ async fn serve_one(l: &tokio::net::TcpListener, configs: &Configs) {
 
 #[tokio::test]
 async fn two_tickets_after_a_full_handshake_one_after_a_resumption() {
-    let (server, ca) = server_config();
-    let configs = Configs::new(server);
-    let (client, store) = client_config(&ca);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (configs, client, store, l, addr) = setup().await;
     let mut seen = Vec::new();
     for _ in 0..3 {
         let server = serve_one(&l, &configs);
         let client = async {
-            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut t = tokio_rustls::TlsConnector::from(client.clone())
-                .connect("localhost".try_into().unwrap(), s)
-                .await
-                .unwrap();
+            let mut t = connect(addr, client.clone()).await;
             t.write_all(b"ping").await.unwrap();
             let mut all = Vec::new();
             t.read_to_end(&mut all).await.unwrap();
@@ -219,11 +238,7 @@ async fn tls12_handshakes_complete() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let client = async {
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut t = tokio_rustls::TlsConnector::from(client)
-            .connect("localhost".try_into().unwrap(), s)
-            .await
-            .unwrap();
+        let mut t = connect(addr, client).await;
         t.write_all(b"ping").await.unwrap();
         let mut all = Vec::new();
         t.read_to_end(&mut all).await.unwrap();
@@ -242,18 +257,10 @@ async fn tls12_handshakes_complete() {
 /// byte arrives once and in order, and the close ends the stream.
 #[tokio::test]
 async fn records_read_in_pieces_of_any_size_arrive_whole() {
-    let (server, ca) = server_config();
-    let configs = Configs::new(server);
-    let (client, _) = client_config(&ca);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    let (configs, client, _, l, addr) = setup().await;
     let sent: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let client = async {
-        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut t = tokio_rustls::TlsConnector::from(client)
-            .connect("localhost".try_into().unwrap(), s)
-            .await
-            .unwrap();
+        let mut t = connect(addr, client).await;
         // Records of several sizes: 1 byte, a few hundred, and full 16 KiB ones.
         let mut rest = &sent[..];
         for size in [1, 300, 16_384, 5, 40_000].iter().cycle() {
