@@ -19,6 +19,10 @@ struct Cli {
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
     quick: bool,
+    /// `proxy` suite only: run these proxies alone (comma-separated: hapd, nginx, haproxy,
+    /// apache2), to look into one comparison. The report says it is partial.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
 }
 
 /// The `hapd` binary the suites run: `HAPD_BIN`, or the workspace's release build.
@@ -39,6 +43,9 @@ pub fn hapd_bin() -> anyhow::Result<std::path::PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !cli.peers.is_empty() && cli.suite != "proxy" {
+        anyhow::bail!("--peers is for the proxy suite only");
+    }
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
         "all" => vec!["xdp", "failover", "proxy", "idle"],
@@ -51,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         let report = match s {
             "xdp" => xdp::run(cli.quick)?,
             "failover" => failover::run(cli.quick)?,
-            "proxy" => proxy::run(cli.quick)?,
+            "proxy" => proxy::run(cli.quick, &cli.peers)?,
             "idle" => idle::run(cli.quick)?,
             "fuzz" => fuzz::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),

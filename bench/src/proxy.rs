@@ -618,7 +618,28 @@ fn idle_memory(peer: &Peer, pgid: u32, n: usize) -> anyhow::Result<(u64, u64, us
     Ok((before, after, answered))
 }
 
-pub fn run(quick: bool) -> anyhow::Result<Report> {
+/// The peers `--peers` names, all of them when it names none.
+fn chosen(names: &[String]) -> anyhow::Result<Vec<&'static Peer>> {
+    if names.is_empty() {
+        return Ok(PEERS.iter().collect());
+    }
+    let mut out = Vec::new();
+    for n in names {
+        let Some(p) = PEERS.iter().find(|p| p.name == n.trim()) else {
+            bail!(
+                "--peers: unknown proxy {n:?}; known: {}",
+                PEERS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+            );
+        };
+        if !out.iter().any(|o: &&Peer| o.name == p.name) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
+    let peers = chosen(only)?;
     // Five rounds: the peers' own figures swing by a fifth from round to round here.
     let rounds = if quick { 1 } else { 5 };
     let secs = if quick { 2 } else { 5 };
@@ -630,22 +651,22 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     ];
     let (dir, _cleanup, _backend) = setup()?;
 
-    let total_runs = rounds * PEERS.len() * loads.len();
+    let total_runs = rounds * peers.len() * loads.len();
     let t0 = Instant::now();
     let mut done = 0;
     // samples[load][peer] = per-round samples
     let mut samples: Vec<Vec<Vec<Sample>>> = (0..loads.len())
-        .map(|_| (0..PEERS.len()).map(|_| Vec::new()).collect())
+        .map(|_| (0..peers.len()).map(|_| Vec::new()).collect())
         .collect();
     for round in 0..rounds {
         // Alternate the order so no peer always runs first (warm caches, thermal state).
         let order: Vec<usize> = if round % 2 == 0 {
-            (0..PEERS.len()).collect()
+            (0..peers.len()).collect()
         } else {
-            (0..PEERS.len()).rev().collect()
+            (0..peers.len()).rev().collect()
         };
         for &pi in &order {
-            let peer = &PEERS[pi];
+            let peer = &peers[pi];
             let procs = start(peer, &dir)?;
             let pgid = procs.first().map_or(0, |p| p.0.id());
             // Warm up: connections, TLS session caches, upstream keep-alive.
@@ -668,6 +689,12 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     }
 
     let mut report = Report::new("proxy", quick);
+    if !only.is_empty() {
+        let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
+        report
+            .command
+            .push_str(&format!(" --peers {}", names.join(",")));
+    }
     let mut raw = serde_json::Map::new();
     // p99 per proxy for the wrk loads (h2load gives no percentiles).
     let mut p99s: Vec<(String, Vec<f64>)> = PEERS
@@ -679,9 +706,15 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             .iter()
             .map(|s| median_spread(&s.iter().map(|x| x.rps).collect::<Vec<_>>()))
             .collect();
-        let best_peer = (1..PEERS.len()).map(|i| med[i].0).fold(f64::MIN, f64::max);
+        // The best of the others: hapd's ratio is to it, theirs too.
+        let best_peer = peers
+            .iter()
+            .zip(&med)
+            .filter(|(p, _)| p.name != "hapd")
+            .map(|(_, m)| m.0)
+            .fold(f64::NAN, f64::max);
         let mut rows = Vec::new();
-        for (pi, peer) in PEERS.iter().enumerate() {
+        for (pi, peer) in peers.iter().enumerate() {
             let p50 =
                 median_spread(&samples[li][pi].iter().map(|x| x.p50_ms).collect::<Vec<_>>()).0;
             let p99 =
@@ -706,7 +739,11 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                     format!("{p99:.2}")
                 },
                 format!("{cpu:.1}"),
-                format!("{:.2}", med[pi].0 / best_peer),
+                if best_peer.is_nan() {
+                    "-".into()
+                } else {
+                    format!("{:.2}", med[pi].0 / best_peer)
+                },
             ]);
             raw.insert(
                 format!("{}/{}", load.label(), peer.name),
@@ -740,7 +777,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             plot: Some(Plot {
                 title: format!("{}: requests per second", load.label()),
                 y_label: "req/s (median)".into(),
-                categories: PEERS.iter().map(|p| p.name.to_string()).collect(),
+                categories: peers.iter().map(|p| p.name.to_string()).collect(),
                 series: vec![("req/s".into(), med.iter().map(|m| m.0).collect())],
             }),
         });
@@ -762,7 +799,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     report.tables.push(Table {
         title: "p99 latency by load".into(),
         columns: std::iter::once("load".to_string())
-            .chain(PEERS.iter().map(|p| format!("{} p99 ms", p.name)))
+            .chain(peers.iter().map(|p| format!("{} p99 ms", p.name)))
             .collect(),
         rows,
         notes: vec![

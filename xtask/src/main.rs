@@ -29,6 +29,10 @@ enum Task {
         /// Short runs, for a smoke check.
         #[arg(long)]
         quick: bool,
+        /// `proxy` suite only: run these proxies alone (comma-separated, e.g. `hapd,haproxy`),
+        /// to look into one comparison; the report says it is partial.
+        #[arg(long)]
+        peers: Option<String>,
     },
 }
 
@@ -36,12 +40,19 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
-        Task::Bench { suite, quick } => {
+        Task::Bench {
+            suite,
+            quick,
+            peers,
+        } => {
             build_hapd()?;
             let mut c = cargo();
             c.args(["run", "--release", "--quiet", "-p", "bench", "--", &suite]);
             if quick {
                 c.arg("--quick");
+            }
+            if let Some(p) = peers {
+                c.args(["--peers", &p]);
             }
             run(&mut c)
         }
