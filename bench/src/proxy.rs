@@ -697,7 +697,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
     }
     let mut raw = serde_json::Map::new();
     // p99 per proxy for the wrk loads (h2load gives no percentiles).
-    let mut p99s: Vec<(String, Vec<f64>)> = PEERS
+    let mut p99s: Vec<(String, Vec<f64>)> = peers
         .iter()
         .map(|p| (p.name.to_string(), Vec::new()))
         .collect();
