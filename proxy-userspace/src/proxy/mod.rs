@@ -574,13 +574,7 @@ async fn worker(
     tokio::spawn(async move {
         let me = upstream::worker();
         while let Some(h) = inbox.recv().await {
-            match TcpStream::from_std(h.stream) {
-                Ok(stream) => spawn_connection(stream, h.with, me, &handed_shared, &handed_drain),
-                Err(e) => {
-                    warn!(peer = %h.with.peer, "taking over a connection: {e}");
-                    handed_shared.closed(me);
-                }
-            }
+            adopt(h, me, &handed_shared, &handed_drain);
         }
     });
     let mut accepts = Vec::new();
@@ -696,13 +690,24 @@ async fn accept_loop(
         // The other worker is stopping: serve it here after all.
         if let Err(h) = handed {
             shared.balance.recount(to, me);
-            match TcpStream::from_std(h.stream) {
-                Ok(stream) => spawn_connection(stream, h.with, me, &shared, &drain),
-                Err(e) => {
-                    warn!(%peer, "taking a connection back: {e}");
-                    shared.closed(me);
-                }
-            }
+            adopt(h, me, &shared, &drain);
+        }
+    }
+}
+
+/// Serves a connection handed over from another worker (or back from one that is stopping) on
+/// this worker, `me`, registering it with this thread's poller first.
+fn adopt(
+    h: balance::Handed<Accepted>,
+    me: usize,
+    shared: &Arc<Shared>,
+    drain: &watch::Receiver<bool>,
+) {
+    match TcpStream::from_std(h.stream) {
+        Ok(stream) => spawn_connection(stream, h.with, me, shared, drain),
+        Err(e) => {
+            warn!(peer = %h.with.peer, "taking over a connection: {e}");
+            shared.closed(me);
         }
     }
 }

@@ -281,24 +281,22 @@ impl Conn<'_> {
                 .await
                 .unwrap_or(Err(UpError::Timeout))
                 .map_err(Broke::Upstream)?;
-            let (mut client_head, plan) = head.made;
+            let (client_head, plan) = head.made;
             if req.upgrade && head.code == 101 {
                 return Box::pin(tunnel(io, buf, &client_head, up)).await;
             }
-            let mut dec = Decoder::new(head.body);
             let sent = relay(
                 io,
                 &mut up.io,
                 &mut up.buf,
-                &mut dec,
-                &mut client_head,
+                head.body,
+                client_head,
                 (plan.chunked, plan.close),
                 site.timeout,
                 watchdog,
             )
             .await?;
-            buf::give_back(client_head);
-            let reusable = !head.close && dec.is_done() && up.buf.is_empty() && !req.upgrade;
+            let reusable = !head.close && up.buf.is_empty() && !req.upgrade;
             return Ok((
                 Done {
                     status: head.code,
@@ -365,27 +363,25 @@ impl Conn<'_> {
                     "switching protocols for a request with a body",
                 )));
             }
-            let (mut client_head, plan) = head.made;
+            let (client_head, plan) = head.made;
             head_sent.store(true, Ordering::Relaxed);
-            let mut dec = Decoder::new(head.body);
             let sent = relay(
                 &mut cw,
                 &mut rd,
                 up_buf,
-                &mut dec,
-                &mut client_head,
+                head.body,
+                client_head,
                 (plan.chunked, plan.close),
                 site.timeout,
                 watchdog,
             )
             .await?;
-            buf::give_back(client_head);
-            Ok((head.code, head.close, plan, sent, dec.is_done()))
+            Ok((head.code, head.close, plan, sent))
         };
         tokio::pin!(sending, responding);
         let mut body_sent = false;
         let mut sending_over = false;
-        let (code, up_close, plan, sent, resp_done) = loop {
+        let (code, up_close, plan, sent) = loop {
             tokio::select! {
                 biased;
                 r = &mut responding => break r?,
@@ -406,7 +402,7 @@ impl Conn<'_> {
                 }
             }
         };
-        let reusable = !up_close && body_sent && resp_done;
+        let reusable = !up_close && body_sent;
         Ok((
             Done {
                 status: code,
@@ -559,32 +555,35 @@ async fn send_body<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     result
 }
 
-/// Sends the response: `out` holds the client's head, the body follows from the upstream
-/// (`up_buf`, then `up`), re-chunked when `chunked`; `closing`: the connection closes after
-/// it, and the close sends the end of it. Returns the body bytes sent.
+/// Sends the response: `out` holds the client's head, the body (framed as `body`) follows
+/// from the upstream (`up_buf`, then `up`), re-chunked when `chunked`; `closing`: the
+/// connection closes after it, and the close sends the end of it. Returns the body bytes sent;
+/// `Ok` means the whole body went out.
 #[allow(clippy::too_many_arguments)]
 async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     client: &mut W,
     up: &mut R,
     up_buf: &mut Buf,
-    dec: &mut Decoder,
-    out: &mut Vec<u8>,
+    body: Framing,
+    mut out: Vec<u8>,
     (chunked, closing): (bool, bool),
     timeout: Duration,
     watchdog: &mut Watchdog,
 ) -> Result<u64, Broke> {
+    let mut dec = Decoder::new(body);
     let mut sent = 0u64;
     let midway = |e: &dyn std::fmt::Display| Broke::Midway(e.to_string());
     loop {
-        sent += reframe(dec, up_buf, out, chunked).map_err(|e| midway(&e))?;
+        sent += reframe(&mut dec, up_buf, &mut out, chunked).map_err(|e| midway(&e))?;
         if !out.is_empty() {
             watchdog
-                .run_for(timeout, send(client, out, !(closing && dec.is_done())))
+                .run_for(timeout, send(client, &mut out, !(closing && dec.is_done())))
                 .await
                 .ok_or_else(|| Broke::Midway("the client stopped reading".into()))?
                 .map_err(|e| midway(&e))?;
         }
         if dec.is_done() {
+            buf::give_back(out);
             return Ok(sent);
         }
         let n = match watchdog
@@ -600,9 +599,9 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
             Some(Ok(n)) => n,
         };
         if n == 0 {
-            if *dec == Decoder::Close {
+            if dec == Decoder::Close {
                 // The upstream's close ends the body: re-chunked, it ends with the last chunk.
-                *dec = Decoder::Done;
+                dec = Decoder::Done;
                 if chunked {
                     out.extend_from_slice(LAST_CHUNK);
                 }
