@@ -4,8 +4,10 @@
 //! TLS (a handshake per request), h2load over HTTP/2. The memory held by idle client
 //! connections is measured here too, for the `idle` suite ([`idle_connections`]).
 //!
-//! Every proxy gets two workers (the machine's cores), no access log, kept-alive upstream
-//! connections, TLS 1.2/1.3 with the same ECDSA P-256 certificate.
+//! Every proxy gets two workers (the machine's cores), each pinned to a core where the proxy can
+//! do that (hapd by default, nginx `worker_cpu_affinity auto`, HAProxy `cpu-map`; Apache's event
+//! MPM has no such setting), no access log, kept-alive upstream connections, TLS 1.2/1.3 with the
+//! same ECDSA P-256 certificate.
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -179,6 +181,7 @@ listeners = ["plain", "tls"]
         "nginx" => {
             let cfg = format!(
                 r#"worker_processes 2;
+worker_cpu_affinity auto;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
 daemon off;
@@ -227,6 +230,7 @@ http {{
             let cfg = format!(
                 r#"global
   nbthread 2
+  cpu-map auto:1/1-2 0-1
   maxconn 9990
   tune.ssl.default-dh-param 2048
 defaults

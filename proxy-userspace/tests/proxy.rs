@@ -907,3 +907,97 @@ fn hapd_check(dir: &Scratch, text: &str) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The CPUs a thread may run on, from /proc (`Cpus_allowed_list`, e.g. "0-1,3").
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    list.split(',')
+        .flat_map(|r| match r.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![r.parse().unwrap()],
+        })
+        .collect()
+}
+
+/// `hapd-proxy-N` thread of `pid` → the CPUs it may run on, for every worker.
+fn worker_cpus(pid: u32) -> std::collections::BTreeMap<String, Vec<usize>> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            let n = comm.strip_prefix("hapd-proxy-")?;
+            n.parse::<usize>().ok()?;
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            Some((comm.to_string(), cpus_allowed(&status)))
+        })
+        .collect()
+}
+
+/// Each proxy worker runs on a CPU of its own, taken from the set hapd was started with
+/// (`taskset`, a cgroup cpuset); `pin_workers = false` leaves them free.
+#[test]
+fn proxy_workers_are_pinned_one_per_cpu_of_the_allowed_set() {
+    let dir = Scratch::new("pin");
+    let pki = Pki::new();
+    let (c, k, _) = pki.write_leaf(&dir.0, "app", &[APP]);
+    let mine = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let start = |extra: &str, cpus: Option<usize>| {
+        let cfg = dir.path("hapd.toml");
+        std::fs::write(
+            &cfg,
+            format!("{extra}\n{}", one_tls_vhost(&c, &k, None, free_port(), 0)),
+        )
+        .unwrap();
+        let mut cmd = match cpus {
+            Some(cpu) => {
+                let mut c = std::process::Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_hapd")]);
+                c
+            }
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_hapd")),
+        };
+        let child = cmd
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut p = hapd_lab::proc::Proc::new("hapd", child);
+        p.wait_for("hapd ready", 1, Duration::from_secs(10))
+            .unwrap();
+        p
+    };
+
+    // Default: worker N on the N-th allowed CPU, one each.
+    let p = start("", None);
+    let got = worker_cpus(p.pid());
+    let want: std::collections::BTreeMap<String, Vec<usize>> = mine
+        .iter()
+        .enumerate()
+        .map(|(n, &cpu)| (format!("hapd-proxy-{n}"), vec![cpu]))
+        .collect();
+    assert_eq!(got, want);
+    drop(p);
+
+    // Started on the last CPU only: one worker, on that CPU.
+    let last = *mine.last().unwrap();
+    let p = start("", Some(last));
+    assert_eq!(
+        worker_cpus(p.pid()),
+        [("hapd-proxy-0".to_string(), vec![last])].into()
+    );
+    drop(p);
+
+    // Switched off: every worker may run anywhere hapd may.
+    let p = start("[server]\npin_workers = false", None);
+    let got = worker_cpus(p.pid());
+    assert_eq!(got.len(), mine.len());
+    assert!(got.values().all(|c| *c == mine), "{got:?}");
+}

@@ -36,6 +36,11 @@ pub struct Server {
     /// On stop, how long requests in flight may take to finish.
     #[serde(default = "default_drain")]
     pub drain_timeout: Dur,
+    /// Pin each proxy worker thread to its own CPU of the set hapd may run on (nginx
+    /// `worker_cpu_affinity auto`, HAProxy `cpu-map`). The workers are one per CPU already; pinned,
+    /// they keep their caches and are not moved about by the scheduler.
+    #[serde(default = "default_true")]
+    pub pin_workers: bool,
 }
 
 impl Default for Server {
@@ -47,8 +52,13 @@ impl Default for Server {
             max_headers: default_max_headers(),
             server_header: false,
             drain_timeout: default_drain(),
+            pin_workers: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_drain() -> Dur {

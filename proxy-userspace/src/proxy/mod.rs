@@ -480,8 +480,16 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     }
     let (health_tx, health_rx) = ProxyHealth::new();
     let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
+    let cpus = if cfg.server.as_ref().is_none_or(|s| s.pin_workers) {
+        let cpus = allowed_cpus();
+        info!(?cpus, workers, "pinning each proxy worker to one CPU");
+        cpus
+    } else {
+        Vec::new()
+    };
     let mut threads = Vec::new();
     for (w, listeners) in per_worker.into_iter().enumerate() {
+        let cpu = (!cpus.is_empty()).then(|| cpus[w % cpus.len()]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -492,6 +500,11 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
             std::thread::Builder::new()
                 .name(format!("hapd-proxy-{w}"))
                 .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = pin_to(cpu) {
+                            warn!(worker = w, cpu, error = %e, "could not pin the proxy worker; it runs unpinned");
+                        }
+                    }
                     upstream::set_worker(w);
                     rt.block_on(worker(listeners, inbox, shared, stop_rx));
                     rt.shutdown_timeout(Duration::from_millis(100));
@@ -546,6 +559,28 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         bound,
         view,
     })
+}
+
+/// The CPUs this process may run on (its affinity mask), lowest first; empty if unknown.
+fn allowed_cpus() -> Vec<usize> {
+    use nix::sched::{sched_getaffinity, CpuSet};
+    match sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot read the CPU affinity; proxy workers run unpinned");
+            Vec::new()
+        }
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> nix::Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    set.set(cpu)?;
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
 }
 
 /// Waits for the stop request; returns the drain time.
