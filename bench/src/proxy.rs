@@ -410,6 +410,21 @@ struct Sample {
     p99_ms: f64,
     /// CPU the proxy (all its processes and threads) spent per request, in µs.
     cpu_us: f64,
+    /// Time the hypervisor ran something else on this machine's CPUs during the load (ms, all
+    /// CPUs together): a round with steal is slower for reasons outside the machine.
+    steal_ms: f64,
+}
+
+/// CPU steal so far, all CPUs together, in ms (the `cpu` line of /proc/stat, 8th value, in
+/// USER_HZ ticks of 10 ms).
+fn steal_ms() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("cpu "))?;
+            line.split_whitespace().nth(8)?.parse::<f64>().ok()
+        })
+        .map_or(f64::NAN, |ticks| ticks * 10.0)
 }
 
 fn parse_ms(s: &str) -> Option<f64> {
@@ -426,8 +441,10 @@ fn parse_ms(s: &str) -> Option<f64> {
 /// Runs `load` against `peer` (process group `pgid`) and measures the proxy's CPU meanwhile.
 fn run_load(load: Load, peer: &Peer, secs: u64, pgid: u32) -> anyhow::Result<Sample> {
     let before = group_cpu_ns(pgid);
+    let stolen = steal_ms();
     let (mut sample, requests) = load_only(load, peer, secs)?;
     let spent = group_cpu_ns(pgid).saturating_sub(before);
+    sample.steal_ms = steal_ms() - stolen;
     sample.cpu_us = if requests > 0.0 {
         spent as f64 / 1000.0 / requests
     } else {
@@ -479,6 +496,7 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                     p50_ms: mean,
                     p99_ms: f64::NAN,
                     cpu_us: f64::NAN,
+                    steal_ms: f64::NAN,
                 },
                 done,
             ))
@@ -542,6 +560,7 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                     p50_ms: pct("50%"),
                     p99_ms: pct("99%"),
                     cpu_us: f64::NAN,
+                    steal_ms: f64::NAN,
                 },
                 done,
             ))
@@ -753,31 +772,62 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 format!("{}/{}", load.label(), peer.name),
                 json!(samples[li][pi]
                     .iter()
-                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "cpu_us": s.cpu_us}))
+                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "cpu_us": s.cpu_us, "steal_ms": s.steal_ms}))
                     .collect::<Vec<_>>()),
             );
         }
+        let mut notes = vec![
+            if matches!(load, Load::Http2) {
+                "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
+            } else {
+                format!(
+                    "wrk: 1 thread, {} connections, {secs} s per round.",
+                    if matches!(load, Load::TlsHandshakes) {
+                        16
+                    } else {
+                        64
+                    }
+                )
+            },
+            "Proxy CPU: every thread of every process of the proxy (/proc/*/task/*/schedstat) \
+             during the load, divided by the requests the load tool completed; median of the \
+             rounds. It is steadier than req/s, which also moves with how the two cores are \
+             shared with the load tool and the backend."
+                .into(),
+        ];
+        let stolen: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .filter(|(pi, _)| samples[li][*pi].iter().any(|x| x.steal_ms > 0.0))
+            .map(|(pi, p)| {
+                let per_round: Vec<String> = samples[li][pi]
+                    .iter()
+                    .map(|x| format!("{:.0}", x.steal_ms))
+                    .collect();
+                format!("{} {}", p.name, per_round.join("/"))
+            })
+            .collect();
+        if !stolen.is_empty() {
+            notes.push(format!(
+                "CPU steal (the hypervisor running something else on these CPUs, /proc/stat) per round, ms: {}.",
+                stolen.join("; ")
+            ));
+        }
         report.tables.push(Table {
             title: load.label().to_string(),
-            columns: ["proxy", "req/s (median)", "spread", "p50 ms", "p99 ms", "proxy CPU µs/req", "ratio to best peer"]
-                .map(String::from)
-                .to_vec(),
+            columns: [
+                "proxy",
+                "req/s (median)",
+                "spread",
+                "p50 ms",
+                "p99 ms",
+                "proxy CPU µs/req",
+                "ratio to best peer",
+            ]
+            .map(String::from)
+            .to_vec(),
             rows,
-            notes: vec![
-                if matches!(load, Load::Http2) {
-                    "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
-                } else {
-                    format!(
-                        "wrk: 1 thread, {} connections, {secs} s per round.",
-                        if matches!(load, Load::TlsHandshakes) { 16 } else { 64 }
-                    )
-                },
-                "Proxy CPU: every thread of every process of the proxy (/proc/*/task/*/schedstat) \
-                 during the load, divided by the requests the load tool completed; median of the \
-                 rounds. It is steadier than req/s, which also moves with how the two cores are \
-                 shared with the load tool and the backend."
-                    .into(),
-            ],
+            notes,
             plot: Some(Plot {
                 title: format!("{}: requests per second", load.label()),
                 y_label: "req/s (median)".into(),
