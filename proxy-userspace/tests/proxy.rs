@@ -954,7 +954,7 @@ fn proxy_workers_are_pinned_one_per_cpu_of_the_allowed_set() {
             format!("{extra}\n{}", one_tls_vhost(&c, &k, None, free_port(), 0)),
         )
         .unwrap();
-        let mut cmd = match cpus {
+        let cmd = match cpus {
             Some(cpu) => {
                 let mut c = std::process::Command::new("taskset");
                 c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_hapd")]);
@@ -962,17 +962,7 @@ fn proxy_workers_are_pinned_one_per_cpu_of_the_allowed_set() {
             }
             None => std::process::Command::new(env!("CARGO_BIN_EXE_hapd")),
         };
-        let child = cmd
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut p = hapd_lab::proc::Proc::new("hapd", child);
-        p.wait_for("hapd ready", 1, Duration::from_secs(10))
-            .unwrap();
-        p
+        run_hapd_by(cmd, &cfg)
     };
 
     // Default: worker N on the N-th allowed CPU, one each.

@@ -580,7 +580,13 @@ pub fn free_port() -> u16 {
 
 /// `hapd run --config cfg` here, with its output captured, once it says it is ready.
 pub fn run_hapd(cfg: &Path) -> hapd_lab::proc::Proc {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapd"))
+    run_hapd_by(std::process::Command::new(env!("CARGO_BIN_EXE_hapd")), cfg)
+}
+
+/// [`run_hapd`] with the command that starts it: the hapd binary itself, or a wrapper such as
+/// `taskset` given the binary as its first argument.
+pub fn run_hapd_by(mut cmd: std::process::Command, cfg: &Path) -> hapd_lab::proc::Proc {
+    let child = cmd
         .args(["run", "--config"])
         .arg(cfg)
         .stdout(std::process::Stdio::piped())
