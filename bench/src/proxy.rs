@@ -402,6 +402,14 @@ impl Load {
             Load::Http2 => "HTTP/2 (h2load)",
         }
     }
+
+    /// The load tool's connections: fewer for handshakes, where wrk's one thread is the limit.
+    fn connections(self) -> u32 {
+        match self {
+            Load::TlsHandshakes | Load::Http2 => 16,
+            Load::Plain | Load::TlsKeepAlive => 64,
+        }
+    }
 }
 
 struct Sample {
@@ -458,7 +466,8 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
     match load {
         Load::Http2 => {
             let out = Command::new("h2load")
-                .args(["-D", &secs.to_string(), "-c", "16", "-m", "10", "-t", "1"])
+                .args(["-D", &secs.to_string(), "-m", "10", "-t", "1"])
+                .args(["-c", &load.connections().to_string()])
                 .arg(format!("https://localhost:{}/", peer.tls))
                 .output()
                 .context("running h2load (Debian package nghttp2-client)")?;
@@ -510,17 +519,13 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                     &["-H", "Connection: close"],
                 ),
             };
-            let conns = if matches!(load, Load::TlsHandshakes) {
-                "16"
-            } else {
-                "64"
-            };
+            let conns = load.connections().to_string();
             let out = Command::new("wrk")
                 .args([
                     "-t",
                     "1",
                     "-c",
-                    conns,
+                    &conns,
                     "-d",
                     &format!("{secs}s"),
                     "--latency",
@@ -778,15 +783,14 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
         }
         let mut notes = vec![
             if matches!(load, Load::Http2) {
-                "h2load: 16 connections, 10 streams each; the p50 column is h2load's mean time per request.".into()
+                format!(
+                    "h2load: {} connections, 10 streams each; the p50 column is h2load's mean time per request.",
+                    load.connections()
+                )
             } else {
                 format!(
                     "wrk: 1 thread, {} connections, {secs} s per round.",
-                    if matches!(load, Load::TlsHandshakes) {
-                        16
-                    } else {
-                        64
-                    }
+                    load.connections()
                 )
             },
             "Proxy CPU: every thread of every process of the proxy (/proc/*/task/*/schedstat) \

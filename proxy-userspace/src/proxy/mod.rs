@@ -481,12 +481,13 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     let (health_tx, health_rx) = ProxyHealth::new();
     let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
     let cpus = if cfg.server.as_ref().is_none_or(|s| s.pin_workers) {
-        let cpus = allowed_cpus();
-        info!(?cpus, workers, "pinning each proxy worker to one CPU");
-        cpus
+        allowed_cpus()
     } else {
         Vec::new()
     };
+    if !cpus.is_empty() {
+        info!(?cpus, workers, "pinning each proxy worker to one CPU");
+    }
     let mut threads = Vec::new();
     for (w, listeners) in per_worker.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[w % cpus.len()]);
