@@ -1,17 +1,21 @@
 //! The `proxy` suite: hapd beside nginx, HAProxy and Apache (Debian packages), each in front of
-//! the same backend on loopback, under the same load in the same run, alternating order per
-//! round. Loads: wrk keep-alive over plain HTTP and over TLS, wrk with `Connection: close` over
-//! TLS (a handshake per request), h2load over HTTP/2. The memory held by idle client
+//! the same backend on loopback, under the same load in the same run. All of them run for the
+//! whole suite and each load is measured on one after the other, in an order that rotates.
+//! Loads: wrk keep-alive over plain HTTP and over TLS, wrk with `Connection: close` over TLS (a
+//! handshake per request), h2load over HTTP/2. The memory held by idle client
 //! connections is measured here too, for the `idle` suite ([`idle_connections`]).
 //!
 //! Every proxy gets two workers (the machine's cores), each pinned to a core where the proxy can
 //! do that (hapd by default, nginx `worker_cpu_affinity auto`, HAProxy `cpu-map`; Apache's event
 //! MPM has no such setting), no access log, kept-alive upstream connections, TLS 1.2/1.3 with the
-//! same ECDSA P-256 certificate.
+//! same ECDSA P-256 certificate, and the guide's work on every request: the client's Host kept,
+//! X-Forwarded-For, -Proto and -Host added, four security headers set on every answer (checked
+//! once per proxy before it is measured, [`check_guide_headers`]).
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,6 +29,9 @@ use crate::{
 
 /// Below the ephemeral port range (32768..), so no client socket holds them.
 const BACKEND: u16 = 18_000;
+
+/// The guide's HSTS header, which every proxy sets on every response (with three more).
+const HSTS: &str = "max-age=63072000; includeSubDomains; preload";
 
 struct Peer {
     name: &'static str,
@@ -162,6 +169,8 @@ servers = ["127.0.0.1:{BACKEND}"]
 [[vhost]]
 server_names = ["localhost"]
 listeners = ["plain", "tls"]
+preserve_host = true
+response_headers = {{ "Strict-Transport-Security" = "{HSTS}", "X-Content-Type-Options" = "nosniff", "X-Frame-Options" = "DENY", "Referrer-Policy" = "strict-origin-when-cross-origin" }}
   [[vhost.route]]
   prefix = "/"
   upstream = "backend"
@@ -209,6 +218,13 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      add_header Strict-Transport-Security "{HSTS}" always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header X-Frame-Options DENY always;
+      add_header Referrer-Policy strict-origin-when-cross-origin always;
     }}
   }}
 }}
@@ -242,6 +258,14 @@ defaults
 frontend fe
   bind 127.0.0.1:{p}
   bind 127.0.0.1:{t} ssl crt {d}/both.pem alpn h2,http/1.1 ssl-min-ver TLSv1.2
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+  http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-after-response set-header Strict-Transport-Security "{HSTS}"
+  http-after-response set-header X-Content-Type-Options nosniff
+  http-after-response set-header X-Frame-Options DENY
+  http-after-response set-header Referrer-Policy strict-origin-when-cross-origin
   default_backend be
 backend be
   http-reuse always
@@ -275,6 +299,7 @@ LoadModule proxy_http_module {m}/mod_proxy_http.so
 LoadModule ssl_module {m}/mod_ssl.so
 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so
 LoadModule http2_module {m}/mod_http2.so
+LoadModule headers_module {m}/mod_headers.so
 ServerTokens Prod
 KeepAlive On
 KeepAliveTimeout 15
@@ -286,8 +311,15 @@ MaxRequestWorkers 256
 SSLSessionCache shmcb:{d}/ssl_scache(512000)
 Listen 127.0.0.1:{p}
 Listen 127.0.0.1:{t}
+ProxyPreserveHost On
+Header always set Strict-Transport-Security "{HSTS}"
+Header always set X-Content-Type-Options "nosniff"
+Header always set X-Frame-Options "DENY"
+Header always set Referrer-Policy "strict-origin-when-cross-origin"
 <VirtualHost 127.0.0.1:{p}>
+  RequestHeader set X-Forwarded-Proto "http"
   ProxyPass / http://127.0.0.1:{BACKEND}/
+  ProxyPassReverse / http://127.0.0.1:{BACKEND}/
 </VirtualHost>
 <VirtualHost 127.0.0.1:{t}>
   SSLEngine on
@@ -295,7 +327,9 @@ Listen 127.0.0.1:{t}
   SSLCertificateKeyFile {d}/key.pem
   SSLProtocol -all +TLSv1.2 +TLSv1.3
   Protocols h2 http/1.1
+  RequestHeader set X-Forwarded-Proto "https"
   ProxyPass / http://127.0.0.1:{BACKEND}/
+  ProxyPassReverse / http://127.0.0.1:{BACKEND}/
 </VirtualHost>
 "#
             );
@@ -315,6 +349,45 @@ Listen 127.0.0.1:{t}
     wait_port(p, peer.name, &log)?;
     wait_port(t, peer.name, &log)?;
     Ok(running)
+}
+
+/// Requests that reached the backend without all of X-Forwarded-For, -Proto and -Host.
+static UNFORWARDED: AtomicU64 = AtomicU64::new(0);
+
+/// Checks that `peer` does the guide's work on a request: the backend got the X-Forwarded
+/// headers (of every request so far) and the answer carries the guide's response headers. A
+/// proxy configured to do less would be measured doing less.
+fn check_guide_headers(peer: &Peer) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", peer.plain))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .with_context(|| format!("{}: reading an answer", peer.name))?;
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    for h in [
+        "strict-transport-security: max-age=63072000; includesubdomains; preload",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "referrer-policy: strict-origin-when-cross-origin",
+    ] {
+        if !head.lines().any(|l| l == h) {
+            bail!("{}: the answer lacks `{h}`:\n{head}", peer.name);
+        }
+    }
+    let n = UNFORWARDED.load(Ordering::Relaxed);
+    if n > 0 {
+        bail!(
+            "{}: {n} request(s) reached the backend without X-Forwarded-For/-Proto/-Host",
+            peer.name
+        );
+    }
+    Ok(())
 }
 
 /// The shared backend: a hyper server answering every request with the same 128 bytes, on its
@@ -357,8 +430,15 @@ fn backend() -> anyhow::Result<Backend> {
                     let _ = s.set_nodelay(true);
                     let body = body.clone();
                     tokio::spawn(async move {
-                        let svc = service_fn(move |_req| {
+                        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                             let b = body.clone();
+                            let h = req.headers();
+                            if !["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]
+                                .iter()
+                                .all(|n| h.contains_key(*n))
+                            {
+                                UNFORWARDED.fetch_add(1, Ordering::Relaxed);
+                            }
                             async move {
                                 Ok::<_, std::convert::Infallible>(Response::new(
                                     http_body_util::Full::new(b),
@@ -679,6 +759,20 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
     ];
     let (dir, _cleanup, _backend) = setup()?;
 
+    // Every proxy runs for the whole suite (an idle proxy costs nothing measurable), so that
+    // one load is measured on all of them back to back: the machine's speed drifts over minutes
+    // (one hapd-only run measured 66k req/s at noon and 89k an hour later, same binary), and
+    // measuring each proxy's four loads in one block put that drift between the proxies.
+    let mut running = Vec::new();
+    for peer in &peers {
+        let procs = start(peer, &dir)?;
+        let pgid = procs.first().map_or(0, |p| p.0.id());
+        // Warm up: connections, TLS session caches, upstream keep-alive.
+        let _ = load_only(Load::Plain, peer, 1);
+        check_guide_headers(peer)?;
+        running.push((procs, pgid));
+    }
+
     let total_runs = rounds * peers.len() * loads.len();
     let t0 = Instant::now();
     let mut done = 0;
@@ -687,19 +781,12 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
         .map(|_| (0..peers.len()).map(|_| Vec::new()).collect())
         .collect();
     for round in 0..rounds {
-        // Alternate the order so no peer always runs first (warm caches, thermal state).
-        let order: Vec<usize> = if round % 2 == 0 {
-            (0..peers.len()).collect()
-        } else {
-            (0..peers.len()).rev().collect()
-        };
-        for &pi in &order {
-            let peer = &peers[pi];
-            let procs = start(peer, &dir)?;
-            let pgid = procs.first().map_or(0, |p| p.0.id());
-            // Warm up: connections, TLS session caches, upstream keep-alive.
-            let _ = load_only(Load::Plain, peer, 1);
-            for (li, &load) in loads.iter().enumerate() {
+        for (li, &load) in loads.iter().enumerate() {
+            // Rotate the order so no proxy is always first after a change of load (the
+            // handshake load leaves thousands of sockets in TIME_WAIT behind it).
+            let n = peers.len();
+            for pi in (0..n).map(|k| (k + round + li) % n) {
+                let peer = &peers[pi];
                 done += 1;
                 let left = (t0.elapsed().as_secs_f64() / done as f64) * (total_runs - done) as f64;
                 println!(
@@ -709,12 +796,11 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                     load.label(),
                     left
                 );
-                samples[li][pi].push(run_load(load, peer, secs, pgid)?);
+                samples[li][pi].push(run_load(load, peer, secs, running[pi].1)?);
             }
-            drop(procs);
-            std::thread::sleep(Duration::from_millis(300));
         }
     }
+    drop(running);
 
     let mut report = Report::new("proxy", quick);
     if !only.is_empty() {
@@ -741,8 +827,16 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
             .filter(|(p, _)| p.name != "hapd")
             .map(|(_, m)| m.0)
             .fold(f64::NAN, f64::max);
+        let others: Vec<Vec<f64>> = peers
+            .iter()
+            .zip(&samples[li])
+            .filter(|(p, _)| p.name != "hapd")
+            .map(|(_, s)| s.iter().map(|x| x.rps).collect())
+            .collect();
         let mut rows = Vec::new();
         for (pi, peer) in peers.iter().enumerate() {
+            let mine: Vec<f64> = samples[li][pi].iter().map(|x| x.rps).collect();
+            let paired = round_by_round_ratio(&mine, &others);
             let p50 =
                 median_spread(&samples[li][pi].iter().map(|x| x.p50_ms).collect::<Vec<_>>()).0;
             let p99 =
@@ -772,6 +866,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 } else {
                     format!("{:.2}", med[pi].0 / best_peer)
                 },
+                paired.map_or("-".into(), |r| format!("{r:.2}")),
             ]);
             raw.insert(
                 format!("{}/{}", load.label(), peer.name),
@@ -793,6 +888,12 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                     load.connections()
                 )
             },
+            "Ratio to best peer: this proxy's median over the best median of nginx, HAProxy and \
+             Apache. Round by round: in each round this proxy's figure over the best of the \
+             three in that round (measured seconds apart), then the median of those ratios; the \
+             machine's speed drifts from round to round, and this ratio compares figures taken \
+             under the same drift."
+                .into(),
             "Proxy CPU: every thread of every process of the proxy (/proc/*/task/*/schedstat) \
              during the load, divided by the requests the load tool completed; median of the \
              rounds. It is steadier than req/s, which also moves with how the two cores are \
@@ -827,6 +928,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 "p99 ms",
                 "proxy CPU µs/req",
                 "ratio to best peer",
+                "round by round",
             ]
             .map(String::from)
             .to_vec(),
@@ -875,6 +977,23 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
     raw.insert("testssl".into(), scan_raw);
     report.raw = serde_json::Value::Object(raw);
     Ok(report)
+}
+
+/// The median over rounds of `mine[r]` divided by the best of `others[..][r]`: a comparison of
+/// figures measured in the same round. `None` without others or rounds.
+fn round_by_round_ratio(mine: &[f64], others: &[Vec<f64>]) -> Option<f64> {
+    let ratios: Vec<f64> = mine
+        .iter()
+        .enumerate()
+        .filter_map(|(r, &m)| {
+            let best = others
+                .iter()
+                .filter_map(|o| o.get(r).copied())
+                .fold(f64::NAN, f64::max);
+            (best > 0.0).then(|| m / best)
+        })
+        .collect();
+    (!ratios.is_empty()).then(|| median_spread(&ratios).0)
 }
 
 /// The scratch directory (certificates, configs, logs), its remover, and the backend.
@@ -1020,7 +1139,7 @@ servers = ["127.0.0.1:{BACKEND}"]
 [[vhost]]
 server_names = ["localhost"]
 listeners = ["tls"]
-response_headers = {{ "Strict-Transport-Security" = "max-age=63072000; includeSubDomains; preload" }}
+response_headers = {{ "Strict-Transport-Security" = "{HSTS}" }}
   [[vhost.route]]
   prefix = "/"
   upstream = "backend"
@@ -1072,4 +1191,23 @@ response_headers = {{ "Strict-Transport-Security" = "max-age=63072000; includeSu
         .map(|f| serde_json::json!({"id": f.id, "severity": f.severity, "finding": f.finding}))
         .collect::<Vec<_>>());
     Ok((table, raw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_by_round_ratio;
+
+    #[test]
+    fn round_by_round_ratio_divides_by_the_best_peer_of_each_round() {
+        // Round 1 is slow for everyone; the ratio of medians would mix rounds.
+        let mine = [50.0, 120.0, 110.0];
+        let others = vec![vec![40.0, 100.0, 100.0], vec![45.0, 80.0, 105.0]];
+        // 50/45, 120/100, 110/105 -> 1.11, 1.2, 1.048; median 1.11.
+        let r = round_by_round_ratio(&mine, &others).unwrap();
+        assert!((r - 50.0 / 45.0).abs() < 1e-9, "{r}");
+        assert_eq!(round_by_round_ratio(&mine, &[]), None);
+        // A round without any peer figure is left out.
+        let r = round_by_round_ratio(&[10.0, 30.0], &[vec![20.0]]).unwrap();
+        assert!((r - 0.5).abs() < 1e-9, "{r}");
+    }
 }
