@@ -761,7 +761,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
 
     // Every proxy runs for the whole suite (an idle proxy costs nothing measurable), so that
     // one load is measured on all of them back to back: the machine's speed drifts over minutes
-    // (one hapd-only run measured 66k req/s at noon and 89k an hour later, same binary), and
+    // (hapd, same binary: 66k req/s plain keep-alive at noon, 89k an hour later), and
     // measuring each proxy's four loads in one block put that drift between the proxies.
     let mut running = Vec::new();
     for peer in &peers {
