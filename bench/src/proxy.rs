@@ -760,7 +760,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
     ];
     let (dir, _cleanup, _backend) = setup()?;
 
-    // Every proxy runs for the whole suite (an idle proxy costs nothing measurable), so that
+    // Every proxy runs for the whole suite (an idle one only waits on its sockets), so that
     // one load is measured on all of them back to back: the machine's speed drifts over minutes
     // (hapd, same binary: 66k req/s plain keep-alive at noon, 89k an hour later), and
     // measuring each proxy's four loads in one block put that drift between the proxies.
