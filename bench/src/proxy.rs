@@ -817,27 +817,20 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
         .map(|p| (p.name.to_string(), Vec::new()))
         .collect();
     for (li, load) in loads.iter().enumerate() {
-        let med: Vec<(f64, f64, f64)> = samples[li]
+        let rps: Vec<Vec<f64>> = samples[li]
             .iter()
-            .map(|s| median_spread(&s.iter().map(|x| x.rps).collect::<Vec<_>>()))
+            .map(|s| s.iter().map(|x| x.rps).collect())
             .collect();
-        // The best of the others: hapd's ratio is to it, theirs too.
-        let best_peer = peers
-            .iter()
-            .zip(&med)
-            .filter(|(p, _)| p.name != "hapd")
-            .map(|(_, m)| m.0)
-            .fold(f64::NAN, f64::max);
-        let others: Vec<Vec<f64>> = peers
-            .iter()
-            .zip(&samples[li])
-            .filter(|(p, _)| p.name != "hapd")
-            .map(|(_, s)| s.iter().map(|x| x.rps).collect())
+        let med: Vec<(f64, f64, f64)> = rps.iter().map(|r| median_spread(r)).collect();
+        // The others than hapd: hapd's ratios are to the best of them, theirs too.
+        let others: Vec<usize> = (0..peers.len())
+            .filter(|&i| peers[i].name != "hapd")
             .collect();
+        let best_peer = others.iter().map(|&i| med[i].0).fold(f64::NAN, f64::max);
+        let others_rps: Vec<&[f64]> = others.iter().map(|&i| rps[i].as_slice()).collect();
         let mut rows = Vec::new();
         for (pi, peer) in peers.iter().enumerate() {
-            let mine: Vec<f64> = samples[li][pi].iter().map(|x| x.rps).collect();
-            let paired = round_by_round_ratio(&mine, &others);
+            let paired = round_by_round_ratio(&rps[pi], &others_rps);
             let p50 =
                 median_spread(&samples[li][pi].iter().map(|x| x.p50_ms).collect::<Vec<_>>()).0;
             let p99 =
@@ -982,7 +975,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
 
 /// The median over rounds of `mine[r]` divided by the best of `others[..][r]`: a comparison of
 /// figures measured in the same round. `None` without others or rounds.
-fn round_by_round_ratio(mine: &[f64], others: &[Vec<f64>]) -> Option<f64> {
+fn round_by_round_ratio(mine: &[f64], others: &[&[f64]]) -> Option<f64> {
     let ratios: Vec<f64> = mine
         .iter()
         .enumerate()
@@ -1202,13 +1195,13 @@ mod tests {
     fn round_by_round_ratio_divides_by_the_best_peer_of_each_round() {
         // Round 1 is slow for everyone; the ratio of medians would mix rounds.
         let mine = [50.0, 120.0, 110.0];
-        let others = vec![vec![40.0, 100.0, 100.0], vec![45.0, 80.0, 105.0]];
+        let others: [&[f64]; 2] = [&[40.0, 100.0, 100.0], &[45.0, 80.0, 105.0]];
         // 50/45, 120/100, 110/105 -> 1.11, 1.2, 1.048; median 1.11.
         let r = round_by_round_ratio(&mine, &others).unwrap();
         assert!((r - 50.0 / 45.0).abs() < 1e-9, "{r}");
         assert_eq!(round_by_round_ratio(&mine, &[]), None);
         // A round without any peer figure is left out.
-        let r = round_by_round_ratio(&[10.0, 30.0], &[vec![20.0]]).unwrap();
+        let r = round_by_round_ratio(&[10.0, 30.0], &[&[20.0]]).unwrap();
         assert!((r - 0.5).abs() < 1e-9, "{r}");
     }
 }

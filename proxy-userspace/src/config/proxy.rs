@@ -39,7 +39,7 @@ pub struct Server {
     /// Pin each proxy worker thread to its own CPU of the set hapd may run on (nginx
     /// `worker_cpu_affinity auto`, HAProxy `cpu-map`). The workers are one per CPU already; pinned,
     /// they keep their caches and are not moved about by the scheduler.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::yes")]
     pub pin_workers: bool,
 }
 
@@ -55,10 +55,6 @@ impl Default for Server {
             pin_workers: true,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_drain() -> Dur {
