@@ -199,6 +199,22 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         &[("vhost", "app"), ("code", "200"), ("upstream", "app")],
     );
     assert!(reqs >= 10.0, "{reqs}");
+    // Every request came on a connection of its own (curl), placed on some worker.
+    let placed: f64 = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "hapd_proxy_worker_connections_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .sum();
+    assert!(
+        placed >= reqs,
+        "{placed} connections placed, {reqs} requests"
+    );
+    // Exported once (`sample` checks), whatever its value on this idle lab.
+    sample(&m, "hapd_proxy_steered_connections_total", &[]);
     let hist = m
         .samples
         .iter()

@@ -323,6 +323,8 @@ impl Admin {
                 healthy: p.healthy(),
                 connections: p.connections(),
                 worker_connections: p.worker_connections(),
+                worker_connections_total: p.worker_connections_total(),
+                steered_connections: p.steered_connections(),
                 servers: p.servers(),
                 certificates: p
                     .certificates()

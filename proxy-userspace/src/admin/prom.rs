@@ -185,6 +185,28 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             );
         }
         o.family(
+            "hapd_proxy_worker_connections_total",
+            "counter",
+            "Client connections placed on each proxy worker thread.",
+        );
+        for (i, n) in p.worker_connections_total.iter().enumerate() {
+            o.sample(
+                "hapd_proxy_worker_connections_total",
+                &[("worker", &i.to_string())],
+                n,
+            );
+        }
+        o.family(
+            "hapd_proxy_steered_connections_total",
+            "counter",
+            "New connections handed to a worker whose CPU had time to spare (pinned workers).",
+        );
+        o.sample(
+            "hapd_proxy_steered_connections_total",
+            &[],
+            p.steered_connections,
+        );
+        o.family(
             "hapd_upstream_server_up",
             "gauge",
             "1 when the upstream server is up (health checks and passive ejection).",

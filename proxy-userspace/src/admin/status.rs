@@ -66,6 +66,12 @@ pub struct ProxyStatus {
     /// The client connections each proxy worker thread serves.
     #[serde(default)]
     pub worker_connections: Vec<usize>,
+    /// The client connections placed on each proxy worker thread since the start.
+    #[serde(default)]
+    pub worker_connections_total: Vec<u64>,
+    /// New connections handed to a worker whose CPU had time to spare (pinned workers).
+    #[serde(default)]
+    pub steered_connections: u64,
     pub servers: Vec<ServerStatus>,
     pub certificates: Vec<CertStatus>,
 }

@@ -10,7 +10,7 @@
 //!
 //! The counts are kept here, not derived from the tasks: a connection counts for its worker
 //! from the moment it is placed (also while it waits in the inbox) until [`Balance::release`].
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -25,6 +25,8 @@ pub struct Handed<T> {
 
 pub struct Balance<T> {
     open: Box<[Padded<AtomicUsize>]>,
+    /// Connections placed on each worker since the start.
+    placed: Box<[Padded<AtomicU64>]>,
     inbox: Box<[mpsc::UnboundedSender<Handed<T>>]>,
 }
 
@@ -40,9 +42,11 @@ impl<T> Balance<T> {
             .map(|_| mpsc::unbounded_channel())
             .unzip();
         let open = (0..tx.len()).map(|_| Padded(AtomicUsize::new(0))).collect();
+        let placed = (0..tx.len()).map(|_| Padded(AtomicU64::new(0))).collect();
         (
             Balance {
                 open,
+                placed,
                 inbox: tx.into(),
             },
             rx,
@@ -61,7 +65,14 @@ impl<T> Balance<T> {
             .min_by_key(|&(_, n)| n)
             .unwrap_or((me, mine));
         let to = if mine >= fewest + SLACK { least } else { me };
+        self.place_on(to)
+    }
+
+    /// Counts a connection for worker `to`, chosen by other means (see [`super::steer`]).
+    pub fn place_on(&self, to: usize) -> usize {
+        let to = to.min(self.open.len() - 1);
         self.open[to].fetch_add(1, Ordering::Relaxed);
+        self.placed[to].fetch_add(1, Ordering::Relaxed);
         to
     }
 
@@ -75,11 +86,26 @@ impl<T> Balance<T> {
     pub fn recount(&self, from: usize, to: usize) {
         self.open[from].fetch_sub(1, Ordering::Relaxed);
         self.open[to].fetch_add(1, Ordering::Relaxed);
+        self.placed[from].fetch_sub(1, Ordering::Relaxed);
+        self.placed[to].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection placed on `worker` ended.
     pub fn release(&self, worker: usize) {
         self.open[worker].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The connections all workers hold now.
+    pub fn total(&self) -> usize {
+        self.open.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The connections placed on each worker since the start.
+    pub fn placed(&self) -> Vec<u64> {
+        self.placed
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The connections each worker holds now.
@@ -110,6 +136,11 @@ mod tests {
         assert_eq!(b.place(1), 0);
         b.recount(0, 2);
         assert_eq!(b.open(), [2, 4, 3]);
+        assert_eq!(
+            b.placed(),
+            [4, 4, 3],
+            "placed counts only grow, except by a recount"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod http1;
 mod log;
 pub mod metrics;
 mod site;
+mod steer;
 pub mod tls;
 mod tls_stream;
 pub mod upstream;
@@ -109,6 +110,8 @@ struct Shared {
     connections: AtomicUsize,
     /// Client connections per worker, and the inboxes of connections handed between them.
     balance: balance::Balance<Accepted>,
+    /// Steers new connections toward a CPU with time to spare (pinned workers only).
+    steer: Option<steer::Steer>,
     idle: Notify,
     metrics: Arc<Metrics>,
     /// Set when this node hands its VIPs over (see [`ProxyView::begin_handover`]).
@@ -284,6 +287,16 @@ impl ProxyView {
         self.shared.balance.open()
     }
 
+    /// Client connections placed on each worker thread since the start.
+    pub fn worker_connections_total(&self) -> Vec<u64> {
+        self.shared.balance.placed()
+    }
+
+    /// New connections handed to a worker whose CPU had time to spare, since the start.
+    pub fn steered_connections(&self) -> u64 {
+        self.shared.steer.as_ref().map_or(0, |s| s.steered())
+    }
+
     /// Whether every route has a server up (what `track_proxy` follows).
     pub fn healthy(&self) -> bool {
         *self.health.borrow()
@@ -432,6 +445,16 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         .max_concurrent_streams(256)
         .keep_alive_interval(Some(server.keepalive))
         .keep_alive_timeout(server.header_read);
+    let cpus = if cfg.server.as_ref().is_none_or(|s| s.pin_workers) {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
+    let steer = if cpus.is_empty() {
+        None
+    } else {
+        steer::Steer::new((0..workers).map(|w| cpus[w % cpus.len()]).collect())
+    };
     let (balance, mut inboxes) = balance::Balance::new(workers);
     let shared = Arc::new(Shared {
         h2,
@@ -441,6 +464,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         handshake_timeout: server.header_read,
         connections: AtomicUsize::new(0),
         balance,
+        steer,
         idle: Notify::new(),
         metrics: Arc::new(Metrics::new(workers + 1)),
         handover: Arc::new(AtomicBool::new(false)),
@@ -480,11 +504,6 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     }
     let (health_tx, health_rx) = ProxyHealth::new();
     let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
-    let cpus = if cfg.server.as_ref().is_none_or(|s| s.pin_workers) {
-        allowed_cpus()
-    } else {
-        Vec::new()
-    };
     if !cpus.is_empty() {
         info!(?cpus, workers, "pinning each proxy worker to one CPU");
     }
@@ -708,7 +727,14 @@ async fn accept_loop(
             tls,
             sites: sites.clone(),
         };
-        let to = shared.balance.place(me);
+        let steered = shared
+            .steer
+            .as_ref()
+            .and_then(|s| s.place(me, shared.balance.total()));
+        let to = match steered {
+            Some(to) => shared.balance.place_on(to),
+            None => shared.balance.place(me),
+        };
         if to == me {
             spawn_connection(stream, with, me, &shared, &drain);
             continue;
