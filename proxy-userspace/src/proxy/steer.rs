@@ -14,7 +14,8 @@
 //! nothing, and a sample older than `STALE` (no accepts for a while) starts over from even
 //! placement. What a window measured is the load of short connections coming and going; a
 //! burst of new connections that stay open (`BURST` more than at the window's start) is not
-//! that, and the rest of the window places them evenly.
+//! that, and the rest of the window places them evenly; the reference it is measured from
+//! rises by at most `BURST` a window, so a burst that spans two windows is still one.
 use std::{
     fs::File,
     os::unix::fs::FileExt,
@@ -58,7 +59,9 @@ pub struct Steer {
     share: Box<[Padded<AtomicU32>]>,
     /// Per worker: share accumulated since its last steered connection.
     credit: Box<[Padded<AtomicU32>]>,
-    /// The connections open when the last sample was taken.
+    /// What the open connections are compared with to tell a burst: the connections open at
+    /// the last sample, but never more than `BURST` above the sample before (a burst that
+    /// spans a sample is still a burst).
     open_then: AtomicUsize,
     /// Connections handed to the target so far.
     steered: AtomicU64,
@@ -211,7 +214,9 @@ impl Steer {
         for (s, v) in self.share.iter().zip(&d.shares) {
             s.store((v * ONE as f64) as u32, Ordering::Relaxed);
         }
-        self.open_then.store(open, Ordering::Relaxed);
+        let then = self.open_then.load(Ordering::Relaxed);
+        self.open_then
+            .store(open.min(then + BURST), Ordering::Relaxed);
         self.target
             .store(d.target.unwrap_or(NONE), Ordering::Relaxed);
     }
@@ -383,12 +388,36 @@ ctxt 123
         assert!(b[0] >= a[0]);
     }
 
-    /// A steer whose next sample is a long way off, steering by `d`.
+    /// A steer whose next sample is a long way off, steering by `d` with `open` connections
+    /// open at the last sample.
     fn fixed(workers: usize, d: Decision, open: usize) -> Steer {
         let s = Steer::new(vec![0; workers]).unwrap();
         s.due.store(u64::MAX, Ordering::Relaxed);
         s.apply(&d, open);
+        s.open_then.store(open, Ordering::Relaxed);
         s
+    }
+
+    #[test]
+    fn the_burst_reference_rises_by_at_most_a_burst_a_window() {
+        let d = || Decision {
+            target: Some(1),
+            shares: vec![1.0, 0.0],
+        };
+        let s = fixed(2, d(), 16);
+        // A burst of 64 staying connections spans the next sample: still a burst.
+        s.apply(&d(), 80);
+        assert_eq!(s.open_then.load(Ordering::Relaxed), 16 + BURST);
+        assert_eq!(s.place(0, 81), None);
+        // The load settles at 80 open: steering resumes once the reference catches up.
+        for _ in 0..7 {
+            s.apply(&d(), 80);
+        }
+        assert_eq!(s.open_then.load(Ordering::Relaxed), 80);
+        assert_eq!(s.place(0, 80), Some(1));
+        // Connections closing lower it at once.
+        s.apply(&d(), 20);
+        assert_eq!(s.open_then.load(Ordering::Relaxed), 20);
     }
 
     #[test]
