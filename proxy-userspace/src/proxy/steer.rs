@@ -247,22 +247,23 @@ pub fn decide(target: Option<usize>, shares: &[f64], idle: &[f64]) -> Decision {
 }
 
 impl Sampler {
-    /// Each listed CPU's idle and iowait ticks since boot.
+    /// Each listed CPU's idle and iowait ticks since boot. The per-CPU lines come first in
+    /// `/proc/stat`; one read of room enough for them takes them from one snapshot (what
+    /// follows, the interrupt counts, can be far longer and is not needed).
     fn read(&mut self, cpus: &[usize]) -> std::io::Result<Vec<u64>> {
-        self.buf.clear();
-        self.buf.resize(self.buf.capacity().max(4096), 0);
-        let mut len = 0;
-        loop {
-            let n = self.stat.read_at(&mut self.buf[len..], len as u64)?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-            if len == self.buf.len() {
-                self.buf.resize(len * 2, 0);
-            }
-        }
-        let text = std::str::from_utf8(&self.buf[..len])
+        let room = 256 * (cpus.iter().max().map_or(0, |&c| c) + 2);
+        self.buf.resize(room.max(4096), 0);
+        let n = self.stat.read_at(&mut self.buf, 0)?;
+        // A line cut off by the end of the buffer is not parsed.
+        let whole = if n == self.buf.len() {
+            self.buf[..n]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1)
+        } else {
+            n
+        };
+        let text = std::str::from_utf8(&self.buf[..whole])
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         idle_ticks(text, cpus).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
