@@ -508,36 +508,14 @@ async fn a_body_delimited_by_close_reaches_every_client_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_connections_are_spread_evenly_over_the_workers() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let a = Backend::start("a").await;
     let p = start_proxy(&config(&[a.authority()], "round-robin", ""));
     let addr = addr_of(&p, "http");
     // The kernel's SO_REUSEPORT hash alone leaves two workers within two connections of each
     // other for 200 connections about one time in six; with three or more workers, less often.
     const N: usize = 200;
-    let mut conns = Vec::new();
-    for _ in 0..N {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nhost: site\r\n\r\n")
-            .await
-            .unwrap();
-        conns.push(s);
-    }
     // Every connection answered, wherever it was served, and kept open.
-    for s in &mut conns {
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                .await
-                .expect("an answer within 5 s")
-                .unwrap();
-            assert!(n > 0, "closed without an answer");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&got);
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    }
+    let conns = answered_and_kept_open(addr, "site", N).await;
     let open = p.view.worker_connections();
     assert_eq!(open.iter().sum::<usize>(), N, "{open:?}");
     let (min, max) = (open.iter().min().unwrap(), open.iter().max().unwrap());

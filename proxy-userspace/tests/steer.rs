@@ -158,26 +158,7 @@ listeners = ["plain"]
 
     // Still busy, and steering: 64 clients open keep-alive connections at once. Steering
     // was learnt for short connections; these stay, and go out evenly.
-    let mut conns = Vec::new();
-    for _ in 0..64 {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nhost: site\r\n\r\n")
-            .await
-            .unwrap();
-        conns.push(s);
-    }
-    for s in &mut conns {
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                .await
-                .expect("an answer within 5 s")
-                .unwrap();
-            assert!(n > 0, "closed without an answer");
-            got.extend_from_slice(&chunk[..n]);
-        }
-    }
+    let conns = answered_and_kept_open(addr, "site", 64).await;
     let open = p.view.worker_connections();
     eprintln!(
         "per worker: both CPUs free {even:?}, CPU 0 busy {busy:?}, keep-alive burst {open:?}"

@@ -436,6 +436,33 @@ pub async fn tls_request(
     }
 }
 
+/// `n` connections opened one right after the other, each sending `GET /x` for `host` with
+/// no `Connection: close`; returned once every one has had a 200 head back, still open.
+pub async fn answered_and_kept_open(addr: SocketAddr, host: &str, n: usize) -> Vec<TcpStream> {
+    let request = format!("GET /x HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        conns.push(s);
+    }
+    for s in &mut conns {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    conns
+}
+
 /// Sends raw bytes, returns everything the proxy answers until it closes (or 5 s pass).
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
