@@ -522,7 +522,10 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
                 .spawn(move || {
                     if let Some(cpu) = cpu {
                         if let Err(e) = pin_to(cpu) {
-                            warn!(worker = w, cpu, error = %e, "could not pin the proxy worker; it runs unpinned");
+                            warn!(worker = w, cpu, error = %e, "could not pin the proxy worker; it runs unpinned, and new connections are not steered by CPU load");
+                            if let Some(s) = &shared.steer {
+                                s.turn_off();
+                            }
                         }
                     }
                     upstream::set_worker(w);

@@ -20,7 +20,7 @@ use std::{
     fs::File,
     os::unix::fs::FileExt,
     sync::{
-        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Mutex,
     },
     time::{Duration, Instant},
@@ -65,6 +65,8 @@ pub struct Steer {
     open_then: AtomicUsize,
     /// Connections handed to the target so far.
     steered: AtomicU64,
+    /// Set when a worker could not be pinned: its CPU's idle time says nothing about it.
+    off: AtomicBool,
 }
 
 struct Sampler {
@@ -115,6 +117,7 @@ impl Steer {
             credit: (0..n).map(|_| Padded(AtomicU32::new(0))).collect(),
             open_then: AtomicUsize::new(0),
             steered: AtomicU64::new(0),
+            off: AtomicBool::new(false),
         })
     }
 
@@ -122,6 +125,9 @@ impl Steer {
     /// steering target, `Some(me)` to keep it whatever the connection counts say, `None` to
     /// leave it to even placement. `open` is the connections open on all workers now.
     pub fn place(&self, me: usize, open: usize) -> Option<usize> {
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
         self.sample(open);
         let t = self.target.load(Ordering::Relaxed);
         if t == NONE || me >= self.share.len() {
@@ -148,6 +154,11 @@ impl Steer {
             self.credit[me].store(c, Ordering::Relaxed);
             Some(me)
         }
+    }
+
+    /// Stops steering for good: a worker runs unpinned after all.
+    pub fn turn_off(&self) {
+        self.off.store(true, Ordering::Relaxed);
     }
 
     /// Connections handed to a worker with CPU to spare so far.
@@ -473,5 +484,21 @@ ctxt 123
             Steer::new(vec![3]).is_none(),
             "one worker: nothing to steer"
         );
+    }
+
+    #[test]
+    fn turned_off_it_places_nothing() {
+        let s = fixed(
+            2,
+            Decision {
+                target: Some(1),
+                shares: vec![1.0, 0.0],
+            },
+            0,
+        );
+        assert_eq!(s.place(0, 0), Some(1));
+        s.turn_off();
+        assert_eq!(s.place(0, 0), None);
+        assert_eq!(s.place(1, 0), None);
     }
 }
