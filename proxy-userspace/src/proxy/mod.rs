@@ -450,11 +450,13 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     } else {
         Vec::new()
     };
-    let steer = if cpus.is_empty() {
-        None
+    // Worker N's CPU; none when the workers are not pinned.
+    let worker_cpus: Vec<usize> = if cpus.is_empty() {
+        Vec::new()
     } else {
-        steer::Steer::new((0..workers).map(|w| cpus[w % cpus.len()]).collect())
+        (0..workers).map(|w| cpus[w % cpus.len()]).collect()
     };
+    let steer = steer::Steer::new(worker_cpus.clone());
     let (balance, mut inboxes) = balance::Balance::new(workers);
     let shared = Arc::new(Shared {
         h2,
@@ -509,7 +511,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     }
     let mut threads = Vec::new();
     for (w, listeners) in per_worker.into_iter().enumerate() {
-        let cpu = (!cpus.is_empty()).then(|| cpus[w % cpus.len()]);
+        let cpu = worker_cpus.get(w).copied();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -733,7 +735,7 @@ async fn accept_loop(
         let steered = shared
             .steer
             .as_ref()
-            .and_then(|s| s.place(me, shared.balance.total()));
+            .and_then(|s| s.place(me, || shared.balance.total()));
         let to = match steered {
             Some(to) => shared.balance.place_on(to),
             None => shared.balance.place(me),

@@ -71,6 +71,7 @@ pub struct Steer {
 
 struct Sampler {
     stat: File,
+    /// Room for the per-CPU lines of `/proc/stat`, sized once for the highest CPU listed.
     buf: Vec<u8>,
     /// When the last sample was taken, and each worker's CPU idle ticks then.
     last: Option<(Instant, Vec<u64>)>,
@@ -102,13 +103,14 @@ impl Steer {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let n = cpus.len();
+        let room = 256 * (cpus.iter().max().map_or(0, |&c| c) + 2);
         Some(Steer {
             cpus: cpus.into(),
             epoch: Instant::now(),
             due: AtomicU64::new(0),
             sampler: Mutex::new(Sampler {
                 stat,
-                buf: Vec::with_capacity(4096),
+                buf: vec![0; room.max(4096)],
                 last: None,
                 ticks_per_sec: if hz > 0 { hz as f64 } else { 100.0 },
             }),
@@ -123,17 +125,18 @@ impl Steer {
 
     /// Where a connection worker `me` just accepted goes: `Some(target)` to hand it to the
     /// steering target, `Some(me)` to keep it whatever the connection counts say, `None` to
-    /// leave it to even placement. `open` is the connections open on all workers now.
-    pub fn place(&self, me: usize, open: usize) -> Option<usize> {
+    /// leave it to even placement. `open` counts the connections open on all workers now; it
+    /// is called only when a sample is due or a target is set.
+    pub fn place(&self, me: usize, open: impl Fn() -> usize) -> Option<usize> {
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
-        self.sample(open);
+        self.sample(&open);
         let t = self.target.load(Ordering::Relaxed);
         if t == NONE || me >= self.share.len() {
             return None;
         }
-        if open > self.open_then.load(Ordering::Relaxed) + BURST {
+        if open() > self.open_then.load(Ordering::Relaxed) + BURST {
             return None;
         }
         if t == me {
@@ -167,7 +170,7 @@ impl Steer {
     }
 
     /// Takes a sample if one is due and no other worker is taking it.
-    fn sample(&self, open: usize) {
+    fn sample(&self, open: impl Fn() -> usize) {
         let now = Instant::now();
         let ns = now.duration_since(self.epoch).as_nanos() as u64;
         if ns < self.due.load(Ordering::Relaxed) {
@@ -213,7 +216,7 @@ impl Steer {
                 .collect();
             decide(self.target(), &shares, &fractions)
         };
-        self.apply(&decision, open);
+        self.apply(&decision, open());
     }
 
     fn target(&self) -> Option<usize> {
@@ -262,8 +265,6 @@ impl Sampler {
     /// `/proc/stat`; one read of room enough for them takes them from one snapshot (what
     /// follows, the interrupt counts, can be far longer and is not needed).
     fn read(&mut self, cpus: &[usize]) -> std::io::Result<Vec<u64>> {
-        let room = 256 * (cpus.iter().max().map_or(0, |&c| c) + 2);
-        self.buf.resize(room.max(4096), 0);
         let n = self.stat.read_at(&mut self.buf, 0)?;
         // A line cut off by the end of the buffer is not parsed.
         let whole = if n == self.buf.len() {
@@ -420,13 +421,13 @@ ctxt 123
         // A burst of 64 staying connections spans the next sample: still a burst.
         s.apply(&d(), 80);
         assert_eq!(s.open_then.load(Ordering::Relaxed), 16 + BURST);
-        assert_eq!(s.place(0, 81), None);
+        assert_eq!(s.place(0, || 81), None);
         // The load settles at 80 open: steering resumes once the reference catches up.
         for _ in 0..7 {
             s.apply(&d(), 80);
         }
         assert_eq!(s.open_then.load(Ordering::Relaxed), 80);
-        assert_eq!(s.place(0, 80), Some(1));
+        assert_eq!(s.place(0, || 80), Some(1));
         // Connections closing lower it at once.
         s.apply(&d(), 20);
         assert_eq!(s.open_then.load(Ordering::Relaxed), 20);
@@ -442,11 +443,11 @@ ctxt 123
             },
             10,
         );
-        let from0: Vec<_> = (0..6).map(|_| s.place(0, 10)).collect();
+        let from0: Vec<_> = (0..6).map(|_| s.place(0, || 10)).collect();
         assert_eq!(from0, [0, 1, 0, 1, 0, 1].map(Some));
-        let from2: Vec<_> = (0..8).map(|_| s.place(2, 10)).collect();
+        let from2: Vec<_> = (0..8).map(|_| s.place(2, || 10)).collect();
         assert_eq!(from2, [2, 2, 2, 1, 2, 2, 2, 1].map(Some));
-        assert_eq!(s.place(1, 10), Some(1));
+        assert_eq!(s.place(1, || 10), Some(1));
         assert_eq!(s.steered(), 5);
     }
 
@@ -460,11 +461,11 @@ ctxt 123
             },
             16,
         );
-        assert_eq!(s.place(0, 16 + BURST), Some(1));
-        assert_eq!(s.place(0, 17 + BURST), None);
-        assert_eq!(s.place(1, 17 + BURST), None, "the target too");
+        assert_eq!(s.place(0, || 16 + BURST), Some(1));
+        assert_eq!(s.place(0, || 17 + BURST), None);
+        assert_eq!(s.place(1, || 17 + BURST), None, "the target too");
         // Fewer open again (short connections closing): steering resumes.
-        assert_eq!(s.place(0, 20), Some(1));
+        assert_eq!(s.place(0, || 20), Some(1));
     }
 
     #[test]
@@ -477,8 +478,8 @@ ctxt 123
             },
             0,
         );
-        assert_eq!(s.place(0, 0), None);
-        assert_eq!(s.place(1, 0), None);
+        assert_eq!(s.place(0, || 0), None);
+        assert_eq!(s.place(1, || 0), None);
         assert_eq!(s.steered(), 0);
         assert!(
             Steer::new(vec![3]).is_none(),
@@ -496,9 +497,9 @@ ctxt 123
             },
             0,
         );
-        assert_eq!(s.place(0, 0), Some(1));
+        assert_eq!(s.place(0, || 0), Some(1));
         s.turn_off();
-        assert_eq!(s.place(0, 0), None);
-        assert_eq!(s.place(1, 0), None);
+        assert_eq!(s.place(0, || 0), None);
+        assert_eq!(s.place(1, || 0), None);
     }
 }
