@@ -908,21 +908,6 @@ fn hapd_check(dir: &Scratch, text: &str) -> (bool, String, String) {
     )
 }
 
-/// The CPUs a thread may run on, from /proc (`Cpus_allowed_list`, e.g. "0-1,3").
-fn cpus_allowed(status: &str) -> Vec<usize> {
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim();
-    list.split(',')
-        .flat_map(|r| match r.split_once('-') {
-            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
-            None => vec![r.parse().unwrap()],
-        })
-        .collect()
-}
-
 /// `hapd-proxy-N` thread of `pid` → the CPUs it may run on, for every worker.
 fn worker_cpus(pid: u32) -> std::collections::BTreeMap<String, Vec<usize>> {
     std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -15,18 +15,6 @@ use std::{
 };
 
 use proxy_kit::*;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-
-fn allowed_cpus() -> Vec<usize> {
-    use nix::sched::{sched_getaffinity, CpuSet};
-    let set = sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
-    (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect()
-}
 
 fn pin_here(cpu: usize) {
     use nix::sched::{sched_setaffinity, CpuSet};
@@ -64,16 +52,12 @@ impl Drop for Hog {
 
 /// One request on a connection of its own, closed after the answer.
 async fn one_request(addr: SocketAddr) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nhost: site\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
-        .await
-        .expect("an answer within 5 s")
-        .unwrap();
-    assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+    let got = raw(
+        addr,
+        b"GET /x HTTP/1.1\r\nhost: site\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got:?}");
 }
 
 /// `n` short connections from 4 clients, each pausing 2 ms between two: a light load that
@@ -100,7 +84,7 @@ fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn new_connections_go_to_the_worker_whose_cpu_has_time_to_spare() {
-    let cpus = allowed_cpus();
+    let cpus = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
     if cpus.len() != 2 {
         // The shares below are worked out for two workers; CI's machine has two CPUs.
         eprintln!("this test needs exactly 2 CPUs, this process may use {cpus:?}: skipped");
