@@ -1,5 +1,6 @@
 //! VRRP frames for tests: valid adverts of either version and every way of getting one wrong.
 use proxy_common::{
+    auth::{self, Trailer, TRAILER_LEN},
     guard::{checksum, pseudo_header_sum},
     vrrp::{AUTH_NONE, AUTH_PASS, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_MCAST_V4, VRRP_TTL},
 };
@@ -41,6 +42,48 @@ pub struct Advert {
     pub frag: u16,
     /// Bytes of Ethernet padding after the IP packet.
     pub padding: usize,
+    /// An `auth_hmac` trailer after the message.
+    pub hmac: Option<Hmac>,
+}
+
+/// An `auth_hmac` trailer, right or wrong in any part.
+#[derive(Clone, Debug)]
+pub struct Hmac {
+    pub key_id: u8,
+    /// The key the MAC is computed with.
+    pub key: Vec<u8>,
+    /// Sequence number: seconds, fraction and counter.
+    pub seq: u64,
+    /// Ext Type (1 is HMAC-SHA256).
+    pub ext_type: u8,
+    pub reserved: u16,
+    /// Flip a bit of the MAC after computing it.
+    pub bad_mac: bool,
+    /// Send only this many bytes of the trailer.
+    pub truncate: Option<usize>,
+}
+
+impl Hmac {
+    /// A correct trailer with `key` as key `key_id` and sequence number `seq`.
+    pub fn new(key_id: u8, key: &[u8], seq: u64) -> Self {
+        Hmac {
+            key_id,
+            key: key.to_vec(),
+            seq,
+            ext_type: auth::EXT_HMAC_SHA256,
+            reserved: 0,
+            bad_mac: false,
+            truncate: None,
+        }
+    }
+
+    /// The sequence number of the wall clock now, plus `counter`.
+    pub fn now_seq(counter: u16) -> u64 {
+        let d = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        auth::clock_seq(d.as_secs(), d.subsec_nanos()) | counter as u64
+    }
 }
 
 impl Advert {
@@ -63,6 +106,7 @@ impl Advert {
             ip_options: 0,
             frag: 0,
             padding: 0,
+            hmac: None,
         }
     }
 
@@ -111,6 +155,26 @@ impl Advert {
             c ^= 0x5a5a;
         }
         m[6..8].copy_from_slice(&c.to_be_bytes());
+        if let Some(h) = &self.hmac {
+            let mlen = m.len();
+            m.resize(mlen + TRAILER_LEN, 0);
+            let mut t = Trailer::new_unchecked(&mut m[mlen..]);
+            t.set_header(h.key_id, h.seq);
+            m[mlen] = h.ext_type;
+            m[mlen + 2..mlen + 4].copy_from_slice(&h.reserved.to_be_bytes());
+            let key = auth::midstates(h.key_id, &h.key);
+            let pseudo = auth::pseudo_v4(self.version, self.vrid, self.src);
+            let mac = auth::advert_mac_simple(m.as_slice(), 0, mlen, &pseudo, &key)
+                .expect("the whole trailer is there");
+            let mut mac = auth::mac_bytes(&mac);
+            if h.bad_mac {
+                mac[15] ^= 1;
+            }
+            Trailer::new_unchecked(&mut m[mlen..]).set_mac(mac);
+            if let Some(n) = h.truncate {
+                m.truncate(mlen + n);
+            }
+        }
         m
     }
 

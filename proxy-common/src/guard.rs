@@ -5,9 +5,11 @@
 //! Neither allocates, panics or loops without a bound, so both compile for the BPF target and
 //! pass the verifier.
 
+use crate::auth;
 use crate::maps::{
-    AdvertRecord, InstanceKey, Reason, VridEntry, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER,
-    EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    AdvertRecord, AuthConfig, InstanceKey, Reason, ReplayKey, VridEntry, AUTH_MODE_ENFORCE,
+    AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE,
+    EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use crate::vrrp::{self, field, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_TTL};
 
@@ -37,6 +39,10 @@ pub trait Frame {
     fn be16_at(&self, off: usize) -> Option<u16> {
         self.bytes::<2>(off).map(u16::from_be_bytes)
     }
+
+    /// Copies the `len` bytes at `off` to `dst[at..at + len]`; `None` when the frame or `dst`
+    /// is too short.
+    fn copy_to(&self, off: usize, dst: &mut [u8], at: usize, len: usize) -> Option<()>;
 }
 
 impl Frame for [u8] {
@@ -48,12 +54,39 @@ impl Frame for [u8] {
         out.copy_from_slice(s);
         Some(out)
     }
+
+    fn copy_to(&self, off: usize, dst: &mut [u8], at: usize, len: usize) -> Option<()> {
+        let src = self.get(off..off.checked_add(len)?)?;
+        dst.get_mut(at..at.checked_add(len)?)?.copy_from_slice(src);
+        Some(())
+    }
 }
 
-/// The configuration the guard consults: `vrrp_vrids`.
+/// What the guard consults: the configuration (`vrrp_vrids`, `vrrp_auth`), the replay marks
+/// (`vrrp_replay`) and the wall clock.
 pub trait Tables {
     /// The entry of `vrid` (all 256 exist; unconfigured ones have no slot in use).
     fn vrid(&self, vrid: u8) -> Option<&VridEntry>;
+    /// The `auth_hmac` settings of an instance whose slot has [`CFG_AUTH_HMAC`].
+    fn auth(&self, key: &InstanceKey) -> Option<&AuthConfig>;
+    /// The highest verified sequence number of a sender, if one is recorded.
+    fn replay_mark(&self, key: &ReplayKey) -> Option<u64>;
+    /// Seconds since the Unix epoch (UTC, truncated to 32 bits as in the trailer). Asked only
+    /// for an advert with a trailer in time mode.
+    fn now_secs(&self) -> u32;
+    /// One SHA-256 compression ([`auth::compress`]); the XDP program runs it as a BPF global
+    /// function, which the verifier checks once instead of once per block of every path.
+    #[inline(always)]
+    fn compress(&self, state: &mut [u32; 8], block: &[u8; 64]) {
+        auth::compress(state, block)
+    }
+    /// Runs `f` with room for a MAC's input (a per-CPU map value in XDP: it does not fit the
+    /// BPF stack).
+    #[inline(always)]
+    fn with_mac_input<R>(&self, f: impl FnOnce(&mut auth::MacInput) -> R) -> Option<R> {
+        let mut input = auth::MacInput::ZERO;
+        Some(f(&mut input))
+    }
 }
 
 /// A valid advertisement, as far as the guard checks.
@@ -66,6 +99,9 @@ pub struct Advert {
     pub addr_count: u8,
     /// Advertisement interval in centiseconds (v2: seconds x 100).
     pub interval_cs: u16,
+    /// The sequence number of its verified `auth_hmac` trailer; `None` without a trailer.
+    /// The caller records it with [`record_seq`].
+    pub seq: Option<u64>,
 }
 
 /// What to do with a frame.
@@ -77,6 +113,9 @@ pub enum Verdict {
     Advert(Advert),
     /// Protocol 112 that must not reach VRRP: drop and count by reason.
     Drop(Reason),
+    /// An advert of instance `key` that `auth_hmac` rejects: drop, count by reason globally and
+    /// for the instance.
+    Unauthentic(InstanceKey, Reason),
 }
 
 /// Decides what to do with the Ethernet frame `f` that arrived on `ifindex`.
@@ -191,7 +230,7 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     }
     let vrrp = l3 + ihl;
     let vlen = total - ihl;
-    if vlen > vrrp::MAX_MESSAGE_LEN {
+    if vlen > vrrp::MAX_MESSAGE_LEN + auth::TRAILER_LEN {
         return Verdict::Drop(Reason::Length);
     }
     // The frame must hold the whole IP packet (it may hold Ethernet padding beyond it).
@@ -230,18 +269,23 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
         return Verdict::Drop(Reason::NotPeer);
     }
     // RFC 5798 section 7.1: the length MUST be consistent with Count IPvX Addr (at least one).
+    // With auth_hmac, an advert may carry the 28-byte trailer after the message; nothing else
+    // can make it exactly that much longer.
     let count = h[field::COUNT];
-    if count == 0 || vlen != vrrp::message_len(version, count) {
+    let mlen = vrrp::message_len(version, count);
+    let hmac = cfg.flags & CFG_AUTH_HMAC != 0;
+    let trailer = hmac && vlen == mlen + auth::TRAILER_LEN;
+    if count == 0 || (vlen != mlen && !trailer) {
         return Verdict::Drop(Reason::Length);
     }
     let pseudo = version == 3 && cfg.flags & CFG_V3_PSEUDO_HEADER != 0;
     let mut sum: u32 = if pseudo {
         // Pseudo-header: source, destination, zero, protocol, VRRP length (RFC 5798 5.2.8).
-        be_sum(&hdr[12..20]) + IPPROTO_VRRP as u32 + vlen as u32
+        be_sum(&hdr[12..20]) + IPPROTO_VRRP as u32 + mlen as u32
     } else {
         0
     };
-    match message_sum(f, vrrp, vlen) {
+    match message_sum(f, vrrp, mlen) {
         Some(s) => sum += s,
         None => return Verdict::Drop(Reason::Truncated),
     }
@@ -272,6 +316,23 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
             }
         }
     }
+    let mut seq = None;
+    if hmac {
+        let Some(auth) = t.auth(&key) else {
+            // The slot says auth_hmac but its keys are not there (being reconfigured right
+            // now): nothing can be verified, so nothing is accepted.
+            return Verdict::Unauthentic(key, Reason::UnknownKey);
+        };
+        if trailer {
+            let pseudo = auth::pseudo_v4(version, vrid, src);
+            match check_trailer(f, vrrp, mlen, &pseudo, ReplayKey::v4(key, src), auth, t) {
+                Ok(s) => seq = Some(s),
+                Err(reason) => return Verdict::Unauthentic(key, reason),
+            }
+        } else if auth.mode == AUTH_MODE_ENFORCE {
+            return Verdict::Unauthentic(key, Reason::NoTrailer);
+        }
+    }
     Verdict::Advert(Advert {
         key,
         src,
@@ -279,7 +340,71 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
         priority: h[field::PRIORITY],
         addr_count: count,
         interval_cs,
+        seq,
     })
+}
+
+/// Verifies the `auth_hmac` trailer after the `mlen`-byte VRRP message at `msg`; returns its
+/// sequence number. The cheap checks come first (keepalived's order, with the replay check
+/// moved before the MAC: a sequence number at or below the sender's mark is rejected either
+/// way, so a flood of replayed captures costs no hashing).
+#[inline(always)]
+fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
+    f: &F,
+    msg: usize,
+    mlen: usize,
+    pseudo: &[u8; auth::PSEUDO_LEN],
+    sender: ReplayKey,
+    auth: &AuthConfig,
+    t: &T,
+) -> Result<u64, Reason> {
+    let at = msg + mlen;
+    // In words: byte arrays would be assembled on the BPF stack, which the MAC needs.
+    let (Some(head), Some(hi), Some(lo)) = (
+        f.bytes::<4>(at),
+        f.bytes::<4>(at + auth::field::SEC.start),
+        f.bytes::<4>(at + auth::field::SUBSEC.start),
+    ) else {
+        return Err(Reason::Truncated);
+    };
+    if head[auth::field::EXT_TYPE] != auth::EXT_HMAC_SHA256 || head[2] != 0 || head[3] != 0 {
+        return Err(Reason::Trailer);
+    }
+    let seq = ((u32::from_be_bytes(hi) as u64) << 32) | u32::from_be_bytes(lo) as u64;
+    let time_mode = auth.flags & AUTH_TIME != 0;
+    let now = if time_mode { t.now_secs() } else { 0 };
+    if time_mode && !auth::fresh(auth::seq_secs(seq), now, auth.window_s) {
+        return Err(Reason::Stale);
+    }
+    let Some(key) = auth.key(head[auth::field::KEY_ID]) else {
+        return Err(Reason::UnknownKey);
+    };
+    if let Some(mark) = t.replay_mark(&sender) {
+        // A mark outside the window only orders adverts the window rejects anyway; letting it
+        // expire lets a sender whose clock was stepped back in again (keepalived does the same).
+        let expired = time_mode && !auth::fresh(auth::seq_secs(mark), now, auth.window_s);
+        if !expired && !auth::seq_after(seq, mark) {
+            return Err(Reason::Replay);
+        }
+    }
+    let mac = t.with_mac_input(|input| {
+        auth::advert_mac(f, msg, mlen, pseudo, key, input, |s, b| t.compress(s, b))
+    });
+    let Some(Some(mac)) = mac else {
+        return Err(Reason::Truncated);
+    };
+    match auth::mac_matches(f, at + auth::field::MAC.start, &mac) {
+        Some(true) => Ok(seq),
+        Some(false) => Err(Reason::Hmac),
+        None => Err(Reason::Truncated),
+    }
+}
+
+/// The replay mark to store for a sender after its advert `a` was accepted: `Some` when the
+/// advert carried a verified sequence number.
+#[inline(always)]
+pub fn record_seq(a: &Advert) -> Option<(ReplayKey, u64)> {
+    a.seq.map(|s| (ReplayKey::v4(a.key, a.src), s))
 }
 
 /// Sum of big-endian 16-bit words of an even-length byte slice (a few words only).

@@ -7,6 +7,7 @@
 //! the XDP program and the raw-socket fallback (`xdp = "off"`) run the very same code.
 #![no_std]
 
+pub mod auth;
 pub mod guard;
 pub mod maps;
 pub mod vrrp;

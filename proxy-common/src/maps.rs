@@ -6,7 +6,7 @@
 //! pinned maps against these sizes before reusing them.
 
 /// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
@@ -22,6 +22,22 @@ pub const MAP_VIPS: &str = "vip_served";
 /// The pairs this node is handing over on a graceful stop: every connection request to them
 /// is dropped.
 pub const MAP_DRAIN: &str = "vip_drain";
+/// `auth_hmac` of each instance that has it (key [`InstanceKey`], value [`AuthConfig`]). Never
+/// pinned: its values are key material (HMAC midstates).
+pub const MAP_AUTH: &str = "vrrp_auth";
+/// The highest verified sequence number per sender (key [`ReplayKey`], value `u64`), an LRU
+/// table written only after a MAC verified, so forged sources cannot churn it.
+pub const MAP_REPLAY: &str = "vrrp_replay";
+/// Per-instance `auth_hmac` outcomes (per-CPU, key [`InstanceKey`], value [`AuthCounters`]).
+pub const MAP_AUTH_STATS: &str = "vrrp_auth_stats";
+/// One `i64`: `CLOCK_REALTIME - CLOCK_MONOTONIC` in nanoseconds, written by userspace at start
+/// and whenever the wall clock is set, so the guard can tell the time for the freshness window
+/// from `bpf_ktime_get_ns`.
+pub const MAP_CLOCK: &str = "vrrp_clock";
+/// Capacity of `vrrp_replay`.
+pub const MAX_REPLAY: u32 = 4096;
+/// Keys one instance can hold at once (for make-before-break rotation).
+pub const MAX_AUTH_KEYS: usize = 8;
 /// Capacity of `vip_served` and `vip_drain`.
 pub const MAX_VIPS: u32 = 1024;
 
@@ -86,6 +102,136 @@ pub const CFG_PEER_FILTER: u8 = 1 << 0;
 /// `InstanceSlot::flags`: v3 IPv4 checksum includes the IPv4 pseudo-header (keepalived's
 /// default); clear means the checksum covers the VRRP message only (RFC 9568 section 5.2.8).
 pub const CFG_V3_PSEUDO_HEADER: u8 = 1 << 1;
+
+/// `InstanceSlot::flags`: the instance has `auth_hmac`; its [`AuthConfig`] is in `vrrp_auth`.
+pub const CFG_AUTH_HMAC: u8 = 1 << 2;
+
+/// `AuthConfig::mode`: verify a trailer when there is one, accept adverts without; send none.
+pub const AUTH_MODE_RECEIVE_ONLY: u8 = 0;
+/// `AuthConfig::mode`: verify a trailer when there is one, accept adverts without; sign.
+pub const AUTH_MODE_PERMISSIVE: u8 = 1;
+/// `AuthConfig::mode`: every advert needs a valid trailer; sign.
+pub const AUTH_MODE_ENFORCE: u8 = 2;
+/// `AuthConfig::flags`: `anti_replay = "time"`: timestamps must lie within the window of now.
+pub const AUTH_TIME: u8 = 1 << 0;
+
+/// One HMAC key as the guard holds it: SHA-256 midstates after `key ^ ipad` and `key ^ opad`
+/// (see `auth::midstates`). Key-equivalent: never logged, never pinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthKey {
+    /// Key ID, 1..=255; 0 = unused.
+    pub id: u8,
+    pub _pad: [u8; 3],
+    pub inner: [u32; 8],
+    pub outer: [u32; 8],
+}
+
+/// Value of `vrrp_auth`: the `auth_hmac` settings of one instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// `AUTH_MODE_*`.
+    pub mode: u8,
+    /// `AUTH_*` bits.
+    pub flags: u8,
+    /// How many of `keys` are in use.
+    pub key_count: u8,
+    pub _pad: u8,
+    /// Freshness window in seconds (time mode).
+    pub window_s: u32,
+    pub keys: [AuthKey; MAX_AUTH_KEYS],
+}
+
+impl AuthConfig {
+    /// The key with ID `id`.
+    #[inline(always)]
+    pub fn key(&self, id: u8) -> Option<&AuthKey> {
+        let mut i = 0;
+        while i < MAX_AUTH_KEYS {
+            if i >= self.key_count as usize {
+                return None;
+            }
+            if self.keys[i].id == id && id != 0 {
+                return Some(&self.keys[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+/// Key of `vrrp_replay`: one sender of one instance. All fields are words: the BPF target
+/// turns zeroed byte arrays into calls to a byte-wise memset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplayKey {
+    pub ifindex: u32,
+    pub vrid: u32,
+    /// Source address as on the wire (native-endian words of its bytes); IPv4 in the first
+    /// word, the others zero.
+    pub src: [u32; 4],
+}
+
+impl ReplayKey {
+    #[inline(always)]
+    pub const fn v4(key: InstanceKey, src: [u8; 4]) -> Self {
+        Self {
+            ifindex: key.ifindex,
+            vrid: key.vrid as u32,
+            src: [u32::from_ne_bytes(src), 0, 0, 0],
+        }
+    }
+
+    /// The instance of the sender.
+    pub const fn instance(&self) -> InstanceKey {
+        InstanceKey::new(self.ifindex, self.vrid as u8)
+    }
+}
+
+/// Value of the per-CPU `vrrp_auth_stats`: what `auth_hmac` decided for one instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthCounters {
+    /// Accepted with a valid trailer.
+    pub signed: u64,
+    /// Accepted without a trailer (receive-only and permissive modes).
+    pub unsigned: u64,
+    pub drop_no_trailer: u64,
+    pub drop_trailer: u64,
+    pub drop_unknown_key: u64,
+    pub drop_stale: u64,
+    pub drop_replay: u64,
+    pub drop_hmac: u64,
+}
+
+impl AuthCounters {
+    /// The counter of a drop reason, if it is an `auth_hmac` one.
+    #[inline(always)]
+    pub fn slot(&mut self, reason: Reason) -> Option<&mut u64> {
+        match reason {
+            Reason::NoTrailer => Some(&mut self.drop_no_trailer),
+            Reason::Trailer => Some(&mut self.drop_trailer),
+            Reason::UnknownKey => Some(&mut self.drop_unknown_key),
+            Reason::Stale => Some(&mut self.drop_stale),
+            Reason::Replay => Some(&mut self.drop_replay),
+            Reason::Hmac => Some(&mut self.drop_hmac),
+            _ => None,
+        }
+    }
+
+    /// Adds another CPU's counters to these.
+    pub fn accumulate(&mut self, o: &AuthCounters) {
+        self.signed += o.signed;
+        self.unsigned += o.unsigned;
+        self.drop_no_trailer += o.drop_no_trailer;
+        self.drop_trailer += o.drop_trailer;
+        self.drop_unknown_key += o.drop_unknown_key;
+        self.drop_stale += o.drop_stale;
+        self.drop_replay += o.drop_replay;
+        self.drop_hmac += o.drop_hmac;
+    }
+}
 
 /// One configured instance of a VRID: what the guard must know about it. Written by userspace.
 #[repr(C)]
@@ -228,10 +374,22 @@ pub enum Reason {
     Auth,
     /// Advertisement interval of zero.
     Interval,
+    /// `auth_hmac` enforced and the advert has no trailer.
+    NoTrailer,
+    /// A trailer of an unknown scheme or with reserved bits set.
+    Trailer,
+    /// A trailer naming a key ID this instance does not have.
+    UnknownKey,
+    /// A trailer timestamp outside the freshness window.
+    Stale,
+    /// A sequence number not above the last verified one of that sender.
+    Replay,
+    /// A MAC that does not verify: forged, altered, or signed with another key.
+    Hmac,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Accepted,
         Reason::NotPeer,
         Reason::Ttl,
@@ -244,6 +402,12 @@ impl Reason {
         Reason::Fragment,
         Reason::Auth,
         Reason::Interval,
+        Reason::NoTrailer,
+        Reason::Trailer,
+        Reason::UnknownKey,
+        Reason::Stale,
+        Reason::Replay,
+        Reason::Hmac,
     ];
 
     /// The counter's name as it appears in `bpftool map dump` and in logs and metrics.
@@ -261,6 +425,12 @@ impl Reason {
             Reason::Fragment => "drop_fragment",
             Reason::Auth => "drop_auth",
             Reason::Interval => "drop_interval",
+            Reason::NoTrailer => "drop_no_trailer",
+            Reason::Trailer => "drop_trailer",
+            Reason::UnknownKey => "drop_unknown_key",
+            Reason::Stale => "drop_stale",
+            Reason::Replay => "drop_replay",
+            Reason::Hmac => "drop_hmac",
         }
     }
 }
@@ -282,6 +452,12 @@ pub struct GuardCounters {
     pub drop_fragment: u64,
     pub drop_auth: u64,
     pub drop_interval: u64,
+    pub drop_no_trailer: u64,
+    pub drop_trailer: u64,
+    pub drop_unknown_key: u64,
+    pub drop_stale: u64,
+    pub drop_replay: u64,
+    pub drop_hmac: u64,
     /// Events that did not fit in the ring buffer (userspace too slow).
     pub events_lost: u64,
 }
@@ -302,6 +478,12 @@ impl GuardCounters {
             Reason::Fragment => &mut self.drop_fragment,
             Reason::Auth => &mut self.drop_auth,
             Reason::Interval => &mut self.drop_interval,
+            Reason::NoTrailer => &mut self.drop_no_trailer,
+            Reason::Trailer => &mut self.drop_trailer,
+            Reason::UnknownKey => &mut self.drop_unknown_key,
+            Reason::Stale => &mut self.drop_stale,
+            Reason::Replay => &mut self.drop_replay,
+            Reason::Hmac => &mut self.drop_hmac,
         }
     }
 
@@ -325,7 +507,11 @@ const _: () = {
     assert!(core::mem::size_of::<VridEntry>() == 192);
     assert!(core::mem::size_of::<AdvertRecord>() == 24);
     assert!(core::mem::size_of::<GuardEvent>() == 24);
-    assert!(core::mem::size_of::<GuardCounters>() == 13 * 8);
+    assert!(core::mem::size_of::<GuardCounters>() == 19 * 8);
+    assert!(core::mem::size_of::<AuthKey>() == 68);
+    assert!(core::mem::size_of::<AuthConfig>() == 8 + 68 * MAX_AUTH_KEYS);
+    assert!(core::mem::size_of::<ReplayKey>() == 24);
+    assert!(core::mem::size_of::<AuthCounters>() == 8 * 8);
     assert!(core::mem::size_of::<ServedPort>() == 8);
 };
 
@@ -341,4 +527,8 @@ mod pod {
     unsafe impl aya::Pod for GuardEvent {}
     unsafe impl aya::Pod for GuardCounters {}
     unsafe impl aya::Pod for ServedPort {}
+    unsafe impl aya::Pod for AuthKey {}
+    unsafe impl aya::Pod for AuthConfig {}
+    unsafe impl aya::Pod for ReplayKey {}
+    unsafe impl aya::Pod for AuthCounters {}
 }

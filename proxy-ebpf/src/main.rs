@@ -14,21 +14,22 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS,
     },
-    btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::bpf_ktime_get_ns,
-    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp},
+    helpers::generated::{bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use proxy_common::{
+    auth::{MacInput, MAX_COPY},
     guard::{
-        classify_ipv4, ipv4_offset, record_advert, tcp_syn, Frame, Tables, TcpSyn, Verdict,
-        MAX_OFFSET,
+        classify_ipv4, ipv4_offset, record_advert, record_seq, tcp_syn, Frame, Tables, TcpSyn,
+        Verdict, MAX_OFFSET,
     },
     maps::{
-        AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, ServedPort, VridEntry,
-        EVENTS_BYTES, MAX_INSTANCES, MAX_VIPS, VRIDS,
+        AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
+        ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
 };
 
@@ -56,6 +57,22 @@ static VIP_SERVED: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new
 static VIP_DRAIN: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new();
 #[btf_map(name = "vip_draining")]
 static DRAINING: Array<u32, 1> = Array::new();
+/// `auth_hmac` keys and settings of the instances that have it.
+#[btf_map(name = "vrrp_auth")]
+static VRRP_AUTH: HashMap<InstanceKey, AuthConfig, { MAX_INSTANCES as usize }> = HashMap::new();
+/// The highest verified sequence number per sender.
+#[btf_map(name = "vrrp_replay")]
+static VRRP_REPLAY: LruHashMap<ReplayKey, u64, { MAX_REPLAY as usize }> = LruHashMap::new();
+/// Per-instance `auth_hmac` outcomes; userspace creates an entry for each instance with it.
+#[btf_map(name = "vrrp_auth_stats")]
+static VRRP_AUTH_STATS: PerCpuHashMap<InstanceKey, AuthCounters, { MAX_INSTANCES as usize }> =
+    PerCpuHashMap::new();
+/// Per-CPU room for an `auth_hmac` MAC's input (larger than the BPF stack).
+#[btf_map(name = "vrrp_mac_input")]
+static MAC_INPUT: PerCpuArray<MacInput, 1> = PerCpuArray::new();
+/// `CLOCK_REALTIME - CLOCK_MONOTONIC` in nanoseconds, kept by userspace.
+#[btf_map(name = "vrrp_clock")]
+static VRRP_CLOCK: Array<i64, 1> = Array::new();
 
 /// A TCP connection request to a virtual address: dropped while this node hands the address
 /// over, and when no socket listens for it (the daemon is gone: refusing it would fail the
@@ -102,17 +119,46 @@ fn connection_request(ctx: &XdpContext, syn: &TcpSyn) -> u32 {
 /// The packet between `data` and `data_end`.
 struct XdpFrame {
     start: usize,
-    end: usize,
+    ctx: *const aya_ebpf::bindings::xdp_md,
+}
+
+impl XdpFrame {
+    /// `data_end`, read afresh for every access. With a plain field LLVM may prove an access
+    /// in bounds from an earlier check on another offset and drop its own check, which the
+    /// verifier cannot follow (it tracks the range per pointer it saw compared).
+    #[inline(always)]
+    fn end(&self) -> usize {
+        // SAFETY: ctx is the xdp_md of this run.
+        unsafe { core::ptr::read_volatile(&(*self.ctx).data_end) as usize }
+    }
 }
 
 impl Frame for XdpFrame {
+    #[inline(always)]
+    fn copy_to(&self, off: usize, dst: &mut [u8], at: usize, len: usize) -> Option<()> {
+        if off > MAX_OFFSET || len == 0 || len > MAX_COPY || at > dst.len() - len {
+            return None;
+        }
+        // SAFETY: [at, at + len) lies inside dst (checked above); the helper checks the packet
+        // side and fails rather than read past it.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx as *mut _,
+                off as u32,
+                dst.as_mut_ptr().add(at).cast(),
+                len as u32,
+            )
+        };
+        (rc == 0).then_some(())
+    }
+
     #[inline(always)]
     fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         if off > MAX_OFFSET {
             return None;
         }
         let p = self.start + off;
-        if p + N > self.end {
+        if p + N > self.end() {
             return None;
         }
         // SAFETY: [p, p + N) lies inside the packet (checked against data_end just above), and
@@ -129,6 +175,64 @@ impl Tables for Maps {
         // An array element lives as long as the map; userspace replaces whole entries.
         VRRP_VRIDS.get(vrid as u32)
     }
+
+    #[inline(always)]
+    fn auth(&self, key: &InstanceKey) -> Option<&AuthConfig> {
+        // SAFETY: the value is read during this run only; userspace replaces whole values
+        // (a concurrent update may mix an old and a new key set, which only fails a MAC).
+        unsafe { VRRP_AUTH.get(key) }
+    }
+
+    #[inline(always)]
+    fn replay_mark(&self, key: &ReplayKey) -> Option<u64> {
+        // SAFETY: copied out at once.
+        unsafe { VRRP_REPLAY.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn compress(&self, state: &mut [u32; 8], block: &[u8; 64]) {
+        hapd_sha256_compress(state, block);
+    }
+
+    #[inline(always)]
+    fn with_mac_input<R>(&self, f: impl FnOnce(&mut MacInput) -> R) -> Option<R> {
+        let input = MAC_INPUT.get_ptr_mut(0)?;
+        // SAFETY: this CPU's value; XDP runs with preemption disabled, so nothing else uses it
+        // until this run is over.
+        Some(f(unsafe { &mut *input }))
+    }
+
+    #[inline(always)]
+    fn now_secs(&self) -> u32 {
+        let offset = VRRP_CLOCK.get(0).copied().unwrap_or(0);
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        let mono = unsafe { bpf_ktime_get_ns() } as i64;
+        (mono.wrapping_add(offset) as u64 / 1_000_000_000) as u32
+    }
+}
+
+/// One SHA-256 compression as a BPF global function: the verifier checks it once, on its own,
+/// instead of once for each block on each path through the guard (which exceeds its budget).
+/// Its pointers may be null as far as the verifier knows.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hapd_sha256_compress(state: *mut [u32; 8], block: *const [u8; 64]) -> u32 {
+    if state.is_null() || block.is_null() {
+        return 1;
+    }
+    // SAFETY: both point to stack arrays of the caller (checked non-null; the verifier checks
+    // the sizes at the call).
+    unsafe { proxy_common::auth::compress(&mut *state, &*block) };
+    0
+}
+
+/// Counts an `auth_hmac` outcome of instance `key` (signed/unsigned acceptance or a drop).
+#[inline(always)]
+fn count_auth(key: &InstanceKey, f: impl FnOnce(&mut AuthCounters)) {
+    if let Some(c) = VRRP_AUTH_STATS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value of this CPU; XDP runs with preemption disabled.
+        unsafe { f(&mut *c) };
+    }
 }
 
 #[inline(always)]
@@ -143,7 +247,7 @@ fn count(reason: Reason) {
 pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     let frame = XdpFrame {
         start: ctx.data(),
-        end: ctx.data_end(),
+        ctx: ctx.ctx,
     };
     // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -161,8 +265,25 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             count(reason);
             XDP_DROP
         }
+        Verdict::Unauthentic(key, reason) => {
+            count(reason);
+            count_auth(&key, |c| {
+                if let Some(n) = c.slot(reason) {
+                    *n += 1;
+                }
+            });
+            XDP_DROP
+        }
         Verdict::Advert(advert) => {
             count(Reason::Accepted);
+            if let Some((sender, seq)) = record_seq(&advert) {
+                // Fails only if the LRU table cannot evict (never with preallocation); the
+                // advert is good either way.
+                let _ = VRRP_REPLAY.insert(&sender, &seq, 0);
+                count_auth(&advert.key, |c| c.signed += 1);
+            } else {
+                count_auth(&advert.key, |c| c.unsigned += 1);
+            }
             let Some(rec) = VRRP_ADVERTS.get_ptr_mut(advert.key) else {
                 // Userspace creates a record with every instance; a missing one means the
                 // instance is being removed right now. Nothing to record.

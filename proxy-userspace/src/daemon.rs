@@ -16,11 +16,12 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    admin::status::{GuardStatus, InstanceStatus},
+    admin::status::{AuthStatus, GuardStatus, InstanceStatus},
     config::{Config, Garp, V3Checksum, Vrrp, VrrpVersion},
-    dataplane::{monotonic_ns, Dataplane, InstanceSpec},
+    dataplane::{monotonic_ns, AuthSpec, Dataplane, InstanceSpec},
     link, vip,
     vrrp::{
+        auth::Signer,
         fsm::{self, Action, Heard, Instance, State},
         io::AdvertSocket,
         notify::{Notifier, NOTIFY_TIMEOUT},
@@ -64,6 +65,12 @@ pub enum Control {
         on: bool,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// A reload: every instance's `auth_hmac` (by instance name) as the new config has it. The
+    /// answer says which instances changed, or why nothing did.
+    SetAuth {
+        auth: Vec<(String, Option<AuthSpec>)>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// Shared by every router's actions.
@@ -102,6 +109,8 @@ struct Router {
     hold_vips: bool,
     /// The (VIP, port) pairs the proxy serves (for the handover).
     served: Vec<proxy_common::maps::ServedPort>,
+    /// `auth_hmac`, as the guard and the signer run it.
+    auth: Option<AuthSpec>,
     /// For status and metrics.
     stats: RouterStats,
     /// The failing checks and what they cost, for status.
@@ -142,7 +151,8 @@ impl Router {
         } else {
             Vec::new()
         };
-        let sock = AdvertSocket::open(&v.interface, primary, &peers, mode)?;
+        let mut sock = AdvertSocket::open(&v.interface, primary, &peers, mode)?;
+        sock.set_signer(spec.auth.as_ref().and_then(Signer::new));
         let interval = Centisecs::from_duration(v.advert_interval.0).with_context(|| {
             format!(
                 "{}: advert_interval {} in centiseconds",
@@ -194,6 +204,7 @@ impl Router {
             fence: v.fence.clone(),
             hold_vips: false,
             served: spec.served.clone(),
+            auth: spec.auth.clone(),
             stats: RouterStats::default(),
             reasons: Vec::new(),
             link_up: true,
@@ -339,6 +350,55 @@ impl Router {
         self.engine.set_priority_delta(now, delta);
     }
 
+    /// Runs `auth_hmac` as `auth` from now on (the guard already does); the sequence number
+    /// carries on.
+    fn set_auth(&mut self, auth: Option<AuthSpec>) {
+        self.auth = auth;
+        let old = self.sock.take_signer();
+        self.sock
+            .set_signer(Signer::replace(old, self.auth.as_ref()));
+        match &self.auth {
+            Some(a) => info!(
+                "{}: auth_hmac {}, keys {:?}, signing with {}",
+                self.name,
+                a.mode_name(),
+                a.key_ids(),
+                a.sign_with.map_or("none".into(), |k| format!("key {k}"))
+            ),
+            None => info!("{}: auth_hmac off", self.name),
+        }
+    }
+
+    /// `auth_hmac` as `/status` shows it.
+    fn auth_status(&self, dp: &Dataplane) -> Option<AuthStatus> {
+        let a = self.auth.as_ref()?;
+        let c = dp.auth_counters(&self.key).unwrap_or_default();
+        Some(AuthStatus {
+            mode: a.mode_name().into(),
+            active_key: self.sock.signing_key(),
+            keys: a.key_ids(),
+            anti_replay: if a.guard.flags & proxy_common::maps::AUTH_TIME != 0 {
+                "time".into()
+            } else {
+                "monotonic".into()
+            },
+            window_s: a.guard.window_s,
+            accepted_signed: c.signed,
+            accepted_unsigned: c.unsigned,
+            rejected: [
+                ("no_trailer", c.drop_no_trailer),
+                ("trailer", c.drop_trailer),
+                ("unknown_key", c.drop_unknown_key),
+                ("stale", c.drop_stale),
+                ("replay", c.drop_replay),
+                ("hmac", c.drop_hmac),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        })
+    }
+
     /// The instance as `/status` shows it.
     fn status(&self, dp: &Dataplane, v: &Vrrp) -> InstanceStatus {
         let rec = dp.advert(&self.key);
@@ -390,6 +450,7 @@ impl Router {
             preempt: v.preempt,
             advert_interval_ms: v.advert_interval.0.as_millis() as u64,
             master_down_ms: down_ms,
+            auth: self.auth_status(dp),
         }
     }
 
@@ -567,7 +628,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (conn, nl, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(conn);
-    let specs = config
+    let mut specs = config
         .vrrp
         .iter()
         .map(|v| {
@@ -748,6 +809,9 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     };
                     let _ = reply.send(answer);
                 }
+                Control::SetAuth { auth, reply } => {
+                    let _ = reply.send(apply_auth(&mut routers, &mut specs, &mut dp, auth));
+                }
             },
             why = stop_requested => {
                 info!("{why}");
@@ -834,6 +898,46 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         info!("guard counters at stop: {c:?}");
     }
     Ok(())
+}
+
+/// Applies a reload's `auth_hmac` settings: the guard first (it then verifies with the new keys),
+/// then each changed instance's signer. All or nothing: on a failure the guard gets the old
+/// settings back.
+fn apply_auth(
+    routers: &mut [Router],
+    specs: &mut [InstanceSpec],
+    dp: &mut Dataplane,
+    auth: Vec<(String, Option<AuthSpec>)>,
+) -> Result<String, String> {
+    let mut new_specs = specs.to_vec();
+    let mut changed = Vec::new();
+    for (name, a) in auth {
+        let Some(s) = new_specs.iter_mut().find(|s| s.name == name) else {
+            return Err(format!(
+                "no VRRP instance named {name:?} runs: restart hapd to add one"
+            ));
+        };
+        if s.auth != a {
+            s.auth = a;
+            changed.push(name);
+        }
+    }
+    if changed.is_empty() {
+        return Ok(String::new());
+    }
+    if let Err(e) = dp.reconfigure(&new_specs) {
+        if let Err(back) = dp.reconfigure(specs) {
+            warn!("restoring the guard's auth_hmac settings: {back:#}");
+        }
+        return Err(format!("applying auth_hmac: {e:#}"));
+    }
+    for (r, s) in routers.iter_mut().zip(&new_specs) {
+        if changed.contains(&r.name) {
+            r.set_auth(s.auth.clone());
+        }
+    }
+    specs.clone_from_slice(&new_specs);
+    Ok(format!("; auth_hmac applied to {}", changed.join(", ")))
 }
 
 /// The first step of a graceful stop on a master with a proxy: before resigning, move the

@@ -29,8 +29,8 @@ pub fn config_text(data: &[u8]) {
     }
 }
 
-/// The guard's instances for frame fuzzing: VRID 51 v3 and VRID 52 v2 with a password, on
-/// interface index 2.
+/// The guard's instances for frame fuzzing: VRID 51 v3, VRID 52 v2 with a password and VRID 53
+/// v3 with `auth_hmac` (key 1: bytes 0..32, enforce, monotonic), on interface index 2.
 pub fn fuzz_specs() -> Vec<InstanceSpec> {
     let spec = |vrid: u8, version: u8, pass: Option<[u8; 8]>| InstanceSpec {
         name: format!("VI_{vrid}"),
@@ -41,10 +41,25 @@ pub fn fuzz_specs() -> Vec<InstanceSpec> {
         peers: vec![[198, 18, 0, 2]],
         pseudo_header: version == 3,
         auth_pass: pass,
+        auth: None,
         xdp: XdpMode::Off,
         served: vec![],
     };
-    vec![spec(51, 3, None), spec(52, 2, Some(*b"secret42"))]
+    let hmac = crate::dataplane::AuthSpec::new(&crate::config::auth::ResolvedAuth {
+        keys: vec![(1, (0u8..32).collect())],
+        active_key: 1,
+        time_mode: false,
+        window_s: 5,
+        mode: crate::config::auth::AuthMode::Enforce,
+    });
+    vec![
+        spec(51, 3, None),
+        spec(52, 2, Some(*b"secret42")),
+        InstanceSpec {
+            auth: Some(hmac),
+            ..spec(53, 3, None)
+        },
+    ]
 }
 
 /// An Ethernet frame on a guarded interface: the guard's decision procedure (the code the XDP

@@ -1,13 +1,16 @@
 //! The XDP guard on crafted frames through BPF_PROG_TEST_RUN, and the same frames through the
 //! raw-socket path (`xdp = "off"`): both must reach the same verdict, counters and record.
-use hapd_lab::frames::{ether, ipv4, Advert, Csum};
+use hapd_lab::frames::{ether, ipv4, Advert, Csum, Hmac};
 use proxy_common::maps::{
-    GuardCounters, InstanceKey, Reason, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE,
-    EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    GuardCounters, InstanceKey, Reason, ReplayKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE,
+    EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use proxy_userspace::{
-    config::XdpMode,
-    dataplane::{monotonic_ns, raw::RawState, xdp::XdpGuard, InstanceSpec},
+    config::{
+        auth::{AuthMode, ResolvedAuth},
+        XdpMode,
+    },
+    dataplane::{monotonic_ns, raw::RawState, xdp::XdpGuard, AuthSpec, InstanceSpec},
 };
 
 const XDP_DROP: u32 = 1;
@@ -28,20 +31,48 @@ fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> Instance
         peers: vec![PEER, PEER2],
         pseudo_header: pseudo,
         auth_pass: pass.copied(),
+        auth: None,
         xdp: XdpMode::Auto,
         served: vec![],
     }
 }
 
-/// VRID 51: v3 pseudo-header; 52: v2 PASS "secret42"; 53: v3 message-only; 54: v3, no peers.
+/// The auth_hmac keys of the tests: key 1 is bytes 0..32, key 2 is 40 bytes of 0xa5.
+fn key1() -> Vec<u8> {
+    (0u8..32).collect()
+}
+fn key2() -> Vec<u8> {
+    vec![0xa5; 40]
+}
+
+fn with_auth(mut s: InstanceSpec, mode: AuthMode, time_mode: bool) -> InstanceSpec {
+    s.auth = Some(AuthSpec::new(&ResolvedAuth {
+        keys: vec![(1, key1()), (2, key2())],
+        active_key: 1,
+        time_mode,
+        window_s: 5,
+        mode,
+    }));
+    s
+}
+
+/// VRID 51: v3 pseudo-header; 52: v2 PASS "secret42"; 53: v3 message-only; 54: v3, no peers;
+/// auth_hmac with keys 1 and 2: 55 v3 enforce (time, 5 s), 56 v2 permissive (monotonic), 57 v3
+/// receive-only (time), 58 v3 enforce without a peer list.
 fn specs() -> Vec<InstanceSpec> {
     let mut open = spec(54, 3, true, None);
     open.peers.clear();
+    let mut open_auth = with_auth(spec(58, 3, true, None), AuthMode::Enforce, true);
+    open_auth.peers.clear();
     vec![
         spec(51, 3, true, None),
         spec(52, 2, false, Some(b"secret42")),
         spec(53, 3, false, None),
         open,
+        with_auth(spec(55, 3, true, None), AuthMode::Enforce, true),
+        with_auth(spec(56, 2, false, None), AuthMode::Permissive, false),
+        with_auth(spec(57, 3, true, None), AuthMode::ReceiveOnly, true),
+        open_auth,
     ]
 }
 
@@ -806,4 +837,376 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
         Ok(())
     })
     .unwrap();
+}
+
+/// A signed v3 advert of VRID 55 from `src` with key 1 and sequence number `seq`.
+fn signed(src: [u8; 4], seq: u64) -> Advert {
+    Advert {
+        vrid: 55,
+        hmac: Some(Hmac::new(1, &key1(), seq)),
+        ..Advert::v3(src)
+    }
+}
+
+#[test]
+fn auth_hmac_accepts_signed_adverts_and_rejects_each_flaw_alike_in_xdp_and_userspace() {
+    let mut b = Both::new();
+    let now = Hmac::now_seq(0);
+    let sec = 1u64 << 32;
+    let accept = |b: &mut Both, what: &str, a: &Advert| b.check(what, &a.frame(), Expect::Accept);
+    let reject = |b: &mut Both, what: &str, a: &Advert, r: Reason| {
+        b.check(what, &a.frame(), Expect::Drop(r))
+    };
+    accept(&mut b, "signed with key 1", &signed(PEER, now));
+    reject(
+        &mut b,
+        "the same advert again",
+        &signed(PEER, now),
+        Reason::Replay,
+    );
+    reject(
+        &mut b,
+        "an older one",
+        &signed(PEER, now - 1),
+        Reason::Replay,
+    );
+    accept(&mut b, "the next one", &signed(PEER, now + 1));
+    // Another sender has a mark of its own.
+    accept(&mut b, "the other peer, same sequence", &signed(PEER2, now));
+    let mut k2 = signed(PEER, now + 2);
+    k2.hmac = Some(Hmac::new(2, &key2(), now + 2));
+    accept(&mut b, "signed with key 2", &k2);
+    let mut unknown = signed(PEER, now + 3);
+    unknown.hmac = Some(Hmac::new(3, &key2(), now + 3));
+    reject(&mut b, "key ID 3", &unknown, Reason::UnknownKey);
+    let mut wrong_key = signed(PEER, now + 3);
+    wrong_key.hmac = Some(Hmac::new(1, &key2(), now + 3));
+    reject(&mut b, "key 2's bytes under ID 1", &wrong_key, Reason::Hmac);
+    let mut bad = signed(PEER, now + 3);
+    bad.hmac.as_mut().unwrap().bad_mac = true;
+    reject(&mut b, "one MAC bit flipped", &bad, Reason::Hmac);
+    let mut ext = signed(PEER, now + 3);
+    ext.hmac.as_mut().unwrap().ext_type = 2;
+    reject(&mut b, "ext type 2", &ext, Reason::Trailer);
+    let mut rsv = signed(PEER, now + 3);
+    rsv.hmac.as_mut().unwrap().reserved = 1;
+    reject(&mut b, "reserved bits", &rsv, Reason::Trailer);
+    reject(
+        &mut b,
+        "100 s old",
+        &signed(PEER, now - 100 * sec),
+        Reason::Stale,
+    );
+    reject(
+        &mut b,
+        "100 s ahead",
+        &signed(PEER, now + 100 * sec),
+        Reason::Stale,
+    );
+    accept(
+        &mut b,
+        "4 s ahead, inside the window",
+        &signed(PEER, now + 4 * sec),
+    );
+    let mut short = signed(PEER, now + 4 * sec + 1);
+    short.hmac.as_mut().unwrap().truncate = Some(27);
+    reject(&mut b, "27-byte trailer", &short, Reason::Length);
+    // The priority is covered by the MAC: a forger cannot raise it on a captured advert.
+    let mut t = Advert {
+        priority: 255,
+        ..signed(PEER, now + 4 * sec + 1)
+    };
+    let honest = t.frame();
+    t.priority = 100;
+    let mac_of_100 = t.frame();
+    let mut forged = honest.clone();
+    let n = forged.len();
+    forged[n - 16..].copy_from_slice(&mac_of_100[n - 16..]);
+    b.check(
+        "priority 255 with the MAC of priority 100",
+        &forged,
+        drop_(Reason::Hmac),
+    );
+    // From an address other than the one signed for.
+    let mut moved = signed(PEER, now + 4 * sec + 2).frame();
+    moved[14 + 12..14 + 16].copy_from_slice(&PEER2);
+    let c = ipv4_checksum(&moved[14..34]);
+    moved[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    // The v3 pseudo-header checksum covers the source too: recompute it for the new one.
+    fix_vrrp_checksum_len(&mut moved, true, 12);
+    b.check(
+        "signed for one peer, sent from the other",
+        &moved,
+        drop_(Reason::Hmac),
+    );
+    reject(
+        &mut b,
+        "no trailer on an enforcing instance",
+        &Advert {
+            vrid: 55,
+            ..Advert::v3(PEER)
+        },
+        Reason::NoTrailer,
+    );
+    reject(
+        &mut b,
+        "a signed advert for an instance without auth_hmac",
+        &Advert {
+            vrid: 51,
+            ..signed(PEER, now + 4 * sec + 3)
+        },
+        Reason::Length,
+    );
+    reject(
+        &mut b,
+        "signed but not a peer",
+        &signed(STRANGER, now + 4 * sec + 3),
+        Reason::NotPeer,
+    );
+    // Permissive (VRID 56, v2, monotonic): unsigned adverts pass, signed ones are verified,
+    // and old timestamps are fine.
+    let v2 = |hmac: Option<Hmac>| Advert {
+        vrid: 56,
+        auth: (0, [0; 8]),
+        hmac,
+        ..Advert::v2(PEER, "")
+    };
+    accept(&mut b, "permissive: unsigned", &v2(None));
+    accept(
+        &mut b,
+        "permissive: v2 signed, an hour old",
+        &v2(Some(Hmac::new(1, &key1(), now - 3600 * sec))),
+    );
+    reject(
+        &mut b,
+        "permissive: replayed",
+        &v2(Some(Hmac::new(1, &key1(), now - 3600 * sec))),
+        Reason::Replay,
+    );
+    let mut bad2 = Hmac::new(1, &key1(), now);
+    bad2.bad_mac = true;
+    reject(&mut b, "permissive: bad MAC", &v2(Some(bad2)), Reason::Hmac);
+    // Receive-only (VRID 57) verifies what it gets too.
+    let ro = |hmac: Option<Hmac>| Advert {
+        vrid: 57,
+        hmac,
+        ..Advert::v3(PEER)
+    };
+    accept(&mut b, "receive-only: unsigned", &ro(None));
+    accept(
+        &mut b,
+        "receive-only: signed",
+        &ro(Some(Hmac::new(2, &key2(), now))),
+    );
+    let mut bad3 = Hmac::new(2, &key2(), now + 1);
+    bad3.bad_mac = true;
+    reject(
+        &mut b,
+        "receive-only: bad MAC",
+        &ro(Some(bad3)),
+        Reason::Hmac,
+    );
+    // No peer list (VRID 58): the MAC is the only proof, and a forged source fails it.
+    let open = |src, seq| Advert {
+        vrid: 58,
+        hmac: Some(Hmac::new(1, &key1(), seq)),
+        ..Advert::v3(src)
+    };
+    accept(
+        &mut b,
+        "no peer list: signed by a stranger who holds the key",
+        &open(STRANGER, now),
+    );
+    let mut forged_open = open(PEER, now + 1);
+    forged_open.hmac.as_mut().unwrap().bad_mac = true;
+    reject(&mut b, "no peer list: forged", &forged_open, Reason::Hmac);
+    // A long advert: 255 addresses, 18 SHA-256 blocks.
+    accept(
+        &mut b,
+        "255 addresses, signed",
+        &Advert {
+            addrs: (0..255).map(|i| [198, 18, 1, i as u8]).collect(),
+            ..signed(PEER, now + 4 * sec + 4)
+        },
+    );
+    // Both paths counted the same per instance.
+    for vrid in [55u8, 56, 57, 58] {
+        let key = InstanceKey::new(LO, vrid);
+        let x = b.xdp.auth_counters(&key).expect("xdp auth counters");
+        let r = b.raw.auth_counters(&key).expect("raw auth counters");
+        assert_eq!(x, r, "vrid {vrid}");
+    }
+    let c = b.xdp.auth_counters(&InstanceKey::new(LO, 55)).unwrap();
+    assert_eq!(
+        (
+            c.signed,
+            c.unsigned,
+            c.drop_replay,
+            c.drop_stale,
+            c.drop_hmac,
+            c.drop_trailer
+        ),
+        (6, 0, 2, 2, 4, 2)
+    );
+    assert_eq!((c.drop_unknown_key, c.drop_no_trailer), (1, 1));
+    assert!(b.xdp.auth_counters(&InstanceKey::new(LO, 51)).is_none());
+}
+
+fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut h = h.to_vec();
+    h[10] = 0;
+    h[11] = 0;
+    proxy_common::guard::checksum(&h, 0)
+}
+
+#[test]
+fn replay_marks_are_kept_per_sender_in_the_pinned_map() {
+    let mut b = Both::new();
+    let now = Hmac::now_seq(0);
+    b.check("signed", &signed(PEER, now).frame(), Expect::Accept);
+    let mark = b
+        .xdp
+        .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER))
+        .expect("a mark for the sender");
+    assert_eq!(mark, now);
+    assert_eq!(
+        b.xdp
+            .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER2)),
+        None
+    );
+    // A forged advert moves no mark.
+    let mut forged = signed(PEER2, now + 1);
+    forged.hmac.as_mut().unwrap().bad_mac = true;
+    b.check("forged", &forged.frame(), drop_(Reason::Hmac));
+    assert_eq!(
+        b.xdp
+            .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER2)),
+        None
+    );
+}
+
+/// Adverts captured from keepalived 2.4.3 with `auth_hmac` (key 00..1f): verified with the key,
+/// rejected with another key, as replays, outside the window and with a bit flipped.
+#[test]
+fn keepalived_2_4_3_signed_adverts_verify_and_every_flaw_is_caught() {
+    const KEEPALIVED: [u8; 4] = [198, 18, 0, 1];
+    for (file, version) in [
+        ("keepalived-2.4.3-hmac-v3.hex", 3u8),
+        ("keepalived-2.4.3-hmac-v2.hex", 2),
+    ] {
+        let frames = fixture(file);
+        let guard = |key: Vec<u8>, time_mode: bool| {
+            let mut s = spec(51, version, version == 3, None);
+            s.peers = vec![KEEPALIVED];
+            s.auth = Some(AuthSpec::new(&ResolvedAuth {
+                keys: vec![(1, key)],
+                active_key: 1,
+                time_mode,
+                window_s: 5,
+                mode: AuthMode::Enforce,
+            }));
+            let mut g = XdpGuard::load(None).unwrap();
+            g.configure(&[&s]).unwrap();
+            let raw = RawState::default();
+            raw.configure(&[&s]).unwrap();
+            (g, raw)
+        };
+        let verdict = |g: &XdpGuard, raw: &RawState, f: &[u8]| {
+            let before = raw.counters();
+            let x = g.test_run(f, LO).unwrap();
+            let _ = raw.handle(f, LO, monotonic_ns());
+            let after = raw.counters();
+            let moved: Vec<&str> = Reason::ALL
+                .iter()
+                .filter(|r| after.get(**r) != before.get(**r))
+                .map(|r| r.name())
+                .collect();
+            assert_eq!(moved.len(), 1, "{file}: one counter moves: {moved:?}");
+            assert_eq!(
+                x == XDP_PASS,
+                moved[0] == "accepted",
+                "{file}: XDP and raw agree"
+            );
+            moved[0]
+        };
+        // Monotonic: the captured timestamps are old, the MACs good.
+        let (g, raw) = guard((0u8..32).collect(), false);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(verdict(&g, &raw, f), "accepted", "{file} line {}", i + 1);
+        }
+        assert_eq!(
+            verdict(&g, &raw, &frames[0]),
+            "drop_replay",
+            "{file} replayed"
+        );
+        let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();
+        assert_eq!(
+            (rec.master, rec.priority, rec.version),
+            (KEEPALIVED, 0, version)
+        );
+        // Time mode: a capture from the past is stale.
+        let (g, raw) = guard((0u8..32).collect(), true);
+        assert_eq!(
+            verdict(&g, &raw, &frames[0]),
+            "drop_stale",
+            "{file} old capture"
+        );
+        // Another key.
+        let (g, raw) = guard(vec![0x42; 32], false);
+        assert_eq!(
+            verdict(&g, &raw, &frames[0]),
+            "drop_hmac",
+            "{file} wrong key"
+        );
+        // One flipped bit in a virtual address (checksum kept right) or in the MAC.
+        let (g, raw) = guard((0u8..32).collect(), false);
+        let mut vip = frames[0].clone();
+        let at = 14 + 20 + 8;
+        vip[at + 3] ^= 1;
+        fix_vrrp_checksum_len(&mut vip, version == 3, if version == 3 { 16 } else { 24 });
+        assert_eq!(
+            verdict(&g, &raw, &vip),
+            "drop_hmac",
+            "{file} VIP bit flipped"
+        );
+        let mut mac = frames[0].clone();
+        let n = mac.len();
+        mac[n - 1] ^= 0x80;
+        assert_eq!(
+            verdict(&g, &raw, &mac),
+            "drop_hmac",
+            "{file} MAC bit flipped"
+        );
+        let mut seq = frames[0].clone();
+        seq[n - 17] ^= 1;
+        assert_eq!(
+            verdict(&g, &raw, &seq),
+            "drop_hmac",
+            "{file} counter bit flipped"
+        );
+        assert_eq!(
+            verdict(&g, &raw, &frames[0]),
+            "accepted",
+            "{file} the original"
+        );
+    }
+}
+
+/// Recomputes the VRRP checksum over the `mlen`-byte message of an Ethernet + 20-byte IPv4
+/// frame (`pseudo`: with the IPv4 pseudo-header).
+fn fix_vrrp_checksum_len(f: &mut [u8], pseudo: bool, mlen: usize) {
+    let m = 14 + 20;
+    f[m + 6] = 0;
+    f[m + 7] = 0;
+    let p = if pseudo {
+        proxy_common::guard::pseudo_header_sum(
+            f[26..30].try_into().unwrap(),
+            f[30..34].try_into().unwrap(),
+            mlen as u16,
+        )
+    } else {
+        0
+    };
+    let c = proxy_common::guard::checksum(&f[m..m + mlen], p);
+    f[m + 6..m + 8].copy_from_slice(&c.to_be_bytes());
 }

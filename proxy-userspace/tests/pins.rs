@@ -23,6 +23,7 @@ fn spec() -> InstanceSpec {
         peers: vec![PEER],
         pseudo_header: true,
         auth_pass: None,
+        auth: None,
         xdp: XdpMode::Auto,
         served: vec![],
     }

@@ -357,8 +357,19 @@ impl Admin {
         if cfg.node != running.node {
             fixed.push("[node]".to_string());
         }
-        if cfg.vrrp != running.vrrp {
-            fixed.push("[[vrrp]]".to_string());
+        // auth_hmac is the one part of [[vrrp]] a reload applies (key rotation must not move
+        // the VIP); anything else in it needs a restart.
+        let without_auth = |c: &Config| -> Vec<crate::config::Vrrp> {
+            c.vrrp
+                .iter()
+                .map(|v| crate::config::Vrrp {
+                    auth_hmac: None,
+                    ..v.get_ref().clone()
+                })
+                .collect()
+        };
+        if without_auth(&cfg) != without_auth(&running) {
+            fixed.push("[[vrrp]] (apart from auth_hmac)".to_string());
         }
         if cfg.track_script != running.track_script {
             fixed.push("[[track_script]]".to_string());
@@ -369,6 +380,24 @@ impl Admin {
                 fixed.join(", ")
             ));
         }
+        // Keys are read (key files included) before anything changes.
+        let auth = cfg
+            .vrrp
+            .iter()
+            .map(|v| {
+                let v = v.get_ref();
+                let spec = match &v.auth_hmac {
+                    Some(a) => {
+                        let (r, _) = a.resolve(v.advert_interval.0).map_err(|p| {
+                            format!("vrrp {:?}: auth_hmac.{}: {}", v.name, p.key, p.message)
+                        })?;
+                        Some(crate::dataplane::AuthSpec::new(&r))
+                    }
+                    None => None,
+                };
+                Ok((v.name.clone(), spec))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         match &self.proxy {
             Some(p) => p.reload(&cfg, why).map_err(|e| format!("{e:#}"))?,
             None if !cfg.listener.is_empty() => {
@@ -378,9 +407,20 @@ impl Admin {
             }
             None => {}
         }
+        let mut applied = String::new();
+        if let Some(vrrp) = &self.vrrp {
+            let (tx, rx) = oneshot::channel();
+            vrrp.blocking_send(Control::SetAuth { auth, reply: tx })
+                .map_err(|_| "the VRRP loop is gone".to_string())?;
+            match rx.blocking_recv() {
+                Ok(Ok(changed)) => applied = changed,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("the VRRP loop did not answer".into()),
+            }
+        }
         *running = cfg;
         Ok(format!(
-            "configuration reloaded ({why}) from {}",
+            "configuration reloaded ({why}) from {}{applied}",
             self.config_path.display()
         ))
     }

@@ -139,6 +139,47 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             }
         }
     }
+    if st.instances.iter().any(|i| i.auth.is_some()) {
+        o.family(
+            "hapd_vrrp_auth_adverts_total",
+            "counter",
+            "Adverts of an auth_hmac instance by outcome: accepted signed or unsigned, or the \
+             reason it was rejected.",
+        );
+        for i in &st.instances {
+            let Some(a) = &i.auth else { continue };
+            o.sample(
+                "hapd_vrrp_auth_adverts_total",
+                &[("instance", &i.name), ("outcome", "accepted_signed")],
+                a.accepted_signed,
+            );
+            o.sample(
+                "hapd_vrrp_auth_adverts_total",
+                &[("instance", &i.name), ("outcome", "accepted_unsigned")],
+                a.accepted_unsigned,
+            );
+            for (k, v) in &a.rejected {
+                o.sample(
+                    "hapd_vrrp_auth_adverts_total",
+                    &[("instance", &i.name), ("outcome", k)],
+                    v,
+                );
+            }
+        }
+        o.family(
+            "hapd_vrrp_auth_active_key",
+            "gauge",
+            "The auth_hmac key ID adverts are signed with (0: none, receive-only mode).",
+        );
+        for i in &st.instances {
+            let Some(a) = &i.auth else { continue };
+            o.sample(
+                "hapd_vrrp_auth_active_key",
+                &[("instance", &i.name), ("mode", &a.mode)],
+                a.active_key.unwrap_or(0),
+            );
+        }
+    }
     if let Some(g) = &st.guard {
         o.family(
             "hapd_guard_packets_total",

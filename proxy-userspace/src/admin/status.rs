@@ -49,6 +49,29 @@ pub struct InstanceStatus {
     pub advert_interval_ms: u64,
     /// Master_Down_Interval as this node computes it now.
     pub master_down_ms: u64,
+    /// `auth_hmac`, when the instance has it.
+    #[serde(default)]
+    pub auth: Option<AuthStatus>,
+}
+
+/// `auth_hmac` of one instance as `/status` shows it (never a key).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuthStatus {
+    /// "enforce", "permissive" or "receive-only".
+    pub mode: String,
+    /// The key ID adverts are signed with (none in receive-only mode).
+    pub active_key: Option<u8>,
+    /// The key IDs adverts are verified with.
+    pub keys: Vec<u8>,
+    /// "time" (with `window_s`) or "monotonic".
+    pub anti_replay: String,
+    pub window_s: u32,
+    /// Adverts accepted with a valid trailer, and without one (migration modes).
+    pub accepted_signed: u64,
+    pub accepted_unsigned: u64,
+    /// Rejected adverts by reason (`no_trailer`, `trailer`, `unknown_key`, `stale`, `replay`,
+    /// `hmac`).
+    pub rejected: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -177,6 +200,43 @@ impl Status {
             );
             let _ = writeln!(o, "  virtual ips      {}", i.virtual_ips.join(", "));
             let _ = writeln!(o, "  guard            {}", i.guard);
+            if let Some(a) = &i.auth {
+                let rejected: Vec<String> = a
+                    .rejected
+                    .iter()
+                    .filter(|(_, v)| **v > 0)
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "  auth_hmac        {}, signing with key {}, verifying keys {}, anti-replay {}",
+                    a.mode,
+                    a.active_key.map_or("none".into(), |k| k.to_string()),
+                    a.keys
+                        .iter()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if a.anti_replay == "time" {
+                        format!("time (window {} s)", a.window_s)
+                    } else {
+                        a.anti_replay.clone()
+                    }
+                );
+                let _ = writeln!(
+                    o,
+                    "                   accepted {} signed, {} unsigned; rejected {}",
+                    a.accepted_signed,
+                    a.accepted_unsigned,
+                    if rejected.is_empty() {
+                        "none".to_string()
+                    } else {
+                        rejected.join(", ")
+                    }
+                );
+            } else {
+                let _ = writeln!(o, "  auth_hmac        off");
+            }
         }
         if let Some(g) = &self.guard {
             let nonzero: Vec<String> = g

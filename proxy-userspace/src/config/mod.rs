@@ -3,6 +3,7 @@
 //! Parsing is strict (`deny_unknown_fields`), bounded values are checked as they are read, and
 //! the cross-field rules live in [`Config::validate`]. Every error names the file, the line and
 //! the key; nothing is applied before the whole file is valid.
+pub mod auth;
 pub mod proxy;
 mod types;
 
@@ -125,6 +126,9 @@ pub struct Vrrp {
     pub unicast: bool,
     #[serde(default)]
     pub auth_pass: Option<String>,
+    /// keepalived 2.4's HMAC-SHA256 advert authentication (see [`auth`]).
+    #[serde(default)]
+    pub auth_hmac: Option<auth::AuthHmac>,
     #[serde(default)]
     pub v3_checksum: V3Checksum,
     #[serde(default)]
@@ -397,6 +401,14 @@ impl Config {
                     }
                 }
             }
+            if v.auth_hmac.is_some() && v.auth_pass.is_some() {
+                return Err(err(
+                    "auth_hmac",
+                    "auth_hmac and auth_pass exclude each other (keepalived drops the PASS \
+                     password when both are set); remove auth_pass"
+                        .into(),
+                ));
+            }
             match (&v.auth_pass, v.version) {
                 (Some(_), VrrpVersion::V3) => {
                     return Err(err(
@@ -425,6 +437,15 @@ impl Config {
                     });
                 }
                 (None, _) => {}
+            }
+            if let Some(a) = &v.auth_hmac {
+                let (_, problems) = a
+                    .resolve(v.advert_interval.0)
+                    .map_err(|p| err(&format!("auth_hmac.{}", p.key), p.message))?;
+                warnings.extend(problems.into_iter().map(|p| Warning {
+                    key: key(&format!("auth_hmac.{}", p.key)),
+                    message: p.message,
+                }));
             }
             if v.virtual_ips.is_empty() {
                 return Err(err("virtual_ips", "needs at least one address".into()));

@@ -8,14 +8,19 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, InstanceSlot, ServedPort, VridEntry,
-    CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
+    AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, InstanceSlot,
+    ServedPort, VridEntry, AUTH_MODE_ENFORCE, AUTH_MODE_PERMISSIVE, AUTH_MODE_RECEIVE_ONLY,
+    AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID,
+    MAX_PEERS_PER_INSTANCE,
 };
 use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{V3Checksum, Vrrp, VrrpVersion, XdpMode};
+use crate::config::{
+    auth::{AuthMode, ResolvedAuth},
+    V3Checksum, Vrrp, VrrpVersion, XdpMode,
+};
 use xdp::{Attached, XdpGuard};
 
 /// One configured VRRP instance as the guard needs it.
@@ -29,21 +34,85 @@ pub struct InstanceSpec {
     pub peers: Vec<[u8; 4]>,
     pub pseudo_header: bool,
     pub auth_pass: Option<[u8; 8]>,
+    /// `auth_hmac`, when configured.
+    pub auth: Option<AuthSpec>,
     pub xdp: XdpMode,
     /// The (virtual address, port) pairs the proxy listens on (see [`served_ports`]).
     pub served: Vec<ServedPort>,
 }
 
+/// `auth_hmac` of one instance, resolved once for both its users: the guard, which verifies
+/// with every key, and the sender, which signs with the active one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSpec {
+    /// What the guard holds: mode, window and the midstates of every key.
+    pub guard: AuthConfig,
+    /// The key ID adverts are signed with; `None` in receive-only mode (nothing is signed).
+    pub sign_with: Option<u8>,
+}
+
+impl AuthSpec {
+    pub fn new(r: &ResolvedAuth) -> Self {
+        let mut guard = AuthConfig {
+            mode: match r.mode {
+                AuthMode::ReceiveOnly => AUTH_MODE_RECEIVE_ONLY,
+                AuthMode::Permissive => AUTH_MODE_PERMISSIVE,
+                AuthMode::Enforce => AUTH_MODE_ENFORCE,
+            },
+            flags: if r.time_mode { AUTH_TIME } else { 0 },
+            key_count: r.keys.len() as u8,
+            window_s: r.window_s,
+            ..AuthConfig::default()
+        };
+        // The config check caps the keys at MAX_AUTH_KEYS.
+        for (slot, (id, bytes)) in guard.keys.iter_mut().zip(&r.keys) {
+            *slot = proxy_common::auth::midstates(*id, bytes);
+        }
+        AuthSpec {
+            guard,
+            sign_with: r.mode.signs().then_some(r.active_key),
+        }
+    }
+
+    /// The mode's name as written in the config.
+    pub fn mode_name(&self) -> &'static str {
+        match self.guard.mode {
+            AUTH_MODE_RECEIVE_ONLY => "receive-only",
+            AUTH_MODE_PERMISSIVE => "permissive",
+            _ => "enforce",
+        }
+    }
+
+    /// The IDs of the keys it verifies with.
+    pub fn key_ids(&self) -> Vec<u8> {
+        self.guard.keys[..self.guard.key_count as usize]
+            .iter()
+            .map(|k| k.id)
+            .collect()
+    }
+}
+
 impl InstanceSpec {
-    /// Builds the spec of `v`, resolving its interface in the current network namespace.
+    /// Builds the spec of `v`, resolving its interface in the current network namespace and
+    /// reading its `auth_hmac` keys.
     pub fn from_config(v: &Vrrp) -> anyhow::Result<Self> {
         let ifindex = nix::net::if_::if_nametoindex(v.interface.as_str())
             .with_context(|| format!("vrrp {:?}: interface {:?} not found", v.name, v.interface))?;
-        Ok(Self::new(v, ifindex))
+        Self::new(v, ifindex)
     }
 
-    /// Builds the spec of `v` for interface index `ifindex`.
-    pub fn new(v: &Vrrp, ifindex: u32) -> Self {
+    /// Builds the spec of `v` for interface index `ifindex`; fails when an `auth_hmac` key
+    /// cannot be read.
+    pub fn new(v: &Vrrp, ifindex: u32) -> anyhow::Result<Self> {
+        let auth = match &v.auth_hmac {
+            Some(a) => {
+                let (r, _) = a.resolve(v.advert_interval.0).map_err(|p| {
+                    anyhow::anyhow!("vrrp {:?}: auth_hmac.{}: {}", v.name, p.key, p.message)
+                })?;
+                Some(AuthSpec::new(&r))
+            }
+            None => None,
+        };
         let auth_pass = v.auth_pass.as_ref().map(|p| {
             let mut b = [0u8; 8];
             // The config check caps the length at 8 bytes: copy, zero padded.
@@ -51,7 +120,7 @@ impl InstanceSpec {
             b[..n].copy_from_slice(&p.as_bytes()[..n]);
             b
         });
-        InstanceSpec {
+        Ok(InstanceSpec {
             name: v.name.clone(),
             interface: v.interface.clone(),
             ifindex,
@@ -61,9 +130,10 @@ impl InstanceSpec {
             pseudo_header: v.version == VrrpVersion::V3
                 && v.v3_checksum == V3Checksum::PseudoHeader,
             auth_pass,
+            auth,
             xdp: v.xdp,
             served: Vec::new(),
-        }
+        })
     }
 
     pub fn key(&self) -> InstanceKey {
@@ -87,6 +157,9 @@ impl InstanceSpec {
         }
         if self.pseudo_header {
             flags |= CFG_V3_PSEUDO_HEADER;
+        }
+        if self.auth.is_some() {
+            flags |= CFG_AUTH_HMAC;
         }
         Ok(InstanceSlot {
             ifindex: self.ifindex,
@@ -263,6 +336,7 @@ impl Dataplane {
             g.configure(&xdp_specs)?;
             if !xdp_specs.is_empty() {
                 g.spawn_events(tx.clone())?;
+                g.spawn_clock()?;
             }
         }
         self.raw.configure(&raw_specs)?;
@@ -283,6 +357,32 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Makes the guard hold exactly `specs` again, on the interfaces it already runs on (a
+    /// reload that changed `auth_hmac`). The interfaces and instances must be the ones it was
+    /// started with; only their settings may differ.
+    pub fn reconfigure(&mut self, specs: &[InstanceSpec]) -> anyhow::Result<()> {
+        let on = |want: fn(&GuardMode) -> bool| -> Vec<&InstanceSpec> {
+            specs
+                .iter()
+                .filter(|s| self.by_ifindex.get(&s.ifindex).is_some_and(want))
+                .collect()
+        };
+        let xdp_specs = on(|m| matches!(m, GuardMode::Xdp(_)));
+        let raw_specs = on(|m| matches!(m, GuardMode::Raw));
+        if let Some(g) = &mut self.xdp {
+            g.configure(&xdp_specs)?;
+        }
+        self.raw.configure(&raw_specs)
+    }
+
+    /// The `auth_hmac` outcomes of instance `key`, if it has `auth_hmac`.
+    pub fn auth_counters(&self, key: &InstanceKey) -> Option<AuthCounters> {
+        match self.by_ifindex.get(&key.ifindex)? {
+            GuardMode::Xdp(_) => self.xdp.as_ref()?.auth_counters(key),
+            GuardMode::Raw => self.raw.auth_counters(key),
+        }
     }
 
     /// The mode the guard runs in on each interface.
@@ -355,6 +455,14 @@ impl Drop for Dataplane {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// `CLOCK_REALTIME` in whole seconds since the Unix epoch, truncated to 32 bits as the
+/// `auth_hmac` trailer carries it.
+pub fn realtime_secs() -> u32 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .expect("CLOCK_REALTIME is always available on Linux");
+    ts.tv_sec() as u32
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.

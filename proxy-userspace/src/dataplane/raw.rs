@@ -11,13 +11,16 @@ use std::{
 
 use anyhow::Context as _;
 use proxy_common::{
-    guard::{classify, record_advert, Tables, Verdict},
-    maps::{AdvertRecord, GuardCounters, GuardEvent, InstanceKey, Reason, VridEntry},
+    guard::{classify, record_advert, record_seq, Tables, Verdict},
+    maps::{
+        AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
+        ReplayKey, VridEntry, MAX_REPLAY,
+    },
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
 
-use super::{monotonic_ns, InstanceSpec};
+use super::{monotonic_ns, realtime_secs, InstanceSpec};
 
 const ETH_P_IP: u16 = 0x0800;
 
@@ -28,26 +31,70 @@ pub struct RawState {
     tables: Mutex<RawTables>,
     adverts: Mutex<HashMap<InstanceKey, AdvertRecord>>,
     counters: Mutex<GuardCounters>,
+    auth_counters: Mutex<HashMap<InstanceKey, AuthCounters>>,
 }
 
-/// `vrrp_vrids` in memory: the configured VRIDs only (absent = no slot in use).
+/// `vrrp_vrids`, `vrrp_auth` and `vrrp_replay` in memory: the configured VRIDs only (absent =
+/// no slot in use).
 #[derive(Default)]
 struct RawTables {
     vrids: std::collections::BTreeMap<u8, VridEntry>,
+    auth: HashMap<InstanceKey, AuthConfig>,
+    replay: HashMap<ReplayKey, u64>,
 }
 
 impl Tables for RawTables {
     fn vrid(&self, vrid: u8) -> Option<&VridEntry> {
         self.vrids.get(&vrid)
     }
+
+    fn auth(&self, key: &InstanceKey) -> Option<&AuthConfig> {
+        self.auth.get(key)
+    }
+
+    fn replay_mark(&self, key: &ReplayKey) -> Option<u64> {
+        self.replay.get(key).copied()
+    }
+
+    fn now_secs(&self) -> u32 {
+        realtime_secs()
+    }
+}
+
+impl RawTables {
+    /// Records a sender's mark, bounded like the XDP guard's LRU table (only verified senders
+    /// get here, so the bound is never reached in practice).
+    fn record_mark(&mut self, sender: ReplayKey, seq: u64) {
+        if self.replay.len() >= MAX_REPLAY as usize && !self.replay.contains_key(&sender) {
+            if let Some(k) = self.replay.keys().next().copied() {
+                self.replay.remove(&k);
+            }
+        }
+        self.replay.insert(sender, seq);
+    }
 }
 
 impl RawState {
-    /// Makes the tables hold exactly `specs` (records of kept instances survive).
+    /// Makes the tables hold exactly `specs` (records of kept instances survive, and so do
+    /// the replay marks and counters of instances that keep `auth_hmac`).
     pub fn configure(&self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
         let vrids = super::vrid_entries(specs)?;
         let keys: Vec<InstanceKey> = specs.iter().map(|s| s.key()).collect();
-        lock(&self.tables).vrids = vrids;
+        let auth: HashMap<InstanceKey, AuthConfig> = specs
+            .iter()
+            .filter_map(|s| s.auth.as_ref().map(|a| (s.key(), a.guard)))
+            .collect();
+        {
+            let mut t = lock(&self.tables);
+            t.vrids = vrids;
+            t.replay.retain(|k, _| auth.contains_key(&k.instance()));
+            let mut counters = lock(&self.auth_counters);
+            counters.retain(|k, _| auth.contains_key(k));
+            for k in auth.keys() {
+                counters.entry(*k).or_default();
+            }
+            t.auth = auth;
+        }
         let mut adverts = lock(&self.adverts);
         adverts.retain(|k, _| keys.contains(k));
         for k in keys {
@@ -64,18 +111,48 @@ impl RawState {
         *lock(&self.counters)
     }
 
+    pub fn auth_counters(&self, key: &InstanceKey) -> Option<AuthCounters> {
+        lock(&self.auth_counters).get(key).copied()
+    }
+
     /// Judges one frame received on `ifindex` at `now_ns`, exactly as the XDP guard does.
     /// Returns the event to deliver, if any.
     pub fn handle(&self, frame: &[u8], ifindex: u32, now_ns: u64) -> Option<GuardEvent> {
-        let verdict = classify(frame, ifindex, &*lock(&self.tables));
+        let verdict = {
+            let mut tables = lock(&self.tables);
+            let v = classify(frame, ifindex, &*tables);
+            if let Verdict::Advert(a) = &v {
+                if let Some((sender, seq)) = record_seq(a) {
+                    tables.record_mark(sender, seq);
+                }
+            }
+            v
+        };
         match verdict {
             Verdict::Pass => None,
             Verdict::Drop(reason) => {
                 *lock(&self.counters).slot(reason) += 1;
                 None
             }
+            Verdict::Unauthentic(key, reason) => {
+                *lock(&self.counters).slot(reason) += 1;
+                if let Some(n) = lock(&self.auth_counters)
+                    .get_mut(&key)
+                    .and_then(|c| c.slot(reason))
+                {
+                    *n += 1;
+                }
+                None
+            }
             Verdict::Advert(a) => {
                 *lock(&self.counters).slot(Reason::Accepted) += 1;
+                if let Some(c) = lock(&self.auth_counters).get_mut(&a.key) {
+                    if a.seq.is_some() {
+                        c.signed += 1;
+                    } else {
+                        c.unsigned += 1;
+                    }
+                }
                 let mut adverts = lock(&self.adverts);
                 let rec = adverts.get_mut(&a.key)?;
                 let prev_priority = rec.priority;

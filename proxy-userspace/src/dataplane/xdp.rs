@@ -7,7 +7,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
-    maps::{Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, RingBuf},
+    maps::{
+        Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        RingBuf,
+    },
     programs::{
         links::{FdLink, PinnedLink},
         ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
@@ -15,9 +18,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    AdvertRecord, GuardCounters, GuardEvent, InstanceKey, ServedPort, VridEntry, EVENTS_BYTES,
-    LAYOUT_VERSION, MAP_ADVERTS, MAP_DRAIN, MAP_EVENTS, MAP_STATS, MAP_VIPS, MAP_VRIDS,
-    MAX_INSTANCES, MAX_VIPS, PROGRAM_NAME, VRIDS,
+    AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, ReplayKey,
+    ServedPort, VridEntry, EVENTS_BYTES, LAYOUT_VERSION, MAP_ADVERTS, MAP_AUTH, MAP_AUTH_STATS,
+    MAP_CLOCK, MAP_DRAIN, MAP_EVENTS, MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES,
+    MAX_REPLAY, MAX_VIPS, PROGRAM_NAME, VRIDS,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{info, warn};
@@ -31,12 +35,16 @@ pub static GUARD_OBJECT: &[u8] =
 /// Name of the one-entry array holding [`LAYOUT_VERSION`], pinned beside the other maps.
 pub const MAP_LAYOUT: &str = "hapd_layout";
 
-/// Every map the guard pins: name, type, key size, value size, max entries.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 8] = [
+/// Every map the guard pins: name, type, key size, value size, max entries. `vrrp_auth` is
+/// not among them: it holds key material, and a new process writes it afresh.
+const EXPECTED: [(&str, MapType, u32, u32, u32); 11] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
-    (MAP_STATS, MapType::PerCpuArray, 4, 104, 1),
+    (MAP_STATS, MapType::PerCpuArray, 4, 152, 1),
+    (MAP_REPLAY, MapType::LruHash, 24, 8, MAX_REPLAY),
+    (MAP_AUTH_STATS, MapType::PerCpuHash, 8, 64, MAX_INSTANCES),
+    (MAP_CLOCK, MapType::Array, 4, 8, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
     (MAP_VIPS, MapType::Hash, 8, 1, MAX_VIPS),
     (MAP_DRAIN, MapType::Hash, 8, 1, MAX_VIPS),
@@ -81,6 +89,11 @@ pub struct XdpGuard {
     served: HashMap<MapData, ServedPort, u8>,
     drain: HashMap<MapData, ServedPort, u8>,
     draining: Array<MapData, u32>,
+    auth: HashMap<MapData, InstanceKey, AuthConfig>,
+    replay: HashMap<MapData, ReplayKey, u64>,
+    auth_stats: PerCpuHashMap<MapData, InstanceKey, AuthCounters>,
+    /// `vrrp_clock`, until [`XdpGuard::spawn_clock`] hands it to the task that keeps it true.
+    clock: Option<Array<MapData, i64>>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, Link)>,
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -121,7 +134,7 @@ impl XdpGuard {
         layout
             .set(0, LAYOUT_VERSION, 0)
             .context("writing the layout version")?;
-        let guard = XdpGuard {
+        let mut guard = XdpGuard {
             vrids: take(&mut ebpf, MAP_VRIDS)?,
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
@@ -129,11 +142,18 @@ impl XdpGuard {
             served: take(&mut ebpf, MAP_VIPS)?,
             drain: take(&mut ebpf, MAP_DRAIN)?,
             draining: take(&mut ebpf, MAP_DRAINING)?,
+            auth: take(&mut ebpf, MAP_AUTH)?,
+            replay: take(&mut ebpf, MAP_REPLAY)?,
+            auth_stats: take(&mut ebpf, MAP_AUTH_STATS)?,
+            clock: Some(take(&mut ebpf, MAP_CLOCK)?),
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
             _logger: logger,
         };
+        if let Some(clock) = &mut guard.clock {
+            write_clock(clock)?;
+        }
         Ok(guard)
     }
 
@@ -165,6 +185,33 @@ impl XdpGuard {
             .collect();
         for k in gone {
             let _ = self.served.remove(&k);
+        }
+        // auth_hmac keys go in before a slot says to use them, and out after it no longer does:
+        // the guard never looks for keys that are not there.
+        let auth: std::collections::HashMap<InstanceKey, AuthConfig> = specs
+            .iter()
+            .filter_map(|s| s.auth.as_ref().map(|a| (s.key(), a.guard)))
+            .collect();
+        for (key, cfg) in &auth {
+            self.auth
+                .insert(key, cfg, 0)
+                .with_context(|| format!("writing {MAP_AUTH} for vrid {}", key.vrid))?;
+            match self.auth_stats.get(key, 0) {
+                Ok(_) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {
+                    let zero = PerCpuValues::try_from(vec![
+                        AuthCounters::default();
+                        aya::util::nr_cpus()
+                            .map_err(|(_, e)| e)
+                            .context("counting CPUs")?
+                    ])
+                    .context("per-CPU counters")?;
+                    self.auth_stats.insert(key, zero, 0).with_context(|| {
+                        format!("creating {MAP_AUTH_STATS} for vrid {}", key.vrid)
+                    })?;
+                }
+                Err(e) => return Err(e).context("reading vrrp_auth_stats"),
+            }
         }
         let entries = super::vrid_entries(specs)?;
         for vrid in 0..VRIDS {
@@ -200,6 +247,70 @@ impl XdpGuard {
         for k in stale {
             let _ = self.adverts.remove(&k);
         }
+        let gone: Vec<InstanceKey> = self
+            .auth
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !auth.contains_key(k))
+            .collect();
+        for k in gone {
+            let _ = self.auth.remove(&k);
+        }
+        let gone: Vec<InstanceKey> = self
+            .auth_stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !auth.contains_key(k))
+            .collect();
+        for k in gone {
+            let _ = self.auth_stats.remove(&k);
+        }
+        let gone: Vec<ReplayKey> = self
+            .replay
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !auth.contains_key(&k.instance()))
+            .collect();
+        for k in gone {
+            let _ = self.replay.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The `auth_hmac` outcomes of `key` summed over CPUs, if it has `auth_hmac`.
+    pub fn auth_counters(&self, key: &InstanceKey) -> Option<AuthCounters> {
+        let per_cpu = self.auth_stats.get(key, 0).ok()?;
+        let mut sum = AuthCounters::default();
+        for c in per_cpu.iter() {
+            sum.accumulate(c);
+        }
+        Some(sum)
+    }
+
+    /// The replay mark of a sender (tests).
+    pub fn replay_mark(&self, key: &ReplayKey) -> Option<u64> {
+        self.replay.get(key, 0).ok()
+    }
+
+    /// Moves `vrrp_clock` to a task that rewrites it whenever the wall clock is set (a
+    /// `CLOCK_REALTIME` timerfd with `TFD_TIMER_CANCEL_ON_SET`: no wake-up otherwise), so the
+    /// guard's freshness window follows clock steps. Without it the offset written at load
+    /// stays (tests).
+    pub fn spawn_clock(&mut self) -> anyhow::Result<()> {
+        let mut clock = self.clock.take().context("clock already taken")?;
+        let watch = ClockSet::new().context("watching for clock steps")?;
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = watch.changed().await {
+                    warn!("watching for clock steps: {e}; the guard keeps the last offset");
+                    return;
+                }
+                match write_clock(&mut clock) {
+                    Ok(()) => info!("the wall clock was set; the guard's auth_hmac clock follows"),
+                    Err(e) => warn!("{e:#}"),
+                }
+            }
+        });
         Ok(())
     }
 
@@ -411,6 +522,83 @@ impl XdpGuard {
             unpin_all(dir);
         }
         Ok(())
+    }
+}
+
+/// Writes `CLOCK_REALTIME - CLOCK_MONOTONIC` to `vrrp_clock`.
+fn write_clock(clock: &mut Array<MapData, i64>) -> anyhow::Result<()> {
+    let real = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+        .context("reading CLOCK_REALTIME")?;
+    let mono = super::monotonic_ns() as i64;
+    let real = real.tv_sec() * 1_000_000_000 + real.tv_nsec();
+    clock
+        .set(0, real - mono, 0)
+        .with_context(|| format!("writing {MAP_CLOCK}"))
+}
+
+/// A `CLOCK_REALTIME` timerfd armed far ahead with `TFD_TIMER_CANCEL_ON_SET`: readable (with
+/// `ECANCELED`) when the wall clock is set, and otherwise silent.
+struct ClockSet {
+    fd: AsyncFd<TimerFdRaw>,
+}
+
+struct TimerFdRaw(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for TimerFdRaw {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl ClockSet {
+    fn new() -> anyhow::Result<ClockSet> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = TimerFd::new(
+            ClockId::CLOCK_REALTIME,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        let c = ClockSet {
+            // SAFETY: TimerFdRaw owns the timerfd and always returns that same descriptor.
+            fd: unsafe {
+                AsyncFd::register_with_interest(TimerFdRaw(fd), tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| e.into_parts().1)?,
+        };
+        c.arm()?;
+        Ok(c)
+    }
+
+    /// Arms the timer a year ahead (it only serves to be cancelled).
+    fn arm(&self) -> anyhow::Result<()> {
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
+        let at = nix::sys::time::TimeSpec::new(now.tv_sec() + 365 * 86_400, 0);
+        self.fd.get_ref().0.set(
+            Expiration::OneShot(at),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME | TimerSetTimeFlags::TFD_TIMER_CANCEL_ON_SET,
+        )?;
+        Ok(())
+    }
+
+    /// Waits until the wall clock is set (or the year passes), then re-arms.
+    async fn changed(&self) -> anyhow::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut buf = [0u8; 8];
+            match nix::unistd::read(&self.fd.get_ref().0, &mut buf) {
+                // ECANCELED: the clock was set. Expired: a year went by. Both: re-arm.
+                Err(nix::errno::Errno::ECANCELED) | Ok(_) => {
+                    guard.clear_ready();
+                    self.arm()?;
+                    return Ok(());
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    guard.clear_ready();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

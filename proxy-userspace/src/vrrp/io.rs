@@ -10,7 +10,12 @@ use std::{
 use anyhow::Context as _;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::packet::{Advert, ChecksumMode, MCAST};
+use proxy_common::{guard::pseudo_header_sum, vrrp::Packet};
+
+use super::{
+    auth::{wall_clock, Signer},
+    packet::{Advert, ChecksumMode, MCAST},
+};
 
 pub struct AdvertSocket {
     sock: Socket,
@@ -19,6 +24,8 @@ pub struct AdvertSocket {
     dsts: Vec<Ipv4Addr>,
     mode: ChecksumMode,
     iface: String,
+    /// `auth_hmac` signing, when the instance signs.
+    signer: Option<Signer>,
 }
 
 impl AdvertSocket {
@@ -53,6 +60,7 @@ impl AdvertSocket {
             },
             mode,
             iface: iface.to_owned(),
+            signer: None,
         })
     }
 
@@ -60,19 +68,50 @@ impl AdvertSocket {
         self.src
     }
 
+    /// Signs from now on with `signer` (`None`: sends adverts without a trailer).
+    pub fn set_signer(&mut self, signer: Option<Signer>) {
+        self.signer = signer;
+    }
+
+    /// Takes the signer out (to carry its sequence into a replacement).
+    pub fn take_signer(&mut self) -> Option<Signer> {
+        self.signer.take()
+    }
+
+    /// The key ID adverts are signed with, if they are.
+    pub fn signing_key(&self) -> Option<u8> {
+        self.signer.as_ref().map(Signer::key_id)
+    }
+
     /// Sends `advert` to `dst` only.
-    pub fn send_to(&self, advert: &Advert, dst: Ipv4Addr) -> anyhow::Result<()> {
-        let msg = advert.emit(self.mode, self.src, dst);
-        self.sock
-            .send_to(&msg, &SocketAddrV4::new(dst, 0).into())
-            .with_context(|| format!("sending an advert to {dst} on {}", self.iface))?;
-        Ok(())
+    pub fn send_to(&mut self, advert: &Advert, dst: Ipv4Addr) -> anyhow::Result<()> {
+        self.send_each(advert, &[dst])
     }
 
     /// Sends `advert` to every destination.
-    pub fn send(&self, advert: &Advert) -> anyhow::Result<()> {
-        for d in &self.dsts {
-            let msg = advert.emit(self.mode, self.src, *d);
+    pub fn send(&mut self, advert: &Advert) -> anyhow::Result<()> {
+        let dsts = std::mem::take(&mut self.dsts);
+        let r = self.send_each(advert, &dsts);
+        self.dsts = dsts;
+        r
+    }
+
+    /// One logical advert to each of `dsts`: built and signed once (one sequence number, as
+    /// keepalived sends to unicast peers), with the checksum filled per destination.
+    fn send_each(&mut self, advert: &Advert, dsts: &[Ipv4Addr]) -> anyhow::Result<()> {
+        let Some(first) = dsts.first() else {
+            return Ok(());
+        };
+        let mut msg = advert.emit(self.mode, self.src, *first);
+        let mlen = msg.len();
+        if let Some(s) = &mut self.signer {
+            s.sign(&mut msg, self.src, wall_clock());
+        }
+        for (i, d) in dsts.iter().enumerate() {
+            if i > 0 && self.mode == ChecksumMode::PseudoHeader && advert.version == 3 {
+                let pseudo = pseudo_header_sum(self.src.octets(), d.octets(), mlen as u16);
+                Packet::new_unchecked(&mut msg[..]).fill_checksum(pseudo);
+            }
             self.sock
                 .send_to(&msg, &SocketAddrV4::new(*d, 0).into())
                 .with_context(|| format!("sending an advert to {d} on {}", self.iface))?;

@@ -1,4 +1,5 @@
 //! VRRP (RFC 5798/9568 v3, RFC 3768 v2): the wire format and the I/O-free election engine.
+pub mod auth;
 pub mod fsm;
 pub mod io;
 pub mod notify;
