@@ -303,6 +303,158 @@ impl Lab {
         })
     }
 
+    /// Sends `frames` over and over from host `i` for `duration` as fast as one thread can
+    /// (`sendmmsg` in batches of 256 on an AF_PACKET socket that bypasses the qdisc); returns
+    /// how many frames left. A flood generator that needs no XDP support of its own.
+    pub fn flood(
+        &self,
+        i: usize,
+        frames: &[Vec<u8>],
+        duration: std::time::Duration,
+    ) -> anyhow::Result<u64> {
+        self.flood_on(i, &self.hosts[i].ifname.clone(), frames, duration)
+    }
+
+    /// [`Lab::flood`] out of interface `ifname` of host `i` (a link made by [`Lab::link`]).
+    pub fn flood_on(
+        &self,
+        i: usize,
+        ifname: &str,
+        frames: &[Vec<u8>],
+        duration: std::time::Duration,
+    ) -> anyhow::Result<u64> {
+        if frames.is_empty() {
+            return Ok(0);
+        }
+        let ifindex = self.ifindex(i, ifname)?;
+        self.in_netns(i, move || {
+            // SAFETY: plain socket(2); owned at once.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is ours.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            let one: libc::c_int = 1;
+            // SAFETY: a c_int option. Best effort: without it the qdisc is in the path.
+            unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_PACKET,
+                    libc::PACKET_QDISC_BYPASS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            // SAFETY: sockaddr_ll is plain data.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&frames[0][..6.min(frames[0].len())]);
+            const BATCH: usize = 256;
+            let mut iovs: Vec<libc::iovec> = (0..BATCH)
+                .map(|k| {
+                    let f = &frames[k % frames.len()];
+                    libc::iovec {
+                        iov_base: f.as_ptr() as *mut libc::c_void,
+                        iov_len: f.len(),
+                    }
+                })
+                .collect();
+            // SAFETY: mmsghdr is plain data; every pointer set below outlives the sends.
+            let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+                m.msg_hdr.msg_name = (&mut sll as *mut libc::sockaddr_ll).cast();
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+            }
+            let t0 = std::time::Instant::now();
+            let mut sent = 0u64;
+            while t0.elapsed() < duration {
+                // SAFETY: msgs points at BATCH valid headers.
+                let n = unsafe { libc::sendmmsg(raw, msgs.as_mut_ptr(), BATCH as u32, 0) };
+                if n < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::WouldBlock {
+                        continue;
+                    }
+                    bail!("sendmmsg: {e}");
+                }
+                sent += n as u64;
+            }
+            Ok(sent)
+        })
+    }
+
+    /// Receives up to `n` IPv4 frames of IP protocol `proto` on host `i`'s interface within
+    /// `timeout` (what the host hears: a capture to replay later). Returns what arrived.
+    pub fn capture(
+        &self,
+        i: usize,
+        proto: u8,
+        n: usize,
+        timeout: std::time::Duration,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let ifindex = self.ifindex(i, &self.hosts[i].ifname.clone())?;
+        self.in_netns(i, move || {
+            let eth_p_ip = (libc::ETH_P_IP as u16).to_be() as i32;
+            // SAFETY: plain socket(2); owned at once.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, eth_p_ip) };
+            if fd < 0 {
+                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fd is ours.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain data.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = libc::ETH_P_IP as u16;
+            sll.sll_protocol = sll.sll_protocol.to_be();
+            sll.sll_ifindex = ifindex as i32;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            // SAFETY: sll is a valid sockaddr_ll of the size passed.
+            if unsafe {
+                libc::bind(
+                    raw,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            } != 0
+            {
+                bail!("binding the capture socket: {}", std::io::Error::last_os_error());
+            }
+            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            // SAFETY: tv is a valid timeval for SO_RCVTIMEO.
+            unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            let deadline = std::time::Instant::now() + timeout;
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            while out.len() < n && std::time::Instant::now() < deadline {
+                // SAFETY: buf is valid for its length.
+                let got = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if got < 14 + 20 {
+                    continue;
+                }
+                let f = &buf[..got as usize];
+                if f[12..14] == [0x08, 0x00] && f[14 + 9] == proto {
+                    out.push(f.to_vec());
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Starts a thread inside host `i`'s network namespace that runs `f` (a server, a prober).
     /// The caller stops it (a flag) and joins it before the lab is dropped; the thread's
     /// result is `None` only when it could not enter the namespace (then this call failed).

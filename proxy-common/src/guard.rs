@@ -77,7 +77,7 @@ pub trait Tables {
     /// One SHA-256 compression ([`auth::compress`]); the XDP program runs it as a BPF global
     /// function, which the verifier checks once instead of once per block of every path.
     #[inline(always)]
-    fn compress(&self, state: &mut [u32; 8], block: &[u8; 64]) {
+    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16]) {
         auth::compress(state, block)
     }
     /// Runs `f` with room for a MAC's input (a per-CPU map value in XDP: it does not fit the

@@ -190,8 +190,15 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn compress(&self, state: &mut [u32; 8], block: &[u8; 64]) {
-        hapd_sha256_compress(state, block);
+    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16]) {
+        // The schedule's ring is this CPU's, in the map beside the input (the stack left
+        // beside the guard's frame is too small for it).
+        if let Some(input) = MAC_INPUT.get_ptr_mut(0) {
+            // SAFETY: this CPU's value, used by this run only; `ring` is a field nobody else
+            // reads or writes during the call.
+            let ring = unsafe { core::ptr::addr_of_mut!((*input).ring) };
+            hapd_sha256_compress(state, block, ring);
+        }
     }
 
     #[inline(always)]
@@ -216,13 +223,17 @@ impl Tables for Maps {
 /// Its pointers may be null as far as the verifier knows.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn hapd_sha256_compress(state: *mut [u32; 8], block: *const [u8; 64]) -> u32 {
-    if state.is_null() || block.is_null() {
+pub extern "C" fn hapd_sha256_compress(
+    state: *mut [u32; 8],
+    block: *const [u32; 16],
+    ring: *mut [u32; 16],
+) -> u32 {
+    if state.is_null() || block.is_null() || ring.is_null() {
         return 1;
     }
-    // SAFETY: both point to stack arrays of the caller (checked non-null; the verifier checks
-    // the sizes at the call).
-    unsafe { proxy_common::auth::compress(&mut *state, &*block) };
+    // SAFETY: all three point to distinct arrays of the caller's (checked non-null; the
+    // verifier checks the sizes at the call).
+    unsafe { proxy_common::auth::compress_in(&mut *state, &*block, &mut *ring) };
     0
 }
 
