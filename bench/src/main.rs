@@ -4,6 +4,8 @@ mod cleanup;
 mod failover;
 mod fuzz;
 mod idle;
+mod interop;
+mod keepalived243;
 mod plot;
 mod proxy;
 mod report;
@@ -14,7 +16,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "hapd benchmarks (run as root; they build labs of network namespaces)")]
 struct Cli {
-    /// `xdp`, `failover`, `proxy`, `idle`, `fuzz`, or `all` (all but `fuzz`).
+    /// `xdp`, `failover`, `proxy`, `idle`, `interop`, `fuzz`, or `all` (all but `fuzz` and
+    /// `interop`, which needs keepalived 2.4.3's source beside the clone).
     suite: String,
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
@@ -49,9 +52,11 @@ fn main() -> anyhow::Result<()> {
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
         "all" => vec!["xdp", "failover", "proxy", "idle"],
-        s @ ("xdp" | "failover" | "proxy" | "idle" | "fuzz") => vec![s],
+        s @ ("xdp" | "failover" | "proxy" | "idle" | "interop" | "fuzz") => vec![s],
         other => {
-            anyhow::bail!("unknown suite {other:?}; suites: xdp, failover, proxy, idle, fuzz, all")
+            anyhow::bail!(
+                "unknown suite {other:?}; suites: xdp, failover, proxy, idle, interop, fuzz, all"
+            )
         }
     };
     for s in suites {
@@ -60,6 +65,7 @@ fn main() -> anyhow::Result<()> {
             "failover" => failover::run(cli.quick)?,
             "proxy" => proxy::run(cli.quick, &cli.peers)?,
             "idle" => idle::run(cli.quick)?,
+            "interop" => interop::run(cli.quick)?,
             "fuzz" => fuzz::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),
         };

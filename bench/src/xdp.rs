@@ -270,6 +270,9 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
+/// Builds the frame a flood sends (given the lab, for its addresses).
+type FrameFn = Box<dyn Fn(&Lab) -> Vec<u8>>;
+
 /// One flood: what the DUT runs and what the intruder sends.
 struct FloodCase {
     name: &'static str,
@@ -278,7 +281,7 @@ struct FloodCase {
     /// The guard counter the flood moves.
     counter: &'static str,
     /// The frame the intruder sends (built just before each round: timestamps stay fresh).
-    frame: Box<dyn Fn(&Lab) -> Vec<u8>>,
+    frame: FrameFn,
 }
 
 fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
@@ -325,7 +328,10 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     for case in &cases {
         let (r, generator, m) = flood_case(quick, case, &mut rows)?;
         raw.push(serde_json::json!({ "case": case.name, "generator": generator, "rounds": r }));
-        notes.push(format!("{}: median {m:.2} Mpps dropped ({generator}).", case.name));
+        notes.push(format!(
+            "{}: median {m:.2} Mpps dropped ({generator}).",
+            case.name
+        ));
         categories.push(case.name.to_string());
         medians.push(m);
     }
@@ -342,9 +348,15 @@ fn flood(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         Table {
             title: "Forged-advert floods into native XDP on a veth".into(),
             columns: vec![
-                "case".into(), "round".into(), "frames sent".into(), "dropped".into(),
-                "seconds".into(), "Mpps dropped".into(), "hapd CPU ms".into(),
-                "hapd wake-ups".into(), "state changes".into(),
+                "case".into(),
+                "round".into(),
+                "frames sent".into(),
+                "dropped".into(),
+                "seconds".into(),
+                "Mpps dropped".into(),
+                "hapd CPU ms".into(),
+                "hapd wake-ups".into(),
+                "state changes".into(),
             ],
             rows,
             notes,
@@ -444,7 +456,12 @@ fn flood_case(
                 println!("[xdp] the kernel refuses XDP live frames here; sending with sendmmsg");
                 generator = "AF_PACKET sendmmsg";
             }
-            lab.flood_on(1, &gen_if, &[forged.clone()], Duration::from_secs(secs))?
+            lab.flood_on(
+                1,
+                &gen_if,
+                std::slice::from_ref(&forged),
+                Duration::from_secs(secs),
+            )?
         };
         let wall = t0.elapsed();
         std::thread::sleep(Duration::from_millis(100));
@@ -472,7 +489,11 @@ fn flood_case(
             "state_changes": changes, "accepted": after.accepted - before.accepted,
         }));
         if changes > 0 {
-            bail!("{}: the flood changed hapd's state:\n{}", case.name, daemon.lines().join("\n"));
+            bail!(
+                "{}: the flood changed hapd's state:\n{}",
+                case.name,
+                daemon.lines().join("\n")
+            );
         }
     }
     daemon.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5))?;

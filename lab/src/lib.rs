@@ -329,7 +329,8 @@ impl Lab {
         let ifindex = self.ifindex(i, ifname)?;
         self.in_netns(i, move || {
             // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
             }
@@ -364,7 +365,8 @@ impl Lab {
                 })
                 .collect();
             // SAFETY: mmsghdr is plain data; every pointer set below outlives the sends.
-            let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut msgs: Vec<libc::mmsghdr> =
+                (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
             for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
                 m.msg_hdr.msg_name = (&mut sll as *mut libc::sockaddr_ll).cast();
                 m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
@@ -378,7 +380,9 @@ impl Lab {
                 let n = unsafe { libc::sendmmsg(raw, msgs.as_mut_ptr(), BATCH as u32, 0) };
                 if n < 0 {
                     let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::ENOBUFS) || e.kind() == std::io::ErrorKind::WouldBlock {
+                    if e.raw_os_error() == Some(libc::ENOBUFS)
+                        || e.kind() == std::io::ErrorKind::WouldBlock
+                    {
                         continue;
                     }
                     bail!("sendmmsg: {e}");
@@ -402,7 +406,13 @@ impl Lab {
         self.in_netns(i, move || {
             let eth_p_ip = (libc::ETH_P_IP as u16).to_be() as i32;
             // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, eth_p_ip) };
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                    eth_p_ip,
+                )
+            };
             if fd < 0 {
                 bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
             }
@@ -424,9 +434,15 @@ impl Lab {
                 )
             } != 0
             {
-                bail!("binding the capture socket: {}", std::io::Error::last_os_error());
+                bail!(
+                    "binding the capture socket: {}",
+                    std::io::Error::last_os_error()
+                );
             }
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
             // SAFETY: tv is a valid timeval for SO_RCVTIMEO.
             unsafe {
                 libc::setsockopt(

@@ -193,3 +193,55 @@ fn what_cannot_be_mapped_is_a_comment_and_what_cannot_be_read_is_an_error() {
     assert!(!ok);
     assert!(err.contains("--keepalived"), "{err}");
 }
+
+#[test]
+fn a_keepalived_auth_hmac_block_becomes_hapds() {
+    let dir = Scratch::new("import-hmac");
+    let key = dir.path("vrrp51");
+    std::fs::write(
+        &key,
+        "hex:a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let k = dir.path("k.conf");
+    std::fs::write(
+        &k,
+        format!(
+            "vrrp_instance VI_1 {{\n interface eth0\n virtual_router_id 51\n priority 110\n advert_int 1\n \
+             authentication {{\n  auth_type PASS\n  auth_pass secret42\n }}\n \
+             auth_hmac {{\n  key 1 hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n  \
+             key 2 file:{}\n  active_key 2\n  anti_replay time\n  time_window 10\n  mode permissive\n }}\n \
+             unicast_peer {{\n  198.18.0.2\n }}\n virtual_ipaddress {{\n  198.18.0.100/24\n }}\n}}\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = hapd(&["import", "--keepalived", k.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: toml::Value = toml::from_str(&out).unwrap();
+    let a = &v["vrrp"][0]["auth_hmac"];
+    assert_eq!(
+        a["keys"]["1"].as_str(),
+        Some("hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+    );
+    assert_eq!(
+        a["keys"]["2"].as_str(),
+        Some(format!("file:{}", key.display()).as_str())
+    );
+    assert_eq!(a["active_key"].as_integer(), Some(2));
+    assert_eq!(a["anti_replay"].as_str(), Some("time"));
+    assert_eq!(a["time_window"].as_str(), Some("10s"));
+    assert_eq!(a["mode"].as_str(), Some("permissive"));
+    // The legacy block goes: keepalived drops it beside auth_hmac, hapd refuses both.
+    assert!(v["vrrp"][0].get("auth_pass").is_none(), "{out}");
+    assert!(
+        out.contains("authentication: auth_hmac (") && out.contains("replaces it"),
+        "{out}"
+    );
+    // The result runs past `hapd check`.
+    let cfg = dir.path("hapd.toml");
+    std::fs::write(&cfg, &out).unwrap();
+    let (ok, check, err) = hapd(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{check}{err}");
+}

@@ -134,7 +134,14 @@ fn a_signed_pair_elects_fails_over_and_preempts_back() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
     for st in [status(&lab, 0), status(&lab, 1)] {
-        for r in ["no_trailer", "trailer", "unknown_key", "stale", "replay", "hmac"] {
+        for r in [
+            "no_trailer",
+            "trailer",
+            "unknown_key",
+            "stale",
+            "replay",
+            "hmac",
+        ] {
             assert_eq!(rejected(&st, r), 0, "{r}: {st}");
         }
     }
@@ -204,18 +211,28 @@ fn spoofed_peer_adverts_with_forged_trailers_and_replays_change_nothing() {
     real = capture(&lab);
     for (what, frames) in [
         ("no trailer", vec![spoof(sa, None); 2000]),
-        ("forged trailer", (0..2000).map(|i| forged_trailer(sa, i)).collect()),
+        (
+            "forged trailer",
+            (0..2000).map(|i| forged_trailer(sa, i)).collect(),
+        ),
         ("replays", real.iter().cycle().take(2000).cloned().collect()),
     ] {
         lab.send_frames(2, &frames).unwrap();
-        assert!(has_vip(&lab, 0) && !has_vip(&lab, 1), "after a burst of {what}");
+        assert!(
+            has_vip(&lab, 0) && !has_vip(&lab, 1),
+            "after a burst of {what}"
+        );
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(vip_samples > 100, "{vip_samples}");
     assert_eq!(a.grep("=> MASTER").len(), 1, "{}", log(&a));
     assert!(a.grep("MASTER =>").is_empty(), "{}", log(&a));
     assert!(b.grep("=> MASTER").is_empty(), "{}", log(&b));
-    assert!(b.grep("priority 255").is_empty(), "B woke for a forgery: {}", log(&b));
+    assert!(
+        b.grep("priority 255").is_empty(),
+        "B woke for a forgery: {}",
+        log(&b)
+    );
     let after = (status(&lab, 0), status(&lab, 1));
     // B (the backup) got A's address spoofed: every kind dropped by its reason.
     let d = |name: &str| rejected(&after.1, name) - rejected(&before.1, name);
@@ -248,7 +265,10 @@ fn spoofed_peer_adverts_with_forged_trailers_and_replays_change_nothing() {
     );
     assert!(counter(&after.0, "drop_not_peer") > counter(&before.0, "drop_not_peer"));
     // B kept hearing the real master throughout.
-    assert_eq!(after.1["instances"][0]["master"], "198.18.0.1 (priority 110)");
+    assert_eq!(
+        after.1["instances"][0]["master"],
+        "198.18.0.1 (priority 110)"
+    );
     stop(&mut a);
     stop(&mut b);
 }
@@ -284,7 +304,10 @@ fn key_rotation_by_reload_moves_nothing() {
             let said = String::from_utf8_lossy(&out.stdout).to_string()
                 + &String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "step {n} on h{i}: {said}");
-            assert!(said.contains("auth_hmac applied to VI_1"), "step {n} on h{i}: {said}");
+            assert!(
+                said.contains("auth_hmac applied to VI_1"),
+                "step {n} on h{i}: {said}"
+            );
             // The other node still runs the previous step for a moment: it must accept us.
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -295,7 +318,14 @@ fn key_rotation_by_reload_moves_nothing() {
         let auth = &s["instances"][0]["auth"];
         assert_eq!(auth["active_key"], 2, "{s}");
         assert_eq!(auth["keys"], serde_json::json!([2]), "{s}");
-        for r in ["no_trailer", "trailer", "unknown_key", "stale", "replay", "hmac"] {
+        for r in [
+            "no_trailer",
+            "trailer",
+            "unknown_key",
+            "stale",
+            "replay",
+            "hmac",
+        ] {
             assert_eq!(rejected(s, r), 0, "{r}: {s}");
         }
     }
@@ -305,7 +335,10 @@ fn key_rotation_by_reload_moves_nothing() {
     assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
     // A key file that cannot be read: the reload is refused and names it; nothing changes.
     let missing = PathBuf::from("/nonexistent/hapd-key");
-    let bad = format!("{{ keys = {{ 2 = \"file:{}\" }}, active_key = 2 }}", missing.display());
+    let bad = format!(
+        "{{ keys = {{ 2 = \"file:{}\" }}, active_key = 2 }}",
+        missing.display()
+    );
     let cfg = config(&mut lab, 1, 100, &bad, extra);
     let path = lab.dir().join("h1.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -313,8 +346,8 @@ fn key_rotation_by_reload_moves_nothing() {
         .command(1, &[HAPD, "reload", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
-    let said = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("/nonexistent/hapd-key"), "{said}");
     std::thread::sleep(Duration::from_millis(300));

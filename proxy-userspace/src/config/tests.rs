@@ -121,6 +121,37 @@ fn warnings_for_pass_auth_and_no_peers() {
     assert!(w[0].message.contains("plaintext"));
 }
 
+const HEX32: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+#[test]
+fn auth_hmac_parses_with_keepalived_defaults_and_warns_about_open_key_files() {
+    let text = with_vrrp(&format!(
+        "auth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1 }}"
+    ));
+    let (c, w) = parse(&text).unwrap();
+    let a = c.vrrp[0].get_ref().auth_hmac.as_ref().unwrap();
+    assert_eq!(a.mode, crate::config::auth::AuthMode::Enforce);
+    assert_eq!(a.anti_replay, crate::config::auth::AntiReplay::Time);
+    assert!(w.is_empty(), "{w:?}");
+    let dir = std::env::temp_dir().join(format!("hapd-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("k");
+    std::fs::write(&f, HEX32).unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let text = with_vrrp(&format!(
+        "auth_hmac = {{ keys = {{ 7 = \"file:{}\" }}, active_key = 7, mode = \"receive-only\" }}",
+        f.display()
+    ));
+    let (_, w) = parse(&text).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].key, "vrrp[0].auth_hmac.keys.7");
+    assert!(
+        w[0].message.contains("readable by group or others"),
+        "{w:?}"
+    );
+}
+
 /// Each invalid file: the error must name this key and this line.
 #[test]
 fn every_invalid_case_names_the_key() {
@@ -135,6 +166,12 @@ fn every_invalid_case_names_the_key() {
         (with_vrrp("version = 2\nadvert_interval = \"1500ms\""), "vrrp[0].advert_interval", "[[vrrp]]"),
         (with_vrrp("version = 2\nauth_pass = \"ChangeThisSecret42\""), "vrrp[0].auth_pass: must be 1..=8 bytes, got 18", "[[vrrp]]"),
         (with_vrrp("auth_pass = \"secret\""), "vrrp[0].auth_pass: VRRP v3 has no authentication", "[[vrrp]]"),
+        (with_vrrp("auth_hmac = { keys = { 1 = \"short\" }, active_key = 1 }"), "vrrp[0].auth_hmac.keys.1: key 1 is 5 bytes; auth_hmac keys are 32..=64 bytes", "[[vrrp]]"),
+        (with_vrrp(&format!("auth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 2 }}")), "vrrp[0].auth_hmac.active_key: 2 is not one of the keys (1)", "[[vrrp]]"),
+        (with_vrrp("auth_hmac = { keys = { 1 = \"file:/nonexistent/k\" }, active_key = 1 }"), "vrrp[0].auth_hmac.keys.1: key file /nonexistent/k", "[[vrrp]]"),
+        (with_vrrp(&format!("auth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1, mode = \"strict\" }}")), "unknown variant `strict`", "@auth_hmac ="),
+        (with_vrrp(&format!("auth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1, time_window = \"400s\" }}")), "vrrp[0].auth_hmac.time_window", "[[vrrp]]"),
+        (with_vrrp(&format!("version = 2\nauth_pass = \"secret42\"\nauth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1 }}")), "vrrp[0].auth_hmac: auth_hmac and auth_pass exclude each other", "[[vrrp]]"),
         (with_vrrp("virtual_ips = []"), "vrrp[0].virtual_ips", "[[vrrp]]"),
         (with_vrrp("virtual_ips = [\"10.0.1.300/24\"]"), "virtual_ips: \"10.0.1.300/24\" is not an IPv4 address with prefix", "@virtual_ips ="),
         (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.2\"]"), "vrrp[0].peers[1]: 198.18.0.2 is listed twice", "[[vrrp]]"),

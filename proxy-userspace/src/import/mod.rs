@@ -257,6 +257,7 @@ fn keepalived(
         let mut track_proxy = None;
         let mut notify: Option<(String, String)> = None;
         let mut auth = None;
+        let mut hmac: Option<(String, String)> = None;
         let mut keys: Vec<(String, String)> = Vec::new();
         let mut notes = Section::default();
         for c in &d.children {
@@ -292,6 +293,7 @@ fn keepalived(
                         notes.unmapped(at, &format!("auth_type {ty}"), "only PASS exists in hapd (AH was removed from VRRP by RFC 3768); the XDP guard's peer list is what stops forged adverts");
                     }
                 }
+                "auth_hmac" => hmac = Some((auth_hmac(c, s, &mut notes)?, at)),
                 "virtual_ipaddress" => {
                     for v in &c.children {
                         let ip = if v.name.contains('/') { v.name.clone() } else { format!("{}/32", v.name) };
@@ -380,8 +382,17 @@ fn keepalived(
         if unicast {
             sec.key("unicast", "true");
         }
+        if let Some((value, _)) = &hmac {
+            sec.key("auth_hmac", value.clone());
+        }
         if let Some((pass, at)) = auth {
-            if version != 2 {
+            if let Some((_, hat)) = &hmac {
+                notes.unmapped(
+                    at,
+                    "authentication",
+                    &format!("auth_hmac ({hat}) replaces it; keepalived drops the legacy block when both are set, and hapd refuses both"),
+                );
+            } else if version != 2 {
                 notes.unmapped(
                     at,
                     "authentication",
@@ -420,6 +431,49 @@ fn keepalived(
     }
     out.extend(scripts);
     Ok(out)
+}
+
+/// keepalived 2.4's `auth_hmac { key ID VALUE; active_key ID; anti_replay …; time_window S;
+/// mode … }` as hapd's inline table. Keys keep their form (`hex:`, `file:` or ASCII).
+fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<String> {
+    let mut keys = Vec::new();
+    let mut fields = Vec::new();
+    for c in &d.children {
+        let at = s.at(c);
+        match c.name.as_str() {
+            "key" => {
+                let (Some(id), Some(value)) = (c.arg(0), c.arg(1)) else {
+                    bail!("{at}: auth_hmac key needs an ID and a value");
+                };
+                let Ok(id) = id.parse::<u8>() else {
+                    bail!("{at}: auth_hmac key ID {id:?} is not 1..=255");
+                };
+                if value.contains("${") {
+                    notes.note(format!(
+                        "{at}: key {id} names {value}: hapd does not expand keepalived's ${{…}} \
+                         variables; write the file's path"
+                    ));
+                }
+                keys.push(format!("{id} = {}", q(value)));
+            }
+            "active_key" => fields.push(format!("active_key = {}", c.rest())),
+            "anti_replay" => fields.push(format!("anti_replay = {}", q(&c.rest()))),
+            "time_window" => match c.arg(0).and_then(secs) {
+                Some(v) => fields.push(format!("time_window = {}", q(&v))),
+                None => bail!(
+                    "{at}: time_window {:?} is not a number of seconds",
+                    c.rest()
+                ),
+            },
+            "mode" => fields.push(format!("mode = {}", q(&c.rest()))),
+            other => notes.unmapped(at, &format!("auth_hmac {other}"), "no hapd equivalent"),
+        }
+    }
+    Ok(format!(
+        "{{ keys = {{ {} }}, {} }}",
+        keys.join(", "),
+        fields.join(", ")
+    ))
 }
 
 /// Apache cipher names for TLS 1.2 → rustls names.
