@@ -22,9 +22,9 @@ use nix::sys::signal::Signal;
 
 use crate::report::{median_spread, Report, Table};
 
-const VIP: &str = "198.18.0.100";
-const PORT: u16 = 8080;
-const PROBE_EVERY: Duration = Duration::from_millis(5);
+pub(crate) const VIP: &str = "198.18.0.100";
+pub(crate) const PORT: u16 = 8080;
+pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Where the service listens when hapd's proxy is in front of it.
 const SERVICE_BEHIND_PROXY: u16 = 8081;
 
@@ -177,15 +177,18 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     tables.push(load_table);
     let (attack_table, attack_raw) = attacks(&hapd, quick)?;
     tables.push(attack_table);
+    let (spoof_table, spoof_raw) = crate::spoof::spoofed_peers(&hapd, quick)?;
+    tables.push(spoof_table);
     report.tables = tables;
-    report.raw =
-        serde_json::json!({ "outages": raw, "under_load": load_raw, "attacks": attack_raw });
+    report.raw = serde_json::json!({
+        "outages": raw, "under_load": load_raw, "attacks": attack_raw, "spoofed_peers": spoof_raw,
+    });
     Ok(report)
 }
 
 /// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
 /// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
-fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
+pub(crate) fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output()?;
@@ -307,7 +310,7 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
 
 /// A service that answers every HTTP request with `name` (and closes), on `bind`, while `up`
 /// is true (when it turns false the listener closes: connections are refused) and until `stop`.
-fn serve(
+pub(crate) fn serve(
     name: &'static str,
     bind: (&'static str, u16),
     up: Arc<AtomicBool>,
@@ -359,7 +362,7 @@ fn serve(
 }
 
 /// One probe: an HTTP request to the VIP; who answered (the body of a 200).
-fn probe() -> Option<String> {
+pub(crate) fn probe() -> Option<String> {
     let addr: SocketAddr = format!("{VIP}:{PORT}").parse().ok()?;
     // Short timeouts keep the 5 ms cadence while nobody answers (everything is on one machine:
     // an answer takes well under a millisecond).

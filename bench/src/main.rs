@@ -9,6 +9,7 @@ mod keepalived243;
 mod plot;
 mod proxy;
 mod report;
+mod spoof;
 mod xdp;
 
 use clap::Parser;
