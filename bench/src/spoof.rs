@@ -165,7 +165,11 @@ fn trial(hapd: &Path, ka243: &Path, pair: Pair, phase: Phase, secs: u64) -> anyh
         let mut n0 = start(&mut lab, hapd, ka243, pair, 0)?;
         let ready = Instant::now() + Duration::from_secs(10);
         while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
-            anyhow::ensure!(Instant::now() < ready, "n0 never served the VIP:\n{}", n0.lines().join("\n"));
+            anyhow::ensure!(
+                Instant::now() < ready,
+                "n0 never served the VIP:\n{}",
+                n0.lines().join("\n")
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut n1 = start(&mut lab, hapd, ka243, pair, 1)?;
@@ -266,9 +270,8 @@ pub fn spoofed_peers(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_j
                 }));
                 harms.push(h);
             }
-            let med = |f: &dyn Fn(&Harm) -> f64| {
-                median_spread(&harms.iter().map(f).collect::<Vec<_>>())
-            };
+            let med =
+                |f: &dyn Fn(&Harm) -> f64| median_spread(&harms.iter().map(f).collect::<Vec<_>>());
             let (lost, lost_lo, lost_hi) = med(&|h| h.lost_pct);
             rows.push(vec![
                 phase.name().into(),

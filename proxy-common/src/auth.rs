@@ -212,12 +212,6 @@ impl MacInput {
         // u8s, and u8 needs no alignment.
         unsafe { &mut *(self.words.as_mut_ptr().cast::<[u8; INPUT_MAX]>()) }
     }
-
-    /// Block `b` (64 bytes) as 16 words in memory order.
-    #[inline(always)]
-    fn block(&self, b: usize) -> Option<&[u32; 16]> {
-        self.words.get(b * 16..b * 16 + 16)?.try_into().ok()
-    }
 }
 
 /// Lays out in `input` the MAC's input for a VRRP message of `mlen` bytes: the pseudo-header,
@@ -256,44 +250,39 @@ pub fn prepare(
 }
 
 /// HMAC-SHA256, truncated to 128 bits, of the `blocks` prepared blocks of `input` with `key`.
-/// The outer block is built in `input` too, over the blocks already hashed.
+/// The outer block is built in `input` too, over the blocks already hashed. `compress` is
+/// [`compress_in`] or a stand-in for it (the XDP program's global function).
 #[inline(always)]
 pub fn mac_blocks(
     input: &mut MacInput,
     blocks: usize,
     key: &AuthKey,
-    compress: impl Fn(&mut [u32; 8], &[u32; 16]),
+    compress: impl Fn(&mut [u32; 8], &[u32; 16], &mut [u32; 16]),
 ) -> Option<[u32; 4]> {
-    input.state = key.inner;
+    let MacInput { words, state, ring } = input;
+    *state = key.inner;
     let mut b = 0;
     while b < MAX_BLOCKS {
         if b >= blocks {
             break;
         }
-        let mut st = input.state;
-        compress(&mut st, input.block(b)?);
-        input.state = st;
+        let block: &[u32; 16] = words.get(b * 16..b * 16 + 16)?.try_into().ok()?;
+        compress(state, block, ring);
         b += 1;
     }
     // The inner digest after the opad block, then its padding: 96 bytes in all.
     let mut i = 0;
     while i < 8 {
-        input.words[i] = input.state[i].to_be();
-        input.words[8 + i] = 0;
+        words[i] = state[i].to_be();
+        words[8 + i] = 0;
         i += 1;
     }
-    input.words[8] = 0x8000_0000u32.to_be();
-    input.words[15] = ((64u32 + 32) * 8).to_be();
-    input.state = key.outer;
-    let mut st = input.state;
-    compress(&mut st, input.block(0)?);
-    input.state = st;
-    Some([
-        input.state[0],
-        input.state[1],
-        input.state[2],
-        input.state[3],
-    ])
+    words[8] = 0x8000_0000u32.to_be();
+    words[15] = ((64u32 + 32) * 8).to_be();
+    *state = key.outer;
+    let block: &[u32; 16] = words.get(..16)?.try_into().ok()?;
+    compress(state, block, ring);
+    Some([state[0], state[1], state[2], state[3]])
 }
 
 /// The truncated HMAC of the advert whose VRRP message (`mlen` bytes, the checksum at offset
@@ -307,7 +296,7 @@ pub fn advert_mac<F: Frame + ?Sized>(
     pseudo: &[u8; PSEUDO_LEN],
     key: &AuthKey,
     input: &mut MacInput,
-    compress: impl Fn(&mut [u32; 8], &[u32; 16]),
+    compress: impl Fn(&mut [u32; 8], &[u32; 16], &mut [u32; 16]),
 ) -> Option<[u32; 4]> {
     let blocks = prepare(input, pseudo, mlen, |buf, at, n| {
         f.copy_to(msg, buf.bytes(), at, n)
@@ -324,7 +313,7 @@ pub fn advert_mac_simple<F: Frame + ?Sized>(
     key: &AuthKey,
 ) -> Option<[u32; 4]> {
     let mut input = MacInput::ZERO;
-    advert_mac(f, msg, mlen, pseudo, key, &mut input, compress)
+    advert_mac(f, msg, mlen, pseudo, key, &mut input, compress_in)
 }
 
 /// Whether the 16 MAC bytes in `f` at `at` equal `mac`, in time independent of where they

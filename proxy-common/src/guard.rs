@@ -74,11 +74,11 @@ pub trait Tables {
     /// Seconds since the Unix epoch (UTC, truncated to 32 bits as in the trailer). Asked only
     /// for an advert with a trailer in time mode.
     fn now_secs(&self) -> u32;
-    /// One SHA-256 compression ([`auth::compress`]); the XDP program runs it as a BPF global
+    /// One SHA-256 compression ([`auth::compress_in`]); the XDP program runs it as a BPF global
     /// function, which the verifier checks once instead of once per block of every path.
     #[inline(always)]
-    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16]) {
-        auth::compress(state, block)
+    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16], ring: &mut [u32; 16]) {
+        auth::compress_in(state, block, ring)
     }
     /// Runs `f` with room for a MAC's input (a per-CPU map value in XDP: it does not fit the
     /// BPF stack).
@@ -101,7 +101,28 @@ pub struct Advert {
     pub interval_cs: u16,
     /// The sequence number of its verified `auth_hmac` trailer; `None` without a trailer.
     /// The caller records it with [`record_seq`].
-    pub seq: Option<u64>,
+    pub seq: Option<Mark>,
+}
+
+/// A verified sequence number and how it updates its sender's replay mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub seq: u64,
+    /// The sender had no mark, or one outside the freshness window (its clock was stepped):
+    /// `seq` replaces it. Otherwise it only raises the mark (never lowers it).
+    pub replace: bool,
+}
+
+impl Mark {
+    /// The mark to keep, given the one stored now.
+    #[inline(always)]
+    pub const fn apply(self, current: u64) -> u64 {
+        if self.replace || auth::seq_after(self.seq, current) {
+            self.seq
+        } else {
+            current
+        }
+    }
 }
 
 /// What to do with a frame.
@@ -357,7 +378,7 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
     sender: ReplayKey,
     auth: &AuthConfig,
     t: &T,
-) -> Result<u64, Reason> {
+) -> Result<Mark, Reason> {
     let at = msg + mlen;
     // In words: byte arrays would be assembled on the BPF stack, which the MAC needs.
     let (Some(head), Some(hi), Some(lo)) = (
@@ -379,6 +400,7 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
     let Some(key) = auth.key(head[auth::field::KEY_ID]) else {
         return Err(Reason::UnknownKey);
     };
+    let mut replace = true;
     if let Some(mark) = t.replay_mark(&sender) {
         // A mark outside the window only orders adverts the window rejects anyway; letting it
         // expire lets a sender whose clock was stepped back in again (keepalived does the same).
@@ -386,25 +408,28 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
         if !expired && !auth::seq_after(seq, mark) {
             return Err(Reason::Replay);
         }
+        replace = expired;
     }
     let mac = t.with_mac_input(|input| {
-        auth::advert_mac(f, msg, mlen, pseudo, key, input, |s, b| t.compress(s, b))
+        auth::advert_mac(f, msg, mlen, pseudo, key, input, |s, b, r| {
+            t.compress(s, b, r)
+        })
     });
     let Some(Some(mac)) = mac else {
         return Err(Reason::Truncated);
     };
     match auth::mac_matches(f, at + auth::field::MAC.start, &mac) {
-        Some(true) => Ok(seq),
+        Some(true) => Ok(Mark { seq, replace }),
         Some(false) => Err(Reason::Hmac),
         None => Err(Reason::Truncated),
     }
 }
 
-/// The replay mark to store for a sender after its advert `a` was accepted: `Some` when the
-/// advert carried a verified sequence number.
+/// The replay mark to update for a sender after its advert `a` was accepted: `Some` when the
+/// advert carried a verified sequence number. The caller stores `mark.apply(current)`.
 #[inline(always)]
-pub fn record_seq(a: &Advert) -> Option<(ReplayKey, u64)> {
-    a.seq.map(|s| (ReplayKey::v4(a.key, a.src), s))
+pub fn record_seq(a: &Advert) -> Option<(ReplayKey, Mark)> {
+    a.seq.map(|m| (ReplayKey::v4(a.key, a.src), m))
 }
 
 /// Sum of big-endian 16-bit words of an even-length byte slice (a few words only).

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-        BPF_F_CURRENT_NETNS,
+        BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     helpers::bpf_ktime_get_ns,
@@ -24,8 +24,8 @@ use aya_log_ebpf::warn;
 use proxy_common::{
     auth::{MacInput, MAX_COPY},
     guard::{
-        classify_ipv4, ipv4_offset, record_advert, record_seq, tcp_syn, Frame, Tables, TcpSyn,
-        Verdict, MAX_OFFSET,
+        classify_ipv4, ipv4_offset, record_advert, record_seq, tcp_syn, Frame, Mark, Tables,
+        TcpSyn, Verdict, MAX_OFFSET,
     },
     maps::{
         AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
@@ -58,8 +58,16 @@ static VIP_DRAIN: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new(
 #[btf_map(name = "vip_draining")]
 static DRAINING: Array<u32, 1> = Array::new();
 /// `auth_hmac` keys and settings of the instances that have it.
+/// Not preallocated: an element replaced by userspace is freed after an RCU grace period, so a
+/// run that holds it sees the old keys or the new ones, never a recycled element of another
+/// instance.
 #[btf_map(name = "vrrp_auth")]
-static VRRP_AUTH: HashMap<InstanceKey, AuthConfig, { MAX_INSTANCES as usize }> = HashMap::new();
+static VRRP_AUTH: HashMap<
+    InstanceKey,
+    AuthConfig,
+    { MAX_INSTANCES as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
 /// The highest verified sequence number per sender.
 #[btf_map(name = "vrrp_replay")]
 static VRRP_REPLAY: LruHashMap<ReplayKey, u64, { MAX_REPLAY as usize }> = LruHashMap::new();
@@ -178,8 +186,9 @@ impl Tables for Maps {
 
     #[inline(always)]
     fn auth(&self, key: &InstanceKey) -> Option<&AuthConfig> {
-        // SAFETY: the value is read during this run only; userspace replaces whole values
-        // (a concurrent update may mix an old and a new key set, which only fails a MAC).
+        // SAFETY: the value is read during this run only. The map is not preallocated:
+        // userspace replaces an element by a new one and the old stays intact until the run
+        // is over (RCU), so the run sees one whole key set.
         unsafe { VRRP_AUTH.get(key) }
     }
 
@@ -190,22 +199,17 @@ impl Tables for Maps {
     }
 
     #[inline(always)]
-    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16]) {
-        // The schedule's ring is this CPU's, in the map beside the input (the stack left
-        // beside the guard's frame is too small for it).
-        if let Some(input) = MAC_INPUT.get_ptr_mut(0) {
-            // SAFETY: this CPU's value, used by this run only; `ring` is a field nobody else
-            // reads or writes during the call.
-            let ring = unsafe { core::ptr::addr_of_mut!((*input).ring) };
-            hapd_sha256_compress(state, block, ring);
-        }
+    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16], ring: &mut [u32; 16]) {
+        hapd_sha256_compress(state, block, ring);
     }
 
     #[inline(always)]
     fn with_mac_input<R>(&self, f: impl FnOnce(&mut MacInput) -> R) -> Option<R> {
         let input = MAC_INPUT.get_ptr_mut(0)?;
-        // SAFETY: this CPU's value; XDP runs with preemption disabled, so nothing else uses it
-        // until this run is over.
+        // SAFETY: this CPU's value, valid for the run. XDP runs in softirq context on this CPU,
+        // so no other run of the program uses it meanwhile. (A BPF_PROG_TEST_RUN can be
+        // interrupted by a softirq that runs the guard on the same CPU; it may then see the
+        // other run's input and reach a wrong verdict, but touches nothing outside the value.)
         Some(f(unsafe { &mut *input }))
     }
 
@@ -235,6 +239,26 @@ pub extern "C" fn hapd_sha256_compress(
     // verifier checks the sizes at the call).
     unsafe { proxy_common::auth::compress_in(&mut *state, &*block, &mut *ring) };
     0
+}
+
+/// Updates the replay mark of `sender` in place with [`Mark::apply`] on the value read just
+/// before: a mark that another CPU raised meanwhile (a copy of a genuine advert sent to a
+/// second address can be judged on two CPUs at once) is not lowered. Between the re-read and
+/// the store a few instructions remain unguarded; BPF has no 64-bit compare-and-swap for the
+/// generic CPU target this is built for.
+#[inline(always)]
+fn update_mark(sender: &ReplayKey, m: Mark) {
+    match VRRP_REPLAY.get_ptr_mut(sender) {
+        Some(mark) => {
+            // SAFETY: a pointer into the map value, valid for this run; a u64 store is atomic.
+            unsafe { core::ptr::write_volatile(mark, m.apply(core::ptr::read_volatile(mark))) };
+        }
+        None => {
+            // Fails only if the LRU table cannot evict (never with preallocation); the
+            // advert is good either way.
+            let _ = VRRP_REPLAY.insert(sender, &m.seq, 0);
+        }
+    }
 }
 
 /// Counts an `auth_hmac` outcome of instance `key` (signed/unsigned acceptance or a drop).
@@ -288,9 +312,7 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
         Verdict::Advert(advert) => {
             count(Reason::Accepted);
             if let Some((sender, seq)) = record_seq(&advert) {
-                // Fails only if the LRU table cannot evict (never with preallocation); the
-                // advert is good either way.
-                let _ = VRRP_REPLAY.insert(&sender, &seq, 0);
+                update_mark(&sender, seq);
                 count_auth(&advert.key, |c| c.signed += 1);
             } else {
                 count_auth(&advert.key, |c| c.unsigned += 1);

@@ -66,12 +66,16 @@ pub enum Control {
         reply: oneshot::Sender<Result<String, String>>,
     },
     /// A reload: every instance's `auth_hmac` (by instance name) as the new config has it. The
-    /// answer says which instances changed, or why nothing did.
+    /// answer says which instances changed and gives the settings they had (to put back if the
+    /// rest of the reload fails), or why nothing changed.
     SetAuth {
-        auth: Vec<(String, Option<AuthSpec>)>,
-        reply: oneshot::Sender<Result<String, String>>,
+        auth: AuthSettings,
+        reply: oneshot::Sender<Result<(String, AuthSettings), String>>,
     },
 }
+
+/// Every instance's `auth_hmac`, by instance name.
+pub type AuthSettings = Vec<(String, Option<AuthSpec>)>;
 
 /// Shared by every router's actions.
 struct Ctx {
@@ -907,8 +911,12 @@ fn apply_auth(
     routers: &mut [Router],
     specs: &mut [InstanceSpec],
     dp: &mut Dataplane,
-    auth: Vec<(String, Option<AuthSpec>)>,
-) -> Result<String, String> {
+    auth: AuthSettings,
+) -> Result<(String, AuthSettings), String> {
+    let previous: AuthSettings = specs
+        .iter()
+        .map(|s| (s.name.clone(), s.auth.clone()))
+        .collect();
     let mut new_specs = specs.to_vec();
     let mut changed = Vec::new();
     for (name, a) in auth {
@@ -923,7 +931,7 @@ fn apply_auth(
         }
     }
     if changed.is_empty() {
-        return Ok(String::new());
+        return Ok((String::new(), previous));
     }
     if let Err(e) = dp.reconfigure(&new_specs) {
         if let Err(back) = dp.reconfigure(specs) {
@@ -937,7 +945,10 @@ fn apply_auth(
         }
     }
     specs.clone_from_slice(&new_specs);
-    Ok(format!("; auth_hmac applied to {}", changed.join(", ")))
+    Ok((
+        format!("; auth_hmac applied to {}", changed.join(", ")),
+        previous,
+    ))
 }
 
 /// The first step of a graceful stop on a master with a proxy: before resigning, move the

@@ -1060,7 +1060,7 @@ fn ipv4_checksum(h: &[u8]) -> u16 {
 }
 
 #[test]
-fn replay_marks_are_kept_per_sender_in_the_pinned_map() {
+fn replay_marks_are_kept_per_sender_and_forgeries_move_none() {
     let mut b = Both::new();
     let now = Hmac::now_seq(0);
     b.check("signed", &signed(PEER, now).frame(), Expect::Accept);

@@ -269,7 +269,7 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
     let o = run(&lab, 0, &["reload", "--config", sa]);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("[[vrrp]] changed: restart hapd"),
+        text(&o).contains("[[vrrp]] (apart from auth_hmac) changed: restart hapd"),
         "{}",
         text(&o)
     );

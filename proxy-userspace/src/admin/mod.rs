@@ -291,6 +291,18 @@ async fn handle(admin: &Arc<Admin>, local: bool, req: Request<Incoming>) -> Resp
     }
 }
 
+/// Asks the VRRP loop to run `auth` (blocking: a reload runs off the admin runtime).
+fn set_auth(
+    vrrp: &mpsc::Sender<Control>,
+    auth: crate::daemon::AuthSettings,
+) -> Result<(String, crate::daemon::AuthSettings), String> {
+    let (tx, rx) = oneshot::channel();
+    vrrp.blocking_send(Control::SetAuth { auth, reply: tx })
+        .map_err(|_| "the VRRP loop is gone".to_string())?;
+    rx.blocking_recv()
+        .map_err(|_| "the VRRP loop did not answer".to_string())?
+}
+
 impl Admin {
     /// The node's status: the VRRP loop's part (asked over its channel) and the proxy's.
     pub async fn status(&self) -> Status {
@@ -398,24 +410,28 @@ impl Admin {
                 Ok((v.name.clone(), spec))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        match &self.proxy {
-            Some(p) => p.reload(&cfg, why).map_err(|e| format!("{e:#}"))?,
-            None if !cfg.listener.is_empty() => {
-                return Err(
-                    "[[listener]] added to a node without a proxy: restart hapd to start it".into(),
-                )
-            }
-            None => {}
+        if self.proxy.is_none() && !cfg.listener.is_empty() {
+            return Err(
+                "[[listener]] added to a node without a proxy: restart hapd to start it".into(),
+            );
         }
+        // auth_hmac first (the one step of the VRRP loop), then the proxy; if the proxy refuses
+        // the new config, auth_hmac goes back to what it was: nothing changes.
         let mut applied = String::new();
+        let mut previous = None;
         if let Some(vrrp) = &self.vrrp {
-            let (tx, rx) = oneshot::channel();
-            vrrp.blocking_send(Control::SetAuth { auth, reply: tx })
-                .map_err(|_| "the VRRP loop is gone".to_string())?;
-            match rx.blocking_recv() {
-                Ok(Ok(changed)) => applied = changed,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err("the VRRP loop did not answer".into()),
+            let (changed, before) = set_auth(vrrp, auth)?;
+            applied = changed;
+            previous = Some(before);
+        }
+        if let Some(p) = &self.proxy {
+            if let Err(e) = p.reload(&cfg, why) {
+                if let (Some(vrrp), Some(before)) = (&self.vrrp, previous) {
+                    if let Err(back) = set_auth(vrrp, before) {
+                        error!("putting auth_hmac back after the refused reload: {back}");
+                    }
+                }
+                return Err(format!("{e:#}"));
             }
         }
         *running = cfg;

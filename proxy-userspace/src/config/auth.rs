@@ -21,7 +21,8 @@ pub struct AuthHmac {
     pub active_key: u8,
     #[serde(default)]
     pub anti_replay: AntiReplay,
-    /// Freshness window (time mode), whole seconds 1..=300; default max(3 x advert_interval, 5s).
+    /// Freshness window (time mode), whole seconds 1..=300; default 3 x the advert interval's
+    /// whole seconds, at least 5 and at most 300 (keepalived's rule).
     #[serde(default)]
     pub time_window: Option<Dur>,
     #[serde(default)]
@@ -207,10 +208,9 @@ impl AuthHmac {
                 }
                 s as u32
             }
-            // keepalived: max(3 x advert_int, 5) seconds.
-            None => (advert_interval.as_secs_f64() * 3.0)
-                .ceil()
-                .clamp(WINDOW_FLOOR_S as f64, WINDOW_MAX_S as f64) as u32,
+            // keepalived: 3 x the interval's whole seconds, at least 5, at most 300.
+            None => (3 * advert_interval.as_secs())
+                .clamp(WINDOW_FLOOR_S as u64, WINDOW_MAX_S as u64) as u32,
         };
         Ok((
             ResolvedAuth {
@@ -243,22 +243,30 @@ fn key_bytes(value: &str, warn: &mut dyn FnMut(String)) -> Result<Vec<u8>, Strin
 fn decode(value: &str) -> Result<Vec<u8>, String> {
     match value.strip_prefix("hex:") {
         Some(hex) => {
-            if hex.len() % 2 != 0 {
+            let digits = hex.as_bytes();
+            if digits.len() % 2 != 0 {
                 return Err(format!(
                     "hex key has an odd number of digits ({})",
-                    hex.len()
+                    digits.len()
                 ));
             }
-            (0..hex.len())
-                .step_by(2)
-                .map(|i| {
-                    u8::from_str_radix(&hex[i..i + 2], 16)
-                        .map_err(|_| format!("{:?} is not a hex byte", &hex[i..i + 2]))
+            digits
+                .chunks_exact(2)
+                .map(|pair| {
+                    let text = String::from_utf8_lossy(pair);
+                    match (hex_digit(pair[0]), hex_digit(pair[1])) {
+                        (Some(hi), Some(lo)) => Ok(hi << 4 | lo),
+                        _ => Err(format!("{text:?} is not a hex byte")),
+                    }
                 })
                 .collect()
         }
         None => Ok(value.as_bytes().to_vec()),
     }
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
 }
 
 fn read_key_file(path: &Path, warn: &mut dyn FnMut(String)) -> Result<String, String> {
@@ -362,6 +370,11 @@ mod tests {
             (auth(&[("0", HEX32)], 1), "keys.0", "not 1..=255"),
             (auth(&[("1", "hex:zz")], 1), "keys.1", "not a hex byte"),
             (
+                auth(&[("1", "hex:0\u{e9}0")], 1),
+                "keys.1",
+                "not a hex byte",
+            ),
+            (
                 auth(&[("1", "file:/nonexistent/hapd-key")], 1),
                 "keys.1",
                 "key file /nonexistent/hapd-key",
@@ -392,5 +405,8 @@ mod tests {
         a.time_window = None;
         let (r, _) = a.resolve(Duration::from_secs(3)).unwrap();
         assert_eq!(r.window_s, 9, "3 x advert_interval");
+        // keepalived counts the interval's whole seconds: 2.5 s gives 6, not 8.
+        let (r, _) = a.resolve(Duration::from_millis(2500)).unwrap();
+        assert_eq!(r.window_s, 6);
     }
 }

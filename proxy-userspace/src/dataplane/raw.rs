@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use proxy_common::{
-    guard::{classify, record_advert, record_seq, Tables, Verdict},
+    guard::{classify, record_advert, record_seq, Mark, Tables, Verdict},
     maps::{
         AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
         ReplayKey, VridEntry, MAX_REPLAY,
@@ -64,13 +64,14 @@ impl Tables for RawTables {
 impl RawTables {
     /// Records a sender's mark, bounded like the XDP guard's LRU table (only verified senders
     /// get here, so the bound is never reached in practice).
-    fn record_mark(&mut self, sender: ReplayKey, seq: u64) {
+    fn record_mark(&mut self, sender: ReplayKey, m: Mark) {
         if self.replay.len() >= MAX_REPLAY as usize && !self.replay.contains_key(&sender) {
             if let Some(k) = self.replay.keys().next().copied() {
                 self.replay.remove(&k);
             }
         }
-        self.replay.insert(sender, seq);
+        let mark = self.replay.entry(sender).or_insert(m.seq);
+        *mark = m.apply(*mark);
     }
 }
 

@@ -299,6 +299,8 @@ impl XdpGuard {
     pub fn spawn_clock(&mut self) -> anyhow::Result<()> {
         let mut clock = self.clock.take().context("clock already taken")?;
         let watch = ClockSet::new().context("watching for clock steps")?;
+        // Again now that the watch is armed: a step between the load and here is not missed.
+        write_clock(&mut clock)?;
         tokio::spawn(async move {
             loop {
                 if let Err(e) = watch.changed().await {

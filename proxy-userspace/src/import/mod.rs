@@ -437,6 +437,7 @@ fn keepalived(
 /// mode … }` as hapd's inline table. Keys keep their form (`hex:`, `file:` or ASCII).
 fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<String> {
     let mut keys = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut fields = Vec::new();
     for c in &d.children {
         let at = s.at(c);
@@ -448,6 +449,14 @@ fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<
                 let Ok(id) = id.parse::<u8>() else {
                     bail!("{at}: auth_hmac key ID {id:?} is not 1..=255");
                 };
+                if !seen.insert(id) {
+                    notes.unmapped(
+                        at,
+                        &format!("auth_hmac key {id}"),
+                        "a second key with this ID; keepalived keeps the first",
+                    );
+                    continue;
+                }
                 if value.contains("${") {
                     notes.note(format!(
                         "{at}: key {id} names {value}: hapd does not expand keepalived's ${{…}} \
@@ -469,11 +478,8 @@ fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<
             other => notes.unmapped(at, &format!("auth_hmac {other}"), "no hapd equivalent"),
         }
     }
-    Ok(format!(
-        "{{ keys = {{ {} }}, {} }}",
-        keys.join(", "),
-        fields.join(", ")
-    ))
+    fields.insert(0, format!("keys = {{ {} }}", keys.join(", ")));
+    Ok(format!("{{ {} }}", fields.join(", ")))
 }
 
 /// Apache cipher names for TLS 1.2 → rustls names.
