@@ -186,6 +186,52 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// A client that asks the VIP every [`PROBE_EVERY`] from a lab host until stopped, counting
+/// the answers that `good` accepts (it gets who answered, `None` for no answer).
+pub(crate) struct Probing {
+    on: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Option<(u64, u64)>>,
+}
+
+impl Probing {
+    pub(crate) fn start(
+        lab: &Lab,
+        client: usize,
+        good: fn(Option<&str>) -> bool,
+    ) -> anyhow::Result<Probing> {
+        let on = Arc::new(AtomicBool::new(true));
+        let p = on.clone();
+        let thread = lab.spawn_in_netns(client, move || {
+            let (mut ok, mut all) = (0u64, 0u64);
+            let mut next = Instant::now();
+            while p.load(Ordering::Relaxed) {
+                all += 1;
+                ok += u64::from(good(probe().as_deref()));
+                next += PROBE_EVERY;
+                if let Some(w) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(w);
+                }
+            }
+            (ok, all)
+        })?;
+        Ok(Probing { on, thread })
+    }
+
+    /// Stops it: (good answers, probes).
+    pub(crate) fn stop(self) -> anyhow::Result<(u64, u64)> {
+        self.on.store(false, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("prober panicked"))?
+            .context("prober")
+    }
+}
+
+/// CPU time so far of the daemons of the pair (hosts 0 and 1), see [`ns_cpu`].
+pub(crate) fn pair_cpu(lab: &Lab) -> anyhow::Result<Duration> {
+    lab.hosts()[..2].iter().map(|h| ns_cpu(&h.netns)).sum()
+}
+
 /// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
 /// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
 pub(crate) fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
@@ -820,23 +866,8 @@ fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Re
         let (mut n0, mut n1) = start_pair(&mut lab, hapd, d, 10, [None, None], false)?;
         std::thread::sleep(Duration::from_millis(500));
         let (c0, c1) = (state_changes(&n0, d), state_changes(&n1, d));
-        let ns: Vec<String> = lab.hosts()[..2].iter().map(|h| h.netns.clone()).collect();
-        let cpu0: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
-        let probing = Arc::new(AtomicBool::new(true));
-        let p = probing.clone();
-        let prober = lab.spawn_in_netns(2, move || {
-            let (mut ok, mut all) = (0u64, 0u64);
-            let mut next = Instant::now();
-            while p.load(Ordering::Relaxed) {
-                all += 1;
-                ok += u64::from(probe().is_some());
-                next += PROBE_EVERY;
-                if let Some(w) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(w);
-                }
-            }
-            (ok, all)
-        })?;
+        let cpu0 = pair_cpu(&lab)?;
+        let prober = Probing::start(&lab, 2, |who| who.is_some())?;
         let priority = if attack == Attack::Forged255 { 255 } else { 50 };
         let forged = hapd_lab::frames::Advert {
             priority,
@@ -865,12 +896,8 @@ fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Re
             }
         }
         let wall = t0.elapsed();
-        let cpu1: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
-        probing.store(false, Ordering::Relaxed);
-        let (ok, all) = prober
-            .join()
-            .map_err(|_| anyhow::anyhow!("prober panicked"))?
-            .context("prober")?;
+        let cpu1 = pair_cpu(&lab)?;
+        let (ok, all) = prober.stop()?;
         let changes = state_changes(&n0, d) - c0 + state_changes(&n1, d) - c1;
         let _ = n1.stop(Signal::SIGTERM, Duration::from_secs(10));
         let _ = n0.stop(Signal::SIGTERM, Duration::from_secs(10));

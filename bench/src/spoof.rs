@@ -23,7 +23,7 @@ use hapd_lab::{
 use nix::sys::signal::Signal;
 
 use crate::{
-    failover::{ns_cpu, probe, serve, PORT, PROBE_EVERY, VIP},
+    failover::{pair_cpu, probe, serve, Probing, PORT, VIP},
     report::{median_spread, Table},
 };
 
@@ -175,23 +175,8 @@ fn trial(hapd: &Path, ka243: &Path, pair: Pair, phase: Phase, secs: u64) -> anyh
         let mut n1 = start(&mut lab, hapd, ka243, pair, 1)?;
         std::thread::sleep(Duration::from_millis(1000));
         let (c0, c1) = (changes(&n0, pair), changes(&n1, pair));
-        let ns: Vec<String> = lab.hosts()[..2].iter().map(|h| h.netns.clone()).collect();
-        let cpu0: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
-        let probing = Arc::new(AtomicBool::new(true));
-        let p = probing.clone();
-        let prober = lab.spawn_in_netns(2, move || {
-            let (mut ok, mut all) = (0u64, 0u64);
-            let mut next = Instant::now();
-            while p.load(Ordering::Relaxed) {
-                all += 1;
-                ok += u64::from(probe().as_deref() == Some("n0"));
-                next += PROBE_EVERY;
-                if let Some(w) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(w);
-                }
-            }
-            (ok, all)
-        })?;
+        let cpu0 = pair_cpu(&lab)?;
+        let prober = Probing::start(&lab, 2, |who| who == Some("n0"))?;
         let (a0, a1) = (lab.host(0).addr.octets(), lab.host(1).addr.octets());
         let t0 = Instant::now();
         let mut sent = 0u64;
@@ -218,12 +203,8 @@ fn trial(hapd: &Path, ka243: &Path, pair: Pair, phase: Phase, secs: u64) -> anyh
             }
         }
         let wall = t0.elapsed();
-        let cpu1: Duration = ns.iter().map(|n| ns_cpu(n)).sum::<anyhow::Result<_>>()?;
-        probing.store(false, Ordering::Relaxed);
-        let (ok, all) = prober
-            .join()
-            .map_err(|_| anyhow::anyhow!("prober panicked"))?
-            .context("prober")?;
+        let cpu1 = pair_cpu(&lab)?;
+        let (ok, all) = prober.stop()?;
         let moved = changes(&n0, pair) - c0 + changes(&n1, pair) - c1;
         let _ = n1.stop(Signal::SIGTERM, Duration::from_secs(10));
         let _ = n0.stop(Signal::SIGTERM, Duration::from_secs(10));

@@ -269,14 +269,7 @@ impl Lab {
     pub fn send_frames(&self, i: usize, frames: &[Vec<u8>]) -> anyhow::Result<()> {
         let ifindex = self.ifindex(i, &self.hosts[i].ifname.clone())?;
         self.in_netns(i, move || {
-            // SAFETY: plain socket(2); closed below.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            if fd < 0 {
-                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: fd is ours; OwnedFd closes it on every path.
-            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let fd = packet_socket(0)?;
             for f in frames {
                 // SAFETY: sockaddr_ll is plain data.
                 let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -328,14 +321,7 @@ impl Lab {
         }
         let ifindex = self.ifindex(i, ifname)?;
         self.in_netns(i, move || {
-            // SAFETY: plain socket(2); owned at once.
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            if fd < 0 {
-                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: fd is ours.
-            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let fd = packet_socket(0)?;
             let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
             let one: libc::c_int = 1;
             // SAFETY: a c_int option. Best effort: without it the qdisc is in the path.
@@ -404,20 +390,7 @@ impl Lab {
     ) -> anyhow::Result<Vec<Vec<u8>>> {
         let ifindex = self.ifindex(i, &self.hosts[i].ifname.clone())?;
         self.in_netns(i, move || {
-            let eth_p_ip = (libc::ETH_P_IP as u16).to_be() as i32;
-            // SAFETY: plain socket(2); owned at once.
-            let fd = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                    eth_p_ip,
-                )
-            };
-            if fd < 0 {
-                bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: fd is ours.
-            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let fd = packet_socket(libc::ETH_P_IP as u16)?;
             // SAFETY: sockaddr_ll is plain data.
             let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             sll.sll_family = libc::AF_PACKET as u16;
@@ -568,4 +541,22 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// An AF_PACKET raw socket for EtherType `proto` (0: none, for sending only), in the calling
+/// thread's network namespace.
+fn packet_socket(proto: u16) -> anyhow::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            proto.to_be() as i32,
+        )
+    };
+    if fd < 0 {
+        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns; OwnedFd closes it on every path.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

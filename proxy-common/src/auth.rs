@@ -286,8 +286,10 @@ pub fn mac_blocks(
 }
 
 /// The truncated HMAC of the advert whose VRRP message (`mlen` bytes, the checksum at offset
-/// 6) starts at `msg` in `f` and is followed by its trailer, computed in `input`. `None` when
-/// the frame is shorter than that. The guard verifies with it and userspace signs with it.
+/// 6) starts at `msg` in `f` and is followed by its trailer, laid out in `input` by
+/// [`prepare`] and hashed by `mac_blocks` ([`mac_blocks`], or the XDP program's global
+/// function that runs it). `None` when the frame is shorter than that. The guard verifies with
+/// it and userspace signs with it.
 #[inline(always)]
 pub fn advert_mac<F: Frame + ?Sized>(
     f: &F,
@@ -296,12 +298,12 @@ pub fn advert_mac<F: Frame + ?Sized>(
     pseudo: &[u8; PSEUDO_LEN],
     key: &AuthKey,
     input: &mut MacInput,
-    compress: impl Fn(&mut [u32; 8], &[u32; 16], &mut [u32; 16]),
+    mac_blocks: impl FnOnce(&mut MacInput, usize, &AuthKey) -> Option<[u32; 4]>,
 ) -> Option<[u32; 4]> {
     let blocks = prepare(input, pseudo, mlen, |buf, at, n| {
         f.copy_to(msg, buf.bytes(), at, n)
     })?;
-    mac_blocks(input, blocks, key, compress)
+    mac_blocks(input, blocks, key)
 }
 
 /// [`advert_mac`] with a buffer on the stack and the plain compression (userspace).
@@ -313,7 +315,9 @@ pub fn advert_mac_simple<F: Frame + ?Sized>(
     key: &AuthKey,
 ) -> Option<[u32; 4]> {
     let mut input = MacInput::ZERO;
-    advert_mac(f, msg, mlen, pseudo, key, &mut input, compress_in)
+    advert_mac(f, msg, mlen, pseudo, key, &mut input, |i, b, k| {
+        mac_blocks(i, b, k, compress_in)
+    })
 }
 
 /// Whether the 16 MAC bytes in `f` at `at` equal `mac`, in time independent of where they

@@ -74,11 +74,16 @@ pub trait Tables {
     /// Seconds since the Unix epoch (UTC, truncated to 32 bits as in the trailer). Asked only
     /// for an advert with a trailer in time mode.
     fn now_secs(&self) -> u32;
-    /// One SHA-256 compression ([`auth::compress_in`]); the XDP program runs it as a BPF global
-    /// function, which the verifier checks once instead of once per block of every path.
+    /// The MAC of `blocks` prepared blocks ([`auth::mac_blocks`]); the XDP program runs it as
+    /// a BPF global function, which the verifier checks once instead of on every path.
     #[inline(always)]
-    fn compress(&self, state: &mut [u32; 8], block: &[u32; 16], ring: &mut [u32; 16]) {
-        auth::compress_in(state, block, ring)
+    fn mac_blocks(
+        &self,
+        input: &mut auth::MacInput,
+        blocks: usize,
+        key: &crate::maps::AuthKey,
+    ) -> Option<[u32; 4]> {
+        auth::mac_blocks(input, blocks, key, auth::compress_in)
     }
     /// Runs `f` with room for a MAC's input (a per-CPU map value in XDP: it does not fit the
     /// BPF stack).
@@ -411,8 +416,8 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
         replace = expired;
     }
     let mac = t.with_mac_input(|input| {
-        auth::advert_mac(f, msg, mlen, pseudo, key, input, |s, b, r| {
-            t.compress(s, b, r)
+        auth::advert_mac(f, msg, mlen, pseudo, key, input, |i, b, k| {
+            t.mac_blocks(i, b, k)
         })
     });
     let Some(Some(mac)) = mac else {

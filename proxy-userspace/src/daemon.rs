@@ -496,38 +496,17 @@ impl Router {
 /// tokio timer moved to an earlier deadline from inside the runtime would make the runtime wake
 /// itself once more.
 struct DeadlineTimer {
-    fd: tokio::io::unix::AsyncFd<Tfd>,
+    fd: crate::timerfd::AsyncTimerFd,
     /// The next expiry the timer is armed for.
     armed: Option<Duration>,
     /// Its period, when periodic.
     period: Option<Duration>,
 }
 
-/// `AsyncFd` wants `AsRawFd`; nix's `TimerFd` has `AsFd`.
-struct Tfd(nix::sys::timerfd::TimerFd);
-
-impl std::os::fd::AsRawFd for Tfd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
 impl DeadlineTimer {
     fn new() -> std::io::Result<DeadlineTimer> {
-        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
-        let fd = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
         Ok(DeadlineTimer {
-            // SAFETY: `Tfd` owns the timerfd and always returns that same descriptor.
-            fd: unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    Tfd(fd),
-                    tokio::io::Interest::READABLE,
-                )
-            }?,
+            fd: crate::timerfd::AsyncTimerFd::new(nix::sys::timerfd::ClockId::CLOCK_MONOTONIC)?,
             armed: None,
             period: None,
         })
@@ -551,11 +530,10 @@ impl DeadlineTimer {
                     None => Expiration::OneShot(at),
                 };
                 self.fd
-                    .get_ref()
-                    .0
+                    .timer()
                     .set(exp, TimerSetTimeFlags::TFD_TIMER_ABSTIME)
             }
-            None => self.fd.get_ref().0.unset(),
+            None => self.fd.timer().unset(),
         };
         match r {
             Ok(()) => {
@@ -573,34 +551,20 @@ impl DeadlineTimer {
 
     /// Waits for the timer's next expiry.
     async fn expired(&mut self) {
-        loop {
-            let Ok(mut guard) = self.fd.readable().await else {
-                return std::future::pending().await;
-            };
-            // Reading clears the readiness and, for a periodic timer, is what re-arms it (the
-            // kernel forwards a periodic timerfd when it is read, not when it fires).
-            let mut ticks = [0u8; 8];
-            match guard.try_io(|fd| {
-                nix::unistd::read(&fd.get_ref().0, &mut ticks).map_err(std::io::Error::from)
-            }) {
-                Ok(Ok(8)) => {
-                    // Consumed: wait for the next expiry's edge instead of reading again to
-                    // learn that the fd is empty.
-                    guard.clear_ready();
-                    let n = u32::try_from(u64::from_ne_bytes(ticks)).unwrap_or(u32::MAX);
-                    self.armed = match (self.armed, self.period) {
-                        (Some(at), Some(p)) => Some(at + p * n.max(1)),
-                        _ => None,
-                    };
-                    return;
-                }
-                Ok(Err(e)) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    warn!("reading the engines' timer: {e}");
-                    self.armed = None;
-                    return;
-                }
-                _ => continue,
+        match self.fd.wait().await {
+            Ok(Ok(n)) => {
+                let n = u32::try_from(n).unwrap_or(u32::MAX);
+                self.armed = match (self.armed, self.period) {
+                    (Some(at), Some(p)) => Some(at + p * n.max(1)),
+                    _ => None,
+                };
             }
+            Ok(Err(e)) => {
+                warn!("reading the engines' timer: {e}");
+                self.armed = None;
+            }
+            // The runtime lost the fd: nothing will wake us through it again.
+            Err(_) => std::future::pending().await,
         }
     }
 }

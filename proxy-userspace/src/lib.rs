@@ -10,5 +10,6 @@ pub mod health;
 pub mod import;
 pub mod link;
 pub mod proxy;
+pub mod timerfd;
 pub mod vip;
 pub mod vrrp;

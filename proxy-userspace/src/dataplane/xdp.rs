@@ -541,31 +541,13 @@ fn write_clock(clock: &mut Array<MapData, i64>) -> anyhow::Result<()> {
 /// A `CLOCK_REALTIME` timerfd armed far ahead with `TFD_TIMER_CANCEL_ON_SET`: readable (with
 /// `ECANCELED`) when the wall clock is set, and otherwise silent.
 struct ClockSet {
-    fd: AsyncFd<TimerFdRaw>,
-}
-
-struct TimerFdRaw(nix::sys::timerfd::TimerFd);
-
-impl std::os::fd::AsRawFd for TimerFdRaw {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
+    fd: crate::timerfd::AsyncTimerFd,
 }
 
 impl ClockSet {
     fn new() -> anyhow::Result<ClockSet> {
-        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
-        let fd = TimerFd::new(
-            ClockId::CLOCK_REALTIME,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
         let c = ClockSet {
-            // SAFETY: TimerFdRaw owns the timerfd and always returns that same descriptor.
-            fd: unsafe {
-                AsyncFd::register_with_interest(TimerFdRaw(fd), tokio::io::Interest::READABLE)
-            }
-            .map_err(|e| e.into_parts().1)?,
+            fd: crate::timerfd::AsyncTimerFd::new(nix::sys::timerfd::ClockId::CLOCK_REALTIME)?,
         };
         c.arm()?;
         Ok(c)
@@ -576,7 +558,7 @@ impl ClockSet {
         use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)?;
         let at = nix::sys::time::TimeSpec::new(now.tv_sec() + 365 * 86_400, 0);
-        self.fd.get_ref().0.set(
+        self.fd.timer().set(
             Expiration::OneShot(at),
             TimerSetTimeFlags::TFD_TIMER_ABSTIME | TimerSetTimeFlags::TFD_TIMER_CANCEL_ON_SET,
         )?;
@@ -585,21 +567,10 @@ impl ClockSet {
 
     /// Waits until the wall clock is set (or the year passes), then re-arms.
     async fn changed(&self) -> anyhow::Result<()> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut buf = [0u8; 8];
-            match nix::unistd::read(&self.fd.get_ref().0, &mut buf) {
-                // ECANCELED: the clock was set. Expired: a year went by. Both: re-arm.
-                Err(nix::errno::Errno::ECANCELED) | Ok(_) => {
-                    guard.clear_ready();
-                    self.arm()?;
-                    return Ok(());
-                }
-                Err(nix::errno::Errno::EAGAIN) => {
-                    guard.clear_ready();
-                }
-                Err(e) => return Err(e.into()),
-            }
+        match self.fd.wait().await? {
+            // ECANCELED: the clock was set. An expiry: a year went by. Both: re-arm.
+            Ok(_) | Err(nix::errno::Errno::ECANCELED) => self.arm(),
+            Err(e) => Err(e.into()),
         }
     }
 }
