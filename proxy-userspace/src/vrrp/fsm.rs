@@ -4,7 +4,7 @@
 //! `CLOCK_MONOTONIC`, the clock of the guard's `last_seen_ns`), events go in through the
 //! `handle_*` methods, and what to do comes out of [`Instance::poll_action`]; when to call
 //! [`Instance::handle_timeout`] next comes out of [`Instance::poll_timeout`]. Every state change
-//! goes through [`Instance::change_state`].
+//! goes through one private chokepoint, `Instance::change_state`.
 //!
 //! One deliberate difference from RFC 5798 section 6.4.2, shared with keepalived: a backup with
 //! preemption on that hears a master of lower priority takes over at once instead of waiting
@@ -133,6 +133,30 @@ pub struct Heard {
     pub interval: Centisecs,
 }
 
+/// What another router last advertised as master, for `Instance::set_priority_delta`.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    /// Its priority (never 0: a priority-0 advert removes the entry).
+    priority: u8,
+    /// When its last advert was heard.
+    heard: Duration,
+    /// The advert interval it advertised.
+    interval: Centisecs,
+}
+
+impl Peer {
+    /// Whether the peer still counts at `now`: it was heard less than 4 x its own advert
+    /// interval ago. That bounds its Master_Down_Interval (3 x Master_Adver_Interval +
+    /// Skew_Time, RFC 5798 section 6.1) whatever the priorities, since Skew_Time is below one
+    /// interval in v3 and below one second, the least v2 interval, in v2 (RFC 3768 section 6.1).
+    /// A peer silent for longer is dead or a backup, and we cannot tell which: resigning to a
+    /// dead one would leave the addresses unserved for a Master_Down_Interval, so it no longer
+    /// counts (a live backup with preemption still takes over at our next advert).
+    fn alive_at(&self, now: Duration) -> bool {
+        now < self.heard + 4 * self.interval.as_duration()
+    }
+}
+
 /// One VRRP instance.
 #[derive(Debug)]
 pub struct Instance {
@@ -154,8 +178,10 @@ pub struct Instance {
     /// A drill asked us to step down: we advertise priority 1 until handed back.
     stepped_down: bool,
     started: Duration,
-    /// The last priority each other router advertised as master (not 0).
-    peers: BTreeMap<Ipv4Addr, u8>,
+    /// The routers heard as master, one entry per source address: a priority-0 advert removes
+    /// its sender's entry, and entries no longer alive (`Peer::alive_at`) are dropped whenever
+    /// the table is read or written.
+    peers: BTreeMap<Ipv4Addr, Peer>,
     actions: VecDeque<Action>,
 }
 
@@ -307,8 +333,19 @@ impl Instance {
         if h.src == self.cfg.primary {
             return; // our own advert, looped back
         }
-        if h.priority != 0 {
-            self.peers.insert(h.src, h.priority);
+        self.forget_silent_peers(at);
+        if h.priority == 0 {
+            // RFC 5798 section 6.4.3: a master that sends priority 0 is leaving.
+            self.peers.remove(&h.src);
+        } else {
+            self.peers.insert(
+                h.src,
+                Peer {
+                    priority: h.priority,
+                    heard: at,
+                    interval: h.interval,
+                },
+            );
         }
         if self.cfg.version == 2 && h.interval != self.cfg.advert_interval {
             // RFC 3768 section 7.1: the interval must match the configured one.
@@ -387,7 +424,12 @@ impl Instance {
         }
     }
 
-    /// Tracking changed the priority adjustment (sum of the weights of failing checks).
+    /// Tracking changed the priority adjustment (sum of the weights of failing checks). A
+    /// master whose priority falls below that of a router heard as master recently (within 4 x
+    /// that router's advert interval) resigns at once; otherwise it advertises its new priority
+    /// at once, and a backup with preemption and a higher priority takes over. A router heard
+    /// longer ago may be dead: resigning to it would leave the addresses unserved for a
+    /// Master_Down_Interval.
     pub fn set_priority_delta(&mut self, now: Duration, delta: i32) {
         if delta == self.delta {
             return;
@@ -397,9 +439,11 @@ impl Instance {
             return;
         }
         let ours = self.effective_priority();
-        let best_peer = self.peers.values().copied().max();
+        self.forget_silent_peers(now);
+        let best_peer = self.peers.values().map(|p| p.priority).max();
         if best_peer.is_some_and(|p| p > ours) {
-            // Lower than a router we know: hand over now (priority 0, RFC 5798 section 6.4.3).
+            // Lower than a live router we know: hand over now (priority 0, RFC 5798 section
+            // 6.4.3).
             self.change_state(now, State::Backup, Reason::Resigned);
         } else {
             // Tell the others at once; a backup with preemption and a higher priority takes over.
@@ -407,6 +451,11 @@ impl Instance {
                 .push_back(Action::SendAdvert { priority: ours });
             self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
         }
+    }
+
+    /// Drops the peers that are no longer alive at `now` (`Peer::alive_at`).
+    fn forget_silent_peers(&mut self, now: Duration) {
+        self.peers.retain(|_, p| p.alive_at(now));
     }
 
     /// Whether a drill has stepped this router down.
@@ -469,7 +518,7 @@ impl Instance {
 
     /// The one place where the state changes: exit actions of the old state, entry actions of
     /// the new one, timers re-armed, and the transition reported.
-    pub fn change_state(&mut self, now: Duration, to: State, reason: Reason) {
+    fn change_state(&mut self, now: Duration, to: State, reason: Reason) {
         let from = self.state;
         if from == to {
             return;

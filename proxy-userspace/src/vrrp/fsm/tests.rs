@@ -159,29 +159,10 @@ impl Sim {
             .push(format!("{{\"t_us\": {t}, \"node\": \"{node}\", {what}}}"));
     }
 
-    /// Compares the trace with `golden/<name>.jsonl` beside this file; `HAPD_BLESS=1`
-    /// rewrites the file instead.
+    /// Compares the trace with `golden/<name>.jsonl` (see [`check_golden`]). A test that builds
+    /// several simulations collects them in [`Scenarios`] instead.
     fn golden(&self, name: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("src/vrrp/fsm/golden/{name}.jsonl"));
-        let got = self.trace.join("\n") + "\n";
-        if std::env::var_os("HAPD_BLESS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &got).unwrap();
-            return;
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; run with HAPD_BLESS=1 to create it",
-                path.display()
-            )
-        });
-        assert_eq!(
-            got,
-            want,
-            "{name}: trace differs from {} (HAPD_BLESS=1 accepts it)",
-            path.display()
-        );
+        check_golden(name, &self.trace);
     }
 
     /// Advances virtual time to `t`, firing every timer on the way.
@@ -231,6 +212,51 @@ impl Sim {
             .rev()
             .find(|t| t.2 == to)
             .map(|t| (t.0, t.3))
+    }
+}
+
+/// Compares `lines` with `golden/<name>.jsonl` beside this file; `HAPD_BLESS=1` rewrites the
+/// file instead.
+fn check_golden(name: &str, lines: &[String]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("src/vrrp/fsm/golden/{name}.jsonl"));
+    let got = lines.join("\n") + "\n";
+    if std::env::var_os("HAPD_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with HAPD_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        got,
+        want,
+        "{name}: trace differs from {} (HAPD_BLESS=1 accepts it)",
+        path.display()
+    );
+}
+
+/// The traces of every simulation a test builds, each under a header line
+/// `{"scenario": "<title>"}`, compared with one golden file: no sub-scenario goes unchecked.
+#[derive(Default)]
+struct Scenarios {
+    lines: Vec<String>,
+}
+
+impl Scenarios {
+    /// Appends the trace of `s` under the header `title` (plain text: no quote or backslash).
+    fn add(&mut self, title: &str, s: &Sim) {
+        self.lines.push(format!("{{\"scenario\": \"{title}\"}}"));
+        self.lines.extend_from_slice(&s.trace);
+    }
+
+    /// Compares every trace added with `golden/<name>.jsonl` (see [`check_golden`]).
+    fn golden(&self, name: &str) {
+        check_golden(name, &self.lines);
     }
 }
 
@@ -319,6 +345,7 @@ fn graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew() 
 
 #[test]
 fn preempt_back_preempt_off_and_preempt_delay() {
+    let mut scenarios = Scenarios::default();
     // Preempt on: A comes back and takes over at B's first advert.
     let mut s = pair(1);
     s.run_until(ms(1_000));
@@ -334,6 +361,7 @@ fn preempt_back_preempt_off_and_preempt_delay() {
         Reason::HigherPriorityMaster
     );
     assert_eq!(s.vip_holders(), vec![0]);
+    scenarios.add("preempt on", &s);
 
     // Preempt off: A comes back and stays backup.
     let mut s = Sim::new(vec![
@@ -348,6 +376,7 @@ fn preempt_back_preempt_off_and_preempt_delay() {
     s.start(0);
     s.run_until(ms(2_000));
     assert_eq!(s.masters(), vec![1]);
+    scenarios.add("preempt off", &s);
 
     // Preempt delay 300 ms: A waits that long after its start-up, then takes over.
     let mut s = Sim::new(vec![
@@ -366,7 +395,8 @@ fn preempt_back_preempt_off_and_preempt_delay() {
     assert_eq!(s.masters(), vec![0]);
     let t = s.became(0, State::Master).unwrap().0;
     assert!(t >= ms(800) && t <= ms(811), "{t:?}");
-    s.golden("preempt_back_preempt_off_and_preempt_delay");
+    scenarios.add("preempt delay 300 ms", &s);
+    scenarios.golden("preempt_back_preempt_off_and_preempt_delay");
 }
 
 #[test]
@@ -480,16 +510,97 @@ fn a_lowered_priority_hands_over_within_one_advert() {
     s.at(ms(1_500), 0, |i, t| i.set_priority_delta(t, 0));
     s.run_until(ms(1_511));
     assert_eq!(s.masters(), vec![0]);
-    // Unhealthy again: now A knows B's priority (100 > 60) and resigns with priority 0.
-    s.at(ms(2_000), 0, |i, t| i.set_priority_delta(t, -50));
-    assert_eq!(s.nodes[0].sent.last(), Some(&(ms(2_000), 0)));
+    // Unhealthy again 10 ms after A preempted B: A heard B's priority (100 > 60) within 4 x
+    // B's interval, so it resigns with priority 0.
+    s.at(ms(1_520), 0, |i, t| i.set_priority_delta(t, -50));
+    assert_eq!(s.nodes[0].sent.last(), Some(&(ms(1_520), 0)));
     assert_eq!(
         s.became(0, State::Backup).unwrap(),
-        (ms(2_000), Reason::Resigned)
+        (ms(1_520), Reason::Resigned)
     );
-    s.run_until(ms(2_010));
+    s.run_until(ms(1_530));
     assert_eq!(s.masters(), vec![1], "B took over after Skew_Time");
     s.golden("a_lowered_priority_hands_over_within_one_advert");
+}
+
+/// A master remembers a peer it preempted only while the peer could still be alive as far as
+/// VRRP can tell: a minute after the peer's host died, a lowered priority must not make the
+/// master resign to it (the addresses would go unserved for a Master_Down_Interval, until the
+/// master took them back).
+#[test]
+fn a_lowered_priority_does_not_resign_to_a_peer_that_died_long_ago() {
+    // B is master when A (higher) starts: A preempts it at B's next advert and hears B's 100.
+    let mut s = Sim::new(vec![cfg(0, 110, 1), cfg(1, 100, 1)]);
+    s.start(1);
+    s.run_until(ms(500));
+    s.start(0);
+    s.run_until(ms(1_000));
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.became(0, State::Master).unwrap().1, Reason::Preempt);
+    // B's host dies; a minute later A's proxy turns unhealthy: A 60 < B's old 100.
+    s.crash(1);
+    let transitions = s.nodes[0].transitions.len();
+    s.at(ms(61_000), 0, |i, t| i.set_priority_delta(t, -50));
+    assert!(
+        s.nodes[0].sent.contains(&(ms(61_000), 60)),
+        "A advertises its new priority at once instead of resigning"
+    );
+    s.run_until(ms(62_000));
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.nodes[0].transitions.len(), transitions, "no transition");
+    let release = r#""node": "A", "vips": "release""#;
+    assert!(
+        !s.trace.iter().any(|l| l.contains(release)),
+        "the addresses were never released"
+    );
+    assert_eq!(s.vip_holders(), vec![0]);
+    s.golden("a_lowered_priority_does_not_resign_to_a_peer_that_died_long_ago");
+}
+
+/// The bound chosen in `Peer::alive_at`: a peer counts for 4 x its own advert interval after
+/// its last advert, and is dropped from the table once it no longer counts.
+#[test]
+fn a_peer_counts_for_four_of_its_advert_intervals() {
+    let b = Heard {
+        src: Ipv4Addr::new(198, 18, 0, 2),
+        priority: 100,
+        interval: Centisecs(1),
+    };
+    for (lowered_at, resigns) in [(ms(139), true), (ms(140), false)] {
+        let mut a = Instance::new(cfg(0, 110, 1));
+        a.handle_startup(ms(0));
+        // B (100, 10 ms adverts) is master: A preempts it at its advert.
+        a.handle_advert(ms(100), b);
+        assert_eq!(a.state(), State::Master);
+        a.set_priority_delta(lowered_at, -50);
+        assert_eq!(a.state() == State::Backup, resigns, "{lowered_at:?}");
+        assert_eq!(a.peers.len(), usize::from(resigns), "{lowered_at:?}");
+    }
+}
+
+/// RFC 5798 section 6.4.3: a master that sends priority 0 is leaving; it no longer counts as a
+/// router to resign to, even while its last advert would still count.
+#[test]
+fn a_peer_that_resigned_is_not_resigned_to() {
+    let b = |priority| Heard {
+        src: Ipv4Addr::new(198, 18, 0, 2),
+        priority,
+        interval: Centisecs(100),
+    };
+    let mut a = Instance::new(cfg(0, 110, 100));
+    a.handle_startup(ms(0));
+    a.handle_advert(ms(100), b(120));
+    assert_eq!(a.state(), State::Backup);
+    // B stops gracefully: A takes over after its Skew_Time.
+    a.handle_advert(ms(200), b(0));
+    a.handle_timeout(a.poll_timeout().unwrap());
+    assert_eq!(a.state(), State::Master);
+    while a.poll_action().is_some() {}
+    // 800 ms after B's last advert at 120, well inside its 4 s: only its priority 0 removed it.
+    a.set_priority_delta(ms(1_000), -50);
+    let actions: Vec<Action> = std::iter::from_fn(|| a.poll_action()).collect();
+    assert_eq!(actions, vec![Action::SendAdvert { priority: 60 }]);
+    assert_eq!(a.state(), State::Master);
 }
 
 #[test]
@@ -596,6 +707,7 @@ fn the_master_refreshes_its_arp_announcements() {
 
 #[test]
 fn fencing_before_taking_over_from_a_silent_master() {
+    let mut scenarios = Scenarios::default();
     let mut s = Sim::new(vec![
         cfg(0, 110, 1),
         Config {
@@ -625,6 +737,7 @@ fn fencing_before_taking_over_from_a_silent_master() {
         s.became(1, State::Master).unwrap(),
         (ms(1_100), Reason::MasterDown)
     );
+    scenarios.add("a silent master: fenced, the fence fails, fenced again", &s);
 
     // A graceful stop needs no fence; an advert during fencing cancels it.
     let mut s = Sim::new(vec![
@@ -650,7 +763,8 @@ fn fencing_before_taking_over_from_a_silent_master() {
     s.run_until(ms(820)); // A's adverts reach B again
     s.at(ms(820), 1, |i, t| i.handle_fence_result(t, true));
     assert_eq!(s.masters(), vec![0], "the late fence result is ignored");
-    s.golden("fencing_before_taking_over_from_a_silent_master");
+    scenarios.add("a graceful stop needs no fence; an advert cancels one", &s);
+    scenarios.golden("fencing_before_taking_over_from_a_silent_master");
 }
 
 #[test]
