@@ -268,6 +268,9 @@ listeners = ["web"]
             .header("host", "app")
             .body(String::new())
             .unwrap();
+        // The same connection again: hyper takes a request only once it has finished the
+        // last one (its connection task may not have run yet).
+        tx.ready().await.unwrap();
         let resp = tx.send_request(req).await.unwrap();
         let body = http_body_util::BodyExt::collect(resp.into_body())
             .await

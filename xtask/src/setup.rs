@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "apache2",
     "nghttp2-client", // h2load
     "testssl.sh",     // the TLS scan (command `testssl`)
+    "systemd",        // systemd-analyze: the unit's test
 ];
 
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.

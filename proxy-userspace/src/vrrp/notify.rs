@@ -117,16 +117,16 @@ mod tests {
             format!("#!/bin/sh\nsleep 0.05\necho \"$@\" >> {}\n", log.display()),
         )
         .unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&script).unwrap().permissions(),
-            0o755,
-        );
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        // Run by /bin/sh, not executed itself: another test's fork may hold the file open for
+        // writing a moment longer, and exec would fail with ETXTBSY.
         let (n, task) = Notifier::start(
             "n",
             "VI_1",
-            &[script.display().to_string(), "--flag".into()],
+            &[
+                "/bin/sh".into(),
+                script.display().to_string(),
+                "--flag".into(),
+            ],
             None,
             NOTIFY_TIMEOUT,
         )
