@@ -8,7 +8,16 @@ use anyhow::{bail, Context as _};
 
 use crate::report::{Report, Table};
 
-const TARGETS: [&str; 4] = ["vrrp_message", "config_text", "guard_frame", "xdp_frame"];
+const TARGETS: [&str; 8] = [
+    "vrrp_message",
+    "config_text",
+    "guard_frame",
+    "xdp_frame",
+    "http1_head",
+    "http1_chunked",
+    "import_keepalived",
+    "import_apache",
+];
 
 fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
@@ -104,7 +113,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
         ],
         rows,
         notes: vec![
-            "Targets in proxy-userspace/src/fuzz.rs: vrrp_message (parse never panics; parse(emit(a)) == a in both checksum modes), config_text (loading any text never panics), guard_frame (the guard's decision procedure, the code the XDP program runs, on any frame), xdp_frame (the XDP program itself through BPF_PROG_TEST_RUN, against the userspace path: same action, same counter). The test command runs the same targets on the corpus plus 200k seeded mutations, and the XDP program itself against the userspace path on 20k mutated frames.".into(),
+            "Targets in proxy-userspace/src/fuzz.rs: vrrp_message (parse never panics; parse(emit(a)) == a in both checksum modes), config_text (loading any text never panics), guard_frame (the guard's decision procedure, the code the XDP program runs, on any frame), xdp_frame (the XDP program itself through BPF_PROG_TEST_RUN, against the userspace path: same action, same counter), http1_head (the request head parser against httparse, and its smuggling rules: one framing field at most, chunked only from `Transfer-Encoding: chunked`, every refusal justified), http1_chunked (the chunked decoder, whole, split and byte by byte, against an RFC 9112 reference decoder), import_keepalived and import_apache (`hapd import` on any text: no panic, an Ok result loads). The test command runs the same targets on the corpus plus seeded mutations (200k for the VRRP and guard targets, 30k for the HTTP/1 ones, fewer for the config and import ones), and the XDP program itself against the userspace path on 20k mutated frames.".into(),
         ],
         plot: None,
     });

@@ -1,11 +1,12 @@
-//! The short fuzz run of the test command: every fuzz target (`proxy_userspace::fuzz`, also
+//! The short fuzz run of the test command: every fuzz target (`crate::fuzz`, also
 //! run long by `cargo xtask bench fuzz` under libFuzzer) on its corpus (`fuzz/corpus/`) and on
 //! a fixed number of seeded mutations of it; and the XDP program against the userspace
 //! decision path on mutated frames through BPF_PROG_TEST_RUN: same verdict, same counter.
 use std::path::PathBuf;
 
 use proxy_common::maps::Reason;
-use proxy_userspace::{
+
+use crate::{
     dataplane::{monotonic_ns, raw::RawState, xdp::XdpGuard, InstanceSpec},
     fuzz,
 };
@@ -98,6 +99,28 @@ fn config_text_short_run() {
 #[test]
 fn guard_frame_short_run() {
     run("guard_frame", fuzz::guard_frame, 200_000);
+}
+
+#[test]
+fn http1_head_short_run() {
+    run("http1_head", fuzz::http1_head, 30_000);
+}
+
+#[test]
+fn http1_chunked_short_run() {
+    run("http1_chunked", fuzz::http1_chunked, 30_000);
+}
+
+/// Fewer runs: each import that succeeds loads its output twice (the importer's own check,
+/// then the target's).
+#[test]
+fn import_keepalived_short_run() {
+    run("import_keepalived", fuzz::import_keepalived, 1_000);
+}
+
+#[test]
+fn import_apache_short_run() {
+    run("import_apache", fuzz::import_apache, 1_000);
 }
 
 /// The XDP program and the userspace path on the same mutated frames (loopback, index 1).

@@ -143,9 +143,13 @@ pub fn import(src: &Sources) -> anyhow::Result<Imported> {
         }
     }
     let unmapped = out.matches("# not mapped (").count();
-    // Our own output must parse; if it does not, that is a bug here, not in the input.
+    // The output must pass the config check: a value copied from the input that is out of
+    // range (priority 300, vrid 0) is named by the check, with the output to find it in.
     Config::parse(&out, Path::new("(imported)")).map_err(|e| {
-        anyhow::anyhow!("the imported config does not parse (a bug in hapd import): {e}\n{out}")
+        anyhow::anyhow!(
+            "the config imported from {} is not valid: {e}\n{out}",
+            from.join(", ")
+        )
     })?;
     Ok(Imported {
         toml: out,
@@ -232,7 +236,7 @@ fn keepalived(
                     })?;
                     sec.key("weight", weight.to_string());
                 }
-                "fall" | "rise" => sec.key(&c.name, c.arg(0).unwrap_or("1")),
+                "fall" | "rise" => sec.key(&c.name, int(c, &s.at(c), 1)?),
                 other => sec.unmapped(s.at(c), other, "no hapd equivalent"),
             }
         }
@@ -268,8 +272,8 @@ fn keepalived(
                     c.rest()
                 )),
                 "interface" => interface = c.arg(0).map(str::to_string),
-                "virtual_router_id" => keys.push(("vrid".into(), c.rest())),
-                "priority" => keys.push(("priority".into(), c.rest())),
+                "virtual_router_id" => keys.push(("vrid".into(), int(c, &at, 0)?)),
+                "priority" => keys.push(("priority".into(), int(c, &at, 0)?)),
                 "advert_int" => advert = c.rest(),
                 "vrrp_version" | "version" => version = c.arg(0).and_then(|v| v.parse().ok()).unwrap_or(version),
                 "nopreempt" => keys.push(("preempt".into(), "false".into())),
@@ -341,7 +345,7 @@ fn keepalived(
                         notes.unmapped(at, &c.name, "hapd runs one notify command for every state; this one differs from the first");
                     }
                 }
-                "garp_master_repeat" => keys.push(("garp.repeat".into(), c.rest())),
+                "garp_master_repeat" => keys.push(("garp.repeat".into(), int(c, &at, 0)?)),
                 "garp_master_refresh" => match c.arg(0).and_then(secs) {
                     Some(v) => keys.push(("garp.refresh".into(), q(&v))),
                     None => notes.unmapped(at, &c.name, "not a number of seconds"),
@@ -433,6 +437,19 @@ fn keepalived(
     Ok(out)
 }
 
+/// The one argument of `d` as a whole number (`default` when it has none), or an error naming
+/// where: a value is never copied into the config unread.
+fn int(d: &Directive, at: &str, default: u64) -> anyhow::Result<String> {
+    match d.args.as_slice() {
+        [] => Ok(default.to_string()),
+        [one] => one
+            .parse::<u64>()
+            .map(|n| n.to_string())
+            .map_err(|_| anyhow::anyhow!("{at}: {} {one:?} is not a whole number", d.name)),
+        _ => bail!("{at}: {} takes one number, got {:?}", d.name, d.rest()),
+    }
+}
+
 /// keepalived 2.4's `auth_hmac { key ID VALUE; active_key ID; anti_replay …; time_window S;
 /// mode … }` as hapd's inline table. Keys keep their form (`hex:`, `file:` or ASCII).
 fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<String> {
@@ -465,7 +482,7 @@ fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<
                 }
                 keys.push(format!("{id} = {}", q(value)));
             }
-            "active_key" => fields.push(format!("active_key = {}", c.rest())),
+            "active_key" => fields.push(format!("active_key = {}", int(c, &at, 0)?)),
             "anti_replay" => fields.push(format!("anti_replay = {}", q(&c.rest()))),
             "time_window" => match c.arg(0).and_then(secs) {
                 Some(v) => fields.push(format!("time_window = {}", q(&v))),
@@ -646,7 +663,7 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
                 Some(v) => st.server.key("keepalive_timeout", q(&v)),
                 None => bail!("{at}: KeepAliveTimeout {:?} is not a number of seconds", d.rest()),
             },
-            "LimitRequestFieldSize" => st.server.key("max_header_bytes", d.rest()),
+            "LimitRequestFieldSize" => st.server.key("max_header_bytes", int(d, &s.at(d), 0)?),
             "Location" => {
                 let prefix = d.arg(0).unwrap_or("/").to_string();
                 match location(d, s, &mut st) {

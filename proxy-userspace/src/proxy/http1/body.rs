@@ -34,7 +34,9 @@ enum Chunk {
     Size {
         digits: u8,
     },
-    /// Whitespace or extensions after the size.
+    /// Whitespace after the size (RFC 9112 section 7.1.1's BWS before an extension).
+    SizeWs,
+    /// A chunk extension, after its `;`.
     Ext,
     SizeLf,
     Data(u64),
@@ -151,8 +153,17 @@ fn chunked(st: &mut ChunkState, input: &[u8]) -> Result<(Step, bool), BodyError>
                     st.size = st.size * 16 + u64::from(d);
                     Chunk::Size { digits: digits + 1 }
                 }
-                b';' | b' ' | b'\t' if digits > 0 => Chunk::Ext,
+                b';' if digits > 0 => Chunk::Ext,
+                b' ' | b'\t' if digits > 0 => Chunk::SizeWs,
                 b'\r' if digits > 0 => Chunk::SizeLf,
+                _ => return Err(BodyError::Chunked),
+            },
+            // Only more whitespace, an extension or the end of the line may follow: `5 x` is
+            // not a size (httparse and RFC 9112 refuse it too).
+            Chunk::SizeWs => match b {
+                b' ' | b'\t' => Chunk::SizeWs,
+                b';' => Chunk::Ext,
+                b'\r' => Chunk::SizeLf,
                 _ => return Err(BodyError::Chunked),
             },
             Chunk::Ext => match b {
@@ -294,6 +305,18 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_may_stand_before_an_extension_or_the_line_end() {
+        for ok in [
+            &b"5 \r\nhello\r\n0\r\n\r\n"[..],
+            b"5 \t;a=b\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let (out, done, _) = run(Framing::Chunked, ok, 1).unwrap();
+            assert_eq!(out, b"hello", "{}", String::from_utf8_lossy(ok));
+            assert!(done);
+        }
+    }
+
+    #[test]
     fn length_bodies_stop_at_their_length() {
         let (out, done, left) = run(Framing::Length(5), b"helloGET", 3).unwrap();
         assert_eq!(out, b"hello");
@@ -310,6 +333,8 @@ mod tests {
             b"\r\n",
             b"5\nhello\r\n",
             b"0\r\nbad\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5 \t1\r\nhello\r\n0\r\n\r\n",
         ] {
             assert_eq!(
                 run(Framing::Chunked, bad, 2).map(|r| r.1),

@@ -1,0 +1,5 @@
+#![no_main]
+//! See proxy_userspace::fuzz::import_keepalived.
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| proxy_userspace::fuzz::import_keepalived(data));
