@@ -18,7 +18,7 @@ use proxy_userspace::{
         XdpMode,
     },
     dataplane::{
-        xdp::{pinned_counters, XdpGuard, GUARD_OBJECT},
+        xdp::{pinned_counters, XdpGuard, BENCH_TX_OBJECT},
         AuthSpec, InstanceSpec,
     },
 };
@@ -407,7 +407,7 @@ fn flood_case(
     let mut daemon = lab.start_hapd(0, &hapd, &config)?;
     daemon.wait_for("=> MASTER", 1, Duration::from_secs(10))?;
 
-    let mut gen_obj = Ebpf::load(GUARD_OBJECT).context("loading the generator object")?;
+    let mut gen_obj = Ebpf::load(BENCH_TX_OBJECT).context("loading the generator object")?;
     let gen: &mut Xdp = gen_obj
         .program_mut("hapd_bench_tx")
         .context("generator program")?

@@ -11,7 +11,7 @@ use crate::maps::{
     AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE,
     EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
-use crate::vrrp::{self, field, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_TTL};
+use crate::vrrp::{self, IPPROTO_VRRP, VRRP_TTL};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -273,16 +273,16 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     if hdr[8] != VRRP_TTL {
         return Verdict::Drop(Reason::Ttl);
     }
-    // RFC 5798 section 7.1: the version MUST be 3 (2 for RFC 3768 instances).
-    let version = h[field::VER_TYPE] >> 4;
-    if version != 2 && version != 3 {
-        return Verdict::Drop(Reason::Version);
-    }
-    if h[field::VER_TYPE] & 0x0f != TYPE_ADVERTISEMENT {
-        return Verdict::Drop(Reason::Type);
-    }
+    // RFC 5798 section 7.1: the version MUST be 3 (2 for RFC 3768 instances); the type is an
+    // ADVERTISEMENT.
+    let head = match vrrp::Header::parse(&h) {
+        Ok(head) => head,
+        Err(vrrp::HeaderError::Version(_)) => return Verdict::Drop(Reason::Version),
+        Err(vrrp::HeaderError::Type(_)) => return Verdict::Drop(Reason::Type),
+    };
+    let version = head.version;
     // RFC 5798 section 7.1: the VRID MUST be configured on the receiving interface.
-    let vrid = h[field::VRID];
+    let vrid = head.vrid;
     let key = InstanceKey::new(ifindex, vrid);
     let Some(cfg) = t.vrid(vrid).and_then(|e| e.slot(ifindex)) else {
         return Verdict::Drop(Reason::UnknownVrid);
@@ -297,8 +297,8 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     // RFC 5798 section 7.1: the length MUST be consistent with Count IPvX Addr (at least one).
     // With auth_hmac, an advert may carry the 28-byte trailer after the message; nothing else
     // can make it exactly that much longer.
-    let count = h[field::COUNT];
-    let mlen = vrrp::message_len(version, count);
+    let count = head.count;
+    let mlen = head.message_len();
     let hmac = cfg.flags & CFG_AUTH_HMAC != 0;
     let trailer = hmac && vlen == mlen + auth::TRAILER_LEN;
     if count == 0 || (vlen != mlen && !trailer) {
@@ -318,19 +318,13 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     if fold(sum) != 0xffff {
         return Verdict::Drop(Reason::Checksum);
     }
-    let interval_cs = if version == 3 {
-        // RFC 5798 section 5.2.7: 12-bit Max Adver Int in centiseconds.
-        (((h[field::B4] & 0x0f) as u16) << 8) | h[field::B5] as u16
-    } else {
-        // RFC 3768 section 5.3.7: Adver Int in seconds.
-        h[field::B5] as u16 * 100
-    };
+    let interval_cs = head.interval_cs;
     if interval_cs == 0 {
         return Verdict::Drop(Reason::Interval);
     }
     if version == 2 {
         // RFC 3768 section 5.3.6 / RFC 2338 section 5.3.6.1: Auth Type and simple password.
-        if h[field::B4] != cfg.auth_type {
+        if head.auth_type != cfg.auth_type {
             return Verdict::Drop(Reason::Auth);
         }
         if cfg.auth_type == vrrp::AUTH_PASS {
@@ -363,7 +357,7 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
         key,
         src,
         version,
-        priority: h[field::PRIORITY],
+        priority: head.priority,
         addr_count: count,
         interval_cs,
         seq,

@@ -67,6 +67,67 @@ pub const fn message_len(version: u8, count: u8) -> usize {
     }
 }
 
+/// The fixed header of an advert, decoded: what the guard (in XDP and in the raw-socket
+/// fallback) and the daemon's parser read of it, through one function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// 2 or 3.
+    pub version: u8,
+    pub vrid: u8,
+    pub priority: u8,
+    /// Count IPvX Addr.
+    pub count: u8,
+    /// The advertisement interval in centiseconds: v3 Max Adver Int (RFC 5798 section 5.2.7),
+    /// v2 Adver Int in seconds x 100 (RFC 3768 section 5.3.7).
+    pub interval_cs: u16,
+    /// v2 Auth Type (RFC 3768 section 5.3.6); [`AUTH_NONE`] for v3.
+    pub auth_type: u8,
+}
+
+/// Why eight bytes are not an advert's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// RFC 5798 section 7.1: the version MUST be 3 (2 for RFC 3768).
+    Version(u8),
+    /// Not an ADVERTISEMENT (the only type defined).
+    Type(u8),
+}
+
+impl Header {
+    /// Decodes the 8 header bytes `h`, checking what needs no configuration: the version and
+    /// the type.
+    #[inline(always)]
+    pub fn parse(h: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+        let p = Packet::new_unchecked(h);
+        let version = p.version();
+        if version != 2 && version != 3 {
+            return Err(HeaderError::Version(version));
+        }
+        if p.kind() != TYPE_ADVERTISEMENT {
+            return Err(HeaderError::Type(p.kind()));
+        }
+        let (interval_cs, auth_type) = if version == 3 {
+            (p.max_adver_int(), AUTH_NONE)
+        } else {
+            (p.adver_int_secs() as u16 * 100, p.auth_type())
+        };
+        Ok(Header {
+            version,
+            vrid: p.vrid(),
+            priority: p.priority(),
+            count: p.addr_count(),
+            interval_cs,
+            auth_type,
+        })
+    }
+
+    /// The length of the message this header announces (RFC 5798 section 7.1: it MUST match).
+    #[inline(always)]
+    pub const fn message_len(&self) -> usize {
+        message_len(self.version, self.count)
+    }
+}
+
 /// What is wrong with a buffer given to [`Packet::new_checked`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Error {

@@ -1,7 +1,9 @@
 //! hapd's XDP VRRP guard.
 //!
-//! Attached to every interface that carries a VRRP instance. Non-VRRP traffic passes untouched
-//! after a few loads; protocol-112 packets are judged by [`proxy_common::guard::classify`] (the
+//! Attached to every interface that carries a VRRP instance. Non-VRRP traffic passes after a
+//! few loads, except TCP connection requests to the (VIP, port) pairs the proxy serves, which
+//! are looked up and may be dropped (see [`connection_request`]); protocol-112 packets are
+//! judged by [`proxy_common::guard::classify`] (the
 //! same code the raw-socket fallback runs in userspace): invalid ones are dropped and counted by
 //! reason, valid ones are recorded in `vrrp_adverts` and passed on, and userspace is woken through
 //! `vrrp_events` only when it has to act.
@@ -11,7 +13,7 @@
 use aya_ebpf::{
     bindings::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+        xdp_action::{XDP_DROP, XDP_PASS},
         BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC,
     },
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -79,6 +81,9 @@ static VRRP_AUTH_STATS: PerCpuHashMap<InstanceKey, AuthCounters, { MAX_INSTANCES
 /// Per-CPU room for an `auth_hmac` MAC's input (larger than the BPF stack).
 #[btf_map(name = "vrrp_mac_input")]
 static MAC_INPUT: PerCpuArray<MacInput, 1> = PerCpuArray::new();
+/// When this CPU last logged each drop reason (`Reason as u32`), for [`log_rarely`].
+#[btf_map(name = "guard_log_at")]
+static LOG_AT: PerCpuArray<u64, 32> = PerCpuArray::new();
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC` in nanoseconds, kept by userspace.
 #[btf_map(name = "vrrp_clock")]
 static VRRP_CLOCK: Array<i64, 1> = Array::new();
@@ -295,6 +300,24 @@ fn update_mark(sender: &ReplayKey, m: Mark) {
     }
 }
 
+/// Whether to log a drop for `reason` now: at most once a second per CPU and reason, so that
+/// rare events are seen and a flood costs one line a second.
+#[inline(always)]
+fn log_rarely(reason: Reason) -> bool {
+    let Some(at) = LOG_AT.get_ptr_mut(reason as u32) else {
+        return false;
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions; `at` is this CPU's slot.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        if *at != 0 && now.wrapping_sub(*at) < 1_000_000_000 {
+            return false;
+        }
+        *at = now;
+    }
+    true
+}
+
 /// Counts an `auth_hmac` outcome of instance `key` (signed/unsigned acceptance or a drop).
 #[inline(always)]
 fn count_auth(key: &InstanceKey, f: impl FnOnce(&mut AuthCounters)) {
@@ -341,6 +364,18 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
                     *n += 1;
                 }
             });
+            if log_rarely(reason) {
+                // A peer signing with a key we lack, with a skewed clock, or not signing at
+                // all is an operator's problem to see; a flood of forgeries logs once a second.
+                let src = frame.bytes::<4>(l3 + 12).unwrap_or([0; 4]);
+                warn!(
+                    &ctx,
+                    "auth_hmac: vrid {} advert from {:i} dropped: {} (at most one such line a                      second per CPU and reason)",
+                    key.vrid,
+                    src,
+                    reason.name()
+                );
+            }
             XDP_DROP
         }
         Verdict::Advert(advert) => {
@@ -392,14 +427,6 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             XDP_PASS
         }
     }
-}
-
-/// Traffic generator for the `xdp` benchmark: run with BPF_F_TEST_XDP_LIVE_FRAMES, it transmits
-/// the test frame out of the ingress interface, as fast as the kernel can. hapd never attaches
-/// it to an interface.
-#[xdp]
-pub fn hapd_bench_tx(_ctx: XdpContext) -> u32 {
-    XDP_TX
 }
 
 #[cfg(not(test))]

@@ -27,8 +27,8 @@ use http_body_util::Empty;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
-use crate::admin::{
-    client,
+use crate::{
+    admin::client,
     status::{InstanceStatus, Status},
 };
 

@@ -2,14 +2,17 @@
 //! `hapd` binary runs, so tests and benchmarks can drive the same code.
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod drill;
+#[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod health;
 pub mod import;
 pub mod link;
 pub mod proxy;
+pub mod status;
 pub mod timerfd;
 pub mod vip;
 pub mod vrrp;

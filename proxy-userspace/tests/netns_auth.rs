@@ -347,6 +347,13 @@ fn key_rotation_by_reload_moves_nothing() {
     let st1 = status(&lab, 1);
     assert_eq!(rejected(&st1, "unknown_key"), 1, "{st1}");
     assert!(b.grep("priority 255").is_empty(), "{}", log(&b));
+    // The guard says so in the daemon's log (aya-log, at most once a second per reason).
+    b.wait_for(
+        "auth_hmac: vrid 51 advert from 198.18.0.1 dropped: drop_unknown_key",
+        1,
+        Duration::from_secs(2),
+    )
+    .unwrap();
     // A key file that cannot be read: the reload is refused and names it; nothing changes.
     let missing = PathBuf::from("/nonexistent/hapd-key");
     let bad = format!(

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
-use super::status::Status;
+use crate::status::Status;
 
 /// How long one admin request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);

@@ -35,8 +35,12 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::status::{CertStatus, ProxyStatus, Status};
-use crate::{config::Config, daemon::Control, proxy::ProxyView};
+use crate::{
+    config::Config,
+    control::{AuthSettings, Control},
+    proxy::ProxyView,
+    status::{CertStatus, ProxyStatus, Status},
+};
 
 /// How long the VRRP loop has to answer a status request.
 const VRRP_ANSWER: Duration = Duration::from_secs(2);
@@ -294,8 +298,8 @@ async fn handle(admin: &Arc<Admin>, local: bool, req: Request<Incoming>) -> Resp
 /// Asks the VRRP loop to run `auth` (blocking: a reload runs off the admin runtime).
 fn set_auth(
     vrrp: &mpsc::Sender<Control>,
-    auth: crate::daemon::AuthSettings,
-) -> Result<(String, crate::daemon::AuthSettings), String> {
+    auth: AuthSettings,
+) -> Result<(String, AuthSettings), String> {
     let (tx, rx) = oneshot::channel();
     vrrp.blocking_send(Control::SetAuth { auth, reply: tx })
         .map_err(|_| "the VRRP loop is gone".to_string())?;
@@ -322,8 +326,8 @@ impl Admin {
             let (tx, rx) = oneshot::channel();
             if vrrp.send(Control::Status(tx)).await.is_ok() {
                 if let Ok(Ok((instances, guard))) = tokio::time::timeout(VRRP_ANSWER, rx).await {
-                    st.instances = instances;
-                    st.guard = guard;
+                    st.instances = instances.iter().map(status::instance).collect();
+                    st.guard = guard.as_ref().map(status::guard);
                 }
             }
         }
@@ -337,6 +341,7 @@ impl Admin {
                 worker_connections: p.worker_connections(),
                 worker_connections_total: p.worker_connections_total(),
                 steered_connections: p.steered_connections(),
+                log_lines_dropped: p.log_lines_dropped(),
                 servers: p.servers(),
                 certificates: p
                     .certificates()

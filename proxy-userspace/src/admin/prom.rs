@@ -1,8 +1,8 @@
 //! `/metrics` in the Prometheus text exposition format (version 0.0.4).
 use std::fmt::Write as _;
 
-use super::status::Status;
 use crate::proxy::metrics::{Snapshot, BUCKETS};
+use crate::status::Status;
 
 /// A label value with `\`, `"` and newlines escaped.
 fn esc(v: &str) -> String {
@@ -246,6 +246,16 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             "hapd_proxy_steered_connections_total",
             &[],
             p.steered_connections,
+        );
+        o.family(
+            "hapd_proxy_log_lines_dropped_total",
+            "counter",
+            "Access and error log lines dropped because the disk did not keep up (the queue of a log file was full).",
+        );
+        o.sample(
+            "hapd_proxy_log_lines_dropped_total",
+            &[],
+            p.log_lines_dropped,
         );
         o.family(
             "hapd_upstream_server_up",

@@ -1,120 +1,106 @@
-//! What `/status` answers and `hapd status` prints: per VRRP instance, the guard, the upstreams
-//! and the certificates. The same data feeds `/metrics`.
-use std::{collections::BTreeMap, fmt::Write as _};
+//! How the node's state becomes [`Status`] (the JSON of `/status`, the types are in
+//! [`crate::status`]) from what the VRRP loop reports ([`crate::control`]), and how
+//! `hapd status` prints it.
+use std::{fmt::Write as _, net::Ipv4Addr};
 
-use serde::{Deserialize, Serialize};
+use proxy_common::maps::{Reason, AUTH_TIME};
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub node: String,
-    pub version: String,
-    pub pid: u32,
-    pub uptime_secs: u64,
-    /// Empty on a proxy-only node.
-    pub instances: Vec<InstanceStatus>,
-    /// The guard's packet counters, summed over the XDP and raw-socket paths.
-    pub guard: Option<GuardStatus>,
-    pub proxy: Option<ProxyStatus>,
+use crate::{
+    control::{AuthFacts, GuardFacts, InstanceFacts},
+    status::{AuthStatus, GuardStatus, InstanceStatus, Status},
+    vrrp::fsm::State,
+};
+
+/// One instance as `/status` shows it.
+pub fn instance(f: &InstanceFacts) -> InstanceStatus {
+    let age_ms = f
+        .record
+        .filter(|r| r.last_seen_ns > 0)
+        .map(|r| f.now_ns.saturating_sub(r.last_seen_ns) / 1_000_000);
+    let down_ms = f.master_down.as_millis() as u64;
+    let master = match f.state {
+        State::Master => Some(format!("{} (this node)", f.primary)),
+        _ => f
+            .record
+            .filter(|r| r.adverts > 0 && age_ms.is_some_and(|a| a <= down_ms))
+            .map(|r| format!("{} (priority {})", Ipv4Addr::from(r.master), r.priority)),
+    };
+    let mut reasons = f.reasons.clone();
+    if !f.link_up {
+        reasons.push(format!("{} is down", f.interface));
+    }
+    if f.stepped_down {
+        reasons.push("stepped down by a drill (priority 1 until handed back)".into());
+    }
+    InstanceStatus {
+        name: f.name.clone(),
+        interface: f.interface.clone(),
+        vrid: f.vrid,
+        version: f.version,
+        state: f.state.to_string(),
+        master,
+        priority: f.priority,
+        effective_priority: f.effective_priority,
+        reasons,
+        last_advert_age_ms: age_ms,
+        transitions: f.transitions,
+        last_transition: f.last_transition.as_ref().map(|(_, t)| t.clone()),
+        last_transition_age_ms: f
+            .last_transition
+            .as_ref()
+            .map(|(t, _)| t.elapsed().as_millis() as u64),
+        adverts_sent: f.adverts_sent,
+        adverts_received: f.record.map_or(0, |r| r.adverts),
+        virtual_ips: f.virtual_ips.clone(),
+        guard: f.guard.clone(),
+        stepped_down: f.stepped_down,
+        preempt: f.preempt,
+        advert_interval_ms: f.advert_interval.as_millis() as u64,
+        master_down_ms: down_ms,
+        auth: f.auth.as_ref().map(auth),
+    }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct InstanceStatus {
-    pub name: String,
-    pub interface: String,
-    pub vrid: u8,
-    pub version: u8,
-    /// MASTER, BACKUP, FAULT or INIT.
-    pub state: String,
-    /// The master as this node knows it: itself, or the source of the adverts it hears.
-    pub master: Option<String>,
-    pub priority: u8,
-    pub effective_priority: u8,
-    /// Why the effective priority or the state differ from the configured ones.
-    pub reasons: Vec<String>,
-    /// Time since the guard last saw a valid advert for this instance.
-    pub last_advert_age_ms: Option<u64>,
-    pub transitions: u64,
-    /// "BACKUP => MASTER (master down)".
-    pub last_transition: Option<String>,
-    pub last_transition_age_ms: Option<u64>,
-    pub adverts_sent: u64,
-    /// Valid adverts from other routers, as counted by the guard.
-    pub adverts_received: u64,
-    pub virtual_ips: Vec<String>,
-    /// "native XDP", "generic XDP" or "raw socket (no XDP)".
-    pub guard: String,
-    /// A drill asked this instance to step down and it has not been handed back yet.
-    pub stepped_down: bool,
-    pub preempt: bool,
-    pub advert_interval_ms: u64,
-    /// Master_Down_Interval as this node computes it now.
-    pub master_down_ms: u64,
-    /// `auth_hmac`, when the instance has it.
-    #[serde(default)]
-    pub auth: Option<AuthStatus>,
+/// `auth_hmac` as `/status` shows it (never a key).
+fn auth(a: &AuthFacts) -> AuthStatus {
+    let c = &a.counters;
+    AuthStatus {
+        mode: a.spec.mode_name().into(),
+        active_key: a.signing_key,
+        keys: a.spec.key_ids(),
+        anti_replay: if a.spec.guard.flags & AUTH_TIME != 0 {
+            "time".into()
+        } else {
+            "monotonic".into()
+        },
+        window_s: a.spec.guard.window_s,
+        accepted_signed: c.signed,
+        accepted_unsigned: c.unsigned,
+        rejected: [
+            ("no_trailer", c.drop_no_trailer),
+            ("trailer", c.drop_trailer),
+            ("unknown_key", c.drop_unknown_key),
+            ("stale", c.drop_stale),
+            ("replay", c.drop_replay),
+            ("hmac", c.drop_hmac),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    }
 }
 
-/// `auth_hmac` of one instance as `/status` shows it (never a key).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct AuthStatus {
-    /// "enforce", "permissive" or "receive-only".
-    pub mode: String,
-    /// The key ID adverts are signed with (none in receive-only mode).
-    pub active_key: Option<u8>,
-    /// The key IDs adverts are verified with.
-    pub keys: Vec<u8>,
-    /// "time" (with `window_s`) or "monotonic".
-    pub anti_replay: String,
-    pub window_s: u32,
-    /// Adverts accepted with a valid trailer, and without one (migration modes).
-    pub accepted_signed: u64,
-    pub accepted_unsigned: u64,
-    /// Rejected adverts by reason (`no_trailer`, `trailer`, `unknown_key`, `stale`, `replay`,
-    /// `hmac`).
-    pub rejected: BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct GuardStatus {
-    pub pin_dir: Option<String>,
-    /// Counter name (as in `bpftool map dump`) → packets.
-    pub counters: BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct ProxyStatus {
-    /// Every route has a server up.
-    pub healthy: bool,
-    pub connections: usize,
-    /// The client connections each proxy worker thread serves.
-    #[serde(default)]
-    pub worker_connections: Vec<usize>,
-    /// The client connections placed on each proxy worker thread since the start.
-    #[serde(default)]
-    pub worker_connections_total: Vec<u64>,
-    /// New connections handed to a worker whose CPU had time to spare (pinned workers).
-    #[serde(default)]
-    pub steered_connections: u64,
-    pub servers: Vec<ServerStatus>,
-    pub certificates: Vec<CertStatus>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct ServerStatus {
-    pub upstream: String,
-    pub server: String,
-    pub up: bool,
-    pub outstanding: usize,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct CertStatus {
-    pub file: String,
-    pub names: Vec<String>,
-    /// notAfter in seconds since the Unix epoch.
-    pub not_after: i64,
-    /// Whole days left (negative once expired).
-    pub days_left: i64,
+/// The guard's counters by name, as in `bpftool map dump`.
+pub fn guard(g: &GuardFacts) -> GuardStatus {
+    let c = &g.counters;
+    GuardStatus {
+        pin_dir: g.pin_dir.as_ref().map(|d| d.display().to_string()),
+        counters: Reason::ALL
+            .iter()
+            .map(|&r| (r.name().to_string(), c.get(r)))
+            .chain([("events_lost".to_string(), c.events_lost)])
+            .collect(),
+    }
 }
 
 fn age(ms: Option<u64>) -> String {

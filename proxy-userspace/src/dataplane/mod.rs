@@ -337,6 +337,7 @@ impl Dataplane {
             if !xdp_specs.is_empty() {
                 g.spawn_events(tx.clone())?;
                 g.spawn_clock()?;
+                g.spawn_logs()?;
             }
         }
         self.raw.configure(&raw_specs)?;

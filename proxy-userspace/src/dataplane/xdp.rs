@@ -32,6 +32,12 @@ use super::InstanceSpec;
 pub static GUARD_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hapd-guard"));
 
+/// The `xdp` benchmark's traffic generator (`hapd_bench_tx`), a separate object; only with
+/// the `bench` feature.
+#[cfg(feature = "bench")]
+pub static BENCH_TX_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hapd-bench-tx"));
+
 /// Name of the one-entry array holding [`LAYOUT_VERSION`], pinned beside the other maps.
 pub const MAP_LAYOUT: &str = "hapd_layout";
 
@@ -96,7 +102,9 @@ pub struct XdpGuard {
     clock: Option<Array<MapData, i64>>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, Link)>,
-    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The kernel side's aya-log records, until [`XdpGuard::spawn_logs`] hands them to the
+    /// task that prints them.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl XdpGuard {
@@ -149,7 +157,7 @@ impl XdpGuard {
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
-            _logger: logger,
+            logger,
         };
         if let Some(clock) = &mut guard.clock {
             write_clock(clock)?;
@@ -292,6 +300,41 @@ impl XdpGuard {
         self.replay.get(key, 0).ok()
     }
 
+    /// Moves the kernel side's log (aya-log's ring) to a task that prints every record through
+    /// the daemon's log (the `log` records reach `tracing`): the guard logs rare events only,
+    /// each reason at most once a second per CPU.
+    pub fn spawn_logs(&mut self) -> anyhow::Result<()> {
+        let Some(logger) = self.logger.take() else {
+            return Ok(());
+        };
+        // SAFETY: the logger owns its ring's fd, open and unchanged until the AsyncFd drops it.
+        let mut fd =
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("polling the guard's log ring")?;
+        tokio::spawn(async move {
+            loop {
+                let mut guard = match fd.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!("the guard's log ring: {e}");
+                        return;
+                    }
+                };
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
+    /// Prints the kernel side's log records waiting now (when no task reads them: tests).
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = &mut self.logger {
+            l.flush();
+        }
+    }
+
     /// Moves `vrrp_clock` to a task that rewrites it whenever the wall clock is set (a
     /// `CLOCK_REALTIME` timerfd with `TFD_TIMER_CANCEL_ON_SET`: no wake-up otherwise), so the
     /// guard's freshness window follows clock steps. Without it the offset written at load
@@ -397,13 +440,14 @@ impl XdpGuard {
     }
 
     /// Runs the guard once on `frame` as if it arrived on `ifindex` (BPF_PROG_TEST_RUN).
-    /// Returns the XDP action. `repeat` > 1 also measures: see [`XdpGuard::bench`].
+    /// Returns the XDP action.
     pub fn test_run(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<u32> {
         Ok(self.run(frame, ifindex, 1)?.0)
     }
 
     /// Runs the guard `repeat` times on `frame`; returns the action and the kernel's mean time
-    /// per run.
+    /// per run (the `xdp` benchmark).
+    #[cfg(feature = "bench")]
     pub fn bench(
         &self,
         frame: &[u8],

@@ -1,16 +1,26 @@
-//! Access and error logs, one pair per vhost. Lines go over a channel to one writer thread
-//! per file, so a request never waits for the disk; the thread writes whatever has queued in
-//! one call. `reopen` (SIGUSR1, for logrotate) makes each writer close and reopen its path.
+//! Access and error logs, one pair per vhost. Lines go over a bounded channel to one writer
+//! thread per file, so a request never waits for the disk; the thread writes whatever has
+//! queued in one call. When the disk stalls and the queue is full, lines are dropped and
+//! counted (a stalled disk must not grow memory without limit), and the writer says how many
+//! once it writes again. `reopen` (SIGUSR1, for logrotate) makes each writer close and reopen
+//! its path.
 use std::{
     fs::{File, OpenOptions},
     io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use tracing::warn;
+
+/// Lines a log file's queue holds before new ones are dropped: a few megabytes of access
+/// lines, several seconds of the heaviest load the proxy suite puts on one vhost.
+pub const QUEUE_LINES: usize = 16_384;
 
 enum Msg {
     Line(String),
@@ -21,27 +31,45 @@ enum Msg {
 /// written what was queued.
 #[derive(Clone)]
 pub struct LogFile {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::SyncSender<Msg>,
+    /// Lines dropped because the queue was full, since the start.
+    dropped: Arc<AtomicU64>,
 }
 
 impl LogFile {
     /// Opens (creates, appends to) `path` now, so a bad path is an error at start.
     pub fn open(path: &Path) -> anyhow::Result<LogFile> {
+        Self::with_queue(path, QUEUE_LINES)
+    }
+
+    /// [`LogFile::open`] with a queue of `lines`.
+    pub fn with_queue(path: &Path, lines: usize) -> anyhow::Result<LogFile> {
         let file = open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let (tx, rx) = mpsc::channel();
-        let path = path.to_path_buf();
+        let (tx, rx) = mpsc::sync_channel(lines);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (path, counter) = (path.to_path_buf(), dropped.clone());
         std::thread::Builder::new()
             .name("hapd-log".into())
-            .spawn(move || writer(path, file, rx))?;
-        Ok(LogFile { tx })
+            .spawn(move || writer(path, file, rx, counter))?;
+        Ok(LogFile { tx, dropped })
     }
 
+    /// Queues `line`; drops it (and counts it) when the queue is full.
     pub fn write(&self, line: String) {
-        let _ = self.tx.send(Msg::Line(line));
+        if let Err(mpsc::TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// Asks the writer to reopen the file (waits for room in the queue: a reopen is not
+    /// dropped).
     pub fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Lines dropped so far because the disk did not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -49,9 +77,20 @@ fn open(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn writer(path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>) {
+fn writer(path: PathBuf, mut file: File, rx: mpsc::Receiver<Msg>, dropped: Arc<AtomicU64>) {
     let mut batch = String::new();
+    // Drops already reported.
+    let mut told = 0;
     while let Ok(first) = rx.recv() {
+        let now = dropped.load(Ordering::Relaxed);
+        if now > told {
+            warn!(
+                "{}: {} log line(s) dropped: the disk did not keep up",
+                path.display(),
+                now - told
+            );
+            told = now;
+        }
         let mut reopen = false;
         for msg in std::iter::once(first).chain(rx.try_iter()) {
             match msg {
@@ -201,6 +240,38 @@ mod tests {
         assert!(empty
             .line(304, 0)
             .ends_with(" 304 - \"-\" \"a\\\"b\\\\c\\x0a\""));
+    }
+
+    /// A writer stuck on a full pipe (a stalled disk) holds at most the queue: the rest is
+    /// dropped and counted, and writing never blocks the caller.
+    #[test]
+    fn a_stalled_writer_drops_lines_instead_of_queueing_them_all() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = std::env::temp_dir().join(format!("hapd-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("stalled");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // A reader that never reads: the writer's writes block once the pipe (64 KiB) is full.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let log = LogFile::with_queue(&fifo, 100).unwrap();
+        let line = "x".repeat(200);
+        let t0 = std::time::Instant::now();
+        for _ in 0..2_000 {
+            log.write(line.clone());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1), "write blocked");
+        // 2000 x 201 bytes: at most the pipe's 64 KiB (about 330 lines) and the queue of 100
+        // can be taken; the rest is dropped.
+        let dropped = log.dropped();
+        assert!(
+            (1_500..2_000).contains(&dropped),
+            "{dropped} of 2000 dropped"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

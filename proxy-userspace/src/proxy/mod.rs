@@ -1,7 +1,8 @@
 //! The TLS reverse proxy (`[server]`, `[tls]`, `[[listener]]`, `[[upstream]]`, `[[vhost]]`).
 //!
-//! It runs on threads of its own, one single-threaded runtime per core plus one for health
-//! checks and signals, beside the VRRP engine's thread, so load on the proxy never delays an
+//! It runs on threads of its own, one single-threaded runtime per core plus a control thread
+//! for health checks and the certificate watcher (signals are the admin thread's), beside the
+//! VRRP engine's thread, so load on the proxy never delays an
 //! advert. [`start`] reads every file and binds every
 //! listener before it returns, so a bad certificate or a port in use is an error at start.
 //! Listeners bound to a VIP use IP_FREEBIND: they work on a backup that does not hold the
@@ -12,7 +13,7 @@ mod client;
 mod fasthash;
 mod h2;
 mod headers;
-mod http1;
+pub(crate) mod http1;
 mod log;
 pub mod metrics;
 mod site;
@@ -54,7 +55,7 @@ use self::{
     tls::TlsStore,
     upstream::Pool,
 };
-use crate::{admin::status::ServerStatus, config::Config, health::ProxyHealth};
+use crate::{config::Config, health::ProxyHealth, status::ServerStatus};
 
 /// How often certificate files are looked at for changes.
 pub const CERT_POLL: Duration = Duration::from_secs(2);
@@ -290,6 +291,13 @@ impl ProxyView {
     /// Client connections placed on each worker thread since the start.
     pub fn worker_connections_total(&self) -> Vec<u64> {
         self.shared.balance.placed()
+    }
+
+    /// Log lines dropped because a log file's disk did not keep up, over the log files in use.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.routing
+            .lock()
+            .map_or(0, |r| r.logs.values().map(LogFile::dropped).sum())
     }
 
     /// New connections handed to a worker whose CPU had time to spare, since the start.

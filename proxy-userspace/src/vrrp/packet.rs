@@ -91,13 +91,18 @@ impl Advert {
             return Err(ParseError::Version(version));
         }
         let p = Packet::new_checked(msg).map_err(|_| ParseError::Truncated)?;
-        if p.kind() != TYPE_ADVERTISEMENT {
-            return Err(ParseError::Type(p.kind()));
-        }
-        let count = p.addr_count();
+        // The guard's decoding of the fixed header (one view of the wire for both).
+        let h: &[u8; vrrp::HEADER_LEN] = msg[..vrrp::HEADER_LEN]
+            .try_into()
+            .map_err(|_| ParseError::Truncated)?;
+        let head = vrrp::Header::parse(h).map_err(|e| match e {
+            vrrp::HeaderError::Version(v) => ParseError::Version(v),
+            vrrp::HeaderError::Type(t) => ParseError::Type(t),
+        })?;
+        let count = head.count;
         // RFC 5798 section 7.1: the length must match the address count (trailing bytes are a
         // different message, not padding: the IP length delimits the message).
-        if count == 0 || msg.len() != message_len(version, count) {
+        if count == 0 || msg.len() != head.message_len() {
             return Err(ParseError::Length {
                 len: msg.len(),
                 count,
@@ -111,23 +116,19 @@ impl Advert {
         if !p.verify_checksum(pseudo) {
             return Err(ParseError::Checksum);
         }
-        let (interval, auth) = if version == 3 {
-            (Centisecs(p.max_adver_int()), Auth::None)
-        } else {
-            let auth = match p.auth_type() {
-                AUTH_NONE => Auth::None,
-                AUTH_PASS => Auth::Pass(p.auth_data()),
-                t => return Err(ParseError::AuthType(t)),
-            };
-            (Centisecs(p.adver_int_secs() as u16 * 100), auth)
+        let auth = match head.auth_type {
+            AUTH_NONE => Auth::None,
+            AUTH_PASS => Auth::Pass(p.auth_data()),
+            t => return Err(ParseError::AuthType(t)),
         };
+        let interval = Centisecs(head.interval_cs);
         if interval.0 == 0 {
             return Err(ParseError::Interval);
         }
         Ok(Advert {
             version,
-            vrid: p.vrid(),
-            priority: p.priority(),
+            vrid: head.vrid,
+            priority: head.priority,
             interval,
             addrs: (0..count as usize)
                 .map(|i| Ipv4Addr::from(p.addr(i)))

@@ -73,7 +73,7 @@ impl Transport for super::tls_stream::TlsStream {
 }
 
 /// What one client connection shares with every request on it.
-pub struct Conn<'a> {
+pub(in crate::proxy) struct Conn<'a> {
     pub peer: SocketAddr,
     /// The client's address as `X-Forwarded-For` names it (IPv4-mapped addresses unmapped).
     pub client: String,
@@ -143,7 +143,7 @@ struct Done {
 /// Serves HTTP/1 requests on `io` until the client closes, a timeout, or a stop. `buf` holds
 /// bytes already read. A connection that opens with the HTTP/2 preface is handed back with
 /// the bytes read so far.
-pub async fn serve<S: Transport>(
+pub(in crate::proxy) async fn serve<S: Transport>(
     mut io: S,
     conn: &Conn<'_>,
     mut buf: Buf,

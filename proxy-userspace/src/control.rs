@@ -1,0 +1,81 @@
+//! What the admin endpoint (a thread of its own) asks of the VRRP loop, and the answers: the
+//! one channel between the two, in a module of its own so that neither imports the other.
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use proxy_common::maps::{AdvertRecord, AuthCounters, GuardCounters};
+use tokio::sync::oneshot;
+
+use crate::{dataplane::AuthSpec, vrrp::fsm::State};
+
+/// What the admin endpoint asks of the VRRP loop.
+pub enum Control {
+    /// Every instance's state and the guard's counters (`admin::status` renders them).
+    Status(oneshot::Sender<(Vec<InstanceFacts>, Option<GuardFacts>)>),
+    /// A drill: step `instance` down (`on`) or hand it back. The answer says what changed.
+    StepDown {
+        instance: String,
+        on: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A reload: every instance's `auth_hmac` (by instance name) as the new config has it. The
+    /// answer says which instances changed and gives the settings they had (to put back if the
+    /// rest of the reload fails), or why nothing changed.
+    SetAuth {
+        auth: AuthSettings,
+        reply: oneshot::Sender<Result<(String, AuthSettings), String>>,
+    },
+}
+
+/// Every instance's `auth_hmac`, by instance name.
+pub type AuthSettings = Vec<(String, Option<AuthSpec>)>;
+
+/// One VRRP instance as the loop knows it now.
+#[derive(Clone, Debug)]
+pub struct InstanceFacts {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    pub version: u8,
+    pub state: State,
+    /// This node's primary address on the interface.
+    pub primary: Ipv4Addr,
+    /// The guard's record of the last valid advert.
+    pub record: Option<AdvertRecord>,
+    /// `CLOCK_MONOTONIC` now, in ns (the clock of the record).
+    pub now_ns: u64,
+    /// Configured and advertised priority.
+    pub priority: u8,
+    pub effective_priority: u8,
+    /// The tracked checks failing, and what they cost.
+    pub reasons: Vec<String>,
+    pub link_up: bool,
+    pub stepped_down: bool,
+    pub transitions: u64,
+    /// When and what the last transition was.
+    pub last_transition: Option<(std::time::Instant, String)>,
+    pub adverts_sent: u64,
+    pub virtual_ips: Vec<String>,
+    /// How the guard runs on the interface.
+    pub guard: String,
+    pub preempt: bool,
+    pub advert_interval: Duration,
+    /// Master_Down_Interval as the engine computes it now.
+    pub master_down: Duration,
+    pub auth: Option<AuthFacts>,
+}
+
+/// `auth_hmac` of one instance as the loop and the guard run it.
+#[derive(Clone, Debug)]
+pub struct AuthFacts {
+    pub spec: AuthSpec,
+    /// The key ID adverts are signed with, if they are.
+    pub signing_key: Option<u8>,
+    pub counters: AuthCounters,
+}
+
+/// The guard's counters summed over both paths, and where its maps are pinned.
+#[derive(Clone, Debug)]
+pub struct GuardFacts {
+    pub pin_dir: Option<PathBuf>,
+    pub counters: GuardCounters,
+}

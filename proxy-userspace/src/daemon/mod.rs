@@ -1,0 +1,490 @@
+//! `hapd run`: the daemon's main loop. One task drives every VRRP instance: guard events and
+//! timers go into the engines, their actions come out as adverts, address changes and ARP.
+//! A graceful stop is two more phases of the same loop: draining the proxy's clients, then
+//! resigning while the masters keep their addresses until a successor is heard.
+mod fence;
+mod router;
+mod timer;
+
+use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::Context as _;
+use proxy_common::maps::{
+    GuardEvent, InstanceKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE,
+    EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+pub use fence::FENCE_TIMEOUT;
+
+use self::{
+    router::{now, Ctx, Router},
+    timer::DeadlineTimer,
+};
+use crate::{
+    config::Config,
+    control::{AuthSettings, Control, GuardFacts},
+    dataplane::{Dataplane, InstanceSpec},
+    link, vip,
+    vrrp::{
+        fsm::{Heard, State},
+        notify::NOTIFY_TIMEOUT,
+        track::{self, ScriptState},
+        Centisecs,
+    },
+};
+
+/// On a graceful stop, how long the VIPs stay after the successor's first advert (at least;
+/// three gratuitous-ARP intervals if that is longer), so its announcement reaches the clients
+/// before the addresses go.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
+
+/// On a graceful stop, how long the VIPs stay at most while the proxy's clients move to the
+/// successor (see [`crate::proxy::ProxyView::begin_handover`]).
+pub const HANDOVER_DRAIN: Duration = Duration::from_secs(1);
+
+/// What an embedding program (the proxy, tests) can hand the daemon.
+#[derive(Default)]
+pub struct Options {
+    /// The proxy's health for `track_proxy` (see [`crate::health::ProxyHealth`]).
+    pub proxy_health: Option<watch::Receiver<bool>>,
+    /// Stops the daemon like SIGTERM when it turns true.
+    pub shutdown: Option<watch::Receiver<bool>>,
+    /// Requests from the admin endpoint.
+    pub control: Option<mpsc::Receiver<Control>>,
+    /// The proxy, to move its clients to the successor on a graceful stop.
+    pub proxy: Option<std::sync::Arc<crate::proxy::ProxyView>>,
+}
+
+/// Where the loop is in the daemon's life.
+enum Phase {
+    /// Electing and serving.
+    Running,
+    /// A graceful stop on a master with a proxy: the proxy's clients move to the successor
+    /// first (see [`begin_handover`]); resign when none is left or at `until`.
+    Draining { until: std::time::Instant },
+    /// Resigned with priority 0: the masters among `waiting` (router indices) keep their VIPs
+    /// until their successor's first advert, so clients never find nobody at the address;
+    /// at `until` (at most 2 s, our Master_Down_Interval) they release them anyway.
+    Resigning {
+        waiting: Vec<usize>,
+        until: tokio::time::Instant,
+    },
+}
+
+/// Runs until SIGTERM or SIGINT, then resigns mastership, removes the virtual addresses,
+/// detaches the guard and removes the pins.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, Options::default()).await
+}
+
+/// As [`run`], with inputs from an embedding program.
+pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (conn, nl, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    tokio::spawn(conn);
+    let mut specs = config
+        .vrrp
+        .iter()
+        .map(|v| {
+            InstanceSpec::from_config(v.get_ref()).map(|s| InstanceSpec {
+                served: crate::dataplane::served_ports(&config, v.get_ref()),
+                ..s
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut dp = Dataplane::start(&specs, Some(&config.node.pin_dir))?;
+    let (fence_tx, mut fence_rx) = mpsc::channel(16);
+    let ctx = Ctx {
+        nl: nl.clone(),
+        fence_tx,
+    };
+    let mut routers = Vec::new();
+    for (i, (v, spec)) in config.vrrp.iter().zip(&specs).enumerate() {
+        routers.push(Router::new(i, v.get_ref(), spec, &config, &nl).await?);
+    }
+    let (link_tx, mut link_rx) = mpsc::channel(64);
+    link::watch(link_tx)?;
+    let (script_tx, mut script_rx) = mpsc::channel::<ScriptState>(64);
+    let _scripts: Vec<_> = config
+        .track_script
+        .iter()
+        .map(|t| track::spawn(t.get_ref(), script_tx.clone()))
+        .collect();
+    let mut script_states: HashMap<String, bool> = HashMap::new();
+    let mut health = opts.proxy_health;
+    let mut proxy_healthy = health.as_ref().is_none_or(|h| *h.borrow());
+    let mut shutdown = opts.shutdown;
+    let mut control = opts.control;
+    let opts_proxy = opts.proxy;
+    let mut phase = Phase::Running;
+
+    info!(node = %config.node.name, instances = routers.len(), "hapd ready");
+    for r in &mut routers {
+        let t = now();
+        let up = link::state(&nl, r.key.ifindex).await?;
+        r.link_up = up;
+        r.engine.set_link(t, up);
+        r.apply_tracking(t, &script_states, proxy_healthy);
+        r.engine.handle_startup(t);
+        r.act(&ctx).await;
+    }
+    let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
+    let mut handled: Option<Duration> = None;
+    loop {
+        if matches!(&phase, Phase::Resigning { waiting, .. } if waiting.is_empty()) {
+            break;
+        }
+        let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
+        // One master whose adverts make the next deadline: a periodic timer carries them.
+        let period = match routers.as_slice() {
+            [r] if r.engine.poll_timeout() == deadline => r.engine.advert_period(),
+            _ => None,
+        };
+        timer.arm(deadline, period);
+        if deadline.is_some_and(|d| d <= now()) && deadline != handled {
+            // Already due (an expiry may have been folded into the one just handled). Once per
+            // deadline: one that handling leaves due waits for the timer like any other.
+            handled = deadline;
+            handle_timeouts(&mut routers, &dp, &ctx).await;
+            continue;
+        }
+        let health_changed = async {
+            match &mut health {
+                Some(h) => h.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let stop_asked = async {
+            match &mut shutdown {
+                Some(s) => loop {
+                    if *s.borrow_and_update() {
+                        break;
+                    }
+                    if s.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        // Why to stop: the embedding program asked, SIGTERM or SIGINT.
+        let stop_requested = async {
+            tokio::select! {
+                _ = stop_asked => "asked to stop",
+                _ = term.recv() => "SIGTERM: stopping",
+                _ = int.recv() => "SIGINT: stopping",
+            }
+        };
+        let draining = matches!(phase, Phase::Draining { .. });
+        let resign_by = match &phase {
+            Phase::Resigning { until, .. } => Some(*until),
+            _ => None,
+        };
+        tokio::select! {
+            // The timer first: at 10 ms adverts it is most of what wakes the loop, and a tick
+            // then costs no poll of the other sources.
+            biased;
+            _ = timer.expired() => handle_timeouts(&mut routers, &dp, &ctx).await,
+            ev = dp.next_event() => match ev {
+                Some(ev) => {
+                    let key = InstanceKey::new(ev.ifindex, ev.vrid);
+                    let Some(i) = routers.iter().position(|r| r.key == key) else { continue };
+                    let r = &mut routers[i];
+                    info!("{}", describe(&r.name, &ev));
+                    r.delivered_ns = r.delivered_ns.max(ev.time_ns);
+                    r.engine.handle_advert(
+                        Duration::from_nanos(ev.time_ns),
+                        Heard {
+                            src: Ipv4Addr::from(ev.src),
+                            priority: ev.priority,
+                            interval: Centisecs(ev.interval_cs),
+                        },
+                    );
+                    r.act(&ctx).await;
+                    if let Phase::Resigning { waiting, .. } = &mut phase {
+                        if let Some(pos) = waiting.iter().position(|&w| w == i).filter(|_| ev.priority > 0) {
+                            waiting.remove(pos);
+                            hand_over(&routers[i], &nl, Ipv4Addr::from(ev.src)).await;
+                        }
+                    }
+                }
+                None => break,
+            },
+            Some(change) = link_rx.recv() => {
+                for r in routers.iter_mut().filter(|r| r.key.ifindex == change.ifindex) {
+                    r.link_up = change.up;
+                    r.engine.set_link(now(), change.up);
+                    r.act(&ctx).await;
+                }
+            }
+            Some(st) = script_rx.recv() => {
+                script_states.insert(st.name.clone(), st.healthy);
+                for r in routers.iter_mut().filter(|r| r.scripts.iter().any(|(n, _)| *n == st.name)) {
+                    r.apply_tracking(now(), &script_states, proxy_healthy);
+                    r.act(&ctx).await;
+                }
+            }
+            Some((i, ok)) = fence_rx.recv() => {
+                if let Some(r) = routers.get_mut(i) {
+                    r.engine.handle_fence_result(now(), ok);
+                    r.act(&ctx).await;
+                }
+            }
+            true = health_changed => {
+                proxy_healthy = health.as_mut().is_none_or(|h| *h.borrow_and_update());
+                info!("proxy {}", if proxy_healthy { "healthy" } else { "unhealthy" });
+                for r in routers.iter_mut().filter(|r| r.track_proxy.is_some()) {
+                    r.apply_tracking(now(), &script_states, proxy_healthy);
+                    r.act(&ctx).await;
+                }
+            }
+            Some(req) = async {
+                match &mut control {
+                    Some(c) => c.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match req {
+                Control::Status(reply) => {
+                    let instances = routers
+                        .iter()
+                        .zip(&config.vrrp)
+                        .map(|(r, v)| r.facts(&dp, v.get_ref()))
+                        .collect();
+                    let guard = dp.counters().ok().map(|counters| GuardFacts {
+                        pin_dir: dp.xdp().and_then(|x| x.pin_dir()).map(|d| d.to_owned()),
+                        counters,
+                    });
+                    let _ = reply.send((instances, guard));
+                }
+                Control::StepDown { instance, on, reply } => {
+                    let answer = match routers.iter_mut().find(|r| r.name == instance) {
+                        None => Err(format!("no VRRP instance named {instance:?}")),
+                        Some(r) => {
+                            let before = r.engine.state();
+                            r.engine.set_stepped_down(now(), on);
+                            r.act(&ctx).await;
+                            let verb = if on { "stepped down" } else { "handed back" };
+                            info!("{}: {verb} by a drill ({before} => {})", r.name, r.engine.state());
+                            Ok(format!("{}: {verb}; was {before}, now {}", r.name, r.engine.state()))
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }
+                Control::SetAuth { auth, reply } => {
+                    let _ = reply.send(apply_auth(&mut routers, &mut specs, &mut dp, auth));
+                }
+            },
+            why = stop_requested => {
+                info!("{why}");
+                phase = match phase {
+                    Phase::Running => match begin_handover(&routers, &mut dp, opts_proxy.as_deref()) {
+                        Some(until) => Phase::Draining { until },
+                        None => resign(&mut routers, &ctx).await,
+                    },
+                    // A second request while the clients move stops at once.
+                    Phase::Draining { .. } => resign(&mut routers, &ctx).await,
+                    Phase::Resigning { .. } => break,
+                };
+            }
+            _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
+                let left = opts_proxy.as_ref().map_or(0, |p| p.connections());
+                let over = matches!(phase, Phase::Draining { until } if std::time::Instant::now() >= until);
+                if left == 0 {
+                    info!("every proxy client has moved: resigning");
+                    phase = resign(&mut routers, &ctx).await;
+                } else if over {
+                    info!("{left} proxy connection(s) still open after {HANDOVER_DRAIN:?}: resigning");
+                    phase = resign(&mut routers, &ctx).await;
+                }
+            }
+            _ = tokio::time::sleep_until(resign_by.unwrap_or_else(tokio::time::Instant::now)), if resign_by.is_some() => break,
+        }
+    }
+    if let Phase::Resigning { waiting, .. } = &phase {
+        for &i in waiting {
+            let r = &routers[i];
+            info!("{}: no successor heard; releasing the VIPs", r.name);
+            if let Err(e) = vip::remove(&nl, r.key.ifindex, &r.vips).await {
+                warn!("{}: removing virtual addresses: {e:#}", r.name);
+            }
+        }
+    }
+    // Let every instance's queued notifications (STOP included) run before we exit.
+    for r in &mut routers {
+        if let Some((n, task)) = r.notifier.take() {
+            drop(n);
+            if tokio::time::timeout(NOTIFY_TIMEOUT, task).await.is_err() {
+                warn!("{}: notify commands still running at exit", r.name);
+            }
+        }
+    }
+    let counters = dp.counters().ok();
+    dp.shutdown();
+    if let Some(c) = counters {
+        info!("guard counters at stop: {c:?}");
+    }
+    Ok(())
+}
+
+/// Every engine resigns (a master with priority 0) but a master keeps serving its VIPs until
+/// its successor's first advert arrives (it takes over after its Skew_Time and announces the
+/// VIPs with gratuitous ARP), bounded by our Master_Down_Interval (at most 2 s) in case there
+/// is no successor.
+async fn resign(routers: &mut [Router], ctx: &Ctx) -> Phase {
+    let mut waiting = Vec::new();
+    let mut bound = Duration::ZERO;
+    for (i, r) in routers.iter_mut().enumerate() {
+        if r.engine.state() == State::Master {
+            r.hold_vips = true;
+            waiting.push(i);
+            bound = bound.max(r.engine.master_down_interval().min(Duration::from_secs(2)));
+        }
+        r.engine.handle_shutdown(now());
+        r.act(ctx).await;
+    }
+    Phase::Resigning {
+        waiting,
+        until: tokio::time::Instant::now() + bound,
+    }
+}
+
+/// `successor` advertised for `r`'s instance while we resign: it advertises before it adds the
+/// VIPs and announces them, so keep serving until its gratuitous ARP has moved the clients,
+/// then release them.
+async fn hand_over(r: &Router, nl: &rtnetlink::Handle, successor: Ipv4Addr) {
+    let grace = (3 * r.garp.interval.0).max(HANDOVER_GRACE);
+    tokio::time::sleep(grace).await;
+    info!("{}: {successor} took over; releasing the VIPs", r.name);
+    if let Err(e) = vip::remove(nl, r.key.ifindex, &r.vips).await {
+        warn!("{}: removing virtual addresses: {e:#}", r.name);
+    }
+}
+
+/// Every engine whose deadline has passed handles it (a backup reads the guard's record first:
+/// an advert it holds moves the master-down deadline).
+async fn handle_timeouts(routers: &mut [Router], dp: &Dataplane, ctx: &Ctx) {
+    let t = now();
+    for r in routers {
+        if r.engine.poll_timeout().is_some_and(|d| d <= t) {
+            if r.engine.state() == State::Backup {
+                r.refresh_from_guard(dp);
+            }
+            r.engine.handle_timeout(t);
+            r.act(ctx).await;
+        }
+    }
+}
+
+/// Applies a reload's `auth_hmac` settings: the guard first (it then verifies with the new keys),
+/// then each changed instance's signer. All or nothing: on a failure the guard gets the old
+/// settings back.
+fn apply_auth(
+    routers: &mut [Router],
+    specs: &mut [InstanceSpec],
+    dp: &mut Dataplane,
+    auth: AuthSettings,
+) -> Result<(String, AuthSettings), String> {
+    let previous: AuthSettings = specs
+        .iter()
+        .map(|s| (s.name.clone(), s.auth.clone()))
+        .collect();
+    let mut new_specs = specs.to_vec();
+    let mut changed = Vec::new();
+    for (name, a) in auth {
+        let Some(s) = new_specs.iter_mut().find(|s| s.name == name) else {
+            return Err(format!(
+                "no VRRP instance named {name:?} runs: restart hapd to add one"
+            ));
+        };
+        if s.auth != a {
+            s.auth = a;
+            changed.push(name);
+        }
+    }
+    if changed.is_empty() {
+        return Ok((String::new(), previous));
+    }
+    if let Err(e) = dp.reconfigure(&new_specs) {
+        if let Err(back) = dp.reconfigure(specs) {
+            warn!("restoring the guard's auth_hmac settings: {back:#}");
+        }
+        return Err(format!("applying auth_hmac: {e:#}"));
+    }
+    for (r, s) in routers.iter_mut().zip(&new_specs) {
+        if changed.contains(&r.name) {
+            r.set_auth(s.auth.clone());
+        }
+    }
+    specs.clone_from_slice(&new_specs);
+    Ok((
+        format!("; auth_hmac applied to {}", changed.join(", ")),
+        previous,
+    ))
+}
+
+/// The first step of a graceful stop on a master with a proxy: before resigning, move the
+/// proxy's clients off this node without failing a request. New TCP connections to the VIPs
+/// are dropped by the guard (the client retransmits its SYN after about a second, by when the
+/// successor holds the VIPs), and every HTTP/1 response carries `Connection: close` (HTTP/2:
+/// GOAWAY), so each busy connection ends after its current request. The loop keeps advertising
+/// meanwhile; it resigns when the proxy has no connection left or at the instant returned
+/// ([`HANDOVER_DRAIN`] from now). `None` when there is nothing to hand over (resign at once).
+fn begin_handover(
+    routers: &[Router],
+    dp: &mut Dataplane,
+    proxy: Option<&crate::proxy::ProxyView>,
+) -> Option<std::time::Instant> {
+    let proxy = proxy?;
+    let ports: Vec<proxy_common::maps::ServedPort> = routers
+        .iter()
+        .filter(|r| r.engine.state() == State::Master)
+        .flat_map(|r| r.served.iter().copied())
+        .collect();
+    if ports.is_empty() || proxy.connections() == 0 {
+        return None;
+    }
+    let syns = dp.drain_new_connections(&ports);
+    proxy.begin_handover();
+    info!(
+        "handing over: {} proxy connection(s) close after their current request{}",
+        proxy.connections(),
+        if syns {
+            "; new connections wait for the successor"
+        } else {
+            " (no XDP: new connections are still served here)"
+        }
+    );
+    Some(std::time::Instant::now() + HANDOVER_DRAIN)
+}
+
+/// One line for the log: which instance, who sent what, and why it matters.
+pub fn describe(instance: &str, ev: &GuardEvent) -> String {
+    let mut why = Vec::new();
+    for (bit, text) in [
+        (EV_AFTER_SILENCE, "first advert after silence"),
+        (EV_NEW_SOURCE, "new master source"),
+        (EV_PRIORITY_CHANGE, "priority changed"),
+        (EV_PRIORITY_ZERO, "master stepping down (priority 0)"),
+        (EV_INTERVAL_CHANGE, "interval changed"),
+    ] {
+        if ev.flags & bit != 0 {
+            why.push(text);
+        }
+    }
+    format!(
+        "instance {instance} vrid {}: VRRPv{} advert from {} priority {} (was {}) interval {}ms: {}",
+        ev.vrid,
+        ev.version,
+        Ipv4Addr::from(ev.src),
+        ev.priority,
+        ev.prev_priority,
+        u32::from(ev.interval_cs) * 10,
+        why.join(", ")
+    )
+}

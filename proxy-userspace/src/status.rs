@@ -1,0 +1,124 @@
+//! What the node reports about itself: the shape of `/status` (JSON) and of `hapd status`,
+//! per VRRP instance, the guard, the upstreams and the certificates. The VRRP loop, the proxy,
+//! the admin endpoint and the CLI all use these types, and none of them owns them: how they
+//! are printed is `admin::status`, what fills them is each part's own business. The same data
+//! feeds `/metrics`.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub node: String,
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    /// Empty on a proxy-only node.
+    pub instances: Vec<InstanceStatus>,
+    /// The guard's packet counters, summed over the XDP and raw-socket paths.
+    pub guard: Option<GuardStatus>,
+    pub proxy: Option<ProxyStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub interface: String,
+    pub vrid: u8,
+    pub version: u8,
+    /// MASTER, BACKUP, FAULT or INIT.
+    pub state: String,
+    /// The master as this node knows it: itself, or the source of the adverts it hears.
+    pub master: Option<String>,
+    pub priority: u8,
+    pub effective_priority: u8,
+    /// Why the effective priority or the state differ from the configured ones.
+    pub reasons: Vec<String>,
+    /// Time since the guard last saw a valid advert for this instance.
+    pub last_advert_age_ms: Option<u64>,
+    pub transitions: u64,
+    /// "BACKUP => MASTER (master down)".
+    pub last_transition: Option<String>,
+    pub last_transition_age_ms: Option<u64>,
+    pub adverts_sent: u64,
+    /// Valid adverts from other routers, as counted by the guard.
+    pub adverts_received: u64,
+    pub virtual_ips: Vec<String>,
+    /// "native XDP", "generic XDP" or "raw socket (no XDP)".
+    pub guard: String,
+    /// A drill asked this instance to step down and it has not been handed back yet.
+    pub stepped_down: bool,
+    pub preempt: bool,
+    pub advert_interval_ms: u64,
+    /// Master_Down_Interval as this node computes it now.
+    pub master_down_ms: u64,
+    /// `auth_hmac`, when the instance has it.
+    #[serde(default)]
+    pub auth: Option<AuthStatus>,
+}
+
+/// `auth_hmac` of one instance as `/status` shows it (never a key).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuthStatus {
+    /// "enforce", "permissive" or "receive-only".
+    pub mode: String,
+    /// The key ID adverts are signed with (none in receive-only mode).
+    pub active_key: Option<u8>,
+    /// The key IDs adverts are verified with.
+    pub keys: Vec<u8>,
+    /// "time" (with `window_s`) or "monotonic".
+    pub anti_replay: String,
+    pub window_s: u32,
+    /// Adverts accepted with a valid trailer, and without one (migration modes).
+    pub accepted_signed: u64,
+    pub accepted_unsigned: u64,
+    /// Rejected adverts by reason (`no_trailer`, `trailer`, `unknown_key`, `stale`, `replay`,
+    /// `hmac`).
+    pub rejected: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct GuardStatus {
+    pub pin_dir: Option<String>,
+    /// Counter name (as in `bpftool map dump`) → packets.
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProxyStatus {
+    /// Every route has a server up.
+    pub healthy: bool,
+    pub connections: usize,
+    /// The client connections each proxy worker thread serves.
+    #[serde(default)]
+    pub worker_connections: Vec<usize>,
+    /// The client connections placed on each proxy worker thread since the start.
+    #[serde(default)]
+    pub worker_connections_total: Vec<u64>,
+    /// New connections handed to a worker whose CPU had time to spare (pinned workers).
+    #[serde(default)]
+    pub steered_connections: u64,
+    /// Access and error log lines dropped because a disk did not keep up.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
+    pub servers: Vec<ServerStatus>,
+    pub certificates: Vec<CertStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerStatus {
+    pub upstream: String,
+    pub server: String,
+    pub up: bool,
+    pub outstanding: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CertStatus {
+    pub file: String,
+    pub names: Vec<String>,
+    /// notAfter in seconds since the Unix epoch.
+    pub not_after: i64,
+    /// Whole days left (negative once expired).
+    pub days_left: i64,
+}
