@@ -104,6 +104,10 @@ pub struct Advert {
     pub addr_count: u8,
     /// Advertisement interval in centiseconds (v2: seconds x 100).
     pub interval_cs: u16,
+    /// The instance has `auth_hmac`: the advert counts as signed or unsigned in its
+    /// `vrrp_auth_stats` (other instances have no entry there, and the XDP program does not
+    /// look one up for them: a hash lookup costs about 20 ns per advert).
+    pub hmac: bool,
     /// The sequence number of its verified `auth_hmac` trailer; `None` without a trailer.
     /// The caller records it with [`record_seq`].
     pub seq: Option<Mark>,
@@ -360,6 +364,7 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
         priority: head.priority,
         addr_count: count,
         interval_cs,
+        hmac,
         seq,
     })
 }
