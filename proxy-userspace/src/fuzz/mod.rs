@@ -12,7 +12,7 @@ mod short;
 use crate::{
     config::{Config, XdpMode},
     dataplane::{raw::RawState, InstanceSpec},
-    proxy::http1::{
+    proxy::codec::{
         body::Decoder,
         head::{parse_request, Framing, Parsed, Refusal, Request},
     },

@@ -14,7 +14,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use super::{http1::head::tokens, site::Site, upstream::Pool};
+use super::{codec::head::tokens, site::Site, upstream::Pool};
 
 /// Kinds of header the rules treat specially.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ pub struct Forward<'a> {
     pub client: &'a str,
     pub tls: bool,
     /// How the body goes upstream: none, `Content-Length`, or chunked.
-    pub body: super::http1::head::Framing,
+    pub body: super::codec::head::Framing,
     /// The protocol to switch to (WebSocket), when the client asked for one.
     pub upgrade: Option<&'a [u8]>,
 }
@@ -133,7 +133,7 @@ pub fn request_head<'h, I>(out: &mut Vec<u8>, f: &Forward<'_>, headers: I)
 where
     I: Iterator<Item = (&'h str, &'h [u8])> + Clone,
 {
-    use super::http1::head::Framing;
+    use super::codec::head::Framing;
     let named = Named::collect(headers.clone());
     out.extend_from_slice(f.method.as_bytes());
     out.push(b' ');

@@ -9,15 +9,16 @@
 //! address yet, and nothing is rebound at failover.
 mod balance;
 mod buf;
-mod client;
+pub(crate) mod codec;
 mod fasthash;
 mod h2;
 mod headers;
-pub(crate) mod http1;
+mod http1;
 mod log;
 pub mod metrics;
 mod site;
 mod steer;
+mod timer;
 pub mod tls;
 mod tls_stream;
 pub mod upstream;

@@ -1,12 +1,21 @@
 //! Virtual hosts (`[[vhost]]`) and what a request gets from one: refused (TRACE, CONNECT),
 //! redirected to https, routed by the longest path prefix, refused by a route's allow list,
 //! or forwarded to the route's upstream pool. The same decision serves HTTP/1 and HTTP/2.
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use hyper::header::{HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::{headers::Answer, log::LogFile, upstream::Pool};
+use super::{
+    headers::Answer,
+    log::{error_line, LogFile},
+    upstream::Pool,
+};
 
 /// One `[[vhost]]`, ready to serve.
 pub struct Site {
@@ -73,6 +82,15 @@ pub enum Decision {
 pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 impl Site {
+    /// A request's failure, as a warning in the daemon's log and a line in the vhost's
+    /// `error_log`.
+    pub fn error(&self, client: SocketAddr, msg: &str) {
+        tracing::warn!(%client, "{msg}");
+        if let Some(l) = &self.error_log {
+            l.write(error_line(Some(client.ip()), msg));
+        }
+    }
+
     /// Whether the vhost sets a field of this name itself.
     pub fn overrides(&self, name: &str) -> bool {
         self.headers

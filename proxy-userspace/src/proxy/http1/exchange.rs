@@ -7,16 +7,18 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    body::{reframe, BodyError, Decoder, LAST_CHUNK},
-    connection_field,
-    head::{self, Framing},
-    put, put_number, send, site_error, status_line, Conn, Done, Prep, Req, Transport,
+    connection_field, put, put_number, send, status_line, Conn, Done, Prep, Req, Transport,
 };
 use crate::proxy::{
     buf::{self, Buf},
-    client::{self, Deadline, UpConn, UpError, Watchdog},
+    codec::{
+        body::{reframe, BodyError, Decoder, LAST_CHUNK},
+        head::{self, Framing},
+    },
     headers::{self, Answer, Back},
     site::{Site, Sites},
+    timer::{Deadline, Watchdog},
+    upstream::{self as client, UpConn, UpError},
     upstream::{Busy, Tried},
 };
 
@@ -79,9 +81,8 @@ impl Conn<'_> {
                     Err(why) => {
                         drop(busy);
                         pool.eject(ex.server, &why);
-                        site_error(
-                            site,
-                            self,
+                        site.error(
+                            self.peer,
                             &format!("upstream {} server {}: {why}", pool.name, server.authority),
                         );
                         ex.tried.add(ex.server);
@@ -146,9 +147,8 @@ impl Conn<'_> {
                 }
                 Err(Broke::Upstream(e)) => {
                     let (status, msg, log) = e.answer(site.timeout);
-                    site_error(
-                        site,
-                        self,
+                    site.error(
+                        self.peer,
                         &format!("upstream {} server {}: {log}", pool.name, server.authority),
                     );
                     let r = self
@@ -176,7 +176,7 @@ impl Conn<'_> {
                     }
                 }
                 Err(Broke::Client(Some(e))) => {
-                    site_error(site, self, &format!("request body refused: {e}"));
+                    site.error(self.peer, &format!("request body refused: {e}"));
                     let r = self
                         .answer(
                             io,
@@ -195,9 +195,8 @@ impl Conn<'_> {
                     };
                 }
                 Err(Broke::Midway(why)) => {
-                    site_error(
-                        site,
-                        self,
+                    site.error(
+                        self.peer,
                         &format!("upstream {} server {}: {why}", pool.name, server.authority),
                     );
                     return Done {

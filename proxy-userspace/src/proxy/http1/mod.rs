@@ -16,9 +16,7 @@
 //! `header_read_timeout` of its first byte (of the accept, for the first request); an upstream
 //! silent for the vhost's `timeout` gets a 504; a client that stops reading or sending a body
 //! for that long is cut off.
-pub mod body;
 mod exchange;
-pub mod head;
 
 use std::{
     io,
@@ -38,13 +36,13 @@ use tokio::{
 };
 use tracing::debug;
 
-use self::head::{Framing, Parsed};
 use super::{
     buf::{self, Buf},
-    client::Watchdog,
+    codec::head::{self, Framing, Parsed},
     headers::{self, put, Answer, Forward},
     log::Access,
     site::{Decision, Site, Sites},
+    timer::Watchdog,
     upstream::Tried,
     Shared,
 };
@@ -235,7 +233,7 @@ pub(in crate::proxy) async fn serve<S: Transport>(
         let (done, site, route, req) = match prep {
             Prep::Refuse { answer, site } => {
                 debug!(client = %conn.peer, "request refused: {}", answer.message);
-                site_error(site, conn, &format!("request refused: {}", answer.message));
+                site.error(conn.peer, &format!("request refused: {}", answer.message));
                 let _ = conn
                     .answer(&mut io, &mut out, site, &answer, false, 1, true)
                     .await;
@@ -413,16 +411,14 @@ impl Conn<'_> {
         let pool = &site.routes[route].pool;
         let Some(server) = pool.pick(tried) else {
             let answer = if tried.none() {
-                site_error(
-                    site,
-                    self,
+                site.error(
+                    self.peer,
                     &format!("upstream {}: no server is up", pool.name),
                 );
                 Answer::new(503, "The service is not available")
             } else {
-                site_error(
-                    site,
-                    self,
+                site.error(
+                    self.peer,
                     &format!("upstream {}: no server accepted a connection", pool.name),
                 );
                 Answer::new(502, "The service is not available")
@@ -603,13 +599,6 @@ async fn send<S: AsyncWrite + Unpin>(io: &mut S, out: &mut Vec<u8>, flush: bool)
     }
     out.clear();
     Ok(())
-}
-
-fn site_error(site: &Site, conn: &Conn<'_>, msg: &str) {
-    tracing::warn!(client = %conn.peer, "{msg}");
-    if let Some(l) = &site.error_log {
-        l.write(super::log::error_line(Some(conn.peer.ip()), msg));
-    }
 }
 
 #[cfg(test)]

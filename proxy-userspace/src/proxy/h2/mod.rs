@@ -2,39 +2,38 @@
 //! same upstream HTTP/1.1 connections, under the same rules (`site.rs`, `headers.rs`), as the
 //! HTTP/1 path. The response body streams from the upstream connection, which goes back to
 //! its idle list when the body has been read to its end.
+mod body;
+mod rewind;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, SystemTime},
 };
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{
-    body::{Body, Frame, Incoming, SizeHint},
+    body::{Body, Incoming},
     header::{HeaderName, HeaderValue},
     HeaderMap, Request, Response, StatusCode,
 };
-use tokio::{io::AsyncWriteExt, time::Instant};
+use tokio::{io::AsyncWriteExt, net::tcp::OwnedWriteHalf, time::Instant};
 
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-
+use self::body::{Finish, Kind, Source};
+pub use self::{body::ProxyBody, rewind::Rewind};
 use super::{
-    buf::Buf,
-    client::{self, Deadline, UpConn, UpError},
-    headers::{self, Answer, Back, Forward},
-    http1::{
+    codec::{
         body::{chunk_head, Decoder, LAST_CHUNK},
-        head::Framing,
+        head::{self, Framing},
     },
+    headers::{self, Answer, Back, Forward},
     log::Access,
     metrics::Metrics,
     site::{Decision, Site, Sites},
-    upstream::{OwnedBusy, Server, Tried},
+    timer::{Deadline, Watchdog},
+    upstream::{self, OwnedBusy, Tried, UpConn, UpError},
 };
 
 /// What an HTTP/2 connection's streams share.
@@ -45,199 +44,6 @@ pub struct H2Conn {
     pub sites: Arc<ArcSwap<Sites>>,
     pub server_header: bool,
     pub metrics: Arc<Metrics>,
-}
-
-/// The response body: the proxy's own, or the upstream's, streamed.
-pub struct ProxyBody {
-    kind: Kind,
-    sent: u64,
-    finish: Option<Finish>,
-}
-
-enum Kind {
-    Full(Option<Bytes>),
-    Upstream {
-        src: Source,
-        dec: Decoder,
-        timeout: Duration,
-        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    },
-}
-
-/// Where an upstream body is read from.
-enum Source {
-    /// A whole connection, back to its idle list when the body is read (if `reusable`).
-    Conn {
-        conn: Option<UpConn>,
-        server: Arc<Server>,
-        reusable: bool,
-    },
-    /// The read half of a connection whose write half still carries the request body (a task
-    /// of its own, stopped when this is dropped); it is closed afterwards.
-    Half {
-        rd: Option<OwnedReadHalf>,
-        buf: Buf,
-        sender: tokio::task::AbortHandle,
-    },
-}
-
-impl Source {
-    fn poll_data(
-        &mut self,
-        cx: &mut Context<'_>,
-        dec: &mut Decoder,
-    ) -> Poll<Result<Option<Bytes>, UpError>> {
-        let r = match self {
-            Source::Conn { conn: None, .. } | Source::Half { rd: None, .. } => {
-                return Poll::Ready(Ok(None))
-            }
-            Source::Conn { conn: Some(c), .. } => c.poll_data(cx, dec),
-            Source::Half {
-                rd: Some(rd), buf, ..
-            } => client::poll_data(rd, buf, cx, dec),
-        };
-        match &r {
-            Poll::Ready(Ok(None)) => self.end(true),
-            // hyper stops polling once the body says it has ended: the connection goes back
-            // with the last piece, not at a poll that would never come.
-            Poll::Ready(Ok(Some(_))) if dec.is_done() => self.end(true),
-            Poll::Ready(Err(_)) => self.end(false),
-            _ => {}
-        }
-        r
-    }
-
-    /// The body ended (`complete`: read to its end); a reusable connection goes back.
-    fn end(&mut self, complete: bool) {
-        match self {
-            Source::Conn {
-                conn,
-                server,
-                reusable,
-            } => {
-                if let Some(c) = conn.take() {
-                    if complete && *reusable && c.buf.is_empty() {
-                        server.put_back(c);
-                    }
-                }
-            }
-            Source::Half { rd, .. } => *rd = None,
-        }
-    }
-
-    fn is_over(&self) -> bool {
-        matches!(
-            self,
-            Source::Conn { conn: None, .. } | Source::Half { rd: None, .. }
-        )
-    }
-}
-
-impl Drop for Source {
-    fn drop(&mut self) {
-        if let Source::Half { sender, .. } = self {
-            sender.abort();
-        }
-    }
-}
-
-/// What to record when the response is over (sent completely, or the client went away).
-struct Finish {
-    site: Arc<Site>,
-    route: Option<usize>,
-    status: u16,
-    started: Instant,
-    access: Option<Access>,
-    metrics: Arc<Metrics>,
-    _busy: Option<OwnedBusy>,
-}
-
-impl ProxyBody {
-    fn full(b: impl Into<Bytes>) -> ProxyBody {
-        let b = b.into();
-        ProxyBody {
-            kind: Kind::Full((!b.is_empty()).then_some(b)),
-            sent: 0,
-            finish: None,
-        }
-    }
-}
-
-impl Body for ProxyBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match &mut this.kind {
-            Kind::Full(b) => Poll::Ready(b.take().map(|d| {
-                this.sent += d.len() as u64;
-                Ok(Frame::data(d))
-            })),
-            Kind::Upstream {
-                src,
-                dec,
-                timeout,
-                sleep,
-            } => match src.poll_data(cx, dec) {
-                Poll::Ready(Ok(Some(d))) => {
-                    *sleep = None;
-                    this.sent += d.len() as u64;
-                    Poll::Ready(Some(Ok(Frame::data(d))))
-                }
-                Poll::Ready(Ok(None)) => Poll::Ready(None),
-                Poll::Ready(Err(e)) => Poll::Ready(Some(Err(std::io::Error::other(e.to_string())))),
-                Poll::Pending => {
-                    // The vhost's timeout bounds an upstream's silence within a body too.
-                    let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*timeout)));
-                    if s.as_mut().poll(cx).is_ready() {
-                        src.end(false);
-                        return Poll::Ready(Some(Err(std::io::Error::other(
-                            "upstream silent within the answer",
-                        ))));
-                    }
-                    Poll::Pending
-                }
-            },
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(b) => b.is_none(),
-            Kind::Upstream { src, dec, .. } => src.is_over() || dec.is_done(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Upstream { dec, .. } => match dec.remaining() {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
-        }
-    }
-}
-
-use std::future::Future;
-
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        let Some(f) = self.finish.take() else { return };
-        if let (Some(log), Some(a)) = (&f.site.access_log, &f.access) {
-            log.write(a.line(f.status, self.sent));
-        }
-        let upstream = f
-            .route
-            .and_then(|i| f.site.routes.get(i))
-            .map(|r| &r.pool.name);
-        f.metrics
-            .record(&f.site.label, f.status, upstream, f.started.elapsed());
-    }
 }
 
 /// Serves one stream.
@@ -318,13 +124,6 @@ fn text(h: &HeaderMap, name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
-fn site_error(site: &Site, conn: &H2Conn, msg: &str) {
-    tracing::warn!(client = %conn.peer, "{msg}");
-    if let Some(l) = &site.error_log {
-        l.write(super::log::error_line(Some(conn.peer.ip()), msg));
-    }
-}
-
 async fn forward(
     conn: &H2Conn,
     site: &Arc<Site>,
@@ -373,7 +172,7 @@ async fn forward(
                     format!("upstream {}: no server accepted a connection", pool.name),
                 )
             };
-            site_error(site, conn, &msg);
+            site.error(conn.peer, &msg);
             return answer(
                 site,
                 conn,
@@ -393,9 +192,8 @@ async fn forward(
                 Ok(s) => UpConn::new(s),
                 Err(why) => {
                     pool.eject(i, &why);
-                    site_error(
-                        site,
-                        conn,
+                    site.error(
+                        conn.peer,
                         &format!("upstream {} server {}: {why}", pool.name, server.authority),
                     );
                     tried.add(i);
@@ -433,7 +231,7 @@ async fn forward(
             keep_upgrade: false,
         };
         let is_head = parts.method == hyper::Method::HEAD;
-        let make = |r: &super::http1::head::Response<'_, '_>| {
+        let make = |r: &head::Response<'_, '_>| {
             let mut h = HeaderMap::new();
             let back = Back {
                 keep_length: r.body == Framing::None,
@@ -485,11 +283,11 @@ async fn forward(
                 site.timeout,
             ))
             .abort_handle();
-            let mut watchdog = client::Watchdog::new(progress.get());
+            let mut watchdog = Watchdog::new(progress.get());
             let head = watchdog
                 .run_moving(
                     &progress,
-                    client::read_response(&mut rd, &mut up_buf, is_head, make),
+                    upstream::read_response(&mut rd, &mut up_buf, is_head, make),
                 )
                 .await
                 .unwrap_or(Err(UpError::Timeout));
@@ -539,9 +337,8 @@ async fn forward(
             }
             Err(e) => {
                 let (status, msg, log) = e.answer(site.timeout);
-                site_error(
-                    site,
-                    conn,
+                site.error(
+                    conn.peer,
                     &format!("upstream {} server {}: {log}", pool.name, server.authority),
                 );
                 return answer(site, conn, &Answer::new(status, msg));
@@ -594,69 +391,5 @@ async fn send_body(
     }
     if up.write_all(&pending).await.is_ok() {
         progress.extend(timeout);
-    }
-}
-
-/// A stream whose first bytes were already read: they are read again first.
-pub struct Rewind<S> {
-    early: Vec<u8>,
-    pos: usize,
-    io: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(io: S, early: Vec<u8>) -> Rewind<S> {
-        Rewind { early, pos: 0, io }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.pos < this.early.len() {
-            let n = (this.early.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.early[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.early.len() {
-                this.early = Vec::new();
-                this.pos = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

@@ -16,11 +16,11 @@ use std::{
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch};
 use tracing::{info, warn};
 
-use super::{
-    client::{UpConn, UpError},
-    http1::body::Decoder,
-};
+mod conn;
+
+pub use self::conn::{poll_data, read_response, Head, UpConn, UpError, HEAD_LIMIT};
 use crate::config::proxy::{Balance, HealthCheck, Upstream};
+use crate::proxy::codec::body::Decoder;
 
 /// How long a server that refused a connection is left out when its pool has no health check.
 pub const PASSIVE_RETRY: Duration = Duration::from_secs(10);
