@@ -528,3 +528,115 @@ async fn client_connections_are_spread_evenly_over_the_workers() {
         p.view.worker_connections().iter().all(|&n| n == 0) && p.view.connections() == 0
     });
 }
+
+/// A request pipelined behind one that is retried on a new connection (the kept-alive one was
+/// dropped under it) is still answered: the retry sends the same head again and takes nothing
+/// more from the client's buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_request_survives_a_retry_of_the_one_before() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Each connection answers its first request and drops the second.
+    let up = RawUpstream::start(|n| n == 0, None).await;
+    let p = start_proxy(&config(&[up.addr.to_string()], "round-robin", ""));
+    let mut c = tokio::net::TcpStream::connect(addr_of(&p, "http"))
+        .await
+        .unwrap();
+    assert_eq!(one_request(&mut c, "GET", 0).await, 200);
+    // Two requests in one write: the first finds the kept-alive connection and is dropped
+    // there, then answered on a new one; the second, already in the proxy's buffer, follows.
+    c.write_all(b"GET /1 HTTP/1.1\r\nHost: site\r\n\r\nGET /2 HTTP/1.1\r\nHost: site\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "two answers expected, got: {}",
+                    String::from_utf8_lossy(&got)
+                )
+            })
+            .unwrap();
+        assert!(n > 0, "closed after: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(up.accepts.load(Ordering::Relaxed), 3);
+}
+
+/// One HTTP/2 request (prior knowledge, on the plain listener) on `tx`: its status, once the
+/// body has been read.
+async fn h2_request(
+    tx: &mut hyper::client::conn::http2::SendRequest<String>,
+    method: &str,
+    path: &str,
+) -> u16 {
+    tx.ready().await.unwrap();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://site{path}"))
+        .body(String::new())
+        .unwrap();
+    let r = tx.send_request(req).await.unwrap();
+    let status = r.status().as_u16();
+    http_body_util::BodyExt::collect(r.into_body())
+        .await
+        .unwrap();
+    status
+}
+
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<String> {
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+/// HTTP/2 streams go through the same upstream call as HTTP/1: a dead server is 502, then,
+/// ejected, 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_nothing_reachable_is_502_then_503() {
+    let p = start_proxy(&config(&[dead_address()], "round-robin", ""));
+    let mut tx = h2_connect(addr_of(&p, "http")).await;
+    assert_eq!(h2_request(&mut tx, "GET", "/").await, 502);
+    assert_eq!(h2_request(&mut tx, "GET", "/").await, 503);
+}
+
+/// HTTP/2 streams, like HTTP/1 requests: an idempotent request on a kept-alive upstream
+/// connection that breaks under it goes again on a new connection; a POST is never sent twice
+/// and gets a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_only_idempotent_requests_are_sent_again() {
+    let up = RawUpstream::start(|n| n == 0, None).await;
+    let p = start_proxy(&config(&[up.addr.to_string()], "round-robin", ""));
+    let mut tx = h2_connect(addr_of(&p, "http")).await;
+    assert_eq!(h2_request(&mut tx, "GET", "/0").await, 200);
+    assert_eq!(h2_request(&mut tx, "GET", "/1").await, 200);
+    assert_eq!(up.accepts.load(Ordering::Relaxed), 2);
+    assert_eq!(h2_request(&mut tx, "POST", "/2").await, 502);
+    assert_eq!(
+        up.posts.load(Ordering::Relaxed),
+        1,
+        "the POST reached the upstream once"
+    );
+}
+
+/// A refused connection moves an HTTP/2 stream to the next server, and ejects the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_refused_connection_is_retried_on_another_server() {
+    let b = Backend::start("b").await;
+    let p = start_proxy(&config(&[dead_address(), b.authority()], "round-robin", ""));
+    let mut tx = h2_connect(addr_of(&p, "http")).await;
+    for _ in 0..4 {
+        assert_eq!(h2_request(&mut tx, "GET", "/").await, 200);
+    }
+    assert_eq!(b.hits.load(Ordering::Relaxed), 4);
+}

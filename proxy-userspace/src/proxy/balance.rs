@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::upstream::Padded;
+use super::worker::Padded;
 
 /// A connection handed from the worker that accepted it to another one.
 pub struct Handed<T> {

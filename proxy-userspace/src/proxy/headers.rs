@@ -11,6 +11,7 @@ use std::{
     cell::RefCell,
     io::Write,
     net::IpAddr,
+    ops::Range,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -128,8 +129,9 @@ pub struct Forward<'a> {
     pub upgrade: Option<&'a [u8]>,
 }
 
-/// Writes the upstream request head into `out`.
-pub fn request_head<'h, I>(out: &mut Vec<u8>, f: &Forward<'_>, headers: I)
+/// Writes the upstream request head into `out`; returns where its `Host` value lies, for
+/// [`set_host`].
+pub fn request_head<'h, I>(out: &mut Vec<u8>, f: &Forward<'_>, headers: I) -> Range<usize>
 where
     I: Iterator<Item = (&'h str, &'h [u8])> + Clone,
 {
@@ -139,6 +141,7 @@ where
     out.push(b' ');
     out.extend_from_slice(f.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    let host = out.len()..out.len() + f.host.len();
     out.extend_from_slice(f.host);
     out.extend_from_slice(b"\r\n");
     let (mut xff, mut cookies) = (0, 0);
@@ -200,6 +203,23 @@ where
         put(out, b"upgrade", u);
     }
     out.extend_from_slice(b"\r\n");
+    host
+}
+
+/// Replaces the `Host` value at `range` in a head written by [`request_head`] with `host`;
+/// `range` then covers the new value. Another server's authority for a retry costs one copy
+/// of what follows `Host`, not a new head.
+pub fn set_host(out: &mut Vec<u8>, range: &mut Range<usize>, host: &[u8]) {
+    out.splice(range.clone(), host.iter().copied());
+    range.end = range.start + host.len();
+}
+
+/// Whether a request with this method may be sent again (RFC 9110 section 9.2.2).
+pub fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 /// One header field line.

@@ -12,6 +12,8 @@ use std::{
     time::Duration,
 };
 
+use super::worker::{mine, per_thread, Padded, Worker};
+
 /// Upper bounds of the latency buckets, in seconds (`+Inf` follows).
 pub const BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -64,7 +66,7 @@ fn addr(s: &Arc<str>) -> usize {
 
 /// The proxy's counters, one shard per thread.
 pub struct Metrics {
-    shards: Vec<super::upstream::Padded<Mutex<Shard>>>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
 }
 
 /// The counters added up, by name.
@@ -79,21 +81,20 @@ pub struct Snapshot {
 impl Metrics {
     pub fn new(threads: usize) -> Metrics {
         Metrics {
-            shards: (0..threads.max(1))
-                .map(|_| super::upstream::Padded(Mutex::default()))
-                .collect(),
+            shards: per_thread(threads),
         }
     }
 
-    /// Counts one finished request on the calling thread's shard.
+    /// Counts one finished request on the shard of `w`, the thread that served it.
     pub fn record(
         &self,
+        w: Worker,
         vhost: &Arc<str>,
         status: u16,
         upstream: Option<&Arc<str>>,
         elapsed: Duration,
     ) {
-        let shard = &self.shards[super::upstream::worker() % self.shards.len()];
+        let shard = mine(&self.shards, w);
         let Ok(mut s) = shard.lock() else { return };
         let key = (addr(vhost), status, upstream.map_or(0, addr));
         s.requests
@@ -141,9 +142,9 @@ mod tests {
         let a: Arc<str> = Arc::from("app.example.com");
         let b: Arc<str> = Arc::from("app.example.com");
         let up: Arc<str> = Arc::from("api");
-        m.record(&a, 200, Some(&up), Duration::from_micros(300));
-        m.record(&b, 200, Some(&up), Duration::from_millis(3));
-        m.record(&b, 301, None, Duration::from_secs(9));
+        m.record(Worker(0), &a, 200, Some(&up), Duration::from_micros(300));
+        m.record(Worker(1), &b, 200, Some(&up), Duration::from_millis(3));
+        m.record(Worker(0), &b, 301, None, Duration::from_secs(9));
         let s = m.snapshot();
         assert_eq!(
             s.requests[&("app.example.com".into(), 200, "api".into())],

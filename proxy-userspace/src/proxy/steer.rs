@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::upstream::Padded;
+use super::worker::Padded;
 
 /// How often the idle times are compared: long enough for `/proc/stat`'s 10 ms ticks to
 /// resolve a tenth of a CPU.

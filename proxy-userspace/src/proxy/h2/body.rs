@@ -20,6 +20,7 @@ use crate::proxy::{
     metrics::Metrics,
     site::Site,
     upstream::{self, OwnedBusy, Server, UpConn, UpError},
+    worker::Worker,
 };
 
 /// The response body: the proxy's own, or the upstream's, streamed.
@@ -45,6 +46,8 @@ pub(super) enum Source {
     Conn {
         conn: Option<UpConn>,
         server: Arc<Server>,
+        /// The thread whose idle list it goes back to.
+        worker: Worker,
         reusable: bool,
     },
     /// The read half of a connection whose write half still carries the request body (a task
@@ -88,11 +91,12 @@ impl Source {
             Source::Conn {
                 conn,
                 server,
+                worker,
                 reusable,
             } => {
                 if let Some(c) = conn.take() {
                     if complete && *reusable && c.buf.is_empty() {
-                        server.put_back(c);
+                        server.put_back(*worker, c);
                     }
                 }
             }
@@ -124,6 +128,7 @@ pub(super) struct Finish {
     pub(super) started: Instant,
     pub(super) access: Option<Access>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) worker: Worker,
     pub(super) _busy: Option<OwnedBusy>,
 }
 
@@ -208,7 +213,12 @@ impl Drop for ProxyBody {
             .route
             .and_then(|i| f.site.routes.get(i))
             .map(|r| &r.pool.name);
-        f.metrics
-            .record(&f.site.label, f.status, upstream, f.started.elapsed());
+        f.metrics.record(
+            f.worker,
+            &f.site.label,
+            f.status,
+            upstream,
+            f.started.elapsed(),
+        );
     }
 }

@@ -33,7 +33,12 @@ use super::{
     metrics::Metrics,
     site::{Decision, Site, Sites},
     timer::{Deadline, Watchdog},
-    upstream::{self, OwnedBusy, Tried, UpConn, UpError},
+    upstream::{
+        self,
+        call::{call, Attempt, Failed, Outcome},
+        Busy, OwnedBusy, Pool, Server, UpConn, UpError,
+    },
+    worker::Worker,
 };
 
 /// What an HTTP/2 connection's streams share.
@@ -44,6 +49,8 @@ pub struct H2Conn {
     pub sites: Arc<ArcSwap<Sites>>,
     pub server_header: bool,
     pub metrics: Arc<Metrics>,
+    /// The worker thread serving the connection.
+    pub worker: Worker,
 }
 
 /// Serves one stream.
@@ -86,6 +93,7 @@ pub async fn handle(
         started,
         access,
         metrics: conn.metrics.clone(),
+        worker: conn.worker,
         _busy: None,
     };
     let client = headers::canonical(conn.peer.ip());
@@ -149,88 +157,118 @@ async fn forward(
             None => Framing::Chunked,
         }
     };
-    let client = headers::canonical(conn.peer.ip()).to_string();
-    let retriable = framing == Framing::None && super::http1::idempotent(parts.method.as_str());
-    // Taken by the task that sends it (a request with a body is never retried after that).
-    let mut body = Some(body);
-    let mut tried = Tried::default();
-    let mut fresh = false;
-    let mut retried = false;
-    let mut head = Vec::new();
-    let fields: Vec<(&str, &[u8])> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_bytes()))
-        .collect();
-    loop {
-        let Some(i) = pool.pick(tried) else {
-            let (status, msg) = if tried.none() {
-                (503, format!("upstream {}: no server is up", pool.name))
-            } else {
-                (
-                    502,
-                    format!("upstream {}: no server accepted a connection", pool.name),
-                )
-            };
-            site.error(conn.peer, &msg);
-            return answer(
-                site,
-                conn,
-                &Answer::new(status, "The service is not available"),
-            );
-        };
-        let server = pool.servers[i].clone();
-        let busy = OwnedBusy::new(server.clone());
-        let idle = if fresh {
-            None
+    let mut attempt = H2Attempt {
+        conn,
+        site,
+        pool: &pool,
+        method: parts.method.as_str(),
+        is_head: parts.method == hyper::Method::HEAD,
+        fields: parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect(),
+        host_full,
+        target,
+        client: headers::canonical(conn.peer.ip()).to_string(),
+        framing,
+        retriable: framing == Framing::None && headers::idempotent(parts.method.as_str()),
+        body: Some(body),
+        head: Vec::new(),
+        host_at: 0..0,
+    };
+    attempt.write_head();
+    match call(conn.worker, site, route, conn.peer, &mut attempt).await {
+        Outcome::Done((r, fields, busy)) => {
+            finish._busy = Some(busy);
+            (r, fields)
+        }
+        Outcome::Answer(a) => answer(site, conn, &a),
+        Outcome::Broke(never) => match never {},
+    }
+}
+
+/// An HTTP/2 stream's request on its way upstream, over HTTP/1.1.
+struct H2Attempt<'a> {
+    conn: &'a H2Conn,
+    site: &'a Arc<Site>,
+    pool: &'a Arc<Pool>,
+    method: &'a str,
+    is_head: bool,
+    fields: Vec<(&'a str, &'a [u8])>,
+    host_full: &'a str,
+    target: &'a str,
+    client: String,
+    framing: Framing,
+    retriable: bool,
+    /// Taken by the task that sends it (a request with a body is never retried after that).
+    body: Option<Incoming>,
+    /// The upstream head, for the server last aimed at.
+    head: Vec<u8>,
+    /// Where its `Host` value lies.
+    host_at: std::ops::Range<usize>,
+}
+
+impl H2Attempt<'_> {
+    /// The upstream head; its `Host` is the client's when the vhost keeps it, else the
+    /// server's, set by `aim`.
+    fn write_head(&mut self) {
+        let up_host: &[u8] = if self.site.preserve_host {
+            self.host_full.as_bytes()
         } else {
-            server.idle_connection(!retriable)
+            b""
         };
-        let mut up = match idle {
-            Some(c) => c,
-            None => match server.connect(pool.connect_timeout).await {
-                Ok(s) => UpConn::new(s),
-                Err(why) => {
-                    pool.eject(i, &why);
-                    site.error(
-                        conn.peer,
-                        &format!("upstream {} server {}: {why}", pool.name, server.authority),
-                    );
-                    tried.add(i);
-                    continue;
-                }
-            },
-        };
-        head.clear();
-        let up_host = if site.preserve_host {
-            host_full.as_bytes()
-        } else {
-            server.authority.as_bytes()
-        };
-        headers::request_head(
-            &mut head,
+        self.host_at = headers::request_head(
+            &mut self.head,
             &Forward {
-                method: parts.method.as_str(),
-                target,
+                method: self.method,
+                target: self.target,
                 host: up_host,
-                client_host: host_full,
-                client: &client,
-                tls: conn.tls,
-                body: framing,
+                client_host: self.host_full,
+                client: &self.client,
+                tls: self.conn.tls,
+                body: self.framing,
                 upgrade: None,
             },
-            fields.iter().copied(),
+            self.fields.iter().copied(),
         );
+    }
+}
+
+impl Attempt for H2Attempt<'_> {
+    type Done = (Response<ProxyBody>, HeaderMap, OwnedBusy);
+    type Broke = Infallible;
+
+    fn retriable(&self) -> bool {
+        self.retriable
+    }
+
+    fn aim(&mut self, server: &Server) {
+        if !self.site.preserve_host {
+            headers::set_host(
+                &mut self.head,
+                &mut self.host_at,
+                server.authority.as_bytes(),
+            );
+        }
+    }
+
+    async fn send(
+        &mut self,
+        server: &Arc<Server>,
+        mut up: UpConn,
+        busy: Busy<'_>,
+    ) -> Result<Self::Done, Failed<Infallible>> {
+        let site = self.site;
         let back = Back {
             site,
-            pool: Some(&pool),
-            tls: conn.tls,
-            client_host: host_full,
-            server_header: conn.server_header,
+            pool: Some(self.pool),
+            tls: self.conn.tls,
+            client_host: self.host_full,
+            server_header: self.conn.server_header,
             keep_length: false,
             keep_upgrade: false,
         };
-        let is_head = parts.method == hyper::Method::HEAD;
         let make = |r: &head::Response<'_, '_>| {
             let mut h = HeaderMap::new();
             let back = Back {
@@ -247,27 +285,27 @@ async fn forward(
             }
             h
         };
-        let reused = up.reused;
-        let exchange = if framing == Framing::None {
+        let is_head = self.is_head;
+        let (h, mut src) = if self.framing == Framing::None {
             // The usual request: one write up, the answer back.
-            async {
-                up.io.write_all(&head).await.map_err(UpError::Io)?;
+            let h = async {
+                up.io.write_all(&self.head).await.map_err(UpError::Io)?;
                 tokio::time::timeout(site.timeout, up.response(is_head, make))
                     .await
                     .unwrap_or(Err(UpError::Timeout))
             }
             .await
-            .map(|h| {
-                let reusable = !h.close;
-                (
-                    h,
-                    Source::Conn {
-                        conn: Some(up),
-                        server: server.clone(),
-                        reusable,
-                    },
-                )
-            })
+            .map_err(Failed::Upstream)?;
+            let reusable = !h.close;
+            (
+                h,
+                Source::Conn {
+                    conn: Some(up),
+                    server: server.clone(),
+                    worker: self.conn.worker,
+                    reusable,
+                },
+            )
         } else {
             // A request body: it goes up from a task of its own while the answer is read,
             // which may come (and stream) before the body is complete.
@@ -275,10 +313,10 @@ async fn forward(
             let mut up_buf = std::mem::take(&mut up.buf);
             let progress = Arc::new(Deadline::after(site.timeout));
             let sender = tokio::spawn(send_body(
-                body.take(),
+                self.body.take(),
                 wr,
-                std::mem::take(&mut head),
-                framing == Framing::Chunked,
+                std::mem::take(&mut self.head),
+                self.framing == Framing::Chunked,
                 progress.clone(),
                 site.timeout,
             ))
@@ -292,58 +330,40 @@ async fn forward(
                 .await
                 .unwrap_or(Err(UpError::Timeout));
             match head {
-                Ok(h) => Ok((
+                Ok(h) => (
                     h,
                     Source::Half {
                         rd: Some(rd),
                         buf: up_buf,
                         sender,
                     },
-                )),
+                ),
                 Err(e) => {
                     sender.abort();
-                    Err(e)
+                    return Err(Failed::Upstream(e));
                 }
             }
         };
-        match exchange {
-            Ok((h, mut src)) => {
-                finish._busy = Some(busy);
-                let status = StatusCode::from_u16(h.code).unwrap_or(StatusCode::BAD_GATEWAY);
-                let dec = Decoder::new(h.body);
-                let kind = if dec.is_done() {
-                    src.end(true);
-                    Kind::Full(None)
-                } else {
-                    Kind::Upstream {
-                        src,
-                        dec,
-                        timeout: site.timeout,
-                        sleep: None,
-                    }
-                };
-                let mut r = Response::new(ProxyBody {
-                    kind,
-                    sent: 0,
-                    finish: None,
-                });
-                *r.status_mut() = status;
-                return (r, h.made);
+        let status = StatusCode::from_u16(h.code).unwrap_or(StatusCode::BAD_GATEWAY);
+        let dec = Decoder::new(h.body);
+        let kind = if dec.is_done() {
+            src.end(true);
+            Kind::Full(None)
+        } else {
+            Kind::Upstream {
+                src,
+                dec,
+                timeout: site.timeout,
+                sleep: None,
             }
-            Err(e) if !retried && retriable && e.stale(reused) => {
-                retried = true;
-                fresh = true;
-                drop(busy);
-            }
-            Err(e) => {
-                let (status, msg, log) = e.answer(site.timeout);
-                site.error(
-                    conn.peer,
-                    &format!("upstream {} server {}: {log}", pool.name, server.authority),
-                );
-                return answer(site, conn, &Answer::new(status, msg));
-            }
-        }
+        };
+        let mut r = Response::new(ProxyBody {
+            kind,
+            sent: 0,
+            finish: None,
+        });
+        *r.status_mut() = status;
+        Ok((r, h.made, busy.keep(server)))
     }
 }
 

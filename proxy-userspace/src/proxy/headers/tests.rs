@@ -14,7 +14,7 @@ fn pool() -> Pool {
         connect_timeout: Dur(Duration::from_secs(1)),
         health_check: None,
     };
-    Pool::new(&u, tokio::sync::watch::channel(0).0)
+    Pool::new(&u, tokio::sync::watch::channel(0).0, 1)
 }
 
 fn site(headers: &[(&str, &str)]) -> Site {

@@ -1,14 +1,15 @@
-//! One forwarded HTTP/1 request: a connection to a server (another server when one cannot be
-//! made, a new connection when a kept-alive one turns out closed), the request head and body
-//! up, the response head and body back, re-framed for the client, and the proxy's own answer
-//! when the upstream fails. WebSocket upgrades end in a tunnel.
-use std::{sync::atomic::Ordering, time::Duration};
+//! One forwarded HTTP/1 request: through the upstream call (`upstream/call.rs`: the server,
+//! the connection, retries and the proxy's own answer when the upstream fails), the request
+//! head and body up, the response head and body back, re-framed for the client. WebSocket
+//! upgrades end in a tunnel.
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{
-    connection_field, put, put_number, send, status_line, Conn, Done, Prep, Req, Transport,
-};
+use super::{connection_field, put, put_number, send, status_line, Conn, Done, Req, Transport};
 use crate::proxy::{
     buf::{self, Buf},
     codec::{
@@ -16,28 +17,30 @@ use crate::proxy::{
         head::{self, Framing},
     },
     headers::{self, Answer, Back},
-    site::{Site, Sites},
+    site::Site,
     timer::{Deadline, Watchdog},
-    upstream::{self as client, UpConn, UpError},
-    upstream::{Busy, Tried},
+    upstream::{
+        self as client,
+        call::{call, Attempt, Failed, Outcome},
+        Busy, Server, UpConn, UpError,
+    },
 };
-
-/// One forwarded request on its way.
-pub(super) struct Exchange<'s> {
-    pub site: &'s Site,
-    pub route: usize,
-    pub server: usize,
-    pub req: Req,
-    pub tried: Tried,
-}
 
 /// Where an exchange broke.
 enum Broke {
-    /// Before a response head reached the client: the proxy answers.
+    /// Before a response head reached the client: the upstream call decides (a retry, or
+    /// the proxy's answer).
     Upstream(UpError),
+    /// The client's side or midway: see [`Other`].
+    Other(Other),
+}
+
+/// An exchange's failures that are not the upstream's to answer for.
+pub(super) enum Other {
     /// The client's request body could not be read: it went away, or its framing broke.
     Client(Option<BodyError>),
-    /// After the response head was sent: only closing is left.
+    /// After the response head was sent: only closing is left. The message names the
+    /// upstream and server.
     Midway(String),
 }
 
@@ -49,161 +52,158 @@ struct Plan {
     close: bool,
 }
 
+/// A forwarded request's attempts on the upstream ([`call`]): the head is in `out`, the
+/// client's connection and buffer are the exchange's.
+struct H1Attempt<'a, 'c, S> {
+    conn: &'a Conn<'c>,
+    io: &'a mut S,
+    buf: &'a mut Buf,
+    out: &'a mut Vec<u8>,
+    host: &'a str,
+    site: &'a Site,
+    route: usize,
+    req: &'a mut Req,
+    watchdog: &'a mut Watchdog,
+}
+
+impl<S: Transport> Attempt for H1Attempt<'_, '_, S> {
+    type Done = Done;
+    type Broke = Other;
+
+    fn retriable(&self) -> bool {
+        retriable(self.req)
+    }
+
+    fn fresh(&self) -> bool {
+        // An upgrade takes its connection over: never a kept-alive one.
+        self.req.upgrade
+    }
+
+    fn aim(&mut self, server: &Server) {
+        if !self.site.preserve_host {
+            let old = self.req.up_host.len();
+            headers::set_host(self.out, &mut self.req.up_host, server.authority.as_bytes());
+            self.req.up_head = self.req.up_head - old + self.req.up_host.len();
+        }
+    }
+
+    async fn send(
+        &mut self,
+        server: &Arc<Server>,
+        mut up: UpConn,
+        busy: Busy<'_>,
+    ) -> Result<Done, Failed<Other>> {
+        let result = self
+            .conn
+            .exchange(
+                self.io,
+                self.buf,
+                &self.out[..self.req.up_head],
+                self.host,
+                self.site,
+                self.route,
+                self.req,
+                &mut up,
+                self.watchdog,
+            )
+            .await;
+        drop(busy);
+        match result {
+            Ok((done, reusable)) => {
+                if reusable {
+                    server.put_back(self.conn.worker, up);
+                }
+                Ok(done)
+            }
+            Err(Broke::Upstream(e)) => Err(Failed::Upstream(e)),
+            Err(Broke::Other(Other::Midway(why))) => {
+                let pool = &self.site.routes[self.route].pool;
+                Err(Failed::Other(Other::Midway(format!(
+                    "upstream {} server {}: {why}",
+                    pool.name, server.authority
+                ))))
+            }
+            Err(Broke::Other(o)) => Err(Failed::Other(o)),
+        }
+    }
+}
+
 impl Conn<'_> {
-    /// Runs the exchange of a forwarded request and answers for the upstream when it fails.
+    /// Forwards a request on `site`'s route `route` (its upstream head in `out`) and answers
+    /// for the upstream when that fails.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn forward<'s, S: Transport>(
+    pub(super) async fn forward<S: Transport>(
         &self,
         io: &mut S,
         buf: &mut Buf,
         out: &mut Vec<u8>,
-        host: &mut String,
-        sites: &'s Sites,
-        ex: &mut Exchange<'s>,
+        host: &str,
+        site: &Site,
+        route: usize,
+        req: &mut Req,
         watchdog: &mut Watchdog,
     ) -> Done {
-        let mut fresh = ex.req.upgrade;
-        let mut retried = false;
-        loop {
-            let site = ex.site;
-            let pool = &site.routes[ex.route].pool;
-            let server = &*pool.servers[ex.server];
-            let busy = Busy::new(server);
-            let idle = if fresh {
-                None
-            } else {
-                server.idle_connection(!retriable(&ex.req))
+        let outcome = {
+            let mut a = H1Attempt {
+                conn: self,
+                io: &mut *io,
+                buf: &mut *buf,
+                out: &mut *out,
+                host,
+                site,
+                route,
+                req: &mut *req,
+                watchdog,
             };
-            let mut up = match idle {
-                Some(c) => c,
-                None => match server.connect(pool.connect_timeout).await {
-                    Ok(s) => UpConn::new(s),
-                    Err(why) => {
-                        drop(busy);
-                        pool.eject(ex.server, &why);
-                        site.error(
-                            self.peer,
-                            &format!("upstream {} server {}: {why}", pool.name, server.authority),
-                        );
-                        ex.tried.add(ex.server);
-                        match self.prepare(
-                            sites,
-                            buf.as_slice(),
-                            ex.tried,
-                            ex.req.started,
-                            host,
-                            out,
-                        ) {
-                            Some(Prep::Forward {
-                                site,
-                                route,
-                                server,
-                                req,
-                            }) => {
-                                (ex.site, ex.route, ex.server) = (site, route, server);
-                                ex.req.up_head = req.up_head;
-                                continue;
-                            }
-                            Some(
-                                Prep::Answer { answer, site, .. } | Prep::Refuse { answer, site },
-                            ) => {
-                                return self.answer_for(io, buf, out, site, &ex.req, &answer).await;
-                            }
-                            // The head was complete before; it still is.
-                            None => {
-                                return self
-                                    .answer_for(
-                                        io,
-                                        buf,
-                                        out,
-                                        site,
-                                        &ex.req,
-                                        &Answer::new(502, "The service is not available"),
-                                    )
-                                    .await
-                            }
-                        }
-                    }
-                },
-            };
-            let reused = up.reused;
-            let result = self
-                .exchange(io, buf, &out[..ex.req.up_head], host, ex, &mut up, watchdog)
-                .await;
-            drop(busy);
-            match result {
-                Ok((done, reusable)) => {
-                    if reusable {
-                        server.put_back(up);
-                    }
-                    return done;
+            call(self.worker, site, route, self.peer, &mut a).await
+        };
+        match outcome {
+            Outcome::Done(done) => done,
+            // No attempt took the head from the client's buffer: answered like any request
+            // the proxy answers itself.
+            Outcome::Answer(answer) if !req.taken => {
+                self.answer_for(io, buf, out, site, req, &answer).await
+            }
+            Outcome::Answer(answer) => {
+                let r = self
+                    .answer(io, out, site, &answer, req.head, req.minor, true)
+                    .await;
+                Done {
+                    status: answer.status,
+                    sent: r.unwrap_or(0),
+                    close: true,
                 }
-                Err(Broke::Upstream(e)) if !retried && retriable(&ex.req) && e.stale(reused) => {
-                    // A kept-alive connection closed by the server before our request reached
-                    // it: the request goes again, on a new connection. The head is still in
-                    // `out`, and no body byte was taken from the client.
-                    retried = true;
-                    fresh = true;
+            }
+            Outcome::Broke(Other::Client(None)) => Done {
+                status: 499,
+                sent: 0,
+                close: true,
+            },
+            Outcome::Broke(Other::Client(Some(e))) => {
+                site.error(self.peer, &format!("request body refused: {e}"));
+                let r = self
+                    .answer(
+                        io,
+                        out,
+                        site,
+                        &Answer::new(400, "malformed request body"),
+                        req.head,
+                        req.minor,
+                        true,
+                    )
+                    .await;
+                Done {
+                    status: 400,
+                    sent: r.unwrap_or(0),
+                    close: true,
                 }
-                Err(Broke::Upstream(e)) => {
-                    let (status, msg, log) = e.answer(site.timeout);
-                    site.error(
-                        self.peer,
-                        &format!("upstream {} server {}: {log}", pool.name, server.authority),
-                    );
-                    let r = self
-                        .answer(
-                            io,
-                            out,
-                            site,
-                            &Answer::new(status, msg),
-                            ex.req.head,
-                            ex.req.minor,
-                            true,
-                        )
-                        .await;
-                    return Done {
-                        status,
-                        sent: r.unwrap_or(0),
-                        close: true,
-                    };
-                }
-                Err(Broke::Client(None)) => {
-                    return Done {
-                        status: 499,
-                        sent: 0,
-                        close: true,
-                    }
-                }
-                Err(Broke::Client(Some(e))) => {
-                    site.error(self.peer, &format!("request body refused: {e}"));
-                    let r = self
-                        .answer(
-                            io,
-                            out,
-                            site,
-                            &Answer::new(400, "malformed request body"),
-                            ex.req.head,
-                            ex.req.minor,
-                            true,
-                        )
-                        .await;
-                    return Done {
-                        status: 400,
-                        sent: r.unwrap_or(0),
-                        close: true,
-                    };
-                }
-                Err(Broke::Midway(why)) => {
-                    site.error(
-                        self.peer,
-                        &format!("upstream {} server {}: {why}", pool.name, server.authority),
-                    );
-                    return Done {
-                        status: 502,
-                        sent: 0,
-                        close: true,
-                    };
+            }
+            Outcome::Broke(Other::Midway(why)) => {
+                site.error(self.peer, &why);
+                Done {
+                    status: 502,
+                    sent: 0,
+                    close: true,
                 }
             }
         }
@@ -241,28 +241,33 @@ impl Conn<'_> {
         buf: &mut Buf,
         up_head: &[u8],
         host: &str,
-        ex: &Exchange<'_>,
+        site: &Site,
+        route: usize,
+        req: &mut Req,
         up: &mut UpConn,
         watchdog: &mut Watchdog,
     ) -> Result<(Done, bool), Broke> {
-        let req = &ex.req;
-        let site = ex.site;
-        let pool = &*site.routes[ex.route].pool;
-        let handover = self.handing_over();
+        let pool = &*site.routes[route].pool;
+        let handover = self.signals.handing_over();
         // The head as it will go to the client, built while the upstream's head is at hand.
         let back = Back {
             site,
             pool: Some(pool),
             tls: self.tls,
             client_host: host,
-            server_header: self.shared.server_header,
+            server_header: self.serve.server_header,
             keep_length: false,
             keep_upgrade: false,
+        };
+        let asked = Asked {
+            upgrade: req.upgrade,
+            minor: req.minor,
+            close: req.close,
         };
         let mut client_head = buf::take();
         let make = |r: &head::Response<'_, '_>| {
             let mut h = std::mem::take(&mut client_head);
-            let plan = response_head(&mut h, r, req, &back, handover);
+            let plan = response_head(&mut h, r, asked, &back, handover);
             (h, plan)
         };
         if req.body == Framing::None {
@@ -271,7 +276,7 @@ impl Conn<'_> {
                 .write_all(up_head)
                 .await
                 .map_err(|e| Broke::Upstream(UpError::Io(e)))?;
-            buf.consume(req.len);
+            req.take_head(buf);
             let head = watchdog
                 .run_for(
                     site.timeout,
@@ -306,7 +311,7 @@ impl Conn<'_> {
             ));
         }
         // A request body: both directions at once (boxed: rarer, and large).
-        Box::pin(self.exchange_with_body(io, buf, up_head, ex, up, watchdog, make)).await
+        Box::pin(self.exchange_with_body(io, buf, up_head, site, req, up, watchdog, make)).await
     }
 
     /// [`Conn::exchange`] for a request with a body.
@@ -316,22 +321,21 @@ impl Conn<'_> {
         io: &mut S,
         buf: &mut Buf,
         up_head: &[u8],
-        ex: &Exchange<'_>,
+        site: &Site,
+        req: &mut Req,
         up: &mut UpConn,
         watchdog: &mut Watchdog,
         make: impl FnMut(&head::Response<'_, '_>) -> (Vec<u8>, Plan),
     ) -> Result<(Done, bool), Broke> {
-        let req = &ex.req;
-        let site = ex.site;
         // The upstream may answer while the body is still coming, and may need the rest of it
         // to finish its answer (an echo, say).
-        buf.consume(req.len);
+        req.take_head(buf);
         let mut dec_req = Decoder::new(req.body);
         if req.expect_continue && !body_buffered(&dec_req, buf) {
             // RFC 9110 section 10.1.1: the client waits for this before sending the body.
             send(io, &mut b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(), true)
                 .await
-                .map_err(|_| Broke::Client(None))?;
+                .map_err(|_| Broke::Other(Other::Client(None)))?;
         }
         let progress = Deadline::after(site.timeout);
         let head_sent = std::sync::atomic::AtomicBool::new(false);
@@ -392,10 +396,10 @@ impl Conn<'_> {
                         Err(SendErr::Upstream) => {}
                         Err(SendErr::Client(e)) => {
                             if !head_sent.load(Ordering::Relaxed) {
-                                return Err(Broke::Client(e));
+                                return Err(Broke::Other(Other::Client(e)));
                             }
                             // The answer is under way and the client's body broke off.
-                            return Err(Broke::Midway("the client's request body broke off".into()));
+                            return Err(Broke::Other(Other::Midway("the client's request body broke off".into())));
                         }
                     }
                 }
@@ -420,11 +424,19 @@ fn retriable(req: &Req) -> bool {
     req.idempotent && req.body == Framing::None
 }
 
+/// What the client's response head depends on in its request.
+#[derive(Clone, Copy)]
+struct Asked {
+    upgrade: bool,
+    minor: u8,
+    close: bool,
+}
+
 /// Writes the client's response head for an upstream head `r`; says how the body goes.
 fn response_head(
     out: &mut Vec<u8>,
     r: &head::Response<'_, '_>,
-    req: &Req,
+    req: Asked,
     back: &Back<'_>,
     handover: bool,
 ) -> Plan {
@@ -484,13 +496,13 @@ async fn tunnel<S: Transport>(
     first.extend_from_slice(&up.buf.take_vec());
     send(io, &mut first, true)
         .await
-        .map_err(|e| Broke::Midway(e.to_string()))?;
+        .map_err(|e| Broke::Other(Other::Midway(e.to_string())))?;
     let pending = buf.take_vec();
     if !pending.is_empty() {
         up.io
             .write_all(&pending)
             .await
-            .map_err(|e| Broke::Midway(e.to_string()))?;
+            .map_err(|e| Broke::Other(Other::Midway(e.to_string())))?;
     }
     let _ = tokio::io::copy_bidirectional(io, &mut up.io).await;
     Ok((
@@ -571,14 +583,14 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
 ) -> Result<u64, Broke> {
     let mut dec = Decoder::new(body);
     let mut sent = 0u64;
-    let midway = |e: &dyn std::fmt::Display| Broke::Midway(e.to_string());
+    let midway = |e: &dyn std::fmt::Display| Broke::Other(Other::Midway(e.to_string()));
     loop {
         sent += reframe(&mut dec, up_buf, &mut out, chunked).map_err(|e| midway(&e))?;
         if !out.is_empty() {
             watchdog
                 .run_for(timeout, send(client, &mut out, !(closing && dec.is_done())))
                 .await
-                .ok_or_else(|| Broke::Midway("the client stopped reading".into()))?
+                .ok_or_else(|| Broke::Other(Other::Midway("the client stopped reading".into())))?
                 .map_err(|e| midway(&e))?;
         }
         if dec.is_done() {
@@ -590,9 +602,9 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
             .await
         {
             None => {
-                return Err(Broke::Midway(format!(
+                return Err(Broke::Other(Other::Midway(format!(
                     "silent for {timeout:?} within the answer"
-                )))
+                ))))
             }
             Some(Err(e)) => return Err(midway(&e)),
             Some(Ok(n)) => n,
@@ -606,7 +618,9 @@ async fn relay<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
                 }
                 continue;
             }
-            return Err(Broke::Midway("connection closed within the answer".into()));
+            return Err(Broke::Other(Other::Midway(
+                "connection closed within the answer".into(),
+            )));
         }
     }
 }

@@ -22,7 +22,6 @@ use std::{
     io,
     mem::MaybeUninit,
     net::SocketAddr,
-    sync::atomic::Ordering,
     task::{Context, Poll},
     time::SystemTime,
 };
@@ -39,12 +38,12 @@ use tracing::debug;
 use super::{
     buf::{self, Buf},
     codec::head::{self, Framing, Parsed},
+    core::{ServeCtx, Signals},
     headers::{self, put, Answer, Forward},
     log::Access,
     site::{Decision, Site, Sites},
     timer::Watchdog,
-    upstream::Tried,
-    Shared,
+    worker::Worker,
 };
 
 /// A client connection's byte stream.
@@ -78,7 +77,10 @@ pub(in crate::proxy) struct Conn<'a> {
     pub tls: bool,
     pub sni: Option<&'a str>,
     pub sites: &'a ArcSwap<Sites>,
-    pub shared: &'a Shared,
+    pub serve: &'a ServeCtx,
+    pub signals: &'a Signals,
+    /// The worker thread serving the connection.
+    pub worker: Worker,
 }
 
 /// Most request header fields parsed on the stack; a server configured for more pays for a
@@ -99,11 +101,11 @@ enum Prep<'s> {
         route: Option<usize>,
         req: Req,
     },
-    /// To `server` of the route's pool; the upstream head is in `out`.
+    /// To the route's pool; the upstream head is in `out`, its `Host` value still to be
+    /// aimed at a server unless the vhost keeps the client's.
     Forward {
         site: &'s Site,
         route: usize,
-        server: usize,
         req: Req,
     },
 }
@@ -124,8 +126,23 @@ struct Req {
     upgrade: bool,
     /// Bytes of the upstream head in `out`.
     up_head: usize,
+    /// Where the upstream head's `Host` value lies in `out`.
+    up_host: std::ops::Range<usize>,
+    /// The head was taken from the client's buffer: an attempt on the upstream began.
+    taken: bool,
     started: Instant,
     access: Option<Access>,
+}
+
+impl Req {
+    /// Takes the request head out of the client's buffer, once: a retry on a new connection
+    /// sends the same head (from `out`) and must not take the next request's bytes.
+    fn take_head(&mut self, buf: &mut Buf) {
+        if !self.taken {
+            buf.consume(self.len);
+            self.taken = true;
+        }
+    }
 }
 
 /// How an exchange ended, for the keep-alive decision and the logs.
@@ -147,10 +164,10 @@ pub(in crate::proxy) async fn serve<S: Transport>(
     mut buf: Buf,
     drain: &mut watch::Receiver<bool>,
 ) -> Option<(S, Vec<u8>)> {
-    let limits = conn.shared.limits;
+    let limits = conn.serve.limits;
     let accepted = Instant::now();
     let mut watchdog = Watchdog::new(accepted + limits.header_read);
-    let mut generation = conn.shared.generation.load(Ordering::Acquire);
+    let mut generation = conn.signals.generation();
     let mut sites = conn.sites.load_full();
     let mut first = true;
     let mut out: Vec<u8> = Vec::new();
@@ -181,7 +198,7 @@ pub(in crate::proxy) async fn serve<S: Transport>(
             out = buf::take();
         }
         // A reload since the last request: its vhosts from now on.
-        let now_generation = conn.shared.generation.load(Ordering::Acquire);
+        let now_generation = conn.signals.generation();
         if now_generation != generation {
             generation = now_generation;
             sites = conn.sites.load_full();
@@ -195,7 +212,6 @@ pub(in crate::proxy) async fn serve<S: Transport>(
         };
         let opening = first;
         first = false;
-        let tried = Tried::default();
         let prep = loop {
             if opening {
                 let b = buf.as_slice();
@@ -213,9 +229,7 @@ pub(in crate::proxy) async fn serve<S: Transport>(
                     }
                 }
             }
-            if let Some(p) =
-                conn.prepare(&sites, buf.as_slice(), tried, started, &mut host, &mut out)
-            {
+            if let Some(p) = conn.prepare(&sites, buf.as_slice(), started, &mut host, &mut out) {
                 break p;
             }
             if buf.len() >= limits.max_header_bytes {
@@ -238,9 +252,13 @@ pub(in crate::proxy) async fn serve<S: Transport>(
                     .answer(&mut io, &mut out, site, &answer, false, 1, true)
                     .await;
                 let _ = io.shutdown().await;
-                conn.shared
-                    .metrics
-                    .record(&site.label, answer.status, None, started.elapsed());
+                conn.serve.metrics.record(
+                    conn.worker,
+                    &site.label,
+                    answer.status,
+                    None,
+                    started.elapsed(),
+                );
                 return None;
             }
             Prep::Answer {
@@ -265,38 +283,35 @@ pub(in crate::proxy) async fn serve<S: Transport>(
             Prep::Forward {
                 site,
                 route,
-                server,
-                req,
+                mut req,
             } => {
-                let mut ex = exchange::Exchange {
-                    site,
-                    route,
-                    server,
-                    req,
-                    tried,
-                };
                 let done = conn
                     .forward(
                         &mut io,
                         &mut buf,
                         &mut out,
-                        &mut host,
-                        &sites,
-                        &mut ex,
+                        &host,
+                        site,
+                        route,
+                        &mut req,
                         &mut watchdog,
                     )
                     .await;
-                (done, ex.site, Some(ex.route), ex.req)
+                (done, site, Some(route), req)
             }
         };
         let upstream = route.map(|r| &site.routes[r].pool.name);
-        conn.shared
-            .metrics
-            .record(&site.label, done.status, upstream, req.started.elapsed());
+        conn.serve.metrics.record(
+            conn.worker,
+            &site.label,
+            done.status,
+            upstream,
+            req.started.elapsed(),
+        );
         if let (Some(log), Some(a)) = (&site.access_log, &req.access) {
             log.write(a.line(done.status, done.sent));
         }
-        if done.close || conn.shared.draining.load(Ordering::Acquire) {
+        if done.close || conn.signals.draining() {
             let _ = io.shutdown().await;
             return None;
         }
@@ -317,25 +332,23 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
 
 impl Conn<'_> {
     /// Parses a head (`None`: not complete yet), decides what it gets and, to forward it,
-    /// picks a server not in `tried` and writes the upstream head into `out`; `host` receives
-    /// the client's host.
+    /// writes the upstream head into `out`; `host` receives the client's host.
     fn prepare<'s>(
         &self,
         sites: &'s Sites,
         input: &[u8],
-        tried: Tried,
         started: Instant,
         host: &mut String,
         out: &mut Vec<u8>,
     ) -> Option<Prep<'s>> {
-        let max = self.shared.limits.max_headers;
+        let max = self.serve.limits.max_headers;
         if max <= STACK_FIELDS {
             let mut fields = [const { MaybeUninit::uninit() }; STACK_FIELDS];
-            self.prepare_in(sites, input, &mut fields[..max], tried, started, host, out)
+            self.prepare_in(sites, input, &mut fields[..max], started, host, out)
         } else {
             let mut fields = Vec::with_capacity(max);
             fields.resize_with(max, MaybeUninit::uninit);
-            self.prepare_in(sites, input, &mut fields, tried, started, host, out)
+            self.prepare_in(sites, input, &mut fields, started, host, out)
         }
     }
 
@@ -345,7 +358,6 @@ impl Conn<'_> {
         sites: &'s Sites,
         input: &'b [u8],
         fields: &mut [MaybeUninit<httparse::Header<'b>>],
-        tried: Tried,
         started: Instant,
         host: &mut String,
         out: &mut Vec<u8>,
@@ -361,7 +373,7 @@ impl Conn<'_> {
             }
             Parsed::Head(r) => r,
         };
-        if r.len > self.shared.limits.max_header_bytes {
+        if r.len > self.serve.limits.max_header_bytes {
             return Some(Prep::Refuse {
                 answer: Answer::new(431, "request head too large"),
                 site: self.site_for(sites, named(r.host), host),
@@ -386,12 +398,14 @@ impl Conn<'_> {
             len: r.len,
             body: r.body,
             head: r.method == "HEAD",
-            idempotent: idempotent(r.method),
+            idempotent: headers::idempotent(r.method),
             minor: r.minor,
             close: r.close,
             expect_continue: r.expect_continue,
             upgrade: r.upgrade.is_some(),
             up_head: 0,
+            up_host: 0..0,
+            taken: false,
             started,
             access,
         };
@@ -408,35 +422,14 @@ impl Conn<'_> {
             }
             Decision::Forward(i) => i,
         };
-        let pool = &site.routes[route].pool;
-        let Some(server) = pool.pick(tried) else {
-            let answer = if tried.none() {
-                site.error(
-                    self.peer,
-                    &format!("upstream {}: no server is up", pool.name),
-                );
-                Answer::new(503, "The service is not available")
-            } else {
-                site.error(
-                    self.peer,
-                    &format!("upstream {}: no server accepted a connection", pool.name),
-                );
-                Answer::new(502, "The service is not available")
-            };
-            return Some(Prep::Answer {
-                answer,
-                site,
-                route: Some(route),
-                req,
-            });
-        };
-        let up_host = if site.preserve_host {
+        // The server's authority goes into `Host` when a server is picked (`aim`).
+        let up_host: &[u8] = if site.preserve_host {
             host.as_bytes()
         } else {
-            pool.servers[server].authority.as_bytes()
+            b""
         };
         out.clear();
-        headers::request_head(
+        req.up_host = headers::request_head(
             out,
             &Forward {
                 method: r.method,
@@ -451,12 +444,7 @@ impl Conn<'_> {
             r.headers.iter().map(|h| (h.name, h.value)),
         );
         req.up_head = out.len();
-        Some(Prep::Forward {
-            site,
-            route,
-            server,
-            req,
-        })
+        Some(Prep::Forward { site, route, req })
     }
 
     /// The vhost for the host the client named (`host` receives it); the listener's default
@@ -497,7 +485,7 @@ impl Conn<'_> {
         let body = a.body();
         out.clear();
         status_line(out, a.status, headers::reason(a.status).as_bytes());
-        a.fields(Some(site), self.shared.server_header, |n, v| put(out, n, v));
+        a.fields(Some(site), self.serve.server_header, |n, v| put(out, n, v));
         put_number(out, b"content-length", body.len() as u64);
         connection_field(out, close, minor);
         out.extend_from_slice(b"\r\n");
@@ -507,19 +495,6 @@ impl Conn<'_> {
         send(io, out, !close).await?;
         Ok(if head_request { 0 } else { body.len() as u64 })
     }
-
-    /// Whether responses now end their connection (this node hands its VIPs over).
-    fn handing_over(&self) -> bool {
-        self.shared.handover.load(Ordering::Acquire)
-    }
-}
-
-/// RFC 9110 section 9.2.2.
-pub(crate) fn idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
 }
 
 /// `Connection` for a response: `close`, or `keep-alive` to an HTTP/1.0 client that stays.

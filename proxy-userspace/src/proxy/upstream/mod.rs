@@ -16,58 +16,21 @@ use std::{
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch};
 use tracing::{info, warn};
 
+pub mod call;
 mod conn;
 
 pub use self::conn::{poll_data, read_response, Head, UpConn, UpError, HEAD_LIMIT};
 use crate::config::proxy::{Balance, HealthCheck, Upstream};
-use crate::proxy::codec::body::Decoder;
+use crate::proxy::{
+    codec::body::Decoder,
+    worker::{mine, per_thread, Padded, Worker},
+};
 
 /// How long a server that refused a connection is left out when its pool has no health check.
 pub const PASSIVE_RETRY: Duration = Duration::from_secs(10);
 
 /// Idle connections kept per server and worker.
 const MAX_IDLE: usize = 1024;
-
-static WORKERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// How many threads use pools (workers and the control thread); set before any pool exists.
-pub fn set_workers(n: usize) {
-    WORKERS.store(n.max(1), Ordering::Relaxed);
-}
-
-/// Which thread this is: connections are pooled per thread, so a request uses a connection
-/// whose task runs on its own thread.
-pub fn set_worker(i: usize) {
-    WORKER.with(|w| w.set(i));
-}
-
-pub(crate) fn worker() -> usize {
-    WORKER.with(|w| w.get())
-}
-
-/// A value on cache lines of its own: per-thread slots side by side would otherwise share a
-/// line, and every write by one thread would evict it from the other's cache.
-#[repr(align(128))]
-#[derive(Default)]
-pub struct Padded<T>(pub T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
-/// One slot per thread that uses pools.
-fn per_thread<T: Default>() -> Box<[Padded<T>]> {
-    (0..WORKERS.load(Ordering::Relaxed))
-        .map(|_| Padded::default())
-        .collect()
-}
 
 pub struct Server {
     /// `host:port` as configured.
@@ -150,8 +113,8 @@ pub struct Busy<'a> {
 }
 
 impl<'a> Busy<'a> {
-    pub fn new(server: &'a Server) -> Busy<'a> {
-        let slot = worker() % server.outstanding.len();
+    pub fn new(server: &'a Server, w: Worker) -> Busy<'a> {
+        let slot = w.slot(server.outstanding.len());
         server.outstanding[slot].fetch_add(1, Ordering::Relaxed);
         Busy { server, slot }
     }
@@ -169,11 +132,15 @@ pub struct OwnedBusy {
     slot: usize,
 }
 
-impl OwnedBusy {
-    pub fn new(server: Arc<Server>) -> OwnedBusy {
-        let slot = worker() % server.outstanding.len();
-        server.outstanding[slot].fetch_add(1, Ordering::Relaxed);
-        OwnedBusy { server, slot }
+impl Busy<'_> {
+    /// The same count, for a request whose end is met where this cannot borrow the server.
+    pub fn keep(self, server: &Arc<Server>) -> OwnedBusy {
+        let slot = self.slot;
+        std::mem::forget(self);
+        OwnedBusy {
+            server: server.clone(),
+            slot,
+        }
     }
 }
 
@@ -184,7 +151,8 @@ impl Drop for OwnedBusy {
 }
 
 impl Pool {
-    pub fn new(u: &Upstream, changes: watch::Sender<u64>) -> Pool {
+    /// The pool of `u` for `threads` proxy threads (workers and the control thread).
+    pub fn new(u: &Upstream, changes: watch::Sender<u64>, threads: usize) -> Pool {
         let servers = u
             .servers
             .iter()
@@ -197,10 +165,10 @@ impl Pool {
                     host: host.to_string(),
                     port: port.parse().unwrap_or(80),
                     pool: u.name.clone(),
-                    outstanding: per_thread(),
+                    outstanding: per_thread(threads),
                     up: AtomicBool::new(true),
                     rises: AtomicU32::new(0),
-                    idle: per_thread(),
+                    idle: per_thread(threads),
                 })
             })
             .collect();
@@ -211,7 +179,7 @@ impl Pool {
             balance: u.balance,
             servers,
             turn: AtomicUsize::new(0),
-            next: per_thread(),
+            next: per_thread(threads),
             connect_timeout: u.connect_timeout.0,
             check: u.health_check.as_ref().map(Check::from),
             changes,
@@ -232,14 +200,13 @@ impl Pool {
         self.servers.iter().any(|s| s.is_up())
     }
 
-    /// Chooses an up server not in `tried` (count the request against it with [`Busy`]).
-    pub fn pick(&self, tried: Tried) -> Option<usize> {
+    /// Chooses an up server not in `tried` for a request on thread `w` (count the request
+    /// against it with [`Busy`]).
+    pub fn pick(&self, w: Worker, tried: Tried) -> Option<usize> {
         let n = self.servers.len();
         let start = match self.balance {
             Balance::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed),
-            Balance::LeastOutstanding => {
-                self.next[worker() % self.next.len()].fetch_add(1, Ordering::Relaxed)
-            }
+            Balance::LeastOutstanding => mine(&self.next, w).fetch_add(1, Ordering::Relaxed),
         };
         let candidates = (0..n)
             .map(|k| (start + k) % n)
@@ -277,19 +244,20 @@ impl Pool {
         }
     }
 
-    /// Starts the active health checks, one task per server.
-    pub fn spawn_checks(self: &Arc<Self>) {
+    /// Starts the active health checks, one task per server, on the thread `w` (the control
+    /// thread) whose runtime is current.
+    pub fn spawn_checks(self: &Arc<Self>, w: Worker) {
         let Some(check) = self.check.clone() else {
             return;
         };
         for i in 0..self.servers.len() {
             let pool = self.clone();
             let check = check.clone();
-            tokio::spawn(async move { pool.check_loop(i, check).await });
+            tokio::spawn(async move { pool.check_loop(w, i, check).await });
         }
     }
 
-    async fn check_loop(self: Arc<Self>, i: usize, check: Check) {
+    async fn check_loop(self: Arc<Self>, w: Worker, i: usize, check: Check) {
         let s = self.servers[i].clone();
         let mut tick = tokio::time::interval(check.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -300,7 +268,7 @@ impl Pool {
                 return;
             }
             let result =
-                tokio::time::timeout(check.timeout, s.probe(&check.path, self.connect_timeout))
+                tokio::time::timeout(check.timeout, s.probe(w, &check.path, self.connect_timeout))
                     .await;
             let outcome = match result {
                 Ok(Ok(status)) if (200..400).contains(&status) => Ok(()),
@@ -329,8 +297,8 @@ impl Pool {
 }
 
 impl Server {
-    fn idle_list(&self) -> &Mutex<Vec<UpConn>> {
-        &self.idle[worker() % self.idle.len()]
+    fn idle_list(&self, w: Worker) -> &Mutex<Vec<UpConn>> {
+        mine(&self.idle, w)
     }
 
     pub fn is_up(&self) -> bool {
@@ -348,8 +316,8 @@ impl Server {
     /// A kept-alive connection of this thread. `checked`: only one that nothing arrived on
     /// since its last response (a request that cannot be sent again needs that; one that can
     /// is sent again on a new connection if the server had closed this one).
-    pub fn idle_connection(&self, checked: bool) -> Option<UpConn> {
-        let mut idle = self.idle_list().lock().ok()?;
+    pub fn idle_connection(&self, w: Worker, checked: bool) -> Option<UpConn> {
+        let mut idle = self.idle_list(w).lock().ok()?;
         while let Some(mut c) = idle.pop() {
             if !checked || c.usable() {
                 c.reused = true;
@@ -360,22 +328,22 @@ impl Server {
     }
 
     /// An idle connection, or a new one; the error says why none could be made.
-    pub async fn connection(&self, connect_timeout: Duration) -> Result<UpConn, String> {
-        if let Some(c) = self.idle_connection(true) {
+    pub async fn connection(&self, w: Worker, connect_timeout: Duration) -> Result<UpConn, String> {
+        if let Some(c) = self.idle_connection(w, true) {
             return Ok(c);
         }
         self.connect(connect_timeout).await.map(UpConn::new)
     }
 
     /// Keeps a connection whose last response was read completely for the next request.
-    pub fn put_back(&self, mut conn: UpConn) {
+    pub fn put_back(&self, w: Worker, mut conn: UpConn) {
         if !conn.buf.is_empty() {
             // Bytes past the end of the response: the connection is out of step.
             return;
         }
         conn.buf.release();
         conn.reused = false;
-        if let Ok(mut idle) = self.idle_list().lock() {
+        if let Ok(mut idle) = self.idle_list(w).lock() {
             if idle.len() < MAX_IDLE {
                 idle.push(conn);
             }
@@ -414,14 +382,14 @@ impl Server {
 
     /// One health check: GET `path`, the status it answers (the body is read and dropped,
     /// so the connection serves the next check). The caller bounds its time.
-    async fn probe(&self, path: &str, connect_timeout: Duration) -> Result<u16, String> {
+    async fn probe(&self, w: Worker, path: &str, connect_timeout: Duration) -> Result<u16, String> {
         let head = format!(
             "GET {path} HTTP/1.1\r\nhost: {}\r\nuser-agent: hapd-health-check\r\n\r\n",
             self.authority
         );
         let mut retried = false;
         loop {
-            let mut c = self.connection(connect_timeout).await?;
+            let mut c = self.connection(w, connect_timeout).await?;
             let result = async {
                 c.io.write_all(head.as_bytes()).await.map_err(UpError::Io)?;
                 let h = c.response(false, |_| ()).await?;
@@ -436,7 +404,7 @@ impl Server {
             match result {
                 Ok(h) => {
                     if !h.close {
-                        self.put_back(c);
+                        self.put_back(w, c);
                     }
                     return Ok(h.code);
                 }
