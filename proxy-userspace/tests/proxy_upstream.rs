@@ -549,7 +549,11 @@ async fn a_pipelined_request_survives_a_retry_of_the_one_before() {
         .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
-    while String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count() < 2 {
+    while String::from_utf8_lossy(&got)
+        .matches("HTTP/1.1 200")
+        .count()
+        < 2
+    {
         let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
             .await
             .unwrap_or_else(|_| {
@@ -586,9 +590,7 @@ async fn h2_request(
     status
 }
 
-async fn h2_connect(
-    addr: std::net::SocketAddr,
-) -> hyper::client::conn::http2::SendRequest<String> {
+async fn h2_connect(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<String> {
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (tx, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),

@@ -11,15 +11,12 @@ use tokio::{
 };
 use tracing::warn;
 
-use super::{balance, conn, core::Core, site::Sites, worker::Worker};
-
-/// What comes with an accepted connection: the client's address, whether the listener speaks
-/// TLS, and the listener's vhosts.
-pub(super) struct Accepted {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    pub sites: Arc<ArcSwap<Sites>>,
-}
+use super::{
+    balance, conn,
+    core::{Accepted, Core},
+    site::Sites,
+    worker::Worker,
+};
 
 /// One worker's socket of a listener: the socket, whether it speaks TLS, and its vhosts.
 pub(super) type WorkerListener = (std::net::TcpListener, bool, Arc<ArcSwap<Sites>>);

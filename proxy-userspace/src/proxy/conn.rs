@@ -9,9 +9,8 @@ use tokio::{net::TcpStream, sync::watch};
 use tracing::debug;
 
 use super::{
-    accept::Accepted,
     buf::Buf,
-    core::Core,
+    core::{Accepted, Core},
     h2::{self, H2Conn},
     headers, http1,
     site::Sites,

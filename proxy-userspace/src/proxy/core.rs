@@ -3,6 +3,7 @@
 //! connection's serve loop borrows the first two; accepting and placing connections uses the
 //! third; the view (status, reload) reads all three.
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         Arc,
@@ -10,11 +11,11 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{watch, Notify};
 
-use super::{balance, metrics::Metrics, steer::Steer, tls::TlsStore, Limits};
-use crate::proxy::accept::Accepted;
+use super::{balance, metrics::Metrics, site::Sites, steer::Steer, tls::TlsStore, Limits};
 
 /// Everything a connection's tasks share.
 pub(super) struct Core {
@@ -144,4 +145,12 @@ impl Conns {
             notified.await;
         }
     }
+}
+
+/// What comes with an accepted connection: the client's address, whether the listener speaks
+/// TLS, and the listener's vhosts.
+pub(super) struct Accepted {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub sites: Arc<ArcSwap<Sites>>,
 }

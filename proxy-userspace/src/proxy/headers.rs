@@ -15,7 +15,20 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use super::{codec::head::tokens, site::Site, upstream::Pool};
+use hyper::header::{HeaderName, HeaderValue};
+
+use super::{codec::head::tokens, upstream::Pool};
+
+/// A vhost's `response_headers`: set on every response, replacing the upstream's fields of
+/// the same names.
+pub type VhostHeaders = [(HeaderName, HeaderValue)];
+
+/// Whether `name` is one of the vhost's headers (which replace the upstream's).
+fn overrides(vhost: &VhostHeaders, name: &str) -> bool {
+    vhost
+        .iter()
+        .any(|(n, _)| n.as_str().len() == name.len() && n.as_str().eq_ignore_ascii_case(name))
+}
 
 /// Kinds of header the rules treat specially.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -232,7 +245,8 @@ pub(crate) fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// What a response to the client needs besides the upstream's fields.
 pub struct Back<'a> {
-    pub site: &'a Site,
+    /// The vhost's `response_headers`.
+    pub vhost: &'a VhostHeaders,
     /// The pool that answered: a `Location` naming one of its servers is rewritten.
     pub pool: Option<&'a Pool>,
     pub tls: bool,
@@ -266,7 +280,7 @@ where
         if !named.is_empty() && named.contains(name) {
             continue;
         }
-        if b.site.overrides(name) {
+        if overrides(b.vhost, name) {
             continue;
         }
         if kind(name) == Kind::Location {
@@ -280,7 +294,7 @@ where
         }
         emit(name.as_bytes(), value);
     }
-    for (name, value) in &b.site.headers {
+    for (name, value) in b.vhost {
         emit(name.as_str().as_bytes(), value.as_bytes());
     }
     if b.server_header {
@@ -350,7 +364,7 @@ impl Answer {
     /// the vhost's headers, `Server` if configured, `Date`.
     pub fn fields(
         &self,
-        site: Option<&Site>,
+        vhost: &VhostHeaders,
         server_header: bool,
         mut emit: impl FnMut(&[u8], &[u8]),
     ) {
@@ -358,10 +372,8 @@ impl Answer {
         if let Some((n, v)) = &self.header {
             emit(n.as_bytes(), v.as_bytes());
         }
-        if let Some(site) = site {
-            for (name, value) in &site.headers {
-                emit(name.as_str().as_bytes(), value.as_bytes());
-            }
+        for (name, value) in vhost {
+            emit(name.as_str().as_bytes(), value.as_bytes());
         }
         if server_header {
             emit(b"server", b"hapd");

@@ -13,8 +13,8 @@
 //! - `conn`: one connection: TLS (`tls`, `tls_stream`), then HTTP/1 or HTTP/2;
 //! - `http1/` and `h2/`: the client side of each protocol, over the same rules (`site`: the
 //!   vhost's decision, `headers`: what crosses the proxy) and the same upstream call;
-//! - `upstream/`: pools, health, connections, and `call`: pick, connect or reuse, retry,
-//!   eject and the proxy's own answer when the upstream fails;
+//! - `forward`: that call: pick a server, connect or reuse, retry, eject, and the proxy's own
+//!   answer when the upstream fails; `upstream/`: pools, health checks, connections;
 //! - `codec/`: HTTP/1 heads and bodies; `buf`, `timer`: buffers and deadlines;
 //! - `core`: what connections share; `routing` and `view`: what reloads build and what the
 //!   admin endpoint reads; `log`, `metrics`: access and error logs, counters.
@@ -25,6 +25,7 @@ pub(crate) mod codec;
 mod conn;
 mod core;
 mod fasthash;
+mod forward;
 mod h2;
 mod headers;
 mod http1;

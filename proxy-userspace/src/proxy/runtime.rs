@@ -14,9 +14,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    accept::{self, Accepted, WorkerListener},
+    accept::{self, WorkerListener},
     balance,
-    core::{Conns, Core, ServeCtx, Signals},
+    core::{Accepted, Conns, Core, ServeCtx, Signals},
     metrics::Metrics,
     routing::build_routing,
     steer::Steer,

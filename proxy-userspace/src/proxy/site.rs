@@ -91,13 +91,6 @@ impl Site {
         }
     }
 
-    /// Whether the vhost sets a field of this name itself.
-    pub fn overrides(&self, name: &str) -> bool {
-        self.headers
-            .iter()
-            .any(|(n, _)| n.as_str().len() == name.len() && n.as_str().eq_ignore_ascii_case(name))
-    }
-
     /// `host`: the client's host, lower case, without port; `target`: path and query.
     pub fn decide(&self, method: &str, target: &str, host: &str, client: IpAddr) -> Decision {
         if method == "TRACE" || method == "CONNECT" {

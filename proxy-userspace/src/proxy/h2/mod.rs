@@ -28,16 +28,13 @@ use super::{
         body::{chunk_head, Decoder, LAST_CHUNK},
         head::{self, Framing},
     },
+    forward::{call, Attempt, Failed, Outcome},
     headers::{self, Answer, Back, Forward},
     log::Access,
     metrics::Metrics,
     site::{Decision, Site, Sites},
     timer::{Deadline, Watchdog},
-    upstream::{
-        self,
-        call::{call, Attempt, Failed, Outcome},
-        Busy, OwnedBusy, Pool, Server, UpConn, UpError,
-    },
+    upstream::{self, Busy, OwnedBusy, Pool, Server, UpConn, UpError},
     worker::Worker,
 };
 
@@ -115,7 +112,9 @@ type Parts = (Response<ProxyBody>, HeaderMap);
 
 fn answer(site: &Site, conn: &H2Conn, a: &Answer) -> Parts {
     let mut h = HeaderMap::new();
-    a.fields(Some(site), conn.server_header, |n, v| insert(&mut h, n, v));
+    a.fields(&site.headers, conn.server_header, |n, v| {
+        insert(&mut h, n, v)
+    });
     let mut r = Response::new(ProxyBody::full(a.body()));
     *r.status_mut() = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
     (r, h)
@@ -261,7 +260,7 @@ impl Attempt for H2Attempt<'_> {
     ) -> Result<Self::Done, Failed<Infallible>> {
         let site = self.site;
         let back = Back {
-            site,
+            vhost: &site.headers,
             pool: Some(self.pool),
             tls: self.conn.tls,
             client_host: self.host_full,

@@ -1,9 +1,12 @@
 use std::{sync::Arc, time::Duration};
 
 use super::*;
-use crate::config::{
-    proxy::{Balance, Upstream},
-    Dur,
+use crate::{
+    config::{
+        proxy::{Balance, Upstream},
+        Dur,
+    },
+    proxy::site::Site,
 };
 
 fn pool() -> Pool {
@@ -122,7 +125,7 @@ fn upgrades_keep_their_protocol() {
 
 fn back<'a>(site: &'a Site, pool: &'a Pool, server_header: bool) -> Back<'a> {
     Back {
-        site,
+        vhost: &site.headers,
         pool: Some(pool),
         tls: true,
         client_host: "app.example.com",
@@ -207,7 +210,7 @@ fn answers_name_no_version() {
     assert!(a.body().contains("502 Bad Gateway"));
     let s = site(&[("x-frame-options", "DENY")]);
     let mut names = Vec::new();
-    a.fields(Some(&s), false, |n, _| {
+    a.fields(&s.headers, false, |n, _| {
         names.push(String::from_utf8_lossy(n).into_owned())
     });
     assert_eq!(names, ["content-type", "x-frame-options", "date"]);

@@ -1,4 +1,4 @@
-//! One forwarded HTTP/1 request: through the upstream call (`upstream/call.rs`: the server,
+//! One forwarded HTTP/1 request: through the upstream call (`forward.rs`: the server,
 //! the connection, retries and the proxy's own answer when the upstream fails), the request
 //! head and body up, the response head and body back, re-framed for the client. WebSocket
 //! upgrades end in a tunnel.
@@ -16,14 +16,11 @@ use crate::proxy::{
         body::{reframe, BodyError, Decoder, LAST_CHUNK},
         head::{self, Framing},
     },
+    forward::{call, Attempt, Failed, Outcome},
     headers::{self, Answer, Back},
     site::Site,
     timer::{Deadline, Watchdog},
-    upstream::{
-        self as client,
-        call::{call, Attempt, Failed, Outcome},
-        Busy, Server, UpConn, UpError,
-    },
+    upstream::{self as client, Busy, Server, UpConn, UpError},
 };
 
 /// Where an exchange broke.
@@ -251,7 +248,7 @@ impl Conn<'_> {
         let handover = self.signals.handing_over();
         // The head as it will go to the client, built while the upstream's head is at hand.
         let back = Back {
-            site,
+            vhost: &site.headers,
             pool: Some(pool),
             tls: self.tls,
             client_host: host,

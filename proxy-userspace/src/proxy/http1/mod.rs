@@ -485,7 +485,9 @@ impl Conn<'_> {
         let body = a.body();
         out.clear();
         status_line(out, a.status, headers::reason(a.status).as_bytes());
-        a.fields(Some(site), self.serve.server_header, |n, v| put(out, n, v));
+        a.fields(&site.headers, self.serve.server_header, |n, v| {
+            put(out, n, v)
+        });
         put_number(out, b"content-length", body.len() as u64);
         connection_field(out, close, minor);
         out.extend_from_slice(b"\r\n");

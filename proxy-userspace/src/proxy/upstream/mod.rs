@@ -16,7 +16,6 @@ use std::{
 use tokio::{io::AsyncWriteExt, net::TcpStream, sync::watch};
 use tracing::{info, warn};
 
-pub mod call;
 mod conn;
 
 pub use self::conn::{poll_data, read_response, Head, UpConn, UpError, HEAD_LIMIT};

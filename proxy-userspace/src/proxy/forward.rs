@@ -1,4 +1,4 @@
-//! The one upstream call of a forwarded request, for HTTP/1 and HTTP/2 alike: pick a server
+//! Forwarding a request: the one upstream call, for HTTP/1 and HTTP/2 alike: pick a server
 //! of the route's pool, take a kept-alive connection of this thread or connect, send the
 //! request ([`Attempt::send`], the protocol's part), and when that fails decide what follows:
 //!
@@ -14,8 +14,12 @@
 //! Every such failure is written to the vhost's error log and the daemon's log.
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use super::{Busy, Server, Tried, UpConn, UpError};
-use crate::proxy::{headers::Answer, site::Site, worker::Worker};
+use super::{
+    headers::Answer,
+    site::Site,
+    upstream::{Busy, Server, Tried, UpConn, UpError},
+    worker::Worker,
+};
 
 /// How one attempt on one upstream connection failed.
 pub enum Failed<B> {
