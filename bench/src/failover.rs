@@ -354,6 +354,21 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
     ))
 }
 
+/// The service of n0 and n1 ([`serve`], always up) on every address, until `stop`.
+pub(crate) fn serve_both(
+    lab: &Lab,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<Option<anyhow::Result<()>>>>> {
+    ["n0", "n1"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (u, s) = (Arc::new(AtomicBool::new(true)), stop.clone());
+            lab.spawn_in_netns(i, move || serve(name, ("0.0.0.0", PORT), u, s))
+        })
+        .collect()
+}
+
 /// A service that answers every HTTP request with `name` (and closes), on `bind`, while `up`
 /// is true (when it turns false the listener closes: connections are refused) and until `stop`.
 pub(crate) fn serve(
@@ -857,11 +872,7 @@ fn state_changes(p: &Proc, d: Daemon) -> usize {
 fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Result<Harm> {
     let mut lab = Lab::new(4)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut servers = Vec::new();
-    for (i, name) in ["n0", "n1"].into_iter().enumerate() {
-        let (u, s) = (Arc::new(AtomicBool::new(true)), stop.clone());
-        servers.push(lab.spawn_in_netns(i, move || serve(name, ("0.0.0.0", PORT), u, s))?);
-    }
+    let servers = serve_both(&lab, &stop)?;
     let result = (|| {
         let (mut n0, mut n1) = start_pair(&mut lab, hapd, d, 10, [None, None], false)?;
         std::thread::sleep(Duration::from_millis(500));

@@ -23,7 +23,7 @@ use hapd_lab::{
 use nix::sys::signal::Signal;
 
 use crate::{
-    failover::{pair_cpu, probe, serve, Probing, PORT, VIP},
+    failover::{pair_cpu, probe, serve_both, Probing, VIP},
     report::{median_spread, Table},
 };
 
@@ -156,11 +156,7 @@ fn spoofed(src: [u8; 4], n: u16) -> [Vec<u8>; 2] {
 fn trial(hapd: &Path, ka243: &Path, pair: Pair, phase: Phase, secs: u64) -> anyhow::Result<Harm> {
     let mut lab = Lab::new(4)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut servers = Vec::new();
-    for (i, name) in ["n0", "n1"].into_iter().enumerate() {
-        let (u, s) = (Arc::new(AtomicBool::new(true)), stop.clone());
-        servers.push(lab.spawn_in_netns(i, move || serve(name, ("0.0.0.0", PORT), u, s))?);
-    }
+    let servers = serve_both(&lab, &stop)?;
     let result = (|| {
         let mut n0 = start(&mut lab, hapd, ka243, pair, 0)?;
         let ready = Instant::now() + Duration::from_secs(10);

@@ -245,6 +245,20 @@ impl Lab {
         Ok(p)
     }
 
+    /// `hapd status --json` of host `i`, with the config [`Lab::start_hapd`] wrote for it.
+    pub fn hapd_status(&self, i: usize, hapd: &Path) -> anyhow::Result<serde_json::Value> {
+        let cfg = self.dir.join(format!("h{i}.toml"));
+        let hapd = hapd.to_str().context("hapd path is not UTF-8")?;
+        let cfg = cfg.to_str().context("lab path is not UTF-8")?;
+        let out = self.exec(i, &[hapd, "status", "--json", "--config", cfg])?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "hapd status of host {i}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// Runs `f` on a thread that has entered host `i`'s network namespace: sockets it opens
     /// belong to that host.
     pub fn in_netns<R: Send>(

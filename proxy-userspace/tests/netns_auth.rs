@@ -39,15 +39,9 @@ fn config(lab: &mut Lab, i: usize, priority: u8, auth: &str, extra: &str) -> Str
     )
 }
 
+/// `hapd status --json` of host `i`.
 fn status(lab: &Lab, i: usize) -> serde_json::Value {
-    let cfg = lab.dir().join(format!("h{i}.toml"));
-    let out = lab
-        .exec(
-            i,
-            &[HAPD, "status", "--json", "--config", cfg.to_str().unwrap()],
-        )
-        .unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    lab.hapd_status(i, Path::new(HAPD)).unwrap()
 }
 
 fn counter(st: &serde_json::Value, name: &str) -> u64 {

@@ -44,16 +44,7 @@ async fn serve_plain(
     core: &Core,
     mut drain: watch::Receiver<bool>,
 ) {
-    let conn = http1::Conn {
-        peer,
-        client: headers::canonical(peer.ip()).to_string(),
-        tls: false,
-        sni: None,
-        sites: &sites,
-        serve: &core.serve,
-        signals: &core.signals,
-        worker: me,
-    };
+    let conn = h1_conn(peer, false, None, &sites, me, core);
     if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
         // HTTP/2 with prior knowledge (h2c): hyper takes it from the preface on.
         let io = h2::Rewind::new(io, early);
@@ -70,7 +61,6 @@ async fn serve_tls(
     core: &Core,
     mut drain: watch::Receiver<bool>,
 ) {
-    let client = headers::canonical(peer.ip()).to_string();
     let Some(store) = &core.serve.tls else { return };
     let configs = store.config();
     let stream = match tokio::time::timeout(
@@ -94,19 +84,31 @@ async fn serve_tls(
         Box::pin(run_h2(stream, peer, true, sni, sites, me, core, drain)).await;
         return;
     }
-    let conn = http1::Conn {
-        peer,
-        client,
-        tls: true,
-        sni: sni.as_deref(),
-        sites: &sites,
-        serve: &core.serve,
-        signals: &core.signals,
-        worker: me,
-    };
+    let conn = h1_conn(peer, true, sni.as_deref(), &sites, me, core);
     if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
         let io = h2::Rewind::new(io, early);
         Box::pin(run_h2(io, peer, true, sni, sites, me, core, drain)).await;
+    }
+}
+
+/// What an HTTP/1 connection's requests share.
+fn h1_conn<'a>(
+    peer: SocketAddr,
+    tls: bool,
+    sni: Option<&'a str>,
+    sites: &'a ArcSwap<Sites>,
+    me: Worker,
+    core: &'a Core,
+) -> http1::Conn<'a> {
+    http1::Conn {
+        peer,
+        client: headers::canonical(peer.ip()).to_string(),
+        tls,
+        sni,
+        sites,
+        serve: &core.serve,
+        signals: &core.signals,
+        worker: me,
     }
 }
 
