@@ -14,7 +14,8 @@ use crate::maps::{
 use crate::vrrp::{self, IPPROTO_VRRP, VRRP_TTL};
 
 const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV4_MIN_HLEN: usize = 20;
@@ -166,6 +167,16 @@ pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, ifindex: u32, t: &
 /// either.
 #[inline(always)]
 pub fn ipv4_offset<F: Frame + ?Sized>(f: &F) -> Option<usize> {
+    match l3_offset(f)? {
+        (ETH_P_IPV4, l3) => Some(l3),
+        _ => None,
+    }
+}
+
+/// The ethertype of the Ethernet frame `f` after up to two VLAN tags, and where its payload
+/// starts.
+#[inline(always)]
+pub fn l3_offset<F: Frame + ?Sized>(f: &F) -> Option<(u16, usize)> {
     let mut ethertype = f.be16_at(12)?;
     let mut l3 = ETH_HLEN;
     let mut tags = 0;
@@ -174,27 +185,29 @@ pub fn ipv4_offset<F: Frame + ?Sized>(f: &F) -> Option<usize> {
         l3 += 4;
         tags += 1;
     }
-    (ethertype == ETH_P_IPV4).then_some(l3)
+    Some((ethertype, l3))
 }
 
-/// The first packet of a TCP connection (SYN set, ACK clear) as the guard sees it; addresses
-/// and ports as on the wire.
+/// A TCP segment over IPv4 as the guard sees it; addresses and ports as on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpSyn {
+pub struct TcpSegment {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+    /// The first packet of a connection: SYN set, ACK clear.
+    pub syn: bool,
 }
 
-/// `f` as a TCP connection request over IPv4 (not a fragment), or `None`. The guard keeps new
-/// connections to a virtual address away from a node that cannot serve them: during a
-/// graceful handover, and when nothing listens (the daemon was killed), so the client
-/// retransmits its SYN to the new master instead of being refused.
-#[inline(always)]
+/// `f` as a TCP segment over IPv4 (not a fragment), or `None`. The guard keeps new connections
+/// to a virtual address away from a node that cannot serve them (nothing listens: the daemon
+/// was killed, so the client retransmits its SYN to the new master instead of being refused),
+/// and sends the segments of a flow across a planned move to the node that holds it
+/// ([`crate::flow`]).
 ///
 /// `l3` is where the IPv4 header starts ([`ipv4_offset`]).
-pub fn tcp_syn<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<TcpSyn> {
+#[inline(always)]
+pub fn tcp_segment<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<TcpSegment> {
     let hdr = f.bytes::<IPV4_MIN_HLEN>(l3)?;
     if hdr[0] >> 4 != 4 || hdr[9] != IPPROTO_TCP {
         return None;
@@ -208,14 +221,12 @@ pub fn tcp_syn<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<TcpSyn> {
     }
     let tcp = f.bytes::<14>(l3 + ihl)?;
     let flags = tcp[13];
-    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
-        return None;
-    }
-    Some(TcpSyn {
+    Some(TcpSegment {
         src: [hdr[12], hdr[13], hdr[14], hdr[15]],
         dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
         sport: [tcp[0], tcp[1]],
         dport: [tcp[2], tcp[3]],
+        syn: flags & TCP_SYN != 0 && flags & TCP_ACK == 0,
     })
 }
 
@@ -506,7 +517,9 @@ pub const fn silence_ns(interval_cs: u16) -> u64 {
 }
 
 /// Folds the valid advert `a`, seen at `now_ns`, into `rec` and returns the `EV_*` reasons to
-/// wake userspace (0: steady state, nothing to do).
+/// wake userspace (0: steady state, nothing to do). The caller stores the frame's Ethernet
+/// source in `rec.mac` ([`source_mac`]; the XDP program copies it with a helper, which keeps
+/// the verifier's work on the advert path as it was).
 #[inline(always)]
 pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
     let mut ev = 0;
@@ -534,6 +547,12 @@ pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
     rec.version = a.version;
     rec.interval_cs = a.interval_cs;
     ev
+}
+
+/// The Ethernet source address of the frame `f`.
+#[inline(always)]
+pub fn source_mac<F: Frame + ?Sized>(f: &F) -> [u8; 6] {
+    f.bytes::<6>(6).unwrap_or([0; 6])
 }
 
 #[cfg(test)]
@@ -570,7 +589,9 @@ mod tests {
     fn only_the_first_packet_of_a_tcp_connection_is_a_syn() {
         let dst = |f: Vec<u8>| {
             let l3 = ipv4_offset(f.as_slice())?;
-            tcp_syn(f.as_slice(), l3).map(|s| (s.dst, s.dport))
+            tcp_segment(f.as_slice(), l3)
+                .filter(|s| s.syn)
+                .map(|s| (s.dst, s.dport))
         };
         let vip = Some(([198, 18, 0, 100], [0x1f, 0x90]));
         assert_eq!(dst(frame(0, 6, 0, 0x02)), vip);
@@ -580,8 +601,16 @@ mod tests {
         assert_eq!(dst(frame(0, 17, 0, 0x02)), None, "UDP");
         assert_eq!(dst(frame(0, 6, 0x2000, 0x02)), None, "fragment");
         let f = frame(0, 6, 0, 0x02);
-        assert_eq!(tcp_syn(&f[..47], 14), None, "no TCP flags byte");
-        let s = tcp_syn(f.as_slice(), 14).unwrap();
+        assert_eq!(tcp_segment(&f[..47], 14), None, "no TCP flags byte");
+        let s = tcp_segment(f.as_slice(), 14).unwrap();
         assert_eq!((s.src, s.sport), ([198, 18, 0, 3], [0xc3, 0x50]));
+        let ack = frame(0, 6, 0, 0x10);
+        let s = tcp_segment(ack.as_slice(), 14).unwrap();
+        assert!(!s.syn, "an ACK is a segment of an open flow");
+        assert_eq!(
+            tcp_segment(frame(0, 17, 0, 0x10).as_slice(), 14),
+            None,
+            "UDP"
+        );
     }
 }

@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod auth;
+pub mod flow;
 pub mod guard;
 pub mod maps;
 pub mod vrrp;

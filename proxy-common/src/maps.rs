@@ -6,7 +6,7 @@
 //! pinned maps against these sizes before reusing them.
 
 /// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
@@ -19,9 +19,13 @@ pub const MAP_EVENTS: &str = "vrrp_events";
 /// refused, so the client retries (and reaches the new master) rather than failing. Other
 /// ports of a VIP (IPVS, DNAT, other daemons) are left alone.
 pub const MAP_VIPS: &str = "vip_served";
-/// The pairs this node is handing over on a graceful stop: every connection request to them
-/// is dropped.
-pub const MAP_DRAIN: &str = "vip_drain";
+/// The virtual addresses in a planned move (key: the address as on the wire, read as a
+/// native `u32`; value [`FlowEntry`]): their TCP segments go to the node that holds the flow,
+/// and a node that released one answers no ARP request for it (see [`crate::flow`]).
+pub const MAP_FLOWS: &str = "vip_flows";
+/// One `u32`: how many entries `vip_flows` has, so that the guard looks there only during a
+/// move.
+pub const MAP_FLOW_COUNT: &str = "vip_flow_count";
 /// `auth_hmac` of each instance that has it (key [`InstanceKey`], value [`AuthConfig`]). Never
 /// pinned: its values are key material (HMAC midstates).
 pub const MAP_AUTH: &str = "vrrp_auth";
@@ -38,10 +42,10 @@ pub const MAP_CLOCK: &str = "vrrp_clock";
 pub const MAX_REPLAY: u32 = 4096;
 /// Keys one instance can hold at once (for make-before-break rotation).
 pub const MAX_AUTH_KEYS: usize = 8;
-/// Capacity of `vip_served` and `vip_drain`.
+/// Capacity of `vip_served` and `vip_flows`.
 pub const MAX_VIPS: u32 = 1024;
 
-/// Key of `vip_served` and `vip_drain`: an address and a TCP port as on the wire.
+/// Key of `vip_served`: an address and a TCP port as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServedPort {
@@ -74,6 +78,11 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 
 /// The program name of the XDP guard in the object file.
 pub const PROGRAM_NAME: &str = "hapd_vrrp_guard";
+/// The program the guard jumps to during a planned move (`vip_flows`).
+pub const FLOW_PROGRAM_NAME: &str = "hapd_flow";
+/// The guard's jump table (one entry: the flow program). Not pinned: it holds a reference to
+/// the flow program that only the daemon's process keeps.
+pub const MAP_JUMP: &str = "hapd_jump";
 
 /// Key of `vrrp_adverts`: one VRRP instance on one interface.
 #[repr(C)]
@@ -321,6 +330,29 @@ pub struct AdvertRecord {
     pub version: u8,
     /// Advertisement interval of the last valid advert in centiseconds (v2 seconds x 100).
     pub interval_cs: u16,
+    /// Ethernet source address of the last valid advert: where a flow of the master's goes
+    /// after a planned move ([`FlowEntry::peer_mac`]).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// This node holds the address; segments of flows it has no socket for go to `peer_mac`, the
+/// address's previous owner, which still serves them.
+pub const FLOW_HOLDER: u8 = 1;
+/// This node handed the address over to `peer_mac` and drains the flows it still has: it
+/// answers no ARP request for the address, and sends on new connections and segments of flows
+/// it has no socket for.
+pub const FLOW_RELEASED: u8 = 2;
+
+/// Value of `vip_flows`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The other node of the move, on the segment the address lives on.
+    pub peer_mac: [u8; 6],
+    /// [`FLOW_HOLDER`] or [`FLOW_RELEASED`].
+    pub role: u8,
+    pub _pad: u8,
 }
 
 /// Why the guard woke userspace (`GuardEvent::flags`).
@@ -465,6 +497,10 @@ pub struct GuardCounters {
     pub drop_hmac: u64,
     /// Events that did not fit in the ring buffer (userspace too slow).
     pub events_lost: u64,
+    /// TCP segments sent on to the other node of a planned move (`vip_flows`).
+    pub flow_forwarded: u64,
+    /// ARP requests for a released address, not answered.
+    pub arp_suppressed: u64,
 }
 
 impl GuardCounters {
@@ -503,6 +539,8 @@ impl GuardCounters {
             *self.slot(r) += other.get(r);
         }
         self.events_lost += other.events_lost;
+        self.flow_forwarded += other.flow_forwarded;
+        self.arp_suppressed += other.arp_suppressed;
     }
 }
 
@@ -510,9 +548,10 @@ const _: () = {
     assert!(core::mem::size_of::<InstanceKey>() == 8);
     assert!(core::mem::size_of::<InstanceSlot>() == 48);
     assert!(core::mem::size_of::<VridEntry>() == 192);
-    assert!(core::mem::size_of::<AdvertRecord>() == 24);
+    assert!(core::mem::size_of::<AdvertRecord>() == 32);
+    assert!(core::mem::size_of::<FlowEntry>() == 8);
     assert!(core::mem::size_of::<GuardEvent>() == 24);
-    assert!(core::mem::size_of::<GuardCounters>() == 19 * 8);
+    assert!(core::mem::size_of::<GuardCounters>() == 21 * 8);
     assert!(core::mem::size_of::<AuthKey>() == 68);
     assert!(core::mem::size_of::<AuthConfig>() == 8 + 68 * MAX_AUTH_KEYS);
     assert!(core::mem::size_of::<ReplayKey>() == 24);
@@ -532,6 +571,7 @@ mod pod {
     unsafe impl aya::Pod for GuardEvent {}
     unsafe impl aya::Pod for GuardCounters {}
     unsafe impl aya::Pod for ServedPort {}
+    unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for AuthKey {}
     unsafe impl aya::Pod for AuthConfig {}
     unsafe impl aya::Pod for ReplayKey {}

@@ -2,7 +2,8 @@
 //!
 //! Attached to every interface that carries a VRRP instance. Non-VRRP traffic passes after a
 //! few loads, except TCP connection requests to the (VIP, port) pairs the proxy serves, which
-//! are looked up and may be dropped (see [`connection_request`]); protocol-112 packets are
+//! are looked up and may be dropped (see [`connection_request`]), and, during a planned move
+//! of a VIP, its TCP segments and ARP requests (see [`proxy_common::flow`]); protocol-112 packets are
 //! judged by [`proxy_common::guard::classify`] (the
 //! same code the raw-socket fallback runs in userspace): invalid ones are dropped and counted by
 //! reason, valid ones are recorded in `vrrp_adverts` and passed on, and userspace is woken through
@@ -13,10 +14,10 @@
 use aya_ebpf::{
     bindings::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        xdp_action::{XDP_DROP, XDP_PASS},
+        xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC,
     },
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
     helpers::bpf_ktime_get_ns,
     helpers::generated::{
         bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
@@ -27,14 +28,15 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use proxy_common::{
     auth::{MacInput, MAX_COPY},
+    flow::{arp_request_target, forwarded_header, suppress_arp, tcp_step, Step},
     guard::{
-        classify_ipv4, ipv4_offset, record_advert, record_seq, tcp_syn, Frame, Mark, Tables,
-        TcpSyn, Verdict, MAX_OFFSET,
+        classify_ipv4, l3_offset, record_advert, record_seq, source_mac, tcp_segment, Frame, Mark,
+        Tables, TcpSegment, Verdict, ETH_P_ARP, ETH_P_IPV4, MAX_OFFSET,
     },
     maps::{
-        AdvertRecord, AuthConfig, AuthCounters, AuthKey, GuardCounters, GuardEvent, InstanceKey,
-        Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, MAX_INSTANCES, MAX_REPLAY,
-        MAX_VIPS, VRIDS,
+        AdvertRecord, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters, GuardEvent,
+        InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, MAX_INSTANCES,
+        MAX_REPLAY, MAX_VIPS, VRIDS,
     },
 };
 
@@ -55,13 +57,16 @@ static VRRP_EVENTS: RingBuf<GuardEvent, { EVENTS_BYTES as usize }> = RingBuf::ne
 /// [`connection_request`]).
 #[btf_map(name = "vip_served")]
 static VIP_SERVED: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new();
-/// The pairs this node is handing over: connection requests to them are dropped (the client's
-/// SYN is retransmitted and reaches the new master). Element 0 of `DRAINING` is the number of
-/// entries.
-#[btf_map(name = "vip_drain")]
-static VIP_DRAIN: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new();
-#[btf_map(name = "vip_draining")]
-static DRAINING: Array<u32, 1> = Array::new();
+/// The virtual addresses in a planned move (key: the address as a native `u32`).
+#[btf_map(name = "vip_flows")]
+static VIP_FLOWS: HashMap<u32, FlowEntry, { MAX_VIPS as usize }> = HashMap::new();
+/// Element 0: the number of entries in `vip_flows` (0 outside a move: no jump).
+#[btf_map(name = "vip_flow_count")]
+static FLOW_COUNT: Array<u32, 1> = Array::new();
+/// Element 0: [`hapd_flow`], which the guard jumps to during a move (a tail call: its own
+/// stack and its own verification, so the advert path stays as it was).
+#[btf_map(name = "hapd_jump")]
+static JUMP: ProgramArray<1> = ProgramArray::new();
 /// `auth_hmac` keys and settings of the instances that have it.
 /// Not preallocated: an element replaced by userspace is freed after an RCU grace period, so a
 /// run that holds it sees the old keys or the new ones, never a recycled element of another
@@ -90,32 +95,26 @@ static LOG_AT: PerCpuArray<u64, 32> = PerCpuArray::new();
 #[btf_map(name = "vrrp_clock")]
 static VRRP_CLOCK: Array<i64, 1> = Array::new();
 
-/// A TCP connection request to a virtual address: dropped while this node hands the address
-/// over, and when no socket listens for it (the daemon is gone: refusing it would fail the
-/// client, dropping it makes the client retransmit, by when the new master has the address).
-/// The guard's program stays attached after the daemon dies (its link is pinned).
+/// `TCP_LISTEN` of the kernel's socket states.
+const TCP_LISTEN: u32 = 10;
+
+/// The state of the socket of this node that a segment of `seg`'s flow would reach (an
+/// established or closing one, a handshake in progress, or a listener), or `None`.
 #[inline(always)]
-fn connection_request(ctx: &XdpContext, syn: &TcpSyn) -> u32 {
-    let key = ServedPort::new(syn.dst, syn.dport);
-    // SAFETY: lookups by value; the entries are not kept.
-    if unsafe { VIP_SERVED.get(&key) }.is_none() {
-        return XDP_PASS;
-    }
-    if DRAINING.get(0).is_some_and(|n| *n != 0) && unsafe { VIP_DRAIN.get(&key) }.is_some() {
-        return XDP_DROP;
-    }
+fn socket_state(ctx: &XdpContext, seg: &TcpSegment) -> Option<u32> {
     let mut tuple = bpf_sock_tuple {
         __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
             ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: u32::from_ne_bytes(syn.src),
-                daddr: u32::from_ne_bytes(syn.dst),
-                sport: u16::from_ne_bytes(syn.sport),
-                dport: u16::from_ne_bytes(syn.dport),
+                saddr: u32::from_ne_bytes(seg.src),
+                daddr: u32::from_ne_bytes(seg.dst),
+                sport: u16::from_ne_bytes(seg.sport),
+                dport: u16::from_ne_bytes(seg.dport),
             },
         },
     };
     // SAFETY: ctx.ctx is the xdp_md of this run; the tuple is a valid IPv4 tuple of the size
-    // given; a socket returned is released before returning.
+    // given; a socket returned is read (a sock_common field the verifier allows) and released
+    // before returning.
     unsafe {
         let sk = bpf_skc_lookup_tcp(
             ctx.ctx as *mut _,
@@ -125,11 +124,126 @@ fn connection_request(ctx: &XdpContext, syn: &TcpSyn) -> u32 {
             0,
         );
         if sk.is_null() {
-            return XDP_DROP;
+            return None;
         }
+        let state = (*sk).state;
         bpf_sk_release(sk as *mut _);
+        Some(state)
     }
-    XDP_PASS
+}
+
+/// A TCP connection request to a virtual address the proxy serves: dropped when no socket
+/// listens for it (the daemon is gone: refusing it would fail the client, dropping it makes
+/// the client retransmit, by when the new master has the address). The guard's program stays
+/// attached after the daemon dies (its link is pinned).
+#[inline(always)]
+fn connection_request(ctx: &XdpContext, seg: &TcpSegment) -> u32 {
+    let key = ServedPort::new(seg.dst, seg.dport);
+    // SAFETY: lookups by value; the entries are not kept.
+    if unsafe { VIP_SERVED.get(&key) }.is_none() {
+        return XDP_PASS;
+    }
+    match socket_state(ctx, seg) {
+        Some(_) => XDP_PASS,
+        None => XDP_DROP,
+    }
+}
+
+/// Whether a VIP is in a planned move somewhere (one array read): only then does the guard
+/// jump to [`hapd_flow`].
+#[inline(always)]
+fn moving() -> bool {
+    FLOW_COUNT.get(0).is_some_and(|n| *n != 0)
+}
+
+/// During a move, TCP segments and ARP requests go on to [`hapd_flow`]; the call returns only
+/// if the jump fails (no program in `hapd_jump`: the daemon is gone), and the guard carries on.
+#[inline(always)]
+fn jump_if_moving(ctx: &XdpContext) {
+    if moving() {
+        // SAFETY: ctx is this run's context; a successful tail call does not return.
+        unsafe { JUMP.tail_call(ctx, 0) };
+    }
+}
+
+/// A TCP segment or an ARP request during a planned move of a VIP ([`proxy_common::flow`]):
+/// reached from [`hapd_vrrp_guard`] by a tail call.
+#[xdp]
+pub fn hapd_flow(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame {
+        start: ctx.data(),
+        ctx: ctx.ctx,
+    };
+    let Some((ethertype, l3)) = l3_offset(&frame) else {
+        return XDP_PASS;
+    };
+    if ethertype != ETH_P_IPV4 {
+        return arp(&frame, ethertype, l3);
+    }
+    let Some(seg) = tcp_segment(&frame, l3) else {
+        return XDP_PASS;
+    };
+    // SAFETY: copied out at once.
+    if let Some(e) = unsafe { VIP_FLOWS.get(&u32::from_ne_bytes(seg.dst)) }.copied() {
+        match tcp_step(&e, source_mac(&frame), &seg) {
+            Step::Forward => return forward(&ctx, &e),
+            Step::ForwardUnlessLocal => {
+                return match socket_state(&ctx, &seg) {
+                    Some(state) if state != TCP_LISTEN => XDP_PASS,
+                    _ => forward(&ctx, &e),
+                }
+            }
+            Step::Pass => {}
+        }
+    }
+    if seg.syn {
+        connection_request(&ctx, &seg)
+    } else {
+        XDP_PASS
+    }
+}
+
+/// Sends the frame to the peer of `e` out of the interface it came in on.
+#[inline(always)]
+fn forward(ctx: &XdpContext, e: &FlowEntry) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 12 > end {
+        return XDP_PASS;
+    }
+    // SAFETY: [start, start + 12) lies inside the packet (checked just above); [u8; N] has
+    // alignment 1; XDP may write the packet.
+    unsafe {
+        let dst_was = core::ptr::read_unaligned(start as *const [u8; 6]);
+        core::ptr::write_unaligned(
+            start as *mut [u8; 12],
+            forwarded_header(dst_was, e.peer_mac),
+        );
+    }
+    if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
+        // SAFETY: as in count().
+        unsafe { (*c).flow_forwarded += 1 };
+    }
+    XDP_TX
+}
+
+/// An ARP request for an address this node released in a planned move goes unanswered: the
+/// new owner answers.
+#[inline(always)]
+fn arp(frame: &XdpFrame, ethertype: u16, l3: usize) -> u32 {
+    let Some(target) = arp_request_target(frame, ethertype, l3) else {
+        return XDP_PASS;
+    };
+    // SAFETY: copied out at once.
+    match unsafe { VIP_FLOWS.get(&u32::from_ne_bytes(target)) } {
+        Some(e) if suppress_arp(e) => {
+            if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
+                // SAFETY: as in count().
+                unsafe { (*c).arp_suppressed += 1 };
+            }
+            XDP_DROP
+        }
+        _ => XDP_PASS,
+    }
 }
 
 /// The packet between `data` and `data_end`.
@@ -347,14 +461,27 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     };
     // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    // Not IPv4 (ARP, IPv6, ...): nothing to look at.
-    let Some(l3) = ipv4_offset(&frame) else {
+    let Some((ethertype, l3)) = l3_offset(&frame) else {
         return XDP_PASS;
     };
+    // Not IPv4: only an ARP request may matter (during a move).
+    if ethertype != ETH_P_IPV4 {
+        if ethertype == ETH_P_ARP {
+            jump_if_moving(&ctx);
+        }
+        return XDP_PASS;
+    }
     // `classify` with the Ethernet part done once for both checks.
     match classify_ipv4(&frame, l3, ifindex, &Maps) {
-        Verdict::Pass => match tcp_syn(&frame, l3) {
-            Some(syn) => connection_request(&ctx, &syn),
+        Verdict::Pass => match tcp_segment(&frame, l3) {
+            Some(seg) => {
+                jump_if_moving(&ctx);
+                if seg.syn {
+                    connection_request(&ctx, &seg)
+                } else {
+                    XDP_PASS
+                }
+            }
             None => XDP_PASS,
         },
         Verdict::Drop(reason) => {
@@ -403,6 +530,9 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             // updating the same VRID at once may interleave fields; the next advert repairs it.
             let (prev_priority, ev) = unsafe {
                 let prev = (*rec).priority;
+                // The sender's Ethernet address, for a planned move's flows: copied by the
+                // helper (reading it here directly doubled the verifier's states on this path).
+                bpf_xdp_load_bytes(ctx.ctx as *mut _, 6, (*rec).mac.as_mut_ptr().cast(), 6);
                 (prev, record_advert(&mut *rec, &advert, now))
             };
             if ev != 0 {

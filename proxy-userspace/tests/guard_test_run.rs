@@ -793,8 +793,8 @@ fn tcp(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
 
 /// Connection requests to a (VIP, port) the proxy serves: dropped when no socket listens (the
 /// daemon was killed: the client retries and reaches the new master instead of being
-/// refused) and while the node hands over; passed otherwise. Other ports and later segments
-/// are never touched. Run in a lab host, whose listening sockets the guard looks up.
+/// refused); passed otherwise. Other ports and later segments are never touched. Run in a lab
+/// host, whose listening sockets the guard looks up.
 #[test]
 fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
     const SYN: u8 = 0x02;
@@ -824,16 +824,140 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
         );
         let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
         assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_PASS, "listened for");
-        g.drain_new_connections(&s.served).unwrap();
-        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_DROP, "handing over");
-        assert_eq!(
-            run(&g, tcp(vip, 8080, ACK)),
-            XDP_PASS,
-            "open connections go on"
-        );
-        g.drain_new_connections(&[]).unwrap();
-        assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_PASS, "handover cancelled");
         drop(listener);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The other node of a planned move, and this node's own Ethernet address (where the client's
+/// frames are sent).
+const OTHER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+const MY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const XDP_TX: u32 = 3;
+
+/// `f` as sent to this node from `src_mac`.
+fn from_mac(mut f: Vec<u8>, src_mac: [u8; 6]) -> Vec<u8> {
+    f[0..6].copy_from_slice(&MY_MAC);
+    f[6..12].copy_from_slice(&src_mac);
+    f
+}
+
+/// An ARP request from 198.18.0.3 for `target`.
+fn arp_request(target: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[198, 18, 0, 3]);
+    p.extend_from_slice(&[0; 6]);
+    p.extend_from_slice(&target);
+    ether(0x0806, &p)
+}
+
+/// A planned move under BPF_PROG_TEST_RUN, in a lab host with a listener on the VIP and one
+/// open connection (198.18.0.3:50000 to the VIP's port 8080): which segments stay, which go to
+/// the other node (rewritten to it, from this node), and which ARP requests go unanswered.
+#[test]
+fn segments_of_a_moving_vip_go_to_the_node_that_holds_their_flow() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let lab = hapd_lab::Lab::new(1).unwrap();
+    for a in ["198.18.0.100/32", "198.18.0.3/32"] {
+        lab.exec(0, &["ip", "addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    lab.in_netns(0, || {
+        let vip = [198, 18, 0, 100];
+        let mut s = spec(51, 3, true, None);
+        s.served = vec![proxy_common::maps::ServedPort::new(
+            vip,
+            8080u16.to_be_bytes(),
+        )];
+        let mut g = XdpGuard::load(None).unwrap();
+        g.configure(&[&s]).unwrap();
+        let listener = std::net::TcpListener::bind("198.18.0.100:8080").unwrap();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        client.bind(&"198.18.0.3:50000".parse::<std::net::SocketAddr>()?.into())?;
+        client.connect(&"198.18.0.100:8080".parse::<std::net::SocketAddr>()?.into())?;
+        let (_served, _) = listener.accept()?;
+        let open = |flags| from_mac(tcp(vip, 8080, flags), [0x02, 0, 0, 0, 0, 1]);
+        let unknown = |flags| {
+            let mut f = open(flags);
+            f[14 + 20 + 1] = 0x51; // source port 50001: no socket has this flow
+            f
+        };
+        let run = |g: &XdpGuard, f: &[u8]| g.test_run_frame(f, LO).unwrap();
+        let sent_on = |out: &[u8]| out[0..6] == OTHER_MAC && out[6..12] == MY_MAC;
+        let vip_addr = std::net::Ipv4Addr::from(vip);
+
+        // No move: everything as before.
+        assert_eq!(run(&g, &unknown(ACK)).0, XDP_PASS);
+        assert_eq!(g.test_run(&arp_request(vip), LO).unwrap(), XDP_PASS);
+
+        // We hold the VIP; the other node held it before and still serves its flows.
+        let entry = |role| proxy_common::maps::FlowEntry {
+            peer_mac: OTHER_MAC,
+            role,
+            _pad: 0,
+        };
+        g.set_flow(vip_addr, Some(entry(proxy_common::maps::FLOW_HOLDER)))?;
+        assert_eq!(run(&g, &open(SYN)).0, XDP_PASS, "new connections are ours");
+        assert_eq!(run(&g, &open(ACK)).0, XDP_PASS, "a flow we hold stays");
+        let (action, out) = run(&g, &unknown(ACK));
+        assert_eq!(
+            action, XDP_TX,
+            "a flow we do not hold goes to the other node"
+        );
+        assert!(sent_on(&out), "{:02x?}", &out[..12]);
+        assert_eq!(
+            &out[12..],
+            &unknown(ACK)[12..],
+            "only the Ethernet addresses change"
+        );
+        assert_eq!(
+            run(&g, &from_mac(unknown(ACK), OTHER_MAC)).0,
+            XDP_PASS,
+            "what the other node sent on is never sent back"
+        );
+        assert_eq!(run(&g, &unknown(0x04)).0, XDP_TX, "a reset of its flow too");
+        assert_eq!(
+            g.test_run(&arp_request(vip), LO).unwrap(),
+            XDP_PASS,
+            "we answer ARP"
+        );
+
+        // We handed the VIP over and drain our flows.
+        g.set_flow(vip_addr, Some(entry(proxy_common::maps::FLOW_RELEASED)))?;
+        let (action, out) = run(&g, &open(SYN));
+        assert_eq!(action, XDP_TX, "new connections go to the new owner");
+        assert!(sent_on(&out));
+        assert_eq!(run(&g, &open(ACK)).0, XDP_PASS, "our own flow drains here");
+        assert_eq!(run(&g, &unknown(ACK)).0, XDP_TX);
+        assert_eq!(run(&g, &from_mac(open(SYN), OTHER_MAC)).0, XDP_PASS);
+        assert_eq!(
+            g.test_run(&arp_request(vip), LO).unwrap(),
+            XDP_DROP,
+            "no ARP answer for a released address"
+        );
+        assert_eq!(
+            g.test_run(&arp_request([198, 18, 0, 101]), LO).unwrap(),
+            XDP_PASS,
+            "other addresses are answered"
+        );
+        assert_eq!(
+            run(
+                &g,
+                &from_mac(tcp([198, 18, 0, 101], 8080, ACK), [2, 0, 0, 0, 0, 1])
+            )
+            .0,
+            XDP_PASS,
+            "other addresses are not moving"
+        );
+        let c = g.counters().unwrap();
+        assert_eq!((c.flow_forwarded, c.arp_suppressed), (4, 1));
+
+        // The move is over.
+        g.set_flow(vip_addr, None)?;
+        assert_eq!(run(&g, &unknown(ACK)).0, XDP_PASS);
+        assert_eq!(g.test_run(&arp_request(vip), LO).unwrap(), XDP_PASS);
         Ok(())
     })
     .unwrap();

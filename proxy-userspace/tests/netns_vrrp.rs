@@ -103,7 +103,8 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
     assert!(!has_vip(&lab, 0), "A removed the VIP when it stopped");
     // A kept serving until B's first advert, then let go: no gap for clients.
     assert_eq!(
-        a.grep("198.18.0.2 took over; releasing the VIPs").len(),
+        a.grep("198.18.0.2 took over; releasing the addresses")
+            .len(),
         1,
         "{}",
         a.lines().join("\n")

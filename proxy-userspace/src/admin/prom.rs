@@ -186,9 +186,34 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             "counter",
             "Protocol-112 packets the guard handled, by decision (accepted or the drop reason).",
         );
-        for (k, v) in g.counters.iter().filter(|(k, _)| *k != "events_lost") {
+        const OWN: [&str; 3] = ["events_lost", "flow_forwarded", "arp_suppressed"];
+        for (k, v) in g
+            .counters
+            .iter()
+            .filter(|(k, _)| !OWN.contains(&k.as_str()))
+        {
             o.sample("hapd_guard_packets_total", &[("reason", k)], v);
         }
+        o.family(
+            "hapd_guard_flow_forwarded_total",
+            "counter",
+            "TCP segments the guard sent on to the other node of a planned move.",
+        );
+        o.sample(
+            "hapd_guard_flow_forwarded_total",
+            &[],
+            g.counters.get("flow_forwarded").copied().unwrap_or(0),
+        );
+        o.family(
+            "hapd_guard_arp_suppressed_total",
+            "counter",
+            "ARP requests for an address this node released in a planned move, not answered.",
+        );
+        o.sample(
+            "hapd_guard_arp_suppressed_total",
+            &[],
+            g.counters.get("arp_suppressed").copied().unwrap_or(0),
+        );
         o.family(
             "hapd_guard_events_lost_total",
             "counter",

@@ -98,7 +98,11 @@ pub fn guard(g: &GuardFacts) -> GuardStatus {
         counters: Reason::ALL
             .iter()
             .map(|&r| (r.name().to_string(), c.get(r)))
-            .chain([("events_lost".to_string(), c.events_lost)])
+            .chain([
+                ("events_lost".to_string(), c.events_lost),
+                ("flow_forwarded".to_string(), c.flow_forwarded),
+                ("arp_suppressed".to_string(), c.arp_suppressed),
+            ])
             .collect(),
     }
 }

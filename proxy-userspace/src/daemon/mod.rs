@@ -1,7 +1,8 @@
 //! `hapd run`: the daemon's main loop. One task drives every VRRP instance: guard events and
 //! timers go into the engines, their actions come out as adverts, address changes and ARP.
-//! A graceful stop is two more phases of the same loop: draining the proxy's clients, then
-//! resigning while the masters keep their addresses until a successor is heard.
+//! A graceful stop is one more phase of the same loop: every master resigns, keeps its
+//! addresses until a successor is heard, then hands them over while its flows drain
+//! ([`router::Move`]).
 mod fence;
 mod router;
 mod timer;
@@ -29,7 +30,7 @@ use crate::{
     config::Config,
     control::{AuthSettings, Control, GuardFacts},
     dataplane::{Dataplane, InstanceSpec},
-    link, vip,
+    link,
     vrrp::{
         fsm::{Heard, State},
         notify::NOTIFY_TIMEOUT,
@@ -37,15 +38,6 @@ use crate::{
         Centisecs,
     },
 };
-
-/// On a graceful stop, how long the VIPs stay after the successor's first advert (at least;
-/// three gratuitous-ARP intervals if that is longer), so its announcement reaches the clients
-/// before the addresses go.
-pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
-
-/// On a graceful stop, how long the VIPs stay at most while the proxy's clients move to the
-/// successor (see [`crate::proxy::ProxyView::begin_handover`]).
-pub const HANDOVER_DRAIN: Duration = Duration::from_secs(1);
 
 /// What an embedding program (the proxy, tests) can hand the daemon.
 #[derive(Default)]
@@ -64,16 +56,10 @@ pub struct Options {
 enum Phase {
     /// Electing and serving.
     Running,
-    /// A graceful stop on a master with a proxy: the proxy's clients move to the successor
-    /// first (see [`begin_handover`]); resign when none is left or at `until`.
-    Draining { until: std::time::Instant },
-    /// Resigned with priority 0: the masters among `waiting` (router indices) keep their VIPs
-    /// until their successor's first advert, so clients never find nobody at the address;
-    /// at `until` (at most 2 s, our Master_Down_Interval) they release them anyway.
-    Resigning {
-        waiting: Vec<usize>,
-        until: tokio::time::Instant,
-    },
+    /// Resigned with priority 0: masters hold their addresses until a successor is heard
+    /// (bounded: [`router::Move::Holding`]), then hand them over and drain; the loop ends when
+    /// no move is left.
+    Stopping,
 }
 
 /// Runs until SIGTERM or SIGINT, then resigns mastership, removes the virtual addresses,
@@ -103,6 +89,11 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let ctx = Ctx {
         nl: nl.clone(),
         fence_tx,
+        proxy: opts.proxy.clone(),
+        drain_timeout: config
+            .server
+            .as_ref()
+            .map_or(Duration::from_secs(10), |s| s.drain_timeout.0),
     };
     let mut routers = Vec::new();
     for (i, (v, spec)) in config.vrrp.iter().zip(&specs).enumerate() {
@@ -121,7 +112,6 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut proxy_healthy = health.as_ref().is_none_or(|h| *h.borrow());
     let mut shutdown = opts.shutdown;
     let mut control = opts.control;
-    let opts_proxy = opts.proxy;
     let mut phase = Phase::Running;
 
     info!(node = %config.node.name, instances = routers.len(), "hapd ready");
@@ -132,12 +122,12 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         r.engine.set_link(t, up);
         r.apply_tracking(t, &script_states, proxy_healthy);
         r.engine.handle_startup(t);
-        r.act(&ctx).await;
+        r.act(&ctx, &mut dp).await;
     }
     let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
     let mut handled: Option<Duration> = None;
     loop {
-        if matches!(&phase, Phase::Resigning { waiting, .. } if waiting.is_empty()) {
+        if matches!(phase, Phase::Stopping) && routers.iter().all(|r| r.moving.is_none()) {
             break;
         }
         let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
@@ -151,7 +141,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             // Already due (an expiry may have been folded into the one just handled). Once per
             // deadline: one that handling leaves due waits for the timer like any other.
             handled = deadline;
-            handle_timeouts(&mut routers, &dp, &ctx).await;
+            handle_timeouts(&mut routers, &mut dp, &ctx).await;
             continue;
         }
         let health_changed = async {
@@ -181,16 +171,12 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 _ = int.recv() => "SIGINT: stopping",
             }
         };
-        let draining = matches!(phase, Phase::Draining { .. });
-        let resign_by = match &phase {
-            Phase::Resigning { until, .. } => Some(*until),
-            _ => None,
-        };
+        let moving = routers.iter().any(|r| r.move_pending());
         tokio::select! {
             // The timer first: at 10 ms adverts it is most of what wakes the loop, and a tick
             // then costs no poll of the other sources.
             biased;
-            _ = timer.expired() => handle_timeouts(&mut routers, &dp, &ctx).await,
+            _ = timer.expired() => handle_timeouts(&mut routers, &mut dp, &ctx).await,
             ev = dp.next_event() => match ev {
                 Some(ev) => {
                     let key = InstanceKey::new(ev.ifindex, ev.vrid);
@@ -206,13 +192,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                             interval: Centisecs(ev.interval_cs),
                         },
                     );
-                    r.act(&ctx).await;
-                    if let Phase::Resigning { waiting, .. } = &mut phase {
-                        if let Some(pos) = waiting.iter().position(|&w| w == i).filter(|_| ev.priority > 0) {
-                            waiting.remove(pos);
-                            hand_over(&routers[i], &nl, Ipv4Addr::from(ev.src)).await;
-                        }
-                    }
+                    r.act(&ctx, &mut dp).await;
                 }
                 None => break,
             },
@@ -220,20 +200,20 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 for r in routers.iter_mut().filter(|r| r.key.ifindex == change.ifindex) {
                     r.link_up = change.up;
                     r.engine.set_link(now(), change.up);
-                    r.act(&ctx).await;
+                    r.act(&ctx, &mut dp).await;
                 }
             }
             Some(st) = script_rx.recv() => {
                 script_states.insert(st.name.clone(), st.healthy);
                 for r in routers.iter_mut().filter(|r| r.scripts.iter().any(|(n, _)| *n == st.name)) {
                     r.apply_tracking(now(), &script_states, proxy_healthy);
-                    r.act(&ctx).await;
+                    r.act(&ctx, &mut dp).await;
                 }
             }
             Some((i, ok)) = fence_rx.recv() => {
                 if let Some(r) = routers.get_mut(i) {
                     r.engine.handle_fence_result(now(), ok);
-                    r.act(&ctx).await;
+                    r.act(&ctx, &mut dp).await;
                 }
             }
             true = health_changed => {
@@ -241,7 +221,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 info!("proxy {}", if proxy_healthy { "healthy" } else { "unhealthy" });
                 for r in routers.iter_mut().filter(|r| r.track_proxy.is_some()) {
                     r.apply_tracking(now(), &script_states, proxy_healthy);
-                    r.act(&ctx).await;
+                    r.act(&ctx, &mut dp).await;
                 }
             }
             Some(req) = async {
@@ -268,7 +248,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                         Some(r) => {
                             let before = r.engine.state();
                             r.engine.set_stepped_down(now(), on);
-                            r.act(&ctx).await;
+                            r.act(&ctx, &mut dp).await;
                             let verb = if on { "stepped down" } else { "handed back" };
                             info!("{}: {verb} by a drill ({before} => {})", r.name, r.engine.state());
                             Ok(format!("{}: {verb}; was {before}, now {}", r.name, r.engine.state()))
@@ -283,36 +263,22 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             why = stop_requested => {
                 info!("{why}");
                 phase = match phase {
-                    Phase::Running => match begin_handover(&routers, &mut dp, opts_proxy.as_deref()) {
-                        Some(until) => Phase::Draining { until },
-                        None => resign(&mut routers, &ctx).await,
-                    },
-                    // A second request while the clients move stops at once.
-                    Phase::Draining { .. } => resign(&mut routers, &ctx).await,
-                    Phase::Resigning { .. } => break,
+                    Phase::Running => resign(&mut routers, &ctx, &mut dp).await,
+                    // A second request while the addresses move stops at once.
+                    Phase::Stopping => break,
                 };
             }
-            _ = tokio::time::sleep(Duration::from_millis(5)), if draining => {
-                let left = opts_proxy.as_ref().map_or(0, |p| p.connections());
-                let over = matches!(phase, Phase::Draining { until } if std::time::Instant::now() >= until);
-                if left == 0 {
-                    info!("every proxy client has moved: resigning");
-                    phase = resign(&mut routers, &ctx).await;
-                } else if over {
-                    info!("{left} proxy connection(s) still open after {HANDOVER_DRAIN:?}: resigning");
-                    phase = resign(&mut routers, &ctx).await;
+            _ = tokio::time::sleep(Duration::from_millis(5)), if moving => {
+                for r in routers.iter_mut().filter(|r| r.move_pending()) {
+                    r.poll_move(&ctx, &mut dp).await;
                 }
             }
-            _ = tokio::time::sleep_until(resign_by.unwrap_or_else(tokio::time::Instant::now)), if resign_by.is_some() => break,
         }
     }
-    if let Phase::Resigning { waiting, .. } = &phase {
-        for &i in waiting {
-            let r = &routers[i];
-            info!("{}: no successor heard; releasing the VIPs", r.name);
-            if let Err(e) = vip::remove(&nl, r.key.ifindex, &r.vips).await {
-                warn!("{}: removing virtual addresses: {e:#}", r.name);
-            }
+    // Stopped in the middle of a move (a second signal): nothing is left to carry flows.
+    for r in &mut routers {
+        if r.moving.is_some() {
+            r.abandon_move(&ctx, &mut dp).await;
         }
     }
     // Let every instance's queued notifications (STOP included) run before we exit.
@@ -332,43 +298,20 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every engine resigns (a master with priority 0) but a master keeps serving its VIPs until
-/// its successor's first advert arrives (it takes over after its Skew_Time and announces the
-/// VIPs with gratuitous ARP), bounded by our Master_Down_Interval (at most 2 s) in case there
-/// is no successor.
-async fn resign(routers: &mut [Router], ctx: &Ctx) -> Phase {
-    let mut waiting = Vec::new();
-    let mut bound = Duration::ZERO;
-    for (i, r) in routers.iter_mut().enumerate() {
-        if r.engine.state() == State::Master {
-            r.hold_vips = true;
-            waiting.push(i);
-            bound = bound.max(r.engine.master_down_interval().min(Duration::from_secs(2)));
-        }
+/// Every engine resigns (a master with priority 0) and holds its VIPs until its successor's
+/// first advert arrives (it takes over after its Skew_Time and announces the VIPs with
+/// gratuitous ARP), bounded in case there is none; then the flows drain ([`router::Move`]).
+async fn resign(routers: &mut [Router], ctx: &Ctx, dp: &mut Dataplane) -> Phase {
+    for r in routers.iter_mut() {
         r.engine.handle_shutdown(now());
-        r.act(ctx).await;
+        r.act(ctx, dp).await;
     }
-    Phase::Resigning {
-        waiting,
-        until: tokio::time::Instant::now() + bound,
-    }
-}
-
-/// `successor` advertised for `r`'s instance while we resign: it advertises before it adds the
-/// VIPs and announces them, so keep serving until its gratuitous ARP has moved the clients,
-/// then release them.
-async fn hand_over(r: &Router, nl: &rtnetlink::Handle, successor: Ipv4Addr) {
-    let grace = (3 * r.garp.interval.0).max(HANDOVER_GRACE);
-    tokio::time::sleep(grace).await;
-    info!("{}: {successor} took over; releasing the VIPs", r.name);
-    if let Err(e) = vip::remove(nl, r.key.ifindex, &r.vips).await {
-        warn!("{}: removing virtual addresses: {e:#}", r.name);
-    }
+    Phase::Stopping
 }
 
 /// Every engine whose deadline has passed handles it (a backup reads the guard's record first:
 /// an advert it holds moves the master-down deadline).
-async fn handle_timeouts(routers: &mut [Router], dp: &Dataplane, ctx: &Ctx) {
+async fn handle_timeouts(routers: &mut [Router], dp: &mut Dataplane, ctx: &Ctx) {
     let t = now();
     for r in routers {
         if r.engine.poll_timeout().is_some_and(|d| d <= t) {
@@ -376,7 +319,7 @@ async fn handle_timeouts(routers: &mut [Router], dp: &Dataplane, ctx: &Ctx) {
                 r.refresh_from_guard(dp);
             }
             r.engine.handle_timeout(t);
-            r.act(ctx).await;
+            r.act(ctx, dp).await;
         }
     }
 }
@@ -426,41 +369,6 @@ fn apply_auth(
         format!("; auth_hmac applied to {}", changed.join(", ")),
         previous,
     ))
-}
-
-/// The first step of a graceful stop on a master with a proxy: before resigning, move the
-/// proxy's clients off this node without failing a request. New TCP connections to the VIPs
-/// are dropped by the guard (the client retransmits its SYN after about a second, by when the
-/// successor holds the VIPs), and every HTTP/1 response carries `Connection: close` (HTTP/2:
-/// GOAWAY), so each busy connection ends after its current request. The loop keeps advertising
-/// meanwhile; it resigns when the proxy has no connection left or at the instant returned
-/// ([`HANDOVER_DRAIN`] from now). `None` when there is nothing to hand over (resign at once).
-fn begin_handover(
-    routers: &[Router],
-    dp: &mut Dataplane,
-    proxy: Option<&crate::proxy::ProxyView>,
-) -> Option<std::time::Instant> {
-    let proxy = proxy?;
-    let ports: Vec<proxy_common::maps::ServedPort> = routers
-        .iter()
-        .filter(|r| r.engine.state() == State::Master)
-        .flat_map(|r| r.served.iter().copied())
-        .collect();
-    if ports.is_empty() || proxy.connections() == 0 {
-        return None;
-    }
-    let syns = dp.drain_new_connections(&ports);
-    proxy.begin_handover();
-    info!(
-        "handing over: {} proxy connection(s) close after their current request{}",
-        proxy.connections(),
-        if syns {
-            "; new connections wait for the successor"
-        } else {
-            " (no XDP: new connections are still served here)"
-        }
-    );
-    Some(std::time::Instant::now() + HANDOVER_DRAIN)
 }
 
 /// One line for the log: which instance, who sent what, and why it matters.

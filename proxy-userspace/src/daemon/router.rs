@@ -1,10 +1,14 @@
 //! One running VRRP instance: its engine, its advert socket and signer, its addresses, and
 //! what it does with the engine's actions.
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
-use proxy_common::maps::InstanceKey;
+use proxy_common::maps::{FlowEntry, InstanceKey, FLOW_HOLDER, FLOW_RELEASED};
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -27,6 +31,38 @@ use crate::{
 pub(super) struct Ctx {
     pub(super) nl: Handle,
     pub(super) fence_tx: mpsc::Sender<(usize, bool)>,
+    /// The proxy, whose clients on a handed-over address move with [`Move::Draining`].
+    pub(super) proxy: Option<std::sync::Arc<crate::proxy::ProxyView>>,
+    /// How long flows may drain after a planned move (`server.drain_timeout`).
+    pub(super) drain_timeout: Duration,
+}
+
+/// Without XDP a move cannot carry flows: the addresses go this long after the successor's
+/// first advert (at least; three gratuitous-ARP intervals if that is longer), so its
+/// announcement reaches the clients first.
+pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
+
+/// How much longer than its drain the new owner sends the previous owner's flows there (the
+/// previous owner's `drain_timeout` may be a little longer than ours).
+const ADOPT_MARGIN: Duration = Duration::from_secs(1);
+
+/// A planned move of an instance's addresses in progress (see [`proxy_common::flow`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Move {
+    /// We resigned: the addresses stay, answered for, until a successor is heard.
+    Holding { since: Instant },
+    /// `to` is master: our flows on the addresses end here (the guard sends us their segments
+    /// from `to` and sends it everything else) until none is left or `until`. `flows`: the
+    /// guard carries them (XDP); without it the addresses go at `until`, a short grace.
+    Draining {
+        to: Ipv4Addr,
+        since: Instant,
+        until: Instant,
+        flows: bool,
+    },
+    /// We took the addresses from `from`, which still serves its flows: the guard sends it the
+    /// segments we have no socket for, until `until`.
+    Adopted { from: Ipv4Addr, until: Instant },
 }
 
 /// The monotonic clock as the engines see it (the clock of the guard's timestamps).
@@ -55,11 +91,8 @@ pub(super) struct Router {
     pub(super) track_proxy: Option<i32>,
     pub(super) notifier: Option<(Notifier, tokio::task::JoinHandle<()>)>,
     pub(super) fence: Vec<String>,
-    /// During a graceful stop: keep the VIPs until the successor is heard (see
-    /// [`super::run_with`]).
-    pub(super) hold_vips: bool,
-    /// The (VIP, port) pairs the proxy serves (for the handover).
-    pub(super) served: Vec<proxy_common::maps::ServedPort>,
+    /// A planned move in progress.
+    pub(super) moving: Option<Move>,
     /// `auth_hmac`, as the guard and the signer run it.
     pub(super) auth: Option<AuthSpec>,
     /// For status and metrics.
@@ -74,6 +107,9 @@ pub(super) struct RouterStats {
     transitions: u64,
     last_transition: Option<(std::time::Instant, String)>,
     adverts_sent: u64,
+    /// Planned moves that handed the addresses over, and what their drains took.
+    pub(super) handovers: u64,
+    pub(super) last_handover: Option<String>,
 }
 
 impl Router {
@@ -153,8 +189,7 @@ impl Router {
                 NOTIFY_TIMEOUT,
             ),
             fence: v.fence.clone(),
-            hold_vips: false,
-            served: spec.served.clone(),
+            moving: None,
             auth: spec.auth.clone(),
             stats: RouterStats::default(),
             reasons: Vec::new(),
@@ -172,7 +207,7 @@ impl Router {
     }
 
     /// Carries out what the engine asked for, in order.
-    pub(super) async fn act(&mut self, ctx: &Ctx) {
+    pub(super) async fn act(&mut self, ctx: &Ctx, dp: &mut Dataplane) {
         let nl = &ctx.nl;
         while let Some(a) = self.engine.poll_action() {
             match a {
@@ -183,15 +218,34 @@ impl Router {
                         Err(e) => warn!("{}: {e:#}", self.name),
                     }
                 }
-                Action::TakeVips => {
+                Action::TakeVips { from } => {
+                    self.end_move(ctx, dp);
+                    // The proxy serves the addresses as its own again (a drain that ended
+                    // left them marked as handed over and cut).
+                    if let Some(p) = &ctx.proxy {
+                        p.hand_over(&self.vip_addrs(), false);
+                    }
                     if let Err(e) = vip::add(nl, self.key.ifindex, &self.vips).await {
                         warn!("{}: adding virtual addresses: {e:#}", self.name);
                     }
                     self.announce();
+                    if let Some(from) = from {
+                        self.adopt(ctx, dp, from);
+                    }
                 }
                 Action::Reannounce => self.announce(),
-                Action::ReleaseVips if self.hold_vips => {}
+                Action::HoldVips => {
+                    self.end_move(ctx, dp);
+                    self.moving = Some(Move::Holding {
+                        since: Instant::now(),
+                    });
+                }
+                Action::HandOver { to } => {
+                    self.end_move(ctx, dp);
+                    self.hand_over(ctx, dp, to);
+                }
                 Action::ReleaseVips => {
+                    self.end_move(ctx, dp);
                     if let Err(e) = vip::remove(nl, self.key.ifindex, &self.vips).await {
                         warn!("{}: removing virtual addresses: {e:#}", self.name);
                     }
@@ -225,6 +279,233 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// The addresses as the proxy sees them.
+    fn vip_addrs(&self) -> Vec<IpAddr> {
+        self.vips.iter().map(|n| IpAddr::V4(n.addr())).collect()
+    }
+
+    fn vip_v4(&self) -> Vec<Ipv4Addr> {
+        self.vips.iter().map(|n| n.addr()).collect()
+    }
+
+    /// The Ethernet address of `router`, from the last advert the guard accepted for this
+    /// instance if `router` sent it.
+    fn mac_of(&self, dp: &Dataplane, router: Ipv4Addr) -> Option<[u8; 6]> {
+        dp.advert(&self.key)
+            .filter(|r| Ipv4Addr::from(r.master) == router && r.mac != [0; 6])
+            .map(|r| r.mac)
+    }
+
+    /// We took the addresses from `from` in a planned move: its flows stay there.
+    fn adopt(&mut self, ctx: &Ctx, dp: &mut Dataplane, from: Ipv4Addr) {
+        let Some(mac) = self.mac_of(dp, from) else {
+            info!(
+                "{}: took over from {from}; its Ethernet address is unknown, so its open flows are not carried",
+                self.name
+            );
+            return;
+        };
+        let entry = FlowEntry {
+            peer_mac: mac,
+            role: FLOW_HOLDER,
+            _pad: 0,
+        };
+        if dp.set_flows(&self.vip_v4(), Some(entry)) {
+            let window = ctx.drain_timeout + ADOPT_MARGIN;
+            info!(
+                "{}: took over from {from}, which keeps serving its open flows: their segments go there for up to {window:?}",
+                self.name
+            );
+            self.moving = Some(Move::Adopted {
+                from,
+                until: Instant::now() + window,
+            });
+        }
+    }
+
+    /// `to` is master after our planned move: our flows drain here, everything else goes to
+    /// `to`; without XDP the addresses go after a short grace.
+    fn hand_over(&mut self, ctx: &Ctx, dp: &mut Dataplane, to: Ipv4Addr) {
+        let now = Instant::now();
+        // Flows are the proxy's: without it there is nothing to drain.
+        let mac = self.mac_of(dp, to).filter(|_| ctx.proxy.is_some());
+        let carried = mac.is_some_and(|mac| {
+            dp.set_flows(
+                &self.vip_v4(),
+                Some(FlowEntry {
+                    peer_mac: mac,
+                    role: FLOW_RELEASED,
+                    _pad: 0,
+                }),
+            )
+        });
+        let addrs = self.vip_addrs();
+        if let Some(p) = &ctx.proxy {
+            p.hand_over(&addrs, true);
+        }
+        let open = ctx.proxy.as_ref().map_or(0, |p| p.connections_on(&addrs));
+        let until = if carried {
+            info!(
+                "{}: {to} took over; {open} proxy connection(s) here end at their next response (up to {:?}), new ones go to {to}",
+                self.name, ctx.drain_timeout
+            );
+            now + ctx.drain_timeout
+        } else {
+            let why = if ctx.proxy.is_none() {
+                "no proxy here"
+            } else if dp.xdp().is_none() {
+                "no XDP guard"
+            } else if mac.is_none() {
+                "its Ethernet address is unknown"
+            } else {
+                "the guard refused the move"
+            };
+            info!(
+                "{}: {to} took over; releasing the addresses (open flows not carried: {why})",
+                self.name
+            );
+            now + (3 * self.garp.interval.0).max(HANDOVER_GRACE)
+        };
+        self.stats.handovers += 1;
+        self.moving = Some(Move::Draining {
+            to,
+            since: now,
+            until,
+            flows: carried,
+        });
+    }
+
+    /// Ends whatever move is in progress (we hold the addresses again, or lose them at once):
+    /// the guard forgets them, the proxy serves them as before.
+    fn end_move(&mut self, ctx: &Ctx, dp: &mut Dataplane) {
+        match self.moving.take() {
+            Some(Move::Draining { flows, .. }) => {
+                if flows {
+                    dp.set_flows(&self.vip_v4(), None);
+                }
+                if let Some(p) = &ctx.proxy {
+                    p.hand_over(&self.vip_addrs(), false);
+                }
+            }
+            Some(Move::Adopted { .. }) => {
+                dp.set_flows(&self.vip_v4(), None);
+            }
+            Some(Move::Holding { .. }) | None => {}
+        }
+    }
+
+    /// Advances a move: a hold ends without a successor at its bound, a drain when no
+    /// connection is left on the addresses or at its bound (then the addresses go), an
+    /// adoption at its bound. Called every few milliseconds while one is in progress.
+    pub(super) async fn poll_move(&mut self, ctx: &Ctx, dp: &mut Dataplane) {
+        let now = Instant::now();
+        match self.moving.clone() {
+            Some(Move::Draining {
+                to,
+                since,
+                until,
+                flows,
+            }) => {
+                let addrs = self.vip_addrs();
+                let left = match (&ctx.proxy, flows) {
+                    (Some(p), true) => p.connections_on(&addrs),
+                    _ => 0,
+                };
+                if left > 0 && now < until {
+                    return;
+                }
+                if left > 0 {
+                    warn!(
+                        "{}: {left} connection(s) still open after {:?}: closing them",
+                        self.name, ctx.drain_timeout
+                    );
+                }
+                if let Some(p) = &ctx.proxy {
+                    p.cut(&addrs);
+                }
+                if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
+                    warn!("{}: removing virtual addresses: {e:#}", self.name);
+                }
+                if flows {
+                    dp.set_flows(&self.vip_v4(), None);
+                }
+                let took = now - since;
+                info!(
+                    "{}: handed over to {to}; addresses released after {took:?}{}",
+                    self.name,
+                    if left > 0 { " (drain cut short)" } else { "" }
+                );
+                self.stats.last_handover = Some(format!(
+                    "to {to}: flows {}, drained in {} ms{}",
+                    if flows {
+                        "carried"
+                    } else {
+                        "not carried (no XDP)"
+                    },
+                    took.as_millis(),
+                    if left > 0 {
+                        format!(", {left} cut at the bound")
+                    } else {
+                        String::new()
+                    }
+                ));
+                self.moving = None;
+            }
+            Some(Move::Holding { since }) if now - since >= self.hold_bound() => {
+                self.release_held(ctx).await;
+            }
+            Some(Move::Adopted { from, until }) if now >= until => {
+                dp.set_flows(&self.vip_v4(), None);
+                info!("{}: no longer sending flows to {from}", self.name);
+                self.moving = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The daemon stops in the middle of a move: held or draining addresses go now (what is
+    /// still open on them is cut), the guard forgets the move.
+    pub(super) async fn abandon_move(&mut self, ctx: &Ctx, dp: &mut Dataplane) {
+        let release = matches!(
+            self.moving,
+            Some(Move::Holding { .. } | Move::Draining { .. })
+        );
+        if release {
+            if let Some(p) = &ctx.proxy {
+                p.cut(&self.vip_addrs());
+            }
+        }
+        self.end_move(ctx, dp);
+        if release {
+            if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
+                warn!("{}: removing virtual addresses: {e:#}", self.name);
+            }
+        }
+    }
+
+    /// Gives up a hold that found no successor: the addresses go.
+    async fn release_held(&mut self, ctx: &Ctx) {
+        if let Some(Move::Holding { .. }) = self.moving {
+            self.moving = None;
+            info!("{}: no successor heard; releasing the VIPs", self.name);
+            if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
+                warn!("{}: removing virtual addresses: {e:#}", self.name);
+            }
+        }
+    }
+
+    /// How long resigned addresses are held for a successor: twice our Master_Down_Interval
+    /// (after one, a stepped-down router that heard nobody is master again and holds them
+    /// anyway), at most 2 s (a stopping daemon with no successor exits after that).
+    fn hold_bound(&self) -> Duration {
+        (2 * self.engine.master_down_interval()).min(Duration::from_secs(2))
+    }
+
+    /// Whether a move needs [`Router::poll_move`].
+    pub(super) fn move_pending(&self) -> bool {
+        self.moving.is_some()
     }
 
     /// Applies the tracked checks: the priority delta and whether a weight-0 check failed.

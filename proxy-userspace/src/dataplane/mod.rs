@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, InstanceSlot,
-    ServedPort, VridEntry, AUTH_MODE_ENFORCE, AUTH_MODE_PERMISSIVE, AUTH_MODE_RECEIVE_ONLY,
-    AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID,
-    MAX_PEERS_PER_INSTANCE,
+    AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent, InstanceKey,
+    InstanceSlot, ServedPort, VridEntry, AUTH_MODE_ENFORCE, AUTH_MODE_PERMISSIVE,
+    AUTH_MODE_RECEIVE_ONLY, AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER,
+    MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
 };
 use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
@@ -413,19 +413,24 @@ impl Dataplane {
         self.events.recv().await
     }
 
-    /// Drops new TCP connections to `vips` on interfaces where the guard runs in XDP (a
-    /// graceful stop: clients retry their SYN and reach the new master). Whether it does.
-    pub fn drain_new_connections(&mut self, ports: &[ServedPort]) -> bool {
-        match self.xdp.as_mut() {
-            Some(g) => match g.drain_new_connections(ports) {
-                Ok(()) => true,
-                Err(e) => {
-                    warn!("keeping new connections away during the handover: {e:#}");
-                    false
+    /// Puts `addrs` in a planned move as `entry`, or takes them out (`None`), where the guard
+    /// runs in XDP ([`proxy_common::flow`]). Whether it does: without XDP a move cannot carry
+    /// flows, and the caller releases the addresses as before.
+    pub fn set_flows(&mut self, addrs: &[std::net::Ipv4Addr], entry: Option<FlowEntry>) -> bool {
+        let Some(g) = self.xdp.as_mut() else {
+            return false;
+        };
+        for (i, a) in addrs.iter().enumerate() {
+            if let Err(e) = g.set_flow(*a, entry) {
+                warn!("{e:#}");
+                // All or nothing: the addresses done so far leave the move again.
+                for done in &addrs[..i] {
+                    let _ = g.set_flow(*done, None);
                 }
-            },
-            None => false,
+                return false;
+            }
         }
+        true
     }
 
     /// The XDP guard, when loaded (tests and benchmarks run it directly).

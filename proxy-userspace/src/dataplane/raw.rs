@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 use proxy_common::{
-    guard::{classify, record_advert, record_seq, Mark, Tables, Verdict},
+    guard::{classify, record_advert, record_seq, source_mac, Mark, Tables, Verdict},
     maps::{
         AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
         ReplayKey, VridEntry, MAX_REPLAY,
@@ -158,6 +158,7 @@ impl RawState {
                 let rec = adverts.get_mut(&a.key)?;
                 let prev_priority = rec.priority;
                 let flags = record_advert(rec, &a, now_ns);
+                rec.mac = source_mac(frame);
                 (flags != 0).then_some(GuardEvent {
                     time_ns: now_ns,
                     ifindex,

@@ -1,6 +1,7 @@
 //! The XDP guard: loading the embedded object, pinning and checking its maps, filling them from
 //! the config, attaching to interfaces, and reading its event ring.
 use std::{
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -9,7 +10,7 @@ use anyhow::Context as _;
 use aya::{
     maps::{
         Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        RingBuf,
+        ProgramArray, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -18,10 +19,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, ReplayKey,
-    ServedPort, VridEntry, EVENTS_BYTES, LAYOUT_VERSION, MAP_ADVERTS, MAP_AUTH, MAP_AUTH_STATS,
-    MAP_CLOCK, MAP_DRAIN, MAP_EVENTS, MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES,
-    MAX_REPLAY, MAX_VIPS, PROGRAM_NAME, VRIDS,
+    AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent, InstanceKey,
+    ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS,
+    MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP,
+    MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME,
+    VRIDS,
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{info, warn};
@@ -46,19 +48,16 @@ pub const MAP_LAYOUT: &str = "hapd_layout";
 const EXPECTED: [(&str, MapType, u32, u32, u32); 11] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
-    (MAP_ADVERTS, MapType::Hash, 8, 24, MAX_INSTANCES),
-    (MAP_STATS, MapType::PerCpuArray, 4, 152, 1),
+    (MAP_ADVERTS, MapType::Hash, 8, 32, MAX_INSTANCES),
+    (MAP_STATS, MapType::PerCpuArray, 4, 168, 1),
     (MAP_REPLAY, MapType::LruHash, 24, 8, MAX_REPLAY),
     (MAP_AUTH_STATS, MapType::PerCpuHash, 8, 64, MAX_INSTANCES),
     (MAP_CLOCK, MapType::Array, 4, 8, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
     (MAP_VIPS, MapType::Hash, 8, 1, MAX_VIPS),
-    (MAP_DRAIN, MapType::Hash, 8, 1, MAX_VIPS),
-    (MAP_DRAINING, MapType::Array, 4, 4, 1),
+    (MAP_FLOWS, MapType::Hash, 4, 8, MAX_VIPS),
+    (MAP_FLOW_COUNT, MapType::Array, 4, 4, 1),
 ];
-
-/// Name of the one-entry array with the number of entries in `vip_drain`.
-pub const MAP_DRAINING: &str = "vip_draining";
 
 /// How the guard ended up attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +92,10 @@ pub struct XdpGuard {
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
     served: HashMap<MapData, ServedPort, u8>,
-    drain: HashMap<MapData, ServedPort, u8>,
-    draining: Array<MapData, u32>,
+    flows: HashMap<MapData, u32, FlowEntry>,
+    flow_count: Array<MapData, u32>,
+    /// Holds the flow program for the guard's tail call while the daemon runs.
+    _jump: ProgramArray<MapData>,
     auth: HashMap<MapData, InstanceKey, AuthConfig>,
     replay: HashMap<MapData, ReplayKey, u64>,
     auth_stats: PerCpuHashMap<MapData, InstanceKey, AuthCounters>,
@@ -137,6 +138,21 @@ impl XdpGuard {
         prog.load()
             .map_err(verifier_error)
             .context("the kernel refused the XDP guard")?;
+        let flow: &mut Xdp = ebpf
+            .program_mut(FLOW_PROGRAM_NAME)
+            .with_context(|| format!("program {FLOW_PROGRAM_NAME} missing from the guard object"))?
+            .try_into()
+            .context("the flow program is not XDP")?;
+        flow.load()
+            .map_err(verifier_error)
+            .context("the kernel refused the guard's flow program")?;
+        let flow_fd = flow
+            .fd()
+            .context("the flow program's descriptor")?
+            .try_clone()?;
+        let mut jump: ProgramArray<MapData> = take(&mut ebpf, MAP_JUMP)?;
+        jump.set(0, &flow_fd, 0)
+            .context("putting the flow program in the guard's jump table")?;
 
         let mut layout: Array<MapData, u32> = take(&mut ebpf, MAP_LAYOUT)?;
         layout
@@ -148,8 +164,9 @@ impl XdpGuard {
             stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
             served: take(&mut ebpf, MAP_VIPS)?,
-            drain: take(&mut ebpf, MAP_DRAIN)?,
-            draining: take(&mut ebpf, MAP_DRAINING)?,
+            _jump: jump,
+            flows: take(&mut ebpf, MAP_FLOWS)?,
+            flow_count: take(&mut ebpf, MAP_FLOW_COUNT)?,
             auth: take(&mut ebpf, MAP_AUTH)?,
             replay: take(&mut ebpf, MAP_REPLAY)?,
             auth_stats: take(&mut ebpf, MAP_AUTH_STATS)?,
@@ -162,6 +179,14 @@ impl XdpGuard {
         if let Some(clock) = &mut guard.clock {
             write_clock(clock)?;
         }
+        // Moves of an earlier run that shared the pins (killed mid-move): its sockets are gone.
+        for (addr, _) in guard.flows() {
+            guard.set_flow(addr, None)?;
+        }
+        guard
+            .flow_count
+            .set(0, 0, 0)
+            .context("clearing the move count")?;
         Ok(guard)
     }
 
@@ -442,7 +467,15 @@ impl XdpGuard {
     /// Runs the guard once on `frame` as if it arrived on `ifindex` (BPF_PROG_TEST_RUN).
     /// Returns the XDP action.
     pub fn test_run(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<u32> {
-        Ok(self.run(frame, ifindex, 1)?.0)
+        Ok(self.run(frame, ifindex, 1, None)?.0)
+    }
+
+    /// As [`XdpGuard::test_run`], with the frame as the program left it (a forwarded segment's
+    /// rewritten Ethernet header).
+    pub fn test_run_frame(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; frame.len()];
+        let (action, _) = self.run(frame, ifindex, 1, Some(&mut out))?;
+        Ok((action, out))
     }
 
     /// Runs the guard `repeat` times on `frame`; returns the action and the kernel's mean time
@@ -454,10 +487,16 @@ impl XdpGuard {
         ifindex: u32,
         repeat: u32,
     ) -> anyhow::Result<(u32, Duration)> {
-        self.run(frame, ifindex, repeat)
+        self.run(frame, ifindex, repeat, None)
     }
 
-    fn run(&self, frame: &[u8], ifindex: u32, repeat: u32) -> anyhow::Result<(u32, Duration)> {
+    fn run(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+        out: Option<&mut [u8]>,
+    ) -> anyhow::Result<(u32, Duration)> {
         let prog: &Xdp = self
             .ebpf
             .program(PROGRAM_NAME)
@@ -472,6 +511,7 @@ impl XdpGuard {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.ctx_in = Some(&ctx);
+        opts.data_out = out;
         opts.repeat = repeat;
         let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
         Ok((r.return_value, r.duration))
@@ -523,25 +563,36 @@ impl XdpGuard {
         Ok(())
     }
 
-    /// From now on, drop new TCP connections (SYN without ACK) to `vips`; an empty list stops
-    /// dropping. The count is written last when adding and first when clearing, so the
-    /// program never looks up a half-written set.
-    pub fn drain_new_connections(&mut self, ports: &[ServedPort]) -> anyhow::Result<()> {
-        if ports.is_empty() {
-            self.draining.set(0, 0, 0)?;
-            let keys: Vec<ServedPort> = self.drain.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                let _ = self.drain.remove(&k);
-            }
-            return Ok(());
+    /// Puts `addr` in a planned move as `entry` (see [`proxy_common::flow`]), or takes it out
+    /// (`None`). The count the program checks first is raised after an entry is added and
+    /// lowered after one is removed, so it never skips a live entry.
+    pub fn set_flow(&mut self, addr: Ipv4Addr, entry: Option<FlowEntry>) -> anyhow::Result<()> {
+        let key = u32::from_ne_bytes(addr.octets());
+        match entry {
+            Some(e) => self
+                .flows
+                .insert(key, e, 0)
+                .with_context(|| format!("adding {addr} to {MAP_FLOWS}"))?,
+            None => match self.flows.remove(&key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {addr} from {MAP_FLOWS}"))
+                }
+            },
         }
-        for p in ports {
-            self.drain
-                .insert(p, 1, 0)
-                .with_context(|| format!("adding {p:?} to {MAP_DRAIN}"))?;
-        }
-        self.draining.set(0, ports.len() as u32, 0)?;
-        Ok(())
+        let n = self.flows.keys().filter(Result::is_ok).count() as u32;
+        self.flow_count
+            .set(0, n, 0)
+            .with_context(|| format!("writing {MAP_FLOW_COUNT}"))
+    }
+
+    /// The addresses in a planned move and their entries.
+    pub fn flows(&self) -> Vec<(Ipv4Addr, FlowEntry)> {
+        self.flows
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, e)| (Ipv4Addr::from(k.to_ne_bytes()), e))
+            .collect()
     }
 
     /// Where the maps are pinned, if they are.

@@ -49,6 +49,12 @@ pub(super) async fn accept_loop(
     core: Arc<Core>,
     drain: watch::Receiver<bool>,
 ) {
+    // A listener on a wildcard address learns each connection's address from the socket.
+    let bound = listener
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -60,9 +66,20 @@ pub(super) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        core.conns.opened();
+        let local = match bound {
+            Some(ip) => ip,
+            None => match stream.local_addr() {
+                Ok(a) => a.ip(),
+                Err(e) => {
+                    warn!(%peer, "accept: the connection's own address: {e}");
+                    continue;
+                }
+            },
+        };
+        core.conns.opened(local);
         let with = Accepted {
             peer,
+            local,
             tls,
             sites: sites.clone(),
         };
@@ -85,7 +102,7 @@ pub(super) async fn accept_loop(
                 // Taken out of this worker's poller and not given away: it is lost, as an
                 // accept error would have lost it.
                 warn!(%peer, "handing a connection over: {e}");
-                conns.closed(to);
+                conns.closed(to, local);
                 continue;
             }
         };
@@ -109,7 +126,7 @@ pub(super) fn adopt(
         Ok(stream) => spawn_connection(stream, h.with, me, core, drain),
         Err(e) => {
             warn!(peer = %h.with.peer, "taking over a connection: {e}");
-            core.conns.closed(me.0);
+            core.conns.closed(me.0, h.with.local);
         }
     }
 }
@@ -125,7 +142,8 @@ fn spawn_connection(
     let core = core.clone();
     let drain = drain.clone();
     tokio::spawn(async move {
+        let local = with.local;
         conn::serve(stream, with, me, &core, drain).await;
-        core.conns.closed(me.0);
+        core.conns.closed(me.0, local);
     });
 }

@@ -1,6 +1,9 @@
 //! One client connection from accept to close: the TLS handshake on a TLS listener, then
 //! HTTP/1 (`http1/`) or, by ALPN or the HTTP/2 preface, HTTP/2 (`h2/`).
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -26,42 +29,56 @@ pub(super) async fn serve(
     core: &Core,
     drain: watch::Receiver<bool>,
 ) {
-    let Accepted { peer, tls, sites } = with;
+    let Accepted {
+        peer,
+        local,
+        tls,
+        sites,
+    } = with;
+    let ends = Ends { peer, local };
     if tls {
         // Boxed: a rustls connection is large, and a plain connection's task should not carry
         // room for one.
-        Box::pin(serve_tls(stream, peer, sites, me, core, drain)).await;
+        Box::pin(serve_tls(stream, ends, sites, me, core, drain)).await;
     } else {
-        serve_plain(stream, peer, sites, me, core, drain).await;
+        serve_plain(stream, ends, sites, me, core, drain).await;
     }
+}
+
+/// The two ends of a client connection.
+#[derive(Clone, Copy)]
+struct Ends {
+    peer: SocketAddr,
+    local: IpAddr,
 }
 
 async fn serve_plain(
     stream: TcpStream,
-    peer: SocketAddr,
+    ends: Ends,
     sites: Arc<ArcSwap<Sites>>,
     me: Worker,
     core: &Core,
     mut drain: watch::Receiver<bool>,
 ) {
-    let conn = h1_conn(peer, false, None, &sites, me, core);
+    let conn = h1_conn(ends, false, None, &sites, me, core);
     if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
         // HTTP/2 with prior knowledge (h2c): hyper takes it from the preface on.
         let io = h2::Rewind::new(io, early);
         // Boxed, like every HTTP/2 connection: an HTTP/1 connection's task stays small.
-        Box::pin(run_h2(io, peer, false, None, sites, me, core, drain)).await;
+        Box::pin(run_h2(io, ends, false, None, sites, me, core, drain)).await;
     }
 }
 
 async fn serve_tls(
     stream: TcpStream,
-    peer: SocketAddr,
+    ends: Ends,
     sites: Arc<ArcSwap<Sites>>,
     me: Worker,
     core: &Core,
     mut drain: watch::Receiver<bool>,
 ) {
     let Some(store) = &core.serve.tls else { return };
+    let peer = ends.peer;
     let configs = store.config();
     let stream = match tokio::time::timeout(
         core.serve.handshake_timeout,
@@ -81,19 +98,19 @@ async fn serve_tls(
     };
     let sni = stream.get_ref().1.server_name().map(str::to_string);
     if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        Box::pin(run_h2(stream, peer, true, sni, sites, me, core, drain)).await;
+        Box::pin(run_h2(stream, ends, true, sni, sites, me, core, drain)).await;
         return;
     }
-    let conn = h1_conn(peer, true, sni.as_deref(), &sites, me, core);
+    let conn = h1_conn(ends, true, sni.as_deref(), &sites, me, core);
     if let Some((io, early)) = http1::serve(stream, &conn, Buf::new(), &mut drain).await {
         let io = h2::Rewind::new(io, early);
-        Box::pin(run_h2(io, peer, true, sni, sites, me, core, drain)).await;
+        Box::pin(run_h2(io, ends, true, sni, sites, me, core, drain)).await;
     }
 }
 
 /// What an HTTP/1 connection's requests share.
 fn h1_conn<'a>(
-    peer: SocketAddr,
+    ends: Ends,
     tls: bool,
     sni: Option<&'a str>,
     sites: &'a ArcSwap<Sites>,
@@ -101,8 +118,9 @@ fn h1_conn<'a>(
     core: &'a Core,
 ) -> http1::Conn<'a> {
     http1::Conn {
-        peer,
-        client: headers::canonical(peer.ip()).to_string(),
+        peer: ends.peer,
+        local: ends.local,
+        client: headers::canonical(ends.peer.ip()).to_string(),
         tls,
         sni,
         sites,
@@ -112,12 +130,13 @@ fn h1_conn<'a>(
     }
 }
 
-/// An HTTP/2 connection, until it ends, the proxy drains, or this node hands its VIPs over
-/// (GOAWAY: the client knows which streams were served and opens a new connection).
+/// An HTTP/2 connection, until it ends, the proxy drains, or this node hands its address over
+/// (GOAWAY: the client knows which streams were served and opens a new connection; at the end
+/// of the handover window what is left is cut).
 #[allow(clippy::too_many_arguments)]
 async fn run_h2<IO>(
     io: IO,
-    peer: SocketAddr,
+    ends: Ends,
     tls: bool,
     sni: Option<String>,
     sites: Arc<ArcSwap<Sites>>,
@@ -127,6 +146,7 @@ async fn run_h2<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = ends.peer;
     let conn = Arc::new(H2Conn {
         peer,
         tls,
@@ -155,9 +175,12 @@ async fn run_h2<IO>(
             c.as_mut().graceful_shutdown();
             c.await
         }
-        () = core.signals.handed_over() => {
+        () = core.signals.handed_over(ends.local) => {
             c.as_mut().graceful_shutdown();
-            c.await
+            tokio::select! {
+                r = c => r,
+                () = core.signals.cut_off(ends.local) => return,
+            }
         }
     };
     if let Err(e) = result {

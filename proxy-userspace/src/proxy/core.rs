@@ -3,10 +3,11 @@
 //! connection's serve loop borrows the first two; accepting and placing connections uses the
 //! third; the view (status, reload) reads all three.
 use std::{
-    net::SocketAddr,
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -35,16 +36,18 @@ pub(super) struct ServeCtx {
 }
 
 /// What the node asks of open connections: take a reload's vhosts, close after the request
-/// in progress (the proxy stops), or move to the new master (a handover).
+/// in progress (the proxy stops), or leave an address this node hands over (a planned move).
 pub(super) struct Signals {
     /// Bumped by every reload: connections take the new vhosts at their next request.
     generation: AtomicU64,
     /// The proxy is stopping: connections close after the request in progress.
     draining: AtomicBool,
-    /// This node hands its VIPs over (see [`super::ProxyView::begin_handover`]).
-    handover: AtomicBool,
-    /// The same for HTTP/2 connections, which wait for it.
-    handover_tx: watch::Sender<bool>,
+    /// Whether any address is being handed over (the common answer without a lock).
+    moving_any: AtomicBool,
+    /// The local addresses being handed over (see [`super::ProxyView::hand_over`]).
+    moving: watch::Sender<Arc<Vec<IpAddr>>>,
+    /// The local addresses whose handover window ended: what is left on them closes now.
+    cut: watch::Sender<Arc<Vec<IpAddr>>>,
 }
 
 impl Signals {
@@ -52,8 +55,9 @@ impl Signals {
         Signals {
             generation: AtomicU64::new(0),
             draining: AtomicBool::new(false),
-            handover: AtomicBool::new(false),
-            handover_tx: watch::channel(false).0,
+            moving_any: AtomicBool::new(false),
+            moving: watch::channel(Arc::new(Vec::new())).0,
+            cut: watch::channel(Arc::new(Vec::new())).0,
         }
     }
 
@@ -73,26 +77,58 @@ impl Signals {
         self.draining.store(true, Ordering::Release);
     }
 
-    /// Whether responses now end their connection (this node hands its VIPs over).
-    pub fn handing_over(&self) -> bool {
-        self.handover.load(Ordering::Acquire)
+    /// Whether responses on a connection to `local` now end it (the address is handed over).
+    pub fn handing_over(&self, local: IpAddr) -> bool {
+        self.moving_any.load(Ordering::Acquire) && self.moving.borrow().contains(&local)
     }
 
-    pub fn begin_handover(&self) {
-        self.handover.store(true, Ordering::Release);
-        let _ = self.handover_tx.send(true);
+    /// Adds `addrs` to the addresses handed over (`on`), or takes them back (the node holds
+    /// them again).
+    pub fn set_moving(&self, addrs: &[IpAddr], on: bool) {
+        self.moving.send_modify(|s| {
+            *s = Arc::new(updated(s, addrs, on));
+            self.moving_any.store(!s.is_empty(), Ordering::Release);
+        });
+        if !on {
+            self.cut
+                .send_modify(|s| *s = Arc::new(updated(s, addrs, false)));
+        }
     }
 
-    /// Resolves once a handover begins.
-    pub async fn handed_over(&self) {
-        let mut rx = self.handover_tx.subscribe();
-        loop {
-            if *rx.borrow_and_update() {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+    /// Ends the handover of `addrs`: connections still open to them close now.
+    pub fn cut(&self, addrs: &[IpAddr]) {
+        self.cut
+            .send_modify(|s| *s = Arc::new(updated(s, addrs, true)));
+    }
+
+    /// Resolves once `local` is handed over.
+    pub async fn handed_over(&self, local: IpAddr) {
+        wait_for(self.moving.subscribe(), local).await
+    }
+
+    /// Resolves once the handover window of `local` has ended.
+    pub async fn cut_off(&self, local: IpAddr) {
+        wait_for(self.cut.subscribe(), local).await
+    }
+}
+
+/// `set` without `addrs`, and with them if `add`.
+fn updated(set: &[IpAddr], addrs: &[IpAddr], add: bool) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = set.iter().copied().filter(|a| !addrs.contains(a)).collect();
+    if add {
+        v.extend_from_slice(addrs);
+    }
+    v
+}
+
+/// Resolves once `rx`'s set holds `local`.
+async fn wait_for(mut rx: watch::Receiver<Arc<Vec<IpAddr>>>, local: IpAddr) {
+    loop {
+        if rx.borrow_and_update().contains(&local) {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -100,6 +136,8 @@ impl Signals {
 /// The open client connections: how many, on which worker, and where new ones go.
 pub(super) struct Conns {
     open: AtomicUsize,
+    /// Open connections per local address (the drain of a planned move waits for its own).
+    by_addr: Mutex<HashMap<IpAddr, usize>>,
     /// Notified when the last connection closes (the drain waits for it).
     idle: Notify,
     /// Client connections per worker, and the inboxes of connections handed between them.
@@ -112,6 +150,7 @@ impl Conns {
     pub fn new(balance: balance::Balance<Accepted>, steer: Option<Steer>) -> Conns {
         Conns {
             open: AtomicUsize::new(0),
+            by_addr: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             balance,
             steer,
@@ -122,13 +161,32 @@ impl Conns {
         self.open.load(Ordering::Acquire)
     }
 
-    /// A connection was accepted.
-    pub fn opened(&self) {
+    /// A connection to `local` was accepted.
+    pub fn opened(&self, local: IpAddr) {
         self.open.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut m) = self.by_addr.lock() {
+            *m.entry(local).or_default() += 1;
+        }
     }
 
-    /// A connection placed on `worker` ended (served, or lost before it was).
-    pub fn closed(&self, worker: usize) {
+    /// Connections open now to any of `addrs`.
+    pub fn open_on(&self, addrs: &[IpAddr]) -> usize {
+        self.by_addr
+            .lock()
+            .map(|m| addrs.iter().filter_map(|a| m.get(a)).sum())
+            .unwrap_or(0)
+    }
+
+    /// A connection to `local` placed on `worker` ended (served, or lost before it was).
+    pub fn closed(&self, worker: usize, local: IpAddr) {
+        if let Ok(mut m) = self.by_addr.lock() {
+            if let Some(n) = m.get_mut(&local) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&local);
+                }
+            }
+        }
         self.balance.release(worker);
         if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
@@ -147,10 +205,12 @@ impl Conns {
     }
 }
 
-/// What comes with an accepted connection: the client's address, whether the listener speaks
+/// What comes with an accepted connection: the client's and our address, whether the listener speaks
 /// TLS, and the listener's vhosts.
 pub(super) struct Accepted {
     pub peer: SocketAddr,
+    /// The address the client connected to (a VIP, for a listener on a wildcard address).
+    pub local: IpAddr,
     pub tls: bool,
     pub sites: Arc<ArcSwap<Sites>>,
 }

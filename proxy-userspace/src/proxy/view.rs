@@ -1,6 +1,7 @@
 //! The running proxy as the admin endpoint and reloads see it ([`ProxyView`]): counters,
 //! servers and certificates for `/status` and `/metrics`, `hapd reload`, the handover at a
 //! graceful stop, and log reopening.
+use std::net::IpAddr;
 use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{anyhow, bail};
@@ -164,14 +165,25 @@ impl ProxyView {
         Ok(())
     }
 
-    /// This node is handing its VIPs to another: ask every client to reconnect, which takes
-    /// it to the new master, without failing a request. HTTP/1 responses from now on carry
-    /// `Connection: close` (the client sends its next request on a new connection; closing an
-    /// idle connection instead would race with a request already on its way), HTTP/2
-    /// connections get GOAWAY (the client knows which streams were served). New connections
-    /// are still accepted and served once: a client may not have heard the new master's ARP.
-    pub fn begin_handover(&self) {
-        self.core.signals.begin_handover();
+    /// This node hands `addrs` to another (a planned move; its guard sends their flows here
+    /// until they end): ask every client on them to reconnect, which takes it to the new owner,
+    /// without failing a request. HTTP/1 responses from now on carry `Connection: close` (the
+    /// client sends its next request on a new connection; closing an idle connection instead
+    /// would race with a request already on its way, so an idle one waits for its next
+    /// request), HTTP/2 connections get GOAWAY (the client knows which streams were served).
+    /// `on = false`: the node holds them again.
+    pub fn hand_over(&self, addrs: &[IpAddr], on: bool) {
+        self.core.signals.set_moving(addrs, on);
+    }
+
+    /// The handover window of `addrs` ended: connections still open to them close now.
+    pub fn cut(&self, addrs: &[IpAddr]) {
+        self.core.signals.cut(addrs);
+    }
+
+    /// Client connections open now to any of `addrs`.
+    pub fn connections_on(&self, addrs: &[IpAddr]) -> usize {
+        self.core.conns.open_on(addrs)
     }
 
     /// Reopens every log file (SIGUSR1, after rotation).

@@ -103,11 +103,20 @@ impl fmt::Display for Reason {
 pub enum Action {
     /// Send an advert with this priority and the configured interval.
     SendAdvert { priority: u8 },
-    /// Add the virtual addresses and send a gratuitous ARP burst.
-    TakeVips,
+    /// Add the virtual addresses and send a gratuitous ARP burst. `from`: the previous master,
+    /// alive (it resigned, or we preempted it): a planned move, whose open flows it keeps
+    /// serving; segments of flows this node has no socket for go there.
+    TakeVips { from: Option<Ipv4Addr> },
+    /// We resigned as master: keep the addresses, and keep answering for them, until a
+    /// successor is heard ([`Action::HandOver`]) or we become master again.
+    HoldVips,
+    /// `to` is master now, after a planned move: stop announcing the addresses (no ARP
+    /// answers), send it new connections and segments of flows we have no socket for, end our
+    /// own flows at request boundaries, then remove the addresses.
+    HandOver { to: Ipv4Addr },
     /// Send a gratuitous ARP burst again (another node claimed master: heal a split brain).
     Reannounce,
-    /// Remove the virtual addresses.
+    /// Remove the virtual addresses now (a fault, a lost link: nothing to hand over).
     ReleaseVips,
     /// The state changed (for logs, notify, status).
     Transition {
@@ -182,6 +191,12 @@ pub struct Instance {
     /// its sender's entry, and entries no longer alive (`Peer::alive_at`) are dropped whenever
     /// the table is read or written.
     peers: BTreeMap<Ipv4Addr, Peer>,
+    /// We resigned as master and keep the addresses until a successor is heard.
+    holding: bool,
+    /// The other router of a planned move, for the next state change: the master that
+    /// resigned (priority 0) while we are backup, the master we preempt, or the master we yield
+    /// to.
+    counterpart: Option<Ipv4Addr>,
     actions: VecDeque<Action>,
 }
 
@@ -202,6 +217,8 @@ impl Instance {
             stepped_down: false,
             started: Duration::ZERO,
             peers: BTreeMap::new(),
+            holding: false,
+            counterpart: None,
             actions: VecDeque::new(),
         }
     }
@@ -347,6 +364,11 @@ impl Instance {
                 },
             );
         }
+        if self.holding && h.priority > 0 {
+            // The successor of a master we resigned from: the move is planned, hand over.
+            self.holding = false;
+            self.actions.push_back(Action::HandOver { to: h.src });
+        }
         if self.cfg.version == 2 && h.interval != self.cfg.advert_interval {
             // RFC 3768 section 7.1: the interval must match the configured one.
             self.actions.push_back(Action::Ignored {
@@ -363,8 +385,10 @@ impl Instance {
                     // RFC 5798 section 6.4.2: the master resigned; take over after Skew_Time.
                     self.master_down_timer = Some(at + self.skew_time());
                     self.down_reason = Reason::MasterResigned;
+                    self.counterpart = Some(h.src);
                     return;
                 }
+                self.counterpart = None;
                 let may_preempt = self.cfg.preempt && at >= self.started + self.cfg.preempt_delay;
                 if !may_preempt || h.priority >= ours {
                     if self.cfg.version == 3 {
@@ -375,6 +399,7 @@ impl Instance {
                     self.down_reason = Reason::MasterDown;
                 } else {
                     // A lower-priority master and we may preempt: take over now.
+                    self.counterpart = Some(h.src);
                     self.change_state(at, State::Master, Reason::Preempt);
                 }
             }
@@ -390,6 +415,7 @@ impl Instance {
                         to: h.src,
                         priority: ours,
                     });
+                    self.counterpart = Some(h.src);
                     self.change_state(at, State::Backup, Reason::HigherPriorityMaster);
                     if self.cfg.version == 3 {
                         self.master_adver_interval = h.interval;
@@ -525,8 +551,10 @@ impl Instance {
         }
         // Leaving master: resign with priority 0 when we give up (RFC 5798 section 6.4.3: on
         // shutdown; and on a fault or a lowered priority, so a backup takes over after Skew_Time)
-        // while the link can carry it; yielding to a better master needs no advert. The
-        // addresses go in every case.
+        // while the link can carry it; yielding to a better master needs no advert. On a
+        // planned move the addresses stay until the successor is known and our flows have
+        // ended; when the link is lost they go at once.
+        let counterpart = self.counterpart.take();
         if from == State::Master {
             let resign = matches!(
                 reason,
@@ -535,7 +563,26 @@ impl Instance {
             if resign && self.link_up {
                 self.actions.push_back(Action::SendAdvert { priority: 0 });
             }
-            self.actions.push_back(Action::ReleaseVips);
+            // A tracked check in fault is planned too: the successor hears our priority 0
+            // and sends our open flows back to us, so we drain them (or they fail here, as
+            // they would have); only a lost link leaves nothing to carry them.
+            let planned = resign && self.link_up;
+            match (reason, counterpart) {
+                (Reason::HigherPriorityMaster, Some(to)) => {
+                    self.actions.push_back(Action::HandOver { to });
+                }
+                _ if planned => {
+                    self.holding = true;
+                    self.actions.push_back(Action::HoldVips);
+                }
+                _ => self.actions.push_back(Action::ReleaseVips),
+            }
+        } else if self.holding && matches!(to, State::Fault | State::Master) {
+            // Held addresses: a fault ends the hold; as master we keep them (TakeVips below).
+            self.holding = false;
+            if to == State::Fault {
+                self.actions.push_back(Action::ReleaseVips);
+            }
         }
         self.adver_timer = None;
         self.master_down_timer = None;
@@ -550,7 +597,9 @@ impl Instance {
                 self.actions.push_back(Action::SendAdvert {
                     priority: self.effective_priority(),
                 });
-                self.actions.push_back(Action::TakeVips);
+                let from = counterpart
+                    .filter(|_| matches!(reason, Reason::Preempt | Reason::MasterResigned));
+                self.actions.push_back(Action::TakeVips { from });
                 self.adver_timer = Some(now + self.cfg.advert_interval.as_duration());
                 self.refresh_timer = self.cfg.garp_refresh.map(|r| now + r);
             }

@@ -245,7 +245,7 @@ impl Conn<'_> {
         watchdog: &mut Watchdog,
     ) -> Result<(Done, bool), Broke> {
         let pool = &*site.routes[route].pool;
-        let handover = self.signals.handing_over();
+        let handover = self.signals.handing_over(self.local);
         // The head as it will go to the client, built while the upstream's head is at hand.
         let back = Back {
             vhost: &site.headers,
@@ -284,7 +284,8 @@ impl Conn<'_> {
                 .map_err(Broke::Upstream)?;
             let (client_head, plan) = head.made;
             if req.upgrade && head.code == 101 {
-                return Box::pin(tunnel(io, buf, &client_head, up)).await;
+                let cut = self.signals.cut_off(self.local);
+                return Box::pin(tunnel(io, buf, &client_head, up, cut)).await;
             }
             let sent = relay(
                 io,
@@ -488,6 +489,7 @@ async fn tunnel<S: Transport>(
     buf: &mut Buf,
     head: &[u8],
     up: &mut UpConn,
+    cut: impl std::future::Future<Output = ()>,
 ) -> Result<(Done, bool), Broke> {
     let mut first = head.to_vec();
     first.extend_from_slice(&up.buf.take_vec());
@@ -501,7 +503,11 @@ async fn tunnel<S: Transport>(
             .await
             .map_err(|e| Broke::Other(Other::Midway(e.to_string())))?;
     }
-    let _ = tokio::io::copy_bidirectional(io, &mut up.io).await;
+    // Until either side closes, or the window of a handover of this address ends.
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(io, &mut up.io) => {}
+        () = cut => {}
+    }
     Ok((
         Done {
             status: 101,

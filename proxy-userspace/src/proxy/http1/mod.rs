@@ -72,6 +72,8 @@ impl Transport for super::tls_stream::TlsStream {
 /// What one client connection shares with every request on it.
 pub(in crate::proxy) struct Conn<'a> {
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: std::net::IpAddr,
     /// The client's address as `X-Forwarded-For` names it (IPv4-mapped addresses unmapped).
     pub client: String,
     pub tls: bool,
@@ -172,8 +174,10 @@ pub(in crate::proxy) async fn serve<S: Transport>(
     let mut first = true;
     let mut out: Vec<u8> = Vec::new();
     let mut host = String::new();
-    // One waiter for the stop for the connection's whole life, not one per idle wait.
+    // One waiter for the stop, and one for the end of a handover of the address, for the
+    // connection's whole life, not one per idle wait.
     let mut drained = std::pin::pin!(drained(drain));
+    let mut cut = std::pin::pin!(conn.signals.cut_off(conn.local));
     loop {
         if buf.is_empty() {
             // Idle: nothing held but the socket.
@@ -192,6 +196,9 @@ pub(in crate::proxy) async fn serve<S: Transport>(
                     _ => return None,
                 },
                 () = &mut drained => return None,
+                // The address was handed over and its window ended: a request now would
+                // reach the new owner anyway.
+                () = &mut cut => return None,
             }
         }
         if out.capacity() == 0 {

@@ -30,8 +30,13 @@ fn cfg(i: u8, priority: u8, interval_cs: u16) -> Config {
 
 struct Node {
     inst: Instance,
+    /// Holds the addresses and answers for them.
     vips: bool,
     running: bool,
+    /// Stopped, but still listening for its successor (it holds the addresses until then).
+    stopping: bool,
+    /// The counterpart of the last planned move: `TakeVips { from }` or `HandOver { to }`.
+    moved: Option<Ipv4Addr>,
     transitions: Vec<(Duration, State, State, Reason)>,
     sent: Vec<(Duration, u8)>,
     reannounced: usize,
@@ -56,6 +61,8 @@ impl Sim {
                 inst: Instance::new(c),
                 vips: false,
                 running: false,
+                stopping: false,
+                moved: None,
                 transitions: vec![],
                 sent: vec![],
                 reannounced: 0,
@@ -76,6 +83,7 @@ impl Sim {
         let c = self.nodes[i].inst.config().clone();
         self.nodes[i].inst = Instance::new(c);
         self.nodes[i].running = true;
+        self.nodes[i].stopping = false;
         self.nodes[i].inst.handle_startup(now);
         self.drain(i);
     }
@@ -85,11 +93,13 @@ impl Sim {
         self.nodes[i].inst.handle_shutdown(now);
         self.drain(i);
         self.nodes[i].running = false;
+        self.nodes[i].stopping = self.nodes[i].vips;
     }
 
     /// kill -9 or a dead host: no more adverts, no goodbye.
     fn crash(&mut self, i: usize) {
         self.nodes[i].running = false;
+        self.nodes[i].stopping = false;
         self.nodes[i].vips = false;
     }
 
@@ -101,8 +111,20 @@ impl Sim {
                 self.record(n, &a);
                 match a {
                     Action::SendAdvert { priority } => self.send(n, priority, None, &mut work),
-                    Action::TakeVips => self.nodes[n].vips = true,
-                    Action::ReleaseVips => self.nodes[n].vips = false,
+                    Action::TakeVips { from } => {
+                        self.nodes[n].vips = true;
+                        self.nodes[n].moved = from;
+                    }
+                    Action::HoldVips => {}
+                    Action::HandOver { to } => {
+                        self.nodes[n].vips = false;
+                        self.nodes[n].moved = Some(to);
+                        self.nodes[n].stopping = false;
+                    }
+                    Action::ReleaseVips => {
+                        self.nodes[n].vips = false;
+                        self.nodes[n].stopping = false;
+                    }
                     Action::Reannounce => self.nodes[n].reannounced += 1,
                     Action::Transition { from, to, reason } => {
                         self.nodes[n].transitions.push((self.now, from, to, reason))
@@ -131,7 +153,8 @@ impl Sim {
         };
         for j in 0..self.nodes.len() {
             let addressed = to.is_none_or(|a| self.nodes[j].inst.config().primary == a);
-            if j != n && addressed && self.nodes[j].running && !self.cut.contains(&j) {
+            let hears = self.nodes[j].running || self.nodes[j].stopping;
+            if j != n && addressed && hears && !self.cut.contains(&j) {
                 self.nodes[j].inst.handle_advert(self.now, h);
                 work.push(j);
             }
@@ -142,7 +165,12 @@ impl Sim {
         let what = match a {
             Action::SendAdvert { priority: 0 } => "\"resign\": true".to_string(),
             Action::SendAdvert { .. } | Action::Ignored { .. } => return,
-            Action::TakeVips => "\"vips\": \"take\"".into(),
+            Action::TakeVips { from: None } => "\"vips\": \"take\"".into(),
+            Action::TakeVips { from: Some(f) } => {
+                format!("\"vips\": \"take\", \"flows_at\": \"{f}\"")
+            }
+            Action::HoldVips => "\"vips\": \"hold\"".into(),
+            Action::HandOver { to } => format!("\"vips\": \"hand_over\", \"to\": \"{to}\""),
             Action::ReleaseVips => "\"vips\": \"release\"".into(),
             Action::Reannounce => "\"vips\": \"reannounce\"".into(),
             Action::Fence => "\"fence\": true".into(),
@@ -331,8 +359,15 @@ fn graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew() 
         Some(&(ms(1_000), 0)),
         "priority 0 on stop"
     );
-    assert!(!s.nodes[0].vips);
+    assert!(
+        s.nodes[0].vips,
+        "A holds the addresses until a successor is heard"
+    );
     s.run_until(ms(1_100));
+    // A planned move: A hands its addresses to B, whose guard sends A's open flows back to A.
+    assert!(!s.nodes[0].vips);
+    assert_eq!(s.nodes[0].moved, Some(Ipv4Addr::new(198, 18, 0, 2)));
+    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
     let (t, why) = s.became(1, State::Master).unwrap();
     assert_eq!(why, Reason::MasterResigned);
     assert_eq!(
@@ -361,6 +396,9 @@ fn preempt_back_preempt_off_and_preempt_delay() {
         Reason::HigherPriorityMaster
     );
     assert_eq!(s.vip_holders(), vec![0]);
+    // Preempting a live master is a planned move: B's flows stay at B while they drain.
+    assert_eq!(s.nodes[0].moved, Some(Ipv4Addr::new(198, 18, 0, 2)));
+    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
     scenarios.add("preempt on", &s);
 
     // Preempt off: A comes back and stays backup.
@@ -797,9 +835,20 @@ fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
     assert_eq!(s.masters(), vec![0]);
     s.at(ms(1_000), 0, |i, t| i.set_stepped_down(t, true));
     assert_eq!(s.nodes[0].sent.last(), Some(&(ms(1_000), 0)), "resigns");
-    assert!(!s.nodes[0].vips);
+    assert!(s.nodes[0].vips, "held until the successor is heard");
     s.run_until(ms(1_100));
     assert_eq!(s.masters(), vec![1]);
+    assert_eq!(s.vip_holders(), vec![1]);
+    assert_eq!(
+        s.nodes[0].moved,
+        Some(Ipv4Addr::new(198, 18, 0, 2)),
+        "handed over"
+    );
+    assert_eq!(
+        s.nodes[1].moved,
+        Some(Ipv4Addr::new(198, 18, 0, 1)),
+        "flows of A stay at A"
+    );
     assert_eq!(
         s.became(1, State::Master).unwrap(),
         (
@@ -818,16 +867,26 @@ fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
     assert_eq!(s.masters(), vec![0]);
     assert_eq!(s.became(0, State::Master).unwrap().1, Reason::Preempt);
     assert_eq!(s.vip_holders(), vec![0]);
+    assert_eq!(
+        s.nodes[0].moved,
+        Some(Ipv4Addr::new(198, 18, 0, 2)),
+        "handed back: B's flows stay at B"
+    );
+    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
 
     // The peer is dead: the stepped-down master waits one Master_Down_Interval (3 x 10 ms +
     // Skew_Time of priority 1) and takes the addresses back.
     s.crash(1);
     s.at(ms(4_000), 0, |i, t| i.set_stepped_down(t, true));
-    assert!(s.vip_holders().is_empty());
+    assert_eq!(s.vip_holders(), vec![0], "held: nobody takes over");
     s.run_until(ms(4_100));
     assert_eq!(s.masters(), vec![0]);
     let (t, why) = s.became(0, State::Master).unwrap();
     assert_eq!(why, Reason::MasterDown);
+    assert_eq!(
+        s.nodes[0].moved, None,
+        "a master that fell silent keeps no flows"
+    );
     assert_eq!(t - ms(4_000), Duration::from_nanos(39_960_937));
     s.golden("a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down");
 }

@@ -1,0 +1,384 @@
+//! Planned moves with clients that behave like real ones: a pool of 30 kept-alive HTTP/1.1
+//! connections to the proxy on the VIP, each sending a request every 50 ms (idle in between),
+//! and a new connection every 20 ms. A drill (step-down, then hand-back), a graceful stop, and
+//! the stopped node coming back and preempting: no request fails, and no new connection waits
+//! for a SYN retransmission (none takes 100 ms).
+//!
+//! ```text
+//!   h0 198.18.0.1 hapd A (110) + backend 127.0.0.1:8081 "a" ─┐
+//!   h1 198.18.0.2 hapd B (100) + backend 127.0.0.1:8081 "b" ─┼─ bridge   VIP 198.18.0.100:8080
+//!   h2 198.18.0.3 the pooled client                          ─┘
+//! ```
+mod proxy_kit;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use hapd_lab::{proc::Proc, Lab};
+use nix::sys::signal::Signal;
+use proxy_kit::{answered_by, wait_until, LabBackends};
+
+const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
+const VIP: &str = "198.18.0.100";
+const POOL: usize = 30;
+
+fn node(lab: &mut Lab, i: usize, priority: u8) -> String {
+    let pin_dir = lab.bpffs().unwrap().join(format!("h{i}"));
+    let me = lab.host(i).addr;
+    let peer = lab.host(1 - i).addr;
+    format!(
+        r#"
+[node]
+name = "node{i}"
+pin_dir = "{}"
+admin = "{me}:9100"
+
+[server]
+drain_timeout = "5s"
+
+[[vrrp]]
+name = "VI_1"
+interface = "eth0"
+vrid = 51
+priority = {priority}
+advert_interval = "10ms"
+virtual_ips = ["{VIP}/24"]
+peers = ["{peer}"]
+# Generic XDP: in native mode on a veth pair, a frame sent back out (XDP_TX) reaches the
+# switch-side end but never the other host here (seen with tcpdump; GRO on the switch ports
+# did not change it). A physical port has no such limit; docs/guard.md says so.
+xdp = "generic"
+
+[[listener]]
+name = "web"
+bind = ["{VIP}:8080"]
+
+[[upstream]]
+name = "app"
+servers = ["127.0.0.1:8081"]
+
+[[vhost]]
+server_names = ["app"]
+listeners = ["web"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "app"
+"#,
+        pin_dir.display(),
+    )
+}
+
+/// What the pooled client saw.
+#[derive(Default)]
+struct Seen {
+    requests: AtomicU64,
+    failed: AtomicU64,
+    new_connections: AtomicU64,
+    /// The slowest new connection, connect to the end of its first response, in µs.
+    slowest_new_us: AtomicU64,
+    /// Answers by backend ("a", "b").
+    by_a: AtomicU64,
+    by_b: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Seen {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.errors.lock() {
+            if e.len() < 20 {
+                e.push(what);
+            }
+        }
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "{} requests, {} failed, {} new connections, slowest new {} ms, answered by a {} / b {}; errors: {:?}",
+            self.requests.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.new_connections.load(Ordering::Relaxed),
+            self.slowest_new_us.load(Ordering::Relaxed) / 1000,
+            self.by_a.load(Ordering::Relaxed),
+            self.by_b.load(Ordering::Relaxed),
+            self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+        )
+    }
+}
+
+/// One request on `s`; the body and whether the server closes the connection after it.
+fn exchange(s: &mut TcpStream, close: bool) -> Result<(String, bool), String> {
+    let req = format!(
+        "GET /who HTTP/1.1\r\nHost: app\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed before a response ({} bytes)", buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).map_err(|e| format!("read body: {e}"))?;
+        if n == 0 {
+            return Err("closed in the body".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+    Ok((body, head.contains("connection: close")))
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn count(seen: &Seen, body: &str) {
+    seen.requests.fetch_add(1, Ordering::Relaxed);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    match v["backend"].as_str() {
+        Some("a") => seen.by_a.fetch_add(1, Ordering::Relaxed),
+        Some("b") => seen.by_b.fetch_add(1, Ordering::Relaxed),
+        _ => 0,
+    };
+}
+
+/// A new connection and its first request; its time goes into the slowest.
+fn fresh(addr: SocketAddr, seen: &Seen, close: bool) -> Option<(TcpStream, bool)> {
+    let t0 = Instant::now();
+    seen.new_connections.fetch_add(1, Ordering::Relaxed);
+    let mut s = match connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            seen.fail(format!("connect: {e}"));
+            return None;
+        }
+    };
+    match exchange(&mut s, close) {
+        Ok((body, closing)) => {
+            seen.slowest_new_us
+                .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+            count(seen, &body);
+            Some((s, closing))
+        }
+        Err(e) => {
+            seen.fail(format!("new connection: {e}"));
+            None
+        }
+    }
+}
+
+/// The pooled client in host 2 until `stop`: 30 kept-alive connections, a request on each
+/// every 50 ms, and a new connection every 20 ms.
+fn start_client(
+    lab: &Lab,
+    stop: &Arc<AtomicBool>,
+    seen: &Arc<Seen>,
+) -> Vec<std::thread::JoinHandle<Option<()>>> {
+    let addr: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    let mut threads = Vec::new();
+    for i in 0..POOL {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        threads.push(
+            lab.spawn_in_netns(2, move || {
+                // Spread the requests over the 50 ms.
+                std::thread::sleep(Duration::from_micros(50_000 / POOL as u64 * i as u64));
+                let mut conn: Option<TcpStream> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.take() {
+                        None => {
+                            conn = fresh(addr, &seen, false)
+                                .and_then(|(s, closing)| (!closing).then_some(s));
+                        }
+                        Some(mut s) => match exchange(&mut s, false) {
+                            Ok((body, closing)) => {
+                                count(&seen, &body);
+                                conn = (!closing).then_some(s);
+                            }
+                            Err(e) => seen.fail(format!("kept-alive connection: {e}")),
+                        },
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .unwrap(),
+        );
+    }
+    let (stop, seen) = (stop.clone(), seen.clone());
+    threads.push(
+        lab.spawn_in_netns(2, move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = fresh(addr, &seen, true);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .unwrap(),
+    );
+    threads
+}
+
+struct Pair {
+    lab: Lab,
+    a: Proc,
+    b: Proc,
+    cfg_a: PathBuf,
+    _backends: (LabBackends, LabBackends),
+}
+
+fn pair() -> Pair {
+    let mut lab = Lab::new(3).unwrap();
+    let b0 = LabBackends::start(&lab, 0, &[("127.0.0.1:8081", "a")]);
+    let b1 = LabBackends::start(&lab, 1, &[("127.0.0.1:8081", "b")]);
+    let (ca, cb) = (node(&mut lab, 0, 110), node(&mut lab, 1, 100));
+    let mut a = lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+    a.wait_for("=> MASTER", 1, Duration::from_secs(5)).unwrap();
+    let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
+    b.wait_for("=> BACKUP", 1, Duration::from_secs(5)).unwrap();
+    let url = format!("http://{VIP}:8080/who");
+    wait_until("an answer from a", || {
+        answered_by(&lab, 2, &url, "app").as_deref() == Some("a")
+    });
+    Pair {
+        // Where `start_hapd` wrote A's config.
+        cfg_a: lab.dir().join("h0.toml"),
+        lab,
+        a,
+        b,
+        _backends: (b0, b1),
+    }
+}
+
+/// Runs the client around `moves`, then checks what it saw.
+fn with_client(p: &mut Pair, moves: impl FnOnce(&mut Pair)) -> Arc<Seen> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let threads = start_client(&p.lab, &stop, &seen);
+    std::thread::sleep(Duration::from_millis(700));
+    moves(p);
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let report = seen.report();
+    eprintln!("pooled client: {report}");
+    assert!(seen.requests.load(Ordering::Relaxed) > 500, "{report}");
+    assert_eq!(seen.failed.load(Ordering::Relaxed), 0, "{report}");
+    assert!(
+        seen.slowest_new_us.load(Ordering::Relaxed) < 100_000,
+        "a new connection waited: {report}"
+    );
+    seen
+}
+
+#[test]
+fn a_drill_moves_the_vip_and_back_without_failing_a_pooled_client() {
+    let mut p = pair();
+    let seen = with_client(&mut p, |p| {
+        let o = p
+            .lab
+            .exec(
+                0,
+                &[
+                    HAPD,
+                    "drill",
+                    "--config",
+                    p.cfg_a.to_str().unwrap(),
+                    "--probe",
+                    &format!("http://{VIP}:8080/who"),
+                    "--peer-admin",
+                    "198.18.0.2:9100",
+                ],
+            )
+            .unwrap();
+        let t = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("drill VI_1: PASS"), "{t}");
+    });
+    assert!(
+        seen.by_b.load(Ordering::Relaxed) > 0,
+        "B served during the drill"
+    );
+    // The kept-alive connections' next segments reached the new owner, which sent them on.
+    let forwarded: u64 = (0..2)
+        .map(|i| {
+            let st = p.lab.hapd_status(i, Path::new(HAPD)).unwrap();
+            eprintln!("node {i} guard: {}", st["guard"]["counters"]);
+            st["guard"]["counters"]["flow_forwarded"].as_u64().unwrap()
+        })
+        .sum();
+    assert!(forwarded > 0, "no segment was sent on to the other node");
+    // Both moves were carried: each node handed its flows over and drained them.
+    for (who, log) in [("A", &p.a), ("B", &p.b)] {
+        assert!(
+            !log.grep("took over; ").is_empty() && !log.grep("handed over to ").is_empty(),
+            "{who} handed over and drained:\n{}",
+            log.lines().join("\n")
+        );
+        assert!(
+            !log.grep("which keeps serving its open flows").is_empty(),
+            "{who} sent the other's flows there:\n{}",
+            log.lines().join("\n")
+        );
+    }
+    let _ = p.a.stop(Signal::SIGTERM, Duration::from_secs(10));
+    let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
+}
+
+#[test]
+fn a_graceful_stop_and_the_preempting_return_fail_no_pooled_request() {
+    let mut p = pair();
+    let seen = with_client(&mut p, |p| {
+        p.a.signal(Signal::SIGTERM).unwrap();
+        p.b.wait_for("=> MASTER", 1, Duration::from_secs(3))
+            .unwrap();
+        let st = p.a.wait(Duration::from_secs(10)).unwrap();
+        assert!(st.success(), "{}", p.a.lines().join("\n"));
+        let log = p.a.lines().join("\n");
+        assert!(log.contains("handed over to 198.18.0.2"), "{log}");
+        std::thread::sleep(Duration::from_millis(500));
+        // A comes back and preempts B, which is alive: B's flows stay at B until they end.
+        let ca = node(&mut p.lab, 0, 110);
+        p.a = p.lab.start_hapd(0, Path::new(HAPD), &ca).unwrap();
+        p.a.wait_for("=> MASTER", 1, Duration::from_secs(5))
+            .unwrap();
+        p.b.wait_for("handed over to 198.18.0.1", 1, Duration::from_secs(8))
+            .unwrap();
+    });
+    assert!(seen.by_a.load(Ordering::Relaxed) > 0);
+    assert!(seen.by_b.load(Ordering::Relaxed) > 0);
+    let _ = p.a.stop(Signal::SIGTERM, Duration::from_secs(10));
+    let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
+}
