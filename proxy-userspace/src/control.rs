@@ -50,6 +50,12 @@ pub struct InstanceFacts {
     pub reasons: Vec<String>,
     pub link_up: bool,
     pub stepped_down: bool,
+    /// Planned moves that handed the addresses to another node, the last one's account and
+    /// its drain time, and the move in progress.
+    pub handovers: u64,
+    pub last_handover: Option<String>,
+    pub last_drain: Option<std::time::Duration>,
+    pub moving: Option<String>,
     pub transitions: u64,
     /// When and what the last transition was.
     pub last_transition: Option<(std::time::Instant, String)>,

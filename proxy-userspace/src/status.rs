@@ -36,6 +36,12 @@ pub struct InstanceStatus {
     pub reasons: Vec<String>,
     /// Time since the guard last saw a valid advert for this instance.
     pub last_advert_age_ms: Option<u64>,
+    /// Planned moves that handed the addresses over; the last one ("to 198.18.0.2: flows
+    /// carried; 30 connection(s) drained in 53 ms") and its drain time; the move in progress.
+    pub handovers: u64,
+    pub last_handover: Option<String>,
+    pub last_drain_ms: Option<u64>,
+    pub moving: Option<String>,
     pub transitions: u64,
     /// "BACKUP => MASTER (master down)".
     pub last_transition: Option<String>,

@@ -1,8 +1,10 @@
 //! Planned moves with clients that behave like real ones: a pool of 30 kept-alive HTTP/1.1
 //! connections to the proxy on the VIP, each sending a request every 50 ms (idle in between),
-//! and a new connection every 20 ms. A drill (step-down, then hand-back), a graceful stop, and
-//! the stopped node coming back and preempting: no request fails, and no new connection waits
-//! for a SYN retransmission (none takes 100 ms).
+//! and a new connection every 20 ms; beside them 10 kept-alive HTTP/1.1 connections over TLS
+//! and 5 HTTP/2 connections (TLS, ALPN h2) at the same pace, and one WebSocket that echoes a
+//! message every 100 ms. A drill (step-down, then hand-back), a graceful stop, and the stopped
+//! node coming back and preempting: no request fails, no new connection waits for a SYN
+//! retransmission (none takes 100 ms), and the WebSocket survives or is closed cleanly.
 //!
 //! ```text
 //!   h0 198.18.0.1 hapd A (110) + backend 127.0.0.1:8081 "a" ─┐
@@ -30,7 +32,14 @@ const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
 const POOL: usize = 30;
 
+/// The certificate both nodes serve for "app" (written once per lab by [`pair`]).
+fn cert_paths(lab: &Lab) -> (PathBuf, PathBuf) {
+    (lab.dir().join("app.crt"), lab.dir().join("app.key"))
+}
+
 fn node(lab: &mut Lab, i: usize, priority: u8) -> String {
+    let (cert, key) = cert_paths(lab);
+    let (cert, key) = (cert.display(), key.display());
     let pin_dir = lab.bpffs().unwrap().join(format!("h{i}"));
     let me = lab.host(i).addr;
     let peer = lab.host(1 - i).addr;
@@ -42,7 +51,7 @@ pin_dir = "{}"
 admin = "{me}:9100"
 
 [server]
-drain_timeout = "5s"
+drain_timeout = "3s"
 
 [[vrrp]]
 name = "VI_1"
@@ -57,9 +66,18 @@ peers = ["{peer}"]
 # did not change it). A physical port has no such limit; docs/guard.md says so.
 xdp = "generic"
 
+[[tls.certificate]]
+cert = "{cert}"
+key = "{key}"
+
 [[listener]]
 name = "web"
 bind = ["{VIP}:8080"]
+
+[[listener]]
+name = "tls"
+bind = ["{VIP}:8443"]
+tls = true
 
 [[upstream]]
 name = "app"
@@ -67,7 +85,7 @@ servers = ["127.0.0.1:8081"]
 
 [[vhost]]
 server_names = ["app"]
-listeners = ["web"]
+listeners = ["web", "tls"]
   [[vhost.route]]
   prefix = "/"
   upstream = "app"
@@ -80,6 +98,12 @@ listeners = ["web"]
 #[derive(Default)]
 struct Seen {
     requests: AtomicU64,
+    /// Of `requests`: over TLS (HTTP/1.1) and over HTTP/2.
+    tls_requests: AtomicU64,
+    h2_requests: AtomicU64,
+    /// WebSocket messages echoed, and clean closes (a close frame from the proxy).
+    ws_echoes: AtomicU64,
+    ws_closes: AtomicU64,
     failed: AtomicU64,
     new_connections: AtomicU64,
     /// The slowest new connection, connect to the end of its first response, in µs.
@@ -102,8 +126,12 @@ impl Seen {
 
     fn report(&self) -> String {
         format!(
-            "{} requests, {} failed, {} new connections, slowest new {} ms, answered by a {} / b {}; errors: {:?}",
+            "{} requests ({} TLS, {} HTTP/2), {} WebSocket echoes, {} WebSocket closes, {} failed, {} new connections, slowest new {} ms, answered by a {} / b {}; errors: {:?}",
             self.requests.load(Ordering::Relaxed),
+            self.tls_requests.load(Ordering::Relaxed),
+            self.h2_requests.load(Ordering::Relaxed),
+            self.ws_echoes.load(Ordering::Relaxed),
+            self.ws_closes.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
             self.new_connections.load(Ordering::Relaxed),
             self.slowest_new_us.load(Ordering::Relaxed) / 1000,
@@ -245,7 +273,283 @@ fn start_client(
     threads
 }
 
+/// The async clients in host 2 until `stop`: TLS HTTP/1.1, HTTP/2 and a WebSocket.
+fn start_async_clients(
+    lab: &Lab,
+    stop: &Arc<AtomicBool>,
+    seen: &Arc<Seen>,
+    tls: Arc<rustls::ClientConfig>,
+    h2: Arc<rustls::ClientConfig>,
+) -> std::thread::JoinHandle<Option<()>> {
+    let (stop, seen) = (stop.clone(), seen.clone());
+    lab.spawn_in_netns(2, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for i in 0..10u64 {
+                let (stop, seen, tls) = (stop.clone(), seen.clone(), tls.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(5 * i)).await;
+                    tls_pool_conn(&stop, &seen, tls).await
+                }));
+            }
+            for i in 0..5u64 {
+                let (stop, seen, h2) = (stop.clone(), seen.clone(), h2.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(10 * i)).await;
+                    h2_pool_conn(&stop, &seen, h2).await
+                }));
+            }
+            let (stop2, seen2) = (stop.clone(), seen.clone());
+            tasks.push(tokio::spawn(async move { websocket(&stop2, &seen2).await }));
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    })
+    .unwrap()
+}
+
+async fn tls_connect(
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(format!("{VIP}:8443"))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(rustls::pki_types::ServerName::try_from("app").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))
+}
+
+async fn read_some<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    chunk: &mut [u8],
+) -> Result<usize, String> {
+    use tokio::io::AsyncReadExt;
+    tokio::time::timeout(Duration::from_secs(2), s.read(chunk))
+        .await
+        .map_err(|_| "read: timed out".to_string())?
+        .map_err(|e| format!("read: {e}"))
+}
+
+/// One request on a TLS connection; the body and whether the server closes after it.
+async fn exchange_async<S>(s: &mut S) -> Result<(String, bool), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /who HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = read_some(s, &mut chunk).await?;
+        if n == 0 {
+            return Err(format!("closed before a response ({} bytes)", buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    while buf.len() < head_end + len {
+        let n = read_some(s, &mut chunk).await?;
+        if n == 0 {
+            return Err("closed in the body".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+    Ok((body, head.contains("connection: close")))
+}
+
+/// A kept-alive HTTP/1.1 connection over TLS, reopened when the proxy closes it.
+async fn tls_pool_conn(stop: &AtomicBool, seen: &Seen, cfg: Arc<rustls::ClientConfig>) {
+    let mut conn = None;
+    while !stop.load(Ordering::Relaxed) {
+        let fresh = conn.is_none();
+        let t0 = Instant::now();
+        let mut s = match conn.take() {
+            Some(s) => s,
+            None => match tls_connect(cfg.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    seen.fail(format!("TLS: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if fresh {
+            seen.new_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        match exchange_async(&mut s).await {
+            Ok((body, closing)) => {
+                if fresh {
+                    seen.slowest_new_us
+                        .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                count(seen, &body);
+                seen.tls_requests.fetch_add(1, Ordering::Relaxed);
+                conn = (!closing).then_some(s);
+            }
+            Err(e) => seen.fail(format!("TLS kept-alive connection: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+async fn h2_connect(cfg: Arc<rustls::ClientConfig>) -> Result<H2Sender, String> {
+    let s = tls_connect(cfg).await?;
+    let (tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(tx)
+}
+
+async fn h2_get(tx: &mut H2Sender) -> Result<String, hyper::Error> {
+    use http_body_util::BodyExt;
+    let req = hyper::Request::get("https://app/who")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tx.send_request(req).await?;
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).to_string())
+}
+
+/// An HTTP/2 connection, as a client's pool keeps one: a request every 50 ms; after GOAWAY
+/// (the connection no longer takes streams) a new connection, and a request the server
+/// refused unprocessed is sent again there, as HTTP/2 clients do.
+async fn h2_pool_conn(stop: &AtomicBool, seen: &Seen, cfg: Arc<rustls::ClientConfig>) {
+    let mut conn: Option<H2Sender> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let mut ready = None;
+        if let Some(mut tx) = conn.take() {
+            if tx.ready().await.is_ok() {
+                ready = Some(tx);
+            }
+        }
+        let t0 = Instant::now();
+        let fresh = ready.is_none();
+        let mut tx = match ready {
+            Some(tx) => tx,
+            None => match h2_connect(cfg.clone()).await {
+                Ok(tx) => {
+                    seen.new_connections.fetch_add(1, Ordering::Relaxed);
+                    tx
+                }
+                Err(e) => {
+                    seen.fail(format!("HTTP/2: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let got = match tokio::time::timeout(Duration::from_secs(2), h2_get(&mut tx)).await {
+            Ok(Err(e)) if e.is_canceled() || e.is_closed() => {
+                // Not processed (GOAWAY, or closed before an answer): again on a new
+                // connection.
+                match h2_connect(cfg.clone()).await {
+                    Ok(mut again) => {
+                        seen.new_connections.fetch_add(1, Ordering::Relaxed);
+                        let r =
+                            tokio::time::timeout(Duration::from_secs(2), h2_get(&mut again)).await;
+                        tx = again;
+                        r.map_err(|_| "timed out".to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out".into()),
+        };
+        match got {
+            Ok(body) => {
+                if fresh {
+                    seen.slowest_new_us
+                        .fetch_max(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                count(seen, &body);
+                seen.h2_requests.fetch_add(1, Ordering::Relaxed);
+                conn = Some(tx);
+            }
+            Err(e) => seen.fail(format!("HTTP/2 request: {e}")),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One WebSocket through the proxy, a message echoed every 100 ms; a close from the proxy is
+/// clean (the client opens another), anything else fails.
+async fn websocket(stop: &AtomicBool, seen: &Seen) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    'connect: while !stop.load(Ordering::Relaxed) {
+        let tcp = match tokio::net::TcpStream::connect(format!("{VIP}:8080")).await {
+            Ok(t) => t,
+            Err(e) => {
+                seen.fail(format!("WebSocket connect: {e}"));
+                return;
+            }
+        };
+        let mut ws = match tokio_tungstenite::client_async("ws://app/ws", tcp).await {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                seen.fail(format!("WebSocket handshake: {e}"));
+                return;
+            }
+        };
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let m = format!("message {n}");
+            if let Err(e) = ws.send(Message::text(m.clone())).await {
+                seen.fail(format!("WebSocket send: {e}"));
+                return;
+            }
+            match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == m => {
+                    seen.ws_echoes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(Ok(Message::Close(_)))) => {
+                    seen.ws_closes.fetch_add(1, Ordering::Relaxed);
+                    continue 'connect;
+                }
+                other => {
+                    seen.fail(format!("WebSocket: {other:?}"));
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = ws.close(None).await;
+    }
+}
+
 struct Pair {
+    pki: proxy_kit::Pki,
     lab: Lab,
     a: Proc,
     b: Proc,
@@ -255,6 +559,11 @@ struct Pair {
 
 fn pair() -> Pair {
     let mut lab = Lab::new(3).unwrap();
+    let pki = proxy_kit::Pki::new();
+    let (cert, key) = pki.leaf(&["app"]);
+    let (cp, kp) = cert_paths(&lab);
+    std::fs::write(&cp, format!("{cert}{}", pki.inter_pem)).unwrap();
+    std::fs::write(&kp, key).unwrap();
     let b0 = LabBackends::start(&lab, 0, &[("127.0.0.1:8081", "a")]);
     let b1 = LabBackends::start(&lab, 1, &[("127.0.0.1:8081", "b")]);
     let (ca, cb) = (node(&mut lab, 0, 110), node(&mut lab, 1, 100));
@@ -267,6 +576,7 @@ fn pair() -> Pair {
         answered_by(&lab, 2, &url, "app").as_deref() == Some("a")
     });
     Pair {
+        pki,
         // Where `start_hapd` wrote A's config.
         cfg_a: lab.dir().join("h0.toml"),
         lab,
@@ -280,7 +590,14 @@ fn pair() -> Pair {
 fn with_client(p: &mut Pair, moves: impl FnOnce(&mut Pair)) -> Arc<Seen> {
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
-    let threads = start_client(&p.lab, &stop, &seen);
+    let mut threads = start_client(&p.lab, &stop, &seen);
+    threads.push(start_async_clients(
+        &p.lab,
+        &stop,
+        &seen,
+        p.pki.client_config(&[b"http/1.1"]),
+        p.pki.client_config(&[b"h2"]),
+    ));
     std::thread::sleep(Duration::from_millis(700));
     moves(p);
     std::thread::sleep(Duration::from_millis(700));
@@ -291,6 +608,9 @@ fn with_client(p: &mut Pair, moves: impl FnOnce(&mut Pair)) -> Arc<Seen> {
     let report = seen.report();
     eprintln!("pooled client: {report}");
     assert!(seen.requests.load(Ordering::Relaxed) > 500, "{report}");
+    assert!(seen.tls_requests.load(Ordering::Relaxed) > 100, "{report}");
+    assert!(seen.h2_requests.load(Ordering::Relaxed) > 50, "{report}");
+    assert!(seen.ws_echoes.load(Ordering::Relaxed) > 10, "{report}");
     assert_eq!(seen.failed.load(Ordering::Relaxed), 0, "{report}");
     assert!(
         seen.slowest_new_us.load(Ordering::Relaxed) < 100_000,
@@ -336,22 +656,25 @@ fn a_drill_moves_the_vip_and_back_without_failing_a_pooled_client() {
         .map(|i| {
             let st = p.lab.hapd_status(i, Path::new(HAPD)).unwrap();
             eprintln!("node {i} guard: {}", st["guard"]["counters"]);
+            if i == 1 {
+                // B handed back to A: the move is in its status.
+                let inst = &st["instances"][0];
+                assert_eq!(inst["handovers"], 1, "{inst}");
+                let last = inst["last_handover"].as_str().unwrap_or_default();
+                assert!(last.starts_with("to 198.18.0.1: flows carried"), "{inst}");
+            }
             st["guard"]["counters"]["flow_forwarded"].as_u64().unwrap()
         })
         .sum();
     assert!(forwarded > 0, "no segment was sent on to the other node");
-    // Both moves were carried: each node handed its flows over and drained them.
-    for (who, log) in [("A", &p.a), ("B", &p.b)] {
-        assert!(
-            !log.grep("took over; ").is_empty() && !log.grep("handed over to ").is_empty(),
-            "{who} handed over and drained:\n{}",
-            log.lines().join("\n")
-        );
-        assert!(
-            !log.grep("which keeps serving its open flows").is_empty(),
-            "{who} sent the other's flows there:\n{}",
-            log.lines().join("\n")
-        );
+    // Both moves were carried: A handed over to B (its WebSocket kept A's drain going until
+    // A took the VIP back), B handed back to A and drained; each sent the other's flows there.
+    let (a, b) = (p.a.lines().join("\n"), p.b.lines().join("\n"));
+    assert!(a.contains("198.18.0.2 took over; "), "{a}");
+    assert!(b.contains("198.18.0.1 took over; "), "{b}");
+    assert!(b.contains("handed over to 198.18.0.1"), "{b}");
+    for log in [&a, &b] {
+        assert!(log.contains("which keeps serving its open flows"), "{log}");
     }
     let _ = p.a.stop(Signal::SIGTERM, Duration::from_secs(10));
     let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
@@ -379,6 +702,14 @@ fn a_graceful_stop_and_the_preempting_return_fail_no_pooled_request() {
     });
     assert!(seen.by_a.load(Ordering::Relaxed) > 0);
     assert!(seen.by_b.load(Ordering::Relaxed) > 0);
+    // The WebSocket kept each drain open to its bound (A's on the stop, B's when A came
+    // back), then was closed with 1001 and opened again at the new owner.
+    assert_eq!(
+        seen.ws_closes.load(Ordering::Relaxed),
+        2,
+        "{}",
+        seen.report()
+    );
     let _ = p.a.stop(Signal::SIGTERM, Duration::from_secs(10));
     let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
 }

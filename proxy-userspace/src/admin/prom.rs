@@ -101,6 +101,32 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             );
         }
         o.family(
+            "hapd_vrrp_handovers_total",
+            "counter",
+            "Planned moves that handed the instance's addresses to another node.",
+        );
+        for i in &st.instances {
+            o.sample(
+                "hapd_vrrp_handovers_total",
+                &[("instance", &i.name)],
+                i.handovers,
+            );
+        }
+        o.family(
+            "hapd_vrrp_last_drain_seconds",
+            "gauge",
+            "How long the last handover's connections took to drain.",
+        );
+        for i in &st.instances {
+            if let Some(ms) = i.last_drain_ms {
+                o.sample(
+                    "hapd_vrrp_last_drain_seconds",
+                    &[("instance", &i.name)],
+                    ms as f64 / 1000.0,
+                );
+            }
+        }
+        o.family(
             "hapd_vrrp_adverts_sent_total",
             "counter",
             "VRRP advertisements sent.",

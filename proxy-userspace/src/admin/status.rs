@@ -43,6 +43,10 @@ pub fn instance(f: &InstanceFacts) -> InstanceStatus {
         effective_priority: f.effective_priority,
         reasons,
         last_advert_age_ms: age_ms,
+        handovers: f.handovers,
+        last_handover: f.last_handover.clone(),
+        last_drain_ms: f.last_drain.map(|d| d.as_millis() as u64),
+        moving: f.moving.clone(),
         transitions: f.transitions,
         last_transition: f.last_transition.as_ref().map(|(_, t)| t.clone()),
         last_transition_age_ms: f
@@ -188,6 +192,12 @@ impl Status {
                 "  adverts          {} sent, {} received",
                 i.adverts_sent, i.adverts_received
             );
+            if let Some(m) = &i.moving {
+                let _ = writeln!(o, "  moving           {m}");
+            }
+            if let Some(h) = &i.last_handover {
+                let _ = writeln!(o, "  handovers        {}, last {h}", i.handovers);
+            }
             let _ = writeln!(o, "  virtual ips      {}", i.virtual_ips.join(", "));
             let _ = writeln!(o, "  guard            {}", i.guard);
             if let Some(a) = &i.auth {

@@ -42,9 +42,13 @@ pub(super) struct Ctx {
 /// announcement reaches the clients first.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
 
+/// How long connections cut at the end of a drain have to close (a WebSocket's close
+/// handshake) before the addresses go.
+const CUT_GRACE: Duration = Duration::from_millis(1500);
+
 /// How much longer than its drain the new owner sends the previous owner's flows there (the
-/// previous owner's `drain_timeout` may be a little longer than ours).
-const ADOPT_MARGIN: Duration = Duration::from_secs(1);
+/// previous owner's `drain_timeout` plus [`CUT_GRACE`], with room to spare).
+const ADOPT_MARGIN: Duration = Duration::from_secs(2);
 
 /// A planned move of an instance's addresses in progress (see [`proxy_common::flow`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +63,12 @@ pub(super) enum Move {
         since: Instant,
         until: Instant,
         flows: bool,
+        /// Proxy connections open on the addresses when the drain began.
+        open: usize,
+        /// The drain's bound passed with connections open: they were told to close (a
+        /// WebSocket gets its 1001 close between frames); the addresses go once they have, or
+        /// at this instant.
+        cut: Option<(Instant, usize)>,
     },
     /// We took the addresses from `from`, which still serves its flows: the guard sends it the
     /// segments we have no socket for, until `until`.
@@ -107,9 +117,11 @@ pub(super) struct RouterStats {
     transitions: u64,
     last_transition: Option<(std::time::Instant, String)>,
     adverts_sent: u64,
-    /// Planned moves that handed the addresses over, and what their drains took.
-    pub(super) handovers: u64,
-    pub(super) last_handover: Option<String>,
+    /// Planned moves that handed the addresses over, the last one's account, and how long
+    /// its drain took.
+    handovers: u64,
+    last_handover: Option<String>,
+    last_drain: Option<Duration>,
 }
 
 impl Router {
@@ -312,17 +324,22 @@ impl Router {
             role: FLOW_HOLDER,
             _pad: 0,
         };
-        if dp.set_flows(&self.vip_v4(), Some(entry)) {
-            let window = ctx.drain_timeout + ADOPT_MARGIN;
+        if !dp.set_flows(&self.vip_v4(), Some(entry)) {
             info!(
-                "{}: took over from {from}, which keeps serving its open flows: their segments go there for up to {window:?}",
+                "{}: took over from {from}; its open flows are not carried (no XDP guard here)",
                 self.name
             );
-            self.moving = Some(Move::Adopted {
-                from,
-                until: Instant::now() + window,
-            });
+            return;
         }
+        let window = ctx.drain_timeout + ADOPT_MARGIN;
+        info!(
+            "{}: took over from {from}, which keeps serving its open flows: their segments go there for up to {window:?}",
+            self.name
+        );
+        self.moving = Some(Move::Adopted {
+            from,
+            until: Instant::now() + window,
+        });
     }
 
     /// `to` is master after our planned move: our flows drain here, everything else goes to
@@ -366,7 +383,7 @@ impl Router {
                 "{}: {to} took over; releasing the addresses (open flows not carried: {why})",
                 self.name
             );
-            now + (3 * self.garp.interval.0).max(HANDOVER_GRACE)
+            now + self.handover_grace()
         };
         self.stats.handovers += 1;
         self.moving = Some(Move::Draining {
@@ -374,6 +391,8 @@ impl Router {
             since: now,
             until,
             flows: carried,
+            open,
+            cut: None,
         });
     }
 
@@ -407,24 +426,45 @@ impl Router {
                 since,
                 until,
                 flows,
+                open,
+                cut,
             }) => {
                 let addrs = self.vip_addrs();
                 let left = match (&ctx.proxy, flows) {
                     (Some(p), true) => p.connections_on(&addrs),
                     _ => 0,
                 };
-                if left > 0 && now < until {
+                // The successor's gratuitous ARP reaches the clients first, whatever is left.
+                if now < since + self.handover_grace() {
                     return;
                 }
-                if left > 0 {
-                    warn!(
-                        "{}: {left} connection(s) still open after {:?}: closing them",
-                        self.name, ctx.drain_timeout
-                    );
+                match cut {
+                    None if !flows && now < until => return,
+                    None if left > 0 && now < until => return,
+                    None if left > 0 => {
+                        warn!(
+                            "{}: {left} connection(s) still open after {:?}: closing them",
+                            self.name, ctx.drain_timeout
+                        );
+                        if let Some(p) = &ctx.proxy {
+                            p.cut(&addrs);
+                        }
+                        // The address stays until they have closed (a WebSocket's close
+                        // needs it), briefly.
+                        self.moving = Some(Move::Draining {
+                            to,
+                            since,
+                            until,
+                            flows,
+                            open,
+                            cut: Some((now + CUT_GRACE, left)),
+                        });
+                        return;
+                    }
+                    Some((by, _)) if left > 0 && now < by => return,
+                    _ => {}
                 }
-                if let Some(p) = &ctx.proxy {
-                    p.cut(&addrs);
-                }
+                let left = cut.map_or(0, |(_, n)| n);
                 if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
                     warn!("{}: removing virtual addresses: {e:#}", self.name);
                 }
@@ -438,19 +478,20 @@ impl Router {
                     if left > 0 { " (drain cut short)" } else { "" }
                 );
                 self.stats.last_handover = Some(format!(
-                    "to {to}: flows {}, drained in {} ms{}",
+                    "to {to}: {}; {open} connection(s) drained in {} ms{}",
                     if flows {
-                        "carried"
+                        "flows carried"
                     } else {
-                        "not carried (no XDP)"
+                        "flows not carried"
                     },
                     took.as_millis(),
                     if left > 0 {
-                        format!(", {left} cut at the bound")
+                        format!(", {left} closed at the bound")
                     } else {
                         String::new()
                     }
                 ));
+                self.stats.last_drain = Some(took);
                 self.moving = None;
             }
             Some(Move::Holding { since }) if now - since >= self.hold_bound() => {
@@ -494,6 +535,12 @@ impl Router {
                 warn!("{}: removing virtual addresses: {e:#}", self.name);
             }
         }
+    }
+
+    /// How long a handed-over address stays at least: the successor's gratuitous ARP burst
+    /// reaches the clients first.
+    fn handover_grace(&self) -> Duration {
+        (3 * self.garp.interval.0).max(HANDOVER_GRACE)
     }
 
     /// How long resigned addresses are held for a successor: twice our Master_Down_Interval
@@ -583,6 +630,16 @@ impl Router {
             reasons: self.reasons.clone(),
             link_up: self.link_up,
             stepped_down: self.engine.stepped_down(),
+            handovers: self.stats.handovers,
+            last_handover: self.stats.last_handover.clone(),
+            last_drain: self.stats.last_drain,
+            moving: self.moving.as_ref().map(|m| match m {
+                Move::Holding { .. } => "resigned, holding the addresses for a successor".into(),
+                Move::Draining { to, .. } => format!("handed over to {to}, draining"),
+                Move::Adopted { from, .. } => {
+                    format!("took over from {from}; its open flows go there")
+                }
+            }),
             transitions: self.stats.transitions,
             last_transition: self.stats.last_transition.clone(),
             adverts_sent: self.stats.adverts_sent,

@@ -285,7 +285,7 @@ impl Conn<'_> {
             let (client_head, plan) = head.made;
             if req.upgrade && head.code == 101 {
                 let cut = self.signals.cut_off(self.local);
-                return Box::pin(tunnel(io, buf, &client_head, up, cut)).await;
+                return Box::pin(tunnel(io, buf, &client_head, up, cut, req.websocket)).await;
             }
             let sent = relay(
                 io,
@@ -483,13 +483,14 @@ fn response_head(
 }
 
 /// After a 101: the client's head goes out, then bytes flow both ways until either side
-/// closes.
+/// closes ([`super::tunnel::pump`]).
 async fn tunnel<S: Transport>(
     io: &mut S,
     buf: &mut Buf,
     head: &[u8],
     up: &mut UpConn,
     cut: impl std::future::Future<Output = ()>,
+    websocket: bool,
 ) -> Result<(Done, bool), Broke> {
     let mut first = head.to_vec();
     first.extend_from_slice(&up.buf.take_vec());
@@ -504,10 +505,7 @@ async fn tunnel<S: Transport>(
             .map_err(|e| Broke::Other(Other::Midway(e.to_string())))?;
     }
     // Until either side closes, or the window of a handover of this address ends.
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(io, &mut up.io) => {}
-        () = cut => {}
-    }
+    super::tunnel::pump(io, &mut up.io, cut, websocket).await;
     Ok((
         Done {
             status: 101,

@@ -17,6 +17,7 @@
 //! silent for the vhost's `timeout` gets a 504; a client that stops reading or sending a body
 //! for that long is cut off.
 mod exchange;
+mod tunnel;
 
 use std::{
     io,
@@ -126,6 +127,8 @@ struct Req {
     close: bool,
     expect_continue: bool,
     upgrade: bool,
+    /// The upgrade asked for is WebSocket.
+    websocket: bool,
     /// Bytes of the upstream head in `out`.
     up_head: usize,
     /// Where the upstream head's `Host` value lies in `out`.
@@ -410,6 +413,9 @@ impl Conn<'_> {
             close: r.close,
             expect_continue: r.expect_continue,
             upgrade: r.upgrade.is_some(),
+            websocket: r
+                .upgrade
+                .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket")),
             up_head: 0,
             up_host: 0..0,
             taken: false,
