@@ -6,6 +6,7 @@
 //! (also while unwinding from a panic) kills every process left in its namespaces, deletes the
 //! namespaces and unmounts its bpffs.
 pub mod frames;
+pub mod pool;
 pub mod proc;
 pub mod testssl;
 pub mod wrk;

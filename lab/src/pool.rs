@@ -1,0 +1,247 @@
+//! A client that behaves like a connection pool (a service's HTTP client, a browser): kept-alive
+//! HTTP/1.1 connections that each send a request at a steady pace and idle in between, reopened
+//! when the server closes one, plus a new connection at a steady pace. It counts what such a
+//! client would report: requests that failed on an open connection, connections that could not
+//! be opened, and the slowest new connection (connect to the end of its first response).
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use crate::Lab;
+
+/// How the pool behaves.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Where the requests go, and the `Host` they name.
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    /// Kept-alive connections, and the pause between two requests on one of them.
+    pub connections: usize,
+    pub every: Duration,
+    /// The pause between two new connections (one request each, `Connection: close`).
+    pub new_every: Duration,
+    /// How long a request may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+/// What the pool saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub requests: AtomicU64,
+    pub failed: AtomicU64,
+    pub new_connections: AtomicU64,
+    /// The slowest new connection, in µs.
+    pub slowest_new_us: AtomicU64,
+    /// Answers by the body's first line (who answered, for the lab's backends).
+    pub answered_by: Mutex<BTreeMap<String, u64>>,
+    /// The first errors, with when they happened.
+    pub errors: Mutex<Vec<String>>,
+    started: Mutex<Option<Instant>>,
+}
+
+impl Seen {
+    pub fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let at = self
+            .started
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .map_or(0, |s| s.elapsed().as_millis());
+        if let Ok(mut e) = self.errors.lock() {
+            if e.len() < 20 {
+                e.push(format!("{at} ms: {what}"));
+            }
+        }
+    }
+
+    /// A request answered with `body`.
+    pub fn answered(&self, body: &str) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let who = body.lines().next().unwrap_or_default().to_string();
+        if let Ok(mut m) = self.answered_by.lock() {
+            *m.entry(who).or_default() += 1;
+        }
+    }
+
+    /// A new connection whose first answer took `took`.
+    pub fn new_connection(&self, took: Duration) {
+        self.slowest_new_us
+            .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn slowest_new(&self) -> Duration {
+        Duration::from_micros(self.slowest_new_us.load(Ordering::Relaxed))
+    }
+
+    /// Answers whose body's first line contains `who`.
+    pub fn by(&self, who: &str) -> u64 {
+        self.answered_by
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| k.contains(who))
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn report(&self) -> String {
+        format!(
+            "{} requests, {} failed, {} new connections, slowest new {} ms; errors: {:?}",
+            self.requests.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.new_connections.load(Ordering::Relaxed),
+            self.slowest_new().as_millis(),
+            self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+        )
+    }
+}
+
+/// A running pool; [`Pool::stop`] ends it.
+pub struct Pool {
+    stop: Arc<AtomicBool>,
+    pub seen: Arc<Seen>,
+    threads: Vec<std::thread::JoinHandle<Option<()>>>,
+}
+
+impl Pool {
+    /// Starts the pool in lab host `host` (one thread per connection, one for the new ones).
+    pub fn start(lab: &Lab, host: usize, shape: Shape) -> anyhow::Result<Pool> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Seen::default());
+        if let Ok(mut s) = seen.started.lock() {
+            *s = Some(Instant::now());
+        }
+        let mut threads = Vec::new();
+        for i in 0..shape.connections {
+            let (stop, seen, shape) = (stop.clone(), seen.clone(), shape.clone());
+            threads.push(lab.spawn_in_netns(host, move || {
+                // Spread the requests over the interval.
+                std::thread::sleep(shape.every * i as u32 / shape.connections as u32);
+                let mut conn: Option<TcpStream> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    match conn.take() {
+                        None => {
+                            conn = fresh(&shape, &seen, false)
+                                .and_then(|(s, closing)| (!closing).then_some(s));
+                        }
+                        Some(mut s) => match exchange(&mut s, &shape, false) {
+                            Ok((body, closing)) => {
+                                seen.answered(&body);
+                                conn = (!closing).then_some(s);
+                            }
+                            Err(e) => seen.fail(format!("kept-alive connection: {e}")),
+                        },
+                    }
+                    std::thread::sleep(shape.every);
+                }
+            })?);
+        }
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        threads.push(lab.spawn_in_netns(host, move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let _ = fresh(&shape, &seen2, true);
+                std::thread::sleep(shape.new_every);
+            }
+        })?);
+        Ok(Pool {
+            stop,
+            seen,
+            threads,
+        })
+    }
+
+    /// Stops every thread and returns what the pool saw.
+    pub fn stop(self) -> Arc<Seen> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        self.seen
+    }
+}
+
+/// One request on `s`; the body and whether the server closes the connection after it.
+pub fn exchange<S: Read + Write>(
+    s: &mut S,
+    shape: &Shape,
+    close: bool,
+) -> Result<(String, bool), String> {
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+        shape.path,
+        shape.host,
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed before a response ({} bytes)", buf.len()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if !head.starts_with("http/1.1 200") {
+        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("no content-length")?;
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk).map_err(|e| format!("read body: {e}"))?;
+        if n == 0 {
+            return Err("closed in the body".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
+    Ok((body, head.contains("connection: close")))
+}
+
+/// A new connection and its first request; its time goes into the slowest.
+fn fresh(shape: &Shape, seen: &Seen, close: bool) -> Option<(TcpStream, bool)> {
+    let t0 = Instant::now();
+    seen.new_connections.fetch_add(1, Ordering::Relaxed);
+    let s = TcpStream::connect_timeout(&shape.addr, Duration::from_secs(3)).and_then(|s| {
+        s.set_read_timeout(Some(shape.timeout))?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    });
+    let mut s = match s {
+        Ok(s) => s,
+        Err(e) => {
+            seen.fail(format!("connect: {e}"));
+            return None;
+        }
+    };
+    match exchange(&mut s, shape, close) {
+        Ok((body, closing)) => {
+            seen.new_connection(t0.elapsed());
+            seen.answered(&body);
+            Some((s, closing))
+        }
+        Err(e) => {
+            seen.fail(format!("new connection: {e}"));
+            None
+        }
+    }
+}
