@@ -29,14 +29,14 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(5);
 const SERVICE_BEHIND_PROXY: u16 = 8081;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Daemon {
+pub(crate) enum Daemon {
     Hapd,
     Keepalived,
 }
 
 impl Daemon {
     /// Both daemons, the first alternating from round to round.
-    fn alternating(round: usize) -> [Daemon; 2] {
+    pub(crate) fn alternating(round: usize) -> [Daemon; 2] {
         if round.is_multiple_of(2) {
             [Daemon::Hapd, Daemon::Keepalived]
         } else {
@@ -175,13 +175,15 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     }
     let (load_table, load_raw) = under_load(&hapd, quick)?;
     tables.push(load_table);
+    let (moves_table, moves_raw) = crate::moves::planned_moves(&hapd, quick)?;
+    tables.push(moves_table);
     let (attack_table, attack_raw) = attacks(&hapd, quick)?;
     tables.push(attack_table);
     let (spoof_table, spoof_raw) = crate::spoof::spoofed_peers(&hapd, quick)?;
     tables.push(spoof_table);
     report.tables = tables;
     report.raw = serde_json::json!({
-        "outages": raw, "under_load": load_raw, "attacks": attack_raw, "spoofed_peers": spoof_raw,
+        "outages": raw, "under_load": load_raw, "planned_moves": moves_raw, "attacks": attack_raw, "spoofed_peers": spoof_raw,
     });
     Ok(report)
 }
@@ -439,7 +441,7 @@ pub(crate) fn probe() -> Option<String> {
 }
 
 /// `flag`: with a track script that checks the file (None: no track script).
-fn hapd_config(
+pub(crate) fn hapd_config(
     lab: &mut Lab,
     i: usize,
     interval: u64,
@@ -492,7 +494,7 @@ fn keepalived_config(i: usize, interval: u64, flag: Option<&Path>) -> String {
     )
 }
 
-fn start(
+pub(crate) fn start(
     lab: &mut Lab,
     hapd: &Path,
     d: Daemon,
@@ -532,7 +534,7 @@ fn start(
 }
 
 /// Starts n0 alone, waits until it serves the VIP (so that it is the master), then n1.
-fn start_pair(
+pub(crate) fn start_pair(
     lab: &mut Lab,
     hapd: &Path,
     d: Daemon,
@@ -697,7 +699,7 @@ fn outcome(log: &[(Duration, Option<String>)], t0: Duration) -> anyhow::Result<O
 /// nginx on lab host `i`: a backend answering `n<i>` on 127.0.0.1:SERVICE_BEHIND_PROXY and,
 /// with `proxy`, the guide's reverse proxy on port PORT (all addresses, so on the VIP too) in
 /// front of it with kept-alive upstream connections (what keepalived fails over).
-fn nginx(lab: &Lab, i: usize, proxy: bool) -> anyhow::Result<Proc> {
+pub(crate) fn nginx(lab: &Lab, i: usize, proxy: bool) -> anyhow::Result<Proc> {
     let d = lab.dir().join(format!("nginx{i}"));
     std::fs::create_dir_all(&d)?;
     let dd = d.display();
@@ -820,7 +822,7 @@ pub fn under_load(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json
         notes: vec![
             format!("wrk -t1 -c{LOAD_CONNECTIONS} -d4s --timeout 1s against the VIP, the fault 1.5 s in; adverts every 10 ms; {rounds} round(s), daemons alternating. Failed: wrk's read errors, timeouts and non-2xx answers (requests on open connections). Refused: connect and write errors (connections that took no request)."),
             "hapd: its own proxy on the VIP in front of nginx (127.0.0.1). keepalived: the guide's setup with nginx as the proxy on the VIP in front of the same backend.".into(),
-            "graceful stop: hapd drops new connection requests to the VIP (clients retransmit the SYN, about 1 s later, to the new master), ends each kept-alive connection after its current request, and resigns when none is left. kill -9 kills hapd's proxy with it; keepalived's nginx survives (the VIP's connections then die at the takeover).".into(),
+            "graceful stop: hapd resigns at once and keeps its address for its open connections, which end after their current request while its guard sends their segments back from the new master; new connections go to the new master. kill -9 kills hapd's proxy with it; keepalived's nginx survives (the VIP's connections then die at the takeover).".into(),
         ],
         plot: Some(crate::plot::Plot {
             title: format!("Requests lost under load ({LOAD_CONNECTIONS} connections)"),

@@ -6,6 +6,7 @@ mod fuzz;
 mod idle;
 mod interop;
 mod keepalived243;
+mod moves;
 mod plot;
 mod proxy;
 mod report;

@@ -517,9 +517,10 @@ pub const fn silence_ns(interval_cs: u16) -> u64 {
 }
 
 /// Folds the valid advert `a`, seen at `now_ns`, into `rec` and returns the `EV_*` reasons to
-/// wake userspace (0: steady state, nothing to do). The caller stores the frame's Ethernet
-/// source in `rec.mac` ([`source_mac`]; the XDP program copies it with a helper, which keeps
-/// the verifier's work on the advert path as it was).
+/// wake userspace (0: steady state, nothing to do). When that is not 0 (a new master, or the
+/// first advert after silence) the caller stores the frame's Ethernet source in `rec.mac`
+/// ([`source_mac`]; the XDP program copies it with a helper, which keeps the verifier's work on
+/// the advert path as it was).
 #[inline(always)]
 pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
     let mut ev = 0;

@@ -530,10 +530,15 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             // updating the same VRID at once may interleave fields; the next advert repairs it.
             let (prev_priority, ev) = unsafe {
                 let prev = (*rec).priority;
-                // The sender's Ethernet address, for a planned move's flows: copied by the
-                // helper (reading it here directly doubled the verifier's states on this path).
-                bpf_xdp_load_bytes(ctx.ctx as *mut _, 6, (*rec).mac.as_mut_ptr().cast(), 6);
-                (prev, record_advert(&mut *rec, &advert, now))
+                let ev = record_advert(&mut *rec, &advert, now);
+                if ev != 0 {
+                    // A new master (or the first advert after silence): its Ethernet address,
+                    // for a planned move's flows. Copied by the helper (a direct read here
+                    // doubled the verifier's states on this path), and only then: a steady
+                    // advert costs nothing more.
+                    bpf_xdp_load_bytes(ctx.ctx as *mut _, 6, (*rec).mac.as_mut_ptr().cast(), 6);
+                }
+                (prev, ev)
             };
             if ev != 0 {
                 let event = GuardEvent {

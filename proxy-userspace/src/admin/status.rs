@@ -195,8 +195,15 @@ impl Status {
             if let Some(m) = &i.moving {
                 let _ = writeln!(o, "  moving           {m}");
             }
-            if let Some(h) = &i.last_handover {
-                let _ = writeln!(o, "  handovers        {}, last {h}", i.handovers);
+            if i.handovers > 0 {
+                let _ = writeln!(
+                    o,
+                    "  handovers        {}{}",
+                    i.handovers,
+                    i.last_handover
+                        .as_ref()
+                        .map_or(String::new(), |h| format!(", last completed {h}"))
+                );
             }
             let _ = writeln!(o, "  virtual ips      {}", i.virtual_ips.join(", "));
             let _ = writeln!(o, "  guard            {}", i.guard);

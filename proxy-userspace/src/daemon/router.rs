@@ -37,18 +37,19 @@ pub(super) struct Ctx {
     pub(super) drain_timeout: Duration,
 }
 
-/// Without XDP a move cannot carry flows: the addresses go this long after the successor's
-/// first advert (at least; three gratuitous-ARP intervals if that is longer), so its
-/// announcement reaches the clients first.
+/// A handed-over address stays at least this long after the successor's first advert (three
+/// gratuitous-ARP intervals if that is longer), so its announcement reaches the clients first;
+/// when flows are not carried (no XDP, no proxy) it goes then.
 pub const HANDOVER_GRACE: Duration = Duration::from_millis(50);
 
-/// How long connections cut at the end of a drain have to close (a WebSocket's close
-/// handshake) before the addresses go.
-const CUT_GRACE: Duration = Duration::from_millis(1500);
+/// How long connections cut at the end of a drain have to close before the addresses go: a
+/// WebSocket's frame in progress (up to 1 s) and its client's answer to the close (up to 1 s),
+/// with room to spare.
+const CUT_GRACE: Duration = Duration::from_millis(2500);
 
 /// How much longer than its drain the new owner sends the previous owner's flows there (the
 /// previous owner's `drain_timeout` plus [`CUT_GRACE`], with room to spare).
-const ADOPT_MARGIN: Duration = Duration::from_secs(2);
+const ADOPT_MARGIN: Duration = Duration::from_secs(3);
 
 /// A planned move of an instance's addresses in progress (see [`proxy_common::flow`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -158,7 +158,9 @@ impl RawState {
                 let rec = adverts.get_mut(&a.key)?;
                 let prev_priority = rec.priority;
                 let flags = record_advert(rec, &a, now_ns);
-                rec.mac = source_mac(frame);
+                if flags != 0 {
+                    rec.mac = source_mac(frame);
+                }
                 (flags != 0).then_some(GuardEvent {
                     time_ns: now_ns,
                     ifindex,
