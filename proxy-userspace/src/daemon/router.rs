@@ -253,6 +253,12 @@ impl Router {
                         since: Instant::now(),
                     });
                 }
+                Action::Adopt { from } => {
+                    // Once per move: a split brain re-announces at every advert of the loser.
+                    if self.moving.is_none() {
+                        self.adopt(ctx, dp, from);
+                    }
+                }
                 Action::HandOver { to } => {
                     self.end_move(ctx, dp);
                     self.hand_over(ctx, dp, to);

@@ -110,6 +110,10 @@ pub enum Action {
     /// We resigned as master: keep the addresses, and keep answering for them, until a
     /// successor is heard ([`Action::HandOver`]) or we become master again.
     HoldVips,
+    /// We stay master and `from`, which also claimed it (a split brain healing), yields: the
+    /// flows it holds stay there while it drains them, as after [`Action::TakeVips`] with a
+    /// `from`.
+    Adopt { from: Ipv4Addr },
     /// `to` is master now, after a planned move: stop announcing the addresses (no ARP
     /// answers), send it new connections and segments of flows we have no socket for, end our
     /// own flows at request boundaries, then remove the addresses.
@@ -423,10 +427,12 @@ impl Instance {
                     }
                 } else {
                     // A worse router claims master (split brain healing): answer at once so it
-                    // steps down, and re-announce the VIPs so clients come back to us.
+                    // steps down, and re-announce the VIPs so clients come back to us; the
+                    // flows it took meanwhile stay there while it drains them.
                     self.actions
                         .push_back(Action::SendAdvert { priority: ours });
                     self.actions.push_back(Action::Reannounce);
+                    self.actions.push_back(Action::Adopt { from: h.src });
                     self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
                 }
             }

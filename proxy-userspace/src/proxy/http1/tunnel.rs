@@ -111,7 +111,7 @@ pub(super) async fn pump<C, U>(
                     let _ = server.shutdown().await;
                 }
                 Ok(n) => {
-                    if server.write_all(&from_client[..n]).await.is_err() {
+                    if write(server, &from_client[..n]).await.is_err() {
                         return;
                     }
                 }
@@ -132,7 +132,7 @@ pub(super) async fn pump<C, U>(
                         }
                         chunk = &chunk[..passed];
                     }
-                    if client.write_all(chunk).await.is_err() {
+                    if write(client, chunk).await.is_err() {
                         return;
                     }
                     if closing.is_some() && frames.at_boundary() {
@@ -156,6 +156,12 @@ pub(super) async fn pump<C, U>(
     }
 }
 
+/// Writes all of `data` and flushes it (a TLS stream holds written bytes until a flush).
+async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
+}
+
 /// Sends both sides a 1001 close, gives the client a moment to answer, and returns (the
 /// caller drops both connections).
 async fn close_websocket<C, U>(client: &mut C, server: &mut U)
@@ -163,12 +169,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncWrite + Unpin,
 {
-    let _ = server.write_all(&close_to_server()).await;
+    let _ = write(server, &close_to_server()).await;
     let _ = server.shutdown().await;
-    if client.write_all(&CLOSE_TO_CLIENT).await.is_err() {
+    if write(client, &CLOSE_TO_CLIENT).await.is_err() {
         return;
     }
-    let _ = client.flush().await;
     // The client answers with its own close frame (and may have been sending meanwhile):
     // read until it closes or the grace ends, so its answer does not meet a reset.
     let mut sink = [0u8; 1024];

@@ -116,6 +116,7 @@ impl Sim {
                         self.nodes[n].moved = from;
                     }
                     Action::HoldVips => {}
+                    Action::Adopt { from } => self.nodes[n].moved = Some(from),
                     Action::HandOver { to } => {
                         self.nodes[n].vips = false;
                         self.nodes[n].moved = Some(to);
@@ -170,6 +171,7 @@ impl Sim {
                 format!("\"vips\": \"take\", \"flows_at\": \"{f}\"")
             }
             Action::HoldVips => "\"vips\": \"hold\"".into(),
+            Action::Adopt { from } => format!("\"flows_at\": \"{from}\""),
             Action::HandOver { to } => format!("\"vips\": \"hand_over\", \"to\": \"{to}\""),
             Action::ReleaseVips => "\"vips\": \"release\"".into(),
             Action::Reannounce => "\"vips\": \"reannounce\"".into(),
