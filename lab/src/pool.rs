@@ -177,25 +177,40 @@ pub fn exchange<S: Read + Write>(
     shape: &Shape,
     close: bool,
 ) -> Result<(String, bool), String> {
-    let req = format!(
+    s.write_all(request(shape, close).as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(done) = response(&buf)? {
+            return Ok(done);
+        }
+        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!(
+                "closed before a whole response ({} bytes)",
+                buf.len()
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The request a pooled connection sends.
+pub fn request(shape: &Shape, close: bool) -> String {
+    format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
         shape.path,
         shape.host,
         if close { "Connection: close\r\n" } else { "" }
-    );
-    s.write_all(req.as_bytes())
-        .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut chunk).map_err(|e| format!("read: {e}"))?;
-        if n == 0 {
-            return Err(format!("closed before a response ({} bytes)", buf.len()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    )
+}
+
+/// The response in `buf` once it is whole (a 200 with a `Content-Length` body): its body and
+/// whether the server closes the connection after it; `None` while more is to come.
+pub fn response(buf: &[u8]) -> Result<Option<(String, bool)>, String> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+        return Ok(None);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     if !head.starts_with("http/1.1 200") {
@@ -206,15 +221,11 @@ pub fn exchange<S: Read + Write>(
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or("no content-length")?;
-    while buf.len() < head_end + len {
-        let n = s.read(&mut chunk).map_err(|e| format!("read body: {e}"))?;
-        if n == 0 {
-            return Err("closed in the body".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    if buf.len() < head_end + len {
+        return Ok(None);
     }
     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-    Ok((body, head.contains("connection: close")))
+    Ok(Some((body, head.contains("connection: close"))))
 }
 
 /// A new connection and its first request; its time goes into the slowest.

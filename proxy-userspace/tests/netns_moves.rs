@@ -205,34 +205,19 @@ where
         .map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
+    loop {
+        if let Some(done) = hapd_lab::pool::response(&buf)? {
+            return Ok(done);
         }
         let n = read_some(s, &mut chunk).await?;
         if n == 0 {
-            return Err(format!("closed before a response ({} bytes)", buf.len()));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 200") {
-        return Err(format!("status: {}", head.lines().next().unwrap_or("")));
-    }
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or("no content-length")?;
-    while buf.len() < head_end + len {
-        let n = read_some(s, &mut chunk).await?;
-        if n == 0 {
-            return Err("closed in the body".into());
+            return Err(format!(
+                "closed before a whole response ({} bytes)",
+                buf.len()
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string();
-    Ok((body, head.contains("connection: close")))
 }
 
 /// A kept-alive HTTP/1.1 connection over TLS, reopened when the proxy closes it.

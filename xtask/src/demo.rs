@@ -145,7 +145,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     where_is_vip(&lab);
 
-    step("Graceful stop of proxy01 (SIGTERM): it resigns with priority 0 and serves the VIP until proxy02 has taken over");
+    step("Graceful stop of proxy01 (SIGTERM): it resigns with priority 0, serves the VIP until proxy02 has taken over, and lets its open connections finish before it lets the address go");
     let (seen1, seen2) = (p1.lines().len(), p2.lines().len());
     let t0 = Instant::now();
     p1.signal(Signal::SIGTERM)?;
