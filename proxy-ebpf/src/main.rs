@@ -95,7 +95,8 @@ static LOG_AT: PerCpuArray<u64, 32> = PerCpuArray::new();
 #[btf_map(name = "vrrp_clock")]
 static VRRP_CLOCK: Array<i64, 1> = Array::new();
 
-/// `TCP_LISTEN` of the kernel's socket states.
+/// `TCP_TIME_WAIT` and `TCP_LISTEN` of the kernel's socket states.
+const TCP_TIME_WAIT: u32 = 6;
 const TCP_LISTEN: u32 = 10;
 
 /// The state of the socket of this node that a segment of `seg`'s flow would reach (an
@@ -188,10 +189,12 @@ pub fn hapd_flow(ctx: XdpContext) -> u32 {
         match tcp_step(&e, source_mac(&frame), &seg) {
             Step::Forward => return forward(&ctx, &e),
             Step::ForwardUnlessLocal => {
+                // A listener, or a TIME_WAIT left by an earlier flow on the same four
+                // numbers, does not hold this flow.
                 return match socket_state(&ctx, &seg) {
-                    Some(state) if state != TCP_LISTEN => XDP_PASS,
+                    Some(state) if state != TCP_LISTEN && state != TCP_TIME_WAIT => XDP_PASS,
                     _ => forward(&ctx, &e),
-                }
+                };
             }
             Step::Pass => {}
         }

@@ -125,6 +125,9 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
         r.act(&ctx, &mut dp).await;
     }
     let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
+    // How often a planned move in progress is advanced (see `Router::poll_move`).
+    let mut move_tick = tokio::time::interval(Duration::from_millis(5));
+    move_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handled: Option<Duration> = None;
     loop {
         if matches!(phase, Phase::Stopping) && routers.iter().all(|r| r.moving.is_none()) {
@@ -150,9 +153,12 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
+        // Armed while running only: the value stays true once asked, and a second "request"
+        // from it would cut the graceful stop short.
+        let running = matches!(phase, Phase::Running);
         let stop_asked = async {
             match &mut shutdown {
-                Some(s) => loop {
+                Some(s) if running => loop {
                     if *s.borrow_and_update() {
                         break;
                     }
@@ -160,7 +166,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                         std::future::pending::<()>().await;
                     }
                 },
-                None => std::future::pending().await,
+                _ => std::future::pending().await,
             }
         };
         // Why to stop: the embedding program asked, SIGTERM or SIGINT.
@@ -268,7 +274,9 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                     Phase::Stopping => break,
                 };
             }
-            _ = tokio::time::sleep(Duration::from_millis(5)), if moving => {
+            // A persistent interval: a sleep made anew on each pass would never expire while
+            // other timers wake the loop more often than it lasts.
+            _ = move_tick.tick(), if moving => {
                 for r in routers.iter_mut().filter(|r| r.move_pending()) {
                     r.poll_move(&ctx, &mut dp).await;
                 }

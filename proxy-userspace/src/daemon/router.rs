@@ -104,6 +104,8 @@ pub(super) struct Router {
     pub(super) fence: Vec<String>,
     /// A planned move in progress.
     pub(super) moving: Option<Move>,
+    /// The last router an `Adopt` was tried for (cleared when we take the addresses).
+    adopt_tried: Option<Ipv4Addr>,
     /// `auth_hmac`, as the guard and the signer run it.
     pub(super) auth: Option<AuthSpec>,
     /// For status and metrics.
@@ -203,6 +205,7 @@ impl Router {
             ),
             fence: v.fence.clone(),
             moving: None,
+            adopt_tried: None,
             auth: spec.auth.clone(),
             stats: RouterStats::default(),
             reasons: Vec::new(),
@@ -233,18 +236,21 @@ impl Router {
                 }
                 Action::TakeVips { from } => {
                     self.end_move(ctx, dp);
+                    self.adopt_tried = None;
                     // The proxy serves the addresses as its own again (a drain that ended
                     // left them marked as handed over and cut).
                     if let Some(p) = &ctx.proxy {
                         p.hand_over(&self.vip_addrs(), false);
                     }
+                    // The previous owner's flows go back to it before any client hears of
+                    // us: the guard's entries first, then the addresses and their announcement.
+                    if let Some(from) = from {
+                        self.adopt(ctx, dp, from);
+                    }
                     if let Err(e) = vip::add(nl, self.key.ifindex, &self.vips).await {
                         warn!("{}: adding virtual addresses: {e:#}", self.name);
                     }
                     self.announce();
-                    if let Some(from) = from {
-                        self.adopt(ctx, dp, from);
-                    }
                 }
                 Action::Reannounce => self.announce(),
                 Action::HoldVips => {
@@ -254,8 +260,10 @@ impl Router {
                     });
                 }
                 Action::Adopt { from } => {
-                    // Once per move: a split brain re-announces at every advert of the loser.
-                    if self.moving.is_none() {
+                    // Once per move and per yielding router: a split brain re-announces at
+                    // every advert of the loser, and a refusal need not be logged each time.
+                    if self.moving.is_none() && self.adopt_tried != Some(from) {
+                        self.adopt_tried = Some(from);
                         self.adopt(ctx, dp, from);
                     }
                 }
@@ -520,13 +528,12 @@ impl Router {
             self.moving,
             Some(Move::Holding { .. } | Move::Draining { .. })
         );
+        self.end_move(ctx, dp);
         if release {
+            // After `end_move`, which resets the proxy's marks for these addresses.
             if let Some(p) = &ctx.proxy {
                 p.cut(&self.vip_addrs());
             }
-        }
-        self.end_move(ctx, dp);
-        if release {
             if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
                 warn!("{}: removing virtual addresses: {e:#}", self.name);
             }
@@ -537,6 +544,7 @@ impl Router {
     async fn release_held(&mut self, ctx: &Ctx) {
         if let Some(Move::Holding { .. }) = self.moving {
             self.moving = None;
+            self.engine.end_hold();
             info!("{}: no successor heard; releasing the VIPs", self.name);
             if let Err(e) = vip::remove(&ctx.nl, self.key.ifindex, &self.vips).await {
                 warn!("{}: removing virtual addresses: {e:#}", self.name);

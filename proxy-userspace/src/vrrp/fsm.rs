@@ -409,9 +409,11 @@ impl Instance {
             }
             State::Master => {
                 if h.priority == 0 {
-                    // RFC 5798 section 6.4.3: another master resigned; assert ourselves.
+                    // RFC 5798 section 6.4.3: another master resigned; assert ourselves. It
+                    // drains the flows it took towards us: ours send them back to it.
                     self.actions
                         .push_back(Action::SendAdvert { priority: ours });
+                    self.actions.push_back(Action::Adopt { from: h.src });
                     self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
                 } else if h.priority > ours || (h.priority == ours && h.src > self.cfg.primary) {
                     // RFC 5798 section 6.4.3: a better master exists.
@@ -431,8 +433,8 @@ impl Instance {
                     // flows it took meanwhile stay there while it drains them.
                     self.actions
                         .push_back(Action::SendAdvert { priority: ours });
-                    self.actions.push_back(Action::Reannounce);
                     self.actions.push_back(Action::Adopt { from: h.src });
+                    self.actions.push_back(Action::Reannounce);
                     self.adver_timer = Some(at + self.cfg.advert_interval.as_duration());
                 }
             }
@@ -488,6 +490,12 @@ impl Instance {
     /// Drops the peers that are no longer alive at `now` (`Peer::alive_at`).
     fn forget_silent_peers(&mut self, now: Duration) {
         self.peers.retain(|_, p| p.alive_at(now));
+    }
+
+    /// The I/O layer gave up holding resigned addresses (no successor within its bound): a
+    /// later master is no successor of ours to hand over to.
+    pub fn end_hold(&mut self) {
+        self.holding = false;
     }
 
     /// Whether a drill has stepped this router down.

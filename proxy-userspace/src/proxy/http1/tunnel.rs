@@ -3,7 +3,12 @@
 //! wants (section 7.4.1, code 1001 "going away"): between two frames of the server's stream,
 //! the proxy sends the client a close frame and the server a masked one, waits briefly for the
 //! client's answer, and closes. Any other upgraded protocol is cut.
-use std::{future::Future, pin::pin, time::Duration};
+use std::{
+    future::Future,
+    pin::pin,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -85,7 +90,8 @@ fn close_to_server() -> [u8; 8] {
 
 /// Copies both ways between `client` and `server` until both sides closed, or `cut` resolves
 /// (then a WebSocket, `websocket`, is closed with 1001 between frames; anything else ends at
-/// once).
+/// once). The two directions run concurrently: a side that stops reading holds up only its
+/// own direction, as with `copy_bidirectional`.
 pub(super) async fn pump<C, U>(
     client: &mut C,
     server: &mut U,
@@ -95,65 +101,111 @@ pub(super) async fn pump<C, U>(
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cut = pin!(cut);
-    let mut frames = Frames::default();
-    let (mut from_client, mut from_server) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
-    let (mut client_open, mut server_open) = (true, true);
-    // The window ended while the server was in the middle of a frame: until when it may
-    // finish it.
-    let mut closing: Option<tokio::time::Instant> = None;
-    while client_open || server_open {
-        let deadline = closing.unwrap_or_else(tokio::time::Instant::now);
-        tokio::select! {
-            r = client.read(&mut from_client), if client_open => match r {
-                Ok(0) | Err(_) => {
-                    client_open = false;
-                    let _ = server.shutdown().await;
-                }
-                Ok(n) => {
-                    if write(server, &from_client[..n]).await.is_err() {
+    let (mut client_r, mut client_w) = tokio::io::split(client);
+    let (mut server_r, mut server_w) = tokio::io::split(server);
+    let closing = AtomicBool::new(false);
+    let wake = tokio::sync::Notify::new();
+    let ended = {
+        // Client to server, as it comes.
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match client_r.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = server_w.shutdown().await;
                         return;
                     }
-                }
-            },
-            r = server.read(&mut from_server), if server_open => match r {
-                Ok(0) | Err(_) => {
-                    server_open = false;
-                    let _ = client.shutdown().await;
-                }
-                Ok(n) => {
-                    let mut chunk = &from_server[..n];
-                    if websocket {
-                        // Keep track of the frames; once closing, pass no byte past the end of
-                        // the frame in progress.
-                        let mut passed = 0;
-                        while passed < chunk.len() && !(closing.is_some() && frames.at_boundary()) {
-                            passed += frames.take(&chunk[passed..]);
+                    Ok(n) => {
+                        if write(&mut server_w, &buf[..n]).await.is_err() {
+                            return;
                         }
-                        chunk = &chunk[..passed];
-                    }
-                    if write(client, chunk).await.is_err() {
-                        return;
-                    }
-                    if closing.is_some() && frames.at_boundary() {
-                        close_websocket(client, server).await;
-                        return;
                     }
                 }
-            },
-            () = &mut cut, if closing.is_none() => {
-                if !websocket {
-                    return;
-                }
-                if frames.at_boundary() {
-                    close_websocket(client, server).await;
-                    return;
-                }
-                closing = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
-            () = tokio::time::sleep_until(deadline), if closing.is_some() => return,
+        };
+        // Server to client, frame by frame for a WebSocket: once closing, no byte past the
+        // end of the frame in progress.
+        let down = async {
+            let mut frames = Frames::default();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if closing.load(Ordering::Relaxed) && frames.at_boundary() {
+                    return Ended::Boundary;
+                }
+                let r = tokio::select! {
+                    r = server_r.read(&mut buf) => r,
+                    () = wake.notified() => continue,
+                };
+                let n = match r {
+                    Ok(0) | Err(_) => {
+                        let _ = client_w.shutdown().await;
+                        return Ended::Closed;
+                    }
+                    Ok(n) => n,
+                };
+                let mut chunk = &buf[..n];
+                if websocket {
+                    let mut passed = 0;
+                    while passed < chunk.len()
+                        && !(closing.load(Ordering::Relaxed) && frames.at_boundary())
+                    {
+                        passed += frames.take(&chunk[passed..]);
+                    }
+                    chunk = &chunk[..passed];
+                }
+                if write(&mut client_w, chunk).await.is_err() {
+                    return Ended::Closed;
+                }
+            }
+        };
+        let mut cut = pin!(cut);
+        let (mut up, mut down) = (pin!(up), pin!(down));
+        let (mut up_done, mut down_done) = (false, false);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let by = deadline.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                () = &mut up, if !up_done => {
+                    up_done = true;
+                    if down_done {
+                        break Ended::Closed;
+                    }
+                }
+                e = &mut down, if !down_done => match e {
+                    Ended::Closed => {
+                        down_done = true;
+                        if up_done {
+                            break Ended::Closed;
+                        }
+                    }
+                    boundary => break boundary,
+                },
+                () = &mut cut, if deadline.is_none() => {
+                    if !websocket {
+                        break Ended::Cut;
+                    }
+                    closing.store(true, Ordering::Relaxed);
+                    wake.notify_one();
+                    deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+                }
+                () = tokio::time::sleep_until(by), if deadline.is_some() => break Ended::Cut,
+            }
         }
+    };
+    if ended == Ended::Boundary {
+        close_websocket(&mut client_r, &mut client_w, &mut server_w).await;
     }
+}
+
+/// How a tunnel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// Both sides closed (or a write failed).
+    Closed,
+    /// The handover window ended: cut.
+    Cut,
+    /// The window ended and the server's stream is between two WebSocket frames: close it.
+    Boundary,
 }
 
 /// Writes all of `data` and flushes it (a TLS stream holds written bytes until a flush).
@@ -163,29 +215,35 @@ async fn write<W: AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result
 }
 
 /// Sends both sides a 1001 close, gives the client a moment to answer, and returns (the
-/// caller drops both connections).
-async fn close_websocket<C, U>(client: &mut C, server: &mut U)
+/// caller drops both connections). Every step is bounded: a side that stopped reading holds
+/// nothing up for long.
+async fn close_websocket<R, W, S>(client_r: &mut R, client_w: &mut W, server_w: &mut S)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
-    let _ = write(server, &close_to_server()).await;
-    let _ = server.shutdown().await;
-    if write(client, &CLOSE_TO_CLIENT).await.is_err() {
+    use tokio::time::timeout;
+    let _ = timeout(CLOSE_GRACE, write(server_w, &close_to_server())).await;
+    let _ = timeout(CLOSE_GRACE, server_w.shutdown()).await;
+    if !matches!(
+        timeout(CLOSE_GRACE, write(client_w, &CLOSE_TO_CLIENT)).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     // The client answers with its own close frame (and may have been sending meanwhile):
     // read until it closes or the grace ends, so its answer does not meet a reset.
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Ok(n) = client.read(&mut sink).await {
+        while let Ok(n) = client_r.read(&mut sink).await {
             if n == 0 {
                 break;
             }
         }
     })
     .await;
-    let _ = client.shutdown().await;
+    let _ = timeout(CLOSE_GRACE, client_w.shutdown()).await;
 }
 
 #[cfg(test)]
