@@ -781,6 +781,18 @@ fn keepalived_adverts_are_accepted() {
     }
 }
 
+/// A guard for VRID 51 whose proxy serves `vip`:8080.
+fn serving(vip: [u8; 4]) -> XdpGuard {
+    let mut s = spec(51, 3, true, None);
+    s.served = vec![proxy_common::maps::ServedPort::new(
+        vip,
+        8080u16.to_be_bytes(),
+    )];
+    let mut g = XdpGuard::load(None).unwrap();
+    g.configure(&[&s]).unwrap();
+    g
+}
+
 /// A TCP segment from 198.18.0.3:50000 to `dst`:`port` with `flags`.
 fn tcp(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
     let mut seg = [0u8; 20];
@@ -802,13 +814,7 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
     let lab = hapd_lab::Lab::new(1).unwrap();
     lab.in_netns(0, || {
         let vip = [198, 18, 0, 100];
-        let mut s = spec(51, 3, true, None);
-        s.served = vec![proxy_common::maps::ServedPort::new(
-            vip,
-            8080u16.to_be_bytes(),
-        )];
-        let mut g = XdpGuard::load(None).unwrap();
-        g.configure(&[&s]).unwrap();
+        let g = serving(vip);
         let run = |g: &XdpGuard, f: Vec<u8>| g.test_run(&f, LO).unwrap();
         assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_DROP, "nobody listens");
         assert_eq!(run(&g, tcp(vip, 9090, SYN)), XDP_PASS, "not a served port");
@@ -866,13 +872,7 @@ fn segments_of_a_moving_vip_go_to_the_node_that_holds_their_flow() {
     }
     lab.in_netns(0, || {
         let vip = [198, 18, 0, 100];
-        let mut s = spec(51, 3, true, None);
-        s.served = vec![proxy_common::maps::ServedPort::new(
-            vip,
-            8080u16.to_be_bytes(),
-        )];
-        let mut g = XdpGuard::load(None).unwrap();
-        g.configure(&[&s]).unwrap();
+        let mut g = serving(vip);
         let listener = std::net::TcpListener::bind("198.18.0.100:8080").unwrap();
         let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         client.bind(&"198.18.0.3:50000".parse::<std::net::SocketAddr>()?.into())?;

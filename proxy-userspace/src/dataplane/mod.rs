@@ -420,17 +420,13 @@ impl Dataplane {
         let Some(g) = self.xdp.as_mut() else {
             return false;
         };
-        for (i, a) in addrs.iter().enumerate() {
-            if let Err(e) = g.set_flow(*a, entry) {
+        match g.set_flows(addrs, entry) {
+            Ok(()) => true,
+            Err(e) => {
                 warn!("{e:#}");
-                // All or nothing: the addresses done so far leave the move again.
-                for done in &addrs[..i] {
-                    let _ = g.set_flow(*done, None);
-                }
-                return false;
+                false
             }
         }
-        true
     }
 
     /// The XDP guard, when loaded (tests and benchmarks run it directly).

@@ -180,13 +180,8 @@ impl XdpGuard {
             write_clock(clock)?;
         }
         // Moves of an earlier run that shared the pins (killed mid-move): its sockets are gone.
-        for (addr, _) in guard.flows() {
-            guard.set_flow(addr, None)?;
-        }
-        guard
-            .flow_count
-            .set(0, 0, 0)
-            .context("clearing the move count")?;
+        let stale: Vec<Ipv4Addr> = guard.flows().into_iter().map(|(a, _)| a).collect();
+        guard.set_flows(&stale, None)?;
         Ok(guard)
     }
 
@@ -563,23 +558,48 @@ impl XdpGuard {
         Ok(())
     }
 
-    /// Puts `addr` in a planned move as `entry` (see [`proxy_common::flow`]), or takes it out
-    /// (`None`). The count the program checks first is raised after an entry is added and
-    /// lowered after one is removed, so it never skips a live entry.
+    /// Puts `addrs` in a planned move as `entry` (see [`proxy_common::flow`]), or takes them
+    /// out (`None`), all or nothing. The count the program checks first is written once, after
+    /// the entries: raised after they are added, lowered after they are removed, so it never
+    /// skips a live entry.
+    pub fn set_flows(
+        &mut self,
+        addrs: &[Ipv4Addr],
+        entry: Option<FlowEntry>,
+    ) -> anyhow::Result<()> {
+        for (i, addr) in addrs.iter().enumerate() {
+            if let Err(e) = self.write_flow(*addr, entry) {
+                // The addresses done so far leave the move again.
+                for done in &addrs[..i] {
+                    let _ = self.write_flow(*done, None);
+                }
+                self.write_flow_count()?;
+                return Err(e);
+            }
+        }
+        self.write_flow_count()
+    }
+
+    /// [`XdpGuard::set_flows`] for one address.
     pub fn set_flow(&mut self, addr: Ipv4Addr, entry: Option<FlowEntry>) -> anyhow::Result<()> {
+        self.set_flows(&[addr], entry)
+    }
+
+    fn write_flow(&mut self, addr: Ipv4Addr, entry: Option<FlowEntry>) -> anyhow::Result<()> {
         let key = u32::from_ne_bytes(addr.octets());
         match entry {
             Some(e) => self
                 .flows
                 .insert(key, e, 0)
-                .with_context(|| format!("adding {addr} to {MAP_FLOWS}"))?,
+                .with_context(|| format!("adding {addr} to {MAP_FLOWS}")),
             None => match self.flows.remove(&key) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing {addr} from {MAP_FLOWS}"))
-                }
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("removing {addr} from {MAP_FLOWS}")),
             },
         }
+    }
+
+    fn write_flow_count(&mut self) -> anyhow::Result<()> {
         let n = self.flows.keys().filter(Result::is_ok).count() as u32;
         self.flow_count
             .set(0, n, 0)
