@@ -1,8 +1,8 @@
 //! Part of the `failover` suite: planned moves seen by a pooled client. 30 kept-alive HTTP/1.1
 //! connections to the VIP each send a request every 50 ms (idle in between) and a new
 //! connection opens every 20 ms ([`hapd_lab::pool`]), while the master stops gracefully, the
-//! stopped node comes back and preempts, or (hapd only: keepalived has no such command) a
-//! drill steps the master down and hands back. hapd (VRRP and its proxy, 10 ms adverts) beside
+//! stopped node comes back and preempts, or (hapd only: keepalived has no such commands) a
+//! drill steps the master down and hands back, or `hapd upgrade` replaces the master's daemon. hapd (VRRP and its proxy, 10 ms adverts) beside
 //! keepalived + nginx (the guide's setup), alternating, in the same run.
 use std::{path::Path, time::Duration};
 
@@ -28,16 +28,29 @@ enum Move {
     PreemptBack,
     /// `hapd drill`: step-down, then hand-back.
     Drill,
+    /// `hapd upgrade`: the master's daemon replaced by a new process (the VIP stays).
+    Upgrade,
 }
 
 impl Move {
-    const ALL: [Move; 3] = [Move::GracefulStop, Move::PreemptBack, Move::Drill];
+    const ALL: [Move; 4] = [
+        Move::GracefulStop,
+        Move::PreemptBack,
+        Move::Drill,
+        Move::Upgrade,
+    ];
+
+    /// keepalived + nginx have no such command.
+    fn hapd_only(self) -> bool {
+        matches!(self, Move::Drill | Move::Upgrade)
+    }
 
     fn name(self) -> &'static str {
         match self {
             Move::GracefulStop => "graceful stop",
             Move::PreemptBack => "stopped node returns and preempts",
             Move::Drill => "drill (step-down and hand-back)",
+            Move::Upgrade => "hitless upgrade (hapd upgrade)",
         }
     }
 }
@@ -51,11 +64,15 @@ struct Seen {
     drain: Option<Duration>,
 }
 
-/// The drain time in a hapd log line "...; addresses released after 53.2ms".
+/// The drain time in a hapd log line "...; addresses released after 53.2ms", or after an
+/// upgrade "upgrade: 30 connection(s) drained in 61.2ms; exiting".
 fn drain_of(p: &Proc) -> Option<Duration> {
-    let line = p.grep("addresses released after").pop()?;
-    let t = line.split("released after ").nth(1)?;
-    let t = t.split_whitespace().next()?;
+    let (line, marker) = match p.grep("addresses released after").pop() {
+        Some(l) => (l, "released after "),
+        None => (p.grep("connection(s) drained in").pop()?, "drained in "),
+    };
+    let t = line.split(marker).nth(1)?;
+    let t = t.split_whitespace().next()?.trim_end_matches(';');
     let (n, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = n.parse().ok()?;
     let secs = match unit {
@@ -68,11 +85,20 @@ fn drain_of(p: &Proc) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
-/// hapd on node `i` with its admin endpoint (for the drill).
+/// hapd on node `i` with its admin endpoint (for the drill) and its control socket (for the
+/// upgrade).
 fn start_hapd(lab: &mut Lab, hapd: &Path, i: usize) -> anyhow::Result<Proc> {
     let me = lab.host(i).addr;
+    let sock = lab.dir().join(format!("h{i}.sock"));
     let config = hapd_config(lab, i, 10, None, true)?
-        .replacen("[node]\n", &format!("[node]\nadmin = \"{me}:9100\"\n"), 1)
+        .replacen(
+            "[node]\n",
+            &format!(
+                "[node]\nadmin = \"{me}:9100\"\ncontrol_socket = \"{}\"\n",
+                sock.display()
+            ),
+            1,
+        )
         .replacen("\npeers = [", "\nxdp = \"generic\"\npeers = [", 1);
     lab.start_hapd(i, hapd, &config)
 }
@@ -125,6 +151,29 @@ fn trial(hapd: &Path, d: Daemon, m: Move) -> anyhow::Result<Seen> {
                     if d == Daemon::Hapd {
                         n1.wait_for("addresses released after", 1, Duration::from_secs(15))?;
                     }
+                }
+                Move::Upgrade => {
+                    if d != Daemon::Hapd {
+                        bail!("keepalived has no upgrade command");
+                    }
+                    let o = lab.exec(
+                        0,
+                        &[
+                            hapd.to_str().context("hapd path")?,
+                            "upgrade",
+                            "--config",
+                            lab.dir().join("h0.toml").to_str().context("lab path")?,
+                        ],
+                    )?;
+                    if !o.status.success() {
+                        bail!(
+                            "hapd upgrade failed: {}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        );
+                    }
+                    // The old process drains and exits; the new one is stopped with the lab.
+                    n0.wait(Duration::from_secs(15))?;
                 }
                 Move::Drill => {
                     if d != Daemon::Hapd {
@@ -189,7 +238,7 @@ pub fn planned_moves(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_j
         let mut got: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
         for round in 0..rounds {
             for d in Daemon::alternating(round) {
-                if m == Move::Drill && d == Daemon::Keepalived {
+                if m.hapd_only() && d == Daemon::Keepalived {
                     continue;
                 }
                 println!(
@@ -231,12 +280,12 @@ pub fn planned_moves(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_j
             cell(&got[0].0, 0),
             cell(&got[0].1, 0),
             cell(&got[0].2, 0),
-            if m == Move::Drill {
-                "no drill command".into()
+            if m.hapd_only() {
+                "no such command".into()
             } else {
                 cell(&got[1].0, 0)
             },
-            if m == Move::Drill {
+            if m.hapd_only() {
                 "n/a".into()
             } else {
                 cell(&got[1].1, 0)
@@ -256,7 +305,8 @@ pub fn planned_moves(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_j
         rows,
         notes: vec![
             format!("A pooled client on a third host: 30 kept-alive HTTP/1.1 connections to the VIP, a request on each every 50 ms (idle in between; reopened when the server closes one), and a new connection every 20 ms; failed: a request on an open connection without an answer within 2 s, or a connection that could not be opened. Slowest new connection: connect to the end of its first response. Adverts every 10 ms; {rounds} round(s), daemons alternating."),
-            "hapd: its own proxy on the VIP in front of nginx (127.0.0.1). keepalived: the guide's setup with nginx as the proxy on the VIP in front of the same backend; keepalived has no drill command.".into(),
+            "hapd: its own proxy on the VIP in front of nginx (127.0.0.1). keepalived: the guide's setup with nginx as the proxy on the VIP in front of the same backend; keepalived has no drill command, and no upgrade (nginx's binary upgrade, USR2, is a procedure of its own, not measured here).".into(),
+            "Upgrade: `hapd upgrade` on the master replaces its daemon with a new process of the same binary (listening sockets, pinned guard and VRRP state handed over; the VIP does not move); drain: the old process's connections ended at request boundaries, until it exits.".into(),
             "\"Stopped node returns\" is one trial with two moves: the master stops gracefully, starts again a second later and preempts the backup, which is alive; its counts cover both (keepalived + nginx lose a request on each of the 30 connections at each move).".into(),
             "hapd carries the flows across the move: the node that lets the VIP go keeps its address for its open connections (no ARP answers), ends each at its next response, and its XDP guard sends it the segments that reach the new owner for flows the new owner has no socket for; new connections go to the new owner at once. Drain: from the successor being heard to the address released (the node that let the VIP go).".into(),
             "The guard runs in generic XDP here: on the lab's veth pairs a native XDP_TX frame does not reach the other host (docs/guard.md).".into(),

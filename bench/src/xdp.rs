@@ -56,7 +56,7 @@ fn spec(vrid: u8, version: u8, pass: Option<&[u8; 8]>) -> InstanceSpec {
 
 fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let (repeat, rounds) = if quick { (200_000, 1) } else { (5_000_000, 5) };
-    let mut g = XdpGuard::load(None)?;
+    let mut g = XdpGuard::load(None, false)?;
     // VRID 55: auth_hmac, enforce, monotonic (a frame sent millions of times stays fresh).
     let key: Vec<u8> = (0u8..32).collect();
     let signed_spec = InstanceSpec {
@@ -95,7 +95,7 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     // previous owner go there), 198.18.0.101 handed over (new connections and unknown flows go
     // to the new owner, ARP requests unanswered). Its cases are marked `true` below; the first
     // guard has no move, so its figures are those of the steady state.
-    let mut moving = XdpGuard::load(None)?;
+    let mut moving = XdpGuard::load(None, false)?;
     moving.configure(&specs.iter().collect::<Vec<_>>())?;
     let entry = |role| proxy_common::maps::FlowEntry {
         peer_mac: [0x02, 0, 0, 0, 0, 0x22],

@@ -1,11 +1,15 @@
-//! What the admin endpoint (a thread of its own) asks of the VRRP loop, and the answers: the
-//! one channel between the two, in a module of its own so that neither imports the other.
+//! What the admin endpoint and the upgrade (threads of their own) ask of the VRRP loop, and
+//! the answers: the one channel between them, in a module of its own so that none imports
+//! another.
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use proxy_common::maps::{AdvertRecord, AuthCounters, GuardCounters};
 use tokio::sync::oneshot;
 
-use crate::{dataplane::AuthSpec, vrrp::fsm::State};
+use crate::{
+    dataplane::{AuthSpec, GuardMode},
+    vrrp::fsm::{Snapshot, State},
+};
 
 /// What the admin endpoint asks of the VRRP loop.
 pub enum Control {
@@ -24,6 +28,40 @@ pub enum Control {
         auth: AuthSettings,
         reply: oneshot::Sender<Result<(String, AuthSettings), String>>,
     },
+    /// A hitless upgrade: stop at once (no advert, no event read, no action) and answer every
+    /// engine's state, then wait for the verdict on the channel given with it: `true`, the
+    /// successor runs them and the loop ends without resigning; `false` (or nothing within a
+    /// bound), the loop carries on. `Err`: not now, and why.
+    Handoff {
+        reply: oneshot::Sender<Result<Handoff, String>>,
+    },
+    /// An upgrade begins: how the guard runs on each interface, or why the loop cannot hand
+    /// over now (a move in progress, stopping).
+    Prepare {
+        reply: oneshot::Sender<Result<std::collections::BTreeMap<String, GuardMode>, String>>,
+    },
+    /// An upgrade failed after the successor loaded its guard: put this process's guard program
+    /// back on the interfaces and read the guard's events again.
+    Reclaim { reply: oneshot::Sender<()> },
+}
+
+/// What the VRRP loop hands to a successor, and where it waits for the verdict.
+pub struct Handoff {
+    pub engines: Vec<EngineHandoff>,
+    /// The track scripts' last verdicts (a successor starts from them).
+    pub scripts: Vec<(String, bool)>,
+    pub verdict: oneshot::Sender<bool>,
+}
+
+/// One VRRP instance as a successor process resumes it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineHandoff {
+    pub name: String,
+    pub engine: Snapshot,
+    /// The `auth_hmac` sequence number of the last advert sent.
+    pub last_seq: u64,
+    /// The guard record's timestamp of the last advert the engine was given.
+    pub delivered_ns: u64,
 }
 
 /// Every instance's `auth_hmac`, by instance name.

@@ -14,5 +14,6 @@ pub mod link;
 pub mod proxy;
 pub mod status;
 pub mod timerfd;
+pub mod upgrade;
 pub mod vip;
 pub mod vrrp;

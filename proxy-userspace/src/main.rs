@@ -3,7 +3,13 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use hyper::Method;
-use proxy_userspace::{admin, config::Config, daemon, drill, proxy};
+use proxy_userspace::{
+    admin,
+    config::Config,
+    daemon::{self, Ended},
+    drill, proxy,
+    upgrade::{self, Role, Successor},
+};
 
 /// hapd: highly available proxy daemon (VRRP failover with an XDP guard, and a TLS proxy).
 #[derive(Parser)]
@@ -51,6 +57,30 @@ enum Command {
     Reload {
         #[command(flatten)]
         target: Target,
+    },
+    /// Replace the running daemon with a new process of a new binary, without a failed
+    /// request or a VRRP transition: the new process takes the listening sockets, the pinned
+    /// guard and the VRRP state; the old one drains its connections and exits. If the new one
+    /// does not become ready (a config it refuses, a guard layout it cannot use), the old one
+    /// serves on and the command fails with the reason.
+    ///
+    /// It asks the daemon on its control socket (node.control_socket; root only).
+    ///
+    /// Example: hapd upgrade;  hapd upgrade --binary /usr/sbin/hapd.new --config /etc/hapd/new.toml
+    Upgrade {
+        /// The config the new process runs (default: the one the daemon runs); its
+        /// node.control_socket is where the daemon is asked.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The new binary (default: the daemon's own path on disk).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// The control socket to ask instead of the config's node.control_socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// How long the new process has to become ready.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Failover drill, run on the master: step down, watch the VIP move with a client probe,
     /// report the outage, then hand back (the master takes over again if preempt is on).
@@ -181,6 +211,41 @@ fn main() -> ExitCode {
             }
             Ok(code == 200)
         }),
+        Command::Upgrade {
+            config,
+            binary,
+            socket,
+            timeout,
+        } => client(async move {
+            let absolute = |p: PathBuf| {
+                std::fs::canonicalize(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            };
+            let config = config.map(absolute).transpose()?;
+            let binary = binary.map(absolute).transpose()?;
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let file = config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+                    let (cfg, _) = Config::load(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    cfg.node.control_socket
+                }
+            };
+            let req = upgrade::Request {
+                binary,
+                config,
+                timeout,
+            };
+            match upgrade::request(&socket, &req).await? {
+                Ok(msg) => {
+                    println!("{msg}");
+                    Ok(true)
+                }
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    Ok(false)
+                }
+            }
+        }),
         Command::Drill {
             target,
             instance,
@@ -299,6 +364,7 @@ fn check(config: &std::path::Path) -> ExitCode {
                 );
             }
             println!("  admin endpoint: {}", cfg.node.admin);
+            println!("  control socket: {}", cfg.node.control_socket.display());
             for w in &warnings {
                 println!("warning: {w}");
             }
@@ -325,16 +391,13 @@ fn check(config: &std::path::Path) -> ExitCode {
 fn run(config: PathBuf) -> ExitCode {
     init_logging();
     let started = std::time::Instant::now();
-    let (cfg, warnings) = match Config::load(&config) {
-        Ok(c) => c,
+    let successor_fd = match Successor::fd_from_env() {
+        Ok(f) => f,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("upgrade: {e:#}");
             return ExitCode::FAILURE;
         }
     };
-    for w in &warnings {
-        tracing::warn!("config: {w}");
-    }
     // The VRRP engine runs on one thread: it is one task that sleeps between adverts,
     // and a single-threaded runtime wakes only itself (no worker hand-offs), which keeps
     // an idle pair at 10 ms adverts cheap and its timing independent of other work.
@@ -348,75 +411,237 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The proxy runs on threads of its own (see proxy/mod.rs).
-    let proxy = if proxy::configured(&cfg) {
-        match proxy::start(&cfg) {
-            Ok(p) => Some(p),
+    let mut successor = match successor_fd {
+        None => None,
+        Some(fd) => match rt.block_on(Successor::connect(fd)) {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!("proxy: {e:#}");
+                tracing::error!("upgrade: {e:#}");
                 return ExitCode::FAILURE;
             }
+        },
+    };
+    // A successor's failures before it commits are also its predecessor's answer.
+    let fail = |successor: Option<&Successor>, msg: String| -> ExitCode {
+        tracing::error!("{msg}");
+        if let Some(s) = successor {
+            rt.block_on(s.fail(&msg));
+        }
+        ExitCode::FAILURE
+    };
+    let (cfg, warnings) = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => return fail(successor.as_ref(), e.to_string()),
+    };
+    for w in &warnings {
+        tracing::warn!("config: {w}");
+    }
+    let mut inherited_admin = None;
+    let mut inherited = Vec::new();
+    if let Some(s) = &mut successor {
+        if let Err(e) = s.check(&cfg) {
+            return fail(Some(s), format!("{}: {e:#}", config.display()));
+        }
+        inherited = s.take(Role::Listener);
+        inherited_admin = s.take(Role::Admin).pop();
+    }
+    // The proxy runs on threads of its own (see proxy/mod.rs); a successor's does not accept
+    // before it commits.
+    let proxy = if proxy::configured(&cfg) {
+        let listen = proxy::Listen {
+            inherited,
+            accepting: successor.is_none(),
+        };
+        match proxy::start_with(&cfg, listen) {
+            Ok(p) => Some(p),
+            Err(e) => return fail(successor.as_ref(), format!("proxy: {e:#}")),
         }
     } else {
         None
     };
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
-    let admin = match admin::start(
-        cfg.node.admin,
-        admin::Admin {
+    let vrrp = (!cfg.vrrp.is_empty()).then_some(control_tx);
+    let (committed_tx, committed_rx) = tokio::sync::watch::channel(false);
+    let services = Services {
+        admin_addr: cfg.node.admin,
+        admin: admin::Admin {
             config_path: config.clone(),
             running: std::sync::Mutex::new(cfg.clone()),
             started,
-            vrrp: (!cfg.vrrp.is_empty()).then_some(control_tx),
+            vrrp: vrrp.clone(),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
         },
-    ) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            return ExitCode::FAILURE;
-        }
+        control_socket: cfg.node.control_socket.clone(),
+        host: upgrade::Host {
+            config_path: config.clone(),
+            instances: upgrade::identities(&cfg),
+            sockets: Vec::new(),
+            vrrp,
+            committed: committed_tx,
+        },
+        proxy_sockets: match proxy.as_ref().map(|p| p.sockets()).transpose() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => return fail(successor.as_ref(), format!("{e:#}")),
+        },
     };
+    // The admin endpoint and the control socket: now, or a successor's once it commits.
+    let running: std::sync::Arc<std::sync::Mutex<Option<Running>>> = Default::default();
+    let successor = successor.map(std::sync::Arc::new);
+    match &successor {
+        None => match services.start(None, false) {
+            Ok(r) => *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
+            Err(e) => return fail(None, format!("{e:#}")),
+        },
+        Some(s) => {
+            let mut committed = s.subscribe();
+            let gate = proxy.as_ref().map(|p| p.accept_gate());
+            let slot = running.clone();
+            rt.spawn(async move {
+                if committed.wait_for(|c| *c).await.is_err() {
+                    return;
+                }
+                if let Some(g) = gate {
+                    g.send_replace(true);
+                }
+                match services.start(inherited_admin, true) {
+                    Ok(r) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
+                    Err(e) => tracing::error!("after the upgrade: {e:#}"),
+                }
+            });
+        }
+    }
     let drain = cfg
         .server
         .as_ref()
         .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
     let result = if cfg.vrrp.is_empty() {
-        rt.block_on(proxy_only(&cfg.node.name))
+        rt.block_on(proxy_only(
+            &cfg.node.name,
+            successor.as_deref(),
+            committed_rx,
+        ))
     } else {
         let opts = daemon::Options {
             proxy_health: proxy.as_ref().map(|p| p.health.clone()),
             shutdown: None,
             control: Some(control_rx),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
+            successor: successor.clone(),
         };
         rt.block_on(daemon::run_with(cfg, opts))
     };
-    drop(admin);
-    // VRRP has handed the VIPs over by now; let requests in flight finish.
-    if let Some(p) = proxy {
-        p.stop(drain);
+    // A successor that has not committed tells its predecessor why.
+    if let (Err(e), Some(s)) = (&result, &successor) {
+        if !*s.subscribe().borrow() {
+            return fail(Some(s), format!("{e:#}"));
+        }
     }
+    drop(running.lock().unwrap_or_else(|e| e.into_inner()).take());
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::HandedOver) => {
+            // The successor accepts on the same sockets: ours end at request boundaries.
+            if let Some(p) = proxy {
+                let (open, took) = p.retire(drain);
+                tracing::info!("upgrade: {open} connection(s) drained in {took:?}; exiting");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Ended::Stopped) => {
+            // VRRP has handed the VIPs over by now; let requests in flight finish.
+            if let Some(p) = proxy {
+                p.stop(drain);
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
+            if let Some(p) = proxy {
+                p.stop(drain);
+            }
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// A node with a proxy and no VRRP instance: serve until SIGTERM or SIGINT.
-async fn proxy_only(node: &str) -> anyhow::Result<()> {
+/// What `run` starts beside the proxy and VRRP: the admin endpoint and the control socket.
+struct Services {
+    admin_addr: SocketAddr,
+    admin: admin::Admin,
+    control_socket: PathBuf,
+    host: upgrade::Host,
+    proxy_sockets: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
+}
+
+/// The running admin endpoint and control socket (stopped when dropped).
+struct Running {
+    _admin: admin::AdminHandle,
+    _control: Option<upgrade::ControlSocket>,
+}
+
+impl Services {
+    /// Starts both; `inherited` is the admin socket of a predecessor, and `replace` lets the
+    /// control socket take over a path another process answers on (the predecessor's).
+    fn start(
+        mut self,
+        inherited: Option<std::net::TcpListener>,
+        replace: bool,
+    ) -> anyhow::Result<Running> {
+        let admin = admin::start(self.admin_addr, self.admin, inherited)?;
+        let mut sockets = vec![(
+            upgrade::Offered {
+                role: Role::Admin,
+                addr: admin.addr,
+            },
+            admin.socket.try_clone()?,
+        )];
+        for (addr, fd) in self.proxy_sockets {
+            sockets.push((
+                upgrade::Offered {
+                    role: Role::Listener,
+                    addr,
+                },
+                fd,
+            ));
+        }
+        self.host.sockets = sockets;
+        // Without it the node serves as well; only `hapd upgrade` cannot reach it.
+        let control = match upgrade::ControlSocket::start(&self.control_socket, self.host, replace)
+        {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("{e:#}; `hapd upgrade` cannot reach this process");
+                None
+            }
+        };
+        Ok(Running {
+            _admin: admin,
+            _control: control,
+        })
+    }
+}
+
+/// A node with a proxy and no VRRP instance: serve until SIGTERM or SIGINT, or until a
+/// successor committed (`handed_over`). A successor commits at once.
+async fn proxy_only(
+    node: &str,
+    successor: Option<&Successor>,
+    mut handed_over: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    if let Some(s) = successor {
+        s.prepared().await?;
+        s.committed().await?;
+    }
     tracing::info!(node, instances = 0, "hapd ready");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        // Only a commit ends it (without a control socket the sender is gone: never).
+        Ok(_) = handed_over.wait_for(|h| *h) => return Ok(Ended::HandedOver),
     }
-    Ok(())
+    Ok(Ended::Stopped)
 }
 
 fn init_logging() {

@@ -17,7 +17,9 @@ fn stderr(o: &Output) -> String {
 fn every_command_has_help_with_an_example() {
     let o = hapd(&["--help"]);
     let top = String::from_utf8_lossy(&o.stdout).into_owned();
-    for cmd in ["run", "check", "status", "reload", "drill", "import"] {
+    for cmd in [
+        "run", "check", "status", "reload", "drill", "import", "upgrade",
+    ] {
         assert!(top.contains(cmd), "{cmd} missing from\n{top}");
         let o = hapd(&[cmd, "--help"]);
         assert!(o.status.success(), "{cmd}: {}", stderr(&o));

@@ -92,7 +92,7 @@ impl Both {
     fn new() -> Both {
         let specs = specs();
         let refs: Vec<&InstanceSpec> = specs.iter().collect();
-        let mut xdp = XdpGuard::load(None).expect("load the guard (run the tests as root)");
+        let mut xdp = XdpGuard::load(None, false).expect("load the guard (run the tests as root)");
         xdp.configure(&refs).unwrap();
         let raw = RawState::default();
         raw.configure(&refs).unwrap();
@@ -669,7 +669,7 @@ fn records_and_wakes_userspace_only_when_it_must_act() {
 #[test]
 fn reconfigure_removes_what_is_gone() {
     let specs = specs();
-    let mut g = XdpGuard::load(None).unwrap();
+    let mut g = XdpGuard::load(None, false).unwrap();
     g.configure(&specs.iter().collect::<Vec<_>>()).unwrap();
     assert_eq!(
         g.test_run(
@@ -738,7 +738,7 @@ fn keepalived_adverts_are_accepted() {
     ] {
         let mut s = spec(51, version, version == 3, pass);
         s.peers = vec![KEEPALIVED];
-        let mut g = XdpGuard::load(None).unwrap();
+        let mut g = XdpGuard::load(None, false).unwrap();
         g.configure(&[&s]).unwrap();
         let frames = fixture(file);
         assert_eq!(
@@ -788,7 +788,7 @@ fn serving(vip: [u8; 4]) -> XdpGuard {
         vip,
         8080u16.to_be_bytes(),
     )];
-    let mut g = XdpGuard::load(None).unwrap();
+    let mut g = XdpGuard::load(None, false).unwrap();
     g.configure(&[&s]).unwrap();
     g
 }
@@ -1229,7 +1229,7 @@ fn keepalived_2_4_3_signed_adverts_verify_and_every_flaw_is_caught() {
                 window_s: 5,
                 mode: AuthMode::Enforce,
             }));
-            let mut g = XdpGuard::load(None).unwrap();
+            let mut g = XdpGuard::load(None, false).unwrap();
             g.configure(&[&s]).unwrap();
             let raw = RawState::default();
             raw.configure(&[&s]).unwrap();

@@ -2,9 +2,10 @@
 //! connections to the proxy on the VIP, each sending a request every 50 ms (idle in between),
 //! and a new connection every 20 ms; beside them 10 kept-alive HTTP/1.1 connections over TLS
 //! and 5 HTTP/2 connections (TLS, ALPN h2) at the same pace, and one WebSocket that echoes a
-//! message every 100 ms. A drill (step-down, then hand-back), a graceful stop, and the stopped
-//! node coming back and preempting: no request fails, no new connection waits for a SYN
-//! retransmission (none takes 100 ms), and the WebSocket survives or is closed cleanly.
+//! message every 100 ms. A drill (step-down, then hand-back), a graceful stop, the stopped
+//! node coming back and preempting, and `hapd upgrade` (and one that fails): no request fails,
+//! no new connection waits for a SYN retransmission (none takes 100 ms), and the WebSocket
+//! survives or is closed cleanly.
 //!
 //! ```text
 //!   h0 198.18.0.1 hapd A (110) + backend 127.0.0.1:8081 "a" ─┐
@@ -43,6 +44,7 @@ fn node(lab: &mut Lab, i: usize, priority: u8) -> String {
     let (cert, key) = cert_paths(lab);
     let (cert, key) = (cert.display(), key.display());
     let pin_dir = lab.bpffs().unwrap().join(format!("h{i}"));
+    let control = lab.dir().join(format!("h{i}.sock"));
     let me = lab.host(i).addr;
     let peer = lab.host(1 - i).addr;
     format!(
@@ -51,6 +53,7 @@ fn node(lab: &mut Lab, i: usize, priority: u8) -> String {
 name = "node{i}"
 pin_dir = "{}"
 admin = "{me}:9100"
+control_socket = "{}"
 
 [server]
 drain_timeout = "3s"
@@ -93,6 +96,7 @@ listeners = ["web", "tls"]
   upstream = "app"
 "#,
         pin_dir.display(),
+        control.display(),
     )
 }
 
@@ -586,5 +590,184 @@ fn a_graceful_stop_and_the_preempting_return_fail_no_pooled_request() {
         extra.report()
     );
     let _ = p.a.stop(Signal::SIGTERM, Duration::from_secs(10));
+    let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
+}
+
+/// Lines of a node's log that say its state changed.
+fn transitions(log: &[String]) -> Vec<String> {
+    log.iter()
+        .filter(|l| {
+            ["=> MASTER", "=> BACKUP", "=> FAULT", "=> INIT"]
+                .iter()
+                .any(|t| l.contains(t))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `hapd upgrade` on host 0 with `args`: whether it succeeded, and what it printed.
+fn upgrade(p: &Pair, args: &[&str]) -> (bool, String) {
+    // Its exit status is the result (`Lab::exec` fails on a non-zero one).
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.lab.host(0).netns, HAPD, "upgrade"])
+        .args(args)
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("hapd upgrade: {out}");
+    (o.status.success(), out)
+}
+
+/// The program on the guard's pinned link of host `i` (bpftool, as an operator reads it).
+fn link_prog(p: &mut Pair, i: usize) -> u64 {
+    let pin = p
+        .lab
+        .bpffs()
+        .unwrap()
+        .join(format!("h{i}"))
+        .join("link_eth0");
+    let o = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bpftool: {e}: {}", String::from_utf8_lossy(&o.stderr)));
+    v["prog_id"].as_u64().unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+#[test]
+fn an_upgrade_hands_the_node_to_a_new_process_without_failing_a_pooled_client() {
+    let mut p = pair();
+    let old = p.a.pid() as i32;
+    let old_prog = link_prog(&mut p, 0);
+    let states = (transitions(&p.a.lines()), transitions(&p.b.lines()));
+    let mut answer = String::new();
+    let (seen, _extra) = with_client(&mut p, |p| {
+        let (ok, out) = upgrade(p, &["--config", p.cfg_a.to_str().unwrap()]);
+        assert!(ok, "{out}\n{}", p.a.lines().join("\n"));
+        answer = out;
+    });
+    // "upgraded: hapd pid N (...) serves now; ..."
+    let new: i32 = answer
+        .split("hapd pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {answer:?}"));
+    assert_ne!(new, old);
+    // The old process drains (its WebSocket to the end of drain_timeout, 3 s) and exits.
+    let st = p.a.wait(Duration::from_secs(10)).unwrap();
+    let log = p.a.lines();
+    for l in log
+        .iter()
+        .filter(|l| l.contains("upgrade") || l.contains("resumed"))
+    {
+        eprintln!("A: {l}");
+    }
+    assert!(st.success(), "{}", log.join("\n"));
+    assert!(alive(new), "the new process runs: {}", log.join("\n"));
+    // The VIP never moved: A's side answered everything, and nobody changed state (the new
+    // process's log goes to the same output as the old one's).
+    assert_eq!(by(&seen, "b"), 0, "{}", seen.report());
+    assert_eq!((transitions(&log), transitions(&p.b.lines())), states);
+    let joined = log.join("\n");
+    assert!(joined.contains("VI_1: resumed as MASTER"), "{joined}");
+    assert!(joined.contains("hapd ready (upgraded)"), "{joined}");
+    assert!(joined.contains("connection(s) drained in"), "{joined}");
+    assert!(
+        !p.b.lines().join("\n").contains("priority 0"),
+        "A never resigned"
+    );
+    // The new process answers the admin endpoint, and its program runs on the same link.
+    let st = p.lab.hapd_status(0, Path::new(HAPD)).unwrap();
+    assert_eq!(st["instances"][0]["state"], "MASTER", "{st}");
+    assert_ne!(
+        link_prog(&mut p, 0),
+        old_prog,
+        "the link runs the new process's program"
+    );
+    // It stops like any hapd (and removes the pins).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(new), Signal::SIGTERM).unwrap();
+    p.b.wait_for("=> MASTER", 1, Duration::from_secs(5))
+        .unwrap();
+    wait_until("the new process exits", || !alive(new) || zombie(new));
+    let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped by whoever adopted it).
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn an_upgrade_the_new_process_refuses_leaves_the_old_one_serving() {
+    let mut p = pair();
+    let sock = p.lab.dir().join("h0.sock");
+    let sock = sock.to_str().unwrap().to_owned();
+    // A config the new process refuses.
+    let bad = p.lab.dir().join("bad.toml");
+    let cfg = std::fs::read_to_string(&p.cfg_a).unwrap();
+    std::fs::write(&bad, cfg.replace("priority = 110", "priority = 300")).unwrap();
+    // A pinned layout the new binary cannot use (as a build with another layout would find).
+    let layout = p.lab.bpffs().unwrap().join("h0").join("hapd_layout");
+    let prog = link_prog(&mut p, 0);
+    let states = (transitions(&p.a.lines()), transitions(&p.b.lines()));
+    let set_layout = |v: &str| {
+        let o = std::process::Command::new("bpftool")
+            .args(["map", "update", "pinned", layout.to_str().unwrap()])
+            .args(["key", "0", "0", "0", "0", "value", v, "0", "0", "0"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (seen, _extra) = with_client(&mut p, |p| {
+        let (ok, out) = upgrade(p, &["--config", bad.to_str().unwrap(), "--socket", &sock]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("serves on") && out.contains("priority"),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        set_layout("99");
+        let (ok, out) = upgrade(p, &["--config", p.cfg_a.to_str().unwrap()]);
+        set_layout("3");
+        assert!(!ok, "{out}");
+        assert!(out.contains("do not fit this hapd"), "{out}");
+    });
+    // The old process served throughout and still does, on its own guard program; nobody
+    // changed state.
+    assert_eq!(by(&seen, "b"), 0, "{}", seen.report());
+    assert_eq!(
+        (transitions(&p.a.lines()), transitions(&p.b.lines())),
+        states
+    );
+    let st = p.lab.hapd_status(0, Path::new(HAPD)).unwrap();
+    assert_eq!(st["instances"][0]["state"], "MASTER", "{st}");
+    assert_eq!(
+        link_prog(&mut p, 0),
+        prog,
+        "the old process's program is back on the link"
+    );
+    // The rollback left nothing half-done: a valid upgrade works after the two failures.
+    let (ok, out) = upgrade(&p, &["--config", p.cfg_a.to_str().unwrap()]);
+    assert!(
+        ok,
+        "after two failed attempts an upgrade still works: {out}"
+    );
+    let st = p.a.wait(Duration::from_secs(10)).unwrap();
+    assert!(st.success(), "{}", p.a.lines().join("\n"));
+    assert_eq!(transitions(&p.b.lines()), states.1);
     let _ = p.b.stop(Signal::SIGTERM, Duration::from_secs(10));
 }

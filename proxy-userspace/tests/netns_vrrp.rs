@@ -534,6 +534,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                         shutdown: Some(stop_rx),
                         control: None,
                         proxy: None,
+                        successor: None,
                     },
                 ))
             })

@@ -77,7 +77,7 @@ fn a_pin_with_another_layout_is_replaced() {
         8
     );
 
-    let mut g = XdpGuard::load(Some(&dir)).unwrap();
+    let mut g = XdpGuard::load(Some(&dir), false).unwrap();
     g.configure(&[&spec()]).unwrap();
     assert_eq!(
         MapInfo::from_pin(dir.join("vrrp_vrids"))
@@ -103,7 +103,7 @@ fn a_pin_with_another_layout_is_replaced() {
 fn another_layout_version_replaces_the_pins() {
     let mut lab = Lab::new(1).unwrap();
     let dir = pin_dir(&mut lab);
-    let mut g = XdpGuard::load(Some(&dir)).unwrap();
+    let mut g = XdpGuard::load(Some(&dir), false).unwrap();
     g.configure(&[&spec()]).unwrap();
     assert_eq!(g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(), 2);
     assert_eq!(g.counters().unwrap().accepted, 1);
@@ -115,7 +115,7 @@ fn another_layout_version_replaces_the_pins() {
     a.set(0, LAYOUT_VERSION + 1, 0).unwrap();
     drop(a);
 
-    let g = XdpGuard::load(Some(&dir)).unwrap();
+    let g = XdpGuard::load(Some(&dir), false).unwrap();
     assert_eq!(layout_version(&dir), LAYOUT_VERSION);
     assert_eq!(
         g.counters().unwrap().accepted,
@@ -125,18 +125,51 @@ fn another_layout_version_replaces_the_pins() {
     g.shutdown().unwrap();
 }
 
+/// A successor (`hapd upgrade`) shares the pins with the running hapd: another layout is
+/// refused, with the reason, and nothing is replaced; the same layout is shared, state and all.
+#[test]
+fn a_successor_refuses_pins_of_another_layout_and_shares_matching_ones() {
+    let mut lab = Lab::new(1).unwrap();
+    let dir = pin_dir(&mut lab);
+    let mut g = XdpGuard::load(Some(&dir), false).unwrap();
+    g.configure(&[&spec()]).unwrap();
+    assert_eq!(g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(), 2);
+    let mut a: Array<MapData, u32> = Array::try_from(Map::Array(
+        MapData::from_pin(dir.join("hapd_layout")).unwrap(),
+    ))
+    .unwrap();
+    a.set(0, LAYOUT_VERSION + 1, 0).unwrap();
+    let err = XdpGuard::load(Some(&dir), true).err().expect("refused");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("do not fit this hapd") && msg.contains("restart"),
+        "{msg}"
+    );
+    assert_eq!(layout_version(&dir), LAYOUT_VERSION + 1, "nothing replaced");
+    assert_eq!(
+        g.counters().unwrap().accepted,
+        1,
+        "the running guard's maps are intact"
+    );
+    a.set(0, LAYOUT_VERSION, 0).unwrap();
+    let next = XdpGuard::load(Some(&dir), true).unwrap();
+    assert_eq!(next.counters().unwrap().accepted, 1, "the same maps");
+    drop(next);
+    g.shutdown().unwrap();
+}
+
 #[test]
 fn compatible_pins_survive_a_crash_with_their_state() {
     let mut lab = Lab::new(1).unwrap();
     let dir = pin_dir(&mut lab);
-    let mut g = XdpGuard::load(Some(&dir)).unwrap();
+    let mut g = XdpGuard::load(Some(&dir), false).unwrap();
     g.configure(&[&spec()]).unwrap();
     for _ in 0..3 {
         assert_eq!(g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(), 2);
     }
     drop(g); // a crash: the pins stay
 
-    let mut g = XdpGuard::load(Some(&dir)).unwrap();
+    let mut g = XdpGuard::load(Some(&dir), false).unwrap();
     g.configure(&[&spec()]).unwrap();
     assert_eq!(g.counters().unwrap().accepted, 3, "counters carried on");
     let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();

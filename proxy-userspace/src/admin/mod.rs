@@ -58,6 +58,8 @@ pub struct Admin {
 /// The running endpoint; dropping it stops the thread.
 pub struct AdminHandle {
     pub addr: SocketAddr,
+    /// A duplicate of the listening socket, for a successor process (a hitless upgrade).
+    pub socket: std::os::fd::OwnedFd,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -73,19 +75,28 @@ impl Drop for AdminHandle {
     }
 }
 
-/// Binds `addr` and serves on a thread of its own; also handles SIGHUP (reload) and SIGUSR1
-/// (reopen log files).
-pub fn start(addr: SocketAddr, admin: Admin) -> anyhow::Result<AdminHandle> {
+/// Binds `addr` (or serves on `inherited`, the listening socket of the process this one
+/// succeeds) on a thread of its own; also handles SIGHUP (reload) and SIGUSR1 (reopen log
+/// files).
+pub fn start(
+    addr: SocketAddr,
+    admin: Admin,
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<AdminHandle> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the admin runtime")?;
-    let sock = {
+    let (sock, socket) = {
         let _g = rt.enter();
-        let std = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("node.admin: binding {addr}"))?;
+        let std = match inherited {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(addr)
+                .with_context(|| format!("node.admin: binding {addr}"))?,
+        };
         std.set_nonblocking(true)?;
-        tokio::net::TcpListener::from_std(std)?
+        let dup = std::os::fd::OwnedFd::from(std.try_clone()?);
+        (tokio::net::TcpListener::from_std(std)?, dup)
     };
     let local = sock.local_addr()?;
     // Installed here, before the caller says it is ready: a SIGHUP from then on reloads.
@@ -114,6 +125,7 @@ pub fn start(addr: SocketAddr, admin: Admin) -> anyhow::Result<AdminHandle> {
         .context("starting the admin thread")?;
     Ok(AdminHandle {
         addr: local,
+        socket,
         stop: Some(stop_tx),
         thread: Some(thread),
     })

@@ -93,6 +93,13 @@ pub struct Node {
     /// Admin endpoint address (status, metrics, health).
     #[serde(default = "default_admin")]
     pub admin: SocketAddr,
+    /// Unix socket for `hapd upgrade` (root or the daemon's user only).
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/hapd/control.sock")
 }
 
 fn default_pin_dir() -> PathBuf {

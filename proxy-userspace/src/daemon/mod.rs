@@ -50,6 +50,18 @@ pub struct Options {
     pub control: Option<mpsc::Receiver<Control>>,
     /// The proxy, to move its clients to the successor on a graceful stop.
     pub proxy: Option<std::sync::Arc<crate::proxy::ProxyView>>,
+    /// This process succeeds a running hapd (`hapd upgrade`): its engines are resumed, not
+    /// started.
+    pub successor: Option<std::sync::Arc<crate::upgrade::Successor>>,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Stopped: resigned, addresses handed over or released, guard detached.
+    Stopped,
+    /// A successor process runs the engines, the addresses and the guard now.
+    HandedOver,
 }
 
 /// Where the loop is in the daemon's life.
@@ -64,12 +76,12 @@ enum Phase {
 
 /// Runs until SIGTERM or SIGINT, then resigns mastership, removes the virtual addresses,
 /// detaches the guard and removes the pins.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(config: Config) -> anyhow::Result<Ended> {
     run_with(config, Options::default()).await
 }
 
 /// As [`run`], with inputs from an embedding program.
-pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
+pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let (conn, nl, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
@@ -84,7 +96,11 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut dp = Dataplane::start(&specs, Some(&config.node.pin_dir))?;
+    let successor = opts.successor.take();
+    let mut dp = match &successor {
+        Some(s) => Dataplane::start_successor(&specs, Some(&config.node.pin_dir), &s.offer.guards)?,
+        None => Dataplane::start(&specs, Some(&config.node.pin_dir))?,
+    };
     let (fence_tx, mut fence_rx) = mpsc::channel(16);
     let ctx = Ctx {
         nl: nl.clone(),
@@ -97,7 +113,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     };
     let mut routers = Vec::new();
     for (i, (v, spec)) in config.vrrp.iter().zip(&specs).enumerate() {
-        routers.push(Router::new(i, v.get_ref(), spec, &config, &nl).await?);
+        routers.push(Router::new(i, v.get_ref(), spec, &config, &nl, successor.is_some()).await?);
     }
     let (link_tx, mut link_rx) = mpsc::channel(64);
     link::watch(link_tx)?;
@@ -114,16 +130,53 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     let mut control = opts.control;
     let mut phase = Phase::Running;
 
-    info!(node = %config.node.name, instances = routers.len(), "hapd ready");
-    for r in &mut routers {
-        let t = now();
-        let up = link::state(&nl, r.key.ifindex).await?;
-        r.link_up = up;
-        r.engine.set_link(t, up);
-        r.apply_tracking(t, &script_states, proxy_healthy);
-        r.engine.handle_startup(t);
-        r.act(&ctx, &mut dp).await;
+    match &successor {
+        None => {
+            info!(node = %config.node.name, instances = routers.len(), "hapd ready");
+            for r in &mut routers {
+                let t = now();
+                let up = link::state(&nl, r.key.ifindex).await?;
+                r.link_up = up;
+                r.engine.set_link(t, up);
+                r.apply_tracking(t, &script_states, proxy_healthy);
+                r.engine.handle_startup(t);
+                r.act(&ctx, &mut dp).await;
+            }
+        }
+        Some(s) => {
+            let mut links = Vec::new();
+            for r in &routers {
+                links.push(link::state(&nl, r.key.ifindex).await?);
+            }
+            // From here the predecessor is silent until we commit: resume at once.
+            let (engines, scripts) = s.prepared().await?;
+            dp.take_over_links()?;
+            for r in &mut routers {
+                let h = engines
+                    .iter()
+                    .find(|e| e.name == r.name)
+                    .with_context(|| format!("the running hapd did not hand over {}", r.name))?;
+                r.resume(h);
+            }
+            script_states.extend(scripts);
+            dp.start_events()?;
+            let t = now();
+            for (r, up) in routers.iter_mut().zip(links) {
+                // Its adverts are due (or overdue by the handover): they go out now.
+                r.engine.handle_timeout(t);
+                r.act(&ctx, &mut dp).await;
+                if up != r.link_up {
+                    r.link_up = up;
+                    r.engine.set_link(t, up);
+                    r.act(&ctx, &mut dp).await;
+                }
+            }
+            dp.own();
+            s.committed().await?;
+            info!(node = %config.node.name, instances = routers.len(), "hapd ready (upgraded)");
+        }
     }
+    let mut ended = Ended::Stopped;
     let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
     // How often a planned move in progress is advanced (see `Router::poll_move`).
     let mut move_tick = tokio::time::interval(Duration::from_millis(5));
@@ -184,22 +237,7 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
             biased;
             _ = timer.expired() => handle_timeouts(&mut routers, &mut dp, &ctx).await,
             ev = dp.next_event() => match ev {
-                Some(ev) => {
-                    let key = InstanceKey::new(ev.ifindex, ev.vrid);
-                    let Some(i) = routers.iter().position(|r| r.key == key) else { continue };
-                    let r = &mut routers[i];
-                    info!("{}", describe(&r.name, &ev));
-                    r.delivered_ns = r.delivered_ns.max(ev.time_ns);
-                    r.engine.handle_advert(
-                        Duration::from_nanos(ev.time_ns),
-                        Heard {
-                            src: Ipv4Addr::from(ev.src),
-                            priority: ev.priority,
-                            interval: Centisecs(ev.interval_cs),
-                        },
-                    );
-                    r.act(&ctx, &mut dp).await;
-                }
+                Some(ev) => deliver(&mut routers, &ev, &ctx, &mut dp).await,
                 None => break,
             },
             Some(change) = link_rx.recv() => {
@@ -265,6 +303,27 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 Control::SetAuth { auth, reply } => {
                     let _ = reply.send(apply_auth(&mut routers, &mut specs, &mut dp, auth));
                 }
+                Control::Prepare { reply } => {
+                    let answer = match phase {
+                        Phase::Stopping => Err("hapd is stopping".to_string()),
+                        Phase::Running => routers
+                            .iter()
+                            .map(Router::handoff)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(|_| dp.modes_by_interface()),
+                    };
+                    let _ = reply.send(answer);
+                }
+                Control::Handoff { reply } => {
+                    if hand_off(&mut routers, &mut dp, &ctx, phase_running(&phase), &script_states, &specs, reply).await {
+                        ended = Ended::HandedOver;
+                        break;
+                    }
+                }
+                Control::Reclaim { reply } => {
+                    reclaim(&mut dp, &specs);
+                    let _ = reply.send(());
+                }
             },
             why = stop_requested => {
                 info!("{why}");
@@ -282,6 +341,19 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+    if ended == Ended::HandedOver {
+        // The successor runs the engines, the addresses and the guard: nothing of them is
+        // undone here. Queued notifications still run.
+        for r in &mut routers {
+            if let Some((n, task)) = r.notifier.take() {
+                drop(n);
+                let _ = tokio::time::timeout(NOTIFY_TIMEOUT, task).await;
+            }
+        }
+        dp.leave();
+        info!("VRRP handed over to the successor");
+        return Ok(ended);
     }
     // Stopped in the middle of a move (a second signal): nothing is left to carry flows.
     for r in &mut routers {
@@ -303,7 +375,100 @@ pub async fn run_with(config: Config, opts: Options) -> anyhow::Result<()> {
     if let Some(c) = counters {
         info!("guard counters at stop: {c:?}");
     }
-    Ok(())
+    Ok(ended)
+}
+
+fn phase_running(p: &Phase) -> bool {
+    matches!(p, Phase::Running)
+}
+
+/// An advert event from the guard, to its instance's engine.
+async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Dataplane) {
+    let key = InstanceKey::new(ev.ifindex, ev.vrid);
+    let Some(r) = routers.iter_mut().find(|r| r.key == key) else {
+        return;
+    };
+    info!("{}", describe(&r.name, ev));
+    r.delivered_ns = r.delivered_ns.max(ev.time_ns);
+    r.engine.handle_advert(
+        Duration::from_nanos(ev.time_ns),
+        Heard {
+            src: Ipv4Addr::from(ev.src),
+            priority: ev.priority,
+            interval: Centisecs(ev.interval_cs),
+        },
+    );
+    r.act(ctx, dp).await;
+}
+
+/// A hitless upgrade's handover (see [`crate::upgrade`]): stops reading the guard's events,
+/// gives the engines the events already read, answers their state and waits, silent, for the
+/// verdict (at most [`crate::upgrade::HANDOFF_BOUND`]). `true`: the successor runs them, the
+/// loop ends. `false`: the guard is ours again and the loop carries on (its overdue timers
+/// fire at once).
+async fn hand_off(
+    routers: &mut [Router],
+    dp: &mut Dataplane,
+    ctx: &Ctx,
+    running: bool,
+    scripts: &HashMap<String, bool>,
+    specs: &[InstanceSpec],
+    reply: tokio::sync::oneshot::Sender<Result<crate::control::Handoff, String>>,
+) -> bool {
+    if !running {
+        let _ = reply.send(Err("hapd is stopping".into()));
+        return false;
+    }
+    let silent = std::time::Instant::now();
+    dp.pause_events().await;
+    while let Some(ev) = dp.try_event() {
+        deliver(routers, &ev, ctx, dp).await;
+    }
+    let engines = match routers
+        .iter()
+        .map(Router::handoff)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(e) => e,
+        Err(why) => {
+            reclaim(dp, specs);
+            let _ = reply.send(Err(why));
+            return false;
+        }
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handoff = crate::control::Handoff {
+        engines,
+        scripts: scripts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        verdict: tx,
+    };
+    let committed = reply.send(Ok(handoff)).is_ok()
+        && matches!(
+            tokio::time::timeout(crate::upgrade::HANDOFF_BOUND, rx).await,
+            Ok(Ok(true))
+        );
+    if committed {
+        info!(
+            "upgrade: VRRP handed over; this process's loop was silent for {:?} until the \
+             successor resumed",
+            silent.elapsed()
+        );
+    } else {
+        warn!("upgrade: the successor did not take over; this process carries on");
+        reclaim(dp, specs);
+    }
+    committed
+}
+
+/// After a failed upgrade: our program on the links, our reader on the event ring, and the
+/// guard's tables as our config has them (the successor wrote its own).
+fn reclaim(dp: &mut Dataplane, specs: &[InstanceSpec]) {
+    if let Err(e) = dp.reclaim() {
+        warn!("upgrade: taking the guard back: {e:#}");
+    }
+    if let Err(e) = dp.reconfigure(specs) {
+        warn!("upgrade: restoring the guard's tables: {e:#}");
+    }
 }
 
 /// Every engine resigns (a master with priority 0) and holds its VIPs until its successor's

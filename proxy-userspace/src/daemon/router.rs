@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{Config, Garp, V3Checksum, Vrrp, VrrpVersion},
-    control::{AuthFacts, InstanceFacts},
+    control::{AuthFacts, EngineHandoff, InstanceFacts},
     dataplane::{monotonic_ns, AuthSpec, Dataplane, InstanceSpec},
     vip,
     vrrp::{
@@ -134,9 +134,15 @@ impl Router {
         spec: &InstanceSpec,
         config: &Config,
         nl: &Handle,
+        successor: bool,
     ) -> anyhow::Result<Router> {
-        // Start-up: addresses of ours left by a crash or kill -9 go before the election.
-        let stale = vip::remove(nl, spec.ifindex, &v.virtual_ips).await?;
+        // Start-up: addresses of ours left by a crash or kill -9 go before the election (not
+        // in an upgrade: they are the running hapd's, and ours from the handover).
+        let stale = if successor {
+            0
+        } else {
+            vip::remove(nl, spec.ifindex, &v.virtual_ips).await?
+        };
         if stale > 0 {
             warn!(
                 "{}: removed {stale} virtual address(es) left on {} by an earlier run",
@@ -220,6 +226,39 @@ impl Router {
             garp: v.garp,
             delivered_ns: 0,
         })
+    }
+
+    /// The instance as a successor process resumes it; `Err`: not now, and why.
+    pub(super) fn handoff(&self) -> Result<EngineHandoff, String> {
+        if let Some(m) = &self.moving {
+            return Err(format!(
+                "{}: a planned move is in progress ({m:?}); try again when it is done",
+                self.name
+            ));
+        }
+        let engine = self
+            .engine
+            .snapshot()
+            .map_err(|why| format!("{}: {why}; try again when it is done", self.name))?;
+        Ok(EngineHandoff {
+            name: self.name.clone(),
+            engine,
+            last_seq: self.sock.last_seq(),
+            delivered_ns: self.delivered_ns,
+        })
+    }
+
+    /// Continues from `h`, handed over by the process this one succeeds.
+    pub(super) fn resume(&mut self, h: &EngineHandoff) {
+        self.engine = Instance::resume(self.engine.config().clone(), &h.engine);
+        self.sock.continue_after(h.last_seq);
+        self.delivered_ns = h.delivered_ns;
+        self.link_up = h.engine.link_up;
+        info!(
+            "{}: resumed as {} from the process this one succeeds",
+            self.name,
+            self.engine.state()
+        );
     }
 
     /// Carries out what the engine asked for, in order.

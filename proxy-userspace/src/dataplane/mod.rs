@@ -219,7 +219,7 @@ pub fn vrid_entries(specs: &[&InstanceSpec]) -> anyhow::Result<BTreeMap<u8, Vrid
 }
 
 /// How the guard runs on one interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GuardMode {
     Xdp(Attached),
     /// Userspace, on a raw socket.
@@ -244,6 +244,11 @@ pub struct Dataplane {
     /// Which interface index runs which mode, to find an instance's record.
     by_ifindex: BTreeMap<u32, GuardMode>,
     events: mpsc::Receiver<GuardEvent>,
+    /// Where the XDP event reader forwards (kept to start it again after a pause).
+    events_tx: mpsc::Sender<GuardEvent>,
+    /// Whether stopping detaches the guard and removes the pins: not while a predecessor
+    /// still owns them (a successor before it commits), nor after handing them to a successor.
+    owns: bool,
 }
 
 impl Dataplane {
@@ -251,15 +256,40 @@ impl Dataplane {
     /// None keeps the maps unpinned. Must run inside a tokio runtime. On error nothing stays
     /// attached or pinned.
     pub fn start(specs: &[InstanceSpec], pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+        Self::start_as(specs, pin_dir, None)
+    }
+
+    /// As [`Dataplane::start`] for the successor of a running hapd (a hitless upgrade): the
+    /// pins must fit this build (refused otherwise, before anything changes), each interface
+    /// keeps the mode `running` reports for it, and the links, the event ring and the pins
+    /// stay the predecessor's until [`Dataplane::take_over_links`] (its program replaced on
+    /// each pinned link in one step), [`Dataplane::start_events`] and [`Dataplane::own`].
+    pub fn start_successor(
+        specs: &[InstanceSpec],
+        pin_dir: Option<&Path>,
+        running: &BTreeMap<String, GuardMode>,
+    ) -> anyhow::Result<Self> {
+        Self::start_as(specs, pin_dir, Some(running))
+    }
+
+    fn start_as(
+        specs: &[InstanceSpec],
+        pin_dir: Option<&Path>,
+        running: Option<&BTreeMap<String, GuardMode>>,
+    ) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(1024);
         let mut per_iface: BTreeMap<&str, (u32, XdpMode)> = BTreeMap::new();
         for s in specs {
             per_iface.insert(&s.interface, (s.ifindex, s.xdp));
         }
-        let wants_xdp = per_iface.values().any(|(_, m)| *m != XdpMode::Off);
+        let wants_xdp = match running {
+            Some(r) => r.values().any(|m| matches!(m, GuardMode::Xdp(_))),
+            None => per_iface.values().any(|(_, m)| *m != XdpMode::Off),
+        };
         let mut xdp = None;
         if wants_xdp {
-            match XdpGuard::load(pin_dir) {
+            match XdpGuard::load(pin_dir, running.is_some()) {
+                Err(e) if running.is_some() => return Err(e),
                 Ok(g) => xdp = Some(g),
                 Err(e) => {
                     let strict: Vec<&str> = per_iface
@@ -284,8 +314,10 @@ impl Dataplane {
             modes: BTreeMap::new(),
             by_ifindex: BTreeMap::new(),
             events,
+            events_tx: tx.clone(),
+            owns: running.is_none(),
         };
-        match dp.attach_all(specs, &per_iface, tx) {
+        match dp.attach_all(specs, &per_iface, tx, running) {
             Ok(()) => Ok(dp),
             Err(e) => {
                 dp.shutdown();
@@ -299,8 +331,16 @@ impl Dataplane {
         specs: &[InstanceSpec],
         per_iface: &BTreeMap<&str, (u32, XdpMode)>,
         tx: mpsc::Sender<GuardEvent>,
+        running: Option<&BTreeMap<String, GuardMode>>,
     ) -> anyhow::Result<()> {
         for (&iface, &(ifindex, mode)) in per_iface {
+            if let Some(running) = running {
+                let got = self.take_over(iface, mode, running.get(iface).copied())?;
+                info!("{iface}: VRRP guard runs as {got} (taken over)");
+                self.modes.insert(iface.to_owned(), got);
+                self.by_ifindex.insert(ifindex, got);
+                continue;
+            }
             let tried: &[Attached] = match mode {
                 XdpMode::Auto => &[Attached::Native, Attached::Generic],
                 XdpMode::Native => &[Attached::Native],
@@ -335,7 +375,9 @@ impl Dataplane {
         if let Some(g) = &mut self.xdp {
             g.configure(&xdp_specs)?;
             if !xdp_specs.is_empty() {
-                g.spawn_events(tx.clone())?;
+                if running.is_none() {
+                    g.spawn_events(tx.clone())?;
+                }
                 g.spawn_clock()?;
                 g.spawn_logs()?;
             }
@@ -358,6 +400,97 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Puts this process's program on every link the predecessor pinned (a successor, once
+    /// the predecessor's VRRP loop has stopped: a failure before leaves its links untouched).
+    pub fn take_over_links(&mut self) -> anyhow::Result<()> {
+        let ifaces: Vec<String> = self
+            .modes
+            .iter()
+            .filter(|(_, m)| matches!(m, GuardMode::Xdp(_)))
+            .map(|(i, _)| i.clone())
+            .collect();
+        let Some(g) = self.xdp.as_mut() else {
+            return Ok(());
+        };
+        for iface in ifaces {
+            g.take_over(&iface)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the guard on `iface` as the predecessor did (`was`), if the config allows it.
+    fn take_over(
+        &mut self,
+        iface: &str,
+        want: XdpMode,
+        was: Option<GuardMode>,
+    ) -> anyhow::Result<GuardMode> {
+        let allowed = match (want, was) {
+            (_, None) => anyhow::bail!(
+                "{iface}: the running hapd has no guard on it: an upgrade cannot add an \
+                 interface (restart instead)"
+            ),
+            (XdpMode::Auto, _) | (XdpMode::Off, Some(GuardMode::Raw)) => true,
+            (XdpMode::Native, Some(GuardMode::Xdp(Attached::Native)))
+            | (XdpMode::Generic, Some(GuardMode::Xdp(Attached::Generic))) => true,
+            _ => false,
+        };
+        let Some(was) = was.filter(|_| allowed) else {
+            anyhow::bail!(
+                "{iface}: xdp = \"{want}\" but the running hapd guards it as {}: an upgrade \
+                 cannot change the guard's mode (restart instead)",
+                was.map_or("nothing".into(), |m| m.to_string())
+            );
+        };
+        if matches!(was, GuardMode::Xdp(_)) && self.xdp.is_none() {
+            anyhow::bail!("{iface}: the XDP guard did not load");
+        }
+        Ok(was)
+    }
+
+    /// Starts reading the guard's events (a successor, once its predecessor stopped reading).
+    pub fn start_events(&mut self) -> anyhow::Result<()> {
+        let tx = self.events_tx.clone();
+        match &mut self.xdp {
+            Some(g)
+                if self
+                    .by_ifindex
+                    .values()
+                    .any(|m| matches!(m, GuardMode::Xdp(_))) =>
+            {
+                g.spawn_events(tx)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Stops reading the guard's events, for a successor to read them.
+    pub async fn pause_events(&mut self) {
+        if let Some(g) = &mut self.xdp {
+            g.pause_events().await;
+        }
+    }
+
+    /// Takes the guard back after a successor failed: our program on the links again, and
+    /// our reader on the event ring.
+    pub fn reclaim(&mut self) -> anyhow::Result<()> {
+        if let Some(g) = &mut self.xdp {
+            g.reclaim()?;
+        }
+        self.start_events()
+    }
+
+    /// From now on stopping detaches the guard and removes the pins (a successor that
+    /// committed).
+    pub fn own(&mut self) {
+        self.owns = true;
+    }
+
+    /// Ends this process's part without detaching or unpinning: a successor runs the guard.
+    pub fn leave(mut self) {
+        self.owns = false;
     }
 
     /// Makes the guard hold exactly `specs` again, on the interfaces it already runs on (a
@@ -408,6 +541,16 @@ impl Dataplane {
         Ok(c)
     }
 
+    /// An event already waiting, without blocking.
+    pub fn try_event(&mut self) -> Option<GuardEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// The guard's mode on each interface.
+    pub fn modes_by_interface(&self) -> BTreeMap<String, GuardMode> {
+        self.modes.clone()
+    }
+
     /// The next advert userspace has to act on.
     pub async fn next_event(&mut self) -> Option<GuardEvent> {
         self.events.recv().await
@@ -434,10 +577,15 @@ impl Dataplane {
         self.xdp.as_ref()
     }
 
-    /// Detaches everything and removes the pins.
+    /// Detaches everything and removes the pins (only stops reading when they are not ours:
+    /// see [`Dataplane::leave`]).
     pub fn shutdown(&mut self) {
         for t in self.raw_tasks.drain(..) {
             t.abort();
+        }
+        if !self.owns {
+            self.xdp.take();
+            return;
         }
         if let Some(g) = self.xdp.take() {
             let dir = g.pin_dir().map(Path::to_owned);

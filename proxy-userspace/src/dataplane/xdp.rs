@@ -25,7 +25,11 @@ use proxy_common::maps::{
     MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME,
     VRIDS,
 };
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tracing::{info, warn};
 
 use super::InstanceSpec;
@@ -60,7 +64,7 @@ const EXPECTED: [(&str, MapType, u32, u32, u32); 11] = [
 ];
 
 /// How the guard ended up attached to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Attached {
     Native,
     Generic,
@@ -84,6 +88,9 @@ enum Link {
     Pinned(PinnedLink),
 }
 
+/// The event ring's reader: its stop, and the task that gives the ring back when stopped.
+type EventsTask = (oneshot::Sender<()>, JoinHandle<Option<RingBuf<MapData>>>);
+
 /// The loaded guard and its maps.
 pub struct XdpGuard {
     ebpf: Ebpf,
@@ -91,6 +98,8 @@ pub struct XdpGuard {
     adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
+    /// The task reading the event ring, and how to stop it and get the ring back.
+    events_task: Option<EventsTask>,
     served: HashMap<MapData, ServedPort, u8>,
     flows: HashMap<MapData, u32, FlowEntry>,
     flow_count: Array<MapData, u32>,
@@ -110,13 +119,25 @@ pub struct XdpGuard {
 
 impl XdpGuard {
     /// Loads the guard through the verifier. With `pin_dir`, every map is pinned there (reusing
-    /// existing pins only if their layout matches this build).
-    pub fn load(pin_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// existing pins only if their layout matches this build; otherwise they are replaced, or,
+    /// with `successor` (a hitless upgrade, whose predecessor still uses them), refused before
+    /// anything changes).
+    pub fn load(pin_dir: Option<&Path>, successor: bool) -> anyhow::Result<Self> {
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 super::bpffs::ensure(dir)?;
-                check_pins(dir)?;
+                if let Some(why) = pins_mismatch(dir)? {
+                    if successor {
+                        anyhow::bail!(
+                            "the pinned maps in {} do not fit this hapd ({why}): an upgrade \
+                             across guard layouts needs a restart",
+                            dir.display()
+                        );
+                    }
+                    warn!("replacing the pinned maps in {}: {why}", dir.display());
+                    unpin_all(dir);
+                }
                 EXPECTED.iter().map(|(n, ..)| (*n, dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -163,6 +184,7 @@ impl XdpGuard {
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
             events: Some(take(&mut ebpf, MAP_EVENTS)?),
+            events_task: None,
             served: take(&mut ebpf, MAP_VIPS)?,
             _jump: jump,
             flows: take(&mut ebpf, MAP_FLOWS)?,
@@ -180,8 +202,11 @@ impl XdpGuard {
             write_clock(clock)?;
         }
         // Moves of an earlier run that shared the pins (killed mid-move): its sockets are gone.
-        let stale: Vec<Ipv4Addr> = guard.flows().into_iter().map(|(a, _)| a).collect();
-        guard.set_flows(&stale, None)?;
+        // A predecessor handing over to us is alive and refuses while it moves addresses.
+        if !successor {
+            let stale: Vec<Ipv4Addr> = guard.flows().into_iter().map(|(a, _)| a).collect();
+            guard.set_flows(&stale, None)?;
+        }
         Ok(guard)
     }
 
@@ -384,10 +409,7 @@ impl XdpGuard {
     pub fn attach(&mut self, iface: &str, modes: &[Attached]) -> anyhow::Result<Attached> {
         // A link pinned by an earlier run that was killed: its program still guards the
         // interface (see `Link`); ours replaces it.
-        let link_pin = self
-            .pin_dir
-            .as_ref()
-            .map(|d| d.join(format!("link_{iface}")));
+        let link_pin = self.link_pin(iface);
         if let Some(p) = link_pin.as_ref().filter(|p| p.exists()) {
             match PinnedLink::from_pin(p)
                 .map_err(anyhow::Error::from)
@@ -447,6 +469,55 @@ impl XdpGuard {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no XDP mode to try on {iface}")))
+    }
+
+    /// Puts this guard's program on the link a predecessor pinned for `iface` (one atomic
+    /// `bpf_link_update`: no packet goes unguarded), keeping the link and its mode.
+    pub fn take_over(&mut self, iface: &str) -> anyhow::Result<()> {
+        let path = self
+            .link_pin(iface)
+            .filter(|p| p.exists())
+            .with_context(|| format!("{iface}: the running hapd's guard link is not pinned"))?;
+        self.update_link(&path)
+            .with_context(|| format!("{iface}: taking over the guard link {}", path.display()))?;
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("{iface}: reopening {}", path.display()))?;
+        self.links.push((iface.to_owned(), Link::Pinned(pinned)));
+        info!("{iface}: the guard's link now runs this process's program");
+        Ok(())
+    }
+
+    /// Puts this guard's program back on every pinned link (a successor that took them over
+    /// failed before it committed).
+    pub fn reclaim(&mut self) -> anyhow::Result<()> {
+        let paths: Vec<(String, PathBuf)> = self
+            .links
+            .iter()
+            .filter(|(_, l)| matches!(l, Link::Pinned(_)))
+            .filter_map(|(i, _)| Some((i.clone(), self.link_pin(i)?)))
+            .collect();
+        for (iface, path) in paths {
+            self.update_link(&path)
+                .with_context(|| format!("{iface}: putting the guard back on its link"))?;
+        }
+        Ok(())
+    }
+
+    fn link_pin(&self, iface: &str) -> Option<PathBuf> {
+        self.pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{iface}")))
+    }
+
+    /// Replaces the program of the XDP link pinned at `path` with ours.
+    fn update_link(&mut self, path: &Path) -> anyhow::Result<()> {
+        let fd: FdLink = PinnedLink::from_pin(path)?.into();
+        let link = aya::programs::xdp::XdpLink::try_from(fd)?;
+        let prog: &mut Xdp = program(&mut self.ebpf)?;
+        let id = prog.attach_to_link(link)?;
+        // Our copy of the descriptor goes; the pin keeps the link.
+        drop(prog.take_link(id)?);
+        Ok(())
     }
 
     /// The advert record of `key` as the guard last wrote it.
@@ -525,22 +596,30 @@ impl XdpGuard {
         out
     }
 
-    /// Moves the event ring to a task that forwards every event to `tx`.
+    /// Moves the event ring to a task that forwards every event to `tx`, until
+    /// [`XdpGuard::pause_events`].
     pub fn spawn_events(&mut self, tx: mpsc::Sender<GuardEvent>) -> anyhow::Result<()> {
+        if self.events_task.is_some() {
+            return Ok(());
+        }
         let ring = self.events.take().context("event ring already taken")?;
         // SAFETY: the RingBuf owns its map fd, open and unchanged until the AsyncFd drops it.
         let mut fd =
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)
                 .context("polling the event ring")?;
-        tokio::spawn(async move {
+        let (stop_tx, mut stop) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
             loop {
-                let mut guard = match fd.readable_mut().await {
-                    Ok(g) => g,
-                    Err(e) => {
-                        warn!("event ring: {e}");
-                        return;
-                    }
+                let mut guard = tokio::select! {
+                    _ = &mut stop => return Some(fd.into_inner()),
+                    r = fd.readable_mut() => match r {
+                        Ok(g) => g,
+                        Err(e) => {
+                            warn!("event ring: {e}");
+                            return None;
+                        }
+                    },
                 };
                 let ring = guard.get_inner_mut();
                 let mut batch = Vec::new();
@@ -550,12 +629,27 @@ impl XdpGuard {
                 guard.clear_ready();
                 for ev in batch {
                     if tx.send(ev).await.is_err() {
-                        return;
+                        return None;
                     }
                 }
             }
         });
+        self.events_task = Some((stop_tx, task));
         Ok(())
+    }
+
+    /// Stops reading the event ring and takes it back: the ring has one consumer position, and
+    /// a successor process reads it from here on (the events of the pause wait there).
+    pub async fn pause_events(&mut self) {
+        let Some((stop, task)) = self.events_task.take() else {
+            return;
+        };
+        let _ = stop.send(());
+        match task.await {
+            Ok(Some(ring)) => self.events = Some(ring),
+            Ok(None) => warn!("the event ring's reader had stopped"),
+            Err(e) => warn!("the event ring's reader: {e}"),
+        }
     }
 
     /// Puts `addrs` in a planned move as `entry` (see [`proxy_common::flow`]), or takes them
@@ -747,10 +841,9 @@ fn verifier_error(e: ProgramError) -> anyhow::Error {
     }
 }
 
-/// Refuses to reuse pins whose layout differs from this build: checks the layout version map
-/// and every map's type and sizes, and removes all pins when anything does not match, so the
-/// loader creates fresh ones.
-fn check_pins(dir: &Path) -> anyhow::Result<()> {
+/// Whether the pins in `dir` have a layout other than this build's, and how: checks the
+/// layout version map and every map's type and sizes.
+fn pins_mismatch(dir: &Path) -> anyhow::Result<Option<String>> {
     let mut present = 0;
     let mut mismatch: Option<String> = None;
     for (name, ty, key, value, max) in EXPECTED {
@@ -792,11 +885,7 @@ fn check_pins(dir: &Path) -> anyhow::Result<()> {
             ));
         }
     }
-    if let Some(why) = mismatch {
-        warn!("replacing the pinned maps in {}: {why}", dir.display());
-        unpin_all(dir);
-    }
-    Ok(())
+    Ok(mismatch)
 }
 
 fn unpin_all(dir: &Path) {

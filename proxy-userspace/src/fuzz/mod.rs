@@ -103,7 +103,7 @@ pub fn xdp_frame(data: &[u8]) {
             .map(|s| InstanceSpec { ifindex: 1, ..s })
             .collect();
         let refs: Vec<&InstanceSpec> = specs.iter().collect();
-        let mut xdp = XdpGuard::load(None).expect("load the guard (run as root)");
+        let mut xdp = XdpGuard::load(None, false).expect("load the guard (run as root)");
         xdp.configure(&refs).expect("configure the guard");
         let raw = RawState::default();
         raw.configure(&refs).expect("configure the raw path");

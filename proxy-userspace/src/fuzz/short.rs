@@ -131,7 +131,7 @@ fn xdp_program_agrees_with_userspace_on_mutated_frames() {
         .map(|s| InstanceSpec { ifindex: 1, ..s })
         .collect();
     let refs: Vec<&InstanceSpec> = specs.iter().collect();
-    let mut xdp = XdpGuard::load(None).expect("load the guard (run the tests as root)");
+    let mut xdp = XdpGuard::load(None, false).expect("load the guard (run the tests as root)");
     xdp.configure(&refs).unwrap();
     let raw = RawState::default();
     raw.configure(&refs).unwrap();

@@ -169,6 +169,14 @@ impl Conns {
         }
     }
 
+    /// The addresses that have connections open now.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        self.by_addr
+            .lock()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Connections open now to any of `addrs`.
     pub fn open_on(&self, addrs: &[IpAddr]) -> usize {
         self.by_addr

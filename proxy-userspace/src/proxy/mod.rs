@@ -47,7 +47,7 @@ use std::time::Duration;
 use anyhow::anyhow;
 
 pub use self::{
-    runtime::{start, ProxyHandle},
+    runtime::{start, start_with, Listen, ProxyHandle},
     view::ProxyView,
 };
 use crate::config::Config;

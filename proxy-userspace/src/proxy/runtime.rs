@@ -2,7 +2,13 @@
 //! CPUs where the affinity allows), and a control thread for health checks, health reports
 //! and the certificate watcher. [`start`] builds everything that can fail (certificates,
 //! logs, listeners) before any thread starts.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -37,9 +43,77 @@ pub struct ProxyHandle {
     pub bound: Vec<(String, std::net::SocketAddr)>,
     /// Status, metrics and reload.
     pub view: Arc<ProxyView>,
+    /// A duplicate of every listening socket, for a successor process (a hitless upgrade).
+    sockets: Vec<(SocketAddr, OwnedFd)>,
+    /// Whether the workers accept: a successor's wait until it commits, a predecessor's stop
+    /// once it has.
+    accepting: Arc<watch::Sender<bool>>,
 }
 
+/// How [`start_with`] opens its listeners.
+pub struct Listen {
+    /// Listening sockets of the process this one succeeds: used for the addresses they are
+    /// bound to, before any new socket is bound.
+    pub inherited: Vec<std::net::TcpListener>,
+    /// Accept from the start (a successor waits for [`ProxyHandle::accept`]).
+    pub accepting: bool,
+}
+
+/// How long connections told to close at the end of a drain have to do so (see
+/// [`ProxyHandle::retire`]).
+const CUT_GRACE: Duration = Duration::from_millis(2500);
+
 impl ProxyHandle {
+    /// A duplicate of every listening socket with its address.
+    pub fn sockets(&self) -> anyhow::Result<Vec<(SocketAddr, OwnedFd)>> {
+        self.sockets
+            .iter()
+            .map(|(a, fd)| Ok((*a, fd.try_clone().context("duplicating a listener")?)))
+            .collect()
+    }
+
+    /// What starts accepting (`true`, a successor that committed) or stops it.
+    pub fn accept_gate(&self) -> Arc<watch::Sender<bool>> {
+        self.accepting.clone()
+    }
+
+    /// A successor accepts on our sockets now: stop accepting, end every connection at a
+    /// request boundary as a planned move does (HTTP/1.1 `Connection: close` on its next
+    /// response, an idle one left to its next request, HTTP/2 GOAWAY), tell what is still open
+    /// at `drain` to close (a WebSocket gets its 1001 close), give them [`CUT_GRACE`], then
+    /// stop. Returns how many connections were open and how long they took.
+    pub fn retire(self, drain: Duration) -> (usize, Duration) {
+        self.accepting.send_replace(false);
+        let started = Instant::now();
+        let open = self.view.connections();
+        let mut cut: Option<Instant> = None;
+        loop {
+            // Again each round: a connection accepted just before the stop counts too.
+            let addrs = self.view.core.conns.addrs();
+            self.view.hand_over(&addrs, true);
+            if self.view.connections() == 0 {
+                break;
+            }
+            match cut {
+                None if started.elapsed() >= drain => {
+                    warn!(
+                        "{} connection(s) still open after {drain:?}; telling them to close",
+                        self.view.connections()
+                    );
+                    self.view.cut(&addrs);
+                    cut = Some(Instant::now());
+                }
+                Some(at) if at.elapsed() >= CUT_GRACE => break,
+                Some(_) => self.view.cut(&addrs),
+                None => {}
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = started.elapsed();
+        self.stop(Duration::ZERO);
+        (open, took)
+    }
+
     /// Stops accepting, lets requests in flight finish for up to `drain`, then stops.
     pub fn stop(mut self, drain: Duration) {
         let _ = self.stop.send(Some(drain));
@@ -62,6 +136,17 @@ impl Drop for ProxyHandle {
 
 /// Loads certificates, opens logs, binds the listeners and starts serving.
 pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
+    start_with(
+        cfg,
+        Listen {
+            inherited: Vec::new(),
+            accepting: true,
+        },
+    )
+}
+
+/// As [`start`], with the listening sockets of a predecessor (see [`Listen`]).
+pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     // The workers and the control thread each keep their own upstream connections.
     let threads = workers + 1;
@@ -118,6 +203,15 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
     let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     let mut listeners = HashMap::new();
+    let mut sockets = Vec::new();
+    // The predecessor's sockets by address. Each is in the address's SO_REUSEPORT group with
+    // connections perhaps queued: all are used (a worker may get more than one), none closed.
+    let mut inherited: HashMap<SocketAddr, Vec<std::net::TcpListener>> = HashMap::new();
+    for l in listen.inherited {
+        let a = l.local_addr().context("an inherited listener's address")?;
+        l.set_nonblocking(true)?;
+        inherited.entry(a).or_default().push(l);
+    }
     for l in &cfg.listener {
         let l = l.get_ref();
         let Some(sites) = routing.sites.get(&l.name) else {
@@ -127,20 +221,38 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         let sites = Arc::new(ArcSwap::new(sites.clone()));
         listeners.insert(l.name.clone(), sites.clone());
         for addr in &l.bind {
-            let first = accept::bind(*addr)
-                .with_context(|| format!("listener {}: binding {addr}", l.name))?;
+            let mut socks = inherited.remove(addr).unwrap_or_default();
+            let taken = socks.len();
+            if socks.is_empty() {
+                socks.push(
+                    accept::bind(*addr)
+                        .with_context(|| format!("listener {}: binding {addr}", l.name))?,
+                );
+            }
             // Port 0: the others take the port the first one got.
-            let local = first.local_addr()?;
-            info!(listener = %l.name, %local, tls = l.tls, workers, "listening");
+            let local = socks[0].local_addr()?;
+            while socks.len() < workers {
+                socks.push(
+                    accept::bind(local)
+                        .with_context(|| format!("listener {}: binding {local}", l.name))?,
+                );
+            }
+            info!(listener = %l.name, %local, tls = l.tls, workers, inherited = taken, "listening");
             bound.push((l.name.clone(), local));
-            per_worker[0].push((first, l.tls, sites.clone()));
-            for w in per_worker.iter_mut().skip(1) {
-                let sock = accept::bind(local)
-                    .with_context(|| format!("listener {}: binding {local}", l.name))?;
-                w.push((sock, l.tls, sites.clone()));
+            for (i, sock) in socks.into_iter().enumerate() {
+                sockets.push((local, OwnedFd::from(sock.try_clone()?)));
+                per_worker[i % workers].push((sock, l.tls, sites.clone()));
             }
         }
     }
+    for (addr, socks) in inherited {
+        warn!(
+            %addr,
+            sockets = socks.len(),
+            "the process this one succeeds listened here and the config no longer does: closed"
+        );
+    }
+    let (accepting, accepting_rx) = watch::channel(listen.accepting);
     let (health_tx, health_rx) = ProxyHealth::new();
     let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
     if !cpus.is_empty() {
@@ -153,7 +265,7 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
             .enable_all()
             .build()
             .context("starting a proxy runtime")?;
-        let (core, stop_rx) = (core.clone(), stop_rx.clone());
+        let (core, stop_rx, accepting) = (core.clone(), stop_rx.clone(), accepting_rx.clone());
         let inbox = inboxes.remove(0);
         handles.push(
             std::thread::Builder::new()
@@ -167,7 +279,14 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
                             }
                         }
                     }
-                    rt.block_on(worker(Worker(w), listeners, inbox, core, stop_rx));
+                    rt.block_on(worker(
+                        Worker(w),
+                        listeners,
+                        inbox,
+                        core,
+                        stop_rx,
+                        accepting,
+                    ));
                     rt.shutdown_timeout(Duration::from_millis(100));
                 })
                 .context("starting a proxy thread")?,
@@ -220,6 +339,8 @@ pub fn start(cfg: &Config) -> anyhow::Result<ProxyHandle> {
         health: health_rx,
         bound,
         view,
+        sockets,
+        accepting: Arc::new(accepting),
     })
 }
 
@@ -264,6 +385,7 @@ async fn worker(
     mut inbox: mpsc::UnboundedReceiver<balance::Handed<Accepted>>,
     core: Arc<Core>,
     mut stop: watch::Receiver<Option<Duration>>,
+    accepting: watch::Receiver<bool>,
 ) {
     let (drain_tx, drain_rx) = watch::channel(false);
     // Connections other workers hand over. This task outlives the accept loops: a connection
@@ -277,13 +399,9 @@ async fn worker(
     let mut accepts = Vec::new();
     for (sock, tls, sites) in listeners {
         match TcpListener::from_std(sock) {
-            Ok(l) => accepts.push(tokio::spawn(accept::accept_loop(
-                l,
-                tls,
-                sites,
-                me,
-                core.clone(),
-                drain_rx.clone(),
+            Ok(l) => accepts.push(tokio::spawn(gated(
+                accepting.clone(),
+                accept::accept_loop(l, tls, sites, me, core.clone(), drain_rx.clone()),
             ))),
             Err(e) => warn!("registering a listener: {e}"),
         }
@@ -306,6 +424,21 @@ async fn worker(
             "{} connection(s) still open after {drain:?}; closing them",
             core.conns.open()
         );
+    }
+}
+
+/// Runs `accept` while `accepting` says so: from when it turns true until it turns false
+/// (the socket stays open, in the successor too, with its queue).
+async fn gated(
+    mut accepting: watch::Receiver<bool>,
+    accept: impl std::future::Future<Output = ()>,
+) {
+    if accepting.wait_for(|on| *on).await.is_err() {
+        return;
+    }
+    tokio::select! {
+        () = accept => {}
+        _ = accepting.wait_for(|on| !*on) => {}
     }
 }
 

@@ -41,6 +41,17 @@ impl Signer {
         Some(new)
     }
 
+    /// The last sequence number sent (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Continues the sequence of another signer of the same instance (the process this one
+    /// succeeds): the next number sent is above `seq`, as the receivers' replay marks require.
+    pub fn continue_after(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
     /// The key ID it signs with.
     pub fn key_id(&self) -> u8 {
         self.key.id

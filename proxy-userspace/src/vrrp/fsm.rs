@@ -37,7 +37,9 @@ pub struct Config {
     pub fence: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum State {
     Initialize,
     Backup,
@@ -170,6 +172,28 @@ impl Peer {
     }
 }
 
+/// What a running instance hands to its successor in a hitless upgrade: everything that
+/// decides its next steps, so the successor neither elects nor resigns. Times are
+/// `CLOCK_MONOTONIC`, which both processes share.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub state: State,
+    pub delta: i32,
+    pub link_up: bool,
+    pub track_fault: bool,
+    /// Master_Adver_Interval in centiseconds.
+    pub master_adver_interval: u16,
+    pub adver_timer: Option<Duration>,
+    pub master_down_timer: Option<Duration>,
+    pub refresh_timer: Option<Duration>,
+    /// The master-down timer runs because the master resigned (priority 0).
+    pub master_resigned: bool,
+    pub stepped_down: bool,
+    pub started: Duration,
+    /// The routers heard as master: address, priority, when, interval (centiseconds).
+    pub peers: Vec<(Ipv4Addr, u8, Duration, u16)>,
+}
+
 /// One VRRP instance.
 #[derive(Debug)]
 pub struct Instance {
@@ -229,6 +253,76 @@ impl Instance {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// The instance as it stands, for a successor process; `Err` says why it cannot be handed
+    /// over now (a move, a fence or the start-up is in progress: retry when it is done).
+    pub fn snapshot(&self) -> Result<Snapshot, &'static str> {
+        if self.state == State::Initialize {
+            return Err("it is starting or stopping");
+        }
+        if self.holding {
+            return Err("it resigned and holds its addresses for a successor");
+        }
+        if self.fencing {
+            return Err("a fence command runs");
+        }
+        Ok(Snapshot {
+            state: self.state,
+            delta: self.delta,
+            link_up: self.link_up,
+            track_fault: self.track_fault,
+            master_adver_interval: self.master_adver_interval.0,
+            adver_timer: self.adver_timer,
+            master_down_timer: self.master_down_timer,
+            refresh_timer: self.refresh_timer,
+            master_resigned: self.down_reason == Reason::MasterResigned,
+            stepped_down: self.stepped_down,
+            started: self.started,
+            peers: self
+                .peers
+                .iter()
+                .map(|(a, p)| (*a, p.priority, p.heard, p.interval.0))
+                .collect(),
+        })
+    }
+
+    /// An instance that continues from `snap` (taken by [`Instance::snapshot`] in the process
+    /// it succeeds) with `cfg`: no start-up, no state change and no action; its timers fire as
+    /// they would have there (an advert overdue by the handover goes out at the first
+    /// [`Instance::handle_timeout`]).
+    pub fn resume(cfg: Config, snap: &Snapshot) -> Instance {
+        let mut i = Instance::new(cfg);
+        i.state = snap.state;
+        i.delta = snap.delta;
+        i.link_up = snap.link_up;
+        i.track_fault = snap.track_fault;
+        i.master_adver_interval = Centisecs(snap.master_adver_interval);
+        i.adver_timer = snap.adver_timer;
+        i.master_down_timer = snap.master_down_timer;
+        i.refresh_timer = snap.refresh_timer;
+        i.down_reason = if snap.master_resigned {
+            Reason::MasterResigned
+        } else {
+            Reason::MasterDown
+        };
+        i.stepped_down = snap.stepped_down;
+        i.started = snap.started;
+        i.peers = snap
+            .peers
+            .iter()
+            .map(|&(a, priority, heard, interval)| {
+                (
+                    a,
+                    Peer {
+                        priority,
+                        heard,
+                        interval: Centisecs(interval),
+                    },
+                )
+            })
+            .collect();
+        i
     }
 
     pub fn config(&self) -> &Config {

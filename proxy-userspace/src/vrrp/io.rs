@@ -78,6 +78,18 @@ impl AdvertSocket {
         self.signer.take()
     }
 
+    /// The sequence number of the last signed advert (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.signer.as_ref().map_or(0, Signer::last_seq)
+    }
+
+    /// Signs the next adverts above `seq` (see [`Signer::continue_after`]).
+    pub fn continue_after(&mut self, seq: u64) {
+        if let Some(s) = &mut self.signer {
+            s.continue_after(seq);
+        }
+    }
+
     /// The key ID adverts are signed with, if they are.
     pub fn signing_key(&self) -> Option<u8> {
         self.signer.as_ref().map(Signer::key_id)

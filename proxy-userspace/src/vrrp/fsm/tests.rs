@@ -920,3 +920,63 @@ fn adverts_keep_their_cadence_when_handled_late() {
     assert_eq!(sends(&mut i), 1, "no burst for the missed adverts");
     assert_eq!(i.poll_timeout(), Some(due + ms(25) + ms(10)));
 }
+
+/// A hitless upgrade: each engine is replaced by one resumed from its snapshot after a gap
+/// (the handover between the two processes). No transition, no resignation, no election; the
+/// master's adverts keep their cadence (the one due during the gap goes out at once), and a
+/// peer heard before the upgrade still counts after it.
+#[test]
+fn an_engine_resumed_from_its_snapshot_carries_on_without_an_election() {
+    let mut s = Sim::new(vec![cfg(0, 200, 1), cfg(1, 100, 1)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(200));
+    assert_eq!(s.masters(), vec![0]);
+    let before: Vec<usize> = s.nodes.iter().map(|n| n.transitions.len()).collect();
+    for (i, gap) in [(0usize, ms(4)), (1, ms(15))] {
+        let t = s.now;
+        let snap = s.nodes[i]
+            .inst
+            .snapshot()
+            .expect("a settled engine hands over");
+        // The old process stops here; the new one resumes after `gap`.
+        s.nodes[i].running = false;
+        s.run_until(t + gap);
+        let c = s.nodes[i].inst.config().clone();
+        let resumed = Instance::resume(c, &snap);
+        assert_eq!(
+            resumed.snapshot().unwrap(),
+            snap,
+            "the snapshot round-trips"
+        );
+        s.nodes[i].inst = resumed;
+        s.nodes[i].running = true;
+        s.run_until(t + ms(300));
+    }
+    let after: Vec<usize> = s.nodes.iter().map(|n| n.transitions.len()).collect();
+    assert_eq!(before, after, "no state changed on either node");
+    assert_eq!(s.masters(), vec![0]);
+    assert!(
+        s.nodes[0].sent.iter().all(|(_, p)| *p == 200),
+        "never resigned"
+    );
+    // Adverts every 10 ms; the gap of 4 ms delays at most one by its length.
+    let gaps: Vec<Duration> = s.nodes[0]
+        .sent
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .filter(|d| *d > ms(10))
+        .collect();
+    assert!(gaps.iter().all(|d| *d <= ms(14)), "advert gaps {gaps:?}");
+}
+
+#[test]
+fn an_engine_that_is_moving_or_fencing_is_not_handed_over() {
+    let mut s = Sim::new(vec![cfg(0, 200, 1), cfg(1, 100, 1)]);
+    assert!(s.nodes[0].inst.snapshot().is_err(), "not started");
+    s.start(0);
+    s.start(1);
+    s.run_until(ms(200));
+    s.at(ms(200), 0, |i, t| i.handle_shutdown(t));
+    assert!(s.nodes[0].inst.snapshot().is_err(), "resigned");
+}
