@@ -411,6 +411,17 @@ fn run(config: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP and SIGUSR1 are the admin thread's (reload, reopen logs), which a successor
+    // starts only when it commits: until then they are caught and dropped here, not fatal
+    // (logrotate's `systemctl kill -s USR1` reaches every process of the unit).
+    let _early_signals = {
+        let _g = rt.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::hangup()).ok(),
+            signal(SignalKind::user_defined1()).ok(),
+        )
+    };
     let mut successor = match successor_fd {
         None => None,
         Some(fd) => match rt.block_on(Successor::connect(fd)) {
@@ -443,7 +454,11 @@ fn run(config: PathBuf) -> ExitCode {
             return fail(Some(s), format!("{}: {e:#}", config.display()));
         }
         inherited = s.take(Role::Listener);
-        inherited_admin = s.take(Role::Admin).pop();
+        // The predecessor's admin socket serves on if node.admin did not change.
+        inherited_admin = s.take(Role::Admin).pop().filter(|l| {
+            l.local_addr()
+                .is_ok_and(|a| a == cfg.node.admin || cfg.node.admin.port() == 0)
+        });
     }
     // The proxy runs on threads of its own (see proxy/mod.rs); a successor's does not accept
     // before it commits.
@@ -476,6 +491,7 @@ fn run(config: PathBuf) -> ExitCode {
             config_path: config.clone(),
             instances: upgrade::identities(&cfg),
             sockets: Vec::new(),
+            handoff_bound: upgrade::handoff_bound(&cfg),
             vrrp,
             committed: committed_tx,
         },

@@ -130,6 +130,12 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
     let mut control = opts.control;
     let mut phase = Phase::Running;
 
+    // Everything that can fail is made before a successor commits (after that, failing would
+    // leave the node without VRRP).
+    let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
+    // How often a planned move in progress is advanced (see `Router::poll_move`).
+    let mut move_tick = tokio::time::interval(Duration::from_millis(5));
+    move_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     match &successor {
         None => {
             info!(node = %config.node.name, instances = routers.len(), "hapd ready");
@@ -150,7 +156,8 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
             }
             // From here the predecessor is silent until we commit: resume at once.
             let (engines, scripts) = s.prepared().await?;
-            dp.take_over_links()?;
+            let t0 = std::time::Instant::now();
+            dp.take_over_tables()?;
             for r in &mut routers {
                 let h = engines
                     .iter()
@@ -160,10 +167,17 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
             }
             script_states.extend(scripts);
             dp.start_events()?;
-            let t = now();
             for (r, up) in routers.iter_mut().zip(links) {
-                // Its adverts are due (or overdue by the handover): they go out now.
-                r.engine.handle_timeout(t);
+                let t = now();
+                // As the loop does at a deadline: a backup first reads the adverts the guard
+                // recorded (they move its master-down timer); then what is due (a master's
+                // advert, overdue by the handover) goes out.
+                if r.engine.state() == State::Backup {
+                    r.refresh_from_guard(&dp);
+                }
+                if r.engine.poll_timeout().is_some_and(|d| d <= t) {
+                    r.engine.handle_timeout(t);
+                }
                 r.act(&ctx, &mut dp).await;
                 if up != r.link_up {
                     r.link_up = up;
@@ -171,16 +185,20 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                     r.act(&ctx, &mut dp).await;
                 }
             }
+            if let Err(e) = s.committed().await {
+                // The predecessor is gone (its end of the channel closed): the node is ours.
+                warn!("upgrade: telling the previous process: {e:#}; serving on");
+            }
             dp.own();
-            s.committed().await?;
-            info!(node = %config.node.name, instances = routers.len(), "hapd ready (upgraded)");
+            info!(
+                node = %config.node.name,
+                instances = routers.len(),
+                "hapd ready (upgraded; engines resumed {:?} after the state arrived)",
+                t0.elapsed()
+            );
         }
     }
     let mut ended = Ended::Stopped;
-    let mut timer = DeadlineTimer::new().context("creating the engines' timer")?;
-    // How often a planned move in progress is advanced (see `Router::poll_move`).
-    let mut move_tick = tokio::time::interval(Duration::from_millis(5));
-    move_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handled: Option<Duration> = None;
     loop {
         if matches!(phase, Phase::Stopping) && routers.iter().all(|r| r.moving.is_none()) {
@@ -304,9 +322,10 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                     let _ = reply.send(apply_auth(&mut routers, &mut specs, &mut dp, auth));
                 }
                 Control::Prepare { reply } => {
-                    let answer = match phase {
-                        Phase::Stopping => Err("hapd is stopping".to_string()),
-                        Phase::Running => routers
+                    let answer = match (&phase, dp.handoff_blocker()) {
+                        (Phase::Stopping, _) => Err("hapd is stopping".to_string()),
+                        (Phase::Running, Some(why)) => Err(why),
+                        (Phase::Running, None) => routers
                             .iter()
                             .map(Router::handoff)
                             .collect::<Result<Vec<_>, _>>()
@@ -403,7 +422,8 @@ async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Da
 
 /// A hitless upgrade's handover (see [`crate::upgrade`]): stops reading the guard's events,
 /// gives the engines the events already read, answers their state and waits, silent, for the
-/// verdict (at most [`crate::upgrade::HANDOFF_BOUND`]). `true`: the successor runs them, the
+/// verdict. The upgrade owns the one deadline (`Host::upgrade`, a few advert intervals) and
+/// always answers; its end dropped counts as `false`. `true`: the successor runs them, the
 /// loop ends. `false`: the guard is ours again and the loop carries on (its overdue timers
 /// fire at once).
 async fn hand_off(
@@ -442,11 +462,7 @@ async fn hand_off(
         scripts: scripts.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         verdict: tx,
     };
-    let committed = reply.send(Ok(handoff)).is_ok()
-        && matches!(
-            tokio::time::timeout(crate::upgrade::HANDOFF_BOUND, rx).await,
-            Ok(Ok(true))
-        );
+    let committed = reply.send(Ok(handoff)).is_ok() && matches!(rx.await, Ok(true));
     if committed {
         info!(
             "upgrade: VRRP handed over; this process's loop was silent for {:?} until the \

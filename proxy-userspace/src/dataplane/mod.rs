@@ -246,6 +246,9 @@ pub struct Dataplane {
     events: mpsc::Receiver<GuardEvent>,
     /// Where the XDP event reader forwards (kept to start it again after a pause).
     events_tx: mpsc::Sender<GuardEvent>,
+    /// A successor's XDP instances, whose tables it writes when it takes the links over (the
+    /// predecessor's program reads the same pinned tables until then).
+    deferred: Vec<InstanceSpec>,
     /// Whether stopping detaches the guard and removes the pins: not while a predecessor
     /// still owns them (a successor before it commits), nor after handing them to a successor.
     owns: bool,
@@ -261,9 +264,10 @@ impl Dataplane {
 
     /// As [`Dataplane::start`] for the successor of a running hapd (a hitless upgrade): the
     /// pins must fit this build (refused otherwise, before anything changes), each interface
-    /// keeps the mode `running` reports for it, and the links, the event ring and the pins
-    /// stay the predecessor's until [`Dataplane::take_over_links`] (its program replaced on
-    /// each pinned link in one step), [`Dataplane::start_events`] and [`Dataplane::own`].
+    /// keeps the mode `running` reports for it, its program replaces the predecessor's on each
+    /// pinned link in one step (deciding with the predecessor's tables), and the tables, the
+    /// event ring and the pins stay the predecessor's until [`Dataplane::take_over_tables`],
+    /// [`Dataplane::start_events`] and [`Dataplane::own`].
     pub fn start_successor(
         specs: &[InstanceSpec],
         pin_dir: Option<&Path>,
@@ -315,6 +319,7 @@ impl Dataplane {
             by_ifindex: BTreeMap::new(),
             events,
             events_tx: tx.clone(),
+            deferred: Vec::new(),
             owns: running.is_none(),
         };
         match dp.attach_all(specs, &per_iface, tx, running) {
@@ -372,8 +377,28 @@ impl Dataplane {
             .iter()
             .filter(|s| matches!(self.by_ifindex.get(&s.ifindex), Some(GuardMode::Raw)))
             .collect();
+        if running.is_some() {
+            self.deferred = xdp_specs.iter().map(|s| (*s).clone()).collect();
+            // The program goes on the links now (a kernel step of ~10 ms that must not fall in
+            // the handover's silence), with its own keys but the predecessor's tables: it
+            // decides as the predecessor's program does until the tables are written.
+            if let Some(g) = &mut self.xdp {
+                g.configure_private(&xdp_specs)?;
+                let ifaces: Vec<String> = self
+                    .modes
+                    .iter()
+                    .filter(|(_, m)| matches!(m, GuardMode::Xdp(_)))
+                    .map(|(i, _)| i.clone())
+                    .collect();
+                for iface in ifaces {
+                    g.take_over(&iface)?;
+                }
+            }
+        }
         if let Some(g) = &mut self.xdp {
-            g.configure(&xdp_specs)?;
+            if running.is_none() {
+                g.configure(&xdp_specs)?;
+            }
             if !xdp_specs.is_empty() {
                 if running.is_none() {
                     g.spawn_events(tx.clone())?;
@@ -402,22 +427,27 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Puts this process's program on every link the predecessor pinned (a successor, once
-    /// the predecessor's VRRP loop has stopped: a failure before leaves its links untouched).
-    pub fn take_over_links(&mut self) -> anyhow::Result<()> {
-        let ifaces: Vec<String> = self
-            .modes
-            .iter()
-            .filter(|(_, m)| matches!(m, GuardMode::Xdp(_)))
-            .map(|(i, _)| i.clone())
-            .collect();
+    /// Writes the pinned tables as this process's config has them (a successor, once the
+    /// predecessor's VRRP loop has stopped: until then they are the predecessor's).
+    pub fn take_over_tables(&mut self) -> anyhow::Result<()> {
         let Some(g) = self.xdp.as_mut() else {
             return Ok(());
         };
-        for iface in ifaces {
-            g.take_over(&iface)?;
-        }
-        Ok(())
+        let specs: Vec<&InstanceSpec> = self.deferred.iter().collect();
+        g.configure(&specs)
+    }
+
+    /// Why the guard cannot be handed to a successor, if it cannot (a link that is not
+    /// pinned).
+    pub fn handoff_blocker(&self) -> Option<String> {
+        let unpinned = self.xdp.as_ref()?.unpinned_links();
+        (!unpinned.is_empty()).then(|| {
+            format!(
+                "the guard's link on {} is not pinned, so a new process cannot take it over \
+                 (restart instead)",
+                unpinned.join(", ")
+            )
+        })
     }
 
     /// Runs the guard on `iface` as the predecessor did (`was`), if the config allows it.
@@ -476,10 +506,12 @@ impl Dataplane {
     /// Takes the guard back after a successor failed: our program on the links again, and
     /// our reader on the event ring.
     pub fn reclaim(&mut self) -> anyhow::Result<()> {
-        if let Some(g) = &mut self.xdp {
-            g.reclaim()?;
-        }
-        self.start_events()
+        let links = match &mut self.xdp {
+            Some(g) => g.reclaim(),
+            None => Ok(()),
+        };
+        let events = self.start_events();
+        links.and(events)
     }
 
     /// From now on stopping detaches the guard and removes the pins (a successor that

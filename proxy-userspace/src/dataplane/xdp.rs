@@ -179,11 +179,14 @@ impl XdpGuard {
         layout
             .set(0, LAYOUT_VERSION, 0)
             .context("writing the layout version")?;
+        let events: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
         let mut guard = XdpGuard {
             vrids: take(&mut ebpf, MAP_VRIDS)?,
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
-            events: Some(take(&mut ebpf, MAP_EVENTS)?),
+            // A ring reader caches the consumer position it starts from: a successor opens
+            // the ring when it starts reading, after its predecessor has stopped.
+            events: (!successor).then_some(events),
             events_task: None,
             served: take(&mut ebpf, MAP_VIPS)?,
             _jump: jump,
@@ -326,6 +329,20 @@ impl XdpGuard {
             .collect();
         for k in gone {
             let _ = self.replay.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Writes what only this process's program reads (the `auth_hmac` keys, not pinned) for
+    /// `specs`: a successor does it before its program goes on the links, while the pinned
+    /// tables are still its predecessor's ([`XdpGuard::configure`] writes them later).
+    pub fn configure_private(&mut self, specs: &[&InstanceSpec]) -> anyhow::Result<()> {
+        for s in specs {
+            if let Some(a) = &s.auth {
+                self.auth
+                    .insert(s.key(), a.guard, 0)
+                    .with_context(|| format!("writing {MAP_AUTH} for vrid {}", s.vrid))?;
+            }
         }
         Ok(())
     }
@@ -488,7 +505,7 @@ impl XdpGuard {
     }
 
     /// Puts this guard's program back on every pinned link (a successor that took them over
-    /// failed before it committed).
+    /// failed before it committed); every link is tried, the first failure returned.
     pub fn reclaim(&mut self) -> anyhow::Result<()> {
         let paths: Vec<(String, PathBuf)> = self
             .links
@@ -496,11 +513,25 @@ impl XdpGuard {
             .filter(|(_, l)| matches!(l, Link::Pinned(_)))
             .filter_map(|(i, _)| Some((i.clone(), self.link_pin(i)?)))
             .collect();
+        let mut first = Ok(());
         for (iface, path) in paths {
-            self.update_link(&path)
-                .with_context(|| format!("{iface}: putting the guard back on its link"))?;
+            let r = self
+                .update_link(&path)
+                .with_context(|| format!("{iface}: putting the guard back on its link"));
+            if first.is_ok() {
+                first = r;
+            }
         }
-        Ok(())
+        first
+    }
+
+    /// Interfaces whose guard link is not pinned (it cannot be handed to a successor).
+    pub fn unpinned_links(&self) -> Vec<String> {
+        self.links
+            .iter()
+            .filter(|(_, l)| !matches!(l, Link::Pinned(_)))
+            .map(|(i, _)| i.clone())
+            .collect()
     }
 
     fn link_pin(&self, iface: &str) -> Option<PathBuf> {
@@ -602,7 +633,21 @@ impl XdpGuard {
         if self.events_task.is_some() {
             return Ok(());
         }
-        let ring = self.events.take().context("event ring already taken")?;
+        let ring = match self.events.take() {
+            Some(r) => r,
+            // Opened now: from the consumer position as it is (another process may have read).
+            None => {
+                let path = self
+                    .pin_dir
+                    .as_ref()
+                    .map(|d| d.join(MAP_EVENTS))
+                    .context("the event ring is not pinned: cannot reopen it")?;
+                let data = MapData::from_pin(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                RingBuf::try_from(aya::maps::Map::RingBuf(data))
+                    .with_context(|| format!("{} as a ring buffer", path.display()))?
+            }
+        };
         // SAFETY: the RingBuf owns its map fd, open and unchanged until the AsyncFd drops it.
         let mut fd =
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -628,8 +673,13 @@ impl XdpGuard {
                 }
                 guard.clear_ready();
                 for ev in batch {
-                    if tx.send(ev).await.is_err() {
-                        return None;
+                    // A full channel whose reader waits for this task to stop (a pause) must
+                    // not hold it.
+                    tokio::select! {
+                        r = tx.send(ev) => if r.is_err() {
+                            return None;
+                        },
+                        _ = &mut stop => return Some(fd.into_inner()),
                     }
                 }
             }
@@ -645,8 +695,13 @@ impl XdpGuard {
             return;
         };
         let _ = stop.send(());
+        // The ring itself is dropped: whoever reads next opens it afresh at the position the
+        // kernel has (a successor, or this process again after a failed upgrade).
         match task.await {
-            Ok(Some(ring)) => self.events = Some(ring),
+            Ok(Some(_)) if self.pin_dir.is_none() => {
+                warn!("the event ring is not pinned: events are read no more")
+            }
+            Ok(Some(_)) => {}
             Ok(None) => warn!("the event ring's reader had stopped"),
             Err(e) => warn!("the event ring's reader: {e}"),
         }

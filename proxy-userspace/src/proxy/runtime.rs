@@ -231,7 +231,10 @@ pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
             }
             // Port 0: the others take the port the first one got.
             let local = socks[0].local_addr()?;
-            while socks.len() < workers {
+            // Inherited sockets are the address's whole SO_REUSEPORT group: one bound now
+            // would take a share of new connections before this process accepts (a successor
+            // waits for its commit), and lose them if it never does.
+            while taken == 0 && socks.len() < workers {
                 socks.push(
                     accept::bind(local)
                         .with_context(|| format!("listener {}: binding {local}", l.name))?,

@@ -6,21 +6,26 @@
 //!                                     │ spawns BINARY run --config FILE, HAPD_UPGRADE_FD=n
 //!                                     ▼
 //!   Offer + listening sockets (SCM_RIGHTS) ─────────▶ successor: config, proxy (not accepting),
-//!                                                     guard on the pinned maps, its program
-//!   ◀──────────────────────────────────── Prepared    on the pinned links, VRRP sockets
-//!   VRRP loop stops at once (no advert, no
-//!   priority 0), its engines' state ──── State ────▶  engines resumed, adverts go on
-//!   ◀─────────────────────────────────── Committed    accepts, admin endpoint, control socket
+//!                                                     guard loaded on the pinned maps, its
+//!                                                     program on the pinned links (deciding
+//!   ◀──────────────────────────────────── Prepared    with the predecessor's tables), VRRP
+//!   VRRP loop stops at once (no advert, no            sockets
+//!   priority 0), stops reading the event
+//!   ring, hands its engines' state ────── State ────▶  tables written, event ring read,
+//!   ◀─────────────────────────────────── Committed    engines resumed, adverts go on; then
+//!                                                     accepts, admin endpoint, control socket
 //!   drains its connections at request
 //!   boundaries, exits without unpinning
 //! ```
 //!
-//! Before `Committed` nothing the predecessor serves has moved: on any failure (the successor
-//! exits, says `Failed`, or is late) it is killed, the predecessor's program goes back on the
-//! links and its VRRP loop carries on; the command fails with the successor's reason.
-//! Between `State` and `Committed` the predecessor sends no advert: that step is bounded by
-//! [`HANDOFF_BOUND`], far below a backup's Master_Down_Interval only when the successor is
-//! healthy, which is the case this path is for (measured in the netns test).
+//! Before `Committed` nothing the predecessor serves has moved (its tables decide, whichever
+//! program runs them): on any failure (the successor exits, says `Failed`, or is late) it is
+//! killed, the predecessor's program goes back on the links, its tables are rewritten, and
+//! its VRRP loop carries on; the command fails with the successor's reason.
+//! Between `State` and `Committed` the predecessor sends no advert and the successor writes
+//! the guard's tables and resumes the engines: that step is bounded by
+//! [`handoff_bound`] (two advert intervals), below a backup's Master_Down_Interval, so even a
+//! successor that fails there is replaced by its predecessor's next advert in time.
 mod socket;
 mod wire;
 
@@ -50,9 +55,18 @@ use crate::{
 /// descriptor the channel to it is.
 pub const ENV_FD: &str = "HAPD_UPGRADE_FD";
 
-/// How long the VRRP loop of the predecessor waits, silent, for the successor to resume its
-/// engines before it carries on itself.
-pub const HANDOFF_BOUND: Duration = Duration::from_secs(1);
+/// How long the predecessor's VRRP loop stays silent, at most, for the successor to resume its
+/// engines before it carries on itself: two of the shortest advert interval (a peer's
+/// Master_Down_Interval is three and a skew), at least 10 ms.
+pub fn handoff_bound(cfg: &Config) -> Duration {
+    let shortest = cfg
+        .vrrp
+        .iter()
+        .map(|v| v.get_ref().advert_interval.0)
+        .min()
+        .unwrap_or(Duration::from_secs(1));
+    (2 * shortest).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
 
 /// What goes over the channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -137,6 +151,8 @@ pub struct Host {
     pub sockets: Vec<(Offered, OwnedFd)>,
     /// The VRRP loop, if the node runs VRRP.
     pub vrrp: Option<mpsc::Sender<Control>>,
+    /// See [`handoff_bound`].
+    pub handoff_bound: Duration,
     /// Turns true when a successor committed: this process then drains and exits.
     pub committed: watch::Sender<bool>,
 }
@@ -144,9 +160,26 @@ pub struct Host {
 impl Host {
     /// Runs one upgrade as `req` asks. `Ok`: the successor serves (the message says so);
     /// `Err`: this process still serves everything, and why the successor does not.
-    pub async fn upgrade(&self, req: &Request) -> Result<String, String> {
+    /// `stop` turning true (the process stops) abandons it.
+    pub async fn upgrade(
+        &self,
+        req: &Request,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<String, String> {
         if *self.committed.borrow() {
             return Err("this hapd already handed over to a successor".into());
+        }
+        // Under systemd the unit must follow the new process, or it stops the service (and
+        // the new process with it) when this one exits.
+        if std::env::var_os("INVOCATION_ID").is_some()
+            && std::env::var_os("NOTIFY_SOCKET").is_none()
+        {
+            return Err(
+                "hapd runs under systemd without a notify socket: the unit needs \
+                        NotifyAccess=main (see dist/hapd.service) for the service to follow \
+                        the new process; restart it instead"
+                    .into(),
+            );
         }
         let binary = match &req.binary {
             Some(b) => b.clone(),
@@ -171,11 +204,14 @@ impl Host {
             Err(e) => return Err(self.abandon(&mut child, format!("{e:#}")).await),
         };
         let outcome = tokio::select! {
+            // The exchange first: a successor that says why it fails and exits is heard.
+            biased;
             r = self.drive(&chan, guards, req.timeout) => r,
             status = child.wait() => Err(match status {
                 Ok(s) => format!("{} exited ({s}) before it took over; its log says why", binary.display()),
                 Err(e) => format!("waiting for {}: {e}", binary.display()),
             }),
+            _ = stop.wait_for(|s| *s) => Err("this hapd is stopping".into()),
         };
         match outcome {
             Ok(new_pid) => {
@@ -254,7 +290,7 @@ impl Host {
             }
         };
         let bound = if verdict.is_some() {
-            HANDOFF_BOUND
+            self.handoff_bound
         } else {
             timeout
         };
@@ -271,10 +307,19 @@ impl Host {
             }
         }
         .await;
-        if let Some(v) = verdict {
-            let _ = v.send(committed.is_ok());
+        match (verdict, committed) {
+            // The loop must hear it: it ends only then (else it would carry on beside the
+            // successor).
+            (Some(v), Ok(pid)) => v
+                .send(true)
+                .map(|()| pid)
+                .map_err(|_| "the VRRP loop did not take the verdict".to_string()),
+            (Some(v), Err(e)) => {
+                let _ = v.send(false);
+                Err(e)
+            }
+            (None, r) => r,
         }
-        committed
     }
 
     /// The successor failed: it goes, our guard program goes back on the links, and the
@@ -319,10 +364,17 @@ fn spawn(binary: &Path, config: &Path, theirs: &OwnedFd) -> anyhow::Result<tokio
         .env(ENV_FD, fd.to_string())
         .stdin(Stdio::null())
         .kill_on_drop(false);
-    // SAFETY: between fork and exec only fcntl runs, which is async-signal-safe; it clears
-    // close-on-exec on the channel's end so that the new binary has it.
+    // SAFETY: between fork and exec only close_range and fcntl run, both async-signal-safe.
+    // Every descriptor is made close-on-exec (a library may have opened one without it, such
+    // as pnet's packet socket), then the channel's end is cleared so the new binary has it.
     unsafe {
         cmd.pre_exec(move || {
+            // Best effort before Linux 5.11 (ENOSYS): std and our sockets are close-on-exec.
+            libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            );
             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                 return Err(std::io::Error::last_os_error());
             }

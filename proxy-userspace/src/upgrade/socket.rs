@@ -14,14 +14,15 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{unix::OwnedWriteHalf, UnixListener, UnixStream},
-    sync::oneshot,
+    sync::watch,
 };
 use tracing::{info, warn};
 
 use super::Host;
 
-/// The longest request line.
+/// The longest request line, and how long a client has to send it.
 const MAX_LINE: u64 = 64 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `hapd upgrade`'s request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,7 +46,9 @@ struct Reply {
 pub struct ControlSocket {
     path: PathBuf,
     ino: u64,
-    stop: Option<oneshot::Sender<()>>,
+    /// A successor committed: the path is its socket now.
+    handed_over: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -89,7 +92,8 @@ impl ControlSocket {
             let _g = rt.enter();
             UnixListener::from_std(std)?
         };
-        let (stop_tx, stop_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handed_over = host.committed.subscribe();
         let thread = std::thread::Builder::new()
             .name("hapd-control".into())
             .spawn(move || {
@@ -101,7 +105,8 @@ impl ControlSocket {
         Ok(ControlSocket {
             path: path.to_owned(),
             ino,
-            stop: Some(stop_tx),
+            handed_over,
+            stop: stop_tx,
             thread: Some(thread),
         })
     }
@@ -109,14 +114,14 @@ impl ControlSocket {
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.stop.send_replace(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // A successor's socket replaced ours at the same path: leave it.
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
+        // A successor's socket replaced ours at the same path (or is about to): leave it.
+        if !*self.handed_over.borrow()
+            && std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.ino)
+        {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -125,13 +130,14 @@ impl Drop for ControlSocket {
 /// Serves requests one at a time (an upgrade runs alone) until `stop`; a request being
 /// answered is answered first (the reply to a committed upgrade is written before the process
 /// that committed it exits).
-async fn serve(listener: UnixListener, host: Host, mut stop: oneshot::Receiver<()>) {
+async fn serve(listener: UnixListener, host: Host, mut stop: watch::Receiver<bool>) {
     // SAFETY: geteuid cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     loop {
         let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
             a = listener.accept() => a,
-            _ = &mut stop => return,
         };
         let stream = match accepted {
             Ok((s, _)) => s,
@@ -143,7 +149,7 @@ async fn serve(listener: UnixListener, host: Host, mut stop: oneshot::Receiver<(
         };
         let uid = stream.peer_cred().map(|c| c.uid());
         let reply = match uid {
-            Ok(uid) if uid == 0 || uid == me => answer(stream, &host).await,
+            Ok(uid) if uid == 0 || uid == me => answer(stream, &host, stop.clone()).await,
             Ok(uid) => {
                 warn!("control socket: refused a client of uid {uid}");
                 let w = stream.into_split().1;
@@ -164,19 +170,24 @@ async fn serve(listener: UnixListener, host: Host, mut stop: oneshot::Receiver<(
     }
 }
 
-async fn answer(stream: UnixStream, host: &Host) -> anyhow::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    host: &Host,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (read, write) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(read.take(MAX_LINE))
-        .read_line(&mut line)
-        .await
-        .context("reading a request")?;
+    let mut reader = BufReader::new(read.take(MAX_LINE));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(r) => r.context("reading a request")?,
+        Err(_) => bail!("no request within {REQUEST_TIMEOUT:?}"),
+    };
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => return respond(write, false, format!("bad request: {e}")).await,
     };
     info!(?req, "control socket: upgrade requested");
-    let (ok, message) = match host.upgrade(&req).await {
+    let (ok, message) = match host.upgrade(&req, stop).await {
         Ok(m) => (true, m),
         Err(m) => (false, m),
     };
