@@ -1,6 +1,7 @@
 //! hapd: VRRP failover and a TLS reverse proxy in one daemon. This library holds everything the
 //! `hapd` binary runs, so tests and benchmarks can drive the same code.
 pub mod admin;
+pub mod anycast;
 pub mod config;
 pub mod control;
 pub mod daemon;

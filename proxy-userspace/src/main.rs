@@ -368,6 +368,30 @@ fn check(config: &std::path::Path) -> ExitCode {
             for w in &warnings {
                 println!("warning: {w}");
             }
+            for g in &cfg.anycast {
+                let g = g.get_ref();
+                println!(
+                    "  anycast {}: {} prefix(es) on {}, BIRD protocol {} at {}",
+                    g.name,
+                    g.prefixes.len(),
+                    g.interface,
+                    g.bird_protocol,
+                    g.bird_socket.display()
+                );
+                let seen = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+                    .and_then(|rt| rt.block_on(proxy_userspace::anycast::check(g)));
+                match seen {
+                    Ok(None) => {}
+                    Ok(Some(w)) => println!("warning: anycast {}: {w}", g.name),
+                    Err(e) => {
+                        eprintln!("error: {}: anycast {}: {e}", config.display(), g.name);
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             match proxy::check_files(&cfg) {
                 Ok(cert_warnings) => {
                     for w in &cert_warnings {
@@ -474,6 +498,16 @@ fn run(config: PathBuf) -> ExitCode {
     } else {
         None
     };
+    // `[[anycast]]` groups: announced through BIRD while the proxy is healthy.
+    let mut anycast = (!cfg.anycast.is_empty()).then(|| {
+        let _g = rt.enter();
+        let groups: Vec<_> = cfg.anycast.iter().map(|g| g.get_ref().clone()).collect();
+        proxy_userspace::anycast::Groups::start(
+            &groups,
+            proxy.as_ref().map(|p| p.health.clone()),
+            successor.is_some(),
+        )
+    });
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
     let vrrp = (!cfg.vrrp.is_empty()).then_some(control_tx);
     let (committed_tx, committed_rx) = tokio::sync::watch::channel(false);
@@ -485,6 +519,7 @@ fn run(config: PathBuf) -> ExitCode {
             started,
             vrrp: vrrp.clone(),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
+            anycast: anycast.as_ref().map(|a| a.view()),
         },
         control_socket: cfg.node.control_socket.clone(),
         host: upgrade::Host {
@@ -553,6 +588,11 @@ fn run(config: PathBuf) -> ExitCode {
         }
     }
     drop(running.lock().unwrap_or_else(|e| e.into_inner()).take());
+    // Stopping (not handing over): the prefixes are withdrawn before the proxy drains.
+    let handed_over = matches!(result, Ok(Ended::HandedOver));
+    if let (Some(a), false) = (&mut anycast, handed_over) {
+        rt.block_on(a.withdraw_all(proxy_userspace::anycast::bird::ANSWER_TIMEOUT));
+    }
     match result {
         Ok(Ended::HandedOver) => {
             // The successor accepts on the same sockets: ours end at request boundaries.
@@ -563,9 +603,13 @@ fn run(config: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Ended::Stopped) => {
-            // VRRP has handed the VIPs over by now; let requests in flight finish.
+            // VRRP has handed the VIPs over by now (and anycast withdrawn its prefixes): let
+            // requests in flight finish at request boundaries.
             if let Some(p) = proxy {
                 p.stop(drain);
+            }
+            if let Some(a) = &anycast {
+                rt.block_on(a.release());
             }
             ExitCode::SUCCESS
         }

@@ -18,6 +18,30 @@ pub struct Status {
     /// The guard's packet counters, summed over the XDP and raw-socket paths.
     pub guard: Option<GuardStatus>,
     pub proxy: Option<ProxyStatus>,
+    /// `[[anycast]]` groups.
+    #[serde(default)]
+    pub anycast: Vec<AnycastStatus>,
+}
+
+/// One `[[anycast]]` group: whether this node announces its prefixes through BIRD, and why.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AnycastStatus {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub bird_socket: String,
+    pub bird_protocol: String,
+    /// BIRD confirmed the protocol enabled.
+    pub announced: bool,
+    /// `announced`, `withdrawn: <why>`, or `unknown: BIRD cannot be told`.
+    pub state: String,
+    /// Seconds since the state last changed.
+    pub since_secs: u64,
+    pub announcements: u64,
+    pub withdrawals: u64,
+    /// BIRD's greeting (its version), once reached.
+    pub bird: Option<String>,
+    /// Why BIRD cannot be told, while it cannot.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "nghttp2-client", // h2load
     "testssl.sh",     // the TLS scan (command `testssl`)
     "systemd",        // systemd-analyze: the unit's test
+    "bird2",          // the routing daemon anycast groups drive (the lab's router and nodes)
 ];
 
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.

@@ -53,6 +53,8 @@ pub struct Admin {
     pub started: Instant,
     pub vrrp: Option<mpsc::Sender<Control>>,
     pub proxy: Option<Arc<ProxyView>>,
+    /// `[[anycast]]` groups.
+    pub anycast: Option<crate::anycast::GroupsView>,
 }
 
 /// The running endpoint; dropping it stops the thread.
@@ -342,6 +344,9 @@ impl Admin {
                     st.guard = guard.as_ref().map(status::guard);
                 }
             }
+        }
+        if let Some(a) = &self.anycast {
+            st.anycast = a.status();
         }
         if let Some(p) = &self.proxy {
             let now = SystemTime::now()

@@ -251,6 +251,44 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             g.counters.get("events_lost").copied().unwrap_or(0),
         );
     }
+    if !st.anycast.is_empty() {
+        o.family(
+            "hapd_anycast_announced",
+            "gauge",
+            "1 while BIRD confirmed this node announces the group's prefixes.",
+        );
+        for g in &st.anycast {
+            o.sample(
+                "hapd_anycast_announced",
+                &[("group", &g.name)],
+                u8::from(g.announced),
+            );
+        }
+        o.family(
+            "hapd_anycast_bird_up",
+            "gauge",
+            "1 while the group's BIRD answers and accepts hapd's commands.",
+        );
+        for g in &st.anycast {
+            o.sample(
+                "hapd_anycast_bird_up",
+                &[("group", &g.name)],
+                u8::from(g.error.is_none() && g.bird.is_some()),
+            );
+        }
+        o.family(
+            "hapd_anycast_withdrawals_total",
+            "counter",
+            "Withdrawals of the group's prefixes after an announcement.",
+        );
+        for g in &st.anycast {
+            o.sample(
+                "hapd_anycast_withdrawals_total",
+                &[("group", &g.name)],
+                g.withdrawals,
+            );
+        }
+    }
     if let Some(p) = &st.proxy {
         o.family(
             "hapd_proxy_healthy",

@@ -128,6 +128,11 @@ impl Status {
             .filter(|i| i.state == "FAULT" || i.state == "INIT")
             .map(|i| format!("instance {} is {}", i.name, i.state))
             .collect();
+        for g in &self.anycast {
+            if let Some(e) = &g.error {
+                out.push(format!("anycast {}: BIRD cannot be told: {e}", g.name));
+            }
+        }
         if let Some(p) = &self.proxy {
             if !p.healthy {
                 let down: Vec<_> = p
@@ -244,6 +249,35 @@ impl Status {
             } else {
                 let _ = writeln!(o, "  auth_hmac        off");
             }
+        }
+        for g in &self.anycast {
+            let _ = writeln!(
+                o,
+                "\nanycast {}: {} ({})",
+                g.name,
+                if g.announced {
+                    "ANNOUNCED"
+                } else {
+                    "WITHDRAWN"
+                },
+                g.prefixes.join(", ")
+            );
+            let _ = writeln!(o, "  state            {} for {} s", g.state, g.since_secs);
+            let _ = writeln!(
+                o,
+                "  bird             protocol {} on {}{}",
+                g.bird_protocol,
+                g.bird_socket,
+                g.bird.as_ref().map_or(String::new(), |v| format!(" ({v})"))
+            );
+            if let Some(e) = &g.error {
+                let _ = writeln!(o, "  error            {e}");
+            }
+            let _ = writeln!(
+                o,
+                "  changes          {} announcement(s), {} withdrawal(s)",
+                g.announcements, g.withdrawals
+            );
         }
         if let Some(g) = &self.guard {
             let nonzero: Vec<String> = g

@@ -3,6 +3,7 @@
 //! Parsing is strict (`deny_unknown_fields`), bounded values are checked as they are read, and
 //! the cross-field rules live in [`Config::validate`]. Every error names the file, the line and
 //! the key; nothing is applied before the whole file is valid.
+pub mod anycast;
 pub mod auth;
 pub mod proxy;
 mod types;
@@ -80,6 +81,9 @@ pub struct Config {
     pub upstream: Vec<Spanned<proxy::Upstream>>,
     #[serde(default)]
     pub vhost: Vec<Spanned<proxy::Vhost>>,
+    /// Service prefixes announced through BIRD (see [`anycast`]).
+    #[serde(default)]
+    pub anycast: Vec<Spanned<anycast::Anycast>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -563,7 +567,8 @@ impl Config {
                 message: "upstreams or vhosts but no [[listener]]: nothing is served".into(),
             });
         }
-        if self.vrrp.is_empty() {
+        anycast::validate(&self.anycast, !self.listener.is_empty())?;
+        if self.vrrp.is_empty() && self.anycast.is_empty() {
             warnings.push(Warning {
                 key: "vrrp".into(),
                 message: "no [[vrrp]] instance: this node runs no failover".into(),

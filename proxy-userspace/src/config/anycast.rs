@@ -1,0 +1,125 @@
+//! `[[anycast]]`: a service prefix announced from several nodes through BIRD (see
+//! `docs/anycast.md`). The key names are public interface.
+use std::{net::Ipv4Addr, ops::Range, path::PathBuf, time::Duration};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{types, Dur};
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anycast {
+    pub name: String,
+    /// Held on this node while it serves them.
+    #[serde(deserialize_with = "types::vips")]
+    pub prefixes: Vec<Ipv4Net>,
+    /// The segment shared with the router and the other nodes.
+    pub interface: String,
+    /// Every node of the group, this one too.
+    #[serde(deserialize_with = "types::peers")]
+    pub peers: Vec<Ipv4Addr>,
+    /// This node's BIRD 2 control socket.
+    #[serde(default = "default_bird_socket")]
+    pub bird_socket: PathBuf,
+    /// A `protocol static` in BIRD's config, disabled at start: enabled while this node should
+    /// announce.
+    pub bird_protocol: String,
+    /// Announce only while the local proxy is healthy.
+    #[serde(default = "yes")]
+    pub track_proxy: bool,
+    /// How long the proxy must have been healthy before the prefixes are announced.
+    #[serde(default = "default_rise")]
+    pub rise: Dur,
+    /// After a withdrawal, how long before they are announced again (against flapping).
+    #[serde(default = "default_hold_down")]
+    pub hold_down: Dur,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_bird_socket() -> PathBuf {
+    PathBuf::from("/run/bird/bird.ctl")
+}
+
+fn default_rise() -> Dur {
+    Dur(Duration::from_secs(1))
+}
+
+fn default_hold_down() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+/// Checks the groups; errors as `Config::validate` reports them.
+pub(super) fn validate(
+    groups: &[Spanned<Anycast>],
+    has_proxy: bool,
+) -> Result<(), (Option<Range<usize>>, String, String)> {
+    let mut names = std::collections::HashSet::new();
+    let mut protocols = std::collections::HashSet::new();
+    for (i, g) in groups.iter().enumerate() {
+        let err = |k: &str, m: String| (Some(g.span()), format!("anycast[{i}].{k}"), m);
+        let g = g.get_ref();
+        if g.name.trim().is_empty() {
+            return Err(err("name", "must not be empty".into()));
+        }
+        if !names.insert(g.name.as_str()) {
+            return Err(err("name", format!("{:?} is defined twice", g.name)));
+        }
+        if g.prefixes.is_empty() {
+            return Err(err("prefixes", "needs at least one prefix".into()));
+        }
+        if g.interface.is_empty() {
+            return Err(err("interface", "must not be empty".into()));
+        }
+        if g.peers.is_empty() {
+            return Err(err(
+                "peers",
+                "needs every node of the group, this one too".into(),
+            ));
+        }
+        for (j, p) in g.peers.iter().enumerate() {
+            if g.peers[..j].contains(p) {
+                return Err(err(&format!("peers[{j}]"), format!("{p} is listed twice")));
+            }
+        }
+        if !g.bird_socket.is_absolute() {
+            return Err(err("bird_socket", "must be an absolute path".into()));
+        }
+        let proto_ok = !g.bird_protocol.is_empty()
+            && g.bird_protocol
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !proto_ok {
+            return Err(err(
+                "bird_protocol",
+                format!(
+                    "{:?} is not a BIRD protocol name (letters, digits, _)",
+                    g.bird_protocol
+                ),
+            ));
+        }
+        if !protocols.insert((g.bird_socket.clone(), g.bird_protocol.clone())) {
+            return Err(err(
+                "bird_protocol",
+                format!(
+                    "{:?} on {} is driven by another group too",
+                    g.bird_protocol,
+                    g.bird_socket.display()
+                ),
+            ));
+        }
+        if g.track_proxy && !has_proxy {
+            return Err(err(
+                "track_proxy",
+                "there is no [[listener]]: no proxy to track (set track_proxy = false to announce \
+                 regardless)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
