@@ -103,6 +103,22 @@ fn start_hapd(lab: &mut Lab, hapd: &Path, i: usize) -> anyhow::Result<Proc> {
     lab.start_hapd(i, hapd, &config)
 }
 
+/// `hapd <command> --config <node 0's config> <args>` in node 0; its output is in the error
+/// when it fails.
+fn hapd_on_n0(lab: &Lab, hapd: &Path, command: &str, args: &[&str]) -> anyhow::Result<()> {
+    let cfg = lab.dir().join("h0.toml");
+    let mut argv = vec![
+        hapd.to_str().context("hapd path")?,
+        command,
+        "--config",
+        cfg.to_str().context("lab path")?,
+    ];
+    argv.extend_from_slice(args);
+    lab.exec(0, &argv)
+        .map(drop)
+        .with_context(|| format!("hapd {command}"))
+}
+
 fn trial(hapd: &Path, d: Daemon, m: Move) -> anyhow::Result<Seen> {
     let mut lab = Lab::new(3)?;
     let mut nginxes = Vec::new();
@@ -156,22 +172,7 @@ fn trial(hapd: &Path, d: Daemon, m: Move) -> anyhow::Result<Seen> {
                     if d != Daemon::Hapd {
                         bail!("keepalived has no upgrade command");
                     }
-                    let o = lab.exec(
-                        0,
-                        &[
-                            hapd.to_str().context("hapd path")?,
-                            "upgrade",
-                            "--config",
-                            lab.dir().join("h0.toml").to_str().context("lab path")?,
-                        ],
-                    )?;
-                    if !o.status.success() {
-                        bail!(
-                            "hapd upgrade failed: {}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        );
-                    }
+                    hapd_on_n0(&lab, hapd, "upgrade", &[])?;
                     // The old process drains and exits; the new one is stopped with the lab.
                     n0.wait(Duration::from_secs(15))?;
                 }
@@ -179,26 +180,14 @@ fn trial(hapd: &Path, d: Daemon, m: Move) -> anyhow::Result<Seen> {
                     if d != Daemon::Hapd {
                         bail!("keepalived has no drill");
                     }
-                    let o = lab.exec(
-                        0,
-                        &[
-                            hapd.to_str().context("hapd path")?,
-                            "drill",
-                            "--config",
-                            lab.dir().join("h0.toml").to_str().context("lab path")?,
-                            "--probe",
-                            &format!("http://{VIP}:{PORT}/"),
-                            "--peer-admin",
-                            &format!("{}:9100", lab.host(1).addr),
-                        ],
+                    let probe = format!("http://{VIP}:{PORT}/");
+                    let peer = format!("{}:9100", lab.host(1).addr);
+                    hapd_on_n0(
+                        &lab,
+                        hapd,
+                        "drill",
+                        &["--probe", &probe, "--peer-admin", &peer],
                     )?;
-                    if !o.status.success() {
-                        bail!(
-                            "hapd drill failed: {}{}",
-                            String::from_utf8_lossy(&o.stdout),
-                            String::from_utf8_lossy(&o.stderr)
-                        );
-                    }
                 }
             }
             Ok(())

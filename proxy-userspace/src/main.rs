@@ -499,15 +499,15 @@ fn run(config: PathBuf) -> ExitCode {
         None
     };
     // `[[anycast]]` groups: announced through BIRD while the proxy is healthy.
-    let mut anycast = (!cfg.anycast.is_empty()).then(|| {
-        let _g = rt.enter();
+    // A successor starts them once it has committed (its predecessor drives BIRD until then).
+    let (mut anycast, anycast_starter) = if cfg.anycast.is_empty() {
+        (None, None)
+    } else {
         let groups: Vec<_> = cfg.anycast.iter().map(|g| g.get_ref().clone()).collect();
-        proxy_userspace::anycast::Groups::start(
-            &groups,
-            proxy.as_ref().map(|p| p.health.clone()),
-            successor.is_some(),
-        )
-    });
+        let (g, starter) = proxy_userspace::anycast::Groups::new(&groups);
+        (Some(g), Some(starter))
+    };
+    let anycast_health = proxy.as_ref().map(|p| p.health.clone());
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
     let vrrp = (!cfg.vrrp.is_empty()).then_some(control_tx);
     let (committed_tx, committed_rx) = tokio::sync::watch::channel(false);
@@ -525,6 +525,7 @@ fn run(config: PathBuf) -> ExitCode {
         host: upgrade::Host {
             config_path: config.clone(),
             instances: upgrade::identities(&cfg),
+            anycast: upgrade::anycast_groups(&cfg),
             sockets: Vec::new(),
             handoff_bound: upgrade::handoff_bound(&cfg),
             vrrp,
@@ -539,10 +540,16 @@ fn run(config: PathBuf) -> ExitCode {
     let running: std::sync::Arc<std::sync::Mutex<Option<Running>>> = Default::default();
     let successor = successor.map(std::sync::Arc::new);
     match &successor {
-        None => match services.start(None, false) {
-            Ok(r) => *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
-            Err(e) => return fail(None, format!("{e:#}")),
-        },
+        None => {
+            match services.start(None, false) {
+                Ok(r) => *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
+                Err(e) => return fail(None, format!("{e:#}")),
+            }
+            if let Some(a) = anycast_starter {
+                let _g = rt.enter();
+                a.start(anycast_health, false);
+            }
+        }
         Some(s) => {
             let mut committed = s.subscribe();
             let gate = proxy.as_ref().map(|p| p.accept_gate());
@@ -553,6 +560,9 @@ fn run(config: PathBuf) -> ExitCode {
                 }
                 if let Some(g) = gate {
                     g.send_replace(true);
+                }
+                if let Some(a) = anycast_starter {
+                    a.start(anycast_health, true);
                 }
                 match services.start(inherited_admin, true) {
                     Ok(r) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
@@ -590,9 +600,18 @@ fn run(config: PathBuf) -> ExitCode {
     drop(running.lock().unwrap_or_else(|e| e.into_inner()).take());
     // Stopping (not handing over): the prefixes are withdrawn before the proxy drains.
     let handed_over = matches!(result, Ok(Ended::HandedOver));
+    let mut withdrawn = true;
     if let (Some(a), false) = (&mut anycast, handed_over) {
-        rt.block_on(a.withdraw_all(proxy_userspace::anycast::bird::ANSWER_TIMEOUT));
+        withdrawn = rt.block_on(a.withdraw_all(drain));
+        // The router still sends here until BGP has told it: keep accepting meanwhile.
+        std::thread::sleep(proxy_userspace::anycast::SETTLE);
     }
+    // The prefixes leave `lo` only once BIRD no longer announces them.
+    let release = |a: &Option<proxy_userspace::anycast::Groups>| {
+        if let (Some(a), true) = (a, withdrawn) {
+            rt.block_on(a.release());
+        }
+    };
     match result {
         Ok(Ended::HandedOver) => {
             // The successor accepts on the same sockets: ours end at request boundaries.
@@ -608,15 +627,14 @@ fn run(config: PathBuf) -> ExitCode {
             if let Some(p) = proxy {
                 p.stop(drain);
             }
-            if let Some(a) = &anycast {
-                rt.block_on(a.release());
-            }
+            release(&anycast);
             ExitCode::SUCCESS
         }
         Err(e) => {
             if let Some(p) = proxy {
                 p.stop(drain);
             }
+            release(&anycast);
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }

@@ -30,7 +30,8 @@ pub struct AnycastStatus {
     pub prefixes: Vec<String>,
     pub bird_socket: String,
     pub bird_protocol: String,
-    /// BIRD confirmed the protocol enabled.
+    /// BIRD confirmed the protocol enabled (BIRD announces the prefixes to its BGP peers;
+    /// whether those sessions are up is BIRD's `show protocols`).
     pub announced: bool,
     /// `announced`, `withdrawn: <why>`, or `unknown: BIRD cannot be told`.
     pub state: String,

@@ -377,7 +377,8 @@ impl Admin {
 
     /// Re-reads the config file and applies it, or changes nothing and says why. The proxy's
     /// vhosts, routes, upstreams, log files and certificates are reloaded; `[node]`, the VRRP
-    /// sections, `[server]` and the listeners need a restart (one node at a time).
+    /// sections, `[[anycast]]`, `[server]` and the listeners need a restart (one node at a
+    /// time).
     pub fn reload(&self, why: &str) -> Result<String, String> {
         let (cfg, warnings) = Config::load(&self.config_path).map_err(|e| format!("{e}"))?;
         for w in &warnings {
@@ -407,6 +408,9 @@ impl Admin {
         }
         if cfg.track_script != running.track_script {
             fixed.push("[[track_script]]".to_string());
+        }
+        if cfg.anycast != running.anycast {
+            fixed.push("[[anycast]]".to_string());
         }
         if !fixed.is_empty() {
             return Err(format!(

@@ -255,7 +255,7 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
         o.family(
             "hapd_anycast_announced",
             "gauge",
-            "1 while BIRD confirmed this node announces the group's prefixes.",
+            "1 while this node's BIRD has the group's protocol enabled (BIRD then announces its prefixes to its BGP peers).",
         );
         for g in &st.anycast {
             o.sample(

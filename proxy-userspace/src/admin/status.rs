@@ -128,11 +128,6 @@ impl Status {
             .filter(|i| i.state == "FAULT" || i.state == "INIT")
             .map(|i| format!("instance {} is {}", i.name, i.state))
             .collect();
-        for g in &self.anycast {
-            if let Some(e) = &g.error {
-                out.push(format!("anycast {}: BIRD cannot be told: {e}", g.name));
-            }
-        }
         if let Some(p) = &self.proxy {
             if !p.healthy {
                 let down: Vec<_> = p

@@ -105,35 +105,13 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Starts one task per group on the current runtime. `health`: the proxy's. `resumed`:
-    /// this process succeeds a running hapd (an upgrade), whose healthy proxy already
-    /// announced: a healthy proxy here counts as risen. SIGTERM and SIGINT withdraw every
-    /// group at once (before the rest of the stop: the router moves the flows elsewhere).
-    pub fn start(
-        groups: &[Anycast],
-        health: Option<watch::Receiver<bool>>,
-        resumed: bool,
-    ) -> Groups {
+    /// The groups of `groups`, not started yet: [`Starter::start`] starts them (a successor
+    /// in an upgrade only once it has committed: until then its predecessor drives BIRD).
+    pub fn new(groups: &[Anycast]) -> (Groups, Starter) {
         let (stop, stop_rx) = watch::channel(false);
-        let stopper = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                warn!("anycast: cannot watch for SIGTERM; groups are withdrawn at the end of the stop");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            info!("anycast: stopping: withdrawing every group first");
-            stopper.send_replace(true);
-        });
         let mut status = Vec::new();
         let mut withdrawn = Vec::new();
+        let mut tasks = Vec::new();
         for g in groups {
             let st = Arc::new(Mutex::new(AnycastStatus {
                 name: g.name.clone(),
@@ -144,31 +122,27 @@ impl Groups {
                 ..AnycastStatus::default()
             }));
             let (done_tx, done_rx) = watch::channel(false);
-            tokio::spawn(run_group(
-                g.clone(),
-                health.clone(),
-                st.clone(),
-                stop_rx.clone(),
-                done_tx,
-                resumed,
-            ));
+            tasks.push((g.clone(), st.clone(), done_tx));
             status.push(st);
             withdrawn.push(done_rx);
         }
         let prefixes: Vec<ipnet::Ipv4Net> =
             groups.iter().flat_map(|g| g.prefixes.clone()).collect();
-        let held = prefixes.clone();
-        tokio::spawn(async move {
-            if let Err(e) = hold(&held, true).await {
-                warn!("anycast: holding the prefixes on lo: {e:#}; packets to them are not accepted here");
-            }
-        });
-        Groups {
-            prefixes,
-            status,
-            stop,
-            withdrawn,
-        }
+        let starter = Starter {
+            tasks,
+            stop: stop.clone(),
+            stop_rx,
+            prefixes: prefixes.clone(),
+        };
+        (
+            Groups {
+                prefixes,
+                status,
+                stop,
+                withdrawn,
+            },
+            starter,
+        )
     }
 
     /// Every group as it stands.
@@ -185,17 +159,31 @@ impl Groups {
     }
 
     /// Withdraws every group (hapd is stopping) and waits until BIRD confirmed it, at most
-    /// `bound` (BIRD unreachable: the prefixes stay as BIRD has them, and the log says so).
-    pub async fn withdraw_all(&mut self, bound: Duration) {
+    /// `bound`. Whether all were: a group BIRD did not confirm may still be announced (the
+    /// log says which, and its prefixes stay on `lo`).
+    pub async fn withdraw_all(&mut self, bound: Duration) -> bool {
         self.stop.send_replace(true);
-        for w in &mut self.withdrawn {
-            if tokio::time::timeout(bound, w.wait_for(|d| *d))
-                .await
-                .is_err()
-            {
-                warn!("anycast: a group was not withdrawn within {bound:?} (BIRD unreachable?)");
+        let mut all = true;
+        for (w, st) in self.withdrawn.iter_mut().zip(&self.status) {
+            let done = matches!(
+                tokio::time::timeout(bound, w.wait_for(|d| *d)).await,
+                Ok(Ok(_))
+            );
+            if !done {
+                all = false;
+                let s = st.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tracing::error!(
+                    "anycast {}: BIRD did not confirm the withdrawal within {bound:?} ({}); \
+                     {} may still be announced (BIRD protocol {} at {})",
+                    s.name,
+                    s.error.as_deref().unwrap_or("no answer"),
+                    s.prefixes.join(", "),
+                    s.bird_protocol,
+                    s.bird_socket
+                );
             }
         }
+        all
     }
 }
 
@@ -223,6 +211,60 @@ async fn hold(prefixes: &[ipnet::Ipv4Net], on: bool) -> anyhow::Result<()> {
     task.abort();
     r
 }
+
+/// What starts the groups' tasks.
+pub struct Starter {
+    tasks: Vec<(Anycast, Arc<Mutex<AnycastStatus>>, watch::Sender<bool>)>,
+    stop: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    prefixes: Vec<ipnet::Ipv4Net>,
+}
+
+impl Starter {
+    /// Starts one task per group on the current runtime. `health`: the proxy's. `resumed`:
+    /// this process succeeds a running hapd (an upgrade), whose healthy proxy already
+    /// announced: a healthy proxy here counts as risen. SIGTERM and SIGINT withdraw every
+    /// group at once (before the rest of the stop: the router moves the flows elsewhere).
+    pub fn start(self, health: Option<watch::Receiver<bool>>, resumed: bool) {
+        let stopper = self.stop;
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                warn!("anycast: cannot watch for SIGTERM; groups are withdrawn at the end of the stop");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            info!("anycast: stopping: withdrawing every group first");
+            stopper.send_replace(true);
+        });
+        let held = self.prefixes;
+        tokio::spawn(async move {
+            if let Err(e) = hold(&held, true).await {
+                warn!("anycast: holding the prefixes on lo: {e:#}; packets to them are not accepted here");
+            }
+        });
+        for (g, st, done) in self.tasks {
+            tokio::spawn(run_group(
+                g,
+                health.clone(),
+                st,
+                self.stop_rx.clone(),
+                done,
+                resumed,
+            ));
+        }
+    }
+}
+
+/// How long a stopping node keeps accepting after BIRD confirmed the withdrawal: the
+/// router's route still points here until BGP (and its kernel) have caught up.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The groups' status, readable from another thread.
 #[derive(Clone)]
@@ -323,22 +365,26 @@ async fn run_group(
                 Err(e) => {
                     if synced || retry.is_none() {
                         warn!(
-                            "anycast {}: {e}; counted as not announced, retrying every {RETRY:?}",
-                            g.name
+                            "anycast {} (BIRD at {}): {e}; what BIRD announces is unknown, \
+                             retrying every {RETRY:?}",
+                            g.name,
+                            g.bird_socket.display()
                         );
+                        changed_at = now;
                     }
                     conn = None;
-                    // What BIRD does now is unknown: not counted as announced.
-                    if announced {
-                        withdrawn_at = Some(now);
-                    }
-                    announced = false;
+                    // hapd's own decision stands (an error is no withdrawal: no hold-down);
+                    // BIRD is told again until it confirms.
                     synced = false;
                     retry = Some(now + RETRY);
+                    resync = now + RESYNC;
                     update(&mut |s| {
                         s.announced = false;
-                        s.state = "unknown: BIRD cannot be told".into();
-                        s.error = Some(e.to_string());
+                        s.state = format!(
+                            "unknown: BIRD cannot be told (hapd wants it {})",
+                            if d.announce { "announced" } else { "withdrawn" }
+                        );
+                        s.error = Some(format!("{}: {e}", g.bird_socket.display()));
                     });
                 }
             }
@@ -348,11 +394,13 @@ async fn run_group(
             done.send_replace(true);
             return;
         }
+        // Never in the past: a deadline already passed waits for the retry instead.
         let wake = [d.wake, retry, Some(resync)]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(now + RESYNC);
+            .unwrap_or(now + RESYNC)
+            .max(now + Duration::from_millis(10));
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             _ = stop.changed() => {}
@@ -362,10 +410,13 @@ async fn run_group(
                     None => std::future::pending().await,
                 }
             } => {
-                if !changed {
+                // The proxy's health gone (its thread ended): unhealthy, if it is tracked.
+                let healthy = if changed {
+                    healthy_now(&health)
+                } else {
                     health = None;
-                }
-                let healthy = healthy_now(&health);
+                    !g.track_proxy
+                };
                 match (healthy, healthy_since) {
                     (true, None) => healthy_since = Some(Instant::now()),
                     (false, Some(_)) => healthy_since = None,
@@ -398,11 +449,21 @@ pub async fn check(g: &Anycast) -> Result<Option<String>, String> {
     };
     match b.static_protocol(&g.bird_protocol).await {
         Ok(p) if p.is_up() => Ok(Some(format!(
-            "BIRD's protocol {:?} is up (announcing) before hapd runs: it should be `disabled;` in BIRD's config so that nothing is announced before the proxy is healthy",
+            "BIRD's protocol {:?} is enabled now (a running hapd announcing, or enabled by hand); \
+             BIRD's config should say `disabled;` so that nothing is announced before the \
+             proxy is healthy",
             g.bird_protocol
         ))),
         Ok(_) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        // What BIRD's config lacks is an error; BIRD slow or restarting is not.
+        Err(e @ (BirdError::UnknownProtocol(_) | BirdError::NotStatic { .. })) => {
+            Err(e.to_string())
+        }
+        Err(e) => Ok(Some(format!(
+            "{} ({}); hapd will retry at run time",
+            e,
+            g.bird_socket.display()
+        ))),
     }
 }
 

@@ -13,7 +13,7 @@ use super::{types, Dur};
 pub struct Anycast {
     pub name: String,
     /// Held on this node while it serves them.
-    #[serde(deserialize_with = "types::vips")]
+    #[serde(deserialize_with = "types::prefixes")]
     pub prefixes: Vec<Ipv4Net>,
     /// The segment shared with the router and the other nodes.
     pub interface: String,
@@ -53,10 +53,14 @@ fn default_hold_down() -> Dur {
     Dur(Duration::from_secs(10))
 }
 
-/// Checks the groups; errors as `Config::validate` reports them.
+/// Checks the groups; errors as `Config::validate` reports them. `first_verdict`: how long
+/// the proxy's health checks take to mark a dead server down (the longest interval x fall);
+/// `None` when no upstream has a health check.
 pub(super) fn validate(
     groups: &[Spanned<Anycast>],
     has_proxy: bool,
+    first_verdict: Option<Duration>,
+    warnings: &mut Vec<super::Warning>,
 ) -> Result<(), (Option<Range<usize>>, String, String)> {
     let mut names = std::collections::HashSet::new();
     let mut protocols = std::collections::HashSet::new();
@@ -119,6 +123,27 @@ pub(super) fn validate(
                  regardless)"
                     .into(),
             ));
+        }
+        if g.track_proxy {
+            // The proxy counts servers up until a check says otherwise.
+            match first_verdict {
+                None => warnings.push(super::Warning {
+                    key: format!("anycast[{i}].track_proxy"),
+                    message: "no upstream has a health_check: the proxy's health follows only \
+                              failed requests, so a dead upstream is announced until one fails"
+                        .into(),
+                }),
+                Some(v) if v > g.rise.0 => warnings.push(super::Warning {
+                    key: format!("anycast[{i}].rise"),
+                    message: format!(
+                        "{} is shorter than the health checks take to find a dead server \
+                         ({v:?}): a node whose upstream is down at start announces, then \
+                         withdraws",
+                        g.rise
+                    ),
+                }),
+                Some(_) => {}
+            }
         }
     }
     Ok(())

@@ -567,7 +567,18 @@ impl Config {
                 message: "upstreams or vhosts but no [[listener]]: nothing is served".into(),
             });
         }
-        anycast::validate(&self.anycast, !self.listener.is_empty())?;
+        let first_verdict = self
+            .upstream
+            .iter()
+            .filter_map(|u| u.get_ref().health_check.as_ref())
+            .map(|h| h.interval.0 * h.fall)
+            .max();
+        anycast::validate(
+            &self.anycast,
+            !self.listener.is_empty(),
+            first_verdict,
+            &mut warnings,
+        )?;
         if self.vrrp.is_empty() && self.anycast.is_empty() {
             warnings.push(Warning {
                 key: "vrrp".into(),

@@ -270,3 +270,60 @@ fn type_errors_name_the_key() {
         "{e}"
     );
 }
+
+const ANYCAST: &str = r#"
+[[anycast]]
+name = "web"
+prefixes = ["198.18.10.100/32"]
+interface = "eth0"
+peers = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
+bird_socket = "/run/bird/bird.ctl"
+bird_protocol = "hapd_web"
+track_proxy = true
+"#;
+
+#[test]
+fn anycast_groups_parse_with_the_issue_keys_and_bad_ones_name_the_key() {
+    let (cfg, warnings) = parse(&format!("{BASE}{PROXY}{ANYCAST}")).unwrap();
+    let g = cfg.anycast[0].get_ref();
+    assert_eq!(
+        (g.rise.0, g.hold_down.0, g.track_proxy),
+        (Duration::from_secs(1), Duration::from_secs(10), true)
+    );
+    // No health check in PROXY: tracking follows failed requests only, and says so.
+    assert!(
+        warnings.iter().any(|w| w.key == "anycast[0].track_proxy"),
+        "{warnings:?}"
+    );
+    for (bad, key, says) in [
+        (
+            ANYCAST.replace("198.18.10.100/32", "198.18.10.100/24"),
+            "prefixes",
+            "host bits",
+        ),
+        (
+            ANYCAST.replace("\"hapd_web\"", "\"hapd-web\""),
+            "anycast[0].bird_protocol",
+            "not a BIRD protocol name",
+        ),
+        (
+            ANYCAST.replace("\"198.18.1.13\"]", "\"198.18.1.11\"]"),
+            "anycast[0].peers[2]",
+            "listed twice",
+        ),
+        (
+            ANYCAST.replace("/run/bird/bird.ctl", "bird.ctl"),
+            "anycast[0].bird_socket",
+            "absolute",
+        ),
+        (format!("{ANYCAST}{ANYCAST}"), "anycast[1].name", "twice"),
+    ] {
+        let e = parse(&format!("{BASE}{PROXY}{bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+    }
+    // Tracking a proxy that is not there is an error, not a silent announcement.
+    let e = parse(&format!("{BASE}{ANYCAST}")).unwrap_err().to_string();
+    assert!(e.contains("anycast[0].track_proxy"), "{e}");
+}

@@ -152,6 +152,31 @@ pub fn vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::Ipv4Net>, D::E
         .collect()
 }
 
+/// `prefixes` (`[[anycast]]`): IPv4 prefixes, named in the error when one is not.
+pub fn prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::Ipv4Net>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse::<ipnet::Ipv4Net>()
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "prefixes: {s:?} is not an IPv4 prefix, e.g. \"198.18.10.100/32\""
+                    ))
+                })
+                .and_then(|n| {
+                    if n.addr() == n.network() {
+                        Ok(n)
+                    } else {
+                        Err(serde::de::Error::custom(format!(
+                            "prefixes: {s:?} has host bits set (the prefix is {})",
+                            n.trunc()
+                        )))
+                    }
+                })
+        })
+        .collect()
+}
+
 /// `peers`: IPv4 addresses, named in the error when one is not.
 pub fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::Ipv4Addr>, D::Error> {
     Vec::<String>::deserialize(d)?

@@ -99,6 +99,9 @@ pub struct Offer {
     pub guards: BTreeMap<String, GuardMode>,
     /// The VRRP instances it runs.
     pub instances: Vec<Identity>,
+    /// The `[[anycast]]` groups it drives (see [`anycast_groups`]).
+    #[serde(default)]
+    pub anycast: Vec<String>,
 }
 
 /// One listening socket handed over.
@@ -142,11 +145,34 @@ pub fn identities(cfg: &Config) -> Vec<Identity> {
         .collect()
 }
 
+/// The `[[anycast]]` groups of `cfg` as an upgrade must find them unchanged: the successor
+/// takes over their BIRD protocols, and one it would not drive would stay announced.
+pub fn anycast_groups(cfg: &Config) -> Vec<String> {
+    cfg.anycast
+        .iter()
+        .map(|g| {
+            let g = g.get_ref();
+            format!(
+                "{} ({} via protocol {} at {})",
+                g.name,
+                g.prefixes
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                g.bird_protocol,
+                g.bird_socket.display()
+            )
+        })
+        .collect()
+}
+
 /// The running process's side: what it hands over and whom it tells.
 pub struct Host {
     /// The config file it runs (the successor's unless the request names another).
     pub config_path: PathBuf,
     pub instances: Vec<Identity>,
+    pub anycast: Vec<String>,
     /// The listening sockets (duplicates).
     pub sockets: Vec<(Offered, OwnedFd)>,
     /// The VRRP loop, if the node runs VRRP.
@@ -261,6 +287,7 @@ impl Host {
             sockets: self.sockets.iter().map(|(o, _)| *o).collect(),
             guards,
             instances: self.instances.clone(),
+            anycast: self.anycast.clone(),
         };
         let fds: Vec<_> = self.sockets.iter().map(|(_, fd)| fd.as_fd()).collect();
         let sent = async {
@@ -445,8 +472,17 @@ impl Successor {
         })
     }
 
-    /// Checks that `cfg` runs the same VRRP instances as the predecessor.
+    /// Checks that `cfg` runs the same VRRP instances and anycast groups as the predecessor.
     pub fn check(&self, cfg: &Config) -> anyhow::Result<()> {
+        let groups = anycast_groups(cfg);
+        if groups != self.offer.anycast {
+            bail!(
+                "the [[anycast]] groups differ from the running hapd's (it drives [{}], the \
+                 config has [{}]): restart instead",
+                self.offer.anycast.join("; "),
+                groups.join("; ")
+            );
+        }
         let ours = identities(cfg);
         if ours != self.offer.instances {
             let show = |v: &[Identity]| {
