@@ -82,6 +82,17 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Take this node out of an [[anycast]] group for maintenance and put it back: `drain`
+    /// withdraws the group's prefixes through BIRD, then ends the connections to them at
+    /// request boundaries; `undrain` announces them again once the proxy is healthy.
+    ///
+    /// Example: hapd anycast drain web;  hapd anycast undrain web
+    Anycast {
+        #[command(flatten)]
+        target: Target,
+        #[command(subcommand)]
+        action: AnycastAction,
+    },
     /// Failover drill, run on the master: step down, watch the VIP move with a client probe,
     /// report the outage, then hand back (the master takes over again if preempt is on).
     ///
@@ -141,6 +152,14 @@ enum Command {
 }
 
 const DEFAULT_CONFIG: &str = "/etc/hapd/hapd.toml";
+
+#[derive(Subcommand)]
+enum AnycastAction {
+    /// Withdraw group NAME and end its connections at request boundaries.
+    Drain { group: String },
+    /// Announce group NAME again (after its rise and hold_down).
+    Undrain { group: String },
+}
 
 /// Which daemon a client command talks to.
 #[derive(clap::Args)]
@@ -204,6 +223,28 @@ fn main() -> ExitCode {
         Command::Reload { target } => client(async move {
             let addr = target.addr()?;
             let (code, body) = admin::client::request(addr, Method::POST, "/reload").await?;
+            if code == 200 {
+                print!("{body}");
+            } else {
+                eprint!("error: {body}");
+            }
+            Ok(code == 200)
+        }),
+        Command::Anycast { target, action } => client(async move {
+            let addr = target.addr()?;
+            let (path, group) = match &action {
+                AnycastAction::Drain { group } => ("/anycast/drain", group),
+                AnycastAction::Undrain { group } => ("/anycast/undrain", group),
+            };
+            let (code, body) = admin::client::request(
+                addr,
+                Method::POST,
+                &format!(
+                    "{path}?group={}",
+                    url::form_urlencoded::byte_serialize(group.as_bytes()).collect::<String>()
+                ),
+            )
+            .await?;
             if code == 200 {
                 print!("{body}");
             } else {

@@ -269,6 +269,44 @@ fn the_prefix_is_announced_while_the_proxy_is_healthy_and_withdrawn_first_on_sto
         back.elapsed()
     );
 
+    // An operator drains node 1: withdrawn at once, its kept-alive connections told to close
+    // at their next response; undrained, it comes back.
+    let cfg1 = lab.dir().join("h1.toml");
+    let drain = |verb: &str| {
+        let o = lab
+            .command(
+                1,
+                &[
+                    HAPD,
+                    "anycast",
+                    "--config",
+                    cfg1.to_str().unwrap(),
+                    verb,
+                    "web",
+                ],
+            )
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(o.status.success(), "{verb}: {said}");
+        said
+    };
+    let said = drain("drain");
+    assert!(said.contains("withdrawn (drained)"), "{said}");
+    assert_eq!(nexthops(&lab), ["198.18.0.3"], "{said}");
+    let st = anycast_status(&lab, 1);
+    assert!(st["state"].as_str().unwrap().contains("drained"), "{st}");
+    drain("undrain");
+    wait(
+        "node 1 back after the drain",
+        Duration::from_secs(5),
+        || nexthops(&lab) == ["198.18.0.2", "198.18.0.3"],
+    );
+
     // A graceful stop withdraws first: the route goes while hapd still runs.
     nodes[1].signal(Signal::SIGTERM).unwrap();
     let took = wait("node 2 withdrawn on stop", Duration::from_secs(2), || {

@@ -6,6 +6,8 @@
 //! - `GET /metrics`: Prometheus text format ([`prom`]).
 //! - `POST /reload`: re-read the config file and apply it (see [`Admin::reload`]); also SIGHUP.
 //! - `POST /step-down?instance=NAME`, `POST /hand-back?instance=NAME`: the drill's two steps.
+//! - `POST /anycast/drain?group=NAME`, `POST /anycast/undrain?group=NAME`: withdraw an
+//!   `[[anycast]]` group and end its connections at request boundaries, or announce it again.
 //!
 //! The POST endpoints answer only clients on this host (loopback, or the admin address talking
 //! to itself): an admin address opened to the network for monitoring and for the peer's drill
@@ -246,10 +248,32 @@ async fn handle(admin: &Arc<Admin>, local: bool, req: Request<Incoming>) -> Resp
             );
             r
         }
-        (Method::POST, "/reload" | "/step-down" | "/hand-back") if !local => text(
+        (
+            Method::POST,
+            "/reload" | "/step-down" | "/hand-back" | "/anycast/drain" | "/anycast/undrain",
+        ) if !local => text(
             StatusCode::FORBIDDEN,
             "control requests are accepted from this host only\n",
         ),
+        (Method::POST, "/anycast/drain" | "/anycast/undrain") => {
+            let Some(group) = query_param(&req, "group") else {
+                return text(StatusCode::BAD_REQUEST, "missing ?group=NAME\n");
+            };
+            let Some(groups) = &admin.anycast else {
+                return text(
+                    StatusCode::CONFLICT,
+                    "this node runs no [[anycast]] group\n",
+                );
+            };
+            let on = path == "/anycast/drain";
+            match drain(groups, admin.proxy.as_deref(), &group, on).await {
+                Ok(msg) => {
+                    info!("{msg}");
+                    text(StatusCode::OK, format!("{msg}\n"))
+                }
+                Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
+            }
+        }
         (Method::POST, "/reload") => {
             let a = admin.clone();
             match tokio::task::spawn_blocking(move || a.reload("hapd reload")).await {
@@ -299,14 +323,61 @@ async fn handle(admin: &Arc<Admin>, local: bool, req: Request<Incoming>) -> Resp
                 ),
             }
         }
-        (_, "/healthz" | "/status" | "/metrics" | "/reload" | "/step-down" | "/hand-back") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/status" | "/metrics" | "/reload" | "/step-down" | "/hand-back"
+            | "/anycast/drain" | "/anycast/undrain",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /status, /metrics or /healthz\n",
         ),
     }
+}
+
+/// Drains an `[[anycast]]` group (`on`): BIRD withdraws it first, then the proxy's connections
+/// to its prefixes end at request boundaries (as in a planned move: `Connection: close` on
+/// the next response, HTTP/2 GOAWAY); or undrains it (announced again after `rise` and
+/// `hold_down`, its connections no longer told to close).
+async fn drain(
+    groups: &crate::anycast::GroupsView,
+    proxy: Option<&ProxyView>,
+    group: &str,
+    on: bool,
+) -> Result<String, String> {
+    let prefixes = groups.set_drained(group, on)?;
+    let ours = |a: &std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v4) => prefixes.iter().any(|p| p.contains(v4)),
+        std::net::IpAddr::V6(_) => false,
+    };
+    if !on {
+        if let Some(p) = proxy {
+            let addrs: Vec<_> = p.handed_over_addrs().into_iter().filter(ours).collect();
+            p.hand_over(&addrs, false);
+        }
+        return Ok(format!(
+            "anycast {group}: undrained; announced again once the proxy is healthy (after rise and hold_down)"
+        ));
+    }
+    if !groups
+        .withdrawn(group, crate::anycast::bird::ANSWER_TIMEOUT)
+        .await
+    {
+        return Err(format!(
+            "anycast {group}: drained, but BIRD has not confirmed the withdrawal yet (see hapd status)"
+        ));
+    }
+    let Some(p) = proxy else {
+        return Ok(format!("anycast {group}: withdrawn (drained)"));
+    };
+    // The router still sends here until BGP has told it.
+    tokio::time::sleep(crate::anycast::SETTLE).await;
+    let addrs: Vec<_> = p.connected_addrs().into_iter().filter(ours).collect();
+    p.hand_over(&addrs, true);
+    Ok(format!(
+        "anycast {group}: withdrawn (drained); {} connection(s) on its prefixes end at their next response",
+        p.connections_on(&addrs)
+    ))
 }
 
 /// Asks the VRRP loop to run `auth` (blocking: a reload runs off the admin runtime).

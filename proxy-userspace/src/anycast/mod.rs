@@ -44,6 +44,8 @@ pub struct Decision {
 pub struct Inputs {
     pub now: Instant,
     pub stopping: bool,
+    /// An operator drained the group (`hapd anycast drain`).
+    pub drained: bool,
     /// Whether the proxy's health counts, and since when it has been healthy (None: it is not).
     pub track_proxy: bool,
     pub healthy_since: Option<Instant>,
@@ -66,6 +68,9 @@ pub fn decide(i: Inputs) -> Decision {
     };
     if i.stopping {
         return no("withdrawn: hapd is stopping", None);
+    }
+    if i.drained {
+        return no("withdrawn: drained by an operator", None);
     }
     let healthy_since = match (i.track_proxy, i.healthy_since) {
         (true, None) => return no("withdrawn: the proxy is unhealthy", None),
@@ -94,11 +99,25 @@ pub fn decide(i: Inputs) -> Decision {
     }
 }
 
+/// Per group: its name, its prefixes, and whether an operator drained it.
+type Drains = Arc<Vec<(String, Vec<ipnet::Ipv4Net>, watch::Sender<bool>)>>;
+
+/// What one group's task is started with: its config, its status, where it says it has
+/// withdrawn for the stop, and whether it is drained.
+type GroupTask = (
+    Anycast,
+    Arc<Mutex<AnycastStatus>>,
+    watch::Sender<bool>,
+    watch::Receiver<bool>,
+);
+
 /// The running groups.
 pub struct Groups {
     /// Every group's prefixes, held on `lo` while hapd runs.
     prefixes: Vec<ipnet::Ipv4Net>,
     status: Vec<Arc<Mutex<AnycastStatus>>>,
+    /// Per group: drained by an operator.
+    drains: Drains,
     stop: watch::Sender<bool>,
     /// Each group's task says when it has withdrawn for the stop.
     withdrawn: Vec<watch::Receiver<bool>>,
@@ -112,7 +131,10 @@ impl Groups {
         let mut status = Vec::new();
         let mut withdrawn = Vec::new();
         let mut tasks = Vec::new();
+        let mut drains = Vec::new();
         for g in groups {
+            let (drain_tx, drain_rx) = watch::channel(false);
+            drains.push((g.name.clone(), g.prefixes.clone(), drain_tx));
             let st = Arc::new(Mutex::new(AnycastStatus {
                 name: g.name.clone(),
                 prefixes: g.prefixes.iter().map(|p| p.to_string()).collect(),
@@ -122,7 +144,7 @@ impl Groups {
                 ..AnycastStatus::default()
             }));
             let (done_tx, done_rx) = watch::channel(false);
-            tasks.push((g.clone(), st.clone(), done_tx));
+            tasks.push((g.clone(), st.clone(), done_tx, drain_rx));
             status.push(st);
             withdrawn.push(done_rx);
         }
@@ -138,6 +160,7 @@ impl Groups {
             Groups {
                 prefixes,
                 status,
+                drains: Arc::new(drains),
                 stop,
                 withdrawn,
             },
@@ -155,7 +178,7 @@ impl Groups {
 
     /// A handle for status (the admin endpoint).
     pub fn view(&self) -> GroupsView {
-        GroupsView(self.status.clone())
+        GroupsView(self.status.clone(), self.drains.clone())
     }
 
     /// Withdraws every group (hapd is stopping) and waits until BIRD confirmed it, at most
@@ -214,7 +237,7 @@ async fn hold(prefixes: &[ipnet::Ipv4Net], on: bool) -> anyhow::Result<()> {
 
 /// What starts the groups' tasks.
 pub struct Starter {
-    tasks: Vec<(Anycast, Arc<Mutex<AnycastStatus>>, watch::Sender<bool>)>,
+    tasks: Vec<GroupTask>,
     stop: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
     prefixes: Vec<ipnet::Ipv4Net>,
@@ -249,7 +272,7 @@ impl Starter {
                 warn!("anycast: holding the prefixes on lo: {e:#}; packets to them are not accepted here");
             }
         });
-        for (g, st, done) in self.tasks {
+        for (g, st, done, drained) in self.tasks {
             tokio::spawn(run_group(
                 g,
                 health.clone(),
@@ -257,6 +280,7 @@ impl Starter {
                 self.stop_rx.clone(),
                 done,
                 resumed,
+                drained,
             ));
         }
     }
@@ -268,9 +292,39 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// The groups' status, readable from another thread.
 #[derive(Clone)]
-pub struct GroupsView(Vec<Arc<Mutex<AnycastStatus>>>);
+pub struct GroupsView(Vec<Arc<Mutex<AnycastStatus>>>, Drains);
 
 impl GroupsView {
+    /// Drains group `name` (`on`: withdrawn until undrained) or undrains it; its prefixes.
+    pub fn set_drained(&self, name: &str, on: bool) -> Result<Vec<ipnet::Ipv4Net>, String> {
+        let (_, prefixes, tx) = self
+            .1
+            .iter()
+            .find(|(n, ..)| n == name)
+            .ok_or_else(|| format!("no [[anycast]] group named {name:?}"))?;
+        tx.send_replace(on);
+        Ok(prefixes.clone())
+    }
+
+    /// Waits (at most `bound`) until group `name` is withdrawn as BIRD confirmed; whether it
+    /// is.
+    pub async fn withdrawn(&self, name: &str, bound: Duration) -> bool {
+        let end = Instant::now() + bound;
+        loop {
+            let done = self.0.iter().any(|s| {
+                let s = s.lock().unwrap_or_else(|e| e.into_inner());
+                s.name == name && !s.announced && s.error.is_none() && s.state.contains("drained")
+            });
+            if done {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn status(&self) -> Vec<AnycastStatus> {
         self.0
             .iter()
@@ -287,6 +341,7 @@ async fn run_group(
     mut stop: watch::Receiver<bool>,
     done: watch::Sender<bool>,
     resumed: bool,
+    mut drained: watch::Receiver<bool>,
 ) {
     let healthy_now = |h: &Option<watch::Receiver<bool>>| h.as_ref().is_none_or(|h| *h.borrow());
     let start = Instant::now();
@@ -315,6 +370,7 @@ async fn run_group(
         let d = decide(Inputs {
             now,
             stopping: *stop.borrow(),
+            drained: *drained.borrow(),
             track_proxy: g.track_proxy,
             healthy_since,
             announced,
@@ -404,6 +460,7 @@ async fn run_group(
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             _ = stop.changed() => {}
+            _ = drained.changed() => {}
             changed = async {
                 match &mut health {
                     Some(h) => h.changed().await.is_ok(),
@@ -479,6 +536,7 @@ mod tests {
         Inputs {
             now: base,
             stopping: false,
+            drained: false,
             track_proxy: true,
             healthy_since: Some(base),
             announced: false,
@@ -537,6 +595,12 @@ mod tests {
     #[test]
     fn stopping_withdraws_and_track_proxy_off_ignores_health() {
         let t = Instant::now();
+        let d = decide(Inputs {
+            drained: true,
+            announced: true,
+            ..inputs(t)
+        });
+        assert!(!d.announce && d.why.contains("drained"), "{d:?}");
         let d = decide(Inputs {
             stopping: true,
             announced: true,

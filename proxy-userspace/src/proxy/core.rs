@@ -95,6 +95,11 @@ impl Signals {
         }
     }
 
+    /// The addresses handed over now.
+    pub fn moving_addrs(&self) -> Vec<IpAddr> {
+        self.moving.borrow().to_vec()
+    }
+
     /// Ends the handover of `addrs`: connections still open to them close now.
     pub fn cut(&self, addrs: &[IpAddr]) {
         self.cut

@@ -181,6 +181,16 @@ impl ProxyView {
         self.core.signals.cut(addrs);
     }
 
+    /// The addresses handed over now (their connections end at request boundaries).
+    pub fn handed_over_addrs(&self) -> Vec<IpAddr> {
+        self.core.signals.moving_addrs()
+    }
+
+    /// The local addresses that have client connections open now.
+    pub fn connected_addrs(&self) -> Vec<IpAddr> {
+        self.core.conns.addrs()
+    }
+
     /// Client connections open now to any of `addrs`.
     pub fn connections_on(&self, addrs: &[IpAddr]) -> usize {
         self.core.conns.open_on(addrs)
