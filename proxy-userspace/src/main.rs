@@ -13,7 +13,7 @@ use proxy_userspace::{
 
 /// hapd: highly available proxy daemon (VRRP failover with an XDP guard, and a TLS proxy).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "hapd", version = build_info::LONG, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

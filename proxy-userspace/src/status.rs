@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     pub node: String,
     pub version: String,
+    /// The commit hapd was built from (`unknown` outside a git checkout).
+    #[serde(default)]
+    pub commit: String,
     pub pid: u32,
     pub uptime_secs: u64,
     /// Empty on a proxy-only node.

@@ -97,3 +97,23 @@ fn run_stops_at_once_when_the_admin_address_is_taken() {
         stderr(&o)
     );
 }
+
+#[test]
+fn version_names_hapd_and_its_commit() {
+    let o = hapd(&["--version"]);
+    assert!(o.status.success());
+    let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    // hapd 0.1.0 (0123456789ab) or (0123456789ab-dirty), or (unknown) outside git.
+    let (name_ver, commit) = v.split_once(" (").unwrap_or_else(|| panic!("{v:?}"));
+    assert_eq!(
+        name_ver,
+        format!("hapd {}", env!("CARGO_PKG_VERSION")),
+        "{v:?}"
+    );
+    let commit = commit.strip_suffix(')').unwrap_or_else(|| panic!("{v:?}"));
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        hash == "unknown" || (hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{v:?}"
+    );
+}

@@ -402,7 +402,8 @@ impl Admin {
             .unwrap_or_default();
         let mut st = Status {
             node,
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: build_info::VERSION.to_string(),
+            commit: build_info::COMMIT.to_string(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             ..Status::default()

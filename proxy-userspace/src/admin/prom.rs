@@ -43,7 +43,11 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
     o.family("hapd_build_info", "gauge", "Version of the running hapd.");
     o.sample(
         "hapd_build_info",
-        &[("version", &st.version), ("node", &st.node)],
+        &[
+            ("version", &st.version),
+            ("commit", &st.commit),
+            ("node", &st.node),
+        ],
         1,
     );
     o.family(

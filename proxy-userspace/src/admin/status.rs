@@ -150,8 +150,8 @@ impl Status {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "node {} (hapd {}, pid {}, up {} s)",
-            self.node, self.version, self.pid, self.uptime_secs
+            "node {} (hapd {} ({}), pid {}, up {} s)",
+            self.node, self.version, self.commit, self.pid, self.uptime_secs
         );
         for i in &self.instances {
             let _ = writeln!(
