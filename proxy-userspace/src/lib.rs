@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod health;
 pub mod import;
 pub mod link;
+pub mod notify;
 pub mod proxy;
 pub mod status;
 pub mod timerfd;

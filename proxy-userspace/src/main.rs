@@ -616,11 +616,15 @@ fn run(config: PathBuf) -> ExitCode {
         .server
         .as_ref()
         .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
+    let watchdog =
+        proxy_userspace::notify::watchdog_period(successor.as_ref().map(|s| s.offer.pid));
     let result = if cfg.vrrp.is_empty() {
         rt.block_on(proxy_only(
             &cfg.node.name,
             successor.as_deref(),
             committed_rx,
+            proxy.as_ref().map(|p| p.view.clone()),
+            watchdog,
         ))
     } else {
         let opts = daemon::Options {
@@ -629,6 +633,7 @@ fn run(config: PathBuf) -> ExitCode {
             control: Some(control_rx),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
             successor: successor.clone(),
+            watchdog,
         };
         rt.block_on(daemon::run_with(cfg, opts))
     };
@@ -745,6 +750,8 @@ async fn proxy_only(
     node: &str,
     successor: Option<&Successor>,
     mut handed_over: tokio::sync::watch::Receiver<bool>,
+    proxy: Option<std::sync::Arc<proxy::ProxyView>>,
+    watchdog: Option<Duration>,
 ) -> anyhow::Result<Ended> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -754,12 +761,39 @@ async fn proxy_only(
         s.committed().await?;
     }
     tracing::info!(node, instances = 0, "hapd ready");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        // Only a commit ends it (without a control socket the sender is gone: never).
-        Ok(_) = handed_over.wait_for(|h| *h) => return Ok(Ended::HandedOver),
+    proxy_userspace::notify::ready();
+    let mut tick = watchdog.map(tokio::time::interval);
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
+            // Only a commit ends it (without a control socket the sender is gone: never).
+            Ok(_) = handed_over.wait_for(|h| *h) => return Ok(Ended::HandedOver),
+            _ = async {
+                match &mut tick {
+                    Some(t) => t.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let alive = match &proxy {
+                    Some(p) => p.threads_answer(Duration::from_secs(1)).await,
+                    None => true,
+                };
+                if alive {
+                    proxy_userspace::notify::watchdog();
+                } else {
+                    tracing::warn!("a proxy thread did not answer within 1 s: no watchdog ping");
+                }
+            }
+        }
     }
+    proxy_userspace::notify::stopping();
     Ok(Ended::Stopped)
 }
 

@@ -535,6 +535,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                         control: None,
                         proxy: None,
                         successor: None,
+                        watchdog: None,
                     },
                 ))
             })

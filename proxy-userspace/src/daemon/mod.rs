@@ -53,6 +53,9 @@ pub struct Options {
     /// This process succeeds a running hapd (`hapd upgrade`): its engines are resumed, not
     /// started.
     pub successor: Option<std::sync::Arc<crate::upgrade::Successor>>,
+    /// How often to tell the service manager's watchdog that the loop runs (see
+    /// [`crate::notify`]).
+    pub watchdog: Option<Duration>,
 }
 
 /// How the loop ended.
@@ -198,7 +201,14 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
             );
         }
     }
+    crate::notify::ready();
     let mut ended = Ended::Stopped;
+    // An interval only when the service manager has a watchdog (nothing wakes the loop else).
+    let mut watchdog = opts.watchdog.map(|p| {
+        let mut i = tokio::time::interval(p);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    });
     let mut handled: Option<Duration> = None;
     loop {
         if matches!(phase, Phase::Stopping) && routers.iter().all(|r| r.moving.is_none()) {
@@ -344,8 +354,30 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                     let _ = reply.send(());
                 }
             },
+            _ = async {
+                match &mut watchdog {
+                    Some(w) => w.tick().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // This loop runs; the proxy's threads are checked too, off the loop (a wedged
+                // worker must not delay an advert).
+                match ctx.proxy.clone() {
+                    Some(p) => {
+                        tokio::spawn(async move {
+                            if p.threads_answer(Duration::from_secs(1)).await {
+                                crate::notify::watchdog();
+                            } else {
+                                warn!("a proxy thread did not answer within 1 s: no watchdog ping");
+                            }
+                        });
+                    }
+                    None => crate::notify::watchdog(),
+                }
+            }
             why = stop_requested => {
                 info!("{why}");
+                crate::notify::stopping();
                 phase = match phase {
                     Phase::Running => resign(&mut routers, &ctx, &mut dp).await,
                     // A second request while the addresses move stops at once.

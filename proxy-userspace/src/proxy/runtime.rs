@@ -262,12 +262,14 @@ pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
         info!(?cpus, workers, "pinning each proxy worker to one CPU");
     }
     let mut handles = Vec::new();
+    let mut worker_rts = Vec::new();
     for (w, listeners) in per_worker.into_iter().enumerate() {
         let cpu = worker_cpus.get(w).copied();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting a proxy runtime")?;
+        worker_rts.push(rt.handle().clone());
         let (core, stop_rx, accepting) = (core.clone(), stop_rx.clone(), accepting_rx.clone());
         let inbox = inboxes.remove(0);
         handles.push(
@@ -313,6 +315,7 @@ pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
         control_worker: control,
         threads,
         health: health_rx.clone(),
+        workers: worker_rts,
     });
     let tls = core.serve.tls.clone();
     let mut stop_ctl = stop_rx;

@@ -39,9 +39,25 @@ pub struct ProxyView {
     /// Threads that keep per-thread state (the workers and the control thread).
     pub(super) threads: usize,
     pub(super) health: watch::Receiver<bool>,
+    /// Each worker thread's runtime (for the watchdog's liveness check).
+    pub(super) workers: Vec<tokio::runtime::Handle>,
 }
 
 impl ProxyView {
+    /// Whether every worker thread and the control thread run a task within `bound` (a
+    /// wedged thread does not: the service manager's watchdog then restarts hapd).
+    pub async fn threads_answer(&self, bound: std::time::Duration) -> bool {
+        let tasks: Vec<_> = self
+            .workers
+            .iter()
+            .chain(std::iter::once(&self.control))
+            .map(|h| h.spawn(async {}))
+            .collect();
+        tokio::time::timeout(bound, futures::future::join_all(tasks))
+            .await
+            .is_ok_and(|r| r.iter().all(Result::is_ok))
+    }
+
     /// Request counters and latency histograms.
     pub fn metrics(&self) -> metrics::Snapshot {
         self.core.serve.metrics.snapshot()
