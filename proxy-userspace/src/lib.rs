@@ -12,6 +12,7 @@ pub mod fuzz;
 pub mod health;
 pub mod import;
 pub mod link;
+pub mod logs;
 pub mod notify;
 pub mod proxy;
 pub mod status;

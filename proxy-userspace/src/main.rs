@@ -454,7 +454,10 @@ fn check(config: &std::path::Path) -> ExitCode {
 }
 
 fn run(config: PathBuf) -> ExitCode {
-    init_logging();
+    // The log format is in the config; a config that does not load is reported (below) in the
+    // default one.
+    let format = Config::load(&config).map_or(Default::default(), |(c, _)| c.node.log_format);
+    init_logging(format);
     let started = std::time::Instant::now();
     let successor_fd = match Successor::fd_from_env() {
         Ok(f) => f,
@@ -797,12 +800,19 @@ async fn proxy_only(
     Ok(Ended::Stopped)
 }
 
-fn init_logging() {
+fn init_logging(format: proxy_userspace::config::LogFormat) {
+    use proxy_userspace::{config::LogFormat, logs};
     let filter = tracing_subscriber::EnvFilter::try_from_env("HAPD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        // journald stamps each line itself and reads `<N>` as its priority.
+        LogFormat::Text if logs::stderr_is_journal() => fmt.event_format(logs::Journald).init(),
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

@@ -100,6 +100,18 @@ pub struct Node {
     /// Unix socket for `hapd upgrade` (root or the daemon's user only).
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// How the daemon's log lines look: `"text"` (under journald: a syslog priority and no
+    /// timestamp) or `"json"` (one object per line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 fn default_control_socket() -> PathBuf {
