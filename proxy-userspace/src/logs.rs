@@ -19,8 +19,7 @@ pub fn stderr_is_journal() -> bool {
     }) else {
         return false;
     };
-    nix::sys::stat::fstat(std::io::stderr())
-        .is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
+    nix::sys::stat::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev == dev && st.st_ino == ino)
 }
 
 /// The syslog priority of a level.

@@ -140,3 +140,29 @@ fn the_example_notify_script_takes_hapds_arguments() {
     let o = Command::new(dist("notify-example.sh")).output().unwrap();
     assert!(!o.status.success(), "no state: an error");
 }
+
+/// logrotate reads the shipped file (debug mode: nothing is rotated) and its postrotate
+/// signals hapd only, not the scripts it runs.
+#[test]
+fn the_logrotate_file_parses_and_signals_only_hapd() {
+    let dir = proxy_kit::Scratch::new("logrotate");
+    let o = Command::new("logrotate")
+        .args(["-d", "--state"])
+        .arg(dir.path("state"))
+        .arg(dist("hapd.logrotate"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("/var/log/hapd/*.log"), "{said}");
+    assert!(!said.to_lowercase().contains("error"), "{said}");
+    let text = std::fs::read_to_string(dist("hapd.logrotate")).unwrap();
+    assert!(
+        text.contains("systemctl kill --kill-whom=main --signal=USR1 hapd.service"),
+        "{text}"
+    );
+}

@@ -24,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "testssl.sh",     // the TLS scan (command `testssl`)
     "systemd",        // systemd-analyze: the unit's test
     "bird2",          // the routing daemon anycast groups drive (the lab's router and nodes)
+    "logrotate",      // checks dist/hapd.logrotate
 ];
 
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.
