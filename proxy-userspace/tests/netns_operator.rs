@@ -193,6 +193,26 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         110.0
     );
     assert!(sample(&m, "hapd_vrrp_adverts_sent_total", &[("instance", "VI_1")]) > 0.0);
+    // The process: resident memory, CPU, descriptors, start time (seconds since the epoch,
+    // within the last minute), and the build's commit.
+    assert!(sample(&m, "process_resident_memory_bytes", &[]) > 1e6);
+    assert!(sample(&m, "process_cpu_seconds_total", &[]) > 0.0);
+    let fds = sample(&m, "process_open_fds", &[]);
+    assert!(fds > 3.0 && fds < sample(&m, "process_max_fds", &[]));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&m, "process_start_time_seconds", &[]);
+    assert!(
+        started <= now + 1.0 && started > now - 60.0,
+        "{started} vs {now}"
+    );
+    assert!(m
+        .samples
+        .iter()
+        .any(|s| s.metric == "hapd_build_info"
+            && s.labels.get("commit").is_some_and(|c| !c.is_empty())));
     let reqs = sample(
         &m,
         "hapd_http_requests_total",

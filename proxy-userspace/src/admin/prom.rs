@@ -56,6 +56,7 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
         "Seconds since hapd started.",
     );
     o.sample("hapd_uptime_seconds", &[], st.uptime_secs);
+    process(&mut o);
 
     if !st.instances.is_empty() {
         o.family(
@@ -436,4 +437,87 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
         }
     }
     o.0
+}
+
+/// The usual `process_*` metrics of Prometheus clients, read from /proc/self: resident
+/// memory, CPU time, descriptors open and allowed, start time. A value that cannot be read is
+/// left out.
+fn process(o: &mut Out) {
+    // SAFETY: sysconf has no memory effects.
+    let (page, tick) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PAGESIZE),
+            libc::sysconf(libc::_SC_CLK_TCK),
+        )
+    };
+    if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+    {
+        o.family(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        o.sample(
+            "process_resident_memory_bytes",
+            &[],
+            pages * page.max(1) as u64,
+        );
+    }
+    // /proc/self/stat: fields after the command's closing parenthesis; utime and stime are
+    // the 12th and 13th of them, starttime the 20th (in clock ticks since boot).
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    let fields: Vec<u64> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tick = tick.max(1) as f64;
+    if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+        o.family(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time spent in seconds.",
+        );
+        o.sample("process_cpu_seconds_total", &[], (u + s) as f64 / tick);
+    }
+    let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+    });
+    if let (Some(start), Some(btime)) = (fields.get(19), btime) {
+        o.family(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+        );
+        o.sample(
+            "process_start_time_seconds",
+            &[],
+            btime as f64 + *start as f64 / tick,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        o.family(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        o.sample("process_open_fds", &[], fds.count());
+    }
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        o.family(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+        );
+        o.sample("process_max_fds", &[], soft);
+    }
 }
