@@ -41,7 +41,7 @@ enum Command {
     ///
     /// It asks the admin endpoint named in the config (node.admin) or given with --admin.
     ///
-    /// Examples: hapd status;  hapd status --json;  hapd status --admin 127.0.0.1:9100
+    /// Examples: hapd status;  hapd status --json;  hapd status --admin 127.0.0.1:8410
     Status {
         #[command(flatten)]
         target: Target,
@@ -99,7 +99,7 @@ enum Command {
     /// It refuses to start unless this node is master, the probe answers, and the peer (asked
     /// at --peer-admin) is a healthy backup that hears this node.
     ///
-    /// Example: hapd drill --probe http://10.0.1.100/ --peer-admin 10.0.1.11:9100
+    /// Example: hapd drill --probe http://10.0.1.100/ --peer-admin 10.0.1.11:8410
     Drill {
         #[command(flatten)]
         target: Target,

@@ -31,7 +31,7 @@ pub fn run() -> anyhow::Result<()> {
     let backend_addr = lab.host(4).addr;
     let config = |i: usize, priority: u8| {
         format!(
-            "[node]\nname = \"{}\"\npin_dir = \"{}\"\nadmin = \"{}:9100\"   # status, /metrics, /healthz\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
+            "[node]\nname = \"{}\"\npin_dir = \"{}\"\nadmin = \"{}:8410\"   # status, /metrics, /healthz\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
              vrid = 51\npriority = {priority}\nadvert_interval = \"100ms\"\nvirtual_ips = [\"{VIP}/24\"]\n\
              peers = [\"{}\"]\ntrack_proxy = {{ weight = -50 }}\n\n\
              [[listener]]\nname = \"http\"\nbind = [\"{VIP}:80\"]   # the VIP: works on the backup too\n\n\
@@ -106,14 +106,14 @@ pub fn run() -> anyhow::Result<()> {
         &lab,
         1,
         "hapd status   (on proxy02)",
-        &[hapd_s, "status", "--admin", "198.18.0.2:9100"],
+        &[hapd_s, "status", "--admin", "198.18.0.2:8410"],
         |_| true,
     )?;
     shell(
         &lab,
         2,
-        "curl http://198.18.0.1:9100/metrics | grep -E 'vrrp_state|requests_total|drop_ttl'",
-        &["curl", "-s", "http://198.18.0.1:9100/metrics"],
+        "curl http://198.18.0.1:8410/metrics | grep -E 'vrrp_state|requests_total|drop_ttl'",
+        &["curl", "-s", "http://198.18.0.1:8410/metrics"],
         |l| {
             !l.starts_with('#')
                 && (l.contains("state=\"MASTER\"")
@@ -127,14 +127,14 @@ pub fn run() -> anyhow::Result<()> {
     let ok = shell(
         &lab,
         0,
-        &format!("hapd drill --peer-admin 198.18.0.2:9100 --probe {probe}"),
+        &format!("hapd drill --peer-admin 198.18.0.2:8410 --probe {probe}"),
         &[
             hapd_s,
             "drill",
             "--admin",
-            "198.18.0.1:9100",
+            "198.18.0.1:8410",
             "--peer-admin",
-            "198.18.0.2:9100",
+            "198.18.0.2:8410",
             "--probe",
             &probe,
         ],

@@ -123,7 +123,7 @@ fn default_pin_dir() -> PathBuf {
 }
 
 fn default_admin() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9100))
+    SocketAddr::from(([127, 0, 0, 1], 8410))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -108,7 +108,7 @@ fn defaults() {
     assert!(v.preempt);
     assert_eq!(v.v3_checksum, V3Checksum::PseudoHeader);
     assert_eq!(v.xdp, XdpMode::Auto);
-    assert_eq!(c.node.admin.to_string(), "127.0.0.1:9100");
+    assert_eq!(c.node.admin.to_string(), "127.0.0.1:8410");
 }
 
 #[test]

@@ -193,7 +193,7 @@ fn keepalived(
     }
     node.key("name", q(name.as_deref().unwrap_or("hapd")));
     node.key("pin_dir", q("/sys/fs/bpf/hapd"));
-    node.key("admin", q("127.0.0.1:9100"));
+    node.key("admin", q("127.0.0.1:8410"));
 
     // Scripts first: instances refer to them.
     let mut scripts = Vec::new();
