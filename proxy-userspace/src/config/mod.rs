@@ -6,6 +6,7 @@
 pub mod anycast;
 pub mod auth;
 pub mod proxy;
+mod scripts;
 mod types;
 
 use std::{
@@ -585,6 +586,27 @@ impl Config {
             .filter_map(|u| u.get_ref().health_check.as_ref())
             .map(|h| h.interval.0 * h.fall)
             .max();
+        // Script security: what hapd runs as root, nobody else may change.
+        for (i, s) in self.track_script.iter().enumerate() {
+            if let Some(why) = s
+                .get_ref()
+                .command
+                .first()
+                .and_then(|c| scripts::insecure(c))
+            {
+                return Err((Some(s.span()), format!("track_script[{i}].command"), why));
+            }
+        }
+        for (i, v) in self.vrrp.iter().enumerate() {
+            for (key, argv) in [
+                ("notify", &v.get_ref().notify),
+                ("fence", &v.get_ref().fence),
+            ] {
+                if let Some(why) = argv.first().and_then(|c| scripts::insecure(c)) {
+                    return Err((Some(v.span()), format!("vrrp[{i}].{key}"), why));
+                }
+            }
+        }
         anycast::validate(
             &self.anycast,
             !self.listener.is_empty(),
