@@ -1,5 +1,5 @@
 //! Making sure the pin directory is on a BPF filesystem.
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use tracing::info;
@@ -9,14 +9,7 @@ const STANDARD: &str = "/sys/fs/bpf";
 
 /// Whether `path` lies on a bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into the zeroed struct we own; c is a valid C string.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
+    nix::sys::statfs::statfs(path).is_ok_and(|st| st.filesystem_type().0 == BPF_FS_MAGIC)
 }
 
 /// Creates `dir` on a bpffs, mounting one if needed: at /sys/fs/bpf when `dir` is below it
@@ -50,20 +43,12 @@ pub fn ensure(dir: &Path) -> anyhow::Result<()> {
 
 /// Mounts a fresh bpffs at `target`.
 pub fn mount_bpffs(target: &Path) -> anyhow::Result<()> {
-    let t = CString::new(target.as_os_str().as_bytes()).context("mount point path")?;
-    // SAFETY: all pointers are valid C strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            t.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            c"mode=0700".as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting a bpffs at {}", target.display()));
-    }
-    Ok(())
+    nix::mount::mount(
+        Some("bpf"),
+        target,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting a bpffs at {}", target.display()))
 }

@@ -418,24 +418,10 @@ pub fn with_date<R>(f: impl FnOnce(&[u8]) -> R) -> R {
 }
 
 fn imf_fixdate(secs: u64) -> [u8; 29] {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let (y, m, d) = super::log::civil_from_days(days as i64);
-    let rem = secs % 86_400;
+    let text = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(secs));
     let mut out = [0u8; 29];
-    let s = format!(
-        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-    let n = s.len().min(29);
-    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    let n = text.len().min(29);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
     out
 }
 

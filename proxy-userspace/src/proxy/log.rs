@@ -13,7 +13,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc, Arc,
     },
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use tracing::warn;
@@ -171,34 +171,12 @@ pub fn escape(s: &str) -> String {
 
 /// `10/Oct/2000:13:55:36 +0000` (UTC).
 pub fn clf_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    const CLF: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+    );
+    time::OffsetDateTime::from(t)
+        .format(CLF)
+        .unwrap_or_else(|_| "01/Jan/1970:00:00:00 +0000".into())
 }
 
 /// An error-log line in Apache's shape: `[time] [proxy:error] [client ip] message`.
@@ -213,7 +191,7 @@ pub fn error_line(client: Option<IpAddr>, message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 
@@ -275,9 +253,12 @@ mod tests {
     }
 
     #[test]
-    fn calendar_handles_leap_days_and_epoch() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_517), (2026, 3, 5));
+    fn log_times_handle_the_epoch_and_leap_days() {
+        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        // 2000-02-29T23:59:59Z
+        assert_eq!(
+            clf_time(UNIX_EPOCH + Duration::from_secs(951_868_799)),
+            "29/Feb/2000:23:59:59 +0000"
+        );
     }
 }

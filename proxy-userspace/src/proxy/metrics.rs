@@ -56,8 +56,8 @@ struct Requests {
 
 #[derive(Default)]
 struct Shard {
-    requests: HashMap<(usize, u16, usize), Requests, super::fasthash::Fast>,
-    latency: HashMap<usize, (Arc<str>, Histogram), super::fasthash::Fast>,
+    requests: HashMap<(usize, u16, usize), Requests, rustc_hash::FxBuildHasher>,
+    latency: HashMap<usize, (Arc<str>, Histogram), rustc_hash::FxBuildHasher>,
 }
 
 fn addr(s: &Arc<str>) -> usize {

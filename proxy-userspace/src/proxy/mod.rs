@@ -24,7 +24,6 @@ mod buf;
 pub(crate) mod codec;
 mod conn;
 mod core;
-mod fasthash;
 mod forward;
 mod h2;
 mod headers;

@@ -42,7 +42,10 @@ pub struct Route {
 
 /// The vhosts one listener serves, by name.
 pub struct Sites {
-    pub exact: HashMap<String, Arc<Site>, super::fasthash::Fast>,
+    /// FxHash (rustc-hash), not SipHash: the table holds configured names only and a request
+    /// never adds to it, so a crafted host name has no collisions to exploit; it is on every
+    /// request's path.
+    pub exact: HashMap<String, Arc<Site>, rustc_hash::FxBuildHasher>,
     /// `*.example.com` as `.example.com`.
     pub wildcard: Vec<(String, Arc<Site>)>,
     /// The first vhost of the listener (Apache's rule).
