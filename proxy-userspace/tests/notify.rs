@@ -44,25 +44,7 @@ fn ready_watchdog_and_stopping_reach_the_service_manager() {
     cmd.env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "200000");
     let mut p = run_hapd_by(cmd, &cfg);
-    let t0 = Instant::now();
-    let got = receive(&sock, Duration::from_secs(5), |g| {
-        g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
-    });
-    let took = t0.elapsed();
-    assert_eq!(got.first().map(String::as_str), Some("READY=1"), "{got:?}");
-    assert!(
-        got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3,
-        "{got:?}"
-    );
-    // At half of 200 ms: three pings within about 300 ms of the first.
-    assert!(took < Duration::from_secs(2), "{took:?}: {got:?}");
-    p.signal(Signal::SIGTERM).unwrap();
-    let got = receive(&sock, Duration::from_secs(5), |g| {
-        g.iter().any(|m| m == "STOPPING=1")
-    });
-    assert!(got.iter().any(|m| m == "STOPPING=1"), "{got:?}");
-    let st = p.wait(Duration::from_secs(15)).unwrap();
-    assert!(st.success(), "{}", p.lines().join("\n"));
+    expect_the_protocol(&sock, &mut p);
 }
 
 /// The same from the VRRP loop (a node with a VRRP instance and no proxy).
@@ -98,9 +80,18 @@ fn the_vrrp_loop_sends_ready_watchdog_and_stopping() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut p = hapd_lab::proc::Proc::new("hapd", cmd.spawn().unwrap());
-    let got = receive(&sock, Duration::from_secs(10), |g| {
+    expect_the_protocol(&sock, &mut p);
+}
+
+/// What a service manager must hear from `p` (started with `NOTIFY_SOCKET` = `sock` and
+/// `WATCHDOG_USEC=200000`): READY=1 first, then WATCHDOG=1 at half that period (three within
+/// 2 s), and STOPPING=1 once SIGTERM arrives; then a clean exit.
+fn expect_the_protocol(sock: &UnixDatagram, p: &mut hapd_lab::proc::Proc) {
+    let t0 = Instant::now();
+    let got = receive(sock, Duration::from_secs(10), |g| {
         g.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3
     });
+    let took = t0.elapsed();
     assert_eq!(
         got.first().map(String::as_str),
         Some("READY=1"),
@@ -111,8 +102,9 @@ fn the_vrrp_loop_sends_ready_watchdog_and_stopping() {
         got.iter().filter(|m| *m == "WATCHDOG=1").count() >= 3,
         "{got:?}"
     );
+    assert!(took < Duration::from_secs(5), "{took:?}: {got:?}");
     p.signal(Signal::SIGTERM).unwrap();
-    let got = receive(&sock, Duration::from_secs(5), |g| {
+    let got = receive(sock, Duration::from_secs(5), |g| {
         g.iter().any(|m| m == "STOPPING=1")
     });
     assert!(got.iter().any(|m| m == "STOPPING=1"), "{got:?}");
