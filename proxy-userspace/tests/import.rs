@@ -245,3 +245,29 @@ fn a_keepalived_auth_hmac_block_becomes_hapds() {
     let (ok, check, err) = hapd(&["check", "--config", cfg.to_str().unwrap()]);
     assert!(ok, "{check}{err}");
 }
+
+/// Debian's layout: the TLS vhost inside `<IfModule mod_ssl.c>`, directives in any case.
+#[test]
+fn a_vhost_inside_ifmodule_with_lowercase_directives_is_imported() {
+    let dir = Scratch::new("import-debian");
+    let conf = dir.path("default-ssl.conf");
+    std::fs::write(
+        &conf,
+        "<IfModule mod_ssl.c>\n\
+         \t<virtualhost *:443>\n\
+         \t\tservername app.example\n\
+         \t\tsslengine on\n\
+         \t\tsslcertificatefile /etc/ssl/certs/app.pem\n\
+         \t\tsslcertificatekeyfile /etc/ssl/private/app.key\n\
+         \t\tproxypass / http://127.0.0.1:3001/\n\
+         \t</VirtualHost>\n\
+         </IfModule>\n",
+    )
+    .unwrap();
+    let (ok, out, err) = hapd(&["import", "--apache", conf.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("server_names = [\"app.example\"]"), "{out}");
+    assert!(out.contains("/etc/ssl/certs/app.pem"), "{out}");
+    assert!(out.contains("127.0.0.1:3001"), "{out}");
+    assert!(out.contains("tls = true"), "{out}");
+}

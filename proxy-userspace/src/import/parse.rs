@@ -132,9 +132,75 @@ pub fn keepalived(text: &str) -> anyhow::Result<Vec<Directive>> {
     Ok(stack.pop().map(|d| d.children).unwrap_or_default())
 }
 
+/// The directive names the importer reads, in Apache's spelling. Apache matches names in any
+/// case (`sslengine on` is `SSLEngine on`); the reader gives them this spelling.
+const APACHE_NAMES: &[&str] = &[
+    "BalancerMember",
+    "CustomLog",
+    "ErrorLog",
+    "FileETag",
+    "Header",
+    "KeepAliveTimeout",
+    "LimitRequestFieldSize",
+    "Location",
+    "Proxy",
+    "ProxyPass",
+    "ProxyPassReverse",
+    "ProxyPreserveHost",
+    "ProxyRequests",
+    "ProxySet",
+    "ProxyTimeout",
+    "Redirect",
+    "Require",
+    "RewriteEngine",
+    "RewriteRule",
+    "SSLCertificateChainFile",
+    "SSLCertificateFile",
+    "SSLCertificateKeyFile",
+    "SSLCipherSuite",
+    "SSLEngine",
+    "SSLHonorCipherOrder",
+    "SSLProtocol",
+    "ServerAlias",
+    "ServerName",
+    "ServerSignature",
+    "ServerTokens",
+    "Timeout",
+    "TraceEnable",
+    "VirtualHost",
+];
+
+fn canonical(name: &str) -> String {
+    APACHE_NAMES
+        .iter()
+        .find(|n| n.eq_ignore_ascii_case(name))
+        .map_or_else(|| name.to_owned(), |n| (*n).to_owned())
+}
+
+/// `<IfModule>` and `<IfDefine>` sections give way to what they hold, as if it stood outside
+/// them: the importer cannot know the server's modules and defines, and the usual layouts
+/// (Debian's default-ssl.conf in `<IfModule mod_ssl.c>`) mean them to apply.
+fn unwrap_conditions(tree: Vec<Directive>) -> Vec<Directive> {
+    let mut out = Vec::new();
+    for mut d in tree {
+        d.children = unwrap_conditions(std::mem::take(&mut d.children));
+        if d.name.eq_ignore_ascii_case("IfModule") || d.name.eq_ignore_ascii_case("IfDefine") {
+            out.extend(d.children);
+        } else {
+            out.push(d);
+        }
+    }
+    out
+}
+
 /// Apache httpd config: `<Name args>` opens a section, `</Name>` closes it; `#` starts a
-/// comment line; a trailing `\` continues a line.
+/// comment line; a trailing `\` continues a line. Names take Apache's spelling whatever their
+/// case, and `<IfModule>`/`<IfDefine>` sections are unwrapped (see [`unwrap_conditions`]).
 pub fn apache(text: &str) -> anyhow::Result<Vec<Directive>> {
+    apache_raw(text).map(unwrap_conditions)
+}
+
+fn apache_raw(text: &str) -> anyhow::Result<Vec<Directive>> {
     let mut stack: Vec<Directive> = vec![Directive {
         name: String::new(),
         args: vec![],
@@ -181,7 +247,7 @@ pub fn apache(text: &str) -> anyhow::Result<Vec<Directive>> {
                 bail!("line {start}: empty section name");
             };
             stack.push(Directive {
-                name: name.clone(),
+                name: canonical(name),
                 args: args.to_vec(),
                 children: vec![],
                 line: start,
@@ -192,7 +258,7 @@ pub fn apache(text: &str) -> anyhow::Result<Vec<Directive>> {
         if let Some((name, args)) = w.split_first() {
             if let Some(top) = stack.last_mut() {
                 top.children.push(Directive {
-                    name: name.clone(),
+                    name: canonical(name),
                     args: args.to_vec(),
                     children: vec![],
                     line: start,
@@ -251,5 +317,18 @@ mod tests {
             .to_string()
             .contains("not closed"));
         assert!(apache("</A>\n").is_err());
+    }
+
+    #[test]
+    fn apache_names_in_any_case_and_conditions_unwrapped() {
+        let t = apache(
+            "<IfModule mod_ssl.c>\n<ifdefine TLS>\n<virtualhost *:443>\n  servername app\n  sslengine On\n</VirtualHost>\n</IfDefine>\n</ifmodule>\n",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].name, "VirtualHost");
+        let names: Vec<&str> = t[0].children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["ServerName", "SSLEngine"]);
+        assert_eq!(t[0].children[1].args, ["On"]);
     }
 }
