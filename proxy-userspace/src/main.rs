@@ -456,8 +456,14 @@ fn check(config: &std::path::Path) -> ExitCode {
 fn run(config: PathBuf) -> ExitCode {
     // The log format is in the config; a config that does not load is reported (below) in the
     // default one.
-    let format = Config::load(&config).map_or(Default::default(), |(c, _)| c.node.log_format);
-    init_logging(format);
+    // Read once: its log format sets up logging, and a config that does not load is reported
+    // (below, once a successor can be told too) in the default one.
+    let loaded = Config::load(&config);
+    init_logging(
+        loaded
+            .as_ref()
+            .map_or(Default::default(), |(c, _)| c.node.log_format),
+    );
     let started = std::time::Instant::now();
     let successor_fd = match Successor::fd_from_env() {
         Ok(f) => f,
@@ -508,7 +514,7 @@ fn run(config: PathBuf) -> ExitCode {
         }
         ExitCode::FAILURE
     };
-    let (cfg, warnings) = match Config::load(&config) {
+    let (cfg, warnings) = match loaded {
         Ok(c) => c,
         Err(e) => return fail(successor.as_ref(), e.to_string()),
     };
@@ -784,15 +790,7 @@ async fn proxy_only(
                     None => std::future::pending().await,
                 }
             } => {
-                let alive = match &proxy {
-                    Some(p) => p.threads_answer(Duration::from_secs(1)).await,
-                    None => true,
-                };
-                if alive {
-                    proxy_userspace::notify::watchdog();
-                } else {
-                    tracing::warn!("a proxy thread did not answer within 1 s: no watchdog ping");
-                }
+                proxy_userspace::notify::watchdog(proxy.as_deref()).await;
             }
         }
     }

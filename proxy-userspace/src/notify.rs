@@ -22,8 +22,18 @@ pub fn stopping() {
     send(NotifyState::Stopping);
 }
 
-pub fn watchdog() {
-    send(NotifyState::Watchdog);
+/// `WATCHDOG=1` once every thread of `proxy` (if any) has run a task within 1 s; a thread that
+/// does not is logged and no ping goes out (the service manager restarts hapd).
+pub async fn watchdog(proxy: Option<&crate::proxy::ProxyView>) {
+    let alive = match proxy {
+        Some(p) => p.threads_answer(Duration::from_secs(1)).await,
+        None => true,
+    };
+    if alive {
+        send(NotifyState::Watchdog);
+    } else {
+        warn!("a proxy thread did not answer within 1 s: no watchdog ping");
+    }
 }
 
 /// How often to send `WATCHDOG=1`: half the service manager's `WatchdogSec`, when it has

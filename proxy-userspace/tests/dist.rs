@@ -152,11 +152,7 @@ fn the_logrotate_file_parses_and_signals_only_hapd() {
         .arg(dist("hapd.logrotate"))
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let said = proxy_kit::said(&o);
     assert!(o.status.success(), "{said}");
     assert!(said.contains("/var/log/hapd/*.log"), "{said}");
     assert!(!said.to_lowercase().contains("error"), "{said}");

@@ -287,11 +287,7 @@ fn the_prefix_is_announced_while_the_proxy_is_healthy_and_withdrawn_first_on_sto
             )
             .output()
             .unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let said = proxy_kit::said(&o);
         assert!(o.status.success(), "{verb}: {said}");
         said
     };

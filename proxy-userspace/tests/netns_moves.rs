@@ -515,11 +515,7 @@ fn a_drill_moves_the_vip_and_back_without_failing_a_pooled_client() {
                 ],
             )
             .unwrap();
-        let t = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let t = proxy_kit::said(&o);
         assert!(o.status.success(), "{t}");
         assert!(t.contains("drill VI_1: PASS"), "{t}");
     });
@@ -617,11 +613,7 @@ fn upgrade_on(p: &Pair, host: usize, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = proxy_kit::said(&o);
     eprintln!("hapd upgrade: {out}");
     (o.status.success(), out)
 }

@@ -168,14 +168,6 @@ impl Groups {
         )
     }
 
-    /// Every group as it stands.
-    pub fn status(&self) -> Vec<AnycastStatus> {
-        self.status
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect()
-    }
-
     /// A handle for status (the admin endpoint).
     pub fn view(&self) -> GroupsView {
         GroupsView(self.status.clone(), self.drains.clone())
@@ -358,12 +350,10 @@ async fn run_group(
     let mut resync = Instant::now();
     let mut retry: Option<Instant> = None;
     let mut conn: Option<Bird> = None;
-    let since = Instant::now();
     let update = |f: &mut dyn FnMut(&mut AnycastStatus)| {
         let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut s);
     };
-    update(&mut |s| s.since_secs = since.elapsed().as_secs());
     let mut changed_at = Instant::now();
     loop {
         let now = Instant::now();

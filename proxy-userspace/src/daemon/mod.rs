@@ -339,7 +339,7 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                             .iter()
                             .map(Router::handoff)
                             .collect::<Result<Vec<_>, _>>()
-                            .map(|_| dp.modes_by_interface()),
+                            .map(|_| dp.modes().clone()),
                     };
                     let _ = reply.send(answer);
                 }
@@ -362,18 +362,8 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
             } => {
                 // This loop runs; the proxy's threads are checked too, off the loop (a wedged
                 // worker must not delay an advert).
-                match ctx.proxy.clone() {
-                    Some(p) => {
-                        tokio::spawn(async move {
-                            if p.threads_answer(Duration::from_secs(1)).await {
-                                crate::notify::watchdog();
-                            } else {
-                                warn!("a proxy thread did not answer within 1 s: no watchdog ping");
-                            }
-                        });
-                    }
-                    None => crate::notify::watchdog(),
-                }
+                let proxy = ctx.proxy.clone();
+                tokio::spawn(async move { crate::notify::watchdog(proxy.as_deref()).await });
             }
             why = stop_requested => {
                 info!("{why}");

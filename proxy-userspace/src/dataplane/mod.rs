@@ -578,11 +578,6 @@ impl Dataplane {
         self.events.try_recv().ok()
     }
 
-    /// The guard's mode on each interface.
-    pub fn modes_by_interface(&self) -> BTreeMap<String, GuardMode> {
-        self.modes.clone()
-    }
-
     /// The next advert userspace has to act on.
     pub async fn next_event(&mut self) -> Option<GuardEvent> {
         self.events.recv().await

@@ -532,6 +532,15 @@ impl Drop for LabBackends {
     }
 }
 
+/// A command's standard output and error, as one text (for assertions and their messages).
+pub fn said(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Which backend answered `url` (curl from lab host `i`, 1 s at most); `None`: no answer.
 pub fn answered_by(lab: &hapd_lab::Lab, i: usize, url: &str, host: &str) -> Option<String> {
     let out = lab
