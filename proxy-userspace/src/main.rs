@@ -406,6 +406,16 @@ fn check(config: &std::path::Path) -> ExitCode {
             }
             println!("  admin endpoint: {}", cfg.node.admin);
             println!("  control socket: {}", cfg.node.control_socket.display());
+            if let Ok(r) = proxy_userspace::config::scripts::run_as(cfg.node.script_user.as_deref())
+            {
+                match r {
+                    Some(r) => println!(
+                        "  scripts run as: {} (uid {}, gid {})",
+                        r.name, r.uid, r.gid
+                    ),
+                    None => println!("  scripts run as: hapd's own user"),
+                }
+            }
             for w in &warnings {
                 println!("warning: {w}");
             }
@@ -520,6 +530,11 @@ fn run(config: PathBuf) -> ExitCode {
     };
     for w in &warnings {
         tracing::warn!("config: {w}");
+    }
+    // Resolved when the config was checked; looked up again here for the ids.
+    match proxy_userspace::config::scripts::run_as(cfg.node.script_user.as_deref()) {
+        Ok(r) => proxy_userspace::config::scripts::init(r),
+        Err(e) => return fail(successor.as_ref(), format!("node.script_user: {e}")),
     }
     let mut inherited_admin = None;
     let mut inherited = Vec::new();

@@ -1,6 +1,7 @@
 //! The capabilities in dist/hapd.service are the ones hapd needs: with exactly that bounding
 //! set a node elects itself, adds the VIP, attaches the XDP guard, pins its maps and serves on
-//! port 80; without any one of them it fails. Also: the unit passes `systemd-analyze verify`.
+//! port 80, and runs its notify script as `script_user`; without any one of them it fails.
+//! Also: the unit passes `systemd-analyze verify`.
 use std::{path::Path, time::Duration};
 
 use hapd_lab::Lab;
@@ -25,13 +26,25 @@ fn unit_caps() -> Vec<String> {
         .collect()
 }
 
+/// Where the notify script writes the uid it ran as (a directory `nobody` may write to).
+fn notified(lab: &Lab) -> std::path::PathBuf {
+    lab.dir().join("scripts").join("notified")
+}
+
 fn config(lab: &mut Lab) -> String {
+    use std::os::unix::fs::PermissionsExt as _;
     let pin_dir = lab.bpffs().unwrap().join("caps");
+    let out = notified(lab);
+    let dir = out.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let _ = std::fs::remove_file(&out);
     format!(
         r#"
 [node]
 name = "caps"
 pin_dir = "{}"
+script_user = "nobody"
 
 [[vrrp]]
 name = "VI_1"
@@ -42,6 +55,7 @@ advert_interval = "100ms"
 virtual_ips = ["{VIP}/24"]
 peers = ["198.18.0.2"]
 xdp = "native"
+notify = ["/bin/sh", "-c", "id -u > {}"]
 
 [[listener]]
 name = "web"
@@ -58,7 +72,8 @@ listeners = ["web"]
   prefix = "/"
   upstream = "none"
 "#,
-        pin_dir.display()
+        pin_dir.display(),
+        out.display()
     )
 }
 
@@ -125,7 +140,20 @@ fn works_with(lab: &mut Lab, caps: &[String]) -> Result<(), String> {
         if code != "502" {
             return Err(format!("the proxy on port 80 answered {code:?}"));
         }
-        Ok(())
+        // The notify script for MASTER ran as script_user (nobody).
+        let t0 = std::time::Instant::now();
+        loop {
+            match std::fs::read_to_string(notified(lab)) {
+                Ok(uid) if uid.trim() == "65534" => return Ok(()),
+                Ok(uid) if !uid.trim().is_empty() => {
+                    return Err(format!("the notify script ran as uid {}", uid.trim()))
+                }
+                _ if t0.elapsed() > Duration::from_secs(3) => {
+                    return Err("the notify script did not run as script_user".into())
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
     })();
     let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
     result.map_err(|e| format!("{e}\n{}", p.lines().join("\n")))

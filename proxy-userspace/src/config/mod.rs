@@ -6,7 +6,7 @@
 pub mod anycast;
 pub mod auth;
 pub mod proxy;
-mod scripts;
+pub mod scripts;
 mod types;
 
 use std::{
@@ -105,6 +105,10 @@ pub struct Node {
     /// timestamp) or `"json"` (one object per line).
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Who runs track, notify and fence commands: `"user"` or `"user:group"` (see
+    /// [`scripts`]); default `hapd-script` where it exists, else hapd's own user.
+    #[serde(default)]
+    pub script_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -586,7 +590,24 @@ impl Config {
             .filter_map(|u| u.get_ref().health_check.as_ref())
             .map(|h| h.interval.0 * h.fall)
             .max();
-        // Script security: what hapd runs as root, nobody else may change.
+        let has_scripts = !self.track_script.is_empty()
+            || self
+                .vrrp
+                .iter()
+                .any(|v| !v.get_ref().notify.is_empty() || !v.get_ref().fence.is_empty());
+        match scripts::run_as(self.node.script_user.as_deref()) {
+            Err(e) => return Err((None, "node.script_user".into(), e)),
+            Ok(None) if has_scripts => warnings.push(Warning {
+                key: "node.script_user".into(),
+                message: format!(
+                    "not set, and user {} does not exist: scripts run as hapd's own user \
+                     (root); create it or set script_user",
+                    scripts::DEFAULT_USER
+                ),
+            }),
+            Ok(_) => {}
+        }
+        // Script security: what hapd runs, nobody else may change.
         for (i, s) in self.track_script.iter().enumerate() {
             if let Some(why) = s
                 .get_ref()

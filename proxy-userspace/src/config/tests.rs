@@ -327,3 +327,26 @@ fn anycast_groups_parse_with_the_issue_keys_and_bad_ones_name_the_key() {
     let e = parse(&format!("{BASE}{ANYCAST}")).unwrap_err().to_string();
     assert!(e.contains("anycast[0].track_proxy"), "{e}");
 }
+
+#[test]
+fn script_user_must_exist_and_its_absence_is_warned_about() {
+    let with_user =
+        |u: &str| BASE.replace("pin_dir =", &format!("script_user = \"{u}\"\npin_dir ="));
+    let (c, _) = parse(&with_user("nobody")).unwrap();
+    assert_eq!(c.node.script_user.as_deref(), Some("nobody"));
+    let e = parse(&with_user("no-such-user-hapd"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node.script_user") && e.contains("no user \"no-such-user-hapd\""),
+        "{e}"
+    );
+    // Not set: scripts run as hapd's user where the default user does not exist, and the
+    // check says so (BASE has a track script).
+    let (_, warnings) = parse(BASE).unwrap();
+    let warned = warnings.iter().any(|w| w.key == "node.script_user");
+    let default_exists = nix::unistd::User::from_name(scripts::DEFAULT_USER)
+        .unwrap()
+        .is_some();
+    assert_eq!(warned, !default_exists, "{warnings:?}");
+}

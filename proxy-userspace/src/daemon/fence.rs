@@ -20,7 +20,7 @@ pub(super) fn spawn(
     tokio::spawn(async move {
         let ok = match argv.split_first() {
             Some((prog, args)) => {
-                let child = tokio::process::Command::new(prog)
+                let child = crate::config::scripts::command(prog)
                     .args(args)
                     .stdin(Stdio::null())
                     .kill_on_drop(true)

@@ -3,6 +3,10 @@
 //! Every directive is either mapped to a key or named in a `# not mapped` comment with the
 //! reason, with the file and line it came from, so an operator can review the result line by
 //! line. The output is checked with the config parser before it is printed.
+//!
+//! Apache's `Include` and `IncludeOptional` are followed (see [`include`]); a directive from an
+//! included file is named with that file.
+pub mod include;
 pub mod parse;
 
 use std::{
@@ -25,7 +29,7 @@ struct Src<'a> {
 
 impl Src<'_> {
     fn at(&self, d: &Directive) -> String {
-        format!("{}:{}", self.file, d.line)
+        format!("{}:{}", d.file.as_deref().unwrap_or(self.file), d.line)
     }
 }
 
@@ -85,6 +89,9 @@ pub struct Imported {
     pub toml: String,
     /// How many directives could not be mapped (each has a comment).
     pub unmapped: usize,
+    /// What the import changed on its own that the operator must know (each is also a
+    /// comment in `toml`): a log file moved to where hapd.service can write it.
+    pub warnings: Vec<String>,
 }
 
 /// What the importer is given.
@@ -100,6 +107,8 @@ pub fn import(src: &Sources) -> anyhow::Result<Imported> {
     let mut node = Section::new("[node]");
     let mut tail: Vec<Section> = Vec::new();
     let mut proxy_scripts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    let mut included = Vec::new();
     if let Some((path, text)) = src.keepalived {
         let tree = parse::keepalived(text).with_context(|| path.display().to_string())?;
         let file = path.display().to_string();
@@ -115,10 +124,21 @@ pub fn import(src: &Sources) -> anyhow::Result<Imported> {
         node.key("name", q("hapd"));
     }
     if let Some((path, text)) = src.apache {
-        let tree = parse::apache(text).with_context(|| path.display().to_string())?;
+        let loaded = include::apache(path, text)?;
         let file = path.display().to_string();
         let s = Src { file: &file };
-        tail.extend(apache(&tree, &s)?);
+        let (sections, w) = apache(&loaded.tree, &s).map_err(|e| {
+            // A directive of an included file is named with that file: say which import it
+            // was part of.
+            if e.to_string().contains(&file) {
+                e
+            } else {
+                e.context(format!("{file} (with the files it includes)"))
+            }
+        })?;
+        tail.extend(sections);
+        warnings.extend(w);
+        included = loaded.files;
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -132,6 +152,9 @@ pub fn import(src: &Sources) -> anyhow::Result<Imported> {
         .map(|(p, _)| p.display().to_string())
         .collect();
     let _ = writeln!(out, "# From: {}", from.join(", "));
+    if !included.is_empty() {
+        let _ = writeln!(out, "# Included: {}", included.join(", "));
+    }
     let _ = writeln!(
         out,
         "# Review every `not mapped` comment, then run `hapd check --config THIS_FILE`."
@@ -154,6 +177,7 @@ pub fn import(src: &Sources) -> anyhow::Result<Imported> {
     Ok(Imported {
         toml: out,
         unmapped,
+        warnings,
     })
 }
 

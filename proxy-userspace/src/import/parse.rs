@@ -1,6 +1,8 @@
 //! Readers for the two files `hapd import` understands: keepalived's brace blocks and Apache's
 //! `<Section>` blocks. Both give a tree of directives with their line numbers, so every comment
 //! the importer writes can say where the directive came from.
+use std::sync::Arc;
+
 use anyhow::bail;
 
 /// One directive: its name, its arguments (quotes removed), and the block under it, if any.
@@ -10,6 +12,9 @@ pub struct Directive {
     pub args: Vec<String>,
     pub children: Vec<Directive>,
     pub line: usize,
+    /// The file it is in when that is not the file given to the importer (an Apache
+    /// `Include`d one); `None`: the given file.
+    pub file: Option<Arc<str>>,
 }
 
 impl Directive {
@@ -78,6 +83,7 @@ pub fn keepalived(text: &str) -> anyhow::Result<Vec<Directive>> {
         args: vec![],
         children: vec![],
         line: 0,
+        file: None,
     }];
     for (i, raw) in text.lines().enumerate() {
         let lineno = i + 1;
@@ -107,6 +113,7 @@ pub fn keepalived(text: &str) -> anyhow::Result<Vec<Directive>> {
                     args: head[1..].to_vec(),
                     children: vec![],
                     line: lineno,
+                    file: None,
                 };
                 if opens {
                     stack.push(d);
@@ -140,6 +147,8 @@ const APACHE_NAMES: &[&str] = &[
     "ErrorLog",
     "FileETag",
     "Header",
+    "Include",
+    "IncludeOptional",
     "KeepAliveTimeout",
     "LimitRequestFieldSize",
     "Location",
@@ -163,6 +172,7 @@ const APACHE_NAMES: &[&str] = &[
     "SSLProtocol",
     "ServerAlias",
     "ServerName",
+    "ServerRoot",
     "ServerSignature",
     "ServerTokens",
     "Timeout",
@@ -180,7 +190,7 @@ fn canonical(name: &str) -> String {
 /// `<IfModule>` and `<IfDefine>` sections give way to what they hold, as if it stood outside
 /// them: the importer cannot know the server's modules and defines, and the usual layouts
 /// (Debian's default-ssl.conf in `<IfModule mod_ssl.c>`) mean them to apply.
-fn unwrap_conditions(tree: Vec<Directive>) -> Vec<Directive> {
+pub(super) fn unwrap_conditions(tree: Vec<Directive>) -> Vec<Directive> {
     let mut out = Vec::new();
     for mut d in tree {
         d.children = unwrap_conditions(std::mem::take(&mut d.children));
@@ -200,12 +210,15 @@ pub fn apache(text: &str) -> anyhow::Result<Vec<Directive>> {
     apache_raw(text).map(unwrap_conditions)
 }
 
-fn apache_raw(text: &str) -> anyhow::Result<Vec<Directive>> {
+/// [`apache`] without unwrapping conditions: the importer follows `Include`s in this tree
+/// first (see `import::include`).
+pub(super) fn apache_raw(text: &str) -> anyhow::Result<Vec<Directive>> {
     let mut stack: Vec<Directive> = vec![Directive {
         name: String::new(),
         args: vec![],
         children: vec![],
         line: 0,
+        file: None,
     }];
     let mut pending = String::new();
     let mut start = 0;
@@ -251,6 +264,7 @@ fn apache_raw(text: &str) -> anyhow::Result<Vec<Directive>> {
                 args: args.to_vec(),
                 children: vec![],
                 line: start,
+                file: None,
             });
             continue;
         }
@@ -262,6 +276,7 @@ fn apache_raw(text: &str) -> anyhow::Result<Vec<Directive>> {
                     args: args.to_vec(),
                     children: vec![],
                     line: start,
+                    file: None,
                 });
             }
         }

@@ -5,7 +5,7 @@
 //! concurrently with the next one.
 use std::{process::Stdio, time::Duration};
 
-use tokio::{process::Command, sync::mpsc};
+use tokio::sync::mpsc;
 use tracing::warn;
 use url::Url;
 
@@ -79,7 +79,7 @@ async fn run_command(
     to: State,
     timeout: Duration,
 ) {
-    let mut cmd = Command::new(prog);
+    let mut cmd = crate::config::scripts::command(prog);
     cmd.args(args)
         .args([state_word(to), instance, state_word(from)])
         .stdin(Stdio::null())

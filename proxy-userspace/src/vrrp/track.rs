@@ -3,7 +3,7 @@
 //! failed, `rise` successes in a row make it healthy again. It starts healthy.
 use std::{process::Stdio, time::Duration};
 
-use tokio::{process::Command, sync::mpsc};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::TrackScript;
@@ -99,7 +99,7 @@ async fn run_once(name: &str, argv: &[String], timeout: Duration) -> bool {
     let Some((prog, args)) = argv.split_first() else {
         return false;
     };
-    let child = Command::new(prog)
+    let child = crate::config::scripts::command(prog)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
