@@ -1,5 +1,10 @@
 //! The `hapd` command.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use hyper::Method;
@@ -92,6 +97,14 @@ enum Command {
         target: Target,
         #[command(subcommand)]
         action: AnycastAction,
+    },
+    /// Write the man pages (section 8) and the bash, zsh and fish completions into a
+    /// directory, for packaging (`cargo xtask dist`).
+    #[command(hide = true)]
+    Generate {
+        /// The directory: man pages go to OUT/man, completions to OUT/completions.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Failover drill, run on the master: step down, watch the VIP move with a client probe,
     /// report the outage, then hand back (the master takes over again if preempt is on).
@@ -193,6 +206,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Generate { out } => match generate(&out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => run(config),
         Command::Import {
             keepalived,
@@ -828,4 +848,43 @@ fn init_logging(format: proxy_userspace::config::LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
     }
+}
+
+/// The man pages and completions of this command line (see [`Command::Generate`]).
+fn generate(out: &Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let cmd = Cli::command();
+    let write = |path: PathBuf, page: clap::Command| -> anyhow::Result<()> {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page).section("8").render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))
+    };
+    write(man.join("hapd.8"), cmd.clone())?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // hapd-upgrade(8) for `hapd upgrade`, as git and cargo name theirs.
+        let name = format!("hapd-{}", sub.get_name());
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("hapd {}", sub.get_name()))
+            .version(build_info::LONG);
+        write(man.join(format!("{name}.8")), page)?;
+    }
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "hapd"),
+        (clap_complete::Shell::Zsh, "_hapd"),
+        (clap_complete::Shell::Fish, "hapd.fish"),
+    ] {
+        let path = completions.join(file);
+        let mut f =
+            std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        clap_complete::generate(shell, &mut Cli::command(), "hapd", &mut f);
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | demo | bench`.
+//! Project tasks: `cargo xtask setup | demo | bench | dist`.
 mod demo;
+mod dist;
 mod setup;
 
 use std::process::Command;
@@ -21,6 +22,16 @@ enum Task {
     /// Build hapd and show a failover pair with the proxy on the VIP, and the XDP guard, in a
     /// network-namespace lab.
     Demo,
+    /// Build the Debian package: target/debian/hapd_<version>_<arch>.deb (see docs/operations.md).
+    Dist {
+        /// Package the binary already built for this cargo profile (`release`, `dev`) instead
+        /// of building hapd in release first.
+        #[arg(long)]
+        no_build: Option<String>,
+        /// Where to write the package (a file or a directory).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, `fuzz`,
     /// or `all` (every suite but `fuzz`).
     Bench {
@@ -40,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::Demo => demo::run(),
+        Task::Dist { no_build, output } => dist::run(no_build.as_deref(), output.as_deref()),
         Task::Bench {
             suite,
             quick,

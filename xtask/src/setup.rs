@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: Debian packages, the nightly rust-src component and bpf-linker.
+//! `cargo xtask setup`: Debian packages, the nightly rust-src component, bpf-linker and
+//! cargo-deb.
 //! Checks first and installs only what is missing, so a second run takes about a second.
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -27,6 +28,69 @@ const PACKAGES: &[&str] = &[
     "logrotate",      // checks dist/hapd.logrotate
 ];
 
+/// Where setup puts promtool: the tests check dist/prometheus-rules.yml with it.
+pub fn promtool_path() -> PathBuf {
+    crate::root().join("target/tools/promtool")
+}
+
+/// promtool from Debian's `prometheus` package, unpacked: installing the package would also
+/// install (and enable) a Prometheus server, which nothing here needs.
+fn promtool() -> anyhow::Result<()> {
+    let dest = promtool_path();
+    if Command::new(&dest)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("setup: promtool present");
+        return Ok(());
+    }
+    println!("setup: unpacking promtool from Debian's prometheus package");
+    let tmp = std::env::temp_dir().join(format!("hapd-setup-promtool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| {
+        let download = || {
+            Command::new("apt-get")
+                .args(["download", "-qq", "prometheus"])
+                .current_dir(&tmp)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !download() {
+            exec(Command::new("apt-get").args(["update", "-qq"]))?;
+            if !download() {
+                bail!("apt-get download prometheus failed");
+            }
+        }
+        let deb = std::fs::read_dir(&tmp)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .context("apt-get download left no .deb")?;
+        let x = tmp.join("x");
+        exec(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x))?;
+        std::fs::create_dir_all(dest.parent().context("promtool's directory")?)?;
+        std::fs::copy(x.join("usr/bin/promtool"), &dest)
+            .with_context(|| format!("copying promtool to {}", dest.display()))?;
+        set_mode(&dest, 0o755)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result.context("unpacking promtool")
+}
+
+/// The cargo-deb release line `cargo xtask dist` is written for.
+const CARGO_DEB: &str = "^3.8";
+
+fn cargo_deb() -> anyhow::Result<()> {
+    if crate::dist::has_cargo_deb() {
+        println!("setup: cargo-deb present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-deb {CARGO_DEB}");
+    exec(Command::new("cargo").args(["install", "--locked", "cargo-deb", "--version", CARGO_DEB]))
+}
+
 /// The bpf-linker release line that matches aya-ebpf 0.2 and the nightly's LLVM 22.
 const BPF_LINKER: &str = "0.13";
 
@@ -35,6 +99,8 @@ pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
+    promtool()?;
     println!("setup: all present ({:.1}s)", t0.elapsed().as_secs_f64());
     Ok(())
 }
