@@ -361,6 +361,9 @@ fn import(
             println!("wrote {}", p.display());
         }
     }
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
     eprintln!(
         "{} directive(s) not mapped: see the `# not mapped` comments",
         imported.unmapped

@@ -132,7 +132,7 @@ impl Loader {
         };
         let mut found = Vec::new();
         for t in &targets {
-            collect(t, optional, 0, &mut found).map_err(fail)?;
+            files_under(t, optional, 0, &mut found).map_err(fail)?;
         }
         let mut out = Vec::new();
         for f in found {
@@ -145,7 +145,11 @@ impl Loader {
             chain.push(at.clone());
             chain.push(shown.clone());
             if self.reading.contains(&real) {
-                bail!("{at}: {} {arg}: include cycle: {}", d.name, chain.join(" -> "));
+                bail!(
+                    "{at}: {} {arg}: include cycle: {}",
+                    d.name,
+                    chain.join(" -> ")
+                );
             }
             if chain.len() - 1 > MAX_DEPTH {
                 bail!(
@@ -200,7 +204,12 @@ fn read(path: &Path) -> Result<String, String> {
 /// The files `path` names without wildcards (httpd's `process_resource_config_nofnmatch`): the
 /// file itself, or every entry of the directory in name order, subdirectories likewise. A path
 /// that does not exist is an error, or nothing when `optional`.
-fn collect(path: &Path, optional: bool, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), String> {
+fn files_under(
+    path: &Path,
+    optional: bool,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), String> {
     let m = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound && optional => return Ok(()),
@@ -225,14 +234,15 @@ fn collect(path: &Path, optional: bool, depth: usize, out: &mut Vec<PathBuf>) ->
     let mut entries = entries(path)?;
     entries.sort();
     for e in entries {
-        collect(&e, optional, depth + 1, out)?;
+        files_under(&e, optional, depth + 1, out)?;
     }
     Ok(())
 }
 
 /// The entries of directory `dir` (without `.` and `..`).
 fn entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("reading directory {}: {e}", dir.display()))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| format!("reading directory {}: {e}", dir.display()))?;
     rd.map(|e| {
         e.map(|e| e.path())
             .map_err(|e| format!("reading directory {}: {e}", dir.display()))
@@ -241,7 +251,7 @@ fn entries(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// The paths a pattern with wildcards names (httpd's `process_resource_config_fnmatch`), each
-/// still to be read by [`collect`]. Wildcards may stand in any component; a component before
+/// still to be read by [`files_under`]. Wildcards may stand in any component; a component before
 /// the last matches directories only. A directory in which a wildcard matches nothing, or
 /// that does not exist, is an error, or nothing when `optional`.
 fn glob(pattern: &Path, optional: bool) -> Result<Vec<PathBuf>, String> {
@@ -260,7 +270,12 @@ fn glob(pattern: &Path, optional: bool) -> Result<Vec<PathBuf>, String> {
     Ok(out)
 }
 
-fn walk(base: &Path, rest: &[String], optional: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
+fn walk(
+    base: &Path,
+    rest: &[String],
+    optional: bool,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), String> {
     let Some((first, rest)) = rest.split_first() else {
         out.push(base.to_path_buf());
         return Ok(());
@@ -319,11 +334,8 @@ pub fn has_wildcard(s: &str) -> bool {
     while let Some(c) = chars.next() {
         match c {
             '*' | '?' => return true,
-            '\\' => {
-                if chars.next().is_none() {
-                    return false;
-                }
-            }
+            '\\' if chars.next().is_none() => return false,
+            '\\' => {}
             '[' => open = true,
             ']' if open => return true,
             _ => {}
@@ -340,10 +352,8 @@ pub fn has_wildcard(s: &str) -> bool {
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    if n.first() == Some(&'.') {
-        if !matches!(p.as_slice(), ['.', ..] | ['\\', '.', ..]) {
-            return false;
-        }
+    if n.first() == Some(&'.') && !matches!(p.as_slice(), ['.', ..] | ['\\', '.', ..]) {
+        return false;
     }
     let (mut pi, mut ni) = (0, 0);
     // Where the last `*` was: the pattern after it, and the name position it is tried from.
@@ -416,7 +426,7 @@ fn bracket(p: &[char], c: char) -> Option<(bool, usize)> {
                 hi = *p.get(i)?;
                 i += 1;
             }
-            if lo <= c && c <= hi {
+            if (lo..=hi).contains(&c) {
                 hit = true;
             }
         } else if lo == c {
@@ -432,7 +442,10 @@ mod tests {
     #[test]
     fn wildcards_as_apr_fnmatch() {
         assert!(wildcard_match("*.conf", "app.conf"));
-        assert!(!wildcard_match("*.conf", ".conf"), "a leading dot is not matched by *");
+        assert!(
+            !wildcard_match("*.conf", ".conf"),
+            "a leading dot is not matched by *"
+        );
         assert!(wildcard_match(".*.conf", ".hidden.conf"));
         assert!(!wildcard_match("*.conf", "app.conf.bak"));
         assert!(wildcard_match("*", "anything"));
@@ -470,7 +483,13 @@ mod tests {
     fn wildcards_in_directories_and_names_in_order() {
         let dir = std::env::temp_dir().join(format!("hapd-include-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for f in ["a/x/1.conf", "a/x/2.conf", "b/x/0.conf", "b/x/skip.txt", "c-file"] {
+        for f in [
+            "a/x/1.conf",
+            "a/x/2.conf",
+            "b/x/0.conf",
+            "b/x/skip.txt",
+            "c-file",
+        ] {
             let p = dir.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, "").unwrap();
@@ -484,17 +503,20 @@ mod tests {
         // A wildcard that matches nothing in a directory: an error for Include only.
         let e = glob(&dir.join("*/x/*.load"), false).unwrap_err();
         assert!(e.contains("*.load"), "{e}");
-        assert_eq!(glob(&dir.join("*/x/*.load"), true).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            glob(&dir.join("*/x/*.load"), true).unwrap(),
+            Vec::<PathBuf>::new()
+        );
         assert!(glob(&dir.join("nope/*.conf"), false).is_err());
         assert!(glob(&dir.join("nope/*.conf"), true).unwrap().is_empty());
         // A directory includes everything in it, in name order.
         let mut files = Vec::new();
-        collect(&dir.join("b"), false, 0, &mut files).unwrap();
+        files_under(&dir.join("b"), false, 0, &mut files).unwrap();
         assert_eq!(files, [dir.join("b/x/0.conf"), dir.join("b/x/skip.txt")]);
-        assert!(collect(&dir.join("missing.conf"), false, 0, &mut files)
+        assert!(files_under(&dir.join("missing.conf"), false, 0, &mut files)
             .unwrap_err()
             .contains("does not exist"));
-        assert!(collect(&dir.join("missing.conf"), true, 0, &mut files).is_ok());
+        assert!(files_under(&dir.join("missing.conf"), true, 0, &mut files).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

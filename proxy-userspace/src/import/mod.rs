@@ -202,15 +202,23 @@ fn keepalived(
     let mut out = Vec::new();
     let mut name = None;
     let mut default_version = 2u8;
+    let mut security = false;
+    let mut user_lines = Section::default();
     for d in tree.iter().filter(|d| d.name == "global_defs") {
         for g in &d.children {
             match g.name.as_str() {
                 "router_id" => name = g.arg(0).map(str::to_ascii_lowercase),
-                "vrrp_version" => default_version = g.arg(0).and_then(|v| v.parse().ok()).unwrap_or(2),
-                "enable_script_security" => node.note(format!(
-                    "{}: enable_script_security: hapd runs track and notify commands itself, as argv without a shell",
-                    s.at(g)
-                )),
+                "vrrp_version" => {
+                    default_version = g.arg(0).and_then(|v| v.parse().ok()).unwrap_or(2)
+                }
+                "enable_script_security" => {
+                    security = true;
+                    node.note(format!(
+                        "{}: enable_script_security: always on in hapd: `hapd check` and the start refuse a track, notify or fence program that another user owns or can change, or one in a directory another user can change; hapd runs them as argv, without a shell",
+                        s.at(g)
+                    ));
+                }
+                "script_user" => script_user(&mut user_lines, s.at(g), g),
                 other => node.unmapped(s.at(g), other, "no hapd equivalent"),
             }
         }
@@ -218,6 +226,16 @@ fn keepalived(
     node.key("name", q(name.as_deref().unwrap_or("hapd")));
     node.key("pin_dir", q("/sys/fs/bpf/hapd"));
     node.key("admin", q("127.0.0.1:8410"));
+    node.lines.extend(user_lines.lines);
+    let runs_scripts = tree.iter().any(|d| d.name == "vrrp_script")
+        || tree
+            .iter()
+            .filter(|d| d.name == "vrrp_instance")
+            .flat_map(|d| &d.children)
+            .any(|c| c.name.starts_with("notify"));
+    if !security && runs_scripts {
+        node.note("keepalived's enable_script_security is not set, but hapd always applies it: `hapd check` names a track or notify program that another user owns or can change (or one in a directory another user can change), and hapd refuses to start with it");
+    }
 
     // Scripts first: instances refer to them.
     let mut scripts = Vec::new();
@@ -225,45 +243,9 @@ fn keepalived(
         let Some(sname) = d.arg(0) else {
             bail!("{}: vrrp_script without a name", s.at(d));
         };
-        let mut sec = Section::new("[[track_script]]");
-        sec.key("name", q(sname));
-        let mut weight = 0i64;
-        let mut script = String::new();
-        for c in &d.children {
-            match c.name.as_str() {
-                "script" => {
-                    script = c.rest();
-                    let shell = script.contains(['|', ';', '&', '$', '>', '<', '`', '*']);
-                    if shell {
-                        sec.note(format!(
-                            "{}: the script uses shell syntax: run by /bin/sh -c",
-                            s.at(c)
-                        ));
-                        sec.key("command", qlist(&["/bin/sh", "-c", script.as_str()]));
-                    } else {
-                        let argv: Vec<&str> = script.split_whitespace().collect();
-                        sec.key("command", qlist(&argv));
-                    }
-                }
-                "interval" | "timeout" => match c.arg(0).and_then(secs) {
-                    Some(v) => sec.key(&c.name, q(&v)),
-                    None => bail!(
-                        "{}: {} {:?} is not a number of seconds",
-                        s.at(c),
-                        c.name,
-                        c.rest()
-                    ),
-                },
-                "weight" => {
-                    weight = c.arg(0).and_then(|w| w.parse().ok()).with_context(|| {
-                        format!("{}: weight {:?} is not a number", s.at(c), c.rest())
-                    })?;
-                    sec.key("weight", weight.to_string());
-                }
-                "fall" | "rise" => sec.key(&c.name, int(c, &s.at(c), 1)?),
-                other => sec.unmapped(s.at(c), other, "no hapd equivalent"),
-            }
-        }
+        let Some((sec, weight, script)) = vrrp_script(d, sname, s)? else {
+            bail!("{}: vrrp_script {sname} has no script", s.at(d));
+        };
         if checks_old_proxy(&script) {
             proxy_scripts.insert(sname.to_string(), weight);
             continue;
@@ -474,6 +456,147 @@ fn int(d: &Directive, at: &str, default: u64) -> anyhow::Result<String> {
     }
 }
 
+/// keepalived's `script_user USER [GROUP]` (global_defs) as `[node] script_user`
+/// (`"user"` or `"user:group"`). The config check refuses a user or group this host does not
+/// have, so such a one is kept in a `not mapped` comment instead, ready to copy once it exists.
+fn script_user(node: &mut Section, at: String, g: &Directive) {
+    let spec = match g.args.as_slice() {
+        [user] => user.clone(),
+        [user, group] => format!("{user}:{group}"),
+        _ => {
+            node.unmapped(
+                at,
+                &format!("script_user {}", g.rest()),
+                "takes a user and an optional group",
+            );
+            return;
+        }
+    };
+    match crate::config::scripts::run_as(Some(spec.as_str())) {
+        Ok(_) => {
+            node.note(format!(
+                "{at}: script_user {}: track, notify and fence programs run as this user",
+                g.rest()
+            ));
+            node.key("script_user", q(&spec));
+        }
+        Err(why) => node.unmapped(
+            at,
+            &format!("script_user {}", g.rest()),
+            &format!(
+                "{why}: set script_user = {} under [node] once it exists (until then hapd runs scripts as {} where it exists, else as its own user)",
+                q(&spec),
+                crate::config::scripts::DEFAULT_USER
+            ),
+        ),
+    }
+}
+
+/// keepalived's default for `interval`, `fall` and `rise`, and hapd's too (so they are left
+/// out when the file has none); keepalived's `timeout` defaults to the interval, hapd's to 1s.
+const SCRIPT_DEFAULT_INTERVAL: &str = "1s";
+
+/// A `vrrp_script` block as a `[[track_script]]` section, with its weight and script line;
+/// `None` when it has no `script` (keepalived drops such a block).
+fn vrrp_script(
+    d: &Directive,
+    sname: &str,
+    s: &Src,
+) -> anyhow::Result<Option<(Section, i64, String)>> {
+    let mut sec = Section::new("[[track_script]]");
+    sec.key("name", q(sname));
+    let mut weight = 0i64;
+    let mut script = None;
+    let mut timing: Vec<(String, String)> = Vec::new();
+    for c in &d.children {
+        let at = s.at(c);
+        match c.name.as_str() {
+            "script" => {
+                let line = c.rest();
+                let shell = line.contains(['|', ';', '&', '$', '>', '<', '`', '*']);
+                if shell {
+                    sec.note(format!(
+                        "{at}: the script uses shell syntax: run by /bin/sh -c"
+                    ));
+                    sec.key("command", qlist(&["/bin/sh", "-c", line.as_str()]));
+                } else {
+                    let argv: Vec<&str> = line.split_whitespace().collect();
+                    sec.key("command", qlist(&argv));
+                }
+                script = Some(line);
+            }
+            // keepalived reads 0 as 1 s, saying so in its log; hapd refuses 0.
+            "interval" | "timeout" => {
+                let v = match c.arg(0).and_then(secs) {
+                    Some(v) if v == "0s" => {
+                        sec.note(format!("{at}: {} 0: keepalived uses 1 s", c.name));
+                        "1s".to_string()
+                    }
+                    Some(v) => v,
+                    None => bail!("{at}: {} {:?} is not a number of seconds", c.name, c.rest()),
+                };
+                timing.retain(|(k, _)| *k != c.name);
+                timing.push((c.name.clone(), q(&v)));
+            }
+            "fall" | "rise" => {
+                let mut n = int(c, &at, 1)?;
+                if n == "0" {
+                    sec.note(format!("{at}: {} 0: keepalived uses 1", c.name));
+                    n = "1".into();
+                }
+                timing.retain(|(k, _)| *k != c.name);
+                timing.push((c.name.clone(), n));
+            }
+            "weight" => {
+                weight = c
+                    .arg(0)
+                    .and_then(|w| w.parse::<i64>().ok())
+                    .filter(|w| (-253..=253).contains(w))
+                    .with_context(|| {
+                        format!("{at}: weight {:?} is not a number in -253..=253", c.rest())
+                    })?;
+                if c.arg(1) == Some("reverse") {
+                    sec.unmapped(at, "weight reverse", "hapd has no reversed weights: the weight is kept as written (negative: added while the script fails; positive: while it succeeds)");
+                }
+            }
+            "user" => sec.unmapped(
+                at,
+                &format!("user {}", c.rest()),
+                "hapd runs every script as [node] script_user",
+            ),
+            other => sec.unmapped(at, other, "no hapd equivalent"),
+        }
+    }
+    let Some(script) = script else {
+        return Ok(None);
+    };
+    let interval = timing
+        .iter()
+        .find(|(k, _)| k == "interval")
+        .map(|(_, v)| v.clone());
+    for key in ["interval", "timeout", "fall", "rise"] {
+        if let Some((_, v)) = timing.iter().find(|(k, _)| k == key) {
+            sec.key(key, v.clone());
+        } else if key == "timeout" {
+            // keepalived's timeout is the interval when not set; hapd's default is 1s.
+            if let Some(iv) = interval
+                .as_ref()
+                .filter(|iv| **iv != q(SCRIPT_DEFAULT_INTERVAL))
+            {
+                sec.note(format!(
+                    "{}: no timeout: keepalived's is the interval",
+                    s.at(d)
+                ));
+                sec.key("timeout", iv.clone());
+            }
+        }
+    }
+    if weight != 0 {
+        sec.key("weight", weight.to_string());
+    }
+    Ok(Some((sec, weight, script)))
+}
+
 /// keepalived 2.4's `auth_hmac { key ID VALUE; active_key ID; anti_replay …; time_window S;
 /// mode … }` as hapd's inline table. Keys keep their form (`hex:`, `file:` or ASCII).
 fn auth_hmac(d: &Directive, s: &Src<'_>, notes: &mut Section) -> anyhow::Result<String> {
@@ -559,6 +682,12 @@ struct ApacheState {
     /// balancer name → (members, balance)
     balancers: BTreeMap<String, (Vec<String>, Option<&'static str>)>,
     upstream_notes: Vec<String>,
+    /// Server-wide `Timeout` and `ProxyTimeout`: (hapd duration, where).
+    timeout: Option<(String, String)>,
+    proxy_timeout: Option<(String, String)>,
+    /// Log files moved under [`LOG_DIR`]: new path → the path in the Apache file.
+    logs: BTreeMap<String, String>,
+    warnings: Vec<String>,
 }
 
 impl ApacheState {
@@ -612,7 +741,78 @@ fn same_path(prefix: &str, url: &str) -> bool {
     p == prefix || (p == "/" && prefix == "/")
 }
 
-fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
+/// A timeout directive's one argument as a hapd duration; an error names where.
+fn timeout(d: &Directive, at: &str) -> anyhow::Result<String> {
+    match d.arg(0).and_then(secs) {
+        Some(v) if v == "0s" => bail!(
+            "{at}: {} {}: hapd needs a timeout greater than 0",
+            d.name,
+            d.rest()
+        ),
+        Some(v) => Ok(v),
+        None => bail!("{at}: {} {:?} is not a number of seconds", d.name, d.rest()),
+    }
+}
+
+/// Where imported log files go: the unit's `LogsDirectory=hapd`. hapd.service runs with
+/// `ProtectSystem=strict`, so hapd can write only there and in its other `ReadWritePaths`
+/// (`/sys/fs/bpf`, a bpffs, which holds no files); `/tmp` is private to the service.
+pub const LOG_DIR: &str = "/var/log/hapd";
+
+/// An Apache log file as a file hapd can write: kept when it is under [`LOG_DIR`], else the
+/// same file name under it (with a note and a warning naming the original). `Err`: why it
+/// cannot be a file at all (a piped logger, syslog).
+fn log_path(
+    st: &mut ApacheState,
+    sec: &mut Section,
+    at: &str,
+    directive: &str,
+    path: &str,
+) -> Result<String, String> {
+    if path.starts_with('|') {
+        return Err(
+            "a piped logger: hapd writes the file itself and runs no logger program".into(),
+        );
+    }
+    if path == "syslog" || path.starts_with("syslog:") {
+        return Err("hapd writes its vhost logs to files; its own log goes to the journal".into());
+    }
+    let p = Path::new(path);
+    let dir = Path::new(LOG_DIR);
+    let inside = p.is_absolute()
+        && p.starts_with(dir)
+        && p.components().count() > dir.components().count()
+        && !p
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if inside {
+        return Ok(path.to_string());
+    }
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return Err(format!("{path}: no file name"));
+    };
+    let new = format!("{LOG_DIR}/{name}");
+    let why = format!(
+        "{at}: {directive} {path} is outside what hapd.service lets hapd write ({LOG_DIR}): written to {new} instead"
+    );
+    sec.note(&why);
+    st.warnings.push(why);
+    match st.logs.get(&new) {
+        Some(other) if other != path => {
+            let both =
+                format!("{at}: {new} is also where {other} goes: the two logs are now one file");
+            sec.note(&both);
+            st.warnings.push(both);
+        }
+        Some(_) => {}
+        None => {
+            st.logs.insert(new.clone(), path.to_string());
+        }
+    }
+    Ok(new)
+}
+
+fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<String>)> {
     let mut st = ApacheState {
         server: Section::new("[server]"),
         tls: Section::new("[tls]"),
@@ -672,31 +872,63 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
         let at = s.at(d);
         match d.name.as_str() {
             "VirtualHost" | "Proxy" => {}
+            "ServerRoot" => st.server.note(format!(
+                "{at}: ServerRoot {}: where relative Include paths start",
+                d.rest()
+            )),
+            // mod_proxy waits ProxyTimeout for an upstream, by default Timeout; a vhost's own
+            // setting wins (see `vhost`). The last one in the file counts, as in Apache.
+            "Timeout" => {
+                st.timeout = Some((timeout(d, &at)?, at.clone()));
+                st.server.note(format!("{at}: Timeout {}: the timeout of every vhost without its own ProxyTimeout or Timeout (mod_proxy's ProxyTimeout defaults to Timeout); client request heads: header_read_timeout", d.rest()));
+            }
+            "ProxyTimeout" => {
+                st.proxy_timeout = Some((timeout(d, &at)?, at.clone()));
+                st.server.note(format!("{at}: ProxyTimeout {}: the timeout of every vhost without its own ProxyTimeout", d.rest()));
+            }
             "ServerTokens" => {
                 if !server_header_set {
-                    st.server.note(format!("{at}: ServerTokens {}: hapd never sends a version", d.rest()));
+                    st.server.note(format!(
+                        "{at}: ServerTokens {}: hapd never sends a version",
+                        d.rest()
+                    ));
                     st.server.key("server_header", "false");
                     server_header_set = true;
                 }
             }
-            "ServerSignature" => st.server.note(format!("{at}: ServerSignature {}: hapd's own error pages carry no signature", d.rest())),
-            "TraceEnable" => st.server.note(format!("{at}: TraceEnable {}: hapd always answers TRACE with 405", d.rest())),
-            "FileETag" => st.server.note(format!("{at}: FileETag {}: hapd serves no files; upstream ETags pass unchanged", d.rest())),
-            "Timeout" => st.server.note(format!("{at}: Timeout {}: covered by header_read_timeout (client heads) and each vhost's timeout (upstream answers)", d.rest())),
+            "ServerSignature" => st.server.note(format!(
+                "{at}: ServerSignature {}: hapd's own error pages carry no signature",
+                d.rest()
+            )),
+            "TraceEnable" => st.server.note(format!(
+                "{at}: TraceEnable {}: hapd always answers TRACE with 405",
+                d.rest()
+            )),
+            "FileETag" => st.server.note(format!(
+                "{at}: FileETag {}: hapd serves no files; upstream ETags pass unchanged",
+                d.rest()
+            )),
             "KeepAliveTimeout" => match d.arg(0).and_then(secs) {
                 Some(v) => st.server.key("keepalive_timeout", q(&v)),
-                None => bail!("{at}: KeepAliveTimeout {:?} is not a number of seconds", d.rest()),
+                None => bail!(
+                    "{at}: KeepAliveTimeout {:?} is not a number of seconds",
+                    d.rest()
+                ),
             },
             "LimitRequestFieldSize" => st.server.key("max_header_bytes", int(d, &s.at(d), 0)?),
             "Location" => {
                 let prefix = d.arg(0).unwrap_or("/").to_string();
                 match location(d, s, &mut st) {
                     Ok(Some((up, allow))) => {
-                        st.server.note(format!("{at}: <Location {prefix}> is a route in every vhost that proxies"));
+                        st.server.note(format!(
+                            "{at}: <Location {prefix}> is a route in every vhost that proxies"
+                        ));
                         global_routes.push((prefix, up, allow));
                     }
                     Ok(None) => {}
-                    Err(why) => st.server.unmapped(at, &format!("<Location {prefix}>"), &why),
+                    Err(why) => st
+                        .server
+                        .unmapped(at, &format!("<Location {prefix}>"), &why),
                 }
             }
             other => st.server.unmapped(at, other, "no hapd equivalent"),
@@ -778,6 +1010,7 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
             first.note(n);
         }
     }
+    let warnings = std::mem::take(&mut st.warnings);
     for v in vhosts {
         let mut sec = v.sec;
         sec.lines
@@ -802,7 +1035,7 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<Vec<Section>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// A `<Location>` block: ProxyPass and `Require ip`. `Ok(None)` when it proxies nothing.
@@ -862,6 +1095,8 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
     };
     let mut headers: Vec<(String, String)> = Vec::new();
     let (mut cert, mut key, mut chain) = (None, None, None);
+    // (hapd duration, where) of this vhost's ProxyTimeout and Timeout.
+    let (mut proxy_timeout, mut own_timeout) = (None, None);
     for c in &d.children {
         let at = s.at(c);
         match c.name.as_str() {
@@ -920,10 +1155,8 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
                     v.sec.key("preserve_host", "true");
                 }
             }
-            "ProxyTimeout" => match c.arg(0).and_then(secs) {
-                Some(t) => v.sec.key("timeout", q(&t)),
-                None => bail!("{at}: ProxyTimeout {:?} is not a number of seconds", c.rest()),
-            },
+            "ProxyTimeout" => proxy_timeout = Some((timeout(c, &at)?, at)),
+            "Timeout" => own_timeout = Some((timeout(c, &at)?, at)),
             "ProxyRequests" => v.sec.note(format!("{at}: ProxyRequests {}: hapd is never a forward proxy", c.rest())),
             "ProxyPass" => {
                 let (Some(prefix), Some(target)) = (c.arg(0), c.arg(1)) else {
@@ -945,12 +1178,21 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
                 }
             }
             "ProxyPassReverse" => {}
-            "ErrorLog" => v.sec.key("error_log", q(c.arg(0).unwrap_or_default())),
-            "CustomLog" => {
-                if c.arg(1) != Some("combined") {
-                    v.sec.note(format!("{at}: CustomLog format {:?}: hapd writes the combined format", c.arg(1).unwrap_or("")));
+            "ErrorLog" | "CustomLog" => {
+                let key = if c.name == "ErrorLog" { "error_log" } else { "access_log" };
+                let Some(path) = c.arg(0) else {
+                    v.sec.unmapped(at, &c.name, "needs a file");
+                    continue;
+                };
+                match log_path(st, &mut v.sec, &at, &c.name, path) {
+                    Ok(p) => {
+                        if key == "access_log" && c.arg(1) != Some("combined") {
+                            v.sec.note(format!("{at}: CustomLog format {:?}: hapd writes the combined format", c.arg(1).unwrap_or("")));
+                        }
+                        v.sec.key(key, q(&p));
+                    }
+                    Err(why) => v.sec.unmapped(at, &format!("{} {}", c.name, c.rest()), &why),
                 }
-                v.sec.key("access_log", q(c.arg(0).unwrap_or_default()));
             }
             "RewriteEngine" => {}
             "RewriteRule" if c.arg(1).is_some_and(|t| t.starts_with("https://%{HTTP_HOST}") || t.starts_with("https://%{SERVER_NAME}")) => v.redirect = true,
@@ -965,6 +1207,32 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
             }
             other => v.sec.unmapped(at, other, "no hapd equivalent"),
         }
+    }
+    // mod_proxy's timeout for this vhost: its ProxyTimeout, else the server's ProxyTimeout,
+    // else its Timeout, else the server's Timeout (Apache's default, 60 s, is hapd's).
+    // (hapd duration, where, directive, whether this vhost set it)
+    let chosen = proxy_timeout
+        .map(|(t, at)| (t, at, "ProxyTimeout", true))
+        .or_else(|| {
+            st.proxy_timeout
+                .clone()
+                .map(|(t, at)| (t, at, "ProxyTimeout", false))
+        })
+        .or_else(|| own_timeout.clone().map(|(t, at)| (t, at, "Timeout", true)))
+        .or_else(|| st.timeout.clone().map(|(t, at)| (t, at, "Timeout", false)));
+    if let (Some((_, tat)), Some((_, at, "ProxyTimeout", _))) = (&own_timeout, &chosen) {
+        v.sec.note(format!("{tat}: Timeout: the ProxyTimeout of {at} sets the upstream timeout; client request heads: header_read_timeout"));
+    }
+    match chosen {
+        Some((t, _, "ProxyTimeout", true)) => v.sec.key("timeout", q(&t)),
+        // A redirect vhost never waits for an upstream: an inherited timeout would be noise.
+        Some((t, at, what, own)) if own || !v.redirect => {
+            v.sec.note(format!(
+                "timeout: {what} ({at}): mod_proxy's timeout for this vhost"
+            ));
+            v.sec.key("timeout", q(&t));
+        }
+        _ => {}
     }
     if v.names.is_empty() {
         v.sec.note(format!(
