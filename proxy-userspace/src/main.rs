@@ -520,7 +520,7 @@ fn run(config: PathBuf) -> ExitCode {
     };
     // SIGHUP and SIGUSR1 are the admin thread's (reload, reopen logs), which a successor
     // starts only when it commits: until then they are caught and dropped here, not fatal
-    // (logrotate's `systemctl kill -s USR1` reaches every process of the unit).
+    // (a USR1 from logrotate or an operator may come at any time).
     let _early_signals = {
         let _g = rt.enter();
         use tokio::signal::unix::{signal, SignalKind};
