@@ -26,6 +26,12 @@ pub const MAP_FLOWS: &str = "vip_flows";
 /// One `u32`: how many entries `vip_flows` has, so that the guard looks there only during a
 /// move.
 pub const MAP_FLOW_COUNT: &str = "vip_flow_count";
+/// The anycast prefixes this node serves (an LPM trie: key prefix length and the network as
+/// on the wire, value the index of its group in `anycast_peers`). Their TCP segments that no
+/// socket here holds go on along the group's peers (see [`crate::second_chance`]).
+pub const MAP_ANYCAST_PREFIXES: &str = "anycast_prefixes";
+/// Each anycast group's peers ([`AnycastPeers`]), by group index.
+pub const MAP_ANYCAST_PEERS: &str = "anycast_peers";
 /// `auth_hmac` of each instance that has it (key [`InstanceKey`], value [`AuthConfig`]). Never
 /// pinned: its values are key material (HMAC midstates).
 pub const MAP_AUTH: &str = "vrrp_auth";
@@ -44,6 +50,11 @@ pub const MAX_REPLAY: u32 = 4096;
 pub const MAX_AUTH_KEYS: usize = 8;
 /// Capacity of `vip_served` and `vip_flows`.
 pub const MAX_VIPS: u32 = 1024;
+/// Capacity of `anycast_peers` (groups) and `anycast_prefixes`.
+pub const MAX_ANYCAST_GROUPS: u32 = 16;
+pub const MAX_ANYCAST_PREFIXES: u32 = 256;
+/// Nodes one anycast group can have, this one included.
+pub const MAX_ANYCAST_PEERS: usize = 8;
 
 /// Key of `vip_served`: an address and a TCP port as on the wire.
 #[repr(C)]
@@ -355,6 +366,23 @@ pub struct FlowEntry {
     pub _pad: u8,
 }
 
+/// Value of `anycast_peers`: one anycast group's nodes in the order of its `peers` list (the
+/// same order on every node), for second chance ([`crate::second_chance`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnycastPeers {
+    /// This node's position in the list.
+    pub me: u8,
+    /// How many nodes the list has (2..=[`MAX_ANYCAST_PEERS`]; anything else: no second
+    /// chance).
+    pub count: u8,
+    /// Bit i set: node i takes segments sent on (its Ethernet address known, and alive).
+    pub usable: u8,
+    pub _pad: u8,
+    /// Each node's Ethernet address on the group's segment.
+    pub macs: [[u8; 6]; MAX_ANYCAST_PEERS],
+}
+
 /// Why the guard woke userspace (`GuardEvent::flags`).
 pub const EV_NEW_SOURCE: u8 = 1 << 0;
 pub const EV_PRIORITY_CHANGE: u8 = 1 << 1;
@@ -550,6 +578,7 @@ const _: () = {
     assert!(core::mem::size_of::<VridEntry>() == 192);
     assert!(core::mem::size_of::<AdvertRecord>() == 32);
     assert!(core::mem::size_of::<FlowEntry>() == 8);
+    assert!(core::mem::size_of::<AnycastPeers>() == 4 + 6 * MAX_ANYCAST_PEERS);
     assert!(core::mem::size_of::<GuardEvent>() == 24);
     assert!(core::mem::size_of::<GuardCounters>() == 21 * 8);
     assert!(core::mem::size_of::<AuthKey>() == 68);
@@ -572,6 +601,7 @@ mod pod {
     unsafe impl aya::Pod for GuardCounters {}
     unsafe impl aya::Pod for ServedPort {}
     unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for AnycastPeers {}
     unsafe impl aya::Pod for AuthKey {}
     unsafe impl aya::Pod for AuthConfig {}
     unsafe impl aya::Pod for ReplayKey {}

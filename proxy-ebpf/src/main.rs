@@ -17,7 +17,10 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC,
     },
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
+    btf_maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
+        ProgramArray, RingBuf,
+    },
     helpers::bpf_ktime_get_ns,
     helpers::generated::{
         bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
@@ -34,10 +37,11 @@ use proxy_common::{
         Tables, TcpSegment, Verdict, ETH_P_ARP, ETH_P_IPV4, MAX_OFFSET,
     },
     maps::{
-        AdvertRecord, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters, GuardEvent,
-        InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, MAX_INSTANCES,
-        MAX_REPLAY, MAX_VIPS, VRIDS,
+        AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters,
+        GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES,
+        MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
+    second_chance::{next_hop, Hop},
 };
 
 /// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
@@ -60,7 +64,13 @@ static VIP_SERVED: HashMap<ServedPort, u8, { MAX_VIPS as usize }> = HashMap::new
 /// The virtual addresses in a planned move (key: the address as a native `u32`).
 #[btf_map(name = "vip_flows")]
 static VIP_FLOWS: HashMap<u32, FlowEntry, { MAX_VIPS as usize }> = HashMap::new();
-/// Element 0: the number of entries in `vip_flows` (0 outside a move: no jump).
+/// The anycast prefixes this node serves: the index of each one's group in `anycast_peers`.
+#[btf_map(name = "anycast_prefixes")]
+static ANYCAST_PREFIXES: LpmTrie<[u8; 4], u32, { MAX_ANYCAST_PREFIXES as usize }> = LpmTrie::new();
+/// Each anycast group's nodes, for second chance ([`proxy_common::second_chance`]).
+#[btf_map(name = "anycast_peers")]
+static ANYCAST_PEERS: Array<AnycastPeers, { MAX_ANYCAST_GROUPS as usize }> = Array::new();
+/// Element 0: the number of entries in `vip_flows` and `anycast_prefixes` (0: no jump).
 #[btf_map(name = "vip_flow_count")]
 static FLOW_COUNT: Array<u32, 1> = Array::new();
 /// Element 0: [`hapd_flow`], which the guard jumps to during a move (a tail call: its own
@@ -200,9 +210,33 @@ pub fn hapd_flow(ctx: XdpContext) -> u32 {
         }
     }
     if seg.syn {
-        connection_request(&ctx, &seg)
-    } else {
-        XDP_PASS
+        return connection_request(&ctx, &seg);
+    }
+    second_chance(&ctx, &frame, &seg)
+}
+
+/// A segment (not a connection request) to an anycast prefix that no socket of this node
+/// holds goes on along its group's nodes ([`proxy_common::second_chance`]).
+#[inline(always)]
+fn second_chance(ctx: &XdpContext, frame: &XdpFrame, seg: &TcpSegment) -> u32 {
+    let Some(group) = ANYCAST_PREFIXES.get(&Key::new(32, seg.dst)).copied() else {
+        return XDP_PASS;
+    };
+    let Some(peers) = ANYCAST_PEERS.get(group) else {
+        return XDP_PASS;
+    };
+    match socket_state(ctx, seg) {
+        Some(state) if state != TCP_LISTEN && state != TCP_TIME_WAIT => return XDP_PASS,
+        _ => {}
+    }
+    match next_hop(peers, source_mac(frame)) {
+        Hop::Pass => XDP_PASS,
+        Hop::Forward { to, mark } => {
+            let mut h = [0u8; 12];
+            h[..6].copy_from_slice(&to);
+            h[6..].copy_from_slice(&mark);
+            send_back(ctx, h)
+        }
     }
 }
 
@@ -213,15 +247,23 @@ fn forward(ctx: &XdpContext, e: &FlowEntry) -> u32 {
     if start + 12 > end {
         return XDP_PASS;
     }
+    // SAFETY: [start, start + 6) lies inside the packet (checked just above); [u8; N] has
+    // alignment 1.
+    let dst_was = unsafe { core::ptr::read_unaligned(start as *const [u8; 6]) };
+    send_back(ctx, forwarded_header(dst_was, e.peer_mac))
+}
+
+/// Rewrites the frame's Ethernet addresses to `header` (destination, source), counts it as
+/// sent to the node that holds its flow, and sends it out of the interface it came in on.
+#[inline(always)]
+fn send_back(ctx: &XdpContext, header: [u8; 12]) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 12 > end {
+        return XDP_PASS;
+    }
     // SAFETY: [start, start + 12) lies inside the packet (checked just above); [u8; N] has
     // alignment 1; XDP may write the packet.
-    unsafe {
-        let dst_was = core::ptr::read_unaligned(start as *const [u8; 6]);
-        core::ptr::write_unaligned(
-            start as *mut [u8; 12],
-            forwarded_header(dst_was, e.peer_mac),
-        );
-    }
+    unsafe { core::ptr::write_unaligned(start as *mut [u8; 12], header) };
     if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
         // SAFETY: as in count().
         unsafe { (*c).flow_forwarded += 1 };

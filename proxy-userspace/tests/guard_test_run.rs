@@ -1334,3 +1334,102 @@ fn fix_vrrp_checksum_len(f: &mut [u8], pseudo: bool, mlen: usize) {
     let c = proxy_common::guard::checksum(&f[m..m + mlen], p);
     f[m + 6..m + 8].copy_from_slice(&c.to_be_bytes());
 }
+
+/// Second chance for an anycast group of three nodes (this one first) under
+/// BPF_PROG_TEST_RUN, in a lab host with a listener on the prefix and one open connection
+/// (198.18.0.3:50000 to 198.18.10.100:8080): a segment of a flow this node holds stays; one it
+/// does not hold goes to the next node of the group that can take it, marked with where the
+/// walk began and how far it went; the last node of the walk keeps it; connection requests
+/// stay where they land.
+#[test]
+fn anycast_segments_of_flows_held_elsewhere_walk_the_group() {
+    use proxy_common::second_chance::mark;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const ROUTER: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const PEER1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+    const PEER2: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+    let lab = hapd_lab::Lab::new(1).unwrap();
+    for a in ["198.18.10.100/32", "198.18.0.3/32"] {
+        lab.exec(0, &["ip", "addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    lab.in_netns(0, || {
+        let prefix = [198, 18, 10, 100];
+        let mut g = serving([198, 18, 0, 100]);
+        let listener = std::net::TcpListener::bind("198.18.10.100:8080").unwrap();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        client.bind(&"198.18.0.3:50000".parse::<std::net::SocketAddr>()?.into())?;
+        client.connect(&"198.18.10.100:8080".parse::<std::net::SocketAddr>()?.into())?;
+        let (_served, _) = listener.accept()?;
+        let open = |flags, from| from_mac(tcp(prefix, 8080, flags), from);
+        let unknown = |flags, from| {
+            let mut f = open(flags, from);
+            f[14 + 20 + 1] = 0x51; // source port 50001: no socket has this flow
+            f
+        };
+        let run = |g: &XdpGuard, f: &[u8]| g.test_run_frame(f, LO).unwrap();
+        let peers = |usable| proxy_common::maps::AnycastPeers {
+            me: 0,
+            count: 3,
+            usable,
+            _pad: 0,
+            macs: [MY_MAC, PEER1, PEER2, [0; 6], [0; 6], [0; 6], [0; 6], [0; 6]],
+        };
+        let net: ipnet::Ipv4Net = "198.18.10.0/24".parse()?;
+
+        // No group yet: the kernel answers (a reset), as without hapd.
+        assert_eq!(run(&g, &unknown(ACK, ROUTER)).0, XDP_PASS);
+
+        g.set_anycast(&[(vec![net], peers(0b111))])?;
+        assert_eq!(
+            run(&g, &open(ACK, ROUTER)).0,
+            XDP_PASS,
+            "a flow we hold stays"
+        );
+        assert_eq!(
+            run(&g, &unknown(SYN, ROUTER)).0,
+            XDP_PASS,
+            "a new connection is served where it lands"
+        );
+        let (action, out) = run(&g, &unknown(ACK, ROUTER));
+        assert_eq!(action, XDP_TX, "a flow we do not hold goes on");
+        assert_eq!(&out[..6], &PEER1, "to the next node of the list");
+        assert_eq!(&out[6..12], &mark(0, 1), "marked: from us, one step");
+        assert_eq!(
+            &out[12..],
+            &unknown(ACK, ROUTER)[12..],
+            "only Ethernet changes"
+        );
+        // Sent on to us by node 2 (its walk's first step): on to node 1, two steps.
+        let (action, out) = run(&g, &unknown(ACK, mark(2, 1)));
+        assert_eq!(action, XDP_TX);
+        assert_eq!((&out[..6], &out[6..12]), (&PEER1[..], &mark(2, 2)[..]));
+        // The walk from node 1 ends with us: kept, whoever holds it (nobody: a reset).
+        assert_eq!(run(&g, &unknown(ACK, mark(1, 2))).0, XDP_PASS);
+        // Our own flow, sent on to us by another node: ours.
+        assert_eq!(run(&g, &open(ACK, mark(1, 2))).0, XDP_PASS);
+        // A mark that does not fit our place in the list: kept.
+        assert_eq!(run(&g, &unknown(ACK, mark(0, 1))).0, XDP_PASS);
+        // Other addresses are not touched.
+        let elsewhere = from_mac(tcp([198, 18, 11, 1], 8080, ACK), ROUTER);
+        assert_eq!(run(&g, &elsewhere).0, XDP_PASS);
+        let c = g.counters().unwrap();
+        assert_eq!(c.flow_forwarded, 2);
+
+        // Node 1 cannot take segments (dead, or its address unknown): skipped.
+        g.set_anycast_peers(0, peers(0b101))?;
+        let (action, out) = run(&g, &unknown(ACK, ROUTER));
+        assert_eq!(action, XDP_TX);
+        assert_eq!((&out[..6], &out[6..12]), (&PEER2[..], &mark(0, 2)[..]));
+        // Alone: nowhere to go.
+        g.set_anycast_peers(0, peers(0b001))?;
+        assert_eq!(run(&g, &unknown(ACK, ROUTER)).0, XDP_PASS);
+
+        // The group is gone.
+        g.set_anycast(&[])?;
+        g.set_anycast_peers(0, peers(0b111))?;
+        assert_eq!(run(&g, &unknown(ACK, ROUTER)).0, XDP_PASS);
+        Ok(())
+    })
+    .unwrap();
+}

@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     maps::{
+        lpm_trie::{Key, LpmTrie},
         Array, HashMap, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
         ProgramArray, RingBuf,
     },
@@ -19,10 +20,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent, InstanceKey,
-    ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS,
-    MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP,
-    MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME,
+    AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent,
+    InstanceKey, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, FLOW_PROGRAM_NAME, LAYOUT_VERSION,
+    MAP_ADVERTS, MAP_ANYCAST_PEERS, MAP_ANYCAST_PREFIXES, MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK,
+    MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP, MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS,
+    MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME,
     VRIDS,
 };
 use tokio::{
@@ -49,7 +51,7 @@ pub const MAP_LAYOUT: &str = "hapd_layout";
 
 /// Every map the guard pins: name, type, key size, value size, max entries. `vrrp_auth` is
 /// not among them: it holds key material, and a new process writes it afresh.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 11] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); 13] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 32, MAX_INSTANCES),
@@ -61,6 +63,14 @@ const EXPECTED: [(&str, MapType, u32, u32, u32); 11] = [
     (MAP_VIPS, MapType::Hash, 8, 1, MAX_VIPS),
     (MAP_FLOWS, MapType::Hash, 4, 8, MAX_VIPS),
     (MAP_FLOW_COUNT, MapType::Array, 4, 4, 1),
+    (
+        MAP_ANYCAST_PREFIXES,
+        MapType::LpmTrie,
+        8,
+        4,
+        MAX_ANYCAST_PREFIXES,
+    ),
+    (MAP_ANYCAST_PEERS, MapType::Array, 4, 52, MAX_ANYCAST_GROUPS),
 ];
 
 /// How the guard ended up attached to an interface.
@@ -103,6 +113,8 @@ pub struct XdpGuard {
     served: HashMap<MapData, ServedPort, u8>,
     flows: HashMap<MapData, u32, FlowEntry>,
     flow_count: Array<MapData, u32>,
+    anycast_prefixes: LpmTrie<MapData, [u8; 4], u32>,
+    anycast_peers: Array<MapData, AnycastPeers>,
     /// Holds the flow program for the guard's tail call while the daemon runs.
     _jump: ProgramArray<MapData>,
     auth: HashMap<MapData, InstanceKey, AuthConfig>,
@@ -192,6 +204,8 @@ impl XdpGuard {
             _jump: jump,
             flows: take(&mut ebpf, MAP_FLOWS)?,
             flow_count: take(&mut ebpf, MAP_FLOW_COUNT)?,
+            anycast_prefixes: take(&mut ebpf, MAP_ANYCAST_PREFIXES)?,
+            anycast_peers: take(&mut ebpf, MAP_ANYCAST_PEERS)?,
             auth: take(&mut ebpf, MAP_AUTH)?,
             replay: take(&mut ebpf, MAP_REPLAY)?,
             auth_stats: take(&mut ebpf, MAP_AUTH_STATS)?,
@@ -748,8 +762,72 @@ impl XdpGuard {
         }
     }
 
+    /// Second chance for anycast groups ([`proxy_common::second_chance`]): each group's
+    /// prefixes and peers, the group's index its position in `groups`. Replaces what was
+    /// there; on error the prefixes written so far stay and the caller may try again.
+    pub fn set_anycast(
+        &mut self,
+        groups: &[(Vec<ipnet::Ipv4Net>, AnycastPeers)],
+    ) -> anyhow::Result<()> {
+        if groups.len() > MAX_ANYCAST_GROUPS as usize {
+            anyhow::bail!(
+                "{} anycast groups: the guard takes at most {MAX_ANYCAST_GROUPS}",
+                groups.len()
+            );
+        }
+        let mut wanted = std::collections::BTreeMap::new();
+        for (i, (prefixes, peers)) in groups.iter().enumerate() {
+            self.anycast_peers
+                .set(i as u32, *peers, 0)
+                .with_context(|| format!("writing group {i} to {MAP_ANYCAST_PEERS}"))?;
+            for p in prefixes {
+                wanted.insert((p.prefix_len() as u32, p.network().octets()), i as u32);
+            }
+        }
+        if wanted.len() > MAX_ANYCAST_PREFIXES as usize {
+            anyhow::bail!(
+                "{} anycast prefixes: the guard takes at most {MAX_ANYCAST_PREFIXES}",
+                wanted.len()
+            );
+        }
+        for ((len, net), group) in &wanted {
+            self.anycast_prefixes
+                .insert(&Key::new(*len, *net), *group, 0)
+                .with_context(|| {
+                    format!(
+                        "adding {}/{len} to {MAP_ANYCAST_PREFIXES}",
+                        std::net::Ipv4Addr::from(*net)
+                    )
+                })?;
+        }
+        let stale: Vec<Key<[u8; 4]>> = self
+            .anycast_prefixes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains_key(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            match self.anycast_prefixes.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing from {MAP_ANYCAST_PREFIXES}"))
+                }
+            }
+        }
+        self.write_flow_count()
+    }
+
+    /// New peers for anycast group `index` (a node came or went, an address changed).
+    pub fn set_anycast_peers(&mut self, index: u32, peers: AnycastPeers) -> anyhow::Result<()> {
+        self.anycast_peers
+            .set(index, peers, 0)
+            .with_context(|| format!("writing group {index} to {MAP_ANYCAST_PEERS}"))
+    }
+
+    /// The entries the flow program has to look at: it is jumped to only when there are any.
     fn write_flow_count(&mut self) -> anyhow::Result<()> {
-        let n = self.flows.keys().filter(Result::is_ok).count() as u32;
+        let n = self.flows.keys().filter(Result::is_ok).count() as u32
+            + self.anycast_prefixes.keys().filter(Result::is_ok).count() as u32;
         self.flow_count
             .set(0, n, 0)
             .with_context(|| format!("writing {MAP_FLOW_COUNT}"))
