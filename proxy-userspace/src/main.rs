@@ -588,16 +588,25 @@ fn run(config: PathBuf) -> ExitCode {
     };
     // `[[anycast]]` groups: announced through BIRD while the proxy is healthy.
     // A successor starts them once it has committed (its predecessor drives BIRD until then).
+    // Second chance: the groups' peer tables go to the daemon, which owns the guard.
+    let (tables_tx, tables_rx) = tokio::sync::mpsc::channel(4);
+    let guard_xdp = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (mut anycast, anycast_starter) = if cfg.anycast.is_empty() {
         (None, None)
     } else {
         let groups: Vec<_> = cfg.anycast.iter().map(|g| g.get_ref().clone()).collect();
         let (g, starter) = proxy_userspace::anycast::Groups::new(&groups);
-        (Some(g), Some(starter))
+        (
+            Some(g),
+            Some(starter.with_second_chance(tables_tx, guard_xdp.clone())),
+        )
     };
+    // The daemon loop runs the guard and VRRP: for [[vrrp]] instances and for the anycast
+    // groups' second chance.
+    let has_guard = !cfg.vrrp.is_empty() || !cfg.anycast.is_empty();
     let anycast_health = proxy.as_ref().map(|p| p.health.clone());
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(16);
-    let vrrp = (!cfg.vrrp.is_empty()).then_some(control_tx);
+    let vrrp = has_guard.then_some(control_tx);
     let (committed_tx, committed_rx) = tokio::sync::watch::channel(false);
     let services = Services {
         admin_addr: cfg.node.admin,
@@ -665,7 +674,7 @@ fn run(config: PathBuf) -> ExitCode {
         .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
     let watchdog =
         proxy_userspace::notify::watchdog_period(successor.as_ref().map(|s| s.offer.pid));
-    let result = if cfg.vrrp.is_empty() {
+    let result = if !has_guard {
         rt.block_on(proxy_only(
             &cfg.node.name,
             successor.as_deref(),
@@ -678,6 +687,7 @@ fn run(config: PathBuf) -> ExitCode {
             proxy_health: proxy.as_ref().map(|p| p.health.clone()),
             shutdown: None,
             control: Some(control_rx),
+            anycast: (!cfg.anycast.is_empty()).then_some((tables_rx, guard_xdp)),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
             successor: successor.clone(),
             watchdog,

@@ -46,6 +46,10 @@ pub struct AnycastStatus {
     pub bird: Option<String>,
     /// Why BIRD cannot be told, while it cannot.
     pub error: Option<String>,
+    /// Second chance for flows an ECMP change sends here: `on: N of M other node(s) take
+    /// segments (...)` or `off: why` (see `anycast::peers`).
+    #[serde(default)]
+    pub second_chance: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -536,6 +536,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                         proxy: None,
                         successor: None,
                         watchdog: None,
+                        anycast: None,
                     },
                 ))
             })

@@ -273,6 +273,9 @@ impl Status {
                 "  changes          {} announcement(s), {} withdrawal(s)",
                 g.announcements, g.withdrawals
             );
+            if !g.second_chance.is_empty() {
+                let _ = writeln!(o, "  second chance    {}", g.second_chance);
+            }
         }
         if let Some(g) = &self.guard {
             let nonzero: Vec<String> = g

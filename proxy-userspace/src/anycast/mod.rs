@@ -11,17 +11,19 @@
 //! the task retries every [`RETRY`]. The wanted state is also sent again every [`RESYNC`]:
 //! a BIRD restart or `configure` puts the protocol back to `disabled` from its config.
 pub mod bird;
+pub mod peers;
 
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use self::bird::{Bird, BirdError};
 use crate::{config::anycast::Anycast, status::AnycastStatus};
+pub use peers::Tables;
 
 /// How often an unreachable or refusing BIRD is tried again.
 pub const RETRY: Duration = Duration::from_secs(1);
@@ -155,6 +157,7 @@ impl Groups {
             stop: stop.clone(),
             stop_rx,
             prefixes: prefixes.clone(),
+            second_chance: None,
         };
         (
             Groups {
@@ -233,9 +236,22 @@ pub struct Starter {
     stop: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
     prefixes: Vec<ipnet::Ipv4Net>,
+    /// Where the guard's tables for second chance go, and whether the guard runs in XDP.
+    second_chance: Option<(mpsc::Sender<Tables>, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
 impl Starter {
+    /// Second chance: the groups' peers are read and their tables sent to `tx` (the daemon
+    /// writes them to the guard, and sets `xdp` when the guard runs in XDP).
+    pub fn with_second_chance(
+        mut self,
+        tx: mpsc::Sender<Tables>,
+        xdp: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Starter {
+        self.second_chance = Some((tx, xdp));
+        self
+    }
+
     /// Starts one task per group on the current runtime. `health`: the proxy's. `resumed`:
     /// this process succeeds a running hapd (an upgrade), whose healthy proxy already
     /// announced: a healthy proxy here counts as risen. SIGTERM and SIGINT withdraw every
@@ -259,6 +275,11 @@ impl Starter {
             stopper.send_replace(true);
         });
         let held = self.prefixes;
+        if let Some((tx, xdp)) = self.second_chance {
+            let groups = self.tasks.iter().map(|t| t.0.clone()).collect();
+            let status = self.tasks.iter().map(|t| t.1.clone()).collect();
+            tokio::spawn(peers::run(groups, status, tx, xdp));
+        }
         tokio::spawn(async move {
             if let Err(e) = hold(&held, true).await {
                 warn!("anycast: holding the prefixes on lo: {e:#}; packets to them are not accepted here");

@@ -62,6 +62,25 @@ pub(super) fn validate(
     first_verdict: Option<Duration>,
     warnings: &mut Vec<super::Warning>,
 ) -> Result<(), (Option<Range<usize>>, String, String)> {
+    use proxy_common::maps::{MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES};
+    if groups.len() > MAX_ANYCAST_GROUPS as usize {
+        return Err((
+            groups.get(MAX_ANYCAST_GROUPS as usize).map(|g| g.span()),
+            "anycast".into(),
+            format!(
+                "{} groups: a node has at most {MAX_ANYCAST_GROUPS}",
+                groups.len()
+            ),
+        ));
+    }
+    let prefixes: usize = groups.iter().map(|g| g.get_ref().prefixes.len()).sum();
+    if prefixes > MAX_ANYCAST_PREFIXES as usize {
+        return Err((
+            None,
+            "anycast".into(),
+            format!("{prefixes} prefixes: a node has at most {MAX_ANYCAST_PREFIXES}"),
+        ));
+    }
     let mut names = std::collections::HashSet::new();
     let mut protocols = std::collections::HashSet::new();
     for (i, g) in groups.iter().enumerate() {
@@ -83,6 +102,16 @@ pub(super) fn validate(
             return Err(err(
                 "peers",
                 "needs every node of the group, this one too".into(),
+            ));
+        }
+        if g.peers.len() > proxy_common::maps::MAX_ANYCAST_PEERS {
+            return Err(err(
+                "peers",
+                format!(
+                    "{} nodes: a group has at most {} (second chance walks them in XDP)",
+                    g.peers.len(),
+                    proxy_common::maps::MAX_ANYCAST_PEERS
+                ),
             ));
         }
         for (j, p) in g.peers.iter().enumerate() {

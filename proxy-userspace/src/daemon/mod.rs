@@ -56,6 +56,12 @@ pub struct Options {
     /// How often to tell the service manager's watchdog that the loop runs (see
     /// [`crate::notify`]).
     pub watchdog: Option<Duration>,
+    /// `[[anycast]]` second chance: the guard's tables as they change, and where to say
+    /// whether the guard runs in XDP on the groups' interfaces.
+    pub anycast: Option<(
+        mpsc::Receiver<crate::anycast::Tables>,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+    )>,
 }
 
 /// How the loop ended.
@@ -100,9 +106,33 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let successor = opts.successor.take();
+    // The anycast groups' interfaces: the guard runs there for second chance.
+    let mut anycast_ifaces = Vec::new();
+    for g in &config.anycast {
+        let g = g.get_ref();
+        let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str())
+            .with_context(|| format!("anycast {}: interface {}", g.name, g.interface))?;
+        if !anycast_ifaces.iter().any(|(n, _)| *n == g.interface) {
+            anycast_ifaces.push((g.interface.clone(), ifindex));
+        }
+    }
+    let pin_dir = Some(config.node.pin_dir.as_path());
     let mut dp = match &successor {
-        Some(s) => Dataplane::start_successor(&specs, Some(&config.node.pin_dir), &s.offer.guards)?,
-        None => Dataplane::start(&specs, Some(&config.node.pin_dir))?,
+        Some(s) => Dataplane::start_successor(&specs, &anycast_ifaces, pin_dir, &s.offer.guards)?,
+        None => Dataplane::start(&specs, &anycast_ifaces, pin_dir)?,
+    };
+    let mut anycast_tables = match opts.anycast.take() {
+        Some((rx, xdp)) => {
+            let all_xdp = anycast_ifaces.iter().all(|(n, _)| {
+                matches!(dp.modes().get(n), Some(crate::dataplane::GuardMode::Xdp(_)))
+            });
+            if !all_xdp {
+                warn!("anycast: the guard does not run in XDP on every group's interface: no second chance there");
+            }
+            xdp.store(all_xdp, std::sync::atomic::Ordering::Relaxed);
+            Some(rx)
+        }
+        None => None,
     };
     let (fence_tx, mut fence_rx) = mpsc::channel(16);
     let ctx = Ctx {
@@ -281,6 +311,14 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                     r.apply_tracking(now(), &script_states, proxy_healthy);
                     r.act(&ctx, &mut dp).await;
                 }
+            }
+            Some(tables) = async {
+                match &mut anycast_tables {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                dp.set_anycast(&tables);
             }
             Some((i, ok)) = fence_rx.recv() => {
                 if let Some(r) = routers.get_mut(i) {

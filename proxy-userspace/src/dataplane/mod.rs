@@ -258,8 +258,15 @@ impl Dataplane {
     /// Loads and attaches the guard for `specs` (see [`InstanceSpec::from_config`]); `pin_dir`
     /// None keeps the maps unpinned. Must run inside a tokio runtime. On error nothing stays
     /// attached or pinned.
-    pub fn start(specs: &[InstanceSpec], pin_dir: Option<&Path>) -> anyhow::Result<Self> {
-        Self::start_as(specs, pin_dir, None)
+    ///
+    /// `anycast`: the interfaces (name, index) of `[[anycast]]` groups, where the guard runs
+    /// in XDP too (native, else generic) for second chance; without XDP there is none.
+    pub fn start(
+        specs: &[InstanceSpec],
+        anycast: &[(String, u32)],
+        pin_dir: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        Self::start_as(specs, anycast, pin_dir, None)
     }
 
     /// As [`Dataplane::start`] for the successor of a running hapd (a hitless upgrade): the
@@ -270,19 +277,25 @@ impl Dataplane {
     /// [`Dataplane::start_events`] and [`Dataplane::own`].
     pub fn start_successor(
         specs: &[InstanceSpec],
+        anycast: &[(String, u32)],
         pin_dir: Option<&Path>,
         running: &BTreeMap<String, GuardMode>,
     ) -> anyhow::Result<Self> {
-        Self::start_as(specs, pin_dir, Some(running))
+        Self::start_as(specs, anycast, pin_dir, Some(running))
     }
 
     fn start_as(
         specs: &[InstanceSpec],
+        anycast: &[(String, u32)],
         pin_dir: Option<&Path>,
         running: Option<&BTreeMap<String, GuardMode>>,
     ) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(1024);
         let mut per_iface: BTreeMap<&str, (u32, XdpMode)> = BTreeMap::new();
+        for (iface, ifindex) in anycast {
+            per_iface.insert(iface, (*ifindex, XdpMode::Auto));
+        }
+        // A VRRP instance's xdp setting decides for its interface.
         for s in specs {
             per_iface.insert(&s.interface, (s.ifindex, s.xdp));
         }
@@ -594,6 +607,21 @@ impl Dataplane {
             Ok(()) => true,
             Err(e) => {
                 warn!("{e:#}");
+                false
+            }
+        }
+    }
+
+    /// Second chance for the anycast groups ([`crate::anycast::Tables`]), where the guard
+    /// runs in XDP; whether it does.
+    pub fn set_anycast(&mut self, tables: &crate::anycast::Tables) -> bool {
+        let Some(g) = self.xdp.as_mut() else {
+            return false;
+        };
+        match g.set_anycast(tables) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("anycast second chance: {e:#}");
                 false
             }
         }
