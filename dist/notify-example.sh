@@ -6,7 +6,7 @@
 #   $2 the instance name (VI_1)
 #   $3 the previous state
 # It runs with no stdin, after the change has been made (the VIP is already added or removed);
-# hapd waits for it at most 10 s and runs the next one after it, in order.
+# hapd waits for it at most 30 s (then kills it) and runs the next one after it, in order.
 #
 # For a webhook, `notify_webhook = "https://..."` in the same section does the POST itself
 # ({host, instance, state, time} as JSON) without a script.

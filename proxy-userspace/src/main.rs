@@ -349,9 +349,12 @@ fn import(
     match output {
         None => print!("{}", imported.toml),
         Some(p) => {
+            // The config may hold auth_pass: readable by root only, as the package's.
+            use std::os::unix::fs::OpenOptionsExt as _;
             let written = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o640)
                 .open(p)
                 .and_then(|mut f| std::io::Write::write_all(&mut f, imported.toml.as_bytes()));
             if let Err(e) = written {

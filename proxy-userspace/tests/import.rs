@@ -741,3 +741,38 @@ fn log_files_outside_what_the_unit_can_write_move_to_var_log_hapd() {
         "{out}"
     );
 }
+
+/// keepalived blocks hapd does not have, and words after a notify program, are named in the
+/// output, never dropped unseen.
+#[test]
+fn keepalived_blocks_without_an_equivalent_are_named() {
+    let dir = Scratch::new("import-blocks");
+    let k = dir.path("keepalived.conf");
+    std::fs::write(
+        &k,
+        "include /etc/keepalived/other.conf\n\
+         vrrp_sync_group G1 {\n    group {\n        VI_1\n    }\n}\n\
+         virtual_server 10.0.1.100 443 {\n    delay_loop 6\n}\n\
+         vrrp_instance VI_1 {\n    interface eth0\n    virtual_router_id 51\n    priority 100\n\
+         \x20   virtual_ipaddress {\n        10.0.1.100/24\n    }\n\
+         \x20   notify_master \"/etc/keepalived/notify.sh MASTER now\"\n}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = hapd(&[
+        "import",
+        "--keepalived",
+        k.to_str().unwrap(),
+        "--peer",
+        "10.0.1.11",
+    ]);
+    assert!(ok, "{err}");
+    for want in [
+        "keepalived.conf:1): include: hapd import reads one keepalived file",
+        "keepalived.conf:2): vrrp_sync_group: hapd has no sync groups",
+        "keepalived.conf:7): virtual_server: LVS is not part of hapd",
+        "the words after the program (MASTER now) are dropped",
+    ] {
+        assert!(out.contains(want), "{want}:\n{out}");
+    }
+    assert!(err.contains("3 directive(s) not mapped"), "{err}");
+}

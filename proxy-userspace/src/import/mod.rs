@@ -223,6 +223,20 @@ fn keepalived(
             }
         }
     }
+    for d in tree.iter().filter(|d| {
+        !matches!(
+            d.name.as_str(),
+            "global_defs" | "vrrp_script" | "vrrp_instance"
+        )
+    }) {
+        let why = match d.name.as_str() {
+            "include" => "hapd import reads one keepalived file and does not follow its includes: import the included file, or put its blocks in the file given to --keepalived",
+            "vrrp_sync_group" => "hapd has no sync groups: each instance fails over on its own (track the other instance's interface or service with a track_script)",
+            "virtual_server" | "virtual_server_group" => "LVS is not part of hapd",
+            _ => "no hapd equivalent",
+        };
+        node.unmapped(s.at(d), &d.name, why);
+    }
     node.key("name", q(name.as_deref().unwrap_or("hapd")));
     node.key("pin_dir", q("/sys/fs/bpf/hapd"));
     node.key("admin", q("127.0.0.1:8410"));
@@ -346,6 +360,13 @@ fn keepalived(
                 "notify_master" | "notify_backup" | "notify_fault" | "notify_stop" | "notify" => {
                     let words: Vec<&str> = c.args.iter().flat_map(|a| a.split_whitespace()).collect();
                     let Some(prog) = words.first() else { continue };
+                    if words.len() > 1 {
+                        notes.note(format!(
+                            "{at}: {}: the words after the program ({}) are dropped: hapd runs the program with the new state, the instance and the previous state as its arguments",
+                            c.name,
+                            words[1..].join(" ")
+                        ));
+                    }
                     let prev = notify.get_or_insert_with(|| (prog.to_string(), at.clone()));
                     if prev.0 != *prog {
                         notes.unmapped(at, &c.name, "hapd runs one notify command for every state; this one differs from the first");
