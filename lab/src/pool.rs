@@ -44,6 +44,11 @@ pub struct Seen {
     pub answered_by: Mutex<BTreeMap<String, u64>>,
     /// The first errors, with when they happened.
     pub errors: Mutex<Vec<String>>,
+    /// Per kept-alive connection: who answered its last request.
+    pub last_by: Mutex<Vec<String>>,
+    /// Every new connection: when it started (since the pool started), how long its first
+    /// answer took, and whether it came.
+    pub new_log: Mutex<Vec<(Duration, Duration, bool)>>,
     started: Mutex<Option<Instant>>,
 }
 
@@ -72,10 +77,45 @@ impl Seen {
         }
     }
 
+    /// Kept-alive connection `i` was last answered with `body`.
+    fn answered_on(&self, i: usize, body: &str) {
+        if let Ok(mut l) = self.last_by.lock() {
+            if let Some(slot) = l.get_mut(i) {
+                *slot = body.lines().next().unwrap_or_default().to_string();
+            }
+        }
+    }
+
     /// A new connection whose first answer took `took`.
     pub fn new_connection(&self, took: Duration) {
         self.slowest_new_us
             .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the pool started.
+    pub fn elapsed(&self) -> Duration {
+        self.started
+            .lock()
+            .ok()
+            .and_then(|s| *s)
+            .map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Kept-alive connections whose last answer came from a body naming `who`.
+    pub fn held_by(&self, who: &str) -> u64 {
+        self.last_by
+            .lock()
+            .map(|v| v.iter().filter(|w| w.contains(who)).count() as u64)
+            .unwrap_or(0)
+    }
+
+    /// New connections started at or after `since` (a time from [`Seen::elapsed`]): when
+    /// they started, how long their first answer took, whether it came.
+    pub fn new_connections_since(&self, since: Duration) -> Vec<(Duration, Duration, bool)> {
+        self.new_log
+            .lock()
+            .map(|v| v.iter().copied().filter(|(at, ..)| *at >= since).collect())
+            .unwrap_or_default()
     }
 
     pub fn slowest_new(&self) -> Duration {
@@ -122,6 +162,9 @@ impl Pool {
         if let Ok(mut s) = seen.started.lock() {
             *s = Some(Instant::now());
         }
+        if let Ok(mut l) = seen.last_by.lock() {
+            *l = vec![String::new(); shape.connections];
+        }
         let mut threads = Vec::new();
         for i in 0..shape.connections {
             let (stop, seen, shape) = (stop.clone(), seen.clone(), shape.clone());
@@ -132,12 +175,15 @@ impl Pool {
                 while !stop.load(Ordering::Relaxed) {
                     match conn.take() {
                         None => {
-                            conn = fresh(&shape, &seen, false)
-                                .and_then(|(s, closing)| (!closing).then_some(s));
+                            conn = fresh(&shape, &seen, false).and_then(|(s, closing, body)| {
+                                seen.answered_on(i, &body);
+                                (!closing).then_some(s)
+                            });
                         }
                         Some(mut s) => match exchange(&mut s, &shape, false) {
                             Ok((body, closing)) => {
                                 seen.answered(&body);
+                                seen.answered_on(i, &body);
                                 conn = (!closing).then_some(s);
                             }
                             Err(e) => seen.fail(format!("kept-alive connection: {e}")),
@@ -228,10 +274,17 @@ pub fn response(buf: &[u8]) -> Result<Option<(String, bool)>, String> {
     Ok(Some((body, head.contains("connection: close"))))
 }
 
-/// A new connection and its first request; its time goes into the slowest.
-fn fresh(shape: &Shape, seen: &Seen, close: bool) -> Option<(TcpStream, bool)> {
+/// A new connection and its first request (the stream, whether the server closes it, the
+/// body); its time goes into the slowest and the log.
+fn fresh(shape: &Shape, seen: &Seen, close: bool) -> Option<(TcpStream, bool, String)> {
     let t0 = Instant::now();
+    let at = seen.elapsed();
     seen.new_connections.fetch_add(1, Ordering::Relaxed);
+    let log = |ok: bool| {
+        if let Ok(mut l) = seen.new_log.lock() {
+            l.push((at, t0.elapsed(), ok));
+        }
+    };
     let s = TcpStream::connect_timeout(&shape.addr, Duration::from_secs(3)).and_then(|s| {
         s.set_read_timeout(Some(shape.timeout))?;
         s.set_nodelay(true)?;
@@ -240,17 +293,20 @@ fn fresh(shape: &Shape, seen: &Seen, close: bool) -> Option<(TcpStream, bool)> {
     let mut s = match s {
         Ok(s) => s,
         Err(e) => {
+            log(false);
             seen.fail(format!("connect: {e}"));
             return None;
         }
     };
     match exchange(&mut s, shape, close) {
         Ok((body, closing)) => {
+            log(true);
             seen.new_connection(t0.elapsed());
             seen.answered(&body);
-            Some((s, closing))
+            Some((s, closing, body))
         }
         Err(e) => {
+            log(false);
             seen.fail(format!("new connection: {e}"));
             None
         }

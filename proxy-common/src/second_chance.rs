@@ -24,10 +24,78 @@
 //!
 //! Connection requests are served where they land: new flows need no second chance. The
 //! socket lookup is the caller's (a BPF helper in XDP).
+//!
+//! Which nodes take part: each node's daemon pings the others every few tens of
+//! milliseconds with a frame of its own ([`PING_ETHERTYPE`]), and a node's guard answers it
+//! in XDP ([`pong`]) while second chance runs there. So a node counts while its guard can
+//! send segments on: not when its host is gone or its hapd has stopped (the guard is
+//! detached), but still when only its routing daemon has failed or its hapd was killed (the
+//! guard stays attached and keeps its tables).
 use crate::maps::{AnycastPeers, MAX_ANYCAST_PEERS};
 
 /// The first four bytes of a second-chance mark: locally administered, unicast.
 pub const MARK: [u8; 4] = [0x06, 0x68, 0x61, 0x70];
+
+/// The Ethernet type of second chance's pings (IEEE 802 local experimental).
+pub const PING_ETHERTYPE: u16 = 0x88b5;
+/// After the Ethernet header: `hapd`, the kind, and an 8-byte token the answer carries back.
+pub const PING_MAGIC: [u8; 4] = *b"hapd";
+pub const PING: u8 = 1;
+pub const PONG: u8 = 2;
+/// Bytes of a ping: Ethernet header, magic, kind, token.
+pub const PING_LEN: usize = 14 + 4 + 1 + 8;
+
+/// A ping (`to`, from `from`, with `token`).
+pub fn ping(to: [u8; 6], from: [u8; 6], token: u64) -> [u8; PING_LEN] {
+    let mut f = [0u8; PING_LEN];
+    f[..6].copy_from_slice(&to);
+    f[6..12].copy_from_slice(&from);
+    f[12..14].copy_from_slice(&PING_ETHERTYPE.to_be_bytes());
+    f[14..18].copy_from_slice(&PING_MAGIC);
+    f[18] = PING;
+    f[19..].copy_from_slice(&token.to_be_bytes());
+    f
+}
+
+/// The first 19 bytes of the answer to a frame whose first 19 bytes are `head`, if it is a
+/// ping sent to one station (not to a group address): addresses swapped, kind [`PONG`].
+/// The token after them is left as it is.
+#[inline(always)]
+pub fn pong(head: [u8; 19]) -> Option<[u8; 19]> {
+    let ethertype = u16::from_be_bytes([head[12], head[13]]);
+    if ethertype != PING_ETHERTYPE
+        || head[14..18] != PING_MAGIC
+        || head[18] != PING
+        || head[0] & 1 != 0
+    {
+        return None;
+    }
+    let mut out = head;
+    let mut i = 0;
+    while i < 6 {
+        out[i] = head[6 + i];
+        out[6 + i] = head[i];
+        i += 1;
+    }
+    out[18] = PONG;
+    Some(out)
+}
+
+/// The sender and token of an answer to a ping, from a received frame.
+pub fn read_pong(f: &[u8]) -> Option<([u8; 6], u64)> {
+    if f.len() < PING_LEN
+        || f[12..14] != PING_ETHERTYPE.to_be_bytes()
+        || f[14..18] != PING_MAGIC
+        || f[18] != PONG
+    {
+        return None;
+    }
+    let mut from = [0u8; 6];
+    from.copy_from_slice(&f[6..12]);
+    let mut token = [0u8; 8];
+    token.copy_from_slice(&f[19..27]);
+    Some((from, u64::from_be_bytes(token)))
+}
 
 /// What to do with a segment of a flow that no socket of this node holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +267,35 @@ mod tests {
             (t.count, t.me) = (count, me);
             assert_eq!(next_hop(&t, router), Hop::Pass, "count {count}, me {me}");
         }
+    }
+
+    #[test]
+    fn a_ping_is_answered_to_its_sender_with_its_token() {
+        let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let p = ping(b, a, 0x0102_0304_0506_0708);
+        let mut head = [0u8; 19];
+        head.copy_from_slice(&p[..19]);
+        let mut answer = p;
+        answer[..19].copy_from_slice(&pong(head).unwrap());
+        assert_eq!(&answer[..6], &a);
+        assert_eq!(&answer[6..12], &b);
+        assert_eq!(read_pong(&answer), Some((b, 0x0102_0304_0506_0708)));
+        // A ping is not an answer, an answer is not answered, nor is anything else.
+        assert_eq!(read_pong(&p), None);
+        let mut twice = [0u8; 19];
+        twice.copy_from_slice(&answer[..19]);
+        assert_eq!(pong(twice), None);
+        let mut other = head;
+        other[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(pong(other), None);
+        let mut magic = head;
+        magic[14] = b'x';
+        assert_eq!(pong(magic), None);
+        // Sent to a group address: no answer (a broadcast must not make every node reply).
+        let mut group = head;
+        group[..6].copy_from_slice(&[0xff; 6]);
+        assert_eq!(pong(group), None);
+        assert_eq!(read_pong(&answer[..PING_LEN - 1]), None, "short");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use proxy_common::{
         GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES,
         MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
-    second_chance::{next_hop, Hop},
+    second_chance::{next_hop, pong, Hop, PING_ETHERTYPE},
 };
 
 /// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
@@ -269,6 +269,32 @@ fn send_back(ctx: &XdpContext, header: [u8; 12]) -> u32 {
         unsafe { (*c).flow_forwarded += 1 };
     }
     XDP_TX
+}
+
+/// A second-chance ping from another node of an anycast group is answered from here while
+/// second chance runs (this node's tables hold a group): the other nodes send this one
+/// segments only while it answers ([`proxy_common::second_chance`]).
+#[inline(always)]
+fn answer_ping(ctx: &XdpContext) -> u32 {
+    if !ANYCAST_PEERS.get(0).is_some_and(|p| p.count >= 2) {
+        return XDP_PASS;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 19 > end {
+        return XDP_PASS;
+    }
+    // SAFETY: [start, start + 19) lies inside the packet (checked just above); [u8; N] has
+    // alignment 1; XDP may write the packet.
+    unsafe {
+        let head = core::ptr::read_unaligned(start as *const [u8; 19]);
+        match pong(head) {
+            Some(out) => {
+                core::ptr::write_unaligned(start as *mut [u8; 19], out);
+                XDP_TX
+            }
+            None => XDP_PASS,
+        }
+    }
 }
 
 /// An ARP request for an address this node released in a planned move goes unanswered: the
@@ -509,10 +535,12 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     let Some((ethertype, l3)) = l3_offset(&frame) else {
         return XDP_PASS;
     };
-    // Not IPv4: only an ARP request may matter (during a move).
+    // Not IPv4: only an ARP request may matter (during a move), or a second-chance ping.
     if ethertype != ETH_P_IPV4 {
         if ethertype == ETH_P_ARP {
             jump_if_moving(&ctx);
+        } else if ethertype == PING_ETHERTYPE {
+            return answer_ping(&ctx);
         }
         return XDP_PASS;
     }

@@ -677,6 +677,8 @@ fn run(config: PathBuf) -> ExitCode {
         .map_or(Duration::from_secs(10), |s| s.drain_timeout.0);
     let watchdog =
         proxy_userspace::notify::watchdog_period(successor.as_ref().map(|s| s.offer.pid));
+    // With anycast groups the guard outlives the loop, until the connections are gone.
+    let (keep_tx, mut keep_rx) = tokio::sync::oneshot::channel();
     let result = if !has_guard {
         rt.block_on(proxy_only(
             &cfg.node.name,
@@ -691,6 +693,7 @@ fn run(config: PathBuf) -> ExitCode {
             shutdown: None,
             control: Some(control_rx),
             anycast: (!cfg.anycast.is_empty()).then_some((tables_rx, guard_xdp)),
+            keep_guard: (!cfg.anycast.is_empty()).then_some(keep_tx),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
             successor: successor.clone(),
             watchdog,
@@ -718,6 +721,9 @@ fn run(config: PathBuf) -> ExitCode {
             rt.block_on(a.release());
         }
     };
+    // The guard kept for the drain (see below): detached once the connections are gone and
+    // the prefixes released.
+    let kept_guard = keep_rx.try_recv().ok();
     match result {
         Ok(Ended::HandedOver) => {
             // The successor accepts on the same sockets: ours end at request boundaries.
@@ -728,12 +734,18 @@ fn run(config: PathBuf) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Ended::Stopped) => {
-            // VRRP has handed the VIPs over by now (and anycast withdrawn its prefixes): let
-            // requests in flight finish at request boundaries.
+            // VRRP has handed the VIPs over by now (and anycast withdrawn its prefixes, the
+            // router sending their flows elsewhere and second chance bringing them back
+            // here): every connection left ends at a request boundary, as in a planned move,
+            // so that a kept-alive client is never cut while idle.
             if let Some(p) = proxy {
-                p.stop(drain);
+                let (open, took) = p.retire(drain);
+                if open > 0 {
+                    tracing::info!("{open} connection(s) ended at request boundaries in {took:?}");
+                }
             }
             release(&anycast);
+            drop(kept_guard);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -741,6 +753,7 @@ fn run(config: PathBuf) -> ExitCode {
                 p.stop(drain);
             }
             release(&anycast);
+            drop(kept_guard);
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }

@@ -537,6 +537,7 @@ fn an_unhealthy_proxy_gives_up_master_within_one_advert() {
                         successor: None,
                         watchdog: None,
                         anycast: None,
+                        keep_guard: None,
                     },
                 ))
             })

@@ -1,39 +1,43 @@
 //! Second chance's view of each group's nodes: where each one is on the segment (its Ethernet
-//! address, from the kernel's neighbour table) and whether it is alive (its BFD session in
-//! this node's BIRD), turned into the guard's tables ([`Tables`]) whenever that changes.
+//! address, from the kernel's neighbour table) and whether its guard takes part (it answers
+//! the pings sent here: [`proxy_common::second_chance::pong`]), turned into the guard's
+//! tables ([`Tables`]) whenever that changes.
 //!
-//! A node is sent segments only while its address is known and BFD does not say it is down,
-//! so that a dead node does not swallow the flows of the living: BFD finds it dead within its
-//! detection time (3 x 50 ms in the tested config), which is also when the router moves its
-//! flows. A peer with no BFD session in BIRD counts as alive while the neighbour table knows
-//! it (status says so: the operator's BIRD config should have one, see docs/anycast.md).
-//!
-//! One task polls every [`POLL`]: BIRD's `show bfd sessions` per group and the neighbour
-//! table once. The daemon writes the tables to the guard.
+//! A node is sent segments only while it answers: a dead host, or a node whose hapd has
+//! stopped (its guard detached), would swallow the flows of the living. Pings go every
+//! [`POLL`]; a node silent for [`SILENT`] no longer counts, and counts again at its first
+//! answer. A peer whose address the neighbour table lacks is sent a datagram (to the
+//! discard port) once a second, so that the kernel resolves it.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::TryStreamExt as _;
-use proxy_common::maps::{AnycastPeers, MAX_ANYCAST_PEERS};
+use proxy_common::{
+    maps::{AnycastPeers, MAX_ANYCAST_PEERS},
+    second_chance::{ping, read_pong, PING_ETHERTYPE},
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use tokio::sync::mpsc;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::warn;
 
-use super::bird::{Bird, Reply};
 use crate::{config::anycast::Anycast, status::AnycastStatus};
 
 /// Each group's prefixes and its nodes for the guard, in config order (the group's index is
 /// its position).
 pub type Tables = Vec<(Vec<ipnet::Ipv4Net>, AnycastPeers)>;
 
-/// How often BFD and the neighbour table are read.
-pub const POLL: Duration = Duration::from_millis(100);
+/// How often each peer is pinged.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// How long a peer may stay silent and still count (three pings).
+pub const SILENT: Duration = Duration::from_millis(150);
 
 /// What this node knows of one peer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,12 +45,12 @@ pub struct Peer {
     pub addr: Option<Ipv4Addr>,
     /// Its Ethernet address on the group's segment, if the neighbour table has it.
     pub mac: Option<[u8; 6]>,
-    /// Its BFD session: up, down, or none in BIRD (None).
-    pub bfd: Option<bool>,
+    /// It answered a ping within [`SILENT`].
+    pub answers: bool,
 }
 
 /// The guard's table for a group whose node `me` is this one: a peer takes segments when
-/// its address is known and BFD does not say it is down.
+/// its address is known and it answers.
 pub fn table(me: usize, peers: &[Peer]) -> AnycastPeers {
     let mut t = AnycastPeers {
         me: me as u8,
@@ -56,26 +60,12 @@ pub fn table(me: usize, peers: &[Peer]) -> AnycastPeers {
     for (i, p) in peers.iter().enumerate().take(MAX_ANYCAST_PEERS) {
         if let Some(mac) = p.mac {
             t.macs[i] = mac;
-            if i != me && p.bfd != Some(false) {
+            if i != me && p.answers {
                 t.usable |= 1 << i;
             }
         }
     }
     t
-}
-
-/// The state of each BFD session in a `show bfd sessions` reply: address, up.
-pub fn bfd_sessions(reply: &Reply) -> BTreeMap<Ipv4Addr, bool> {
-    reply
-        .lines
-        .iter()
-        .filter_map(|l| {
-            let mut w = l.text.split_whitespace();
-            let addr: Ipv4Addr = w.next()?.parse().ok()?;
-            let _iface = w.next()?;
-            Some((addr, w.next()? == "Up"))
-        })
-        .collect()
 }
 
 /// Status text for a group's second chance.
@@ -96,11 +86,10 @@ pub fn describe(me: Option<usize>, peers: &[Peer], xdp: bool) -> String {
             continue;
         }
         let addr = p.addr.map_or("?".into(), |a| a.to_string());
-        match (p.mac, p.bfd) {
+        match (p.mac, p.answers) {
             (None, _) => notes.push(format!("{addr}: address unknown")),
-            (Some(_), Some(false)) => notes.push(format!("{addr}: BFD down")),
-            (Some(_), None) => notes.push(format!("{addr}: no BFD session in BIRD")),
-            (Some(_), Some(true)) => {}
+            (Some(_), false) => notes.push(format!("{addr}: no answer")),
+            (Some(_), true) => {}
         }
     }
     let usable = t.usable.count_ones();
@@ -114,7 +103,7 @@ pub fn describe(me: Option<usize>, peers: &[Peer], xdp: bool) -> String {
     s
 }
 
-/// Reads the groups' peers every [`POLL`] and sends the tables when they change. `xdp`:
+/// Pings the groups' peers every [`POLL`] and sends the tables when they change. `xdp`:
 /// whether the guard runs in XDP (set by the daemon; for status).
 pub async fn run(
     groups: Vec<Anycast>,
@@ -130,12 +119,56 @@ pub async fn run(
         }
     };
     tokio::spawn(conn);
-    let mut birds: Vec<Option<Bird>> = groups.iter().map(|_| None).collect();
+    // One socket per interface, for pings out and answers in.
+    let mut sockets: BTreeMap<String, (u32, [u8; 6], AsyncFd<OwnedFd>)> = BTreeMap::new();
+    let mut heard: BTreeMap<(u32, [u8; 6]), Instant> = BTreeMap::new();
+    let mut resolved_at = Instant::now() - Duration::from_secs(60);
     let mut last: Option<Tables> = None;
+    let mut token = 0u64;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = [0u8; 64];
     loop {
-        tick.tick().await;
+        // Answers until the next round.
+        loop {
+            // (select_all panics on no futures: none until a socket is open.)
+            let readable = async {
+                if sockets.is_empty() {
+                    std::future::pending().await
+                } else {
+                    futures::future::select_all(
+                        sockets.values().map(|(_, _, fd)| Box::pin(fd.readable())),
+                    )
+                    .await
+                    .0
+                }
+            };
+            let got = tokio::select! {
+                _ = tick.tick() => None,
+                r = readable => Some(r),
+            };
+            let Some(Ok(mut guard)) = got else {
+                break;
+            };
+            let fd = guard.get_inner().as_raw_fd();
+            // SAFETY: recv(2) into a buffer of the size given.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                guard.clear_ready();
+                continue;
+            }
+            if let Some((from, _)) = read_pong(&buf[..n as usize]) {
+                let ifindex = sockets
+                    .values()
+                    .find(|(_, _, s)| s.get_ref().as_raw_fd() == fd)
+                    .map(|(i, ..)| *i);
+                if let Some(i) = ifindex {
+                    heard.insert((i, from), Instant::now());
+                }
+            }
+        }
+        let now = Instant::now();
         let neighbours = match neighbours(&nl).await {
             Ok(n) => n,
             Err(e) => {
@@ -143,30 +176,74 @@ pub async fn run(
                 continue;
             }
         };
+        let resolve = now.duration_since(resolved_at) >= Duration::from_secs(1);
         let mut tables = Tables::new();
-        for ((g, bird), st) in groups.iter().zip(&mut birds).zip(&status) {
+        for (g, st) in groups.iter().zip(&status) {
             let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str()).ok();
             let mine = local_addrs(&g.interface);
             let me = g.peers.iter().position(|p| mine.contains(p));
-            let bfd = match bfd(bird, g).await {
-                Ok(b) => b,
-                Err(e) => {
-                    // BIRD unreachable: what BFD says is unknown (the group is withdrawn
-                    // meanwhile; its own task says why).
-                    *bird = None;
-                    tracing::debug!("anycast {}: BFD sessions: {e}", g.name);
-                    BTreeMap::new()
+            if let (Some(i), false) = (ifindex, sockets.contains_key(&g.interface)) {
+                match open(i, &g.interface) {
+                    Ok(s) => {
+                        sockets.insert(g.interface.clone(), s);
+                    }
+                    Err(e) => warn!("anycast {}: second chance pings: {e:#}", g.name),
                 }
-            };
+            }
             let peers: Vec<Peer> = g
                 .peers
                 .iter()
-                .map(|a| Peer {
-                    addr: Some(*a),
-                    mac: ifindex.and_then(|i| neighbours.get(&(i, *a)).copied()),
-                    bfd: bfd.get(a).copied(),
+                .enumerate()
+                .map(|(k, a)| {
+                    let mac = ifindex.and_then(|i| neighbours.get(&(i, *a)).copied());
+                    let answers = match (ifindex, mac) {
+                        (Some(i), Some(m)) if Some(k) != me => heard
+                            .get(&(i, m))
+                            .is_some_and(|t| now.duration_since(*t) <= SILENT),
+                        _ => false,
+                    };
+                    // Our own entry: our own address (for the table's completeness).
+                    let mac = if Some(k) == me {
+                        sockets.get(&g.interface).map(|s| s.1)
+                    } else {
+                        mac
+                    };
+                    Peer {
+                        addr: Some(*a),
+                        mac,
+                        answers,
+                    }
                 })
                 .collect();
+            // Ping every other peer whose address is known; make the kernel resolve the rest.
+            if let Some((_, my_mac, fd)) = sockets.get(&g.interface) {
+                for (k, p) in peers.iter().enumerate() {
+                    if Some(k) == me {
+                        continue;
+                    }
+                    match (p.mac, p.addr) {
+                        (Some(m), _) => {
+                            token = token.wrapping_add(1);
+                            let f = ping(m, *my_mac, token);
+                            // SAFETY: send(2) of a buffer of the size given.
+                            unsafe {
+                                libc::send(
+                                    fd.get_ref().as_raw_fd(),
+                                    f.as_ptr().cast(),
+                                    f.len(),
+                                    libc::MSG_DONTWAIT,
+                                )
+                            };
+                        }
+                        (None, Some(a)) if resolve => {
+                            if let Ok(u) = std::net::UdpSocket::bind("0.0.0.0:0") {
+                                let _ = u.send_to(&[], (a, 9));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
             let text = describe(me, &peers, xdp.load(std::sync::atomic::Ordering::Relaxed));
             {
                 let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
@@ -179,6 +256,9 @@ pub async fn run(
             };
             tables.push((g.prefixes.clone(), t));
         }
+        if resolve {
+            resolved_at = now;
+        }
         if last.as_ref() != Some(&tables) {
             if tx.send(tables.clone()).await.is_err() {
                 return;
@@ -188,17 +268,47 @@ pub async fn run(
     }
 }
 
-/// `show bfd sessions` from the group's BIRD (connecting first if needed).
-async fn bfd(
-    bird: &mut Option<Bird>,
-    g: &Anycast,
-) -> Result<BTreeMap<Ipv4Addr, bool>, super::bird::BirdError> {
-    if bird.is_none() {
-        *bird = Some(Bird::connect(&g.bird_socket).await?);
+/// An AF_PACKET socket on `ifindex` for second-chance pings, and the interface's address.
+fn open(ifindex: u32, iface: &str) -> anyhow::Result<(u32, [u8; 6], AsyncFd<OwnedFd>)> {
+    use anyhow::Context as _;
+    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .with_context(|| format!("the address of {iface}"))?;
+    let mut mac = [0u8; 6];
+    for (i, part) in mac_text.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(part, 16).with_context(|| format!("{iface}: {mac_text}"))?;
     }
-    let b = bird.as_mut().ok_or(super::bird::BirdError::Closed)?;
-    let reply = b.command("show bfd sessions").await?;
-    Ok(bfd_sessions(&reply))
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(PING_ETHERTYPE.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket");
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is valid; the fields set below are plain integers.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = PING_ETHERTYPE.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: bind(2) with a sockaddr_ll of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    // SAFETY: the descriptor is owned by the AsyncFd, which deregisters it before closing it.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+    Ok((ifindex, mac, fd))
 }
 
 /// This host's IPv4 addresses on `iface`.
@@ -252,24 +362,23 @@ fn usable_neighbour(msg: &NeighbourMessage) -> Option<(Ipv4Addr, [u8; 6])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::anycast::bird::{Line, ReplyParser};
 
-    fn peer(i: u8, mac: bool, bfd: Option<bool>) -> Peer {
+    fn peer(i: u8, mac: bool, answers: bool) -> Peer {
         Peer {
             addr: Some(Ipv4Addr::new(198, 18, 0, i)),
             mac: mac.then_some([2, 0, 0, 0, 0, i]),
-            bfd,
+            answers,
         }
     }
 
     #[test]
-    fn peers_take_segments_when_known_and_not_down() {
+    fn peers_take_segments_when_known_and_answering() {
         let peers = [
-            peer(1, true, None),        // this node
-            peer(2, true, Some(true)),  // alive
-            peer(3, true, Some(false)), // BFD says down
-            peer(4, false, Some(true)), // address unknown
-            peer(5, true, None),        // no BFD session: counts while known
+            peer(1, true, false), // this node
+            peer(2, true, true),  // answers
+            peer(3, true, false), // silent: dead, or its hapd stopped
+            peer(4, false, true), // address unknown (cannot have answered: not counted)
+            peer(5, true, true),
         ];
         let t = table(0, &peers);
         assert_eq!((t.me, t.count), (0, 5));
@@ -279,45 +388,11 @@ mod tests {
         let d = describe(Some(0), &peers, true);
         assert_eq!(
             d,
-            "on: 2 of 4 other node(s) take segments (198.18.0.3: BFD down; 198.18.0.4: address \
-             unknown; 198.18.0.5: no BFD session in BIRD)"
+            "on: 2 of 4 other node(s) take segments (198.18.0.3: no answer; 198.18.0.4: address \
+             unknown)"
         );
         assert!(describe(None, &peers, true).starts_with("off: none of this node's"));
         assert!(describe(Some(0), &peers[..1], true).starts_with("off: the group has one"));
         assert!(describe(Some(0), &peers, false).contains("XDP"));
-    }
-
-    /// `birdc show bfd sessions` from BIRD 2.0.12 (two sessions, one down), as the control
-    /// socket frames it.
-    #[test]
-    fn bfd_sessions_are_read_from_birds_table() {
-        let mut p = ReplyParser::default();
-        let mut reply = None;
-        for l in [
-            "1020-hapd_peers:",
-            " IP address                Interface  State      Since         Interval  Timeout",
-            " 198.18.50.2               eth0       Up         15:13:16.407    0.050    0.150",
-            " 198.18.50.3               eth0       Down       15:13:19.549    1.000    0.000",
-            "0000 ",
-        ] {
-            if let Some(r) = p.push(l).unwrap() {
-                reply = Some(r);
-            }
-        }
-        let s = bfd_sessions(&reply.unwrap());
-        assert_eq!(
-            s.into_iter().collect::<Vec<_>>(),
-            [
-                (Ipv4Addr::new(198, 18, 50, 2), true),
-                (Ipv4Addr::new(198, 18, 50, 3), false)
-            ]
-        );
-        let empty = Reply {
-            lines: vec![Line {
-                code: 0,
-                text: String::new(),
-            }],
-        };
-        assert!(bfd_sessions(&empty).is_empty());
     }
 }

@@ -35,6 +35,11 @@ pub struct Anycast {
     /// After a withdrawal, how long before they are announced again (against flapping).
     #[serde(default = "default_hold_down")]
     pub hold_down: Dur,
+    /// Where the guard runs on `interface` for second chance: `auto` (native XDP, else
+    /// generic), `native`, `generic` (needed on veth: see docs/anycast.md) or `off` (no
+    /// second chance). A `[[vrrp]]` instance on the same interface decides instead.
+    #[serde(default)]
+    pub xdp: super::XdpMode,
 }
 
 fn yes() -> bool {

@@ -62,6 +62,10 @@ pub struct Options {
         mpsc::Receiver<crate::anycast::Tables>,
         std::sync::Arc<std::sync::atomic::AtomicBool>,
     )>,
+    /// On a stop, the guard goes here instead of being detached: the caller drops it once
+    /// the proxy's connections are gone (anycast's second chance brings them their segments
+    /// until then, and the other nodes count this one while its guard answers).
+    pub keep_guard: Option<tokio::sync::oneshot::Sender<Dataplane>>,
 }
 
 /// How the loop ended.
@@ -107,13 +111,13 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
         .collect::<anyhow::Result<Vec<_>>>()?;
     let successor = opts.successor.take();
     // The anycast groups' interfaces: the guard runs there for second chance.
-    let mut anycast_ifaces = Vec::new();
+    let mut anycast_ifaces: Vec<(String, u32, crate::config::XdpMode)> = Vec::new();
     for g in &config.anycast {
         let g = g.get_ref();
         let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str())
             .with_context(|| format!("anycast {}: interface {}", g.name, g.interface))?;
-        if !anycast_ifaces.iter().any(|(n, _)| *n == g.interface) {
-            anycast_ifaces.push((g.interface.clone(), ifindex));
+        if !anycast_ifaces.iter().any(|(n, ..)| *n == g.interface) {
+            anycast_ifaces.push((g.interface.clone(), ifindex, g.xdp));
         }
     }
     let pin_dir = Some(config.node.pin_dir.as_path());
@@ -123,7 +127,7 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
     };
     let mut anycast_tables = match opts.anycast.take() {
         Some((rx, xdp)) => {
-            let all_xdp = anycast_ifaces.iter().all(|(n, _)| {
+            let all_xdp = anycast_ifaces.iter().all(|(n, ..)| {
                 matches!(dp.modes().get(n), Some(crate::dataplane::GuardMode::Xdp(_)))
             });
             if !all_xdp {
@@ -318,7 +322,13 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
                     None => std::future::pending().await,
                 }
             } => {
-                dp.set_anycast(&tables);
+                if dp.set_anycast(&tables) {
+                    let usable: Vec<String> = tables
+                        .iter()
+                        .map(|(_, t)| format!("{:#010b}", t.usable))
+                        .collect();
+                    tracing::debug!("anycast second chance: tables written, usable nodes {usable:?}");
+                }
             }
             Some((i, ok)) = fence_rx.recv() => {
                 if let Some(r) = routers.get_mut(i) {
@@ -450,9 +460,16 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
         }
     }
     let counters = dp.counters().ok();
-    dp.shutdown();
     if let Some(c) = counters {
         info!("guard counters at stop: {c:?}");
+    }
+    match opts.keep_guard.take() {
+        Some(keep) => {
+            if let Err(mut dp) = keep.send(dp) {
+                dp.shutdown();
+            }
+        }
+        None => dp.shutdown(),
     }
     Ok(ended)
 }

@@ -259,11 +259,12 @@ impl Dataplane {
     /// None keeps the maps unpinned. Must run inside a tokio runtime. On error nothing stays
     /// attached or pinned.
     ///
-    /// `anycast`: the interfaces (name, index) of `[[anycast]]` groups, where the guard runs
-    /// in XDP too (native, else generic) for second chance; without XDP there is none.
+    /// `anycast`: the interfaces (name, index, mode) of `[[anycast]]` groups, where the
+    /// guard runs in XDP too for second chance (a VRRP instance's mode decides on its
+    /// interface); without XDP there is none.
     pub fn start(
         specs: &[InstanceSpec],
-        anycast: &[(String, u32)],
+        anycast: &[(String, u32, XdpMode)],
         pin_dir: Option<&Path>,
     ) -> anyhow::Result<Self> {
         Self::start_as(specs, anycast, pin_dir, None)
@@ -277,7 +278,7 @@ impl Dataplane {
     /// [`Dataplane::start_events`] and [`Dataplane::own`].
     pub fn start_successor(
         specs: &[InstanceSpec],
-        anycast: &[(String, u32)],
+        anycast: &[(String, u32, XdpMode)],
         pin_dir: Option<&Path>,
         running: &BTreeMap<String, GuardMode>,
     ) -> anyhow::Result<Self> {
@@ -286,14 +287,14 @@ impl Dataplane {
 
     fn start_as(
         specs: &[InstanceSpec],
-        anycast: &[(String, u32)],
+        anycast: &[(String, u32, XdpMode)],
         pin_dir: Option<&Path>,
         running: Option<&BTreeMap<String, GuardMode>>,
     ) -> anyhow::Result<Self> {
         let (tx, events) = mpsc::channel(1024);
         let mut per_iface: BTreeMap<&str, (u32, XdpMode)> = BTreeMap::new();
-        for (iface, ifindex) in anycast {
-            per_iface.insert(iface, (*ifindex, XdpMode::Auto));
+        for (iface, ifindex, mode) in anycast {
+            per_iface.insert(iface, (*ifindex, *mode));
         }
         // A VRRP instance's xdp setting decides for its interface.
         for s in specs {
@@ -408,6 +409,8 @@ impl Dataplane {
                 }
             }
         }
+        // Interfaces in XDP: VRRP instances' and anycast groups' (second chance).
+        let any_xdp = self.modes.values().any(|m| matches!(m, GuardMode::Xdp(_)));
         if let Some(g) = &mut self.xdp {
             if running.is_none() {
                 g.configure(&xdp_specs)?;
@@ -417,6 +420,8 @@ impl Dataplane {
                     g.spawn_events(tx.clone())?;
                 }
                 g.spawn_clock()?;
+            }
+            if any_xdp {
                 g.spawn_logs()?;
             }
         }
@@ -431,7 +436,7 @@ impl Dataplane {
                 raw::spawn_receiver(iface.clone(), ifindex, fd, self.raw.clone(), tx.clone())?;
             self.raw_tasks.push(task);
         }
-        if self.xdp.as_ref().is_some_and(|_| xdp_specs.is_empty()) {
+        if self.xdp.is_some() && !any_xdp {
             // Nothing runs in XDP after all: do not keep maps pinned for nothing.
             if let Some(g) = self.xdp.take() {
                 g.shutdown()?;
