@@ -38,36 +38,45 @@ pub const MARK: [u8; 4] = [0x06, 0x68, 0x61, 0x70];
 
 /// The Ethernet type of second chance's pings (IEEE 802 local experimental).
 pub const PING_ETHERTYPE: u16 = 0x88b5;
-/// After the Ethernet header: `hapd`, the kind, and an 8-byte token the answer carries back.
+/// After the Ethernet header: `hapd`, the kind, the group's index, and an 8-byte token the
+/// answer carries back.
 pub const PING_MAGIC: [u8; 4] = *b"hapd";
 pub const PING: u8 = 1;
 pub const PONG: u8 = 2;
-/// Bytes of a ping: Ethernet header, magic, kind, token.
-pub const PING_LEN: usize = 14 + 4 + 1 + 8;
+/// Bytes of a ping: Ethernet header, magic, kind, group, token.
+pub const PING_LEN: usize = 14 + 4 + 1 + 1 + 8;
 
-/// A ping (`to`, from `from`, with `token`).
-pub fn ping(to: [u8; 6], from: [u8; 6], token: u64) -> [u8; PING_LEN] {
+/// A ping for group `group` (`to`, from `from`, with `token`).
+pub fn ping(to: [u8; 6], from: [u8; 6], group: u8, token: u64) -> [u8; PING_LEN] {
     let mut f = [0u8; PING_LEN];
     f[..6].copy_from_slice(&to);
     f[6..12].copy_from_slice(&from);
     f[12..14].copy_from_slice(&PING_ETHERTYPE.to_be_bytes());
     f[14..18].copy_from_slice(&PING_MAGIC);
     f[18] = PING;
-    f[19..].copy_from_slice(&token.to_be_bytes());
+    f[19] = group;
+    f[20..].copy_from_slice(&token.to_be_bytes());
     f
 }
 
-/// The first 19 bytes of the answer to a frame whose first 19 bytes are `head`, if it is a
-/// ping sent to one station (not to a group address): addresses swapped, kind [`PONG`].
-/// The token after them is left as it is.
+/// The group a frame whose first 20 bytes are `head` pings, if it is a ping.
 #[inline(always)]
-pub fn pong(head: [u8; 19]) -> Option<[u8; 19]> {
+pub fn pinged_group(head: &[u8; 20]) -> Option<u8> {
     let ethertype = u16::from_be_bytes([head[12], head[13]]);
-    if ethertype != PING_ETHERTYPE
-        || head[14..18] != PING_MAGIC
-        || head[18] != PING
-        || head[0] & 1 != 0
-    {
+    (ethertype == PING_ETHERTYPE && head[14..18] == PING_MAGIC && head[18] == PING)
+        .then_some(head[19])
+}
+
+/// The first 20 bytes of the answer to a ping whose first 20 bytes are `head`, from a node
+/// whose group `p` is the one pinged: only when the ping was sent to this node's own address
+/// in that group (a switch floods frames for an address it no longer knows, and a dead node's
+/// pings must not be answered by another). Addresses swapped, kind [`PONG`]; the token after
+/// them is left as it is.
+#[inline(always)]
+pub fn pong(head: [u8; 20], p: &AnycastPeers) -> Option<[u8; 20]> {
+    pinged_group(&head)?;
+    let me = p.macs.get(p.me as usize)?;
+    if p.count < 2 || head[..6] != *me || head[0] & 1 != 0 {
         return None;
     }
     let mut out = head;
@@ -81,8 +90,8 @@ pub fn pong(head: [u8; 19]) -> Option<[u8; 19]> {
     Some(out)
 }
 
-/// The sender and token of an answer to a ping, from a received frame.
-pub fn read_pong(f: &[u8]) -> Option<([u8; 6], u64)> {
+/// The sender, group and token of an answer to a ping, from a received frame.
+pub fn read_pong(f: &[u8]) -> Option<([u8; 6], u8, u64)> {
     if f.len() < PING_LEN
         || f[12..14] != PING_ETHERTYPE.to_be_bytes()
         || f[14..18] != PING_MAGIC
@@ -93,8 +102,16 @@ pub fn read_pong(f: &[u8]) -> Option<([u8; 6], u64)> {
     let mut from = [0u8; 6];
     from.copy_from_slice(&f[6..12]);
     let mut token = [0u8; 8];
-    token.copy_from_slice(&f[19..27]);
-    Some((from, u64::from_be_bytes(token)))
+    token.copy_from_slice(&f[20..28]);
+    Some((from, f[19], u64::from_be_bytes(token)))
+}
+
+/// Whether a segment sent to Ethernet address `dst` is this node's to walk, in a group with
+/// peers `p`: only when it was sent to this node's own address (not flooded by a switch for
+/// an address it no longer knows).
+#[inline(always)]
+pub fn sent_to_me(p: &AnycastPeers, dst: [u8; 6]) -> bool {
+    p.macs.get(p.me as usize).is_some_and(|m| *m == dst)
 }
 
 /// What to do with a segment of a flow that no socket of this node holds.
@@ -270,32 +287,42 @@ mod tests {
     }
 
     #[test]
-    fn a_ping_is_answered_to_its_sender_with_its_token() {
-        let (a, b) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
-        let p = ping(b, a, 0x0102_0304_0506_0708);
-        let mut head = [0u8; 19];
-        head.copy_from_slice(&p[..19]);
-        let mut answer = p;
-        answer[..19].copy_from_slice(&pong(head).unwrap());
+    fn a_ping_is_answered_to_its_sender_with_its_token_only_by_its_addressee() {
+        // This node is node 1 of three; a is node 0.
+        let p = peers(3, 1, 0b101);
+        let (a, b) = (mac(0), mac(1));
+        let f = ping(b, a, 5, 0x0102_0304_0506_0708);
+        let mut head = [0u8; 20];
+        head.copy_from_slice(&f[..20]);
+        assert_eq!(pinged_group(&head), Some(5));
+        let mut answer = f;
+        answer[..20].copy_from_slice(&pong(head, &p).unwrap());
         assert_eq!(&answer[..6], &a);
         assert_eq!(&answer[6..12], &b);
-        assert_eq!(read_pong(&answer), Some((b, 0x0102_0304_0506_0708)));
+        assert_eq!(read_pong(&answer), Some((b, 5, 0x0102_0304_0506_0708)));
         // A ping is not an answer, an answer is not answered, nor is anything else.
-        assert_eq!(read_pong(&p), None);
-        let mut twice = [0u8; 19];
-        twice.copy_from_slice(&answer[..19]);
-        assert_eq!(pong(twice), None);
+        assert_eq!(read_pong(&f), None);
+        let mut twice = [0u8; 20];
+        twice.copy_from_slice(&answer[..20]);
+        assert_eq!(pong(twice, &p), None);
         let mut other = head;
         other[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        assert_eq!(pong(other), None);
+        assert_eq!(pong(other, &p), None);
         let mut magic = head;
         magic[14] = b'x';
-        assert_eq!(pong(magic), None);
-        // Sent to a group address: no answer (a broadcast must not make every node reply).
+        assert_eq!(pong(magic, &p), None);
+        // Sent to a group address, or flooded to us for another node: no answer.
         let mut group = head;
         group[..6].copy_from_slice(&[0xff; 6]);
-        assert_eq!(pong(group), None);
+        assert_eq!(pong(group, &p), None);
+        let mut flooded = head;
+        flooded[..6].copy_from_slice(&mac(2));
+        assert_eq!(pong(flooded, &p), None);
+        // A group with no second chance here does not answer.
+        assert_eq!(pong(head, &AnycastPeers::default()), None);
         assert_eq!(read_pong(&answer[..PING_LEN - 1]), None, "short");
+        assert!(sent_to_me(&p, b));
+        assert!(!sent_to_me(&p, a));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use proxy_common::{
         GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES,
         MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
-    second_chance::{next_hop, pong, Hop, PING_ETHERTYPE},
+    second_chance::{next_hop, pinged_group, pong, sent_to_me, Hop, PING_ETHERTYPE},
 };
 
 /// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
@@ -225,6 +225,10 @@ fn second_chance(ctx: &XdpContext, frame: &XdpFrame, seg: &TcpSegment) -> u32 {
     let Some(peers) = ANYCAST_PEERS.get(group) else {
         return XDP_PASS;
     };
+    // A frame a switch flooded to us for another host is not ours to walk.
+    if !sent_to_me(peers, frame.bytes::<6>(0).unwrap_or([0; 6])) {
+        return XDP_PASS;
+    }
     match socket_state(ctx, seg) {
         Some(state) if state != TCP_LISTEN && state != TCP_TIME_WAIT => return XDP_PASS,
         _ => {}
@@ -276,20 +280,23 @@ fn send_back(ctx: &XdpContext, header: [u8; 12]) -> u32 {
 /// segments only while it answers ([`proxy_common::second_chance`]).
 #[inline(always)]
 fn answer_ping(ctx: &XdpContext) -> u32 {
-    if !ANYCAST_PEERS.get(0).is_some_and(|p| p.count >= 2) {
-        return XDP_PASS;
-    }
     let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 19 > end {
+    if start + 20 > end {
         return XDP_PASS;
     }
-    // SAFETY: [start, start + 19) lies inside the packet (checked just above); [u8; N] has
+    // SAFETY: [start, start + 20) lies inside the packet (checked just above); [u8; N] has
     // alignment 1; XDP may write the packet.
     unsafe {
-        let head = core::ptr::read_unaligned(start as *const [u8; 19]);
-        match pong(head) {
+        let head = core::ptr::read_unaligned(start as *const [u8; 20]);
+        let Some(group) = pinged_group(&head) else {
+            return XDP_PASS;
+        };
+        let Some(peers) = ANYCAST_PEERS.get(u32::from(group)) else {
+            return XDP_PASS;
+        };
+        match pong(head, peers) {
             Some(out) => {
-                core::ptr::write_unaligned(start as *mut [u8; 19], out);
+                core::ptr::write_unaligned(start as *mut [u8; 20], out);
                 XDP_TX
             }
             None => XDP_PASS,

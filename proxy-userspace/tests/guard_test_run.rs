@@ -1410,6 +1410,19 @@ fn anycast_segments_of_flows_held_elsewhere_walk_the_group() {
         assert_eq!(run(&g, &open(ACK, mark(1, 2))).0, XDP_PASS);
         // A mark that does not fit our place in the list: kept.
         assert_eq!(run(&g, &unknown(ACK, mark(0, 1))).0, XDP_PASS);
+        // A frame a switch flooded to us for another host is not ours to walk.
+        let mut flooded = unknown(ACK, ROUTER);
+        flooded[..6].copy_from_slice(&PEER2);
+        assert_eq!(run(&g, &flooded).0, XDP_PASS);
+        // Pings from another node of the group are answered to it, with their token; pings
+        // for another node, or for a group we do not have, are not.
+        use proxy_common::second_chance::{ping, read_pong};
+        let (action, out) = run(&g, &ping(MY_MAC, PEER1, 0, 42));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(&out[..6], &PEER1);
+        assert_eq!(read_pong(&out), Some((MY_MAC, 0, 42)));
+        assert_eq!(run(&g, &ping(PEER2, PEER1, 0, 43)).0, XDP_PASS);
+        assert_eq!(run(&g, &ping(MY_MAC, PEER1, 1, 44)).0, XDP_PASS);
         // Other addresses are not touched.
         let elsewhere = from_mac(tcp([198, 18, 11, 1], 8080, ACK), ROUTER);
         assert_eq!(run(&g, &elsewhere).0, XDP_PASS);
@@ -1425,10 +1438,10 @@ fn anycast_segments_of_flows_held_elsewhere_walk_the_group() {
         g.set_anycast_peers(0, peers(0b001))?;
         assert_eq!(run(&g, &unknown(ACK, ROUTER)).0, XDP_PASS);
 
-        // The group is gone.
+        // The group is gone: nothing is walked, and pings go unanswered.
         g.set_anycast(&[])?;
-        g.set_anycast_peers(0, peers(0b111))?;
         assert_eq!(run(&g, &unknown(ACK, ROUTER)).0, XDP_PASS);
+        assert_eq!(run(&g, &ping(MY_MAC, PEER1, 0, 45)).0, XDP_PASS);
         Ok(())
     })
     .unwrap();

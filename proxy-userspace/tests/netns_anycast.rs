@@ -616,6 +616,15 @@ fn connections_survive_ecmp_changes_through_second_chance() {
         || nexthops(&lab) == ["198.18.0.3", "198.18.0.4"],
     );
     eprintln!("node 1's route gone {took:?} after its link went down");
+    // The other nodes leave it out of their walks once it stops answering.
+    for i in [2, 3] {
+        let t = wait("node 1 left out", Duration::from_secs(1), || {
+            anycast_status(&lab, i)["second_chance"]
+                .as_str()
+                .is_some_and(|s| s.contains("198.18.0.2: no answer"))
+        });
+        eprintln!("node {i} left node 1 out {t:?} after the route was gone");
+    }
     std::thread::sleep(Duration::from_millis(2500));
     let lost = failed();
     eprintln!("node 1's host died holding {held} connection(s): {lost} request(s) failed");

@@ -122,7 +122,15 @@ pub async fn run(
     // One socket per interface, for pings out and answers in.
     let mut sockets: BTreeMap<String, (u32, [u8; 6], AsyncFd<OwnedFd>)> = BTreeMap::new();
     let mut heard: BTreeMap<(u32, [u8; 6]), Instant> = BTreeMap::new();
-    let mut resolved_at = Instant::now() - Duration::from_secs(60);
+    // The peers' addresses on each interface, from the last neighbour dump: answers from
+    // anyone else are not recorded.
+    let mut known: Vec<(u32, [u8; 6])> = Vec::new();
+    // The neighbour table and this host's addresses, read once a second (not every round:
+    // this task shares its thread with VRRP).
+    let mut neighbours = BTreeMap::new();
+    let mut local: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut resolved_at: Option<Instant> = None;
+    let mut failing: Option<String> = None;
     let mut last: Option<Tables> = None;
     let mut token = 0u64;
     let mut tick = tokio::time::interval(POLL);
@@ -158,36 +166,62 @@ pub async fn run(
                 guard.clear_ready();
                 continue;
             }
-            if let Some((from, _)) = read_pong(&buf[..n as usize]) {
+            if let Some((from, _, _)) = read_pong(&buf[..n as usize]) {
                 let ifindex = sockets
                     .values()
                     .find(|(_, _, s)| s.get_ref().as_raw_fd() == fd)
                     .map(|(i, ..)| *i);
-                if let Some(i) = ifindex {
+                if let Some(i) = ifindex.filter(|i| known.contains(&(*i, from))) {
                     heard.insert((i, from), Instant::now());
                 }
             }
         }
         let now = Instant::now();
-        let neighbours = match neighbours(&nl).await {
-            Ok(n) => n,
-            Err(e) => {
-                warn!("anycast second chance: reading the neighbour table: {e}");
-                continue;
+        let resolve = resolved_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if resolve {
+            match neighbours_of(&nl).await {
+                Ok(n) => neighbours = n,
+                Err(e) => {
+                    let e = format!("reading the neighbour table: {e}");
+                    if failing.as_ref() != Some(&e) {
+                        warn!("anycast second chance: {e}");
+                        failing = Some(e);
+                    }
+                }
             }
-        };
-        let resolve = now.duration_since(resolved_at) >= Duration::from_secs(1);
+            local = groups
+                .iter()
+                .map(|g| (g.interface.clone(), local_addrs(&g.interface)))
+                .collect();
+            known = groups
+                .iter()
+                .filter_map(|g| nix::net::if_::if_nametoindex(g.interface.as_str()).ok())
+                .flat_map(|i| {
+                    neighbours
+                        .iter()
+                        .filter(move |((j, _), _)| *j == i)
+                        .map(move |(_, m)| (i, *m))
+                })
+                .collect();
+            heard.retain(|k, _| known.contains(k));
+        }
         let mut tables = Tables::new();
-        for (g, st) in groups.iter().zip(&status) {
+        for (gi, (g, st)) in groups.iter().zip(&status).enumerate() {
             let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str()).ok();
-            let mine = local_addrs(&g.interface);
+            let mine = local.get(&g.interface).cloned().unwrap_or_default();
             let me = g.peers.iter().position(|p| mine.contains(p));
-            if let (Some(i), false) = (ifindex, sockets.contains_key(&g.interface)) {
+            if let (Some(i), false, true) = (ifindex, sockets.contains_key(&g.interface), resolve) {
                 match open(i, &g.interface) {
                     Ok(s) => {
                         sockets.insert(g.interface.clone(), s);
                     }
-                    Err(e) => warn!("anycast {}: second chance pings: {e:#}", g.name),
+                    Err(e) => {
+                        let e = format!("anycast {}: second chance pings: {e:#}", g.name);
+                        if failing.as_ref() != Some(&e) {
+                            warn!("{e}");
+                            failing = Some(e);
+                        }
+                    }
                 }
             }
             let peers: Vec<Peer> = g
@@ -221,26 +255,26 @@ pub async fn run(
                     if Some(k) == me {
                         continue;
                     }
-                    match (p.mac, p.addr) {
-                        (Some(m), _) => {
-                            token = token.wrapping_add(1);
-                            let f = ping(m, *my_mac, token);
-                            // SAFETY: send(2) of a buffer of the size given.
-                            unsafe {
-                                libc::send(
-                                    fd.get_ref().as_raw_fd(),
-                                    f.as_ptr().cast(),
-                                    f.len(),
-                                    libc::MSG_DONTWAIT,
-                                )
-                            };
+                    if let Some(m) = p.mac {
+                        token = token.wrapping_add(1);
+                        let f = ping(m, *my_mac, gi as u8, token);
+                        // SAFETY: send(2) of a buffer of the size given.
+                        unsafe {
+                            libc::send(
+                                fd.get_ref().as_raw_fd(),
+                                f.as_ptr().cast(),
+                                f.len(),
+                                libc::MSG_DONTWAIT,
+                            )
+                        };
+                    }
+                    // Unknown, or known but silent (its address may have changed): a
+                    // datagram makes the kernel resolve it (again).
+                    if let (Some(a), false, true) = (p.addr, p.answers, resolve) {
+                        if let Ok(u) = std::net::UdpSocket::bind("0.0.0.0:0") {
+                            let _ = u.set_nonblocking(true);
+                            let _ = u.send_to(&[], (a, 9));
                         }
-                        (None, Some(a)) if resolve => {
-                            if let Ok(u) = std::net::UdpSocket::bind("0.0.0.0:0") {
-                                let _ = u.send_to(&[], (a, 9));
-                            }
-                        }
-                        _ => {}
                     }
                 }
             }
@@ -257,7 +291,7 @@ pub async fn run(
             tables.push((g.prefixes.clone(), t));
         }
         if resolve {
-            resolved_at = now;
+            resolved_at = Some(now);
         }
         if last.as_ref() != Some(&tables) {
             if tx.send(tables.clone()).await.is_err() {
@@ -323,7 +357,7 @@ fn local_addrs(iface: &str) -> Vec<Ipv4Addr> {
 }
 
 /// The kernel's IPv4 neighbours with a usable Ethernet address: (interface, address) to MAC.
-async fn neighbours(
+async fn neighbours_of(
     nl: &rtnetlink::Handle,
 ) -> Result<BTreeMap<(u32, Ipv4Addr), [u8; 6]>, rtnetlink::Error> {
     let mut out = BTreeMap::new();

@@ -220,9 +220,11 @@ impl XdpGuard {
         }
         // Moves of an earlier run that shared the pins (killed mid-move): its sockets are gone.
         // A predecessor handing over to us is alive and refuses while it moves addresses.
+        // Likewise the anycast tables of an earlier run: this process writes its own.
         if !successor {
             let stale: Vec<Ipv4Addr> = guard.flows().into_iter().map(|(a, _)| a).collect();
             guard.set_flows(&stale, None)?;
+            guard.set_anycast(&[])?;
         }
         Ok(guard)
     }
@@ -776,10 +778,17 @@ impl XdpGuard {
             );
         }
         let mut wanted = std::collections::BTreeMap::new();
-        for (i, (prefixes, peers)) in groups.iter().enumerate() {
+        // Entries past the groups are cleared: a guard kept from an earlier process must not
+        // answer pings or walk segments for groups gone from the config.
+        for i in 0..MAX_ANYCAST_GROUPS {
+            let peers = groups
+                .get(i as usize)
+                .map_or_else(AnycastPeers::default, |g| g.1);
             self.anycast_peers
-                .set(i as u32, *peers, 0)
+                .set(i, peers, 0)
                 .with_context(|| format!("writing group {i} to {MAP_ANYCAST_PEERS}"))?;
+        }
+        for (i, (prefixes, _)) in groups.iter().enumerate() {
             for p in prefixes {
                 wanted.insert((p.prefix_len() as u32, p.network().octets()), i as u32);
             }
