@@ -228,7 +228,7 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
         o.family(
             "hapd_guard_flow_forwarded_total",
             "counter",
-            "TCP segments the guard sent on to the other node of a planned move.",
+            "TCP segments the guard sent on to the node that holds their flow (a planned move, or anycast second chance).",
         );
         o.sample(
             "hapd_guard_flow_forwarded_total",

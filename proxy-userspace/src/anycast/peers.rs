@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -311,35 +311,8 @@ fn open(ifindex: u32, iface: &str) -> anyhow::Result<(u32, [u8; 6], AsyncFd<Owne
     for (i, part) in mac_text.trim().split(':').enumerate().take(6) {
         mac[i] = u8::from_str_radix(part, 16).with_context(|| format!("{iface}: {mac_text}"))?;
     }
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(PING_ETHERTYPE.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket");
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields set below are plain integers.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = PING_ETHERTYPE.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: bind(2) with a sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
-    }
+    let fd = crate::dataplane::raw::packet_socket(PING_ETHERTYPE)?;
+    crate::dataplane::raw::bind_packet(&fd, ifindex, PING_ETHERTYPE)?;
     // SAFETY: the descriptor is owned by the AsyncFd, which deregisters it before closing it.
     let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
     Ok((ifindex, mac, fd))

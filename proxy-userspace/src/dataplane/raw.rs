@@ -208,19 +208,7 @@ pub fn attach_filter(fd: BorrowedFd<'_>, filter: &mut [libc::sock_filter]) -> io
 
 /// Opens an AF_PACKET socket on `ifindex` that only receives IPv4 protocol-112 frames.
 pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the fd is owned at once.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            (ETH_P_IP.to_be()) as i32,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening an AF_PACKET socket");
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = packet_socket(ETH_P_IP)?;
     // ldb [23] (IPv4 protocol); jeq #112, accept, reject.
     let mut filter = [
         libc::sock_filter {
@@ -249,10 +237,34 @@ pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
         },
     ];
     attach_filter(fd.as_fd(), &mut filter).context("attaching the protocol-112 filter")?;
+    bind_packet(&fd, ifindex, ETH_P_IP)?;
+    Ok(fd)
+}
+
+/// A non-blocking AF_PACKET socket for frames of `ethertype`, not bound yet (a filter goes
+/// on before [`bind_packet`]: until then it would see every interface's frames).
+pub fn packet_socket(ethertype: u16) -> anyhow::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(ethertype.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening an AF_PACKET socket");
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Binds a [`packet_socket`] to interface `ifindex` for frames of `ethertype`.
+pub fn bind_packet(fd: &OwnedFd, ifindex: u32, ethertype: u16) -> anyhow::Result<()> {
     // SAFETY: sockaddr_ll is plain data; zeroed is valid.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_IP.to_be();
+    sll.sll_protocol = ethertype.to_be();
     sll.sll_ifindex = ifindex as i32;
     // SAFETY: sll is a valid sockaddr_ll of the size passed.
     let rc = unsafe {
@@ -265,7 +277,7 @@ pub fn open_socket(ifindex: u32) -> anyhow::Result<OwnedFd> {
     if rc != 0 {
         return Err(io::Error::last_os_error()).context("binding the AF_PACKET socket");
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// Receives on `fd` (from [`open_socket`]) until `tx` closes, judging every incoming frame.
