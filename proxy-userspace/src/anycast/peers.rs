@@ -131,6 +131,7 @@ pub async fn run(
     let mut local: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
     let mut resolved_at: Option<Instant> = None;
     let mut failing: Option<String> = None;
+    let mut last_round: Option<Instant> = None;
     let mut last: Option<Tables> = None;
     let mut token = 0u64;
     let mut tick = tokio::time::interval(POLL);
@@ -177,6 +178,13 @@ pub async fn run(
             }
         }
         let now = Instant::now();
+        // A round that comes late (this thread was busy) must not find every peer silent:
+        // the silence allowed grows by the delay.
+        let late = last_round.map_or(Duration::ZERO, |t| {
+            now.duration_since(t).saturating_sub(POLL)
+        });
+        let window = SILENT + late;
+        last_round = Some(now);
         let resolve = resolved_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         if resolve {
             match neighbours_of(&nl).await {
@@ -233,7 +241,7 @@ pub async fn run(
                     let answers = match (ifindex, mac) {
                         (Some(i), Some(m)) if Some(k) != me => heard
                             .get(&(i, m))
-                            .is_some_and(|t| now.duration_since(*t) <= SILENT),
+                            .is_some_and(|t| now.duration_since(*t) <= window),
                         _ => false,
                     };
                     // Our own entry: our own address (for the table's completeness).
@@ -293,7 +301,8 @@ pub async fn run(
         if resolve {
             resolved_at = Some(now);
         }
-        if last.as_ref() != Some(&tables) {
+        // On a change, and once a second (a write the daemon could not make is made again).
+        if last.as_ref() != Some(&tables) || resolve {
             if tx.send(tables.clone()).await.is_err() {
                 return;
             }

@@ -427,7 +427,8 @@ impl Dataplane {
         }
         self.raw.configure(&raw_specs)?;
         for (iface, mode) in &self.modes {
-            if *mode != GuardMode::Raw {
+            // The raw receiver judges VRRP adverts: none on an interface only anycast uses.
+            if *mode != GuardMode::Raw || !specs.iter().any(|s| s.interface == *iface) {
                 continue;
             }
             let ifindex = per_iface[iface.as_str()].0;
