@@ -374,7 +374,8 @@ pub struct AnycastPeers {
     /// This node's position in the list.
     pub me: u8,
     /// How many nodes the list has (2..=[`MAX_ANYCAST_PEERS`]; anything else: no second
-    /// chance).
+    /// chance). In entry 0, not 0 whenever any group is configured (a group without second
+    /// chance has 1): the guard skips its prefix lookup when it is 0.
     pub count: u8,
     /// Bit i set: node i takes segments sent on (its Ethernet address known, and alive).
     pub usable: u8,

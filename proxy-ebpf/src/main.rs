@@ -70,7 +70,7 @@ static ANYCAST_PREFIXES: LpmTrie<[u8; 4], u32, { MAX_ANYCAST_PREFIXES as usize }
 /// Each anycast group's nodes, for second chance ([`proxy_common::second_chance`]).
 #[btf_map(name = "anycast_peers")]
 static ANYCAST_PEERS: Array<AnycastPeers, { MAX_ANYCAST_GROUPS as usize }> = Array::new();
-/// Element 0: the number of entries in `vip_flows` and `anycast_prefixes` (0: no jump).
+/// Element 0: the number of entries in `vip_flows` (0: no jump, but for anycast prefixes).
 #[btf_map(name = "vip_flow_count")]
 static FLOW_COUNT: Array<u32, 1> = Array::new();
 /// Element 0: [`hapd_flow`], which the guard jumps to during a move (a tail call: its own
@@ -172,9 +172,29 @@ fn moving() -> bool {
 #[inline(always)]
 fn jump_if_moving(ctx: &XdpContext) {
     if moving() {
-        // SAFETY: ctx is this run's context; a successful tail call does not return.
-        unsafe { JUMP.tail_call(ctx, 0) };
+        jump(ctx);
     }
+}
+
+/// A TCP segment goes on to [`hapd_flow`] during a move, and when it is for an anycast prefix
+/// (second chance): one array read and one prefix lookup decide, so that other traffic on an
+/// anycast node does not pay for the jump.
+#[inline(always)]
+fn jump_if_flow(ctx: &XdpContext, seg: &TcpSegment) {
+    // `anycast_peers[0].count` is not 0 when any group is configured (one without second
+    // chance has count 1): a node without groups pays one array read, not a trie lookup.
+    let anycast = ANYCAST_PEERS.get(0).is_some_and(|p| p.count != 0)
+        && ANYCAST_PREFIXES.get(&Key::new(32, seg.dst)).is_some();
+    if moving() || anycast {
+        jump(ctx);
+    }
+}
+
+/// The tail call to [`hapd_flow`]; returns only if it fails (no program in `hapd_jump`).
+#[inline(always)]
+fn jump(ctx: &XdpContext) {
+    // SAFETY: ctx is this run's context; a successful tail call does not return.
+    unsafe { JUMP.tail_call(ctx, 0) };
 }
 
 /// A TCP segment or an ARP request during a planned move of a VIP ([`proxy_common::flow`]):
@@ -555,7 +575,7 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     match classify_ipv4(&frame, l3, ifindex, &Maps) {
         Verdict::Pass => match tcp_segment(&frame, l3) {
             Some(seg) => {
-                jump_if_moving(&ctx);
+                jump_if_flow(&ctx, &seg);
                 if seg.syn {
                     connection_request(&ctx, &seg)
                 } else {

@@ -293,8 +293,12 @@ pub async fn run(
             }
             let t = match me {
                 Some(me) if peers.len() >= 2 => table(me, &peers),
-                // No second chance: a table that never sends anything on.
-                _ => AnycastPeers::default(),
+                // No second chance: a table that never sends anything on nor answers (count
+                // 1: the guard reads a count of 0 in the first entry as "no group at all").
+                _ => AnycastPeers {
+                    count: 1,
+                    ..AnycastPeers::default()
+                },
             };
             tables.push((g.prefixes.clone(), t));
         }

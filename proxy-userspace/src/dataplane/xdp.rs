@@ -823,7 +823,7 @@ impl XdpGuard {
                 }
             }
         }
-        self.write_flow_count()
+        Ok(())
     }
 
     /// New peers for anycast group `index` (a node came or went, an address changed).
@@ -833,10 +833,11 @@ impl XdpGuard {
             .with_context(|| format!("writing group {index} to {MAP_ANYCAST_PEERS}"))
     }
 
-    /// The entries the flow program has to look at: it is jumped to only when there are any.
+    /// The addresses in a planned move: the flow program is jumped to for every TCP segment
+    /// and ARP request only while there are any (for anycast prefixes the guard looks the
+    /// segment's address up itself).
     fn write_flow_count(&mut self) -> anyhow::Result<()> {
-        let n = self.flows.keys().filter(Result::is_ok).count() as u32
-            + self.anycast_prefixes.keys().filter(Result::is_ok).count() as u32;
+        let n = self.flows.keys().filter(Result::is_ok).count() as u32;
         self.flow_count
             .set(0, n, 0)
             .with_context(|| format!("writing {MAP_FLOW_COUNT}"))
