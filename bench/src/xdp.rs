@@ -59,6 +59,29 @@ fn spec(vrid: u8, version: u8, pass: Option<&[u8; 8]>) -> InstanceSpec {
     }
 }
 
+/// This node's Ethernet address in the benchmarks' anycast group.
+const ME: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+/// The benchmarks' anycast group: three nodes, this one first, the other two answering.
+fn bench_group() -> proxy_common::maps::AnycastPeers {
+    proxy_common::maps::AnycastPeers {
+        me: 0,
+        count: 3,
+        usable: 0b110,
+        _pad: 0,
+        macs: [
+            ME,
+            [0x02, 0, 0, 0, 0, 0x21],
+            [0x02, 0, 0, 0, 0, 0x22],
+            [0; 6],
+            [0; 6],
+            [0; 6],
+            [0; 6],
+            [0; 6],
+        ],
+    }
+}
+
 fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let (repeat, rounds) = if quick { (200_000, 1) } else { (5_000_000, 5) };
     let mut g = XdpGuard::load(None, false)?;
@@ -117,25 +140,9 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     )?;
     // A third guard with an anycast group of three nodes (this one first) serving
     // 198.18.10.0/24: second chance runs. Its cases are marked `2` below.
-    const ME: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
     let mut anycast = XdpGuard::load(None, false)?;
     anycast.configure(&specs.iter().collect::<Vec<_>>())?;
-    let group = proxy_common::maps::AnycastPeers {
-        me: 0,
-        count: 3,
-        usable: 0b110,
-        _pad: 0,
-        macs: [
-            ME,
-            [0x02, 0, 0, 0, 0, 0x21],
-            [0x02, 0, 0, 0, 0, 0x22],
-            [0; 6],
-            [0; 6],
-            [0; 6],
-            [0; 6],
-            [0; 6],
-        ],
-    };
+    let group = bench_group();
     anycast.set_anycast(&[(vec!["198.18.10.0/24".parse()?], group)])?;
     // A TCP segment from a client to `dst`:8080 with `flags`, sent to this node.
     let tcp = |dst: [u8; 4], flags: u8| {
@@ -420,28 +427,12 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
 /// socket lookup found, passed).
 fn local_flow(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
     let (repeat, rounds) = if quick { (200_000, 3) } else { (2_000_000, 5) };
-    const ME: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
     let lab = Lab::new(1)?;
     lab.exec(0, &["ip", "addr", "add", "198.18.10.100/32", "dev", "lo"])?;
     let samples = lab.in_netns(0, move || {
         let plain = XdpGuard::load(None, false)?;
         let mut anycast = XdpGuard::load(None, false)?;
-        let group = proxy_common::maps::AnycastPeers {
-            me: 0,
-            count: 3,
-            usable: 0b110,
-            _pad: 0,
-            macs: [
-                ME,
-                [0x02, 0, 0, 0, 0, 0x21],
-                [0x02, 0, 0, 0, 0, 0x22],
-                [0; 6],
-                [0; 6],
-                [0; 6],
-                [0; 6],
-                [0; 6],
-            ],
-        };
+        let group = bench_group();
         anycast.set_anycast(&[(vec!["198.18.10.0/24".parse()?], group)])?;
         let listener = std::net::TcpListener::bind("198.18.10.100:8080")?;
         let client = std::net::TcpStream::connect("198.18.10.100:8080")?;

@@ -113,6 +113,24 @@ pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     buf
 }
 
+/// Interface `iface` and its Ethernet address.
+fn interface(iface: &str) -> anyhow::Result<(pnet_datalink::NetworkInterface, [u8; 6])> {
+    let ni = pnet_datalink::interfaces()
+        .into_iter()
+        .find(|i| i.name == iface)
+        .with_context(|| format!("interface {iface} not found"))?;
+    let mac = ni
+        .mac
+        .with_context(|| format!("{iface} has no MAC address"))?
+        .octets();
+    Ok((ni, mac))
+}
+
+/// The Ethernet address of interface `iface`.
+pub fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
+    interface(iface).map(|(_, mac)| mac)
+}
+
 /// Sends `repeat` gratuitous ARPs for each of `vips` on `iface`, `interval` apart. Opens the
 /// packet socket for the burst only: a pnet channel receives every frame while it is open.
 pub async fn garp_burst(
@@ -121,14 +139,7 @@ pub async fn garp_burst(
     repeat: u32,
     interval: Duration,
 ) -> anyhow::Result<()> {
-    let ni = pnet_datalink::interfaces()
-        .into_iter()
-        .find(|i| i.name == iface)
-        .with_context(|| format!("interface {iface} not found for gratuitous ARP"))?;
-    let mac = ni
-        .mac
-        .with_context(|| format!("{iface} has no MAC address"))?
-        .octets();
+    let (ni, mac) = interface(&iface).context("gratuitous ARP")?;
     let config = pnet_datalink::Config {
         read_buffer_size: 64,
         ..Default::default()

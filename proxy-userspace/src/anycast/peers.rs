@@ -128,7 +128,8 @@ pub async fn run(
     // The neighbour table and this host's addresses, read once a second (not every round:
     // this task shares its thread with VRRP).
     let mut neighbours = BTreeMap::new();
-    let mut local: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+    // Per interface: its index and this host's addresses on it.
+    let mut local: BTreeMap<String, (Option<u32>, Vec<Ipv4Addr>)> = BTreeMap::new();
     let mut resolved_at: Option<Instant> = None;
     let mut failing: Option<String> = None;
     let mut last_round: Option<Instant> = None;
@@ -199,11 +200,14 @@ pub async fn run(
             }
             local = groups
                 .iter()
-                .map(|g| (g.interface.clone(), local_addrs(&g.interface)))
+                .map(|g| {
+                    let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str()).ok();
+                    (g.interface.clone(), (ifindex, local_addrs(&g.interface)))
+                })
                 .collect();
-            known = groups
-                .iter()
-                .filter_map(|g| nix::net::if_::if_nametoindex(g.interface.as_str()).ok())
+            known = local
+                .values()
+                .filter_map(|(i, _)| *i)
                 .flat_map(|i| {
                     neighbours
                         .iter()
@@ -215,8 +219,7 @@ pub async fn run(
         }
         let mut tables = Tables::new();
         for (gi, (g, st)) in groups.iter().zip(&status).enumerate() {
-            let ifindex = nix::net::if_::if_nametoindex(g.interface.as_str()).ok();
-            let mine = local.get(&g.interface).cloned().unwrap_or_default();
+            let (ifindex, mine) = local.get(&g.interface).cloned().unwrap_or_default();
             let me = g.peers.iter().position(|p| mine.contains(p));
             if let (Some(i), false, true) = (ifindex, sockets.contains_key(&g.interface), resolve) {
                 match open(i, &g.interface) {
@@ -317,13 +320,7 @@ pub async fn run(
 
 /// An AF_PACKET socket on `ifindex` for second-chance pings, and the interface's address.
 fn open(ifindex: u32, iface: &str) -> anyhow::Result<(u32, [u8; 6], AsyncFd<OwnedFd>)> {
-    use anyhow::Context as _;
-    let mac_text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
-        .with_context(|| format!("the address of {iface}"))?;
-    let mut mac = [0u8; 6];
-    for (i, part) in mac_text.trim().split(':').enumerate().take(6) {
-        mac[i] = u8::from_str_radix(part, 16).with_context(|| format!("{iface}: {mac_text}"))?;
-    }
+    let mac = crate::vip::interface_mac(iface)?;
     let fd = crate::dataplane::raw::packet_socket(PING_ETHERTYPE)?;
     crate::dataplane::raw::bind_packet(&fd, ifindex, PING_ETHERTYPE)?;
     // SAFETY: the descriptor is owned by the AsyncFd, which deregisters it before closing it.
