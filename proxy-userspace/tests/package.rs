@@ -1,5 +1,7 @@
 //! The Debian package (`cargo xtask dist`), made here from the binary under test the way the
-//! task makes it (`hapd generate` into target/dist/, then `cargo deb --no-build`): its
+//! task makes it (`hapd generate` into target/dist/, then `cargo deb --no-build`; the two
+//! steps are repeated here rather than run through `cargo xtask`, which would build xtask and
+//! hapd again from inside `cargo test`): its
 //! control data, every file it ships, the man pages and completions it carries, its
 //! maintainer scripts, the examples it ships against the config parser, and `dpkg`'s own
 //! check that it installs on this machine.

@@ -344,6 +344,11 @@ pub fn has_wildcard(s: &str) -> bool {
     false
 }
 
+/// Hand-written rather than the `glob` crate, because Apache's includes follow APR's rules,
+/// which `glob` does not: `\` escapes the next character, `[^...]` negates as `[!...]` does,
+/// and an unclosed `[` is a plain character (`glob` rejects the pattern); the cases are in
+/// `wildcards_as_apr_fnmatch` below.
+///
 /// One file name against one path component of a pattern, as APR's `apr_fnmatch` with
 /// `APR_FNM_PERIOD` (what httpd uses for includes): `*` is any run of characters, `?` any one,
 /// `[abc]`, `[a-z]` and `[!a-z]` (or `[^a-z]`) a set, `\` makes the next character plain; a
