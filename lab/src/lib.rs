@@ -5,6 +5,7 @@
 //! the root namespace. Names are unique per lab, so tests run in parallel. Dropping the lab
 //! (also while unwinding from a panic) kills every process left in its namespaces, deletes the
 //! namespaces and unmounts its bpffs.
+pub mod bird;
 pub mod frames;
 pub mod pool;
 pub mod proc;

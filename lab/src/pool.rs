@@ -44,6 +44,8 @@ pub struct Seen {
     pub answered_by: Mutex<BTreeMap<String, u64>>,
     /// The first errors, with when they happened.
     pub errors: Mutex<Vec<String>>,
+    /// Every failure by cause ([`cause`]).
+    pub causes: Mutex<BTreeMap<&'static str, u64>>,
     /// Per kept-alive connection: who answered its last request.
     pub last_by: Mutex<Vec<String>>,
     /// Every new connection: when it started (since the pool started), how long its first
@@ -55,6 +57,9 @@ pub struct Seen {
 impl Seen {
     pub fn fail(&self, what: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut c) = self.causes.lock() {
+            *c.entry(cause(&what)).or_default() += 1;
+        }
         let at = self
             .started
             .lock()
@@ -144,6 +149,27 @@ impl Seen {
             self.slowest_new().as_millis(),
             self.errors.lock().map(|e| e.clone()).unwrap_or_default()
         )
+    }
+}
+
+/// What a failure (as [`Seen::fail`] is told it) was, in a few words: a reset, a timeout, a
+/// refused connection, a connection closed without an answer, an error status, or other.
+pub fn cause(what: &str) -> &'static str {
+    let w = what.to_ascii_lowercase();
+    if w.contains("reset") {
+        "reset"
+    } else if w.contains("timed out") || w.contains("would block") || w.contains("temporarily") {
+        "timeout"
+    } else if w.contains("refused") {
+        "refused"
+    } else if w.contains("unreachable") {
+        "unreachable"
+    } else if w.contains("closed before") || w.contains("broken pipe") {
+        "closed"
+    } else if w.contains("status:") {
+        "error status"
+    } else {
+        "other"
     }
 }
 

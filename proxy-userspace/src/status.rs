@@ -124,7 +124,7 @@ pub struct GuardStatus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ProxyStatus {
-    /// Every route has a server up.
+    /// Every route has a server up (backup servers apart).
     pub healthy: bool,
     pub connections: usize,
     /// The client connections each proxy worker thread serves.
@@ -147,6 +147,9 @@ pub struct ProxyStatus {
 pub struct ServerStatus {
     pub upstream: String,
     pub server: String,
+    /// Listed in `backup_servers`: used only while no other server of its upstream is up.
+    #[serde(default)]
+    pub backup: bool,
     pub up: bool,
     pub outstanding: usize,
 }

@@ -297,6 +297,60 @@ fn a_vhost_inside_ifmodule_with_lowercase_directives_is_imported() {
     assert!(out.contains("tls = true"), "{out}");
 }
 
+/// A balancer's hot standby members (`status=+H`) become the upstream's `backup_servers`,
+/// and the output passes `hapd check`; a balancer of standbys only serves from them.
+#[test]
+fn hot_standby_balancer_members_become_backup_servers() {
+    let dir = Scratch::new("import-standby");
+    let conf = dir.path("site.conf");
+    std::fs::write(
+        &conf,
+        "<Proxy balancer://app>\n\
+         \tBalancerMember http://198.18.0.2:8081 retry=1\n\
+         \tBalancerMember http://198.18.0.3:8081 status=+H\n\
+         \tbalancermember http://198.18.0.4:8081 STATUS=+h\n\
+         </Proxy>\n\
+         <Proxy balancer://spare>\n\
+         \tBalancerMember http://198.18.0.5:8081 status=+H\n\
+         </Proxy>\n\
+         <VirtualHost *:80>\n\
+         \tServerName app.example\n\
+         \tProxyPass /spare balancer://spare/\n\
+         \tProxyPass / balancer://app/\n\
+         </VirtualHost>\n",
+    )
+    .unwrap();
+    let (ok, out, err) = import_apache(&conf);
+    assert!(ok, "{err}");
+    let v: toml::Value = toml::from_str(&out).unwrap();
+    let ups = v["upstream"].as_array().unwrap();
+    let by = |name: &str| {
+        ups.iter()
+            .find(|u| u["name"].as_str() == Some(name))
+            .unwrap()
+    };
+    let list = |u: &toml::Value, k: &str| -> Vec<String> {
+        u.get(k)
+            .and_then(|l| l.as_array())
+            .map_or_else(Vec::new, |l| {
+                l.iter().map(|s| s.as_str().unwrap().to_owned()).collect()
+            })
+    };
+    assert_eq!(list(by("app"), "servers"), ["198.18.0.2:8081"], "{out}");
+    assert_eq!(
+        list(by("app"), "backup_servers"),
+        ["198.18.0.3:8081", "198.18.0.4:8081"],
+        "{out}"
+    );
+    assert_eq!(list(by("spare"), "servers"), ["198.18.0.5:8081"], "{out}");
+    assert!(list(by("spare"), "backup_servers").is_empty(), "{out}");
+    assert!(out.contains("every member is a hot standby"), "{out}");
+    let checked = dir.path("hapd.toml");
+    std::fs::write(&checked, &out).unwrap();
+    let (ok, _, err) = hapd(&["check", "--config", checked.to_str().unwrap()]);
+    assert!(ok, "{err}\n{out}");
+}
+
 fn import_apache(conf: &Path) -> (bool, String, String) {
     hapd(&["import", "--apache", conf.to_str().unwrap()])
 }

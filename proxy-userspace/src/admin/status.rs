@@ -133,11 +133,11 @@ impl Status {
                 let down: Vec<_> = p
                     .servers
                     .iter()
-                    .filter(|s| !s.up)
+                    .filter(|s| !s.up && !s.backup)
                     .map(|s| format!("{}/{}", s.upstream, s.server))
                     .collect();
                 out.push(format!(
-                    "proxy unhealthy: a route has no server up (down: {})",
+                    "proxy unhealthy: a route has no server up, backups apart (down: {})",
                     down.join(", ")
                 ));
             }
@@ -307,9 +307,10 @@ impl Status {
             for s in &p.servers {
                 let _ = writeln!(
                     o,
-                    "  upstream {} server {}: {}, {} in progress",
+                    "  upstream {} server {}{}: {}, {} in progress",
                     s.upstream,
                     s.server,
+                    if s.backup { " (backup)" } else { "" },
                     if s.up { "up" } else { "DOWN" },
                     s.outstanding
                 );

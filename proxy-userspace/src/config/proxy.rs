@@ -15,6 +15,9 @@ use toml::Spanned;
 
 use super::Dur;
 
+/// The most servers an upstream may list, its backups included.
+pub const MAX_SERVERS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
@@ -126,6 +129,12 @@ pub struct Upstream {
     pub name: String,
     /// "host:port" each.
     pub servers: Vec<String>,
+    /// "host:port" each: used only while none of `servers` is up (nginx's `backup`, Apache's
+    /// hot standby `status=+H`). They do not count for the proxy's health (`track_proxy`):
+    /// a node whose own servers are all down withdraws (or lowers its priority) while its
+    /// backups still answer the requests on the connections it holds.
+    #[serde(default)]
+    pub backup_servers: Vec<String>,
     #[serde(default)]
     pub balance: Balance,
     #[serde(default = "default_connect_timeout")]
@@ -328,21 +337,39 @@ pub fn validate(
         if u.servers.is_empty() {
             return Err(err("servers", "needs at least one \"host:port\"".into()));
         }
-        if u.servers.len() > 64 {
+        let total = u.servers.len() + u.backup_servers.len();
+        if total > MAX_SERVERS {
+            let key = if u.backup_servers.is_empty() {
+                "servers"
+            } else {
+                "backup_servers"
+            };
             return Err(err(
-                "servers",
-                format!("at most 64 servers, got {}", u.servers.len()),
+                key,
+                format!("at most {MAX_SERVERS} servers with the backups, got {total}"),
             ));
         }
-        for (j, s) in u.servers.iter().enumerate() {
-            let ok = s
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-            if !ok {
-                return Err(err(
-                    &format!("servers[{j}]"),
-                    format!("{s:?} is not \"host:port\""),
-                ));
+        let mut seen = HashSet::new();
+        for (key, list) in [
+            ("servers", &u.servers),
+            ("backup_servers", &u.backup_servers),
+        ] {
+            for (j, s) in list.iter().enumerate() {
+                let ok = s
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(err(
+                        &format!("{key}[{j}]"),
+                        format!("{s:?} is not \"host:port\""),
+                    ));
+                }
+                if !seen.insert(s.as_str()) {
+                    return Err(err(
+                        &format!("{key}[{j}]"),
+                        format!("{s:?} is listed twice in servers and backup_servers"),
+                    ));
+                }
             }
         }
         if u.connect_timeout.0.is_zero() {

@@ -689,6 +689,14 @@ struct Vhost {
     redirect: bool,
 }
 
+/// A `<Proxy balancer://...>` section: its members, its hot standby members (`status=+H`),
+/// and its `lbmethod`.
+struct Balancer {
+    members: Vec<String>,
+    standby: Vec<String>,
+    balance: Option<&'static str>,
+}
+
 #[derive(Default)]
 struct ApacheState {
     server: Section,
@@ -700,8 +708,8 @@ struct ApacheState {
     listeners: BTreeMap<String, (String, bool)>,
     /// authority → name
     upstreams: BTreeMap<String, String>,
-    /// balancer name → (members, balance)
-    balancers: BTreeMap<String, (Vec<String>, Option<&'static str>)>,
+    /// balancer name → its members
+    balancers: BTreeMap<String, Balancer>,
     upstream_notes: Vec<String>,
     /// Server-wide `Timeout` and `ProxyTimeout`: (hapd duration, where).
     timeout: Option<(String, String)>,
@@ -851,15 +859,30 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<Stri
         };
         let name = b.trim_end_matches('/').to_string();
         let mut members = Vec::new();
+        let mut standby = Vec::new();
         let mut balance = None;
         for c in &d.children {
             match c.name.as_str() {
                 "BalancerMember" => match c.arg(0).and_then(|u| url::Url::parse(u).ok()) {
-                    Some(u) if u.scheme() == "http" => members.push(format!(
-                        "{}:{}",
-                        u.host_str().unwrap_or_default(),
-                        u.port_or_known_default().unwrap_or(80)
-                    )),
+                    Some(u) if u.scheme() == "http" => {
+                        let authority = format!(
+                            "{}:{}",
+                            u.host_str().unwrap_or_default(),
+                            u.port_or_known_default().unwrap_or(80)
+                        );
+                        // `status=+H`: a hot standby, used only while no other member is up.
+                        let hot_standby = c.args.iter().skip(1).any(|a| {
+                            a.split_once('=').is_some_and(|(k, v)| {
+                                k.eq_ignore_ascii_case("status")
+                                    && v.split('+').any(|f| f.eq_ignore_ascii_case("H"))
+                            })
+                        });
+                        if hot_standby {
+                            standby.push(authority);
+                        } else {
+                            members.push(authority);
+                        }
+                    }
                     _ => st.upstream_notes.push(format!(
                         "not mapped ({}): BalancerMember {}: not an http:// URL",
                         s.at(c),
@@ -884,7 +907,23 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<Stri
                 )),
             }
         }
-        st.balancers.insert(name, (members, balance));
+        if members.is_empty() && !standby.is_empty() {
+            // Apache uses hot standbys when no other member is up: with none, always.
+            st.upstream_notes.push(format!(
+                "{}: <Proxy {}>: every member is a hot standby (status=+H): they are its servers",
+                s.at(d),
+                d.rest()
+            ));
+            members = std::mem::take(&mut standby);
+        }
+        st.balancers.insert(
+            name,
+            Balancer {
+                members,
+                standby,
+                balance,
+            },
+        );
     }
     // Server-wide settings, and <Location> blocks that apply to every proxying vhost.
     let mut global_routes: Vec<(String, String, Vec<String>)> = Vec::new();
@@ -1011,10 +1050,21 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<Stri
         }
         out.push(l);
     }
-    for (name, (members, balance)) in &st.balancers {
+    for (
+        name,
+        Balancer {
+            members,
+            standby,
+            balance,
+        },
+    ) in &st.balancers
+    {
         let mut u = Section::new("[[upstream]]");
         u.key("name", q(name));
         u.key("servers", qlist(members));
+        if !standby.is_empty() {
+            u.key("backup_servers", qlist(standby));
+        }
         if let Some(b) = balance {
             u.key("balance", q(b));
         }

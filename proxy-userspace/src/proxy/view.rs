@@ -108,6 +108,7 @@ impl ProxyView {
                 p.servers.iter().map(|s| ServerStatus {
                     upstream: p.name.to_string(),
                     server: s.authority.clone(),
+                    backup: s.backup,
                     up: s.is_up(),
                     outstanding: s.outstanding(),
                 })

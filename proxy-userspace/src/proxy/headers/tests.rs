@@ -13,6 +13,7 @@ fn pool() -> Pool {
     let u = Upstream {
         name: "app".into(),
         servers: vec!["10.0.0.5:8080".into(), "backend.internal:80".into()],
+        backup_servers: Vec::new(),
         balance: Balance::default(),
         connect_timeout: Dur(Duration::from_secs(1)),
         health_check: None,

@@ -1,6 +1,9 @@
 //! Upstream pools (`[[upstream]]`): server choice, HTTP/1.1 connections kept alive per server,
 //! active health checks and passive ejection.
 //!
+//! Backup servers (`backup_servers`) are chosen only while no other server is up, and do not
+//! count for [`Pool::available`] (the proxy's health).
+//!
 //! A server is *up* until `fall` health checks in a row fail, or a connection to it fails
 //! (passive ejection); it is *up* again after `rise` checks in a row pass or, for a pool
 //! without health checks, after [`PASSIVE_RETRY`].
@@ -19,6 +22,7 @@ use tracing::{info, warn};
 mod conn;
 
 pub use self::conn::{poll_data, read_response, Head, UpConn, UpError, HEAD_LIMIT};
+pub use crate::config::proxy::MAX_SERVERS;
 use crate::config::proxy::{Balance, HealthCheck, Upstream};
 use crate::proxy::{
     codec::body::Decoder,
@@ -37,6 +41,8 @@ pub struct Server {
     host: String,
     port: u16,
     pool: String,
+    /// Listed in `backup_servers`: chosen only while no other server is up.
+    pub backup: bool,
     /// Requests in flight, counted by the thread that sent them (summed when read).
     outstanding: Box<[Padded<AtomicUsize>]>,
     up: AtomicBool,
@@ -54,7 +60,10 @@ pub struct Pool {
     /// Replaced by a reload: its health checks stop.
     retired: AtomicBool,
     balance: Balance,
+    /// `servers`, then `backup_servers`.
     pub servers: Vec<Arc<Server>>,
+    /// How many of `servers` are not backups (they come first).
+    primaries: usize,
     /// Round-robin: the next server, for the whole proxy.
     turn: AtomicUsize,
     /// Least-outstanding: where each thread's search starts, so ties rotate.
@@ -89,9 +98,6 @@ impl From<&HealthCheck> for Check {
 /// The servers a request has been tried on (a pool has at most [`MAX_SERVERS`]).
 #[derive(Default, Clone, Copy)]
 pub struct Tried(u64);
-
-/// The most servers an upstream may list.
-pub const MAX_SERVERS: usize = 64;
 
 impl Tried {
     pub fn add(&mut self, i: usize) {
@@ -155,7 +161,9 @@ impl Pool {
         let servers = u
             .servers
             .iter()
-            .map(|s| {
+            .map(|s| (s, false))
+            .chain(u.backup_servers.iter().map(|s| (s, true)))
+            .map(|(s, backup)| {
                 // Checked by the config: "host:port" with a port 1..=65535.
                 let (host, port) = s.rsplit_once(':').unwrap_or((s, "80"));
                 let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -164,6 +172,7 @@ impl Pool {
                     host: host.to_string(),
                     port: port.parse().unwrap_or(80),
                     pool: u.name.clone(),
+                    backup,
                     outstanding: per_thread(threads),
                     up: AtomicBool::new(true),
                     rises: AtomicU32::new(0),
@@ -177,6 +186,7 @@ impl Pool {
             retired: AtomicBool::new(false),
             balance: u.balance,
             servers,
+            primaries: u.servers.len(),
             turn: AtomicUsize::new(0),
             next: per_thread(threads),
             connect_timeout: u.connect_timeout.0,
@@ -194,22 +204,31 @@ impl Pool {
         self.retired.store(true, Ordering::Relaxed);
     }
 
-    /// Whether any server is up.
+    /// Whether a server other than a backup is up: what the proxy's health follows.
     pub fn available(&self) -> bool {
-        self.servers.iter().any(|s| s.is_up())
+        self.servers[..self.primaries].iter().any(|s| s.is_up())
     }
 
     /// Chooses an up server not in `tried` for a request on thread `w` (count the request
-    /// against it with [`Busy`]).
+    /// against it with [`Busy`]): one of `servers` while one is up, else a backup.
     pub fn pick(&self, w: Worker, tried: Tried) -> Option<usize> {
-        let n = self.servers.len();
         let start = match self.balance {
             Balance::RoundRobin => self.turn.fetch_add(1, Ordering::Relaxed),
             Balance::LeastOutstanding => mine(&self.next, w).fetch_add(1, Ordering::Relaxed),
         };
+        let usable = |i: usize| !tried.contains(i) && self.servers[i].is_up();
+        let tier = if (0..self.primaries).any(usable) {
+            0..self.primaries
+        } else {
+            self.primaries..self.servers.len()
+        };
+        let n = tier.len();
+        if n == 0 {
+            return None;
+        }
         let candidates = (0..n)
-            .map(|k| (start + k) % n)
-            .filter(|&i| !tried.contains(i) && self.servers[i].is_up());
+            .map(|k| tier.start + (start + k) % n)
+            .filter(|&i| usable(i));
         match self.balance {
             Balance::RoundRobin => candidates.into_iter().next(),
             // Ties go to the first from a rotating start, so equal servers share the load.
@@ -415,5 +434,58 @@ impl Server {
 
     pub fn pool_name(&self) -> &str {
         &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(servers: &[&str], backups: &[&str], balance: &str) -> Pool {
+        let toml = format!(
+            "name = \"app\"\nservers = {servers:?}\nbackup_servers = {backups:?}\nbalance = \"{balance}\"\n"
+        );
+        let u: Upstream = toml::from_str(&toml).unwrap();
+        Pool::new(&u, watch::channel(0).0, 2)
+    }
+
+    fn picks(p: &Pool, tried: Tried, n: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).filter_map(|_| p.pick(Worker(0), tried)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn backups_serve_only_while_no_other_server_is_up_and_do_not_count_for_health() {
+        for balance in ["round-robin", "least-outstanding"] {
+            let p = pool(&["a:1", "b:1"], &["c:1", "d:1"], balance);
+            assert!(p.servers[2].backup && !p.servers[1].backup);
+            assert_eq!(picks(&p, Tried::default(), 8), [0, 1], "{balance}");
+            assert!(p.available());
+            // One server down: the other takes every request, the backups none.
+            p.set_up(0, false, "test");
+            assert_eq!(picks(&p, Tried::default(), 8), [1], "{balance}");
+            // A request that failed on the last server up goes to a backup.
+            let mut tried = Tried::default();
+            tried.add(1);
+            assert_eq!(picks(&p, tried, 8), [2, 3], "{balance}");
+            // Every server down: the backups share the requests; the pool is unavailable.
+            p.set_up(1, false, "test");
+            assert_eq!(picks(&p, Tried::default(), 8), [2, 3], "{balance}");
+            assert!(!p.available());
+            tried = Tried::default();
+            tried.add(2);
+            tried.add(3);
+            assert_eq!(p.pick(Worker(0), tried), None);
+            p.set_up(1, true, "test");
+            assert_eq!(picks(&p, Tried::default(), 8), [1], "{balance}");
+            assert!(p.available());
+        }
+        // Without backups, nothing changes: every server down is no server at all.
+        let p = pool(&["a:1"], &[], "round-robin");
+        p.set_up(0, false, "test");
+        assert_eq!(p.pick(Worker(0), Tried::default()), None);
+        assert!(!p.available());
     }
 }
