@@ -1,5 +1,6 @@
 //! hapd's benchmark suites: `bench <suite>|all [--quick]`, normally through `cargo xtask bench`.
 //! Each suite prints progress, then writes `bench/results/<suite>-<timestamp>.{json,md}`.
+mod anycast;
 mod cleanup;
 mod failover;
 mod fuzz;
@@ -18,8 +19,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(about = "hapd benchmarks (run as root; they build labs of network namespaces)")]
 struct Cli {
-    /// `xdp`, `failover`, `proxy`, `idle`, `interop`, `fuzz`, or `all` (all but `fuzz` and
-    /// `interop`, which needs keepalived 2.4.3's source beside the clone).
+    /// `xdp`, `failover`, `proxy`, `idle`, `anycast`, `interop`, `fuzz`, or `all` (all but
+    /// `fuzz` and `interop`, which needs keepalived 2.4.3's source beside the clone).
     suite: String,
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
@@ -53,11 +54,11 @@ fn main() -> anyhow::Result<()> {
     }
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
-        "all" => vec!["xdp", "failover", "proxy", "idle"],
-        s @ ("xdp" | "failover" | "proxy" | "idle" | "interop" | "fuzz") => vec![s],
+        "all" => vec!["xdp", "failover", "proxy", "idle", "anycast"],
+        s @ ("xdp" | "failover" | "proxy" | "idle" | "anycast" | "interop" | "fuzz") => vec![s],
         other => {
             anyhow::bail!(
-                "unknown suite {other:?}; suites: xdp, failover, proxy, idle, interop, fuzz, all"
+                "unknown suite {other:?}; suites: xdp, failover, proxy, idle, anycast, interop, fuzz, all"
             )
         }
     };
@@ -67,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             "failover" => failover::run(cli.quick)?,
             "proxy" => proxy::run(cli.quick, &cli.peers)?,
             "idle" => idle::run(cli.quick)?,
+            "anycast" => anycast::run(cli.quick)?,
             "interop" => interop::run(cli.quick)?,
             "fuzz" => fuzz::run(cli.quick)?,
             _ => unreachable!("suite names are checked above"),

@@ -80,6 +80,38 @@ protocol bgp uplink {{
     c
 }
 
+/// Makes host 0 of `lab` a router for hosts 1..=`nodes` (IP forwarding, the L4 hash for
+/// multipath routes: plain hash-threshold ECMP) and puts host `nodes + 1`, the client, behind
+/// it on a link of its own (198.18.100.2, via the router's 198.18.100.1), so that its flows
+/// are spread by the router's ECMP route, not by the shared segment.
+pub fn router_and_client(lab: &Lab, nodes: usize) -> anyhow::Result<()> {
+    for (k, v) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+    ] {
+        lab.exec(0, &["sysctl", "-q", "-w", &format!("{k}={v}")])?;
+    }
+    let client = nodes + 1;
+    lab.exec(client, &["ip", "link", "set", "eth0", "down"])?;
+    let (r_if, c_if) = lab.link(0, client)?;
+    lab.exec(0, &["ip", "addr", "add", "198.18.100.1/24", "dev", &r_if])?;
+    lab.exec(
+        client,
+        &["ip", "addr", "add", "198.18.100.2/24", "dev", &c_if],
+    )?;
+    lab.exec(
+        client,
+        &["ip", "route", "add", "default", "via", "198.18.100.1"],
+    )?;
+    for i in 1..=nodes {
+        lab.exec(
+            i,
+            &["ip", "route", "add", "198.18.100.0/24", "via", "198.18.0.1"],
+        )?;
+    }
+    Ok(())
+}
+
 /// A BIRD running in a lab host.
 pub struct Bird {
     pub proc: Proc,
@@ -147,8 +179,17 @@ pub fn birdc(lab: &Lab, i: usize, socket: &Path, args: &[&str]) -> String {
 
 /// The nexthops of host `i`'s kernel route to the prefix, sorted.
 pub fn nexthops(lab: &Lab, i: usize) -> Vec<String> {
+    nexthops_in(&lab.host(i).netns)
+}
+
+/// The nexthops of the kernel route to the prefix in network namespace `netns`, sorted
+/// (without a [`Lab`], for a thread that watches the route while the lab is in use).
+pub fn nexthops_in(netns: &str) -> Vec<String> {
     let prefix = format!("{PREFIX}/32");
-    let Ok(out) = lab.command(i, &["ip", "route", "show", &prefix]).output() else {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-n", netns, "route", "show", &prefix])
+        .output()
+    else {
         return Vec::new();
     };
     let text = String::from_utf8_lossy(&out.stdout).to_string();

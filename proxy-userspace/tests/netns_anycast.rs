@@ -358,29 +358,7 @@ fn bird_unreachable_or_refusing_is_shown_retried_and_checked() {
 fn connections_survive_ecmp_changes_through_second_chance() {
     const PEERS: [&str; 3] = ["198.18.0.2", "198.18.0.3", "198.18.0.4"];
     let mut lab = Lab::new(5).unwrap();
-    for (k, v) in [
-        ("net.ipv4.ip_forward", "1"),
-        ("net.ipv4.fib_multipath_hash_policy", "1"),
-    ] {
-        lab.exec(0, &["sysctl", "-q", "-w", &format!("{k}={v}")])
-            .unwrap();
-    }
-    // The client sits behind the router, on a link of its own.
-    lab.exec(4, &["ip", "link", "set", "eth0", "down"]).unwrap();
-    let (r_if, c_if) = lab.link(0, 4).unwrap();
-    lab.exec(0, &["ip", "addr", "add", "198.18.100.1/24", "dev", &r_if])
-        .unwrap();
-    lab.exec(4, &["ip", "addr", "add", "198.18.100.2/24", "dev", &c_if])
-        .unwrap();
-    lab.exec(4, &["ip", "route", "add", "default", "via", "198.18.100.1"])
-        .unwrap();
-    for i in 1..=3 {
-        lab.exec(
-            i,
-            &["ip", "route", "add", "198.18.100.0/24", "via", "198.18.0.1"],
-        )
-        .unwrap();
-    }
+    bird::router_and_client(&lab, 3).unwrap();
     let router = router_bird(3);
     let (_router, rsock) = start_bird(&lab, 0, &router);
     let mut backends = Vec::new();

@@ -441,6 +441,53 @@ async fn only_idempotent_requests_are_sent_again_on_a_new_connection() {
     assert_eq!(posted, 502);
 }
 
+/// A server that drops every request under it without an answer (it is stopping or crashed),
+/// with a backup beside it: a POST gets a 502 and reaches it once; an idempotent request goes
+/// to the backup and is answered, over HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_a_server_drops_goes_to_another() {
+    let up = RawUpstream::start(|_| false, None).await;
+    let b = Backend::start("b").await;
+    let cfg = config(&[up.addr.to_string()], "round-robin", "").replace(
+        &format!("servers = [\"{}\"]", up.addr),
+        &format!(
+            "servers = [\"{}\"]\nbackup_servers = [\"{}\"]",
+            up.addr,
+            b.authority()
+        ),
+    );
+    assert!(cfg.contains("backup_servers"), "{cfg}");
+    let p = start_proxy(&cfg);
+    let mut c = tokio::net::TcpStream::connect(addr_of(&p, "http"))
+        .await
+        .unwrap();
+    assert_eq!(one_request(&mut c, "POST", 0).await, 502);
+    assert_eq!(
+        up.posts.load(Ordering::Relaxed),
+        1,
+        "the POST reached it once"
+    );
+    // (The proxy closes a connection after answering for a request with a body.)
+    let mut c = tokio::net::TcpStream::connect(addr_of(&p, "http"))
+        .await
+        .unwrap();
+    for i in 1..4 {
+        assert_eq!(one_request(&mut c, "GET", i).await, 200, "GET {i}");
+    }
+    let mut tx = h2_connect(addr_of(&p, "http")).await;
+    assert_eq!(h2_request(&mut tx, "GET", "/h2").await, 200);
+    assert_eq!(
+        b.hits.load(Ordering::Relaxed),
+        4,
+        "every GET answered by the backup"
+    );
+    assert!(
+        up.accepts.load(Ordering::Relaxed) >= 5,
+        "each GET tried the server first"
+    );
+    assert_eq!(up.posts.load(Ordering::Relaxed), 1);
+}
+
 /// An upstream that delimits its body by closing (no length, not chunked): an HTTP/1.1 client
 /// gets it chunked, ended by the last chunk, on a connection that stays open; an HTTP/1.0
 /// client gets it delimited by the close, as it came.

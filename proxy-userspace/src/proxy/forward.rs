@@ -3,7 +3,8 @@
 //! request ([`Attempt::send`], the protocol's part), and when that fails decide what follows:
 //!
 //! - a connection that cannot be made ejects the server (passive health) and the request goes
-//!   to the next server not tried yet;
+//!   to the next server not tried yet; so does an idempotent request that the server drops
+//!   before any of its answer (nginx's `proxy_next_upstream error`), without the ejection;
 //! - a kept-alive connection the server had closed before the request reached it (see
 //!   [`UpError::stale`]) is retried once, on a new connection to the same server, when the
 //!   request may be sent again ([`Attempt::retriable`]);
@@ -126,6 +127,19 @@ pub async fn call<A: Attempt>(
                     // it: the same request again, on a new connection.
                     retried = true;
                     fresh = true;
+                }
+                Err(Failed::Upstream(e)) if a.retriable() && e.dropped() => {
+                    // The server dropped a request nothing of whose answer had come (it
+                    // stopped or crashed under it): the request goes to another server. The
+                    // server is not ejected for it (a pool of one would then answer 503);
+                    // a refused connection or its health check takes it out.
+                    let why = format!("dropped a request without an answer ({e})");
+                    site.error(
+                        client,
+                        &format!("upstream {} server {}: {why}", pool.name, server.authority),
+                    );
+                    tried.add(i);
+                    continue 'servers;
                 }
                 Err(Failed::Upstream(e)) => {
                     let (status, msg, log) = e.answer(site.timeout);

@@ -81,6 +81,24 @@ impl UpError {
         }
     }
 
+    /// The server dropped the connection without an answer (closed or reset: it stopped or
+    /// crashed with the request in flight). An idempotent request may go to another server,
+    /// as nginx's `proxy_next_upstream error` does; a timeout, a bad answer or a broken body
+    /// is not retried.
+    pub fn dropped(&self) -> bool {
+        match self {
+            UpError::Closed { .. } => true,
+            UpError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+
     /// A kept-alive connection the server had closed before the request reached it: the
     /// request may go again on a new connection.
     pub fn stale(&self, conn_reused: bool) -> bool {

@@ -1,0 +1,638 @@
+//! `anycast` suite: three nodes announce one service prefix by BGP to a router that spreads
+//! flows over them (ECMP), and a pooled client behind the router sees what each event costs:
+//! a node's upstream failing and coming back, a node stopping gracefully and rejoining, a
+//! node's host dying and coming back. hapd (`[[anycast]]`: its proxy, BIRD driven by its
+//! health, second chance in XDP) beside the common pattern (BIRD, nginx as the proxy with the
+//! other nodes' backends as `backup`, and a health-check script that enables and disables the
+//! same BIRD protocol), alternating, in the same run.
+//!
+//! ```text
+//!   client h4 ── router h0 (BIRD: eBGP + BFD 50 ms x 3, merge paths, L4-hash ECMP)
+//!                    └─ segment ─ node h1, h2, h3: BIRD + (hapd | nginx + script) + backend
+//! ```
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::Path,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use hapd_lab::{
+    bird::{self, Bird, PREFIX},
+    host_addr,
+    pool::{Pool, Seen, Shape},
+    proc::Proc,
+    Lab,
+};
+use nix::sys::signal::Signal;
+
+use crate::report::{median_spread, Report, Table};
+
+/// Nodes in the group (hosts 1..=NODES); the client is host NODES + 1.
+const NODES: usize = 3;
+const CLIENT: usize = NODES + 1;
+const PORT: u16 = 8080;
+const BACKEND_PORT: u16 = 8081;
+/// The BIRD protocol both setups enable and disable.
+const PROTOCOL: &str = "hapd_web";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Setup {
+    Hapd,
+    /// BIRD + nginx + a health-check script.
+    Common,
+}
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Hapd => "hapd",
+            Setup::Common => "BIRD + nginx + health script",
+        }
+    }
+
+    /// Both, the first one alternating by round.
+    fn alternating(round: usize) -> [Setup; 2] {
+        if round.is_multiple_of(2) {
+            [Setup::Hapd, Setup::Common]
+        } else {
+            [Setup::Common, Setup::Hapd]
+        }
+    }
+}
+
+/// The events, in the order one run goes through them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Event {
+    /// Node 2's backend process stops: its health check fails, it withdraws.
+    UpstreamFails,
+    /// Node 2's backend starts again: it announces again.
+    UpstreamBack,
+    /// Node 3 stops gracefully (hapd: SIGTERM; the common pattern: the health script is
+    /// stopped, which disables the protocol, and nginx quits gracefully a second later).
+    GracefulStop,
+    /// Node 3 starts again and rejoins.
+    Rejoin,
+    /// Node 1's host drops off the network (its link goes down).
+    HostDies,
+    /// Node 1's link comes back.
+    HostBack,
+}
+
+impl Event {
+    const ALL: [Event; 6] = [
+        Event::UpstreamFails,
+        Event::UpstreamBack,
+        Event::GracefulStop,
+        Event::Rejoin,
+        Event::HostDies,
+        Event::HostBack,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Event::UpstreamFails => "a node's upstream fails",
+            Event::UpstreamBack => "its upstream comes back",
+            Event::GracefulStop => "a node stops gracefully",
+            Event::Rejoin => "it starts again and rejoins",
+            Event::HostDies => "a node's host dies",
+            Event::HostBack => "its host comes back",
+        }
+    }
+
+    /// The router's nexthops once the event has taken effect.
+    fn nexthops_after(self) -> Vec<String> {
+        let gone = match self {
+            Event::UpstreamFails => Some(2),
+            Event::GracefulStop => Some(3),
+            Event::HostDies => Some(1),
+            Event::UpstreamBack | Event::Rejoin | Event::HostBack => None,
+        };
+        (1..=NODES)
+            .filter(|i| Some(*i) != gone)
+            .map(|i| host_addr(i).to_string())
+            .collect()
+    }
+}
+
+/// What one event cost in one run.
+#[derive(Default, Clone)]
+struct Cost {
+    failed: u64,
+    causes: BTreeMap<&'static str, u64>,
+    /// From the event to the router's route having changed.
+    route: Option<Duration>,
+    /// From the event to the end of the last failed new connection started after it (0: none
+    /// failed).
+    new_gap: Duration,
+    /// Host death: the kept-alive connections the dead node held (they cannot survive).
+    held: Option<u64>,
+}
+
+pub fn run(quick: bool) -> anyhow::Result<Report> {
+    let hapd = crate::hapd_bin()?;
+    let rounds = if quick { 1 } else { 3 };
+    let mut report = Report::new("anycast", quick);
+    // [setup][event] -> one Cost per round
+    let mut got: [Vec<Vec<Cost>>; 2] = [vec![Vec::new(); 6], vec![Vec::new(); 6]];
+    let mut raw = Vec::new();
+    for round in 0..rounds {
+        for setup in Setup::alternating(round) {
+            println!("[anycast] {}, round {}/{rounds}", setup.name(), round + 1);
+            let costs = trial(&hapd, setup).with_context(|| setup.name().to_string())?;
+            for (k, c) in costs.into_iter().enumerate() {
+                raw.push(serde_json::json!({
+                    "setup": setup.name(), "round": round, "event": Event::ALL[k].name(),
+                    "failed": c.failed, "causes": c.causes,
+                    "route_ms": c.route.map(|t| t.as_secs_f64() * 1000.0),
+                    "new_connection_gap_ms": c.new_gap.as_secs_f64() * 1000.0,
+                    "held_by_dead_node": c.held,
+                }));
+                got[usize::from(setup == Setup::Common)][k].push(c);
+            }
+        }
+    }
+    report.tables.push(table(&got, rounds));
+    report.raw = serde_json::json!({ "events": raw });
+    Ok(report)
+}
+
+fn table(got: &[Vec<Vec<Cost>>; 2], rounds: usize) -> Table {
+    let cell = |v: Vec<f64>, digits: usize| {
+        if v.is_empty() {
+            return "n/a".to_string();
+        }
+        let (m, lo, hi) = median_spread(&v);
+        if rounds == 1 {
+            format!("{m:.digits$}")
+        } else {
+            format!("{m:.digits$} ({lo:.digits$}..{hi:.digits$})")
+        }
+    };
+    let causes = |cs: &[Cost]| {
+        let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+        for c in cs {
+            for (k, n) in &c.causes {
+                *sum.entry(k).or_default() += n;
+            }
+        }
+        if sum.is_empty() {
+            "-".to_string()
+        } else {
+            sum.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut rows = Vec::new();
+    let mut plot = [Vec::new(), Vec::new()];
+    for (k, e) in Event::ALL.iter().enumerate() {
+        for s in 0..2 {
+            let cs = &got[s][k];
+            let failed: Vec<f64> = cs.iter().map(|c| c.failed as f64).collect();
+            plot[s].push(if failed.is_empty() {
+                f64::NAN
+            } else {
+                median_spread(&failed).0
+            });
+            let held: Vec<f64> = cs.iter().filter_map(|c| c.held.map(|h| h as f64)).collect();
+            rows.push(vec![
+                e.name().to_string(),
+                [Setup::Hapd, Setup::Common][s].name().to_string(),
+                cell(failed, 0),
+                if held.is_empty() {
+                    "-".into()
+                } else {
+                    cell(held, 0)
+                },
+                causes(cs),
+                cell(
+                    cs.iter()
+                        .filter_map(|c| c.route.map(|t| t.as_secs_f64() * 1000.0))
+                        .collect(),
+                    0,
+                ),
+                cell(
+                    cs.iter()
+                        .map(|c| c.new_gap.as_secs_f64() * 1000.0)
+                        .collect(),
+                    0,
+                ),
+            ]);
+        }
+    }
+    Table {
+        title: "Anycast: requests lost when the ECMP set changes".into(),
+        columns: vec![
+            "event".into(),
+            "setup".into(),
+            "failed requests (median, spread)".into(),
+            "connections the dead node held".into(),
+            "failures by cause (all rounds)".into(),
+            "route changed after ms".into(),
+            "new connections failing for ms".into(),
+        ],
+        rows,
+        notes: vec![
+            format!("A router (BIRD 2: eBGP with BFD 50 ms x 3 to each node, `merge paths`, plain hash-threshold ECMP on the L4 hash) and three nodes on one segment, each running BIRD 2 (the prefix in a `protocol static {PROTOCOL}`, disabled at start), a backend (nginx answering its node's name on the node's address) and the proxy on {PREFIX}:{PORT}; a client behind the router keeps 30 kept-alive HTTP/1.1 connections, each sending a request every 50 ms (idle in between, reopened when the server closes one), and opens a new connection every 20 ms. Failed: a request on an open connection without an answer within 2 s, or a connection that could not be opened. {rounds} round(s), setups alternating; each run goes through the events in the order listed, in one lab."),
+            "hapd: `[[anycast]]` with `track_proxy` (health check every 100 ms, fall 1, rise 300 ms, hold-down 1 s), its upstream being its node's backend with the other nodes' backends as `backup_servers`, second chance in generic XDP. Common pattern: the same BIRD configs; nginx as the proxy with the same upstream (`backup` servers); a shell loop that checks the backend's /health every 100 ms with curl and runs `birdc enable|disable` when the answer changes (what anycast-healthchecker and Wikimedia's pattern do, at a faster interval).".into(),
+            "Upstream fails: node 2's backend process stops (both proxies then use the backups). Graceful stop: hapd gets SIGTERM (it withdraws, then ends its connections at request boundaries); in the common pattern the health script is stopped (its trap disables the protocol) and nginx quits gracefully (SIGQUIT) a second later, the careful runbook. Host dies: node 1's link goes down; the requests on the connections it held cannot be answered by anyone (its row's second count). Route changed: from the event to the router's kernel route having the new nexthop set (BFD for a dead host). New connections failing: from the event to the end of the last failed new connection started after it.".into(),
+            "Why they differ: when the nexthop set changes, the router's hash-threshold ECMP moves flows of the nodes that stay, not only those of the node that left or joined; a node that receives a segment of a flow it has no socket for answers with a reset. hapd's XDP program sends such a segment on to the node that holds the flow (second chance); the common pattern has no such path.".into(),
+        ],
+        plot: Some(crate::plot::Plot {
+            title: "Requests lost when the ECMP set changes (pooled client)".into(),
+            y_label: "failed requests (median)".into(),
+            categories: Event::ALL.iter().map(|e| e.name().to_string()).collect(),
+            series: vec![
+                (Setup::Hapd.name().into(), plot[0].clone()),
+                (Setup::Common.name().into(), plot[1].clone()),
+            ],
+        }),
+    }
+}
+
+/// The processes of one node.
+struct Node {
+    backend: Option<Proc>,
+    bird: Bird,
+    /// hapd, or nginx as the proxy.
+    proxy: Option<Proc>,
+    /// The common pattern's health-check script.
+    script: Option<Proc>,
+}
+
+/// One run of every event for `setup`, in a lab of its own.
+fn trial(hapd: &Path, setup: Setup) -> anyhow::Result<Vec<Cost>> {
+    let mut lab = Lab::new(NODES + 2)?;
+    bird::router_and_client(&lab, NODES)?;
+    let nodes_addrs: Vec<Ipv4Addr> = (1..=NODES).map(host_addr).collect();
+    let mut router = Bird::start(&lab, 0, &bird::router_config(host_addr(0), &nodes_addrs))?;
+    let mut nodes: Vec<Node> = Vec::new();
+    let result = (|| {
+        for i in 1..=NODES {
+            let backend = backend(&lab, i)?;
+            let bird = Bird::start(
+                &lab,
+                i,
+                &bird::node_config(host_addr(i), Some(host_addr(0)), PROTOCOL),
+            )?;
+            nodes.push(Node {
+                backend: Some(backend),
+                bird,
+                proxy: None,
+                script: None,
+            });
+            if setup == Setup::Common {
+                lab.exec(
+                    i,
+                    &["ip", "addr", "add", &format!("{PREFIX}/32"), "dev", "lo"],
+                )?;
+            }
+            start_proxy(&mut lab, hapd, setup, i, &mut nodes[i - 1])?;
+        }
+        let all = Event::HostBack.nexthops_after();
+        wait_nexthops(&lab, &all, Duration::from_secs(20)).context("every node announcing")?;
+        let pool = Pool::start(
+            &lab,
+            CLIENT,
+            Shape {
+                addr: format!("{PREFIX}:{PORT}").parse()?,
+                host: "app".into(),
+                path: "/who".into(),
+                connections: 30,
+                every: Duration::from_millis(50),
+                new_every: Duration::from_millis(20),
+                timeout: Duration::from_secs(2),
+            },
+        )?;
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut costs = Vec::new();
+        let events = (|| {
+            for e in Event::ALL {
+                costs.push(event(&mut lab, hapd, setup, &mut nodes, &pool.seen, e)?);
+            }
+            Ok::<_, anyhow::Error>(())
+        })();
+        let seen = pool.stop();
+        events?;
+        for i in 1..=NODES {
+            if seen.by(&format!("node-{i}")) == 0 {
+                bail!("node {i} served nothing: {}", seen.report());
+            }
+        }
+        Ok(costs)
+    })();
+    for mut n in nodes {
+        if let Some(mut s) = n.script.take() {
+            let _ = s.stop(Signal::SIGKILL, Duration::from_secs(2));
+        }
+        if let Some(mut p) = n.proxy.take() {
+            let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
+        }
+        if let Some(mut b) = n.backend.take() {
+            let _ = b.stop(Signal::SIGTERM, Duration::from_secs(5));
+        }
+        let _ = n.bird.proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+    }
+    let _ = router.proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+    result
+}
+
+/// Makes `e` happen and measures what it cost.
+fn event(
+    lab: &mut Lab,
+    hapd: &Path,
+    setup: Setup,
+    nodes: &mut [Node],
+    seen: &Seen,
+    e: Event,
+) -> anyhow::Result<Cost> {
+    println!("[anycast]   {}", e.name());
+    let failed0 = seen.failed.load(Ordering::Relaxed);
+    let causes0 = seen.causes.lock().map(|c| c.clone()).unwrap_or_default();
+    let held = (e == Event::HostDies).then(|| seen.held_by("node-1"));
+    let at = seen.elapsed();
+    let want = e.nexthops_after();
+    // The route is watched while the event happens (a graceful stop withdraws long before
+    // the daemon exits).
+    let watch = {
+        let (netns, want, t0) = (lab.host(0).netns.clone(), want.clone(), Instant::now());
+        std::thread::spawn(move || {
+            while t0.elapsed() < Duration::from_secs(20) {
+                if bird::nexthops_in(&netns) == want {
+                    return Some(t0.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            None
+        })
+    };
+    let acted = (|| {
+        match e {
+            Event::UpstreamFails => {
+                if let Some(mut b) = nodes[1].backend.take() {
+                    b.stop(Signal::SIGTERM, Duration::from_secs(5))?;
+                }
+            }
+            Event::UpstreamBack => nodes[1].backend = Some(backend(lab, 2)?),
+            Event::GracefulStop => {
+                let n = &mut nodes[2];
+                match setup {
+                    Setup::Hapd => {
+                        if let Some(mut p) = n.proxy.take() {
+                            p.signal(Signal::SIGTERM)?;
+                            let st = p.wait(Duration::from_secs(15))?;
+                            if !st.success() {
+                                bail!("hapd on node 3 stopped with {st}: {}", p.lines().join("\n"));
+                            }
+                        }
+                    }
+                    Setup::Common => {
+                        if let Some(mut s) = n.script.take() {
+                            s.signal(Signal::SIGTERM)?;
+                            s.wait(Duration::from_secs(5))?;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                        if let Some(mut p) = n.proxy.take() {
+                            p.signal(Signal::SIGQUIT)?;
+                            p.wait(Duration::from_secs(15))?;
+                        }
+                    }
+                }
+            }
+            Event::Rejoin => start_proxy(lab, hapd, setup, 3, &mut nodes[2])?,
+            Event::HostDies => {
+                lab.exec(1, &["ip", "link", "set", "eth0", "down"])?;
+            }
+            Event::HostBack => {
+                lab.exec(1, &["ip", "link", "set", "eth0", "up"])?;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })();
+    let route = watch.join().ok().flatten();
+    acted?;
+    if route.is_none() {
+        bail!(
+            "{}: the router's nexthops are {:?}, not {want:?}, 20 s after",
+            e.name(),
+            bird::nexthops(lab, 0)
+        );
+    }
+    // What follows the route change: flows moved, connections reset or carried, clients
+    // reconnecting.
+    std::thread::sleep(Duration::from_millis(2000));
+    let causes1 = seen.causes.lock().map(|c| c.clone()).unwrap_or_default();
+    let causes = causes1
+        .into_iter()
+        .filter_map(|(k, n)| {
+            let d = n - causes0.get(k).copied().unwrap_or(0);
+            (d > 0).then_some((k, d))
+        })
+        .collect();
+    let new_gap = seen
+        .new_connections_since(at)
+        .into_iter()
+        .filter(|(_, _, ok)| !ok)
+        .map(|(start, took, _)| start + took - at)
+        .max()
+        .unwrap_or_default();
+    Ok(Cost {
+        failed: seen.failed.load(Ordering::Relaxed) - failed0,
+        causes,
+        route,
+        new_gap,
+        held,
+    })
+}
+
+/// Waits until the router's nexthops are `want`; how long that took.
+fn wait_nexthops(lab: &Lab, want: &[String], bound: Duration) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    loop {
+        if bird::nexthops(lab, 0) == want {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > bound {
+            bail!(
+                "the router's nexthops are {:?}, not {want:?}, after {bound:?}",
+                bird::nexthops(lab, 0)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The other nodes' backends, as `host:port`.
+fn backups_of(i: usize) -> Vec<String> {
+    (1..=NODES)
+        .filter(|k| *k != i)
+        .map(|k| format!("{}:{BACKEND_PORT}", host_addr(k)))
+        .collect()
+}
+
+/// nginx in a directory of the lab (its config `conf`, temp paths inside it).
+fn nginx(lab: &Lab, i: usize, name: &str, server: &str) -> anyhow::Result<Proc> {
+    let d = lab.dir().join(format!("{name}{i}"));
+    std::fs::create_dir_all(&d)?;
+    let dd = d.display();
+    let conf = format!(
+        "worker_processes 1;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log;\ndaemon off;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
+         client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n  fastcgi_temp_path {dd}/fcgi;\n  \
+         uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n{server}}}\n"
+    );
+    let path = d.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let p = path.display().to_string();
+    let child = lab.spawn(i, &["nginx", "-c", &p, "-p", &dd.to_string()])?;
+    let proc = Proc::new(name, child);
+    // nginx prints nothing when it listens: wait for its pid file.
+    let t0 = Instant::now();
+    while !d.join("nginx.pid").exists() {
+        if t0.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "nginx {name} in host {i} did not start: {}",
+                proc.lines().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(proc)
+}
+
+/// Node `i`'s backend: its name on `/`, 200 on `/health`, on the node's address.
+fn backend(lab: &Lab, i: usize) -> anyhow::Result<Proc> {
+    let me = host_addr(i);
+    nginx(
+        lab,
+        i,
+        "backend",
+        &format!(
+            "  server {{ listen {me}:{BACKEND_PORT}; location /health {{ return 200 \"ok\\n\"; }} \
+             location / {{ return 200 \"node-{i}\\n\"; }} }}\n"
+        ),
+    )
+}
+
+/// Starts node `i`'s proxy (and, in the common pattern, its health script).
+fn start_proxy(
+    lab: &mut Lab,
+    hapd: &Path,
+    setup: Setup,
+    i: usize,
+    node: &mut Node,
+) -> anyhow::Result<()> {
+    let me = host_addr(i);
+    match setup {
+        Setup::Hapd => {
+            let config = hapd_config(lab, i, &node.bird)?;
+            node.proxy = Some(lab.start_hapd(i, hapd, &config)?);
+        }
+        Setup::Common => {
+            let backups: String = backups_of(i)
+                .iter()
+                .map(|b| format!(" server {b} backup;"))
+                .collect();
+            node.proxy = Some(nginx(
+                lab,
+                i,
+                "proxy",
+                &format!(
+                    "  upstream app {{ server {me}:{BACKEND_PORT};{backups} keepalive 64; }}\n  \
+                     server {{ listen {PREFIX}:{PORT}; location / {{ proxy_pass http://app; \
+                     proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+                ),
+            )?);
+            let script = lab.dir().join("health-check.sh");
+            std::fs::write(&script, HEALTH_SCRIPT)?;
+            let url = format!("http://{me}:{BACKEND_PORT}/health");
+            let sock = node.bird.socket.to_str().context("lab path")?.to_owned();
+            let sh = script.to_str().context("lab path")?.to_owned();
+            node.script = Some(Proc::new(
+                "health-check",
+                lab.spawn(i, &["sh", &sh, &sock, PROTOCOL, &url])?,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The common pattern's health checker: every 100 ms, GET the backend's /health; when the
+/// answer changes, `birdc enable|disable` the protocol. Stopped (TERM), it disables it.
+const HEALTH_SCRIPT: &str = r#"#!/bin/sh
+sock=$1; proto=$2; url=$3; state=
+trap 'birdc -s "$sock" disable "$proto" >/dev/null; exit 0' TERM INT
+while :; do
+  if curl -fs -o /dev/null -m 0.2 "$url"; then want=enable; else want=disable; fi
+  if [ "$want" != "$state" ]; then
+    birdc -s "$sock" "$want" "$proto" >/dev/null && state=$want
+  fi
+  sleep 0.1 & wait $!
+done
+"#;
+
+/// Node `i`'s hapd config: its proxy on the prefix in front of its backend (the other nodes'
+/// backends as backups), announced through its BIRD while healthy, second chance in generic
+/// XDP (on the lab's veth pairs a native XDP_TX frame does not reach the other host).
+fn hapd_config(lab: &mut Lab, i: usize, bird: &Bird) -> anyhow::Result<String> {
+    let pin_dir = lab.bpffs()?.join(format!("h{i}"));
+    let control = lab.dir().join(format!("h{i}.sock"));
+    let me = host_addr(i);
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let peers: Vec<String> = (1..=NODES).map(|k| host_addr(k).to_string()).collect();
+    Ok(format!(
+        r#"
+[node]
+name = "node{i}"
+pin_dir = "{}"
+admin = "{me}:9100"
+control_socket = "{}"
+
+[server]
+drain_timeout = "2s"
+
+[[listener]]
+name = "web"
+bind = ["{PREFIX}:{PORT}"]
+
+[[upstream]]
+name = "app"
+servers = ["{me}:{BACKEND_PORT}"]
+backup_servers = [{}]
+health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", fall = 1, rise = 1 }}
+
+[[vhost]]
+server_names = ["app"]
+listeners = ["web"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "app"
+
+[[anycast]]
+name = "web"
+prefixes = ["{PREFIX}/32"]
+interface = "eth0"
+peers = [{}]
+bird_socket = "{}"
+bird_protocol = "{PROTOCOL}"
+track_proxy = true
+rise = "300ms"
+hold_down = "1s"
+xdp = "generic"
+"#,
+        pin_dir.display(),
+        control.display(),
+        quote(&backups_of(i)),
+        quote(&peers),
+        bird.socket.display(),
+    ))
+}
