@@ -155,7 +155,9 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
         }
     }
     report.tables.push(table(&got, rounds));
-    report.raw = serde_json::json!({ "events": raw });
+    let (cost, cost_raw) = local_cost(&hapd, quick)?;
+    report.tables.push(cost);
+    report.raw = serde_json::json!({ "events": raw, "local_flow_cost": cost_raw });
     Ok(report)
 }
 
@@ -466,9 +468,9 @@ fn wait_nexthops(lab: &Lab, want: &[String], bound: Duration) -> anyhow::Result<
     }
 }
 
-/// The other nodes' backends, as `host:port`.
-fn backups_of(i: usize) -> Vec<String> {
-    (1..=NODES)
+/// The other nodes' backends (of `nodes`), as `host:port`.
+fn backups_of(i: usize, nodes: usize) -> Vec<String> {
+    (1..=nodes)
         .filter(|k| *k != i)
         .map(|k| format!("{}:{BACKEND_PORT}", host_addr(k)))
         .collect()
@@ -529,11 +531,11 @@ fn start_proxy(
     let me = host_addr(i);
     match setup {
         Setup::Hapd => {
-            let config = hapd_config(lab, i, &node.bird)?;
+            let config = hapd_config(lab, i, &node.bird, NODES, "generic")?;
             node.proxy = Some(lab.start_hapd(i, hapd, &config)?);
         }
         Setup::Common => {
-            let backups: String = backups_of(i)
+            let backups: String = backups_of(i, NODES)
                 .iter()
                 .map(|b| format!(" server {b} backup;"))
                 .collect();
@@ -578,7 +580,13 @@ done
 /// Node `i`'s hapd config: its proxy on the prefix in front of its backend (the other nodes'
 /// backends as backups), announced through its BIRD while healthy, second chance in generic
 /// XDP (on the lab's veth pairs a native XDP_TX frame does not reach the other host).
-fn hapd_config(lab: &mut Lab, i: usize, bird: &Bird) -> anyhow::Result<String> {
+fn hapd_config(
+    lab: &mut Lab,
+    i: usize,
+    bird: &Bird,
+    nodes: usize,
+    xdp: &str,
+) -> anyhow::Result<String> {
     let pin_dir = lab.bpffs()?.join(format!("h{i}"));
     let control = lab.dir().join(format!("h{i}.sock"));
     let me = host_addr(i);
@@ -588,7 +596,7 @@ fn hapd_config(lab: &mut Lab, i: usize, bird: &Bird) -> anyhow::Result<String> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let peers: Vec<String> = (1..=NODES).map(|k| host_addr(k).to_string()).collect();
+    let peers: Vec<String> = (1..=nodes).map(|k| host_addr(k).to_string()).collect();
     Ok(format!(
         r#"
 [node]
@@ -627,12 +635,161 @@ bird_protocol = "{PROTOCOL}"
 track_proxy = true
 rise = "300ms"
 hold_down = "1s"
-xdp = "generic"
+xdp = "{xdp}"
 "#,
         pin_dir.display(),
         control.display(),
-        quote(&backups_of(i)),
+        quote(&backups_of(i, nodes)),
         quote(&peers),
         bird.socket.display(),
     ))
 }
+
+/// What second chance costs the flows a node serves itself, end to end: one node announcing
+/// (its group has a second node that answers pings but has no route from the router), wrk
+/// through the router with kept-alive connections, the group's `xdp` "generic" (second chance
+/// on) against "off", alternating, in the same run. Nothing is pinned: the XDP program runs
+/// in the receive path of whichever CPU delivers the packet (on the lab's veth pairs, the
+/// sender's), as it does on a real host with the NIC's queue on a CPU the proxy also uses.
+fn local_cost(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
+    let rounds: usize = if quick { 2 } else { 5 };
+    let modes = ["generic", "native", "off"];
+    let mut got: [Vec<f64>; 3] = Default::default();
+    let mut raw = Vec::new();
+    for round in 0..rounds {
+        let order = if round.is_multiple_of(2) {
+            [0, 1, 2]
+        } else {
+            [2, 1, 0]
+        };
+        for m in order {
+            println!(
+                "[anycast] a local flow's cost: xdp = {:?}, round {}/{rounds}",
+                modes[m],
+                round + 1
+            );
+            let rps = one_node_rps(hapd, modes[m])
+                .with_context(|| format!("requests/s with xdp = {:?}", modes[m]))?;
+            got[m].push(rps);
+            raw.push(
+                serde_json::json!({ "xdp": modes[m], "round": round, "requests_per_second": rps }),
+            );
+        }
+    }
+    let (on, on_lo, on_hi) = median_spread(&got[0]);
+    let (nat, nat_lo, nat_hi) = median_spread(&got[1]);
+    let (off, off_lo, off_hi) = median_spread(&got[2]);
+    let table = Table {
+        title: "What second chance costs a node's own flows, end to end".into(),
+        columns: vec![
+            "group's xdp".into(),
+            "requests/s (median)".into(),
+            "spread".into(),
+            "ratio to off".into(),
+        ],
+        rows: vec![
+            vec![
+                "\"generic\" (second chance on)".into(),
+                format!("{on:.0}"),
+                format!("{on_lo:.0}..{on_hi:.0}"),
+                format!("{:.3}", on / off),
+            ],
+            vec![
+                "\"native\" (the same lookups, no generic-mode skb handling)".into(),
+                format!("{nat:.0}"),
+                format!("{nat_lo:.0}..{nat_hi:.0}"),
+                format!("{:.3}", nat / off),
+            ],
+            vec![
+                "\"off\" (no XDP program)".into(),
+                format!("{off:.0}"),
+                format!("{off_lo:.0}..{off_hi:.0}"),
+                "1.000".into(),
+            ],
+        ],
+        notes: vec![
+            format!("One node announcing the prefix (a second node in its group answers its pings, so second chance is on, but the router has no route to it); wrk -t1 -c32 -d4s with kept-alive connections from the client behind the router to hapd's proxy on {PREFIX}:{PORT}, in front of the node's nginx backend; {rounds} round(s) per mode, alternating. Nothing pinned: the router, the node's hapd and backend and wrk share the machine's CPUs, and the XDP program runs in the receive path of the CPU that delivers the packet (on the lab's veth pairs, the sender's). Every segment of these flows goes through the guard's prefix lookup and socket lookup (137 ns against 29 ns per segment under BPF_PROG_TEST_RUN, `cargo xtask bench xdp`); what that is worth in requests is this table's ratio, within the spread shown."),
+            "Generic XDP (what the lab needs for sending segments on: on veth pairs a native XDP_TX frame does not reach the other host) runs the program on socket buffers and adds the kernel's own generic-mode work per packet; native mode runs the same lookups on the driver's buffer. In native mode the lab's nodes cannot answer each other's pings (\"on: 0 of 1\"), but every segment to the prefix still pays the prefix and socket lookups (the walk is only for segments without a socket).".into(),
+        ],
+        plot: None,
+    };
+    Ok((table, serde_json::json!(raw)))
+}
+
+/// Requests/s that one node's proxy serves through the router, its group's XDP mode `xdp`.
+fn one_node_rps(hapd: &Path, xdp: &str) -> anyhow::Result<f64> {
+    let mut lab = Lab::new(4)?;
+    // Hosts: 0 router, 1 and 2 the group, 3 the client (behind the router).
+    bird::router_and_client(&lab, 2)?;
+    let mut router = Bird::start(&lab, 0, &bird::router_config(host_addr(0), &[host_addr(1)]))?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut birds: Vec<Bird> = Vec::new();
+    let result = (|| {
+        for i in 1..=2 {
+            procs.push(backend(&lab, i)?);
+            let router_of = (i == 1).then(|| host_addr(0));
+            let b = Bird::start(
+                &lab,
+                i,
+                &bird::node_config(host_addr(i), router_of, PROTOCOL),
+            )?;
+            let config = hapd_config(&mut lab, i, &b, 2, xdp)?;
+            birds.push(b);
+            procs.push(lab.start_hapd(i, hapd, &config)?);
+        }
+        wait_nexthops(&lab, &[host_addr(1).to_string()], Duration::from_secs(20))?;
+        if xdp != "off" {
+            // The guard runs on the group's interface (in native mode on the lab's veth pairs
+            // the peers cannot hear each other: none takes segments).
+            let want = if xdp == "generic" {
+                "on: 1 of 1"
+            } else {
+                "on: 0 of 1"
+            };
+            let t0 = Instant::now();
+            loop {
+                let st = lab.hapd_status(1, hapd)?;
+                let sc = st["anycast"][0]["second_chance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                if sc.starts_with(want) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(5) {
+                    bail!("xdp = {xdp:?}: second chance {sc:?}, not {want:?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let url = format!("http://{PREFIX}:{PORT}/who");
+        let mut wrk = Proc::new(
+            "wrk",
+            lab.spawn(
+                CLIENT_OF_TWO,
+                &["wrk", "-t1", "-c32", "-d4s", "-H", "Host: app", &url],
+            )?,
+        );
+        let st = wrk.wait(Duration::from_secs(15))?;
+        let text = wrk.lines().join("\n");
+        if !st.success() {
+            bail!("wrk failed:\n{text}");
+        }
+        let w = hapd_lab::wrk::parse(&text);
+        if w.failed + w.refused > 0 || w.requests == 0 {
+            bail!("wrk saw failures:\n{text}");
+        }
+        Ok(w.requests as f64 / 4.0)
+    })();
+    for mut p in procs.into_iter().rev() {
+        let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
+    }
+    for mut b in birds {
+        let _ = b.proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+    }
+    let _ = router.proc.stop(Signal::SIGTERM, Duration::from_secs(5));
+    result
+}
+
+/// The client host of the two-node lab.
+const CLIENT_OF_TWO: usize = 3;

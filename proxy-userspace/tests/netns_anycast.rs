@@ -2,7 +2,8 @@
 //! (its proxy on the anycast address, a backend that names the node). The router learns the
 //! prefix from every node that announces it (eBGP with BFD, `merge paths`: one kernel route
 //! with a nexthop per node) and loses it when a node's proxy turns unhealthy, when hapd stops
-//! (before its proxy drains), and gets it back after rise and hold-down.
+//! (before its proxy drains), and gets it back after rise and hold-down. The two nodes are also
+//! a VRRP pair on the same interface (one guard for both).
 //!
 //! ```text
 //!   h0 198.18.0.1 router: BIRD (AS 65000, BFD, merge paths), the client ─┐
@@ -152,7 +153,16 @@ fn the_prefix_is_announced_while_the_proxy_is_healthy_and_withdrawn_first_on_sto
     for i in [1usize, 2] {
         let (p, sock) = start_bird(&lab, i, &node_bird(i));
         birds.push(p);
-        let cfg = hapd_config(&mut lab, i, &sock);
+        // The nodes are also a VRRP pair on the same interface: one guard program serves
+        // both the instance and the group.
+        let cfg = format!(
+            "{}\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\npriority = {}\n\
+             advert_interval = \"100ms\"\nvirtual_ips = [\"198.18.0.100/24\"]\n\
+             peers = [\"{}\"]\nxdp = \"generic\"\n",
+            hapd_config(&mut lab, i, &sock),
+            if i == 1 { 110 } else { 100 },
+            host_addr(3 - i),
+        );
         nodes.push(lab.start_hapd(i, Path::new(HAPD), &cfg).unwrap());
     }
     // Both nodes announce once their proxies have been healthy for rise: the router has one
@@ -164,6 +174,23 @@ fn the_prefix_is_announced_while_the_proxy_is_healthy_and_withdrawn_first_on_sto
     let st = anycast_status(&lab, 1);
     assert_eq!(st["announced"], true, "{st}");
     assert_eq!(st["state"], "announced", "{st}");
+    // The VRRP pair beside it: node 1 master, node 2 backup hearing it through the guard.
+    let vrrp = |i: usize| lab.hapd_status(i, Path::new(HAPD)).unwrap();
+    wait("node 1 MASTER of VI_1", Duration::from_secs(5), || {
+        vrrp(1)["instances"][0]["state"] == "MASTER"
+    });
+    let st2 = vrrp(2);
+    assert_eq!(st2["instances"][0]["state"], "BACKUP", "{st2}");
+    let heard = st2["guard"]["counters"]["accepted"].as_u64().unwrap_or(0);
+    assert!(heard > 0, "node 2's guard accepted no advert: {st2}");
+    let vrrp_changes = |nodes: &[Proc]| -> Vec<Vec<String>> {
+        nodes
+            .iter()
+            .map(|n| n.grep("VI_1: "))
+            .map(|v| v.into_iter().filter(|l| l.contains(" => ")).collect())
+            .collect()
+    };
+    let settled = vrrp_changes(&nodes);
     assert!(st["bird"].as_str().unwrap_or("").contains("BIRD"), "{st}");
     let mut seen = std::collections::BTreeSet::new();
     let url = format!("http://{PREFIX}:8080/who");
@@ -241,6 +268,13 @@ fn the_prefix_is_announced_while_the_proxy_is_healthy_and_withdrawn_first_on_sto
         "node 1 back after the drain",
         Duration::from_secs(5),
         || nexthops(&lab) == ["198.18.0.2", "198.18.0.3"],
+    );
+
+    // Through every anycast change above, the VRRP pair held: no state change on either.
+    assert_eq!(
+        vrrp_changes(&nodes),
+        settled,
+        "VRRP state changes beside the anycast group"
     );
 
     // A graceful stop withdraws first: the route goes while hapd still runs.
