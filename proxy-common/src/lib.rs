@@ -11,6 +11,7 @@ pub mod auth;
 pub mod flow;
 pub mod guard;
 pub mod maps;
+pub mod master_down;
 pub mod second_chance;
 pub mod vrrp;
 

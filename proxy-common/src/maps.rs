@@ -6,7 +6,7 @@
 //! pinned maps against these sizes before reusing them.
 
 /// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
@@ -44,6 +44,14 @@ pub const MAP_AUTH_STATS: &str = "vrrp_auth_stats";
 /// and whenever the wall clock is set, so the guard can tell the time for the freshness window
 /// from `bpf_ktime_get_ns`.
 pub const MAP_CLOCK: &str = "vrrp_clock";
+/// Per instance (key [`InstanceKey`], value [`TimerCfg`], written by userspace): whether the
+/// guard runs the instance's master-down timer, and with what priority (see
+/// [`crate::master_down`]).
+pub const MAP_TIMER_CFG: &str = "vrrp_timer_cfg";
+/// Per instance (key [`InstanceKey`], value [`TimerState`], created and written by the guard):
+/// the master-down timer itself (a kernel `bpf_timer`) and when it runs out. Userspace only
+/// reads it, and deletes an entry to stop its timer.
+pub const MAP_TIMERS: &str = "vrrp_timers";
 /// Capacity of `vrrp_replay`.
 pub const MAX_REPLAY: u32 = 4096;
 /// Keys one instance can hold at once (for make-before-break rotation).
@@ -116,6 +124,17 @@ impl InstanceKey {
         // SAFETY: InstanceKey is repr(C), 8 bytes with alignment 4 like [u32; 2] (checked
         // below), and any bytes are a valid InstanceKey.
         unsafe { core::mem::transmute::<[u32; 2], InstanceKey>(words) }
+    }
+
+    /// The key as one scalar (for a BPF global function's argument): ifindex in the low half.
+    #[inline(always)]
+    pub const fn to_u64(self) -> u64 {
+        self.ifindex as u64 | (self.vrid as u64) << 32
+    }
+
+    #[inline(always)]
+    pub const fn from_u64(v: u64) -> Self {
+        Self::new(v as u32, (v >> 32) as u8)
     }
 }
 
@@ -384,6 +403,77 @@ pub struct AnycastPeers {
     pub macs: [[u8; 6]; MAX_ANYCAST_PEERS],
 }
 
+/// Value of `vrrp_timer_cfg`. Userspace writes it whenever what it holds changes; the guard
+/// reads it for every valid advert of the instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerCfg {
+    /// 1: the guard runs the master-down timer (the instance is a backup and its daemon
+    /// sleeps until the timer's event); 0: it leaves it alone.
+    pub on: u8,
+    /// This node's effective priority (the one its adverts carry), for Skew_Time.
+    pub priority: u8,
+    /// 2 or 3.
+    pub version: u8,
+    pub _pad: u8,
+    /// This node's advert interval in centiseconds (what a v2 backup counts with).
+    pub own_interval_cs: u16,
+    pub _pad2: [u8; 2],
+}
+
+/// What the guard passes to its master-down function about a valid advert (packed into two
+/// scalars: a BPF global function takes no structure by value).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerArm {
+    pub src: [u8; 4],
+    pub priority: u8,
+    pub version: u8,
+    pub interval_cs: u16,
+}
+
+impl TimerArm {
+    #[inline(always)]
+    pub fn pack(&self) -> (u32, u32) {
+        (
+            u32::from_ne_bytes(self.src),
+            self.priority as u32 | (self.version as u32) << 8 | (self.interval_cs as u32) << 16,
+        )
+    }
+
+    #[inline(always)]
+    pub fn unpack(src: u32, meta: u32) -> TimerArm {
+        TimerArm {
+            src: src.to_ne_bytes(),
+            priority: meta as u8,
+            version: (meta >> 8) as u8,
+            interval_cs: (meta >> 16) as u16,
+        }
+    }
+}
+
+/// Value of `vrrp_timers`, as userspace reads it. The guard's own definition (in the eBPF
+/// program) has the kernel's `struct bpf_timer` where this has `timer`: the same 16 bytes,
+/// which the kernel never copies to or from userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimerState {
+    pub timer: [u64; 2],
+    /// `bpf_ktime_get_ns()` when the timer runs out if nothing re-arms it; 0 = never armed.
+    pub deadline_ns: u64,
+    /// Times the guard armed it (valid adverts that re-armed it).
+    pub armed: u64,
+    /// Times it ran out (each posted one [`EV_MASTER_DOWN`] event).
+    pub fired: u64,
+    /// The last advert that armed it: its source, priority, version and interval.
+    pub master: [u8; 4],
+    pub priority: u8,
+    pub version: u8,
+    pub interval_cs: u16,
+    /// 1 once the guard has initialised `timer`.
+    pub ready: u32,
+    pub _pad: u32,
+}
+
 /// Why the guard woke userspace (`GuardEvent::flags`).
 pub const EV_NEW_SOURCE: u8 = 1 << 0;
 pub const EV_PRIORITY_CHANGE: u8 = 1 << 1;
@@ -391,6 +481,9 @@ pub const EV_PRIORITY_ZERO: u8 = 1 << 2;
 pub const EV_INTERVAL_CHANGE: u8 = 1 << 3;
 /// First advert ever, or the first after more than three advert intervals of silence.
 pub const EV_AFTER_SILENCE: u8 = 1 << 4;
+/// Not an advert: the instance's master-down timer ran out in the kernel (the event's `src`,
+/// `priority` and `interval_cs` are those of the last advert that armed it).
+pub const EV_MASTER_DOWN: u8 = 1 << 5;
 
 /// One record of the `vrrp_events` ring buffer: an advert userspace must act on.
 #[repr(C)]
@@ -587,6 +680,8 @@ const _: () = {
     assert!(core::mem::size_of::<ReplayKey>() == 24);
     assert!(core::mem::size_of::<AuthCounters>() == 8 * 8);
     assert!(core::mem::size_of::<ServedPort>() == 8);
+    assert!(core::mem::size_of::<TimerCfg>() == 8);
+    assert!(core::mem::size_of::<TimerState>() == 56);
 };
 
 #[cfg(feature = "user")]
@@ -607,4 +702,6 @@ mod pod {
     unsafe impl aya::Pod for AuthConfig {}
     unsafe impl aya::Pod for ReplayKey {}
     unsafe impl aya::Pod for AuthCounters {}
+    unsafe impl aya::Pod for TimerCfg {}
+    unsafe impl aya::Pod for TimerState {}
 }

@@ -14,8 +14,9 @@
 use aya_ebpf::{
     bindings::{
         bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
+        bpf_timer,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-        BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC,
+        BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
     },
     btf_maps::{
         lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
@@ -23,7 +24,8 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_ns,
     helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_xdp_load_bytes,
+        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_timer_init,
+        bpf_timer_set_callback, bpf_timer_start, bpf_xdp_load_bytes,
     },
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -38,9 +40,11 @@ use proxy_common::{
     },
     maps::{
         AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters,
-        GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES,
-        MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
+        GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, TimerArm, TimerCfg, TimerState,
+        VridEntry, EVENTS_BYTES, EV_MASTER_DOWN, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES,
+        MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
+    master_down::rearm_ns,
     second_chance::{next_hop, pinged_group, pong, sent_to_me, Hop, PING_ETHERTYPE},
 };
 
@@ -53,6 +57,34 @@ static VRRP_VRIDS: Array<VridEntry, { VRIDS as usize }> = Array::new();
 #[btf_map(name = "vrrp_adverts")]
 static VRRP_ADVERTS: HashMap<InstanceKey, AdvertRecord, { MAX_INSTANCES as usize }> =
     HashMap::new();
+/// Per instance: whether this program runs its master-down timer (see
+/// [`proxy_common::master_down`]).
+#[btf_map(name = "vrrp_timer_cfg")]
+static VRRP_TIMER_CFG: HashMap<InstanceKey, TimerCfg, { MAX_INSTANCES as usize }> = HashMap::new();
+/// Per instance: the master-down timer, created here on the first advert that arms it.
+#[btf_map(name = "vrrp_timers")]
+static VRRP_TIMERS: HashMap<InstanceKey, TimerSlot, { MAX_INSTANCES as usize }> = HashMap::new();
+
+/// [`TimerState`] with the kernel's timer type in place of its first 16 bytes (the kernel
+/// finds the timer by its BTF type name, `bpf_timer`).
+#[repr(C)]
+struct TimerSlot {
+    timer: bpf_timer,
+    deadline_ns: u64,
+    armed: u64,
+    fired: u64,
+    master: [u8; 4],
+    priority: u8,
+    version: u8,
+    interval_cs: u16,
+    ready: u32,
+    _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TimerSlot>() == core::mem::size_of::<TimerState>());
+
+/// `CLOCK_MONOTONIC`: the clock of `bpf_ktime_get_ns`, which the deadlines are in.
+const CLOCK_MONOTONIC: u64 = 1;
+
 #[btf_map(name = "guard_stats")]
 static GUARD_STATS: PerCpuArray<GuardCounters, 1> = PerCpuArray::new();
 #[btf_map(name = "vrrp_events")]
@@ -640,6 +672,14 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
                 }
                 (prev, ev)
             };
+            let arm = TimerArm {
+                src: advert.src,
+                priority: advert.priority,
+                version: advert.version,
+                interval_cs: advert.interval_cs,
+            };
+            let (src, meta) = arm.pack();
+            hapd_master_down(advert.key.to_u64(), src, meta, now);
             if ev != 0 {
                 let event = GuardEvent {
                     time_ns: now,
@@ -668,6 +708,98 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             XDP_PASS
         }
     }
+}
+
+/// The master-down timer's part of a valid advert (see [`proxy_common::master_down`]) as a
+/// BPF global function: the verifier checks it once, on its own, instead of on every path
+/// through the guard that reaches it (inlined, it took the guard past the verifier's million
+/// instructions). Scalars only: `key` is [`InstanceKey::to_u64`], `src` the advert's source
+/// as on the wire, `meta` its priority, version and interval ([`TimerArm`]), `now` when it
+/// came.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hapd_master_down(key: u64, src: u32, meta: u32, now: u64) -> u32 {
+    let key = InstanceKey::from_u64(key);
+    let arm = TimerArm::unpack(src, meta);
+    let Some(cfg) = VRRP_TIMER_CFG.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: a pointer into the map value, valid for this program run.
+    let cfg = unsafe { *cfg };
+    if let Some(ns) = rearm_ns(&cfg, arm.priority, arm.interval_cs) {
+        arm_master_down(key, &arm, ns, now);
+    }
+    0
+}
+
+/// (Re)arms the master-down timer of `key` after the advert `a` to run out `ns` from `now`,
+/// creating and initialising it on first use.
+#[inline(always)]
+fn arm_master_down(key: InstanceKey, a: &TimerArm, ns: u64, now: u64) {
+    let mut slot = VRRP_TIMERS.get_ptr_mut(key);
+    if slot.is_none() {
+        // SAFETY: TimerSlot is integers and the kernel's opaque timer, all zero at rest.
+        let zero: TimerSlot = unsafe { core::mem::zeroed() };
+        // Another CPU may create it first (BPF_NOEXIST fails then): either way it exists.
+        let _ = VRRP_TIMERS.insert(key, zero, BPF_NOEXIST as u64);
+        slot = VRRP_TIMERS.get_ptr_mut(key);
+    }
+    let Some(t) = slot else {
+        return;
+    };
+    // SAFETY: t points into the map value, valid for this program run; the helpers take the
+    // timer inside it and the map it lives in, as the kernel requires.
+    unsafe {
+        if (*t).ready == 0 {
+            let map = core::ptr::addr_of!(VRRP_TIMERS) as *mut core::ffi::c_void;
+            // -EBUSY: another CPU initialised it just now; the callback is set alike.
+            bpf_timer_init(&mut (*t).timer, map, CLOCK_MONOTONIC);
+            bpf_timer_set_callback(&mut (*t).timer, master_down as *mut core::ffi::c_void);
+            (*t).ready = 1;
+        }
+        (*t).deadline_ns = now + ns;
+        (*t).armed += 1;
+        (*t).master = a.src;
+        (*t).priority = a.priority;
+        (*t).version = a.version;
+        (*t).interval_cs = a.interval_cs;
+        bpf_timer_start(&mut (*t).timer, ns, 0);
+    }
+}
+
+/// The master-down timer of the instance `key` ran out: one event for userspace, which hands
+/// it to the engine.
+#[inline(never)]
+unsafe extern "C" fn master_down(
+    _map: *mut core::ffi::c_void,
+    key: *mut InstanceKey,
+    t: *mut TimerSlot,
+) -> i32 {
+    // SAFETY: the kernel calls this with the key and value of the map element whose timer ran
+    // out; both stay valid for the call.
+    let event = unsafe {
+        let key = *key;
+        (*t).fired += 1;
+        GuardEvent {
+            time_ns: bpf_ktime_get_ns(),
+            ifindex: key.ifindex,
+            src: (*t).master,
+            vrid: key.vrid,
+            priority: (*t).priority,
+            version: (*t).version,
+            flags: EV_MASTER_DOWN,
+            interval_cs: (*t).interval_cs,
+            addr_count: 0,
+            prev_priority: (*t).priority,
+        }
+    };
+    if VRRP_EVENTS.output(&event, 0).is_err() {
+        if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
+            // SAFETY: as in count().
+            unsafe { (*c).events_lost += 1 };
+        }
+    }
+    0
 }
 
 #[cfg(not(test))]

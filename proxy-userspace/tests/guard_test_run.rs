@@ -2,8 +2,8 @@
 //! raw-socket path (`xdp = "off"`): both must reach the same verdict, counters and record.
 use hapd_lab::frames::{ether, ipv4, Advert, Csum, Hmac};
 use proxy_common::maps::{
-    GuardCounters, InstanceKey, Reason, ReplayKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE,
-    EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    GuardCounters, InstanceKey, Reason, ReplayKey, TimerCfg, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE,
+    EV_MASTER_DOWN, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use proxy_userspace::{
     config::{
@@ -1445,4 +1445,150 @@ fn anycast_segments_of_flows_held_elsewhere_walk_the_group() {
         Ok(())
     })
     .unwrap();
+}
+
+/// The events the guard posted within `wait` that are master-down events, with their times.
+fn master_down_events(xdp: &mut XdpGuard, wait: std::time::Duration) -> Vec<u64> {
+    let t0 = std::time::Instant::now();
+    let mut got = Vec::new();
+    while t0.elapsed() < wait {
+        got.extend(
+            xdp.poll_events()
+                .into_iter()
+                .filter(|e| e.flags & EV_MASTER_DOWN != 0)
+                .map(|e| e.time_ns),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    got
+}
+
+/// The backup's master-down timer in the kernel: a valid advert from a master at least as
+/// good re-arms it for the Master_Down_Interval (here 3 x 50 ms + Skew_Time 30.47 ms for
+/// priority 100), adverts in time keep it from running out, silence makes it post exactly one
+/// event at its deadline, a resigning master's advert arms it for Skew_Time, and a lower
+/// priority, a v2 interval that differs, a timer turned off or an instance removed arm
+/// nothing.
+#[test]
+fn the_master_down_timer_runs_in_the_kernel() {
+    use std::time::Duration;
+    let mut b = Both::new();
+    let key = InstanceKey::new(LO, 51);
+    let cfg = TimerCfg {
+        on: 1,
+        priority: 100,
+        version: 3,
+        own_interval_cs: 5,
+        ..TimerCfg::default()
+    };
+    b.xdp.set_timer_cfg(&key, cfg).unwrap();
+    let mdi = 150_000_000 + 50_000_000 * 156 / 256;
+    let a = Advert {
+        priority: 110,
+        interval: 5,
+        ..Advert::v3(PEER)
+    };
+    assert_eq!(b.xdp.test_run(&a.frame(), LO).unwrap(), XDP_PASS);
+    let rec = b.xdp.advert(&key).unwrap();
+    let t = b.xdp.timer(&key).expect("the guard created the timer");
+    assert_eq!((t.armed, t.fired, t.ready), (1, 0, 1), "{t:?}");
+    assert_eq!(t.deadline_ns, rec.last_seen_ns + mdi, "{t:?}");
+    assert_eq!((t.master, t.priority, t.interval_cs), (PEER, 110, 5));
+
+    // Adverts every 50 ms keep re-arming it: no event in 600 ms.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(600) {
+        b.xdp.test_run(&a.frame(), LO).unwrap();
+        assert!(
+            master_down_events(&mut b.xdp, Duration::from_millis(50)).is_empty(),
+            "the timer ran out while adverts came in time"
+        );
+    }
+    let t = b.xdp.timer(&key).unwrap();
+    assert!(t.armed >= 10 && t.fired == 0, "{t:?}");
+
+    // Silence: exactly one event, at the deadline of the last advert.
+    let deadline = t.deadline_ns;
+    let events = master_down_events(&mut b.xdp, Duration::from_millis(600));
+    assert_eq!(events.len(), 1, "one event for one silence: {events:?}");
+    assert!(events[0] >= deadline, "the event came before the deadline");
+    assert_eq!(b.xdp.timer(&key).unwrap().fired, 1);
+
+    // A resigning master (priority 0): the event after Skew_Time.
+    let bye = Advert {
+        priority: 0,
+        ..a.clone()
+    };
+    b.xdp.test_run(&bye.frame(), LO).unwrap();
+    let t = b.xdp.timer(&key).unwrap();
+    let rec = b.xdp.advert(&key).unwrap();
+    assert_eq!(t.deadline_ns, rec.last_seen_ns + 50_000_000 * 156 / 256);
+    let events = master_down_events(&mut b.xdp, Duration::from_millis(300));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert!(events[0] >= t.deadline_ns);
+
+    // A lower priority than ours arms nothing: the engine decides (it is woken by the
+    // guard's priority-change event).
+    let armed = b.xdp.timer(&key).unwrap().armed;
+    let lower = Advert {
+        priority: 90,
+        ..a.clone()
+    };
+    b.xdp.test_run(&lower.frame(), LO).unwrap();
+    assert_eq!(b.xdp.timer(&key).unwrap().armed, armed);
+
+    // Turned off: adverts arm nothing. Stopped while armed: no event.
+    b.xdp
+        .set_timer_cfg(&key, TimerCfg { on: 0, ..cfg })
+        .unwrap();
+    b.xdp.test_run(&a.frame(), LO).unwrap();
+    assert_eq!(b.xdp.timer(&key).unwrap().armed, armed);
+    b.xdp.set_timer_cfg(&key, cfg).unwrap();
+    b.xdp.test_run(&a.frame(), LO).unwrap();
+    b.xdp.stop_timer(&key);
+    assert!(b.xdp.timer(&key).is_none());
+    assert!(
+        master_down_events(&mut b.xdp, Duration::from_millis(400)).is_empty(),
+        "a stopped timer ran out"
+    );
+
+    // v2 (VRID 52, PASS): its own interval counts; one that differs arms nothing. 1 s adverts
+    // and priority 200: 3 s + 56/256 s.
+    let key2 = InstanceKey::new(LO, 52);
+    let cfg2 = TimerCfg {
+        on: 1,
+        priority: 200,
+        version: 2,
+        own_interval_cs: 100,
+        ..TimerCfg::default()
+    };
+    b.xdp.set_timer_cfg(&key2, cfg2).unwrap();
+    let v2 = Advert {
+        vrid: 52,
+        priority: 200,
+        ..Advert::v2(PEER, "secret42")
+    };
+    b.xdp.test_run(&v2.frame(), LO).unwrap();
+    let t = b.xdp.timer(&key2).unwrap();
+    let rec = b.xdp.advert(&key2).unwrap();
+    assert_eq!(
+        t.deadline_ns,
+        rec.last_seen_ns + 3_000_000_000 + 1_000_000_000 * 56 / 256
+    );
+    let other = Advert {
+        interval: 2,
+        ..v2.clone()
+    };
+    b.xdp.test_run(&other.frame(), LO).unwrap();
+    assert_eq!(b.xdp.timer(&key2).unwrap().armed, 1);
+    b.xdp.stop_timer(&key2);
+
+    // An instance removed from the config takes its timer with it.
+    b.xdp.test_run(&a.frame(), LO).unwrap();
+    assert!(b.xdp.timer(&key).is_some());
+    let specs: Vec<InstanceSpec> = specs().into_iter().filter(|s| s.vrid != 51).collect();
+    let refs: Vec<&InstanceSpec> = specs.iter().collect();
+    b.xdp.configure(&refs).unwrap();
+    assert!(b.xdp.timer(&key).is_none());
+    assert!(master_down_events(&mut b.xdp, Duration::from_millis(400)).is_empty());
 }

@@ -21,11 +21,11 @@ use aya::{
 };
 use proxy_common::maps::{
     AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent,
-    InstanceKey, ReplayKey, ServedPort, VridEntry, EVENTS_BYTES, FLOW_PROGRAM_NAME, LAYOUT_VERSION,
-    MAP_ADVERTS, MAP_ANYCAST_PEERS, MAP_ANYCAST_PREFIXES, MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK,
-    MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP, MAP_REPLAY, MAP_STATS, MAP_VIPS, MAP_VRIDS,
-    MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME,
-    VRIDS,
+    InstanceKey, ReplayKey, ServedPort, TimerCfg, TimerState, VridEntry, EVENTS_BYTES,
+    FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS, MAP_ANYCAST_PEERS, MAP_ANYCAST_PREFIXES,
+    MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP,
+    MAP_REPLAY, MAP_STATS, MAP_TIMERS, MAP_TIMER_CFG, MAP_VIPS, MAP_VRIDS, MAX_ANYCAST_GROUPS,
+    MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME, VRIDS,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -51,10 +51,12 @@ pub const MAP_LAYOUT: &str = "hapd_layout";
 
 /// Every map the guard pins: name, type, key size, value size, max entries. `vrrp_auth` is
 /// not among them: it holds key material, and a new process writes it afresh.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 13] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); 15] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 32, MAX_INSTANCES),
+    (MAP_TIMER_CFG, MapType::Hash, 8, 8, MAX_INSTANCES),
+    (MAP_TIMERS, MapType::Hash, 8, 56, MAX_INSTANCES),
     (MAP_STATS, MapType::PerCpuArray, 4, 168, 1),
     (MAP_REPLAY, MapType::LruHash, 24, 8, MAX_REPLAY),
     (MAP_AUTH_STATS, MapType::PerCpuHash, 8, 64, MAX_INSTANCES),
@@ -106,6 +108,10 @@ pub struct XdpGuard {
     ebpf: Ebpf,
     vrids: Array<MapData, VridEntry>,
     adverts: HashMap<MapData, InstanceKey, AdvertRecord>,
+    /// Per instance: whether the guard runs its master-down timer, and with what.
+    timer_cfg: HashMap<MapData, InstanceKey, TimerCfg>,
+    /// Per instance: the guard's master-down timer (read only here; removed to stop it).
+    timers: HashMap<MapData, InstanceKey, TimerState>,
     stats: PerCpuArray<MapData, GuardCounters>,
     events: Option<RingBuf<MapData>>,
     /// The task reading the event ring, and how to stop it and get the ring back.
@@ -195,6 +201,8 @@ impl XdpGuard {
         let mut guard = XdpGuard {
             vrids: take(&mut ebpf, MAP_VRIDS)?,
             adverts: take(&mut ebpf, MAP_ADVERTS)?,
+            timer_cfg: take(&mut ebpf, MAP_TIMER_CFG)?,
+            timers: take(&mut ebpf, MAP_TIMERS)?,
             stats: take(&mut ebpf, MAP_STATS)?,
             // A ring reader caches the consumer position it starts from: a successor opens
             // the ring when it starts reading, after its predecessor has stopped.
@@ -318,6 +326,18 @@ impl XdpGuard {
             .collect();
         for k in stale {
             let _ = self.adverts.remove(&k);
+        }
+        // The kernel timers of instances that are gone (deleting an entry stops its timer).
+        let stale: Vec<InstanceKey> = self
+            .timer_cfg
+            .keys()
+            .chain(self.timers.keys())
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for k in stale {
+            let _ = self.timer_cfg.remove(&k);
+            let _ = self.timers.remove(&k);
         }
         let gone: Vec<InstanceKey> = self
             .auth
@@ -568,6 +588,25 @@ impl XdpGuard {
     }
 
     /// The advert record of `key` as the guard last wrote it.
+    /// Tells the guard whether and how to run `key`'s master-down timer (see
+    /// [`proxy_common::master_down`]). Turning it off leaves a timer already running to run
+    /// out (its event is an input like any other); [`XdpGuard::stop_timer`] stops it.
+    pub fn set_timer_cfg(&mut self, key: &InstanceKey, cfg: TimerCfg) -> anyhow::Result<()> {
+        self.timer_cfg
+            .insert(key, cfg, 0)
+            .with_context(|| format!("writing {MAP_TIMER_CFG} for vrid {}", key.vrid))
+    }
+
+    /// Stops `key`'s master-down timer, if the guard has one (deleting it cancels it).
+    pub fn stop_timer(&mut self, key: &InstanceKey) {
+        let _ = self.timers.remove(key);
+    }
+
+    /// `key`'s master-down timer as the guard last set it, if it has one.
+    pub fn timer(&self, key: &InstanceKey) -> Option<TimerState> {
+        self.timers.get(key, 0).ok()
+    }
+
     pub fn advert(&self, key: &InstanceKey) -> Option<AdvertRecord> {
         self.adverts.get(key, 0).ok()
     }

@@ -980,3 +980,79 @@ fn an_engine_that_is_moving_or_fencing_is_not_handed_over() {
     s.at(ms(200), 0, |i, t| i.handle_shutdown(t));
     assert!(s.nodes[0].inst.snapshot().is_err(), "resigned");
 }
+
+/// The guard's master-down timer in the kernel (`proxy_common::master_down`) re-arms exactly
+/// as the engine: for each version, local priority, advertised priority and interval, where
+/// the kernel re-arms, the engine's deadline is the advert's time plus the kernel's duration,
+/// to the nanosecond; where the kernel leaves its timer alone, the engine takes over at once
+/// (a lower priority, preempting) or ignores the advert (a v2 interval that differs).
+#[test]
+fn the_kernel_timer_rearms_exactly_as_the_engine() {
+    use proxy_common::{maps::TimerCfg, master_down::rearm_ns};
+    let src = Ipv4Addr::new(198, 18, 0, 9);
+    let mut checked = 0;
+    for version in [2u8, 3] {
+        let owns: &[u16] = if version == 2 {
+            &[100, 300]
+        } else {
+            &[1, 7, 100]
+        };
+        for &own in owns {
+            for local in [1u8, 50, 100, 200, 254] {
+                for theirs in [0u8, 1, 50, 100, 150, 254, 255] {
+                    for interval in [1u16, 7, 100, 300] {
+                        let mut i = Instance::new(Config {
+                            version,
+                            ..cfg(1, local, own)
+                        });
+                        i.handle_startup(ms(0));
+                        while i.poll_action().is_some() {}
+                        assert_eq!(i.state(), State::Backup);
+                        let heard = |priority| Heard {
+                            src,
+                            priority,
+                            interval: Centisecs(interval),
+                        };
+                        // A resigning master was heard as master first (its interval adopted).
+                        if theirs == 0 {
+                            i.handle_advert(ms(500), heard(255));
+                        }
+                        let before = i.master_down_deadline();
+                        let at = ms(1000);
+                        i.handle_advert(at, heard(theirs));
+                        let kernel = rearm_ns(
+                            &TimerCfg {
+                                on: 1,
+                                priority: i.effective_priority(),
+                                version,
+                                own_interval_cs: own,
+                                ..TimerCfg::default()
+                            },
+                            theirs,
+                            interval,
+                        );
+                        let case = format!(
+                            "v{version} own {own} local {local} theirs {theirs} interval {interval}"
+                        );
+                        match kernel {
+                            Some(ns) => {
+                                assert_eq!(i.state(), State::Backup, "{case}");
+                                assert_eq!(
+                                    i.master_down_deadline(),
+                                    Some(at + Duration::from_nanos(ns)),
+                                    "{case}"
+                                );
+                            }
+                            None => assert!(
+                                i.state() == State::Master || i.master_down_deadline() == before,
+                                "{case}: the kernel leaves its timer, the engine moved its own"
+                            ),
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 7 * 4 * 5);
+}
