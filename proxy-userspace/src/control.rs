@@ -105,6 +105,8 @@ pub struct InstanceFacts {
     pub advert_interval: Duration,
     /// Master_Down_Interval as the engine computes it now.
     pub master_down: Duration,
+    /// Whether the guard runs the master-down timer in the kernel, in words.
+    pub kernel_timer: String,
     pub auth: Option<AuthFacts>,
 }
 

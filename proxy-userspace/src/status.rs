@@ -90,6 +90,10 @@ pub struct InstanceStatus {
     pub advert_interval_ms: u64,
     /// Master_Down_Interval as this node computes it now.
     pub master_down_ms: u64,
+    /// Whether the master-down timer runs in the kernel (`in use: ...`, `on, not armed ...`
+    /// or `off: why`).
+    #[serde(default)]
+    pub kernel_timer: String,
     /// `auth_hmac`, when the instance has it.
     #[serde(default)]
     pub auth: Option<AuthStatus>,

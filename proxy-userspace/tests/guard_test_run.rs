@@ -1507,6 +1507,18 @@ fn the_master_down_timer_runs_in_the_kernel() {
     let t = b.xdp.timer(&key).unwrap();
     assert!(t.armed >= 10 && t.fired == 0, "{t:?}");
 
+    // An advert from a new master (as good) moves the timer to it.
+    let other = Advert {
+        priority: 110,
+        interval: 5,
+        ..Advert::v3(PEER2)
+    };
+    b.xdp.test_run(&other.frame(), LO).unwrap();
+    let t = b.xdp.timer(&key).unwrap();
+    let rec = b.xdp.advert(&key).unwrap();
+    assert_eq!((t.master, t.deadline_ns), (PEER2, rec.last_seen_ns + mdi));
+    b.xdp.poll_events();
+
     // Silence: exactly one event, at the deadline of the last advert.
     let deadline = t.deadline_ns;
     let events = master_down_events(&mut b.xdp, Duration::from_millis(600));

@@ -87,6 +87,12 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
     );
     assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
     assert!(client_reaches_vip(&lab));
+    // B's master-down timer runs in its guard: B sleeps until it runs out.
+    let st = lab.hapd_status(1, Path::new(HAPD)).unwrap();
+    let timer = st["instances"][0]["kernel_timer"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(timer.starts_with("in use"), "{st}");
 
     // Graceful stop of A: priority 0, B takes over after Skew_Time.
     assert!(a
@@ -131,9 +137,13 @@ fn two_nodes_elect_fail_over_and_preempt_back() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(has_vip(&lab, 0) && !has_vip(&lab, 1));
 
-    // kill -9 A: no goodbye; B takes over after Master_Down_Interval; A's VIP stays behind.
+    // kill -9 A: no goodbye; B takes over after Master_Down_Interval (its guard's timer runs
+    // out and wakes it); A's VIP stays behind.
+    let ran_out = |b: &Proc| b.grep("the master-down timer ran out in the kernel").len();
+    let before = ran_out(&b);
     a.stop(Signal::SIGKILL, Duration::from_secs(5)).unwrap();
     wait_master(&mut b, 2);
+    assert_eq!(ran_out(&b), before + 1, "{}", b.lines().join("\n"));
     assert_eq!(
         b.grep("=> MASTER (master down)").len(),
         1,

@@ -61,6 +61,7 @@ pub fn instance(f: &InstanceFacts) -> InstanceStatus {
         preempt: f.preempt,
         advert_interval_ms: f.advert_interval.as_millis() as u64,
         master_down_ms: down_ms,
+        kernel_timer: f.kernel_timer.clone(),
         auth: f.auth.as_ref().map(auth),
     }
 }
@@ -207,6 +208,9 @@ impl Status {
             }
             let _ = writeln!(o, "  virtual ips      {}", i.virtual_ips.join(", "));
             let _ = writeln!(o, "  guard            {}", i.guard);
+            if !i.kernel_timer.is_empty() {
+                let _ = writeln!(o, "  kernel timer     {}", i.kernel_timer);
+            }
             if let Some(a) = &i.auth {
                 let rejected: Vec<String> = a
                     .rejected

@@ -11,7 +11,7 @@ use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    GuardEvent, InstanceKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE,
+    GuardEvent, InstanceKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE,
     EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use tokio::{
@@ -248,7 +248,7 @@ pub async fn run_with(config: Config, mut opts: Options) -> anyhow::Result<Ended
         if matches!(phase, Phase::Stopping) && routers.iter().all(|r| r.moving.is_none()) {
             break;
         }
-        let deadline = routers.iter().filter_map(|r| r.engine.poll_timeout()).min();
+        let deadline = routers.iter().filter_map(|r| r.next_wake(&dp)).min();
         // One master whose adverts make the next deadline: a periodic timer carries them.
         let period = match routers.as_slice() {
             [r] if r.engine.poll_timeout() == deadline => r.engine.advert_period(),
@@ -484,6 +484,26 @@ async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Da
     let Some(r) = routers.iter_mut().find(|r| r.key == key) else {
         return;
     };
+    if ev.flags & EV_MASTER_DOWN != 0 {
+        // Not an advert: the master-down timer ran out in the kernel. The engine decides, on
+        // the guard's record of the last advert, as at its own deadline.
+        info!(
+            "{}: the master-down timer ran out in the kernel (last advert from {} with \
+             priority {})",
+            r.name,
+            Ipv4Addr::from(ev.src),
+            ev.priority
+        );
+        if r.engine.state() == State::Backup {
+            r.refresh_from_guard(dp);
+        }
+        let t = now();
+        if r.engine.poll_timeout().is_some_and(|d| d <= t) {
+            r.engine.handle_timeout(t);
+        }
+        r.act(ctx, dp).await;
+        return;
+    }
     info!("{}", describe(&r.name, ev));
     r.delivered_ns = r.delivered_ns.max(ev.time_ns);
     r.engine.handle_advert(

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use ipnet::Ipv4Net;
-use proxy_common::maps::{FlowEntry, InstanceKey, FLOW_HOLDER, FLOW_RELEASED};
+use proxy_common::maps::{FlowEntry, InstanceKey, TimerCfg, FLOW_HOLDER, FLOW_RELEASED};
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -20,7 +20,7 @@ use crate::{
     vip,
     vrrp::{
         auth::Signer,
-        fsm::{self, Action, Heard, Instance},
+        fsm::{self, Action, Heard, Instance, State},
         io::AdvertSocket,
         notify::{Notifier, NOTIFY_TIMEOUT},
         track, Advert, Auth, Centisecs, ChecksumMode,
@@ -113,7 +113,17 @@ pub(super) struct Router {
     /// The failing checks and what they cost, for status.
     pub(super) reasons: Vec<String>,
     pub(super) link_up: bool,
+    /// What the guard was last told about this instance's kernel master-down timer, and
+    /// whether it took it (see [`Router::sync_kernel_timer`]).
+    kernel_timer: Option<TimerCfg>,
+    kernel_timer_on: bool,
 }
+
+/// How often a backup whose master-down timer runs in the kernel looks at it anyway: the
+/// bound on a failover if the timer's event were lost (the guard counts `events_lost`; the
+/// ring only fills when the daemon stops reading). Sleeping a whole Master_Down_Interval at a
+/// time is what the kernel timer saves.
+pub(super) const KERNEL_TIMER_CHECK: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 pub(super) struct RouterStats {
@@ -216,6 +226,8 @@ impl Router {
             stats: RouterStats::default(),
             reasons: Vec::new(),
             link_up: true,
+            kernel_timer: None,
+            kernel_timer_on: false,
             name: v.name.clone(),
             key: spec.key(),
             iface: v.interface.clone(),
@@ -345,6 +357,7 @@ impl Router {
                 }
             }
         }
+        self.sync_kernel_timer(dp);
     }
 
     /// The addresses as the proxy sees them.
@@ -705,6 +718,7 @@ impl Router {
             preempt: v.preempt,
             advert_interval: v.advert_interval.0,
             master_down: self.engine.master_down_interval(),
+            kernel_timer: self.kernel_timer_status(dp),
             auth: self.auth.as_ref().map(|a| AuthFacts {
                 spec: a.clone(),
                 signing_key: self.sock.signing_key(),
@@ -723,6 +737,69 @@ impl Router {
                 warn!("{name}: {e:#}");
             }
         });
+    }
+
+    /// Tells the guard whether to run this instance's master-down timer: while it is a
+    /// backup and its interface's guard runs in XDP, with its priority and interval as they
+    /// are now. Called after every input the engine handled (its state or priority may have
+    /// changed); the guard is only written when that changes.
+    pub(super) fn sync_kernel_timer(&mut self, dp: &mut Dataplane) {
+        let on = self.engine.state() == State::Backup && dp.kernel_timer_capable(&self.key);
+        let c = self.engine.config();
+        let cfg = TimerCfg {
+            on: u8::from(on),
+            priority: self.engine.effective_priority(),
+            version: c.version,
+            own_interval_cs: c.advert_interval.0,
+            ..TimerCfg::default()
+        };
+        if self.kernel_timer == Some(cfg) || (self.kernel_timer.is_none() && !on) {
+            return;
+        }
+        self.kernel_timer_on = dp.set_kernel_timer(&self.key, cfg) && on;
+        self.kernel_timer = Some(cfg);
+    }
+
+    /// When the daemon must next wake for this instance: the engine's deadline, except for a
+    /// backup whose master-down timer the guard runs and has armed into the future; that one
+    /// wakes the daemon with an event, and the daemon looks only every
+    /// [`KERNEL_TIMER_CHECK`].
+    pub(super) fn next_wake(&self, dp: &Dataplane) -> Option<Duration> {
+        let t = self.engine.poll_timeout()?;
+        if self.engine.state() != State::Backup || !self.kernel_timer_on {
+            return Some(t);
+        }
+        let now_ns = monotonic_ns();
+        match dp.kernel_timer(&self.key) {
+            Some(k) if k.deadline_ns > now_ns => {
+                Some(t.max(Duration::from_nanos(now_ns) + KERNEL_TIMER_CHECK))
+            }
+            _ => Some(t),
+        }
+    }
+
+    /// Whether the kernel runs this instance's master-down timer now, for status.
+    pub(super) fn kernel_timer_status(&self, dp: &Dataplane) -> String {
+        if !dp.kernel_timer_capable(&self.key) {
+            return "off: the guard does not run in XDP on this interface".into();
+        }
+        if !self.kernel_timer_on {
+            return "off: only a backup's".into();
+        }
+        match dp.kernel_timer(&self.key) {
+            Some(k) if k.deadline_ns > monotonic_ns() => format!(
+                "in use: armed {} time(s), ran out {} time(s)",
+                k.armed, k.fired
+            ),
+            Some(k) => format!(
+                "on, not armed now (armed {} time(s), ran out {} time(s)): the daemon's own \
+                 timer decides until a master's advert arms it",
+                k.armed, k.fired
+            ),
+            None => "on, not armed yet: the daemon's own timer decides until a master's \
+                     advert arms it"
+                .into(),
+        }
     }
 
     /// Before the master-down deadline counts, fold in the newest advert the guard recorded

@@ -9,9 +9,9 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 use anyhow::Context as _;
 use proxy_common::maps::{
     AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent, InstanceKey,
-    InstanceSlot, ServedPort, VridEntry, AUTH_MODE_ENFORCE, AUTH_MODE_PERMISSIVE,
-    AUTH_MODE_RECEIVE_ONLY, AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER,
-    MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
+    InstanceSlot, ServedPort, TimerCfg, TimerState, VridEntry, AUTH_MODE_ENFORCE,
+    AUTH_MODE_PERMISSIVE, AUTH_MODE_RECEIVE_ONLY, AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER,
+    CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
 };
 use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
@@ -581,6 +581,40 @@ impl Dataplane {
             GuardMode::Xdp(_) => self.xdp.as_ref()?.advert(key),
             GuardMode::Raw => self.raw.advert(key),
         }
+    }
+
+    /// Whether `key`'s master-down timer can run in the kernel: its interface's guard runs in
+    /// XDP (the raw-socket path has no kernel timer; the engine's own timer serves it).
+    pub fn kernel_timer_capable(&self, key: &InstanceKey) -> bool {
+        matches!(self.by_ifindex.get(&key.ifindex), Some(GuardMode::Xdp(_))) && self.xdp.is_some()
+    }
+
+    /// Turns `key`'s kernel master-down timer on or off (see [`proxy_common::master_down`]);
+    /// off also stops a timer already running. False when the guard could not be told (the
+    /// engine's own timer then keeps deciding).
+    pub fn set_kernel_timer(&mut self, key: &InstanceKey, cfg: TimerCfg) -> bool {
+        if !self.kernel_timer_capable(key) {
+            return false;
+        }
+        let Some(g) = self.xdp.as_mut() else {
+            return false;
+        };
+        if let Err(e) = g.set_timer_cfg(key, cfg) {
+            warn!("vrid {}: the kernel master-down timer: {e:#}", key.vrid);
+            return false;
+        }
+        if cfg.on == 0 {
+            g.stop_timer(key);
+        }
+        true
+    }
+
+    /// `key`'s kernel master-down timer as the guard last set it.
+    pub fn kernel_timer(&self, key: &InstanceKey) -> Option<TimerState> {
+        if !self.kernel_timer_capable(key) {
+            return None;
+        }
+        self.xdp.as_ref()?.timer(key)
     }
 
     /// Counters of both paths added up.
