@@ -28,7 +28,10 @@ use hapd_lab::{
 };
 use nix::sys::signal::Signal;
 
-use crate::report::{median_spread, Report, Table};
+use crate::{
+    failover::nginx_with,
+    report::{median_spread, Report, Table},
+};
 
 /// Nodes in the group (hosts 1..=NODES); the client is host NODES + 1.
 const NODES: usize = 3;
@@ -124,7 +127,7 @@ struct Cost {
     causes: BTreeMap<&'static str, u64>,
     /// From the event to the router's route having changed.
     route: Option<Duration>,
-    /// From the event to the end of the last failed new connection started after it (0: none
+    /// From the event to the start of the last new connection that failed after it (0: none
     /// failed).
     new_gap: Duration,
     /// Host death: the kept-alive connections the dead node held (they cannot survive).
@@ -240,8 +243,8 @@ fn table(got: &[Vec<Vec<Cost>>; 2], rounds: usize) -> Table {
         rows,
         notes: vec![
             format!("A router (BIRD 2: eBGP with BFD 50 ms x 3 to each node, `merge paths`, plain hash-threshold ECMP on the L4 hash) and three nodes on one segment, each running BIRD 2 (the prefix in a `protocol static {PROTOCOL}`, disabled at start), a backend (nginx answering its node's name on the node's address) and the proxy on {PREFIX}:{PORT}; a client behind the router keeps 30 kept-alive HTTP/1.1 connections, each sending a request every 50 ms (idle in between, reopened when the server closes one), and opens a new connection every 20 ms. Failed: a request on an open connection without an answer within 2 s, or a connection that could not be opened. {rounds} round(s), setups alternating; each run goes through the events in the order listed, in one lab."),
-            "hapd: `[[anycast]]` with `track_proxy` (health check every 100 ms, fall 1, rise 300 ms, hold-down 1 s), its upstream being its node's backend with the other nodes' backends as `backup_servers`, second chance in generic XDP. Common pattern: the same BIRD configs; nginx as the proxy with the same upstream (`backup` servers); a shell loop that checks the backend's /health every 100 ms with curl and runs `birdc enable|disable` when the answer changes (what anycast-healthchecker and Wikimedia's pattern do, at a faster interval).".into(),
-            "Upstream fails: node 2's backend process stops (both proxies then use the backups). Graceful stop: hapd gets SIGTERM (it withdraws, then ends its connections at request boundaries); in the common pattern the health script is stopped (its trap disables the protocol) and nginx quits gracefully (SIGQUIT) a second later, the careful runbook. Host dies: node 1's link goes down; the requests on the connections it held cannot be answered by anyone (its row's second count). Route changed: from the event to the router's kernel route having the new nexthop set (BFD for a dead host). New connections failing: from the event to the end of the last failed new connection started after it.".into(),
+            "hapd: `[[anycast]]` with `track_proxy` (health check every 100 ms, fall 1, rise 300 ms, hold-down 1 s), its upstream being its node's backend with the other nodes' backends as `backup_servers` (connect timeout 1 s), second chance in generic XDP. Common pattern: the same BIRD configs; nginx as the proxy with the same upstream (`backup` servers, `max_fails=1 fail_timeout=1s`, `proxy_connect_timeout 1s`); a shell loop that checks the backend's /health every 100 ms with curl and runs `birdc enable|disable` when the answer changes (what anycast-healthchecker and Wikimedia's pattern do, at a faster interval).".into(),
+            "Upstream fails: node 2's backend process stops (both proxies then use the backups). Graceful stop: hapd gets SIGTERM (it withdraws, then ends its connections at request boundaries); in the common pattern the health script is stopped (its trap disables the protocol) and nginx quits gracefully (SIGQUIT) a second later, the careful runbook. Host dies: node 1's link goes down; the requests on the connections it held cannot be answered by anyone (its row's second count). Route changed: from the event to the router's kernel route having the new nexthop set (BFD for a dead host). New connections failing: from the event to the start of the last new connection that failed. The dead node's connections: those established to its proxy port just before (`ss`).".into(),
             "Why they differ: when the nexthop set changes, the router's hash-threshold ECMP moves flows of the nodes that stay, not only those of the node that left or joined; a node that receives a segment of a flow it has no socket for answers with a reset. hapd's XDP program sends such a segment on to the node that holds the flow (second chance); the common pattern has no such path.".into(),
         ],
         plot: Some(crate::plot::Plot {
@@ -355,15 +358,17 @@ fn event(
     println!("[anycast]   {}", e.name());
     let failed0 = seen.failed.load(Ordering::Relaxed);
     let causes0 = seen.causes.lock().map(|c| c.clone()).unwrap_or_default();
-    let held = (e == Event::HostDies).then(|| seen.held_by("node-1"));
+    let held = (e == Event::HostDies).then(|| established(lab, 1));
     let at = seen.elapsed();
     let want = e.nexthops_after();
     // The route is watched while the event happens (a graceful stop withdraws long before
     // the daemon exits).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watch = {
         let (netns, want, t0) = (lab.host(0).netns.clone(), want.clone(), Instant::now());
+        let stop = stop.clone();
         std::thread::spawn(move || {
-            while t0.elapsed() < Duration::from_secs(20) {
+            while t0.elapsed() < Duration::from_secs(20) && !stop.load(Ordering::Relaxed) {
                 if bird::nexthops_in(&netns) == want {
                     return Some(t0.elapsed());
                 }
@@ -415,6 +420,9 @@ fn event(
         }
         Ok::<_, anyhow::Error>(())
     })();
+    if acted.is_err() {
+        stop.store(true, Ordering::Relaxed);
+    }
     let route = watch.join().ok().flatten();
     acted?;
     if route.is_none() {
@@ -425,8 +433,9 @@ fn event(
         );
     }
     // What follows the route change: flows moved, connections reset or carried, clients
-    // reconnecting.
-    std::thread::sleep(Duration::from_millis(2000));
+    // reconnecting. Longer than the pool's connect timeout (3 s), so that a failure the
+    // event caused is counted here, not with the next one.
+    std::thread::sleep(Duration::from_millis(3500));
     let causes1 = seen.causes.lock().map(|c| c.clone()).unwrap_or_default();
     let causes = causes1
         .into_iter()
@@ -439,7 +448,7 @@ fn event(
         .new_connections_since(at)
         .into_iter()
         .filter(|(_, _, ok)| !ok)
-        .map(|(start, took, _)| start + took - at)
+        .map(|(start, _, _)| start - at)
         .max()
         .unwrap_or_default();
     Ok(Cost {
@@ -449,6 +458,21 @@ fn event(
         new_gap,
         held,
     })
+}
+
+/// Established connections to the proxy's port in host `i`: the kept-alive (and new)
+/// connections that node holds.
+fn established(lab: &Lab, i: usize) -> u64 {
+    let filter = format!("( sport = :{PORT} )");
+    lab.command(i, &["ss", "-Htn", "state", "established", &filter])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count() as u64
+        })
+        .unwrap_or(0)
 }
 
 /// Waits until the router's nexthops are `want`; how long that took.
@@ -476,40 +500,10 @@ fn backups_of(i: usize, nodes: usize) -> Vec<String> {
         .collect()
 }
 
-/// nginx in a directory of the lab (its config `conf`, temp paths inside it).
-fn nginx(lab: &Lab, i: usize, name: &str, server: &str) -> anyhow::Result<Proc> {
-    let d = lab.dir().join(format!("{name}{i}"));
-    std::fs::create_dir_all(&d)?;
-    let dd = d.display();
-    let conf = format!(
-        "worker_processes 1;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log;\ndaemon off;\n\
-         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
-         client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n  fastcgi_temp_path {dd}/fcgi;\n  \
-         uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n{server}}}\n"
-    );
-    let path = d.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let p = path.display().to_string();
-    let child = lab.spawn(i, &["nginx", "-c", &p, "-p", &dd.to_string()])?;
-    let proc = Proc::new(name, child);
-    // nginx prints nothing when it listens: wait for its pid file.
-    let t0 = Instant::now();
-    while !d.join("nginx.pid").exists() {
-        if t0.elapsed() > Duration::from_secs(5) {
-            bail!(
-                "nginx {name} in host {i} did not start: {}",
-                proc.lines().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(proc)
-}
-
 /// Node `i`'s backend: its name on `/`, 200 on `/health`, on the node's address.
 fn backend(lab: &Lab, i: usize) -> anyhow::Result<Proc> {
     let me = host_addr(i);
-    nginx(
+    nginx_with(
         lab,
         i,
         "backend",
@@ -535,18 +529,23 @@ fn start_proxy(
             node.proxy = Some(lab.start_hapd(i, hapd, &config)?);
         }
         Setup::Common => {
+            // A server that failed is tried again after 1 s (nginx's default is 10 s, which
+            // would keep a node's own backend out long after it is back), and a dead host's
+            // backend is given up on after 1 s (the default waits 60 s for a connection).
             let backups: String = backups_of(i, NODES)
                 .iter()
-                .map(|b| format!(" server {b} backup;"))
+                .map(|b| format!(" server {b} backup max_fails=1 fail_timeout=1s;"))
                 .collect();
-            node.proxy = Some(nginx(
+            node.proxy = Some(nginx_with(
                 lab,
                 i,
                 "proxy",
                 &format!(
-                    "  upstream app {{ server {me}:{BACKEND_PORT};{backups} keepalive 64; }}\n  \
+                    "  upstream app {{ server {me}:{BACKEND_PORT} max_fails=1 fail_timeout=1s;\
+                     {backups} keepalive 64; }}\n  \
                      server {{ listen {PREFIX}:{PORT}; location / {{ proxy_pass http://app; \
-                     proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+                     proxy_connect_timeout 1s; proxy_http_version 1.1; \
+                     proxy_set_header Connection \"\"; }} }}\n"
                 ),
             )?);
             let script = lab.dir().join("health-check.sh");
@@ -616,6 +615,7 @@ bind = ["{PREFIX}:{PORT}"]
 name = "app"
 servers = ["{me}:{BACKEND_PORT}"]
 backup_servers = [{}]
+connect_timeout = "1s"
 health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", fall = 1, rise = 1 }}
 
 [[vhost]]

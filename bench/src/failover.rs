@@ -301,22 +301,45 @@ fn ns_rss_kib(ns: &str) -> anyhow::Result<u64> {
 /// CPU used by an idle pair (master and backup, 10 ms adverts, no faults): both daemons'
 /// processes, as a percentage of one core.
 pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
-    let (secs, rounds) = if quick { (3, 1) } else { (10, 3) };
-    let mut pct: [Vec<f64>; 2] = Default::default();
-    let mut rss: [Vec<f64>; 2] = Default::default();
-    // [daemon][node 0 (master), node 1 (backup)]: context switches per second.
-    let mut cs: [[Vec<f64>; 2]; 2] = Default::default();
+    let (secs, rounds): (u64, usize) = if quick { (3, 1) } else { (10, 3) };
+    // The setups, by slot: hapd (VRRP alone), hapd with its proxy and admin endpoint (no
+    // health checks: nothing the operator asked to run periodically), keepalived.
+    const NAMES: [&str; 3] = ["hapd", "hapd with its proxy", "keepalived"];
+    let mut pct: [Vec<f64>; 3] = Default::default();
+    let mut rss: [Vec<f64>; 3] = Default::default();
+    // [setup][node 0 (master), node 1 (backup)]: context switches per second.
+    let mut cs: [[Vec<f64>; 2]; 3] = Default::default();
     for round in 0..rounds {
-        let order = Daemon::alternating(round);
-        for d in order {
+        let order = if round.is_multiple_of(2) {
+            [0, 1, 2]
+        } else {
+            [2, 1, 0]
+        };
+        for slot in order {
             println!(
-                "[idle] CPU and memory of a {d:?} pair at 10 ms adverts, {secs} s, round {}/{rounds}",
+                "[idle] CPU, memory and wake-ups of a {} pair at 10 ms adverts, {secs} s, round {}/{rounds}",
+                NAMES[slot],
                 round + 1
             );
             let mut lab = Lab::new(2)?;
             let mut procs = Vec::new();
             for i in 0..2 {
-                procs.push(start(&mut lab, hapd, d, i, 10, None, false)?);
+                procs.push(match slot {
+                    0 => start(&mut lab, hapd, Daemon::Hapd, i, 10, None, false)?,
+                    1 => {
+                        let me = lab.host(i).addr;
+                        let config = hapd_config(&mut lab, i, 10, None, false)?
+                            .replacen("[node]\n", &format!("[node]\nadmin = \"{me}:9100\"\n"), 1)
+                            + &format!(
+                                "\n[[listener]]\nname = \"web\"\nbind = [\"{VIP}:{PORT}\"]\n\n\
+                                 [[upstream]]\nname = \"svc\"\nservers = [\"127.0.0.1:{SERVICE_BEHIND_PROXY}\"]\n\n\
+                                 [[vhost]]\nserver_names = [\"vip\"]\nlisteners = [\"web\"]\n  [[vhost.route]]\n  \
+                                 prefix = \"/\"\n  upstream = \"svc\"\n"
+                            );
+                        lab.start_hapd(i, hapd, &config)?
+                    }
+                    _ => start(&mut lab, hapd, Daemon::Keepalived, i, 10, None, false)?,
+                });
             }
             // Settle: election done, scripts started.
             std::thread::sleep(Duration::from_secs(1));
@@ -340,9 +363,7 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                 .map(|n| ns_switches(n))
                 .collect::<anyhow::Result<Vec<u64>>>()?;
             let elapsed = t0.elapsed().as_secs_f64();
-            let p = (after - before).as_secs_f64() / elapsed * 100.0;
-            let slot = if d == Daemon::Hapd { 0 } else { 1 };
-            pct[slot].push(p);
+            pct[slot].push((after - before).as_secs_f64() / elapsed * 100.0);
             for node in 0..2 {
                 cs[slot][node].push((switches1[node] - switches0[node]) as f64 / elapsed);
             }
@@ -356,15 +377,18 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             }
         }
     }
-    let (h, k) = (median_spread(&pct[0]), median_spread(&pct[1]));
-    let (hm, km) = (median_spread(&rss[0]).0, median_spread(&rss[1]).0);
+    let cpu = |slot: usize| {
+        let (m, lo, hi) = median_spread(&pct[slot]);
+        format!("{m:.2} ({lo:.2}..{hi:.2})")
+    };
     let switches = |slot: usize, node: usize| {
         let (m, lo, hi) = median_spread(&cs[slot][node]);
         format!("{m:.1} ({lo:.1}..{hi:.1})")
     };
     let per_advert = |slot: usize| median_spread(&cs[slot][0]).0 / 100.0;
+    let (h, k) = (median_spread(&pct[0]).0, median_spread(&pct[2]).0);
     let table = Table {
-        title: "Idle CPU and memory of a pair at 10 ms adverts".into(),
+        title: "Idle CPU, memory and wake-ups of a pair at 10 ms adverts".into(),
         columns: vec![
             "daemon".into(),
             "% of one core (median, spread)".into(),
@@ -372,27 +396,24 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             "master: context switches/s (per advert)".into(),
             "backup: context switches/s".into(),
         ],
-        rows: vec![
-            vec![
-                "hapd (pair)".into(),
-                format!("{:.2} ({:.2}..{:.2})", h.0, h.1, h.2),
-                format!("{hm:.1}"),
-                format!("{} ({:.2})", switches(0, 0), per_advert(0)),
-                switches(0, 1),
-            ],
-            vec![
-                "keepalived (pair)".into(),
-                format!("{:.2} ({:.2}..{:.2})", k.0, k.1, k.2),
-                format!("{km:.1}"),
-                format!("{} ({:.2})", switches(1, 0), per_advert(1)),
-                switches(1, 1),
-            ],
-        ],
+        rows: (0..3)
+            .map(|slot| {
+                vec![
+                    format!("{} (pair)", NAMES[slot]),
+                    cpu(slot),
+                    format!("{:.1}", median_spread(&rss[slot]).0),
+                    format!("{} ({:.2})", switches(slot, 0), per_advert(slot)),
+                    switches(slot, 1),
+                ]
+            })
+            .collect(),
         notes: vec![
             format!(
                 "{rounds} round(s) of {secs} s; every process in both nodes' namespaces, no track \
-                 scripts (VRRP alone). hapd / keepalived = {:.2}.",
-                if k.0 > 0.0 { h.0 / k.0 } else { f64::NAN }
+                 scripts. hapd / keepalived CPU = {:.2}. \"hapd with its proxy\": a listener on \
+                 the VIP, an upstream without health checks and the admin endpoint (the proxy's \
+                 worker threads, its control thread and the admin thread idle).",
+                if k > 0.0 { h / k } else { f64::NAN }
             ),
             "Context switches: voluntary and involuntary, of every thread of every process in \
              the node's namespace (/proc/PID/task/TID/status), per second; per advert: the \
@@ -403,19 +424,21 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                 .into(),
         ],
         plot: Some(crate::plot::Plot {
-            title: "Idle CPU of a pair at 10 ms adverts".into(),
-            y_label: "% of one core (median)".into(),
-            categories: vec!["hapd pair".into(), "keepalived pair".into()],
-            series: vec![("CPU".into(), vec![h.0, k.0])],
+            title: "Wake-ups of an idle backup at 10 ms adverts".into(),
+            y_label: "context switches per second (median)".into(),
+            categories: NAMES.iter().map(|n| n.to_string()).collect(),
+            series: vec![(
+                "backup".into(),
+                (0..3).map(|slot| median_spread(&cs[slot][1]).0).collect(),
+            )],
         }),
     };
     Ok((
         table,
         serde_json::json!({
-            "hapd_pct": pct[0], "keepalived_pct": pct[1],
-            "hapd_switches_per_s": { "master": cs[0][0], "backup": cs[0][1] },
-            "keepalived_switches_per_s": { "master": cs[1][0], "backup": cs[1][1] },
-            "hapd_rss_mib": rss[0], "keepalived_rss_mib": rss[1],
+            "setups": NAMES,
+            "pct": pct, "rss_mib": rss,
+            "switches_per_s": cs.iter().map(|c| serde_json::json!({"master": c[0], "backup": c[1]})).collect::<Vec<_>>(),
         }),
     ))
 }
@@ -764,9 +787,6 @@ fn outcome(log: &[(Duration, Option<String>)], t0: Duration) -> anyhow::Result<O
 /// with `proxy`, the guide's reverse proxy on port PORT (all addresses, so on the VIP too) in
 /// front of it with kept-alive upstream connections (what keepalived fails over).
 pub(crate) fn nginx(lab: &Lab, i: usize, proxy: bool) -> anyhow::Result<Proc> {
-    let d = lab.dir().join(format!("nginx{i}"));
-    std::fs::create_dir_all(&d)?;
-    let dd = d.display();
     let front = if proxy {
         format!(
             "  upstream be {{ server 127.0.0.1:{SERVICE_BEHIND_PROXY}; keepalive 64; }}\n  \
@@ -776,18 +796,48 @@ pub(crate) fn nginx(lab: &Lab, i: usize, proxy: bool) -> anyhow::Result<Proc> {
     } else {
         String::new()
     };
+    nginx_with(
+        lab,
+        i,
+        "nginx",
+        &format!(
+            "  server {{ listen 127.0.0.1:{SERVICE_BEHIND_PROXY}; location / {{ return 200 \"n{i}\"; }} }}\n{front}"
+        ),
+    )
+}
+
+/// nginx named `name` on lab host `i`, one worker, with `http` inside its `http` block; its
+/// files in a directory of the lab. Returns once nginx has written its pid file (it prints
+/// nothing when it listens).
+pub(crate) fn nginx_with(lab: &Lab, i: usize, name: &str, http: &str) -> anyhow::Result<Proc> {
+    let d = lab.dir().join(format!("{name}{i}"));
+    std::fs::create_dir_all(&d)?;
+    // One left by an nginx of this directory that was killed would say "started" at once.
+    let pid = d.join("nginx.pid");
+    let _ = std::fs::remove_file(&pid);
+    let dd = d.display();
     let conf = format!(
         "worker_processes 1;\npid {dd}/nginx.pid;\nerror_log {dd}/error.log;\ndaemon off;\n\
          events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n  \
          client_body_temp_path {dd}/body;\n  proxy_temp_path {dd}/proxy;\n  fastcgi_temp_path {dd}/fcgi;\n  \
-         uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n  \
-         server {{ listen 127.0.0.1:{SERVICE_BEHIND_PROXY}; location / {{ return 200 \"n{i}\"; }} }}\n{front}}}\n"
+         uwsgi_temp_path {dd}/uwsgi;\n  scgi_temp_path {dd}/scgi;\n{http}}}\n"
     );
     let path = d.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let p = path.display().to_string();
     let child = lab.spawn(i, &["nginx", "-c", &p, "-p", &dd.to_string()])?;
-    Ok(Proc::new("nginx", child))
+    let proc = Proc::new(name, child);
+    let t0 = Instant::now();
+    while !pid.exists() {
+        if t0.elapsed() > Duration::from_secs(5) {
+            anyhow::bail!(
+                "nginx {name} in host {i} did not start: {}",
+                proc.lines().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(proc)
 }
 
 /// Connections wrk keeps busy in the under-load runs.

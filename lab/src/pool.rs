@@ -156,7 +156,10 @@ impl Seen {
 /// refused connection, a connection closed without an answer, an error status, or other.
 pub fn cause(what: &str) -> &'static str {
     let w = what.to_ascii_lowercase();
-    if w.contains("reset") {
+    if w.contains("status:") {
+        // An answer, not an I/O error (its reason phrase may say "temporarily").
+        "error status"
+    } else if w.contains("reset") {
         "reset"
     } else if w.contains("timed out") || w.contains("would block") || w.contains("temporarily") {
         "timeout"
@@ -166,8 +169,6 @@ pub fn cause(what: &str) -> &'static str {
         "unreachable"
     } else if w.contains("closed before") || w.contains("broken pipe") {
         "closed"
-    } else if w.contains("status:") {
-        "error status"
     } else {
         "other"
     }

@@ -308,7 +308,9 @@ fn hot_standby_balancer_members_become_backup_servers() {
         "<Proxy balancer://app>\n\
          \tBalancerMember http://198.18.0.2:8081 retry=1\n\
          \tBalancerMember http://198.18.0.3:8081 status=+H\n\
-         \tbalancermember http://198.18.0.4:8081 STATUS=+h\n\
+         \tbalancermember http://198.18.0.4:8081 STATUS=h-e\n\
+         \tBalancerMember http://198.18.0.2:8081/other\n\
+         \tBalancerMember http://198.18.0.6:8081 status=+D\n\
          </Proxy>\n\
          <Proxy balancer://spare>\n\
          \tBalancerMember http://198.18.0.5:8081 status=+H\n\
@@ -345,6 +347,9 @@ fn hot_standby_balancer_members_become_backup_servers() {
     assert_eq!(list(by("spare"), "servers"), ["198.18.0.5:8081"], "{out}");
     assert!(list(by("spare"), "backup_servers").is_empty(), "{out}");
     assert!(out.contains("every member is a hot standby"), "{out}");
+    assert!(out.contains("198.18.0.2:8081 is already a member"), "{out}");
+    assert!(out.contains("disabled or stopped"), "{out}");
+    assert!(!out.contains("\"198.18.0.6:8081\""), "{out}");
     let checked = dir.path("hapd.toml");
     std::fs::write(&checked, &out).unwrap();
     let (ok, _, err) = hapd(&["check", "--config", checked.to_str().unwrap()]);

@@ -339,7 +339,7 @@ pub fn validate(
         }
         let total = u.servers.len() + u.backup_servers.len();
         if total > MAX_SERVERS {
-            let key = if u.backup_servers.is_empty() {
+            let key = if u.servers.len() > MAX_SERVERS {
                 "servers"
             } else {
                 "backup_servers"
@@ -349,7 +349,7 @@ pub fn validate(
                 format!("at most {MAX_SERVERS} servers with the backups, got {total}"),
             ));
         }
-        let mut seen = HashSet::new();
+        let primaries: HashSet<&str> = u.servers.iter().map(String::as_str).collect();
         for (key, list) in [
             ("servers", &u.servers),
             ("backup_servers", &u.backup_servers),
@@ -364,10 +364,10 @@ pub fn validate(
                         format!("{s:?} is not \"host:port\""),
                     ));
                 }
-                if !seen.insert(s.as_str()) {
+                if key == "backup_servers" && primaries.contains(s.as_str()) {
                     return Err(err(
                         &format!("{key}[{j}]"),
-                        format!("{s:?} is listed twice in servers and backup_servers"),
+                        format!("{s:?} is also in servers: a server is a backup or not"),
                     ));
                 }
             }

@@ -689,6 +689,35 @@ struct Vhost {
     redirect: bool,
 }
 
+/// The status flags a `BalancerMember`'s `status=` sets (Apache: a letter sets its flag, or
+/// clears it after `-`; `+` sets again), upper-case.
+fn member_status(args: &[String]) -> Vec<char> {
+    let mut flags = Vec::new();
+    for a in args {
+        let Some((k, v)) = a.split_once('=') else {
+            continue;
+        };
+        if !k.eq_ignore_ascii_case("status") {
+            continue;
+        }
+        let mut set = true;
+        for c in v.chars() {
+            match c {
+                '+' => set = true,
+                '-' => set = false,
+                c => {
+                    let c = c.to_ascii_uppercase();
+                    flags.retain(|f| *f != c);
+                    if set {
+                        flags.push(c);
+                    }
+                }
+            }
+        }
+    }
+    flags
+}
+
 /// A `<Proxy balancer://...>` section: its members, its hot standby members (`status=+H`),
 /// and its `lbmethod`.
 struct Balancer {
@@ -870,14 +899,22 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<Stri
                             u.host_str().unwrap_or_default(),
                             u.port_or_known_default().unwrap_or(80)
                         );
-                        // `status=+H`: a hot standby, used only while no other member is up.
-                        let hot_standby = c.args.iter().skip(1).any(|a| {
-                            a.split_once('=').is_some_and(|(k, v)| {
-                                k.eq_ignore_ascii_case("status")
-                                    && v.split('+').any(|f| f.eq_ignore_ascii_case("H"))
-                            })
-                        });
-                        if hot_standby {
+                        let flags = member_status(&c.args[1..]);
+                        if flags.contains(&'D') || flags.contains(&'S') {
+                            st.upstream_notes.push(format!(
+                                "not mapped ({}): BalancerMember {}: disabled or stopped \
+                                 (status=D/S): left out",
+                                s.at(c),
+                                c.rest()
+                            ));
+                        } else if members.contains(&authority) || standby.contains(&authority) {
+                            st.upstream_notes.push(format!(
+                                "{}: BalancerMember {}: {authority} is already a member",
+                                s.at(c),
+                                c.rest()
+                            ));
+                        } else if flags.contains(&'H') || flags.contains(&'R') {
+                            // Hot standby and hot spare: used only while no other member is up.
                             standby.push(authority);
                         } else {
                             members.push(authority);

@@ -3,8 +3,9 @@
 //! request ([`Attempt::send`], the protocol's part), and when that fails decide what follows:
 //!
 //! - a connection that cannot be made ejects the server (passive health) and the request goes
-//!   to the next server not tried yet; so does an idempotent request that the server drops
-//!   before any of its answer (nginx's `proxy_next_upstream error`), without the ejection;
+//!   to the next server not tried yet; an idempotent request that a server drops before any
+//!   of its answer reached the client goes to one other server (like nginx's
+//!   `proxy_next_upstream error`, but once, and without marking the server down);
 //! - a kept-alive connection the server had closed before the request reached it (see
 //!   [`UpError::stale`]) is retried once, on a new connection to the same server, when the
 //!   request may be sent again ([`Attempt::retriable`]);
@@ -82,10 +83,15 @@ pub async fn call<A: Attempt>(
 ) -> Outcome<A::Done, A::Broke> {
     let pool = &site.routes[route].pool;
     let mut tried = Tried::default();
+    // A request one server dropped goes to one other server at most: a request that makes
+    // servers crash (a "query of death") must not take the whole pool down.
+    let mut dropped = false;
     'servers: loop {
         let Some(i) = pool.pick(w, tried) else {
             let (status, why) = if tried.none() {
                 (503, "no server is up")
+            } else if dropped {
+                (502, "the servers tried dropped the request")
             } else {
                 (502, "no server accepted a connection")
             };
@@ -128,11 +134,13 @@ pub async fn call<A: Attempt>(
                     retried = true;
                     fresh = true;
                 }
-                Err(Failed::Upstream(e)) if a.retriable() && e.dropped() => {
-                    // The server dropped a request nothing of whose answer had come (it
-                    // stopped or crashed under it): the request goes to another server. The
-                    // server is not ejected for it (a pool of one would then answer 503);
-                    // a refused connection or its health check takes it out.
+                Err(Failed::Upstream(e)) if a.retriable() && e.dropped() && !dropped => {
+                    // The server dropped a request before any of the answer reached the
+                    // client (it stopped or crashed under it): the request goes to one other
+                    // server. The server is not ejected for it (a pool of one would then
+                    // answer 503, where nginx never marks a lone server down); a refused
+                    // connection or its health check takes it out.
+                    dropped = true;
                     let why = format!("dropped a request without an answer ({e})");
                     site.error(
                         client,
