@@ -234,57 +234,51 @@ pub(crate) fn pair_cpu(lab: &Lab) -> anyhow::Result<Duration> {
     lab.hosts()[..2].iter().map(|h| ns_cpu(&h.netns)).sum()
 }
 
-/// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
-/// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
-pub(crate) fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
+/// The sum over every thread of every process in `ns` of what `read` makes of the thread's
+/// file `file` in `/proc/PID/task/TID/` (threads that end meanwhile count 0).
+fn ns_tasks_sum(ns: &str, file: &str, read: impl Fn(&str) -> u64) -> anyhow::Result<u64> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output()?;
-    let mut nanos = 0u64;
+    let mut sum = 0u64;
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
         for t in tasks.filter_map(Result::ok) {
-            let Ok(stat) = std::fs::read_to_string(t.path().join("schedstat")) else {
-                continue;
-            };
-            nanos += stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
+            if let Ok(text) = std::fs::read_to_string(t.path().join(file)) {
+                sum += read(&text);
+            }
         }
     }
+    Ok(sum)
+}
+
+/// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
+/// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
+pub(crate) fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
+    let nanos = ns_tasks_sum(ns, "schedstat", |stat| {
+        stat.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    })?;
     Ok(Duration::from_nanos(nanos))
 }
 
 /// Context switches so far of every thread of every process in `ns` (voluntary and not, from
 /// `/proc/PID/task/TID/status`): how often the daemon was woken or preempted.
 pub(crate) fn ns_switches(ns: &str) -> anyhow::Result<u64> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()?;
-    let mut n = 0u64;
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for t in tasks.filter_map(Result::ok) {
-            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
-                continue;
-            };
-            n += status
-                .lines()
-                .filter_map(|l| {
-                    l.strip_prefix("voluntary_ctxt_switches:")
-                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-                })
-                .filter_map(|v| v.trim().parse::<u64>().ok())
-                .sum::<u64>();
-        }
-    }
-    Ok(n)
+    ns_tasks_sum(ns, "status", |status| {
+        status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    })
 }
 
 /// Resident memory of every process in `ns`, in KiB.

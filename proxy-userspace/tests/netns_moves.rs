@@ -750,7 +750,7 @@ fn an_upgrade_the_new_process_refuses_leaves_the_old_one_serving() {
         std::thread::sleep(Duration::from_millis(200));
         set_layout("99");
         let (ok, out) = upgrade(p, &["--config", p.cfg_a.to_str().unwrap()]);
-        set_layout("3");
+        set_layout(&proxy_common::maps::LAYOUT_VERSION.to_string());
         assert!(!ok, "{out}");
         assert!(out.contains("do not fit this hapd"), "{out}");
     });
