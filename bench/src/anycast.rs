@@ -576,9 +576,8 @@ while :; do
 done
 "#;
 
-/// Node `i`'s hapd config: its proxy on the prefix in front of its backend (the other nodes'
-/// backends as backups), announced through its BIRD while healthy, second chance in generic
-/// XDP (on the lab's veth pairs a native XDP_TX frame does not reach the other host).
+/// Node `i`'s hapd config (of a group of `nodes`): its backend, the other nodes' as backups
+/// (connect timeout 1 s, as nginx's in the common pattern), second chance in `xdp` mode.
 fn hapd_config(
     lab: &mut Lab,
     i: usize,
@@ -586,63 +585,19 @@ fn hapd_config(
     nodes: usize,
     xdp: &str,
 ) -> anyhow::Result<String> {
-    let pin_dir = lab.bpffs()?.join(format!("h{i}"));
-    let control = lab.dir().join(format!("h{i}.sock"));
-    let me = host_addr(i);
-    let quote = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let peers: Vec<String> = (1..=nodes).map(|k| host_addr(k).to_string()).collect();
-    Ok(format!(
-        r#"
-[node]
-name = "node{i}"
-pin_dir = "{}"
-admin = "{me}:9100"
-control_socket = "{}"
-
-[server]
-drain_timeout = "2s"
-
-[[listener]]
-name = "web"
-bind = ["{PREFIX}:{PORT}"]
-
-[[upstream]]
-name = "app"
-servers = ["{me}:{BACKEND_PORT}"]
-backup_servers = [{}]
-connect_timeout = "1s"
-health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", fall = 1, rise = 1 }}
-
-[[vhost]]
-server_names = ["app"]
-listeners = ["web"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "app"
-
-[[anycast]]
-name = "web"
-prefixes = ["{PREFIX}/32"]
-interface = "eth0"
-peers = [{}]
-bird_socket = "{}"
-bird_protocol = "{PROTOCOL}"
-track_proxy = true
-rise = "300ms"
-hold_down = "1s"
-xdp = "{xdp}"
-"#,
-        pin_dir.display(),
-        control.display(),
-        quote(&backups_of(i, nodes)),
-        quote(&peers),
-        bird.socket.display(),
-    ))
+    bird::hapd_node_config(
+        lab,
+        i,
+        &bird::Node {
+            servers: &[format!("{}:{BACKEND_PORT}", host_addr(i))],
+            backups: &backups_of(i, nodes),
+            upstream_extra: "connect_timeout = \"1s\"",
+            peers: &peers,
+            bird_socket: &bird.socket,
+            xdp,
+        },
+    )
 }
 
 /// What second chance costs the flows a node serves itself, end to end: one node announcing

@@ -207,3 +207,92 @@ fn path(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("{} is not UTF-8", p.display()))
 }
+
+/// How a node's hapd serves in the anycast lab (see [`hapd_node_config`]).
+pub struct Node<'a> {
+    /// Its upstream's `servers` and `backup_servers`, `host:port` each.
+    pub servers: &'a [String],
+    pub backups: &'a [String],
+    /// More keys for the upstream (e.g. `connect_timeout = "1s"`), or "".
+    pub upstream_extra: &'a str,
+    /// The group's nodes, this one too.
+    pub peers: &'a [String],
+    /// Its BIRD's control socket.
+    pub bird_socket: &'a Path,
+    /// The group's `xdp` mode.
+    pub xdp: &'a str,
+}
+
+/// Node `i`'s hapd config in the anycast lab: its proxy on the prefix, port 8080, host `app`,
+/// in front of `node`'s upstream (health-checked every 100 ms), and the group `web` announced
+/// through its BIRD's protocol `hapd_web` while the proxy is healthy (rise 300 ms, hold-down
+/// 1 s); the admin endpoint on the host's address, port 9100.
+pub fn hapd_node_config(lab: &mut Lab, i: usize, node: &Node) -> anyhow::Result<String> {
+    let pin_dir = lab.bpffs()?.join(format!("h{i}"));
+    let control = lab.dir().join(format!("h{i}.sock"));
+    let quote = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let backups = if node.backups.is_empty() {
+        String::new()
+    } else {
+        format!("backup_servers = [{}]\n", quote(node.backups))
+    };
+    let extra = if node.upstream_extra.is_empty() {
+        String::new()
+    } else {
+        format!("{}\n", node.upstream_extra)
+    };
+    Ok(format!(
+        r#"
+[node]
+name = "node{i}"
+pin_dir = "{}"
+admin = "{}:9100"
+control_socket = "{}"
+
+[server]
+drain_timeout = "2s"
+
+[[listener]]
+name = "web"
+bind = ["{PREFIX}:8080"]
+
+[[upstream]]
+name = "app"
+servers = [{}]
+{backups}{extra}health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", fall = 1, rise = 1 }}
+
+[[vhost]]
+server_names = ["app"]
+listeners = ["web"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "app"
+
+[[anycast]]
+name = "web"
+prefixes = ["{PREFIX}/32"]
+interface = "eth0"
+peers = [{}]
+bird_socket = "{}"
+bird_protocol = "hapd_web"
+track_proxy = true
+rise = "300ms"
+hold_down = "1s"
+# Generic XDP in the lab: in native mode on a veth pair a frame sent back out (XDP_TX)
+# never reaches the other host (see docs/anycast.md).
+xdp = "{}"
+"#,
+        pin_dir.display(),
+        crate::host_addr(i),
+        control.display(),
+        quote(node.servers),
+        quote(node.peers),
+        node.bird_socket.display(),
+        node.xdp,
+    ))
+}

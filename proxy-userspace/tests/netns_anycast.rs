@@ -54,61 +54,34 @@ fn hapd_config(lab: &mut Lab, i: usize, socket: &Path) -> String {
     hapd_config_for(lab, i, socket, &TWO)
 }
 
-/// Node `i`'s config in a group of `peers`.
-fn hapd_config_for(lab: &mut Lab, i: usize, socket: &Path, peers: &[&str]) -> String {
-    let pin_dir = lab.bpffs().unwrap().join(format!("h{i}"));
-    let control = lab.dir().join(format!("h{i}.sock"));
-    format!(
-        r#"
-[node]
-name = "node{i}"
-pin_dir = "{}"
-admin = "198.18.0.{}:9100"
-control_socket = "{}"
-
-[server]
-drain_timeout = "2s"
-
-[[listener]]
-name = "web"
-bind = ["{PREFIX}:8080"]
-
-[[upstream]]
-name = "app"
-servers = ["127.0.0.1:8081"]
-health_check = {{ path = "/health", interval = "100ms", timeout = "100ms", fall = 1, rise = 1 }}
-
-[[vhost]]
-server_names = ["app"]
-listeners = ["web"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "app"
-
-[[anycast]]
-name = "web"
-prefixes = ["{PREFIX}/32"]
-interface = "eth0"
-peers = [{}]
-bird_socket = "{}"
-bird_protocol = "hapd_web"
-track_proxy = true
-rise = "300ms"
-hold_down = "1s"
-# Generic XDP: in native mode on a veth pair a frame sent back out (XDP_TX) never reaches
-# the other host (see docs/anycast.md).
-xdp = "generic"
-"#,
-        pin_dir.display(),
-        i + 1,
-        control.display(),
-        peers
-            .iter()
-            .map(|p| format!("\"{p}\""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        socket.display(),
+/// Node `i`'s config in a group of `peers`, its upstream `servers` and `backups`.
+fn node_config(
+    lab: &mut Lab,
+    i: usize,
+    socket: &Path,
+    peers: &[&str],
+    servers: &[String],
+    backups: &[String],
+) -> String {
+    let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    bird::hapd_node_config(
+        lab,
+        i,
+        &bird::Node {
+            servers,
+            backups,
+            upstream_extra: "",
+            peers: &peers,
+            bird_socket: socket,
+            xdp: "generic",
+        },
     )
+    .unwrap()
+}
+
+/// Node `i`'s config in a group of `peers`, in front of its backend on 127.0.0.1:8081.
+fn hapd_config_for(lab: &mut Lab, i: usize, socket: &Path, peers: &[&str]) -> String {
+    node_config(lab, i, socket, peers, &["127.0.0.1:8081".into()], &[])
 }
 
 /// BIRD in host `i` with `config`; its control socket once it answers.
@@ -409,16 +382,16 @@ fn connections_survive_ecmp_changes_through_second_chance() {
         let backups: Vec<String> = PEERS
             .iter()
             .filter(|p| **p != PEERS[i - 1])
-            .map(|p| format!("\"{p}:8081\""))
+            .map(|p| format!("{p}:8081"))
             .collect();
-        let cfg = hapd_config_for(&mut lab, i, &sock, &PEERS).replace(
-            "servers = [\"127.0.0.1:8081\"]",
-            &format!(
-                "servers = [\"{own}\"]\nbackup_servers = [{}]",
-                backups.join(", ")
-            ),
+        let cfg = node_config(
+            &mut lab,
+            i,
+            &sock,
+            &PEERS,
+            std::slice::from_ref(&own),
+            &backups,
         );
-        assert!(cfg.contains("backup_servers"), "{cfg}");
         nodes.push(lab.start_hapd(i, Path::new(HAPD), &cfg).unwrap());
         configs.push(cfg);
     }

@@ -494,14 +494,7 @@ async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Da
             Ipv4Addr::from(ev.src),
             ev.priority
         );
-        if r.engine.state() == State::Backup {
-            r.refresh_from_guard(dp);
-        }
-        let t = now();
-        if r.engine.poll_timeout().is_some_and(|d| d <= t) {
-            r.engine.handle_timeout(t);
-        }
-        r.act(ctx, dp).await;
+        expire(r, dp, ctx, now()).await;
         return;
     }
     info!("{}", describe(&r.name, ev));
@@ -601,13 +594,19 @@ async fn handle_timeouts(routers: &mut [Router], dp: &mut Dataplane, ctx: &Ctx) 
     let t = now();
     for r in routers {
         if r.engine.poll_timeout().is_some_and(|d| d <= t) {
-            if r.engine.state() == State::Backup {
-                r.refresh_from_guard(dp);
-            }
-            r.engine.handle_timeout(t);
-            r.act(ctx, dp).await;
+            expire(r, dp, ctx, t).await;
         }
     }
+}
+
+/// `r`'s engine handles the timers due at `t` (a backup reads the guard's record first: an
+/// advert it holds moves the master-down deadline), and its actions are carried out.
+async fn expire(r: &mut Router, dp: &mut Dataplane, ctx: &Ctx, t: Duration) {
+    if r.engine.state() == State::Backup {
+        r.refresh_from_guard(dp);
+    }
+    r.engine.handle_timeout(t);
+    r.act(ctx, dp).await;
 }
 
 /// Applies a reload's `auth_hmac` settings: the guard first (it then verifies with the new keys),
