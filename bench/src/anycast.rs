@@ -40,6 +40,8 @@ const PORT: u16 = 8080;
 const BACKEND_PORT: u16 = 8081;
 /// The BIRD protocol both setups enable and disable.
 const PROTOCOL: &str = "hapd_web";
+/// How long the pooled client waits for an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
@@ -78,9 +80,10 @@ enum Event {
     GracefulStop,
     /// Node 3 starts again and rejoins.
     Rejoin,
-    /// Node 1's host drops off the network (its link goes down).
+    /// Node 1's host drops off the network (its switch port goes down; the host keeps its
+    /// addresses and routes).
     HostDies,
-    /// Node 1's link comes back.
+    /// Node 1's switch port comes back.
     HostBack,
 }
 
@@ -244,7 +247,7 @@ fn table(got: &[Vec<Vec<Cost>>; 2], rounds: usize) -> Table {
         notes: vec![
             format!("A router (BIRD 2: eBGP with BFD 50 ms x 3 to each node, `merge paths`, plain hash-threshold ECMP on the L4 hash) and three nodes on one segment, each running BIRD 2 (the prefix in a `protocol static {PROTOCOL}`, disabled at start), a backend (nginx answering its node's name on the node's address) and the proxy on {PREFIX}:{PORT}; a client behind the router keeps 30 kept-alive HTTP/1.1 connections, each sending a request every 50 ms (idle in between, reopened when the server closes one), and opens a new connection every 20 ms. Failed: a request on an open connection without an answer within 2 s, or a connection that could not be opened. {rounds} round(s), setups alternating; each run goes through the events in the order listed, in one lab."),
             "hapd: `[[anycast]]` with `track_proxy` (health check every 100 ms, fall 1, rise 300 ms, hold-down 1 s), its upstream being its node's backend with the other nodes' backends as `backup_servers` (connect timeout 1 s), second chance in generic XDP. Common pattern: the same BIRD configs; nginx as the proxy with the same upstream (`backup` servers, `max_fails=1 fail_timeout=1s`, `proxy_connect_timeout 1s`); a shell loop that checks the backend's /health every 100 ms with curl and runs `birdc enable|disable` when the answer changes (what anycast-healthchecker and Wikimedia's pattern do, at a faster interval).".into(),
-            "Upstream fails: node 2's backend process stops (both proxies then use the backups). Graceful stop: hapd gets SIGTERM (it withdraws, then ends its connections at request boundaries); in the common pattern the health script is stopped (its trap disables the protocol) and nginx quits gracefully (SIGQUIT) a second later, the careful runbook. Host dies: node 1's link goes down; the requests on the connections it held cannot be answered by anyone (its row's second count). Route changed: from the event to the router's kernel route having the new nexthop set (BFD for a dead host). New connections failing: from the event to the start of the last new connection that failed. The dead node's connections: those established to its proxy port just before (`ss`).".into(),
+            "Upstream fails: node 2's backend process stops (both proxies then use the backups). Graceful stop: hapd gets SIGTERM (it withdraws, then ends its connections at request boundaries); in the common pattern the health script is stopped (its trap disables the protocol) and nginx quits gracefully (SIGQUIT) a second later, the careful runbook. Host dies: node 1's switch port goes down (the host keeps its configuration; it comes back when the port does); the requests on the connections it held cannot be answered by anyone (its row's second count). Route changed: from the event to the router's kernel route having the new nexthop set (BFD for a dead host). New connections failing: from the event to the start of the last new connection that failed. The dead node's connections: those established to its proxy port just before (`ss`).".into(),
             "Why they differ: when the nexthop set changes, the router's hash-threshold ECMP moves flows of the nodes that stay, not only those of the node that left or joined; a node that receives a segment of a flow it has no socket for answers with a reset. hapd's XDP program sends such a segment on to the node that holds the flow (second chance); the common pattern has no such path.".into(),
         ],
         plot: Some(crate::plot::Plot {
@@ -310,7 +313,7 @@ fn trial(hapd: &Path, setup: Setup) -> anyhow::Result<Vec<Cost>> {
                 connections: 30,
                 every: Duration::from_millis(50),
                 new_every: Duration::from_millis(20),
-                timeout: Duration::from_secs(2),
+                timeout: REQUEST_TIMEOUT,
             },
         )?;
         std::thread::sleep(Duration::from_millis(1500));
@@ -411,12 +414,8 @@ fn event(
                 }
             }
             Event::Rejoin => start_proxy(lab, hapd, setup, 3, &mut nodes[2])?,
-            Event::HostDies => {
-                lab.exec(1, &["ip", "link", "set", "eth0", "down"])?;
-            }
-            Event::HostBack => {
-                lab.exec(1, &["ip", "link", "set", "eth0", "up"])?;
-            }
+            Event::HostDies => port(lab, 1, "down")?,
+            Event::HostBack => port(lab, 1, "up")?,
         }
         Ok::<_, anyhow::Error>(())
     })();
@@ -433,9 +432,12 @@ fn event(
         );
     }
     // What follows the route change: flows moved, connections reset or carried, clients
-    // reconnecting. Longer than the pool's connect timeout (3 s), so that a failure the
-    // event caused is counted here, not with the next one.
-    std::thread::sleep(Duration::from_millis(3500));
+    // reconnecting. Longer than the pool's longest new connection (connect timeout and
+    // request timeout), so that a failure the event caused is counted here, not with the
+    // next one.
+    std::thread::sleep(
+        hapd_lab::pool::CONNECT_TIMEOUT + REQUEST_TIMEOUT + Duration::from_millis(500),
+    );
     let causes1 = seen.causes.lock().map(|c| c.clone()).unwrap_or_default();
     let causes = causes1
         .into_iter()
@@ -458,6 +460,18 @@ fn event(
         new_gap,
         held,
     })
+}
+
+/// Sets host `i`'s switch port `state` ("up" or "down"): the host drops off the network or
+/// comes back, its own configuration untouched.
+fn port(lab: &Lab, i: usize, state: &str) -> anyhow::Result<()> {
+    let st = std::process::Command::new("ip")
+        .args(["-n", lab.switch(), "link", "set", &format!("p{i}"), state])
+        .status()?;
+    if !st.success() {
+        bail!("setting host {i}'s switch port {state} failed");
+    }
+    Ok(())
 }
 
 /// Established connections to the proxy's port in host `i`: the kept-alive (and new)

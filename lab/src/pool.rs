@@ -1,6 +1,7 @@
 //! A client that behaves like a connection pool (a service's HTTP client, a browser): kept-alive
 //! HTTP/1.1 connections that each send a request at a steady pace and idle in between, reopened
-//! when the server closes one, plus a new connection at a steady pace. It counts what such a
+//! when the server closes one, plus new connections arriving at a steady pace whatever the
+//! earlier ones are doing (an open loop: a connection that hangs does not delay the next). It counts what such a
 //! client would report: requests that failed on an open connection, connections that could not
 //! be opened, and the slowest new connection (connect to the end of its first response).
 use std::{
@@ -32,6 +33,11 @@ pub struct Shape {
     pub timeout: Duration,
 }
 
+/// How long a new connection may take to be established.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A new connection that waited longer than this for a worker is late.
+const LATE: Duration = Duration::from_millis(100);
+
 /// What the pool saw.
 #[derive(Debug, Default)]
 pub struct Seen {
@@ -51,6 +57,9 @@ pub struct Seen {
     /// Every new connection: when it started (since the pool started), how long its first
     /// answer took, and whether it came.
     pub new_log: Mutex<Vec<(Duration, Duration, bool)>>,
+    /// New connections that waited more than [`LATE`] for a worker to open them (the pool
+    /// fell behind its schedule; 0 when it kept up).
+    pub late_new: AtomicU64,
     started: Mutex<Option<Instant>>,
 }
 
@@ -142,10 +151,11 @@ impl Seen {
 
     pub fn report(&self) -> String {
         format!(
-            "{} requests, {} failed, {} new connections, slowest new {} ms; errors: {:?}",
+            "{} requests, {} failed, {} new connections ({} late), slowest new {} ms; errors: {:?}",
             self.requests.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),
             self.new_connections.load(Ordering::Relaxed),
+            self.late_new.load(Ordering::Relaxed),
             self.slowest_new().as_millis(),
             self.errors.lock().map(|e| e.clone()).unwrap_or_default()
         )
@@ -182,7 +192,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts the pool in lab host `host` (one thread per connection, one for the new ones).
+    /// Starts the pool in lab host `host` (one thread per kept-alive
+    /// connection; for the new ones a scheduler and the workers that open them).
     pub fn start(lab: &Lab, host: usize, shape: Shape) -> anyhow::Result<Pool> {
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Seen::default());
@@ -202,10 +213,12 @@ impl Pool {
                 while !stop.load(Ordering::Relaxed) {
                     match conn.take() {
                         None => {
-                            conn = fresh(&shape, &seen, false).and_then(|(s, closing, body)| {
-                                seen.answered_on(i, &body);
-                                (!closing).then_some(s)
-                            });
+                            conn = fresh(&shape, &seen, false, Instant::now()).and_then(
+                                |(s, closing, body)| {
+                                    seen.answered_on(i, &body);
+                                    (!closing).then_some(s)
+                                },
+                            );
                         }
                         Some(mut s) => match exchange(&mut s, &shape, false) {
                             Ok((body, closing)) => {
@@ -220,12 +233,44 @@ impl Pool {
                 }
             })?);
         }
-        let (stop2, seen2) = (stop.clone(), seen.clone());
+        // New connections arrive on a schedule of their own, as a client population's do: one
+        // that hangs does not hold back the next. Each arrival is a ticket taken by one of
+        // enough workers to cover every arrival within the longest a connection can take
+        // (connect timeout + request timeout); a ticket that still waits is counted late.
+        let (tickets, queue) = std::sync::mpsc::channel::<Instant>();
+        let queue = Arc::new(Mutex::new(queue));
+        let longest = CONNECT_TIMEOUT + shape.timeout + Duration::from_secs(1);
+        let every = shape.new_every.max(Duration::from_millis(1));
+        let workers = (longest.as_micros() / every.as_micros()).clamp(2, 512) as usize;
+        for _ in 0..workers {
+            let (queue, seen, shape) = (queue.clone(), seen.clone(), shape.clone());
+            threads.push(lab.spawn_in_netns(host, move || loop {
+                let ticket = match queue.lock() {
+                    Ok(q) => q.recv(),
+                    Err(_) => return,
+                };
+                let Ok(arrived) = ticket else { return };
+                if arrived.elapsed() > LATE {
+                    seen.late_new.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = fresh(&shape, &seen, true, arrived);
+            })?);
+        }
+        let stop2 = stop.clone();
         threads.push(lab.spawn_in_netns(host, move || {
+            let t0 = Instant::now();
+            let mut next = Duration::ZERO;
             while !stop2.load(Ordering::Relaxed) {
-                let _ = fresh(&shape, &seen2, true);
-                std::thread::sleep(shape.new_every);
+                let at = t0 + next;
+                if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                if tickets.send(at).is_err() {
+                    break;
+                }
+                next += every;
             }
+            // Dropping `tickets` ends the workers once they are idle.
         })?);
         Ok(Pool {
             stop,
@@ -303,16 +348,22 @@ pub fn response(buf: &[u8]) -> Result<Option<(String, bool)>, String> {
 
 /// A new connection and its first request (the stream, whether the server closes it, the
 /// body); its time goes into the slowest and the log.
-fn fresh(shape: &Shape, seen: &Seen, close: bool) -> Option<(TcpStream, bool, String)> {
-    let t0 = Instant::now();
-    let at = seen.elapsed();
+/// A new connection that arrived (was wanted) at `arrived`: its time counts from then.
+fn fresh(
+    shape: &Shape,
+    seen: &Seen,
+    close: bool,
+    arrived: Instant,
+) -> Option<(TcpStream, bool, String)> {
+    let t0 = arrived;
+    let at = seen.elapsed().saturating_sub(arrived.elapsed());
     seen.new_connections.fetch_add(1, Ordering::Relaxed);
     let log = |ok: bool| {
         if let Ok(mut l) = seen.new_log.lock() {
             l.push((at, t0.elapsed(), ok));
         }
     };
-    let s = TcpStream::connect_timeout(&shape.addr, Duration::from_secs(3)).and_then(|s| {
+    let s = TcpStream::connect_timeout(&shape.addr, CONNECT_TIMEOUT).and_then(|s| {
         s.set_read_timeout(Some(shape.timeout))?;
         s.set_nodelay(true)?;
         Ok(s)

@@ -7,7 +7,8 @@
 //! stopped (its guard detached), would swallow the flows of the living. Pings go every
 //! [`POLL`]; a node silent for [`SILENT`] no longer counts, and counts again at its first
 //! answer. A peer whose address the neighbour table lacks is sent a datagram (to the
-//! discard port) once a second, so that the kernel resolves it.
+//! discard port) once a second, so that the kernel resolves it; a peer's last known Ethernet
+//! address is kept (and pinged) when its kernel entry fails while it is cut off.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -125,9 +126,13 @@ pub async fn run(
     // The peers' addresses on each interface, from the last neighbour dump: answers from
     // anyone else are not recorded.
     let mut known: Vec<(u32, [u8; 6])> = Vec::new();
-    // The neighbour table and this host's addresses, read once a second (not every round:
-    // this task shares its thread with VRRP).
-    let mut neighbours = BTreeMap::new();
+    // The peers' Ethernet addresses by (interface, address), from the neighbour table, read
+    // once a second (not every round: this task shares its thread with VRRP). The last usable
+    // one is kept when the kernel's entry fails: a peer cut off long enough for its entry to
+    // fail must still be pinged, so that its return is noticed at its first answer, not a
+    // resolution and a table read later (meanwhile this node would reset its flows).
+    let mut neighbours: BTreeMap<(u32, Ipv4Addr), [u8; 6]> = BTreeMap::new();
+    let peer_addrs: Vec<Ipv4Addr> = groups.iter().flat_map(|g| g.peers.clone()).collect();
     // Per interface: its index and this host's addresses on it.
     let mut local: BTreeMap<String, (Option<u32>, Vec<Ipv4Addr>)> = BTreeMap::new();
     let mut resolved_at: Option<Instant> = None;
@@ -189,7 +194,9 @@ pub async fn run(
         let resolve = resolved_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         if resolve {
             match neighbours_of(&nl).await {
-                Ok(n) => neighbours = n,
+                Ok(n) => {
+                    neighbours.extend(n.into_iter().filter(|((_, a), _)| peer_addrs.contains(a)))
+                }
                 Err(e) => {
                     let e = format!("reading the neighbour table: {e}");
                     if failing.as_ref() != Some(&e) {
