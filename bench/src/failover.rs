@@ -322,10 +322,15 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                     0 => start(&mut lab, hapd, Daemon::Hapd, i, 10, None, false)?,
                     1 => {
                         let me = lab.host(i).addr;
+                        let d = lab.dir().join(format!("tls{i}"));
+                        std::fs::create_dir_all(&d)?;
+                        crate::proxy::write_certs(&d)?;
+                        let d = d.display();
                         let config = hapd_config(&mut lab, i, 10, None, false)?
                             .replacen("[node]\n", &format!("[node]\nadmin = \"{me}:9100\"\n"), 1)
                             + &format!(
-                                "\n[[listener]]\nname = \"web\"\nbind = [\"{VIP}:{PORT}\"]\n\n\
+                                "\n[tls]\n[[tls.certificate]]\ncert = \"{d}/cert.pem\"\nkey = \"{d}/key.pem\"\n\n\
+                                 [[listener]]\nname = \"web\"\nbind = [\"{VIP}:{PORT}\"]\ntls = true\n\n\
                                  [[upstream]]\nname = \"svc\"\nservers = [\"127.0.0.1:{SERVICE_BEHIND_PROXY}\"]\n\n\
                                  [[vhost]]\nserver_names = [\"vip\"]\nlisteners = [\"web\"]\n  [[vhost.route]]\n  \
                                  prefix = \"/\"\n  upstream = \"svc\"\n"
@@ -404,9 +409,10 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
         notes: vec![
             format!(
                 "{rounds} round(s) of {secs} s; every process in both nodes' namespaces, no track \
-                 scripts. hapd / keepalived CPU = {:.2}. \"hapd with its proxy\": a listener on \
-                 the VIP, an upstream without health checks and the admin endpoint (the proxy's \
-                 worker threads, its control thread and the admin thread idle).",
+                 scripts. hapd / keepalived CPU = {:.2}. \"hapd with its proxy\": a TLS listener on \
+                 the VIP (its certificate files watched for renewals), an upstream without health \
+                 checks and the admin endpoint (the proxy's worker threads, its control thread and \
+                 the admin thread idle).",
                 if k > 0.0 { h / k } else { f64::NAN }
             ),
             "Context switches: voluntary and involuntary, of every thread of every process in \

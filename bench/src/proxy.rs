@@ -112,7 +112,7 @@ fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_certs(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn write_certs(dir: &Path) -> anyhow::Result<()> {
     let key = rcgen::KeyPair::generate()?;
     let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
     std::fs::write(dir.join("cert.pem"), cert.pem())?;

@@ -756,6 +756,53 @@ async fn certificate_rotation_under_load_never_fails_a_request() {
     );
 }
 
+/// The certificate `g` serves to a new connection for APP.
+async fn served(g: &Guide) -> rustls::pki_types::CertificateDer<'static> {
+    let s = tls_connect(g.https(), g.pki.client_config(&[b"http/1.1"]), APP)
+        .await
+        .unwrap();
+    s.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+/// Waits (10 s at most) until `g` serves `cert`.
+async fn until_served(g: &Guide, cert: &str, what: &str) {
+    let want = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    for _ in 0..100 {
+        if served(g).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: the new certificate was not served within 10 s");
+}
+
+/// certbot's shape: the configured names are symlinks (live/) to files in another directory
+/// (archive/). A renewal that points the links at new files is picked up, and so is a target
+/// rewritten in place, which changes nothing in the links' own directory (the watcher watches
+/// the targets' directory too).
+#[tokio::test]
+async fn certificates_behind_symlinks_are_reloaded_when_the_links_or_their_targets_change() {
+    let g = guide("").await;
+    let archive = g.dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    // The configured files become links into archive/ (a renewal's first step: new files,
+    // then the links swapped by rename).
+    let (cert1, key1) = g.pki.leaf(&[APP]);
+    std::fs::write(archive.join("privkey1.pem"), &key1).unwrap();
+    std::fs::write(archive.join("cert1.pem"), &cert1).unwrap();
+    for (name, target) in [("app.key", "privkey1.pem"), ("app.crt", "cert1.pem")] {
+        let tmp = g.dir.join(format!("{name}.lnk"));
+        std::os::unix::fs::symlink(archive.join(target), &tmp).unwrap();
+        std::fs::rename(&tmp, g.dir.join(name)).unwrap();
+    }
+    until_served(&g, &cert1, "links swapped").await;
+    // The targets rewritten in place: only archive/ changes.
+    let (cert2, key2) = g.pki.leaf(&[APP]);
+    std::fs::write(archive.join("privkey1.pem"), &key2).unwrap();
+    std::fs::write(archive.join("cert1.pem"), &cert2).unwrap();
+    until_served(&g, &cert2, "targets rewritten").await;
+}
+
 use rustls::pki_types::pem::PemObject;
 
 #[test]

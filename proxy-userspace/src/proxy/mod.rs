@@ -21,6 +21,7 @@
 mod accept;
 mod balance;
 mod buf;
+mod cert_watch;
 pub(crate) mod codec;
 mod conn;
 mod core;
@@ -51,7 +52,7 @@ pub use self::{
 };
 use crate::config::Config;
 
-/// How often certificate files are looked at for changes.
+/// How often certificate files are looked at for changes where inotify cannot watch them.
 pub const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// The `[server]` limits.

@@ -29,7 +29,7 @@ use super::{
     tls::TlsStore,
     view::ProxyView,
     worker::Worker,
-    Limits, CERT_POLL,
+    Limits,
 };
 use crate::{config::Config, health::ProxyHealth};
 
@@ -331,7 +331,7 @@ pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
                     }
                     tokio::spawn(report_health(ctl_view.clone(), health_tx));
                     if let Some(t) = tls {
-                        tokio::spawn(watch_certificates(t));
+                        tokio::spawn(super::cert_watch::run(t));
                     }
                     stopped(&mut stop_ctl).await;
                 });
@@ -460,20 +460,5 @@ async fn report_health(view: Arc<ProxyView>, health: ProxyHealth) {
         if rx.changed().await.is_err() {
             return;
         }
-    }
-}
-
-async fn watch_certificates(tls: Arc<TlsStore>) {
-    let mut tick = tokio::time::interval(CERT_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let t = tls.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if t.files_changed() {
-                t.reload("certificate files changed");
-            }
-        })
-        .await;
     }
 }

@@ -210,6 +210,8 @@ pub fn build(tls: &Tls) -> anyhow::Result<(Configs, Arc<SniResolver>)> {
 pub struct TlsStore {
     current: ArcSwap<Configs>,
     state: std::sync::Mutex<Loaded>,
+    /// Told whenever the configuration is replaced (its files may be others now).
+    replaced: tokio::sync::Notify,
 }
 
 /// The `[tls]` section in use, its files with their last seen stamps, and what they held.
@@ -250,6 +252,7 @@ impl TlsStore {
         Ok(TlsStore {
             current: ArcSwap::from_pointee(cfg),
             state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone())),
+            replaced: tokio::sync::Notify::new(),
         })
     }
 
@@ -262,6 +265,19 @@ impl TlsStore {
         self.state
             .lock()
             .map_or_else(|_| Vec::new(), |s| s.certs.clone())
+    }
+
+    /// The certificate, key and chain files in use.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.state
+            .lock()
+            .map_or_else(|_| Vec::new(), |s| s.files.clone())
+    }
+
+    /// Returns when the configuration has been replaced since the last call returned (or
+    /// when it is next replaced).
+    pub async fn replaced(&self) {
+        self.replaced.notified().await
     }
 
     /// Whether a certificate, key or chain file changed since the last look.
@@ -300,6 +316,7 @@ impl TlsStore {
         if let Ok(mut st) = self.state.lock() {
             *st = Loaded::new(tls, resolver.certs.clone());
         }
+        self.replaced.notify_one();
         info!(names = ?resolver.names, "TLS certificates reloaded ({why})");
     }
 }
