@@ -203,10 +203,15 @@ impl Pool {
         if let Ok(mut l) = seen.last_by.lock() {
             *l = vec![String::new(); shape.connections];
         }
-        let mut threads = Vec::new();
+        // Made first, so that a thread that cannot start stops (and joins) those started.
+        let mut pool = Pool {
+            stop: stop.clone(),
+            seen: seen.clone(),
+            threads: Vec::new(),
+        };
         for i in 0..shape.connections {
             let (stop, seen, shape) = (stop.clone(), seen.clone(), shape.clone());
-            threads.push(lab.spawn_in_netns(host, move || {
+            pool.threads.push(lab.spawn_in_netns(host, move || {
                 // Spread the requests over the interval.
                 std::thread::sleep(shape.every * i as u32 / shape.connections as u32);
                 let mut conn: Option<TcpStream> = None;
@@ -243,13 +248,18 @@ impl Pool {
         let every = shape.new_every.max(Duration::from_millis(1));
         let workers = (longest.as_micros() / every.as_micros()).clamp(2, 512) as usize;
         for _ in 0..workers {
-            let (queue, seen, shape) = (queue.clone(), seen.clone(), shape.clone());
-            threads.push(lab.spawn_in_netns(host, move || loop {
+            let (queue, seen, shape, stop) =
+                (queue.clone(), seen.clone(), shape.clone(), stop.clone());
+            pool.threads.push(lab.spawn_in_netns(host, move || loop {
                 let ticket = match queue.lock() {
                     Ok(q) => q.recv(),
                     Err(_) => return,
                 };
                 let Ok(arrived) = ticket else { return };
+                if stop.load(Ordering::Relaxed) {
+                    // Stopping: what is still queued is not opened.
+                    continue;
+                }
                 if arrived.elapsed() > LATE {
                     seen.late_new.fetch_add(1, Ordering::Relaxed);
                 }
@@ -257,7 +267,7 @@ impl Pool {
             })?);
         }
         let stop2 = stop.clone();
-        threads.push(lab.spawn_in_netns(host, move || {
+        pool.threads.push(lab.spawn_in_netns(host, move || {
             let t0 = Instant::now();
             let mut next = Duration::ZERO;
             while !stop2.load(Ordering::Relaxed) {
@@ -272,20 +282,27 @@ impl Pool {
             }
             // Dropping `tickets` ends the workers once they are idle.
         })?);
-        Ok(Pool {
-            stop,
-            seen,
-            threads,
-        })
+        Ok(pool)
     }
 
     /// Stops every thread and returns what the pool saw.
-    pub fn stop(self) -> Arc<Seen> {
+    pub fn stop(mut self) -> Arc<Seen> {
+        self.halt();
+        self.seen.clone()
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        self.seen
+    }
+}
+
+impl Drop for Pool {
+    /// A pool dropped without [`Pool::stop`] (a test that failed) stops its threads too.
+    fn drop(&mut self) {
+        self.halt();
     }
 }
 
@@ -348,15 +365,18 @@ pub fn response(buf: &[u8]) -> Result<Option<(String, bool)>, String> {
 
 /// A new connection and its first request (the stream, whether the server closes it, the
 /// body); its time goes into the slowest and the log.
-/// A new connection that arrived (was wanted) at `arrived`: its time counts from then.
+/// A new connection that was wanted at `arrived` (logged at that place in the schedule; its
+/// time counts from when it is opened).
 fn fresh(
     shape: &Shape,
     seen: &Seen,
     close: bool,
     arrived: Instant,
 ) -> Option<(TcpStream, bool, String)> {
-    let t0 = arrived;
+    // When it was wanted (its place in the schedule) and when it was opened: its time is
+    // the server's (a worker that picked it late counts in `late_new`, not here).
     let at = seen.elapsed().saturating_sub(arrived.elapsed());
+    let t0 = Instant::now();
     seen.new_connections.fetch_add(1, Ordering::Relaxed);
     let log = |ok: bool| {
         if let Ok(mut l) = seen.new_log.lock() {

@@ -1,7 +1,8 @@
-//! Certificate files are reloaded when they change, without a periodic wake-up: the
-//! directories that hold them are watched with inotify, and for a file reached through a
-//! symlink (certbot's `live/` names) the directory of its target too, so that both a swapped
-//! link and a target rewritten in place are seen.
+//! Certificate files are reloaded when they change, without frequent wake-ups: the
+//! directories that hold them are watched with inotify, and for a file reached through
+//! symlinks (certbot's `live/` names) the directory of every link along the chain and of its
+//! target too, so that both a swapped link and a target rewritten in place are seen. A look
+//! every [`SAFETY_NET`] catches what inotify cannot report.
 //!
 //! Only events on those names count (a log file written in the same directory does not). An
 //! event only prompts a look: [`TlsStore::files_changed`] (each file's modification time and
@@ -30,12 +31,16 @@ use super::{tls::TlsStore, CERT_POLL};
 pub const SETTLE: Duration = Duration::from_millis(200);
 /// The longest a look waits for the files to stop changing.
 pub const SETTLE_MAX: Duration = Duration::from_secs(2);
+/// How often the files are looked at whatever inotify says: a change it cannot report (a
+/// file system such as NFS written from another host, a symlinked directory in a file's path
+/// swapped) is still loaded, late. One wake-up a minute.
+pub const SAFETY_NET: Duration = Duration::from_secs(60);
 
 /// Watches `tls`'s files and reloads them when they change; runs until the runtime stops.
 pub async fn run(tls: Arc<TlsStore>) {
     let mut failing: Option<String> = None;
     loop {
-        let dirs = dirs_of(&tls.files());
+        let dirs = watched(&tls).await;
         let watch = match Watch::new(&dirs) {
             Ok(w) => {
                 if failing.take().is_some() {
@@ -79,11 +84,17 @@ pub async fn run(tls: Arc<TlsStore>) {
                         }
                     }
                     look(&tls).await;
-                    if !alive || dirs_of(&tls.files()) != dirs {
+                    if !alive || watched(&tls).await != dirs {
                         break;
                     }
                 }
                 _ = tls.replaced() => break,
+                _ = tokio::time::sleep(SAFETY_NET) => {
+                    look(&tls).await;
+                    if watched(&tls).await != dirs {
+                        break;
+                    }
+                }
             }
         }
     }
@@ -100,8 +111,22 @@ async fn look(tls: &Arc<TlsStore>) {
     .await;
 }
 
+/// The directories to watch for `tls`'s files ([`dirs_of`]), worked out off the runtime's
+/// thread (it reads links).
+async fn watched(tls: &Arc<TlsStore>) -> BTreeMap<PathBuf, BTreeSet<OsString>> {
+    let files = tls.files();
+    tokio::task::spawn_blocking(move || dirs_of(&files))
+        .await
+        .unwrap_or_default()
+}
+
+/// The longest chain of symlinks followed from one file.
+const MAX_LINKS: usize = 40;
+
 /// The directories to watch for `files`, each with the names in it that matter: each file's
-/// own, and its target's where it is reached through a symlink.
+/// own and, where it is a symlink, every link along its chain and the final target (certbot:
+/// a configured name may point at `live/NAME/cert.pem`, which points at
+/// `archive/NAME/certN.pem`; a renewal swaps the link in `live/`).
 pub fn dirs_of(files: &[PathBuf]) -> BTreeMap<PathBuf, BTreeSet<OsString>> {
     let mut dirs: BTreeMap<PathBuf, BTreeSet<OsString>> = BTreeMap::new();
     let mut add = |p: &Path| {
@@ -110,7 +135,18 @@ pub fn dirs_of(files: &[PathBuf]) -> BTreeMap<PathBuf, BTreeSet<OsString>> {
         }
     };
     for f in files {
-        add(f);
+        let mut at = f.clone();
+        add(&at);
+        for _ in 0..MAX_LINKS {
+            let Ok(to) = std::fs::read_link(&at) else {
+                break;
+            };
+            at = match at.parent() {
+                Some(d) if to.is_relative() => d.join(to),
+                _ => to,
+            };
+            add(&at);
+        }
         if let Ok(c) = std::fs::canonicalize(f) {
             add(&c);
         }
@@ -160,7 +196,11 @@ impl Watch {
             let wd = ino
                 .add_watch(d, mask)
                 .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
-            names.insert(wd, n.clone());
+            // One directory reached by two names has one watch: the names add up.
+            names
+                .entry(wd)
+                .or_insert_with(BTreeSet::new)
+                .extend(n.iter().cloned());
         }
         // SAFETY: the instance is owned by the AsyncFd, which deregisters it before closing it.
         let fd = unsafe { AsyncFd::register_with_interest(Fd(ino), tokio::io::Interest::READABLE) }
@@ -205,20 +245,34 @@ impl Watch {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+
     use super::*;
 
     #[test]
-    fn a_linked_file_is_watched_in_both_directories() {
+    fn a_linked_file_is_watched_along_its_chain_of_links() {
         let base = std::env::temp_dir().join(format!("hapd-certwatch-{}", std::process::id()));
         let (live, archive) = (base.join("live"), base.join("archive"));
         std::fs::create_dir_all(&live).unwrap();
         std::fs::create_dir_all(&archive).unwrap();
         std::fs::write(archive.join("cert1.pem"), "x").unwrap();
         std::os::unix::fs::symlink("../archive/cert1.pem", live.join("cert.pem")).unwrap();
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap();
+        // A configured name that links to the live/ name: a chain of two.
+        std::os::unix::fs::symlink(live.join("cert.pem"), base.join("site.crt")).unwrap();
+        let chained = dirs_of(&[base.join("site.crt")]);
+        assert!(chained
+            .get(&base)
+            .is_some_and(|n| n.contains(OsStr::new("site.crt"))));
+        assert!(chained
+            .get(&live)
+            .is_some_and(|n| n.contains(OsStr::new("cert.pem"))));
+        assert!(chained
+            .get(&canon(&archive))
+            .is_some_and(|n| n.contains(OsStr::new("cert1.pem"))));
         let plain = base.join("key.pem");
         std::fs::write(&plain, "k").unwrap();
         let dirs = dirs_of(&[live.join("cert.pem"), plain]);
-        let canon = |p: &Path| std::fs::canonicalize(p).unwrap();
         let names = |d: &Path| {
             dirs.get(d).map(|n| {
                 n.iter()

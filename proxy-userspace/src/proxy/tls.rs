@@ -295,12 +295,22 @@ impl TlsStore {
 
     /// Rebuilds from the files; on success swaps it in, else keeps the running one.
     pub fn reload(&self, why: &str) -> bool {
-        let Ok(tls) = self.state.lock().map(|s| s.tls.clone()) else {
+        // The files' stamps from before they are read: a write while they are read leaves
+        // a difference for the next look, instead of being taken as loaded.
+        let Ok((tls, before)) = self.state.lock().map(|s| {
+            let now: Vec<_> = s.files.iter().map(|f| stamp(f)).collect();
+            (s.tls.clone(), now)
+        }) else {
             return false;
         };
         match build(&tls) {
             Ok(built) => {
                 self.replace(&tls, built, why);
+                if let Ok(mut st) = self.state.lock() {
+                    if st.stamps.len() == before.len() {
+                        st.stamps = before;
+                    }
+                }
                 true
             }
             Err(e) => {
