@@ -6,7 +6,7 @@
 //! pinned maps against these sizes before reusing them.
 
 /// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
@@ -52,6 +52,12 @@ pub const MAP_TIMER_CFG: &str = "vrrp_timer_cfg";
 /// the master-down timer itself (a kernel `bpf_timer`) and when it runs out. Userspace only
 /// reads it, and deletes an entry to stop its timer.
 pub const MAP_TIMERS: &str = "vrrp_timers";
+/// One [`Owners`]: the processes that serve the guard's connection requests. The guard's exit
+/// program clears a process's slot as it dies (before the kernel closes its sockets); while
+/// every slot is clear, connection requests to a served port are dropped.
+pub const MAP_OWNERS: &str = "hapd_owners";
+/// The program that watches for an owner's death (a raw tracepoint on `sched_process_exit`).
+pub const EXIT_PROGRAM_NAME: &str = "hapd_exit";
 /// Capacity of `vrrp_replay`.
 pub const MAX_REPLAY: u32 = 4096;
 /// Keys one instance can hold at once (for make-before-break rotation).
@@ -63,6 +69,90 @@ pub const MAX_ANYCAST_GROUPS: u32 = 16;
 pub const MAX_ANYCAST_PREFIXES: u32 = 256;
 /// Nodes one anycast group can have, this one included.
 pub const MAX_ANYCAST_PEERS: usize = 8;
+
+/// Processes one guard can be served by at once: a daemon, and the successor it hands over to
+/// in a hitless upgrade.
+pub const OWNER_SLOTS: usize = 4;
+
+/// The value of `hapd_owners`: the thread-group ids of the daemons serving the guard's ports
+/// (0 is a free slot), as their pid namespace numbers them, and that namespace (the device and
+/// inode of `/proc/self/ns/pid`; 0 and 0: not set, nothing is watched).
+///
+/// Why the guard cares: a killed daemon's descriptors are released after its threads stop,
+/// and the kernel closes its client connections before its listening sockets (their final
+/// releases run last in, first out); a client that reconnects at once would reach the
+/// listener in that window and lose a second request when it closes. With the daemon's slot
+/// cleared as its main thread exits, before any descriptor is released, its connection
+/// requests are dropped instead: the client retries and reaches the new master.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub tgid: [u32; OWNER_SLOTS],
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+}
+
+impl Owners {
+    /// Only `tgid`, of the pid namespace `(dev, ino)`, serves.
+    pub const fn only(tgid: u32, pidns: (u64, u64)) -> Owners {
+        let mut o = Owners {
+            tgid: [0; OWNER_SLOTS],
+            pidns_dev: pidns.0,
+            pidns_ino: pidns.1,
+        };
+        o.tgid[0] = tgid;
+        o
+    }
+
+    /// Whether no process serves (every slot clear).
+    #[inline(always)]
+    pub fn none_alive(&self) -> bool {
+        let mut any = 0;
+        let mut i = 0;
+        while i < OWNER_SLOTS {
+            any |= self.tgid[i];
+            i += 1;
+        }
+        any == 0
+    }
+
+    /// `tgid` of the pid namespace `pidns` joins those that serve (a successor beside its
+    /// predecessor): in a free slot, or, with none free, in place of the oldest (slot 0: every
+    /// slot is kept filled from the front). From another pid namespace it serves alone (the
+    /// others' numbers mean nothing there; they count as gone).
+    pub fn with(&self, tgid: u32, pidns: (u64, u64)) -> Owners {
+        if (self.pidns_dev, self.pidns_ino) != pidns {
+            return Owners::only(tgid, pidns);
+        }
+        let mut o = *self;
+        if o.tgid.contains(&tgid) {
+            return o;
+        }
+        match o.tgid.iter().position(|t| *t == 0) {
+            Some(i) => o.tgid[i] = tgid,
+            None => {
+                o.tgid.copy_within(1.., 0);
+                o.tgid[OWNER_SLOTS - 1] = tgid;
+            }
+        }
+        o
+    }
+
+    /// The slot of `tgid` cleared (it died), if it has one.
+    #[inline(always)]
+    pub fn slot_of(&self, tgid: u32) -> Option<usize> {
+        let mut i = 0;
+        while i < OWNER_SLOTS {
+            if tgid != 0 && self.tgid[i] == tgid {
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Owners>() == 32);
 
 /// Key of `vip_served`: an address and a TCP port as on the wire.
 #[repr(C)]
@@ -704,4 +794,47 @@ mod pod {
     unsafe impl aya::Pod for AuthCounters {}
     unsafe impl aya::Pod for TimerCfg {}
     unsafe impl aya::Pod for TimerState {}
+    unsafe impl aya::Pod for Owners {}
+}
+
+#[cfg(test)]
+mod owners_tests {
+    use super::*;
+
+    #[test]
+    fn owners_join_leave_and_none_alive_only_when_every_slot_is_clear() {
+        let ns = (7, 4026531836);
+        let mut o = Owners::only(100, ns);
+        assert!(!o.none_alive());
+        // A successor joins beside its predecessor; joining twice changes nothing.
+        o = o.with(200, ns).with(200, ns);
+        assert_eq!(o.tgid, [100, 200, 0, 0]);
+        // The predecessor dies: its slot is cleared, the successor still serves.
+        let i = o.slot_of(100).unwrap();
+        o.tgid[i] = 0;
+        assert!(!o.none_alive());
+        assert_eq!(o.slot_of(100), None);
+        assert_eq!(o.slot_of(0), None, "a free slot belongs to nobody");
+        // The next successor takes the free slot.
+        o = o.with(300, ns);
+        assert_eq!(o.tgid, [300, 200, 0, 0]);
+        // Full: the oldest makes room.
+        let full = Owners::only(1, ns)
+            .with(2, ns)
+            .with(3, ns)
+            .with(4, ns)
+            .with(5, ns);
+        assert_eq!(full.tgid, [2, 3, 4, 5]);
+        // A successor in another pid namespace serves alone.
+        let other = o.with(9, (7, 1));
+        assert_eq!(other.tgid, [9, 0, 0, 0]);
+        assert_eq!((other.pidns_dev, other.pidns_ino), (7, 1));
+        // Every owner gone: nobody serves.
+        for t in [300, 200] {
+            let i = o.slot_of(t).unwrap();
+            o.tgid[i] = 0;
+        }
+        assert!(o.none_alive());
+        assert!(Owners::default().none_alive());
+    }
 }

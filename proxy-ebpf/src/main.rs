@@ -13,8 +13,8 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-        bpf_timer,
+        bpf_pidns_info, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_timer,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
     },
@@ -24,11 +24,11 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_ns,
     helpers::generated::{
-        bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp, bpf_timer_init,
-        bpf_timer_set_callback, bpf_timer_start, bpf_xdp_load_bytes,
+        bpf_get_ns_current_pid_tgid, bpf_ktime_get_coarse_ns, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_timer_init, bpf_timer_set_callback, bpf_timer_start, bpf_xdp_load_bytes,
     },
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+    macros::{btf_map, raw_tracepoint, xdp},
+    programs::{RawTracePointContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use proxy_common::{
@@ -40,9 +40,9 @@ use proxy_common::{
     },
     maps::{
         AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters,
-        GuardEvent, InstanceKey, Reason, ReplayKey, ServedPort, TimerArm, TimerCfg, TimerState,
-        VridEntry, EVENTS_BYTES, EV_MASTER_DOWN, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES,
-        MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
+        GuardEvent, InstanceKey, Owners, Reason, ReplayKey, ServedPort, TimerArm, TimerCfg,
+        TimerState, VridEntry, EVENTS_BYTES, EV_MASTER_DOWN, MAX_ANYCAST_GROUPS,
+        MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
     },
     master_down::rearm_ns,
     second_chance::{next_hop, pinged_group, pong, sent_to_me, Hop, PING_ETHERTYPE},
@@ -102,6 +102,9 @@ static ANYCAST_PREFIXES: LpmTrie<[u8; 4], u32, { MAX_ANYCAST_PREFIXES as usize }
 /// Each anycast group's nodes, for second chance ([`proxy_common::second_chance`]).
 #[btf_map(name = "anycast_peers")]
 static ANYCAST_PEERS: Array<AnycastPeers, { MAX_ANYCAST_GROUPS as usize }> = Array::new();
+/// Element 0: the processes serving the guard's ports ([`Owners`]).
+#[btf_map(name = "hapd_owners")]
+static OWNERS: Array<Owners, 1> = Array::new();
 /// Element 0: the number of entries in `vip_flows` (0: no jump, but for anycast prefixes).
 #[btf_map(name = "vip_flow_count")]
 static FLOW_COUNT: Array<u32, 1> = Array::new();
@@ -186,6 +189,11 @@ fn connection_request(ctx: &XdpContext, seg: &TcpSegment) -> u32 {
     if unsafe { VIP_SERVED.get(&key) }.is_none() {
         return XDP_PASS;
     }
+    // The daemon died (its slot cleared by `hapd_exit` before the kernel released its
+    // sockets): its listeners may still take the request for a moment, then reset it.
+    if OWNERS.get(0).is_some_and(|o| o.none_alive()) {
+        return XDP_DROP;
+    }
     match socket_state(ctx, seg) {
         Some(_) => XDP_PASS,
         None => XDP_DROP,
@@ -231,6 +239,47 @@ fn jump(ctx: &XdpContext) {
 
 /// A TCP segment or an ARP request during a planned move of a VIP ([`proxy_common::flow`]):
 /// reached from [`hapd_vrrp_guard`] by a tail call.
+/// Runs as any task exits (`sched_process_exit`, before its descriptors are released): when
+/// the main thread of a process serving the guard exits, its slot in `hapd_owners` is
+/// cleared, so that connection requests are dropped from then on instead of reaching the
+/// listening sockets the kernel is about to close ([`Owners`]).
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn hapd_exit(_ctx: RawTracePointContext) -> i32 {
+    let Some(o) = OWNERS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the map's element, valid while the program runs.
+    let (dev, ino) = unsafe { ((*o).pidns_dev, (*o).pidns_ino) };
+    if dev == 0 && ino == 0 {
+        return 0;
+    }
+    // The exiting task's ids in the daemons' pid namespace; a task of another namespace is
+    // none of ours (the helper fails for it).
+    let mut ns = bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ns` is a writable bpf_pidns_info of the size given.
+    let r = unsafe {
+        bpf_get_ns_current_pid_tgid(
+            dev,
+            ino,
+            &mut ns,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        )
+    };
+    // Failed, or a thread of a process that goes on.
+    if r != 0 || ns.tgid != ns.pid {
+        return 0;
+    }
+    // SAFETY: as above; one u32 written in place.
+    unsafe {
+        if let Some(i) = (*o).slot_of(ns.tgid) {
+            if let Some(t) = (*o).tgid.get_mut(i) {
+                *t = 0;
+            }
+        }
+    }
+    0
+}
+
 #[xdp]
 pub fn hapd_flow(ctx: XdpContext) -> u32 {
     let frame = XdpFrame {

@@ -2,8 +2,8 @@
 //! raw-socket path (`xdp = "off"`): both must reach the same verdict, counters and record.
 use hapd_lab::frames::{ether, ipv4, Advert, Csum, Hmac};
 use proxy_common::maps::{
-    GuardCounters, InstanceKey, Reason, ReplayKey, TimerCfg, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE,
-    EV_MASTER_DOWN, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    GuardCounters, InstanceKey, Owners, Reason, ReplayKey, TimerCfg, EV_AFTER_SILENCE,
+    EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use proxy_userspace::{
     config::{
@@ -830,6 +830,48 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
         );
         let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
         assert_eq!(run(&g, tcp(vip, 8080, SYN)), XDP_PASS, "listened for");
+        drop(listener);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A killed daemon's connection requests are dropped from the moment its main thread exits,
+/// although its listening socket is still open (the kernel closes a dead process's client
+/// connections before its listeners, and a client that reconnects at once would lose a second
+/// request there): `hapd_exit`, on `sched_process_exit`, clears the owner's slot. A thread
+/// that ends is not a death.
+#[test]
+fn connection_requests_are_dropped_once_the_daemon_that_serves_them_has_died() {
+    const SYN: u8 = 0x02;
+    let lab = hapd_lab::Lab::new(1).unwrap();
+    lab.in_netns(0, || {
+        let vip = [198, 18, 0, 100];
+        let mut g = serving(vip);
+        let (owners, watched) = g.owners();
+        let owners = owners.unwrap();
+        assert!(watched, "the exit program is attached");
+        assert_eq!(owners.tgid[0], std::process::id(), "this process serves");
+        let ns = (owners.pidns_dev, owners.pidns_ino);
+        let listener = std::net::TcpListener::bind("0.0.0.0:8080").unwrap();
+        let run = |g: &XdpGuard| g.test_run(&tcp(vip, 8080, SYN), LO).unwrap();
+        assert_eq!(run(&g), XDP_PASS, "served and listened for");
+        // A thread of the owner ends: nothing changes.
+        std::thread::spawn(|| ()).join().unwrap();
+        assert_eq!(g.owners().0.unwrap().tgid[0], std::process::id());
+        assert_eq!(run(&g), XDP_PASS, "a thread's end is not a death");
+        // Another process serves; while it lives, requests pass.
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
+        g.set_owners(Owners::only(child.id(), ns)).unwrap();
+        assert_eq!(run(&g), XDP_PASS, "its owner is alive");
+        // It dies: its slot is cleared in the kernel, and requests are dropped although the
+        // listening socket is still there.
+        child.wait().unwrap();
+        assert!(g.owners().0.unwrap().none_alive(), "the slot is cleared");
+        assert_eq!(run(&g), XDP_DROP, "its owner has died");
         drop(listener);
         Ok(())
     })

@@ -15,17 +15,18 @@ use aya::{
     },
     programs::{
         links::{FdLink, PinnedLink},
-        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+        ProgramError, RawTracePoint, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
     },
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
     AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent,
-    InstanceKey, ReplayKey, ServedPort, TimerCfg, TimerState, VridEntry, EVENTS_BYTES,
-    FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS, MAP_ANYCAST_PEERS, MAP_ANYCAST_PREFIXES,
-    MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP,
-    MAP_REPLAY, MAP_STATS, MAP_TIMERS, MAP_TIMER_CFG, MAP_VIPS, MAP_VRIDS, MAX_ANYCAST_GROUPS,
-    MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME, VRIDS,
+    InstanceKey, Owners, ReplayKey, ServedPort, TimerCfg, TimerState, VridEntry, EVENTS_BYTES,
+    EXIT_PROGRAM_NAME, FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS, MAP_ANYCAST_PEERS,
+    MAP_ANYCAST_PREFIXES, MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS,
+    MAP_FLOW_COUNT, MAP_JUMP, MAP_OWNERS, MAP_REPLAY, MAP_STATS, MAP_TIMERS, MAP_TIMER_CFG,
+    MAP_VIPS, MAP_VRIDS, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY,
+    MAX_VIPS, PROGRAM_NAME, VRIDS,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -51,7 +52,7 @@ pub const MAP_LAYOUT: &str = "hapd_layout";
 
 /// Every map the guard pins: name, type, key size, value size, max entries. `vrrp_auth` is
 /// not among them: it holds key material, and a new process writes it afresh.
-const EXPECTED: [(&str, MapType, u32, u32, u32); 15] = [
+const EXPECTED: [(&str, MapType, u32, u32, u32); 16] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
     (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
     (MAP_ADVERTS, MapType::Hash, 8, 32, MAX_INSTANCES),
@@ -73,6 +74,7 @@ const EXPECTED: [(&str, MapType, u32, u32, u32); 15] = [
         MAX_ANYCAST_PREFIXES,
     ),
     (MAP_ANYCAST_PEERS, MapType::Array, 4, 52, MAX_ANYCAST_GROUPS),
+    (MAP_OWNERS, MapType::Array, 4, 32, 1),
 ];
 
 /// How the guard ended up attached to an interface.
@@ -128,6 +130,10 @@ pub struct XdpGuard {
     auth_stats: PerCpuHashMap<MapData, InstanceKey, AuthCounters>,
     /// `vrrp_clock`, until [`XdpGuard::spawn_clock`] hands it to the task that keeps it true.
     clock: Option<Array<MapData, i64>>,
+    /// `hapd_owners` ([`Owners`]).
+    owners: Array<MapData, Owners>,
+    /// Whether `hapd_exit` is attached (it clears this process's slot as it dies).
+    exit_watch: bool,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, Link)>,
     /// The kernel side's aya-log records, until [`XdpGuard::spawn_logs`] hands them to the
@@ -193,6 +199,30 @@ impl XdpGuard {
         jump.set(0, &flow_fd, 0)
             .context("putting the flow program in the guard's jump table")?;
 
+        // This process serves the guard's ports from now on (beside its predecessor, for a
+        // successor), and the exit program clears its slot when it dies.
+        let mut owners: Array<MapData, Owners> = take(&mut ebpf, MAP_OWNERS)?;
+        let me = (std::process::id(), pid_namespace()?);
+        let now = if successor {
+            owners
+                .get(&0, 0)
+                .context("reading hapd_owners")?
+                .with(me.0, me.1)
+        } else {
+            Owners::only(me.0, me.1)
+        };
+        owners.set(0, now, 0).context("writing hapd_owners")?;
+        let exit_watch = match attach_exit_watch(&mut ebpf) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(
+                    "the guard cannot watch for this process's death ({e:#}): if it is killed, \
+                     connection requests reach its closing listeners for a moment"
+                );
+                false
+            }
+        };
+
         let mut layout: Array<MapData, u32> = take(&mut ebpf, MAP_LAYOUT)?;
         layout
             .set(0, LAYOUT_VERSION, 0)
@@ -218,6 +248,8 @@ impl XdpGuard {
             replay: take(&mut ebpf, MAP_REPLAY)?,
             auth_stats: take(&mut ebpf, MAP_AUTH_STATS)?,
             clock: Some(take(&mut ebpf, MAP_CLOCK)?),
+            owners,
+            exit_watch,
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Vec::new(),
@@ -598,6 +630,17 @@ impl XdpGuard {
     }
 
     /// Stops `key`'s master-down timer, if the guard has one (deleting it cancels it).
+    /// The processes serving the guard's ports (`hapd_owners`), and whether this one's death
+    /// is watched in the kernel.
+    pub fn owners(&self) -> (Option<Owners>, bool) {
+        (self.owners.get(&0, 0).ok(), self.exit_watch)
+    }
+
+    /// Replaces `hapd_owners` (the tests make another process the owner).
+    pub fn set_owners(&mut self, o: Owners) -> anyhow::Result<()> {
+        self.owners.set(0, o, 0).context("writing hapd_owners")
+    }
+
     pub fn stop_timer(&mut self, key: &InstanceKey) {
         let _ = self.timers.remove(key);
     }
@@ -991,6 +1034,30 @@ fn decode_event(item: &[u8]) -> Option<GuardEvent> {
         // read_unaligned copes with any alignment.
         unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<GuardEvent>()) }
     })
+}
+
+/// Loads `hapd_exit` and attaches it to `sched_process_exit` (a raw tracepoint: no tracefs
+/// needed). Its link lives as long as this process: it has run for this process's own exit
+/// before the descriptors go.
+fn attach_exit_watch(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let p: &mut RawTracePoint = ebpf
+        .program_mut(EXIT_PROGRAM_NAME)
+        .with_context(|| format!("program {EXIT_PROGRAM_NAME} missing from the guard object"))?
+        .try_into()
+        .context("the exit program is not a raw tracepoint")?;
+    p.load()
+        .map_err(verifier_error)
+        .context("the kernel refused the exit program")?;
+    p.attach("sched_process_exit")
+        .context("attaching the exit program to sched_process_exit")?;
+    Ok(())
+}
+
+/// This process's pid namespace: the device and inode of `/proc/self/ns/pid`.
+fn pid_namespace() -> anyhow::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata("/proc/self/ns/pid").context("reading /proc/self/ns/pid")?;
+    Ok((m.dev(), m.ino()))
 }
 
 fn program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
