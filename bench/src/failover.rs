@@ -298,16 +298,23 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
     let (secs, rounds): (u64, usize) = if quick { (3, 1) } else { (10, 3) };
     // The setups, by slot: hapd (VRRP alone), hapd with its proxy and admin endpoint (no
     // health checks: nothing the operator asked to run periodically), keepalived.
-    const NAMES: [&str; 3] = ["hapd", "hapd with its proxy", "keepalived"];
-    let mut pct: [Vec<f64>; 3] = Default::default();
-    let mut rss: [Vec<f64>; 3] = Default::default();
+    const NAMES: [&str; 4] = [
+        "hapd",
+        "hapd with its proxy",
+        "keepalived",
+        "hapd with its proxy, under a watchdog",
+    ];
+    let mut pct: [Vec<f64>; 4] = Default::default();
+    let mut rss: [Vec<f64>; 4] = Default::default();
     // [setup][node 0 (master), node 1 (backup)]: context switches per second.
-    let mut cs: [[Vec<f64>; 2]; 3] = Default::default();
+    let mut cs: [[Vec<f64>; 2]; 4] = Default::default();
+    // Watchdog pings the service manager's stand-in received (setup 3).
+    let mut pings = 0usize;
     for round in 0..rounds {
         let order = if round.is_multiple_of(2) {
-            [0, 1, 2]
+            [0, 1, 2, 3]
         } else {
-            [2, 1, 0]
+            [3, 2, 1, 0]
         };
         for slot in order {
             println!(
@@ -317,10 +324,13 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             );
             let mut lab = Lab::new(2)?;
             let mut procs = Vec::new();
+            // Setup 3: what systemd does for the shipped unit (Type=notify, WatchdogSec=10s):
+            // a notify socket and WATCHDOG_USEC, so that hapd pings every 5 s.
+            let mut notify = Vec::new();
             for i in 0..2 {
                 procs.push(match slot {
                     0 => start(&mut lab, hapd, Daemon::Hapd, i, 10, None, false)?,
-                    1 => {
+                    1 | 3 => {
                         let me = lab.host(i).addr;
                         let d = lab.dir().join(format!("tls{i}"));
                         std::fs::create_dir_all(&d)?;
@@ -335,7 +345,29 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                                  [[vhost]]\nserver_names = [\"vip\"]\nlisteners = [\"web\"]\n  [[vhost.route]]\n  \
                                  prefix = \"/\"\n  upstream = \"svc\"\n"
                             );
-                        lab.start_hapd(i, hapd, &config)?
+                        if slot == 1 {
+                            lab.start_hapd(i, hapd, &config)?
+                        } else {
+                            let sock = lab.dir().join(format!("notify{i}.sock"));
+                            let listen = std::os::unix::net::UnixDatagram::bind(&sock)?;
+                            listen.set_nonblocking(true)?;
+                            notify.push(listen);
+                            let cfg = lab.dir().join(format!("h{i}.toml"));
+                            std::fs::write(&cfg, &config)?;
+                            let env = format!("NOTIFY_SOCKET={}", sock.display());
+                            let argv = [
+                                "env",
+                                &env,
+                                "WATCHDOG_USEC=10000000",
+                                hapd.to_str().context("hapd's path")?,
+                                "run",
+                                "--config",
+                                cfg.to_str().context("the lab's path")?,
+                            ];
+                            let mut p = Proc::new("hapd", lab.spawn(i, &argv)?);
+                            p.wait_for("hapd ready", 1, Duration::from_secs(10))?;
+                            p
+                        }
                     }
                     _ => start(&mut lab, hapd, Daemon::Keepalived, i, 10, None, false)?,
                 });
@@ -371,6 +403,18 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                 .map(|n| ns_rss_kib(n))
                 .sum::<anyhow::Result<u64>>()?;
             rss[slot].push(kib as f64 / 1024.0);
+            // The pings that arrived (each a datagram with WATCHDOG=1 among its lines).
+            let mut buf = [0u8; 512];
+            for n in &notify {
+                while let Ok(k) = n.recv(&mut buf) {
+                    if String::from_utf8_lossy(&buf[..k])
+                        .lines()
+                        .any(|l| l == "WATCHDOG=1")
+                    {
+                        pings += 1;
+                    }
+                }
+            }
             for mut p in procs {
                 let _ = p.stop(Signal::SIGTERM, Duration::from_secs(10));
             }
@@ -395,7 +439,7 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             "master: context switches/s (per advert)".into(),
             "backup: context switches/s".into(),
         ],
-        rows: (0..3)
+        rows: (0..4)
             .map(|slot| {
                 vec![
                     format!("{} (pair)", NAMES[slot]),
@@ -412,7 +456,10 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
                  scripts. hapd / keepalived CPU = {:.2}. \"hapd with its proxy\": a TLS listener on \
                  the VIP (its certificate files watched for renewals), an upstream without health \
                  checks and the admin endpoint (the proxy's worker threads, its control thread and \
-                 the admin thread idle).",
+                 the admin thread idle). \"under a watchdog\": the same, started as systemd starts \
+                 the shipped unit (a notify socket and WATCHDOG_USEC for WatchdogSec=10s), so that \
+                 it pings every 5 s after checking that each proxy thread answers ({pings} pings \
+                 received in all rounds).",
                 if k > 0.0 { h / k } else { f64::NAN }
             ),
             "Context switches: voluntary and involuntary, of every thread of every process in \
@@ -429,7 +476,7 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             categories: NAMES.iter().map(|n| n.to_string()).collect(),
             series: vec![(
                 "backup".into(),
-                (0..3).map(|slot| median_spread(&cs[slot][1]).0).collect(),
+                (0..4).map(|slot| median_spread(&cs[slot][1]).0).collect(),
             )],
         }),
     };

@@ -62,6 +62,109 @@ const PEERS: [Peer; 4] = [
     },
 ];
 
+/// How the suite places the processes on the machine's CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// One CPU for the proxy (started under `taskset -c 1`: one worker or thread), the other
+    /// for the load tool and the backend (`taskset -c 0`): what one core of a proxy host
+    /// serves, the figure an operator sizing a fleet uses, whatever CPU a proxy leaves the
+    /// load tool.
+    PerCore,
+    /// Everything on both CPUs; each proxy with two workers, pinned where it can be.
+    SharedCores,
+}
+
+/// The proxy's CPU and the load tool's and backend's, in the per-core method.
+const PROXY_CPU: usize = 1;
+const LOAD_CPU: usize = 0;
+
+impl Method {
+    const ALL: [Method; 2] = [Method::PerCore, Method::SharedCores];
+
+    fn label(self) -> &'static str {
+        match self {
+            Method::PerCore => "one CPU each",
+            Method::SharedCores => "shared CPUs",
+        }
+    }
+
+    /// The CPU the proxies are confined to, if any.
+    fn proxy_cpu(self) -> Option<usize> {
+        (self == Method::PerCore).then_some(PROXY_CPU)
+    }
+
+    /// The CPU the load tool and the backend are confined to, if any.
+    fn load_cpu(self) -> Option<usize> {
+        (self == Method::PerCore).then_some(LOAD_CPU)
+    }
+
+    /// Workers (processes or threads) each proxy runs.
+    fn workers(self) -> u32 {
+        match self {
+            Method::PerCore => 1,
+            Method::SharedCores => 2,
+        }
+    }
+}
+
+/// A command running `program`, confined to `cpu` if one is given (`taskset -c`, which
+/// execs the program: the process keeps its pid and process group).
+fn on_cpu(cpu: Option<usize>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpu {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Confines the calling thread to `cpu`.
+fn pin_thread(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// Busy and total time of each CPU so far, in ticks (`/proc/stat`'s `cpuN` lines; idle and
+/// iowait are not busy).
+fn cpu_times() -> Vec<(u64, u64)> {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return Vec::new();
+    };
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            (total - idle, total)
+        })
+        .collect()
+}
+
+/// Each CPU's utilisation between two [`cpu_times`], in %.
+fn utilisation(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            if total == 0 {
+                f64::NAN
+            } else {
+                a.0.saturating_sub(b.0) as f64 * 100.0 / total as f64
+            }
+        })
+        .collect()
+}
+
 /// A child process killed (with its process group) when dropped.
 struct Running(Child, &'static str);
 
@@ -140,8 +243,10 @@ fn ports_free(peer: &Peer) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start(peer: &Peer, dir: &Path) -> anyhow::Result<Vec<Running>> {
+fn start(peer: &Peer, dir: &Path, method: Method) -> anyhow::Result<Vec<Running>> {
     ports_free(peer)?;
+    let cpu = method.proxy_cpu();
+    let workers = method.workers();
     let d = dir.display();
     let log = dir.join(format!("{}.log", peer.name));
     let (p, t) = (peer.plain, peer.tls);
@@ -180,7 +285,8 @@ response_headers = {{ "Strict-Transport-Security" = "{HSTS}", "X-Content-Type-Op
             std::fs::write(&path, cfg)?;
             vec![spawn(
                 "hapd",
-                Command::new(crate::hapd_bin()?)
+                // hapd runs one worker per CPU of its affinity mask.
+                on_cpu(cpu, crate::hapd_bin()?)
                     .args(["run", "--config"])
                     .arg(&path)
                     .env("HAPD_LOG", "warn"),
@@ -188,9 +294,14 @@ response_headers = {{ "Strict-Transport-Security" = "{HSTS}", "X-Content-Type-Op
             )?]
         }
         "nginx" => {
+            let affinity = if cpu.is_some() {
+                ""
+            } else {
+                "worker_cpu_affinity auto;"
+            };
             let cfg = format!(
-                r#"worker_processes 2;
-worker_cpu_affinity auto;
+                r#"worker_processes {workers};
+{affinity}
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
 daemon off;
@@ -234,20 +345,20 @@ http {{
             std::fs::write(&path, cfg)?;
             vec![spawn(
                 "nginx",
-                Command::new("nginx")
-                    .arg("-c")
-                    .arg(&path)
-                    .arg("-p")
-                    .arg(dir),
+                on_cpu(cpu, "nginx").arg("-c").arg(&path).arg("-p").arg(dir),
                 &log,
             )?]
         }
         "haproxy" => {
+            let cpu_map = if cpu.is_some() {
+                ""
+            } else {
+                "  cpu-map auto:1/1-2 0-1\n"
+            };
             let cfg = format!(
                 r#"global
-  nbthread 2
-  cpu-map auto:1/1-2 0-1
-  maxconn 9990
+  nbthread {workers}
+{cpu_map}  maxconn 9990
   tune.ssl.default-dh-param 2048
 defaults
   mode http
@@ -276,12 +387,14 @@ backend be
             std::fs::write(&path, cfg)?;
             vec![spawn(
                 "haproxy",
-                Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+                on_cpu(cpu, "haproxy").arg("-db").arg("-f").arg(&path),
                 &log,
             )?]
         }
         "apache2" => {
             let m = "/usr/lib/apache2/modules";
+            // The event MPM's processes are its workers: one (64 threads) on one CPU.
+            let (server_limit, max_workers) = if cpu.is_some() { (1, 64) } else { (4, 256) };
             let cfg = format!(
                 r#"ServerRoot {d}
 DefaultRuntimeDir {d}
@@ -304,10 +417,10 @@ ServerTokens Prod
 KeepAlive On
 KeepAliveTimeout 15
 MaxKeepAliveRequests 0
-ServerLimit 4
-StartServers 2
+ServerLimit {server_limit}
+StartServers {workers}
 ThreadsPerChild 64
-MaxRequestWorkers 256
+MaxRequestWorkers {max_workers}
 SSLSessionCache shmcb:{d}/ssl_scache(512000)
 Listen 127.0.0.1:{p}
 Listen 127.0.0.1:{t}
@@ -337,7 +450,7 @@ Header always set Referrer-Policy "strict-origin-when-cross-origin"
             std::fs::write(&path, cfg)?;
             vec![spawn(
                 "apache2",
-                Command::new("apache2")
+                on_cpu(cpu, "apache2")
                     .arg("-f")
                     .arg(&path)
                     .arg("-DFOREGROUND"),
@@ -409,11 +522,17 @@ impl Drop for Backend {
     }
 }
 
-fn backend() -> anyhow::Result<Backend> {
+/// The backend, its threads confined to `cpu` if one is given.
+fn backend(cpu: Option<usize>) -> anyhow::Result<Backend> {
     use hyper::{service::service_fn, Response};
     use hyper_util::rt::TokioIo;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start(move || {
+            if let Some(c) = cpu {
+                pin_thread(c);
+            }
+        })
         .enable_all()
         .build()?;
     let listener = rt
@@ -421,6 +540,9 @@ fn backend() -> anyhow::Result<Backend> {
         .with_context(|| format!("binding the backend to 127.0.0.1:{BACKEND}"))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
+        if let Some(c) = cpu {
+            pin_thread(c);
+        }
         rt.block_on(async move {
             let body = bytes::Bytes::from(vec![b'x'; 128]);
             let serve = async {
@@ -502,6 +624,8 @@ struct Sample {
     /// Time the hypervisor ran something else on this machine's CPUs during the load (ms, all
     /// CPUs together): a round with steal is slower for reasons outside the machine.
     steal_ms: f64,
+    /// Each CPU's utilisation during the load, %.
+    cpu_util: Vec<f64>,
 }
 
 /// CPU steal so far, all CPUs together, in ms (the `cpu` line of /proc/stat, 8th value, in
@@ -528,12 +652,20 @@ fn parse_ms(s: &str) -> Option<f64> {
 }
 
 /// Runs `load` against `peer` (process group `pgid`) and measures the proxy's CPU meanwhile.
-fn run_load(load: Load, peer: &Peer, secs: u64, pgid: u32) -> anyhow::Result<Sample> {
+fn run_load(
+    load: Load,
+    peer: &Peer,
+    secs: u64,
+    pgid: u32,
+    method: Method,
+) -> anyhow::Result<Sample> {
     let before = group_cpu_ns(pgid);
     let stolen = steal_ms();
-    let (mut sample, requests) = load_only(load, peer, secs)?;
+    let cpus = cpu_times();
+    let (mut sample, requests) = load_only(load, peer, secs, method)?;
     let spent = group_cpu_ns(pgid).saturating_sub(before);
     sample.steal_ms = steal_ms() - stolen;
+    sample.cpu_util = utilisation(&cpus, &cpu_times());
     sample.cpu_us = if requests > 0.0 {
         spent as f64 / 1000.0 / requests
     } else {
@@ -543,10 +675,10 @@ fn run_load(load: Load, peer: &Peer, secs: u64, pgid: u32) -> anyhow::Result<Sam
 }
 
 /// The load tool's figures and the requests it completed.
-fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)> {
+fn load_only(load: Load, peer: &Peer, secs: u64, method: Method) -> anyhow::Result<(Sample, f64)> {
     match load {
         Load::Http2 => {
-            let out = Command::new("h2load")
+            let out = on_cpu(method.load_cpu(), "h2load")
                 .args(["-D", &secs.to_string(), "-m", "10", "-t", "1"])
                 .args(["-c", &load.connections().to_string()])
                 .arg(format!("https://localhost:{}/", peer.tls))
@@ -587,6 +719,7 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                     p99_ms: f64::NAN,
                     cpu_us: f64::NAN,
                     steal_ms: f64::NAN,
+                    cpu_util: Vec::new(),
                 },
                 done,
             ))
@@ -601,7 +734,7 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                 ),
             };
             let conns = load.connections().to_string();
-            let out = Command::new("wrk")
+            let out = on_cpu(method.load_cpu(), "wrk")
                 .args([
                     "-t",
                     "1",
@@ -647,6 +780,7 @@ fn load_only(load: Load, peer: &Peer, secs: u64) -> anyhow::Result<(Sample, f64)
                     p99_ms: pct("99%"),
                     cpu_us: f64::NAN,
                     steal_ms: f64::NAN,
+                    cpu_util: Vec::new(),
                 },
                 done,
             ))
@@ -752,24 +886,58 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
     // Five rounds: the peers' own figures swing by a fifth from round to round here.
     let rounds = if quick { 1 } else { 5 };
     let secs = if quick { 2 } else { 5 };
+    let (dir, _cleanup) = setup()?;
+    let mut report = Report::new("proxy", quick);
+    if !only.is_empty() {
+        let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
+        report
+            .command
+            .push_str(&format!(" --peers {}", names.join(",")));
+    }
+    let mut raw = serde_json::Map::new();
+    // The per-core method first: its tables are the headline.
+    for method in Method::ALL {
+        let (tables, method_raw) = measure(method, &peers, &dir, rounds, secs)?;
+        report.tables.extend(tables);
+        raw.insert(
+            method.label().to_string(),
+            serde_json::Value::Object(method_raw),
+        );
+    }
+    let (scan, scan_raw) = tls_scan(&dir)?;
+    report.tables.push(scan);
+    raw.insert("testssl".into(), scan_raw);
+    report.raw = serde_json::Value::Object(raw);
+    Ok(report)
+}
+
+/// Every load on every peer placed by `method`, `rounds` times: a table per load and one of
+/// p99 latencies, and the samples.
+fn measure(
+    method: Method,
+    peers: &[&'static Peer],
+    dir: &Path,
+    rounds: usize,
+    secs: u64,
+) -> anyhow::Result<(Vec<Table>, serde_json::Map<String, serde_json::Value>)> {
     let loads = [
         Load::Plain,
         Load::TlsKeepAlive,
         Load::TlsHandshakes,
         Load::Http2,
     ];
-    let (dir, _cleanup, _backend) = setup()?;
+    let _backend = start_backend(method.load_cpu(), dir)?;
 
     // Every proxy runs for the whole suite (an idle one only waits on its sockets), so that
     // one load is measured on all of them back to back: the machine's speed drifts over minutes
     // (hapd, same binary: 66k req/s plain keep-alive at noon, 89k an hour later), and
     // measuring each proxy's four loads in one block put that drift between the proxies.
     let mut running = Vec::new();
-    for peer in &peers {
-        let procs = start(peer, &dir)?;
+    for peer in peers {
+        let procs = start(peer, dir, method)?;
         let pgid = procs.first().map_or(0, |p| p.0.id());
         // Warm up: connections, TLS session caches, upstream keep-alive.
-        let _ = load_only(Load::Plain, peer, 1);
+        let _ = load_only(Load::Plain, peer, 1, method);
         check_guide_headers(peer)?;
         running.push((procs, pgid));
     }
@@ -791,25 +959,20 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 done += 1;
                 let left = (t0.elapsed().as_secs_f64() / done as f64) * (total_runs - done) as f64;
                 println!(
-                    "[proxy] round {}/{rounds} {:>7} {:<32} ({done}/{total_runs}, about {:.0} s left)",
+                    "[proxy] {}, round {}/{rounds} {:>7} {:<32} ({done}/{total_runs}, about {:.0} s left)",
+                    method.label(),
                     round + 1,
                     peer.name,
                     load.label(),
                     left
                 );
-                samples[li][pi].push(run_load(load, peer, secs, running[pi].1)?);
+                samples[li][pi].push(run_load(load, peer, secs, running[pi].1, method)?);
             }
         }
     }
     drop(running);
 
-    let mut report = Report::new("proxy", quick);
-    if !only.is_empty() {
-        let names: Vec<&str> = peers.iter().map(|p| p.name).collect();
-        report
-            .command
-            .push_str(&format!(" --peers {}", names.join(",")));
-    }
+    let mut tables = Vec::new();
     let mut raw = serde_json::Map::new();
     // p99 per proxy for the wrk loads (h2load gives no percentiles).
     let mut p99s: Vec<(String, Vec<f64>)> = peers
@@ -840,6 +1003,20 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
             }
             let cpu =
                 median_spread(&samples[li][pi].iter().map(|x| x.cpu_us).collect::<Vec<_>>()).0;
+            // Each CPU's utilisation during the load, median of the rounds.
+            let util: Vec<String> = (0..2)
+                .map(|c| {
+                    let v: Vec<f64> = samples[li][pi]
+                        .iter()
+                        .filter_map(|x| x.cpu_util.get(c).copied())
+                        .collect();
+                    if v.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{:.0}", median_spread(&v).0)
+                    }
+                })
+                .collect();
             rows.push(vec![
                 peer.name.to_string(),
                 format!("{:.0}", med[pi].0),
@@ -861,16 +1038,32 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                     format!("{:.2}", med[pi].0 / best_peer)
                 },
                 paired.map_or("-".into(), |r| format!("{r:.2}")),
+                util.join(" / "),
             ]);
             raw.insert(
                 format!("{}/{}", load.label(), peer.name),
                 json!(samples[li][pi]
                     .iter()
-                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "cpu_us": s.cpu_us, "steal_ms": s.steal_ms}))
+                    .map(|s| json!({"rps": s.rps, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms, "cpu_us": s.cpu_us, "steal_ms": s.steal_ms, "cpu_util_pct": s.cpu_util}))
                     .collect::<Vec<_>>()),
             );
         }
         let mut notes = vec![
+            match method {
+                Method::PerCore => format!(
+                    "One CPU each: every proxy confined to CPU {PROXY_CPU} (taskset) with one \
+                     worker or thread (hapd: one worker from its affinity mask; nginx \
+                     worker_processes 1; HAProxy nbthread 1; Apache one process of 64 \
+                     threads); the load tool and the backend confined to CPU {LOAD_CPU}. CPU \
+                     use: each CPU's utilisation during the load (/proc/stat), CPU \
+                     {LOAD_CPU} / CPU {PROXY_CPU}."
+                ),
+                Method::SharedCores => "Shared CPUs: the proxies (two workers each, pinned \
+                     one per CPU where the proxy can do that), the load tool and the backend \
+                     all run on both CPUs; a proxy's figure also depends on how much CPU it \
+                     leaves the load tool. CPU use: CPU 0 / CPU 1 during the load."
+                    .to_string(),
+            },
             if matches!(load, Load::Http2) {
                 format!(
                     "h2load: {} connections, 10 streams each; the p50 column is h2load's mean time per request.",
@@ -912,8 +1105,8 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 stolen.join("; ")
             ));
         }
-        report.tables.push(Table {
-            title: load.label().to_string(),
+        tables.push(Table {
+            title: format!("{} ({})", load.label(), method.label()),
             columns: [
                 "proxy",
                 "req/s (median)",
@@ -923,13 +1116,14 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 "proxy CPU µs/req",
                 "ratio to best peer",
                 "round by round",
+                "CPU use % (CPU 0 / CPU 1)",
             ]
             .map(String::from)
             .to_vec(),
             rows,
             notes,
             plot: Some(Plot {
-                title: format!("{}: requests per second", load.label()),
+                title: format!("{} ({}): requests per second", load.label(), method.label()),
                 y_label: "req/s (median)".into(),
                 categories: peers.iter().map(|p| p.name.to_string()).collect(),
                 series: vec![("req/s".into(), med.iter().map(|m| m.0).collect())],
@@ -950,8 +1144,8 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
                 .collect()
         })
         .collect();
-    report.tables.push(Table {
-        title: "p99 latency by load".into(),
+    tables.push(Table {
+        title: format!("p99 latency by load ({})", method.label()),
         columns: std::iter::once("load".to_string())
             .chain(peers.iter().map(|p| format!("{} p99 ms", p.name)))
             .collect(),
@@ -960,17 +1154,13 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<Report> {
             "Medians of the rounds' p99 from wrk --latency (h2load reports no percentiles).".into(),
         ],
         plot: Some(Plot {
-            title: "p99 latency by load".into(),
+            title: format!("p99 latency by load ({})", method.label()),
             y_label: "p99 ms (median)".into(),
             categories: wrk_loads,
             series: p99s,
         }),
     });
-    let (scan, scan_raw) = tls_scan(&dir)?;
-    report.tables.push(scan);
-    raw.insert("testssl".into(), scan_raw);
-    report.raw = serde_json::Value::Object(raw);
-    Ok(report)
+    Ok((tables, raw))
 }
 
 /// The median over rounds of `mine[r]` divided by the best of `others[..][r]`: a comparison of
@@ -991,7 +1181,7 @@ fn round_by_round_ratio(mine: &[f64], others: &[&[f64]]) -> Option<f64> {
 }
 
 /// The scratch directory (certificates, configs, logs), its remover, and the backend.
-fn setup() -> anyhow::Result<(PathBuf, Cleanup, Backend)> {
+fn setup() -> anyhow::Result<(PathBuf, Cleanup)> {
     // Raise the descriptor limit to the hard limit: the idle test holds 10k connections.
     let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
@@ -1000,9 +1190,14 @@ fn setup() -> anyhow::Result<(PathBuf, Cleanup, Backend)> {
     let cleanup = Cleanup(dir.clone());
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     write_certs(&dir)?;
-    let backend = backend()?;
+    Ok((dir, cleanup))
+}
+
+/// The backend, confined to `cpu` if one is given, once it listens.
+fn start_backend(cpu: Option<usize>, dir: &Path) -> anyhow::Result<Backend> {
+    let backend = backend(cpu)?;
     wait_port(BACKEND, "backend", &dir.join("none"))?;
-    Ok((dir, cleanup, backend))
+    Ok(backend)
 }
 
 /// Memory each proxy holds for idle keep-alive client connections (the `idle` suite).
@@ -1011,7 +1206,8 @@ pub fn idle_connections(quick: bool) -> anyhow::Result<(Table, serde_json::Value
     // hard limit is 20000, which caps its maxconn just under 10k.
     let idle_conns = if quick { 2_000 } else { 9_500 };
     let rounds = if quick { 1 } else { 3 };
-    let (dir, _cleanup, _backend) = setup()?;
+    let (dir, _cleanup) = setup()?;
+    let _backend = start_backend(None, &dir)?;
     // (rss before KiB, rss after KiB, answered) per proxy, one per round.
     let mut runs: Vec<Vec<(u64, u64, usize)>> = vec![Vec::new(); PEERS.len()];
     let total = rounds * PEERS.len();
@@ -1030,7 +1226,7 @@ pub fn idle_connections(quick: bool) -> anyhow::Result<(Table, serde_json::Value
                 round + 1,
                 peer.name,
             );
-            let procs = start(peer, &dir)?;
+            let procs = start(peer, &dir, Method::SharedCores)?;
             runs[i].push(idle_memory(peer, procs[0].0.id(), idle_conns)?);
             drop(procs);
             std::thread::sleep(Duration::from_millis(300));
