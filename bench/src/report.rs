@@ -11,7 +11,11 @@ use serde::Serialize;
 #[derive(Serialize)]
 pub struct Machine {
     pub cores: usize,
+    /// The CPU model (`/proc/cpuinfo`'s first `model name`).
+    pub cpu_model: String,
     pub kernel: String,
+    /// What the measured hapd binary says of itself (`hapd --version`: the version and the
+    /// commit it was built from, `-dirty` for a tree with changes).
     pub hapd: String,
     /// The first line each peer and load tool prints about its version.
     pub versions: std::collections::BTreeMap<String, String>,
@@ -39,8 +43,24 @@ impl Machine {
             cores: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),
+            cpu_model: std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|c| {
+                    c.lines()
+                        .find(|l| l.starts_with("model name"))
+                        .and_then(|l| l.split_once(':'))
+                        .map(|(_, m)| m.trim().to_string())
+                })
+                .unwrap_or_else(|| "unknown".into()),
             kernel,
-            hapd: env!("CARGO_PKG_VERSION").to_string(),
+            hapd: crate::hapd_bin()
+                .ok()
+                .and_then(|b| Command::new(b).arg("--version").output().ok())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| {
+                    format!("hapd {} (binary not found)", env!("CARGO_PKG_VERSION"))
+                }),
             versions: VERSION_COMMANDS
                 .iter()
                 .filter_map(|(prog, args)| {
@@ -116,11 +136,12 @@ impl Report {
 
     fn markdown_with(&self, plots_of: Option<&str>) -> String {
         let mut s = format!(
-            "# {} benchmark, {}\n\n`{}` on {} cores, kernel {}, hapd {}.\n",
+            "# {} benchmark, {}\n\n`{}` on {} cores ({}), kernel {}, {}.\n",
             self.suite,
             self.timestamp,
             self.command,
             self.machine.cores,
+            self.machine.cpu_model,
             self.machine.kernel,
             self.machine.hapd
         );
