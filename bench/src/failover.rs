@@ -6,6 +6,7 @@
 //! to the VIP every 5 ms. A fault hits n0; the outage is the longest run of failed probes (from
 //! the first failure to the next answer), the takeover the time until n1 first answers.
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
@@ -229,47 +230,76 @@ impl Probing {
     }
 }
 
-/// CPU time so far of the daemons of the pair (hosts 0 and 1), see [`ns_cpu`].
-pub(crate) fn pair_cpu(lab: &Lab) -> anyhow::Result<Duration> {
-    lab.hosts()[..2].iter().map(|h| ns_cpu(&h.netns)).sum()
+/// CPU time so far of every thread of the daemons of the pair (hosts 0 and 1), see
+/// [`ns_cpu_tasks`]; [`cpu_between`] tells what they spent between two readings.
+pub(crate) fn pair_cpu(lab: &Lab) -> anyhow::Result<Vec<BTreeMap<(String, String), u64>>> {
+    lab.hosts()[..2]
+        .iter()
+        .map(|h| ns_cpu_tasks(&h.netns))
+        .collect()
 }
 
-/// The sum over every thread of every process in `ns` of what `read` makes of the thread's
-/// file `file` in `/proc/PID/task/TID/` (threads that end meanwhile count 0).
-fn ns_tasks_sum(ns: &str, file: &str, read: impl Fn(&str) -> u64) -> anyhow::Result<u64> {
+/// The CPU time spent between two [`pair_cpu`] readings (per thread: see [`grown`]).
+pub(crate) fn cpu_between(
+    before: &[BTreeMap<(String, String), u64>],
+    after: &[BTreeMap<(String, String), u64>],
+) -> Duration {
+    Duration::from_nanos(before.iter().zip(after).map(|(b, a)| grown(b, a)).sum())
+}
+
+/// Per thread of every process in `ns` (keyed by pid and tid): what `read` makes of the
+/// thread's file `file` in `/proc/PID/task/TID/`.
+fn ns_tasks(
+    ns: &str,
+    file: &str,
+    read: impl Fn(&str) -> u64,
+) -> anyhow::Result<BTreeMap<(String, String), u64>> {
     let out = std::process::Command::new("ip")
         .args(["netns", "pids", ns])
         .output()?;
-    let mut sum = 0u64;
+    let mut tasks = BTreeMap::new();
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
-        for t in tasks.filter_map(Result::ok) {
+        for t in dir.filter_map(Result::ok) {
             if let Ok(text) = std::fs::read_to_string(t.path().join(file)) {
-                sum += read(&text);
+                let tid = t.file_name().to_string_lossy().to_string();
+                tasks.insert((pid.to_string(), tid), read(&text));
             }
         }
     }
-    Ok(sum)
+    Ok(tasks)
 }
 
-/// CPU time of every thread of every process in `ns` so far, in nanoseconds of run time
+/// What the threads of `after` added since `before` (a thread new since then counts from 0).
+/// A thread that ended in between is in neither sum: its last moments are not counted (the
+/// runtime's blocking threads end after 10 s idle), which can only undercount, never wrap.
+pub(crate) fn grown(
+    before: &BTreeMap<(String, String), u64>,
+    after: &BTreeMap<(String, String), u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(k, v)| v.saturating_sub(before.get(k).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// CPU time so far of every thread of every process in `ns`, in nanoseconds of run time
 /// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
-pub(crate) fn ns_cpu(ns: &str) -> anyhow::Result<Duration> {
-    let nanos = ns_tasks_sum(ns, "schedstat", |stat| {
+pub(crate) fn ns_cpu_tasks(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+    ns_tasks(ns, "schedstat", |stat| {
         stat.split_whitespace()
             .next()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
-    })?;
-    Ok(Duration::from_nanos(nanos))
+    })
 }
 
 /// Context switches so far of every thread of every process in `ns` (voluntary and not, from
 /// `/proc/PID/task/TID/status`): how often the daemon was woken or preempted.
-pub(crate) fn ns_switches(ns: &str) -> anyhow::Result<u64> {
-    ns_tasks_sum(ns, "status", |status| {
+pub(crate) fn ns_switches(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+    ns_tasks(ns, "status", |status| {
         status
             .lines()
             .filter_map(|l| {
@@ -375,28 +405,30 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             // Settle: election done, scripts started.
             std::thread::sleep(Duration::from_secs(1));
             let ns: Vec<String> = lab.hosts().iter().map(|h| h.netns.clone()).collect();
-            let before: Duration = ns
+            // Per thread, so that a thread ending in the window cannot make a sum go back.
+            let cpu0 = ns
                 .iter()
-                .map(|n| ns_cpu(n))
-                .sum::<anyhow::Result<Duration>>()?;
+                .map(|n| ns_cpu_tasks(n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let switches0 = ns
                 .iter()
                 .map(|n| ns_switches(n))
-                .collect::<anyhow::Result<Vec<u64>>>()?;
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(secs));
-            let after: Duration = ns
+            let cpu1 = ns
                 .iter()
-                .map(|n| ns_cpu(n))
-                .sum::<anyhow::Result<Duration>>()?;
+                .map(|n| ns_cpu_tasks(n))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let switches1 = ns
                 .iter()
                 .map(|n| ns_switches(n))
-                .collect::<anyhow::Result<Vec<u64>>>()?;
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let elapsed = t0.elapsed().as_secs_f64();
-            pct[slot].push((after - before).as_secs_f64() / elapsed * 100.0);
+            let spent: u64 = (0..ns.len()).map(|k| grown(&cpu0[k], &cpu1[k])).sum();
+            pct[slot].push(spent as f64 / 1e9 / elapsed * 100.0);
             for node in 0..2 {
-                cs[slot][node].push((switches1[node] - switches0[node]) as f64 / elapsed);
+                cs[slot][node].push(grown(&switches0[node], &switches1[node]) as f64 / elapsed);
             }
             let kib: u64 = ns
                 .iter()
@@ -1082,7 +1114,7 @@ fn attack_trial(hapd: &Path, d: Daemon, attack: Attack, secs: u64) -> anyhow::Re
                 (all - ok) as f64 * 100.0 / all as f64
             },
             changes,
-            cpu_pct: (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0,
+            cpu_pct: cpu_between(&cpu0, &cpu1).as_secs_f64() / wall.as_secs_f64() * 100.0,
             rate: sent as f64 / wall.as_secs_f64(),
         })
     })();

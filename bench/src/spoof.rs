@@ -23,7 +23,7 @@ use hapd_lab::{
 use nix::sys::signal::Signal;
 
 use crate::{
-    failover::{pair_cpu, probe, serve_both, Probing, VIP},
+    failover::{cpu_between, pair_cpu, probe, serve_both, Probing, VIP},
     report::{median_spread, Table},
 };
 
@@ -212,7 +212,7 @@ fn trial(hapd: &Path, ka243: &Path, pair: Pair, phase: Phase, secs: u64) -> anyh
                 (all - ok) as f64 * 100.0 / all as f64
             },
             changes: moved,
-            cpu_pct: (cpu1 - cpu0).as_secs_f64() / wall.as_secs_f64() * 100.0,
+            cpu_pct: cpu_between(&cpu0, &cpu1).as_secs_f64() / wall.as_secs_f64() * 100.0,
         })
     })();
     stop.store(true, Ordering::Relaxed);
