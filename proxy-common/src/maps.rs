@@ -117,9 +117,10 @@ impl Owners {
     }
 
     /// `tgid` of the pid namespace `pidns` joins those that serve (a successor beside its
-    /// predecessor): in a free slot, or, with none free, in place of the oldest (slot 0: every
-    /// slot is kept filled from the front). From another pid namespace it serves alone (the
-    /// others' numbers mean nothing there; they count as gone).
+    /// predecessor): in a free slot, or, with none free, in slot 0 (userspace clears the
+    /// slots of processes that no longer exist first, so that takes four live hapd
+    /// processes serving one guard). From another pid namespace it serves alone (the others'
+    /// numbers mean nothing there; they count as gone).
     pub fn with(&self, tgid: u32, pidns: (u64, u64)) -> Owners {
         if (self.pidns_dev, self.pidns_ino) != pidns {
             return Owners::only(tgid, pidns);

@@ -237,8 +237,6 @@ fn jump(ctx: &XdpContext) {
     unsafe { JUMP.tail_call(ctx, 0) };
 }
 
-/// A TCP segment or an ARP request during a planned move of a VIP ([`proxy_common::flow`]):
-/// reached from [`hapd_vrrp_guard`] by a tail call.
 /// Runs as any task exits (`sched_process_exit`, before its descriptors are released): when
 /// the main thread of a process serving the guard exits, its slot in `hapd_owners` is
 /// cleared, so that connection requests are dropped from then on instead of reaching the
@@ -280,6 +278,8 @@ pub fn hapd_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// A TCP segment or an ARP request during a planned move of a VIP ([`proxy_common::flow`]):
+/// reached from [`hapd_vrrp_guard`] by a tail call.
 #[xdp]
 pub fn hapd_flow(ctx: XdpContext) -> u32 {
     let frame = XdpFrame {

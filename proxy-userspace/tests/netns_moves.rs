@@ -619,6 +619,36 @@ fn upgrade_on(p: &Pair, host: usize, args: &[&str]) -> (bool, String) {
 }
 
 /// The program on the guard's pinned link of host `i` (bpftool, as an operator reads it).
+/// The processes host `i`'s guard counts as serving its ports (`hapd_owners`, the nonzero
+/// slots).
+fn owners(p: &mut Pair, i: usize) -> Vec<u64> {
+    let pin = p
+        .lab
+        .bpffs()
+        .unwrap()
+        .join(format!("h{i}"))
+        .join("hapd_owners");
+    let o = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bpftool: {e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let entry = &v[0];
+    let value = if entry["formatted"].is_null() {
+        &entry["value"]
+    } else {
+        &entry["formatted"]["value"]
+    };
+    value["tgid"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tgid in {v}"))
+        .iter()
+        .filter_map(serde_json::Value::as_u64)
+        .filter(|t| *t != 0)
+        .collect()
+}
+
 fn link_prog(p: &mut Pair, i: usize) -> u64 {
     let pin = p
         .lab
@@ -681,6 +711,13 @@ fn an_upgrade_hands_the_node_to_a_new_process_without_failing_a_pooled_client() 
     }
     assert!(st.success(), "{}", log.join("\n"));
     assert!(alive(new), "the new process runs: {}", log.join("\n"));
+    // The guard counts the new process alone as serving (the old one left when it handed
+    // over, so a kill of the new one is seen at once).
+    assert_eq!(
+        owners(&mut p, 0),
+        [new as u64],
+        "hapd_owners after the upgrade"
+    );
     // The VIP never moved: A's side answered everything, and nobody changed state (the new
     // process's log goes to the same output as the old one's).
     assert_eq!(by(&seen, "b"), 0, "{}", seen.report());
@@ -767,6 +804,11 @@ fn an_upgrade_the_new_process_refuses_leaves_the_old_one_serving() {
         link_prog(&mut p, 0),
         prog,
         "the old process's program is back on the link"
+    );
+    assert_eq!(
+        owners(&mut p, 0),
+        [u64::from(p.a.pid())],
+        "the old process alone serves, for the guard too"
     );
     // The rollback left nothing half-done: a valid upgrade works after the two failures.
     let (ok, out) = upgrade(&p, &["--config", p.cfg_a.to_str().unwrap()]);

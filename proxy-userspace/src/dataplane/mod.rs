@@ -526,7 +526,14 @@ impl Dataplane {
     /// our reader on the event ring.
     pub fn reclaim(&mut self) -> anyhow::Result<()> {
         let links = match &mut self.xdp {
-            Some(g) => g.reclaim(),
+            Some(g) => {
+                // Serving again: back among the guard's owners (the successor's slot goes
+                // with it when it exits).
+                if let Err(e) = g.join_owners() {
+                    warn!("the guard's owners: {e:#}");
+                }
+                g.reclaim()
+            }
             None => Ok(()),
         };
         let events = self.start_events();
@@ -540,8 +547,14 @@ impl Dataplane {
     }
 
     /// Ends this process's part without detaching or unpinning: a successor runs the guard.
+    /// This process no longer counts among those serving the guard's ports.
     pub fn leave(mut self) {
         self.owns = false;
+        if let Some(g) = &mut self.xdp {
+            if let Err(e) = g.leave_owners() {
+                warn!("the guard's owners: {e:#}");
+            }
+        }
     }
 
     /// Makes the guard hold exactly `specs` again, on the interfaces it already runs on (a

@@ -202,16 +202,12 @@ impl XdpGuard {
         // This process serves the guard's ports from now on (beside its predecessor, for a
         // successor), and the exit program clears its slot when it dies.
         let mut owners: Array<MapData, Owners> = take(&mut ebpf, MAP_OWNERS)?;
-        let me = (std::process::id(), pid_namespace()?);
-        let now = if successor {
+        if !successor {
+            let me = (std::process::id(), pid_namespace()?);
             owners
-                .get(&0, 0)
-                .context("reading hapd_owners")?
-                .with(me.0, me.1)
-        } else {
-            Owners::only(me.0, me.1)
-        };
-        owners.set(0, now, 0).context("writing hapd_owners")?;
+                .set(0, Owners::only(me.0, me.1), 0)
+                .context("writing hapd_owners")?;
+        }
         let exit_watch = match attach_exit_watch(&mut ebpf) {
             Ok(()) => true,
             Err(e) => {
@@ -257,6 +253,9 @@ impl XdpGuard {
         };
         if let Some(clock) = &mut guard.clock {
             write_clock(clock)?;
+        }
+        if successor {
+            guard.join_owners()?;
         }
         // Moves of an earlier run that shared the pins (killed mid-move): its sockets are gone.
         // A predecessor handing over to us is alive and refuses while it moves addresses.
@@ -629,7 +628,6 @@ impl XdpGuard {
             .with_context(|| format!("writing {MAP_TIMER_CFG} for vrid {}", key.vrid))
     }
 
-    /// Stops `key`'s master-down timer, if the guard has one (deleting it cancels it).
     /// The processes serving the guard's ports (`hapd_owners`), and whether this one's death
     /// is watched in the kernel.
     pub fn owners(&self) -> (Option<Owners>, bool) {
@@ -641,6 +639,38 @@ impl XdpGuard {
         self.owners.set(0, o, 0).context("writing hapd_owners")
     }
 
+    /// This process joins those serving the guard's ports (a successor beside its
+    /// predecessor, or a predecessor again after its successor failed), the slots of
+    /// processes that no longer exist cleared first, and again after the write (one that
+    /// died between the read and the write would otherwise be written back and, never
+    /// cleared, turn the watch off).
+    pub fn join_owners(&mut self) -> anyhow::Result<()> {
+        let me = (std::process::id(), pid_namespace()?);
+        let now = self.owners.get(&0, 0).context("reading hapd_owners")?;
+        let joined = living(now).with(me.0, me.1);
+        self.set_owners(joined)?;
+        let after = self.owners.get(&0, 0).context("reading hapd_owners")?;
+        let pruned = living(after);
+        if pruned != after {
+            self.set_owners(pruned)?;
+        }
+        Ok(())
+    }
+
+    /// This process no longer serves the guard's ports (it handed over to a successor and
+    /// drains what it holds): its slot is cleared, so that the successor's death alone
+    /// counts.
+    pub fn leave_owners(&mut self) -> anyhow::Result<()> {
+        let me = std::process::id();
+        let mut o = self.owners.get(&0, 0).context("reading hapd_owners")?;
+        if let Some(i) = o.slot_of(me) {
+            o.tgid[i] = 0;
+            self.set_owners(o)?;
+        }
+        Ok(())
+    }
+
+    /// Stops `key`'s master-down timer, if the guard has one (deleting it cancels it).
     pub fn stop_timer(&mut self, key: &InstanceKey) {
         let _ = self.timers.remove(key);
     }
@@ -1051,6 +1081,24 @@ fn attach_exit_watch(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     p.attach("sched_process_exit")
         .context("attaching the exit program to sched_process_exit")?;
     Ok(())
+}
+
+/// `o` with the slots of processes that no longer exist cleared (only when `o` is of this
+/// process's pid namespace: another's numbers cannot be checked from here).
+fn living(mut o: Owners) -> Owners {
+    if pid_namespace().ok() != Some((o.pidns_dev, o.pidns_ino)) {
+        return o;
+    }
+    for t in o.tgid.iter_mut().filter(|t| **t != 0) {
+        let gone = i32::try_from(*t).map_or(true, |pid| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+        });
+        if gone {
+            *t = 0;
+        }
+    }
+    o
 }
 
 /// This process's pid namespace: the device and inode of `/proc/self/ns/pid`.
