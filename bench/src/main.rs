@@ -4,6 +4,7 @@ mod anycast;
 mod cleanup;
 mod failover;
 mod fuzz;
+mod history;
 mod idle;
 mod interop;
 mod keepalived243;
@@ -20,7 +21,8 @@ use clap::Parser;
 #[command(about = "hapd benchmarks (run as root; they build labs of network namespaces)")]
 struct Cli {
     /// `xdp`, `failover`, `proxy`, `idle`, `anycast`, `interop`, `fuzz`, or `all` (all but
-    /// `fuzz` and `interop`, which needs keepalived 2.4.3's source beside the clone).
+    /// `fuzz` and `interop`, which needs keepalived 2.4.3's source beside the clone); or
+    /// `history`, which measures nothing and prints the last full proxy runs' table.
     suite: String,
     /// Short runs for a smoke check (numbers are rough).
     #[arg(long)]
@@ -52,13 +54,19 @@ fn main() -> anyhow::Result<()> {
     if !cli.peers.is_empty() && cli.suite != "proxy" {
         anyhow::bail!("--peers is for the proxy suite only");
     }
+    if cli.suite == "history" {
+        // Not a measurement: the last full proxy runs from their reports, as Markdown.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results");
+        print!("{}", history::tables(&dir, 10)?);
+        return Ok(());
+    }
     cleanup::install()?;
     let suites: Vec<&str> = match cli.suite.as_str() {
         "all" => vec!["xdp", "failover", "proxy", "idle", "anycast"],
         s @ ("xdp" | "failover" | "proxy" | "idle" | "anycast" | "interop" | "fuzz") => vec![s],
         other => {
             anyhow::bail!(
-                "unknown suite {other:?}; suites: xdp, failover, proxy, idle, anycast, interop, fuzz, all"
+                "unknown suite {other:?}; suites: xdp, failover, proxy, idle, anycast, interop, fuzz, all (and history: the last proxy runs' table)"
             )
         }
     };

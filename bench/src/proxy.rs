@@ -1165,7 +1165,7 @@ fn measure(
 
 /// The median over rounds of `mine[r]` divided by the best of `others[..][r]`: a comparison of
 /// figures measured in the same round. `None` without others or rounds.
-fn round_by_round_ratio(mine: &[f64], others: &[&[f64]]) -> Option<f64> {
+pub(crate) fn round_by_round_ratio(mine: &[f64], others: &[&[f64]]) -> Option<f64> {
     let ratios: Vec<f64> = mine
         .iter()
         .enumerate()

@@ -33,7 +33,8 @@ enum Task {
         output: Option<std::path::PathBuf>,
     },
     /// Run a benchmark suite (see bench/README.md): `xdp`, `failover`, `proxy`, `idle`, `fuzz`,
-    /// or `all` (every suite but `fuzz`).
+    /// or `all` (every suite but `fuzz`); `history` prints the last full proxy runs' table from
+    /// their reports.
     Bench {
         /// Suite name.
         suite: String,
@@ -57,7 +58,10 @@ fn main() -> anyhow::Result<()> {
             quick,
             peers,
         } => {
-            build_hapd()?;
+            // `history` reads the reports only: nothing to build for it.
+            if suite != "history" {
+                build_hapd()?;
+            }
             let mut c = cargo();
             c.args(["run", "--release", "--quiet", "-p", "bench", "--", &suite]);
             if quick {
