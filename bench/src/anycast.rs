@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use hapd_lab::{
-    bird::{self, Bird, PREFIX},
+    bird::{self, Bird, PORT, PREFIX, PROTOCOL},
     host_addr,
     pool::{Pool, Seen, Shape},
     proc::Proc,
@@ -36,10 +36,7 @@ use crate::{
 /// Nodes in the group (hosts 1..=NODES); the client is host NODES + 1.
 const NODES: usize = 3;
 const CLIENT: usize = NODES + 1;
-const PORT: u16 = 8080;
 const BACKEND_PORT: u16 = 8081;
-/// The BIRD protocol both setups enable and disable.
-const PROTOCOL: &str = "hapd_web";
 /// How long the pooled client waits for an answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -414,8 +411,8 @@ fn event(
                 }
             }
             Event::Rejoin => start_proxy(lab, hapd, setup, 3, &mut nodes[2])?,
-            Event::HostDies => port(lab, 1, "down")?,
-            Event::HostBack => port(lab, 1, "up")?,
+            Event::HostDies => lab.set_port(1, false)?,
+            Event::HostBack => lab.set_port(1, true)?,
         }
         Ok::<_, anyhow::Error>(())
     })();
@@ -460,18 +457,6 @@ fn event(
         new_gap,
         held,
     })
-}
-
-/// Sets host `i`'s switch port `state` ("up" or "down"): the host drops off the network or
-/// comes back, its own configuration untouched.
-fn port(lab: &Lab, i: usize, state: &str) -> anyhow::Result<()> {
-    let st = std::process::Command::new("ip")
-        .args(["-n", lab.switch(), "link", "set", &format!("p{i}"), state])
-        .status()?;
-    if !st.success() {
-        bail!("setting host {i}'s switch port {state} failed");
-    }
-    Ok(())
 }
 
 /// Established connections to the proxy's port in host `i`: the kept-alive (and new)

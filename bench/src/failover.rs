@@ -275,10 +275,7 @@ fn ns_tasks(
 /// What the threads of `after` added since `before` (a thread new since then counts from 0).
 /// A thread that ended in between is in neither sum: its last moments are not counted (the
 /// runtime's blocking threads end after 10 s idle), which can only undercount, never wrap.
-pub(crate) fn grown(
-    before: &BTreeMap<(String, String), u64>,
-    after: &BTreeMap<(String, String), u64>,
-) -> u64 {
+fn grown(before: &BTreeMap<(String, String), u64>, after: &BTreeMap<(String, String), u64>) -> u64 {
     after
         .iter()
         .map(|(k, v)| v.saturating_sub(before.get(k).copied().unwrap_or(0)))
@@ -287,7 +284,7 @@ pub(crate) fn grown(
 
 /// CPU time so far of every thread of every process in `ns`, in nanoseconds of run time
 /// (`/proc/PID/task/TID/schedstat`, first field: finer than the 10 ms ticks of `stat`).
-pub(crate) fn ns_cpu_tasks(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+fn ns_cpu_tasks(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
     ns_tasks(ns, "schedstat", |stat| {
         stat.split_whitespace()
             .next()
@@ -298,7 +295,7 @@ pub(crate) fn ns_cpu_tasks(ns: &str) -> anyhow::Result<BTreeMap<(String, String)
 
 /// Context switches so far of every thread of every process in `ns` (voluntary and not, from
 /// `/proc/PID/task/TID/status`): how often the daemon was woken or preempted.
-pub(crate) fn ns_switches(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
+fn ns_switches(ns: &str) -> anyhow::Result<BTreeMap<(String, String), u64>> {
     ns_tasks(ns, "status", |status| {
         status
             .lines()
@@ -406,27 +403,20 @@ pub fn idle(hapd: &Path, quick: bool) -> anyhow::Result<(Table, serde_json::Valu
             std::thread::sleep(Duration::from_secs(1));
             let ns: Vec<String> = lab.hosts().iter().map(|h| h.netns.clone()).collect();
             // Per thread, so that a thread ending in the window cannot make a sum go back.
-            let cpu0 = ns
-                .iter()
-                .map(|n| ns_cpu_tasks(n))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let cpu0 = pair_cpu(&lab)?;
             let switches0 = ns
                 .iter()
                 .map(|n| ns_switches(n))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let t0 = Instant::now();
             std::thread::sleep(Duration::from_secs(secs));
-            let cpu1 = ns
-                .iter()
-                .map(|n| ns_cpu_tasks(n))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let cpu1 = pair_cpu(&lab)?;
             let switches1 = ns
                 .iter()
                 .map(|n| ns_switches(n))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let elapsed = t0.elapsed().as_secs_f64();
-            let spent: u64 = (0..ns.len()).map(|k| grown(&cpu0[k], &cpu1[k])).sum();
-            pct[slot].push(spent as f64 / 1e9 / elapsed * 100.0);
+            pct[slot].push(cpu_between(&cpu0, &cpu1).as_secs_f64() / elapsed * 100.0);
             for node in 0..2 {
                 cs[slot][node].push(grown(&switches0[node], &switches1[node]) as f64 / elapsed);
             }
@@ -723,14 +713,7 @@ pub(crate) fn start_pair(
 /// A host crash (n0's bridge port goes down) or a kill -9 of n0's daemon.
 fn crash_or_kill(lab: &Lab, n0: &mut Proc, d: Daemon, fault: Fault) -> anyhow::Result<()> {
     match (fault, d) {
-        (Fault::HostCrash, _) => {
-            let st = std::process::Command::new("ip")
-                .args(["-n", lab.switch(), "link", "set", "p0", "down"])
-                .status()?;
-            if !st.success() {
-                bail!("cutting n0's port failed");
-            }
-        }
+        (Fault::HostCrash, _) => lab.set_port(0, false)?,
         (Fault::Kill9, Daemon::Hapd) => {
             n0.stop(Signal::SIGKILL, Duration::from_secs(5))?;
         }

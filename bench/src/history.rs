@@ -11,18 +11,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::{proxy::round_by_round_ratio, report::median_spread};
-
-/// The loads, as the reports label them, and the table's column names.
-const LOADS: [(&str, &str); 4] = [
-    ("HTTP/1.1 keep-alive", "plain keep-alive"),
-    ("TLS keep-alive", "TLS keep-alive"),
-    ("TLS, new connection per request", "new TLS"),
-    ("HTTP/2 (h2load)", "HTTP/2"),
-];
-
-/// The methods, as the reports name their groups of raw rounds.
-const METHODS: [&str; 2] = ["one CPU each", "shared CPUs"];
+use crate::{
+    proxy::{round_by_round_ratio, Load, Method},
+    report::median_spread,
+};
 
 /// The Markdown tables of the last `last` full proxy runs in `dir`, one per method that has
 /// runs.
@@ -57,7 +49,7 @@ pub fn tables(dir: &Path, last: usize) -> anyhow::Result<String> {
         runs.push((name, report));
     }
     let mut out = String::new();
-    for method in METHODS {
+    for method in Method::ALL.map(Method::label) {
         let with: Vec<&(String, Value)> = runs
             .iter()
             .filter(|(_, r)| rounds_of(r, method).is_some())
@@ -81,10 +73,11 @@ pub fn tables(dir: &Path, last: usize) -> anyhow::Result<String> {
             let date = when.get(..10).unwrap_or_default();
             let mut cells = vec![format!("{date} {hhmm} (`{stem}.md`)")];
             let mut p99 = Vec::new();
-            for (label, _) in LOADS {
-                cells.push(ratio_cell(raw, label));
-                if label != "HTTP/2 (h2load)" {
-                    p99.push(p99_cell(raw, label));
+            for load in Load::ALL {
+                cells.push(ratio_cell(raw, load.label()));
+                // h2load reports no percentiles.
+                if load != Load::Http2 {
+                    p99.push(p99_cell(raw, load.label()));
                 }
             }
             cells.push(p99.join(" / "));
@@ -102,13 +95,13 @@ pub fn tables(dir: &Path, last: usize) -> anyhow::Result<String> {
 /// methods, the whole raw object under "shared CPUs".
 fn rounds_of<'a>(report: &'a Value, method: &str) -> Option<&'a Value> {
     let raw = &report["raw"];
-    if raw[METHODS[0]].is_object() || raw[METHODS[1]].is_object() {
+    if Method::ALL.iter().any(|m| raw[m.label()].is_object()) {
         return raw.get(method).filter(|v| v.is_object());
     }
     let flat = raw
         .as_object()
         .is_some_and(|o| o.keys().any(|k| k.ends_with("/hapd")));
-    (method == "shared CPUs" && flat).then_some(raw)
+    (method == Method::SharedCores.label() && flat).then_some(raw)
 }
 
 /// The proxies that ran `label`, with one figure per round (`field` of each sample).
@@ -184,7 +177,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hapd-history-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut raw = serde_json::Map::new();
-        for (label, _) in LOADS {
+        for label in Load::ALL.map(Load::label) {
             raw.insert(
                 format!("{label}/hapd"),
                 samples(&[120.0, 110.0, 130.0], 1.0),

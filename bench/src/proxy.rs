@@ -64,7 +64,7 @@ const PEERS: [Peer; 4] = [
 
 /// How the suite places the processes on the machine's CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Method {
+pub(crate) enum Method {
     /// One CPU for the proxy (started under `taskset -c 1`: one worker or thread), the other
     /// for the load tool and the backend (`taskset -c 0`): what one core of a proxy host
     /// serves, the figure an operator sizing a fleet uses, whatever CPU a proxy leaves the
@@ -79,9 +79,9 @@ const PROXY_CPU: usize = 1;
 const LOAD_CPU: usize = 0;
 
 impl Method {
-    const ALL: [Method; 2] = [Method::PerCore, Method::SharedCores];
+    pub(crate) const ALL: [Method; 2] = [Method::PerCore, Method::SharedCores];
 
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Method::PerCore => "one CPU each",
             Method::SharedCores => "shared CPUs",
@@ -588,8 +588,8 @@ fn backend(cpu: Option<usize>) -> anyhow::Result<Backend> {
     })
 }
 
-#[derive(Clone, Copy)]
-enum Load {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Load {
     Plain,
     TlsKeepAlive,
     TlsHandshakes,
@@ -597,7 +597,14 @@ enum Load {
 }
 
 impl Load {
-    fn label(self) -> &'static str {
+    pub(crate) const ALL: [Load; 4] = [
+        Load::Plain,
+        Load::TlsKeepAlive,
+        Load::TlsHandshakes,
+        Load::Http2,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Load::Plain => "HTTP/1.1 keep-alive",
             Load::TlsKeepAlive => "TLS keep-alive",
@@ -920,12 +927,7 @@ fn measure(
     rounds: usize,
     secs: u64,
 ) -> anyhow::Result<(Vec<Table>, serde_json::Map<String, serde_json::Value>)> {
-    let loads = [
-        Load::Plain,
-        Load::TlsKeepAlive,
-        Load::TlsHandshakes,
-        Load::Http2,
-    ];
+    let loads = Load::ALL;
     let _backend = start_backend(method.load_cpu(), dir)?;
 
     // Every proxy runs for the whole suite (an idle one only waits on its sockets), so that

@@ -18,6 +18,10 @@ use crate::{proc::Proc, Lab};
 
 /// The anycast prefix of the lab (a /32).
 pub const PREFIX: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 100);
+/// The port a node's proxy serves the prefix on ([`hapd_node_config`]).
+pub const PORT: u16 = 8080;
+/// The `protocol static` of a node's BIRD that hapd (or the health script) enables.
+pub const PROTOCOL: &str = "hapd_web";
 
 /// The router's BIRD config: router id `me`, a BGP session with BFD to each of `nodes`.
 pub fn router_config(me: Ipv4Addr, nodes: &[Ipv4Addr]) -> String {
@@ -223,9 +227,9 @@ pub struct Node<'a> {
     pub xdp: &'a str,
 }
 
-/// Node `i`'s hapd config in the anycast lab: its proxy on the prefix, port 8080, host `app`,
+/// Node `i`'s hapd config in the anycast lab: its proxy on the prefix, port [`PORT`], host `app`,
 /// in front of `node`'s upstream (health-checked every 100 ms), and the group `web` announced
-/// through its BIRD's protocol `hapd_web` while the proxy is healthy (rise 300 ms, hold-down
+/// through its BIRD's protocol [`PROTOCOL`] while the proxy is healthy (rise 300 ms, hold-down
 /// 1 s); the admin endpoint on the host's address, port 9100.
 pub fn hapd_node_config(lab: &mut Lab, i: usize, node: &Node) -> anyhow::Result<String> {
     let pin_dir = lab.bpffs()?.join(format!("h{i}"));
@@ -259,7 +263,7 @@ drain_timeout = "2s"
 
 [[listener]]
 name = "web"
-bind = ["{PREFIX}:8080"]
+bind = ["{PREFIX}:{PORT}"]
 
 [[upstream]]
 name = "app"
@@ -279,7 +283,7 @@ prefixes = ["{PREFIX}/32"]
 interface = "eth0"
 peers = [{}]
 bird_socket = "{}"
-bird_protocol = "hapd_web"
+bird_protocol = "{PROTOCOL}"
 track_proxy = true
 rise = "300ms"
 hold_down = "1s"

@@ -202,6 +202,14 @@ impl Lab {
         &self.switch
     }
 
+    /// Sets host `i`'s port on the bridge up or down: the host drops off the network (a host
+    /// crash as its neighbours see it) or comes back, its own configuration untouched.
+    pub fn set_port(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.switch, "link", "set", &format!("p{i}"), state])
+            .with_context(|| format!("setting host {i}'s switch port {state}"))
+    }
+
     /// A command that runs `argv` inside host `i`.
     pub fn command(&self, i: usize, argv: &[&str]) -> Command {
         let mut c = Command::new("ip");

@@ -99,16 +99,6 @@ fn wait(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) -> Duration
     t0.elapsed()
 }
 
-/// Sets host `i`'s switch port `state` ("up" or "down"): the host drops off the network or
-/// comes back, its own configuration untouched.
-fn port(lab: &Lab, i: usize, state: &str) {
-    let st = std::process::Command::new("ip")
-        .args(["-n", lab.switch(), "link", "set", &format!("p{i}"), state])
-        .status()
-        .unwrap();
-    assert!(st.success(), "setting p{i} {state}");
-}
-
 /// The router's kernel nexthops for the prefix.
 fn nexthops(lab: &Lab) -> Vec<String> {
     bird::nexthops(lab, 0)
@@ -545,7 +535,7 @@ fn connections_survive_ecmp_changes_through_second_chance() {
     // fail, and new connections succeed again within 300 ms.
     let held = seen.held_by("node-1");
     let killed = seen.elapsed();
-    port(&lab, 1, "down");
+    lab.set_port(1, false).unwrap();
     let took = wait(
         "node 1 gone from the router",
         Duration::from_secs(2),
@@ -593,7 +583,7 @@ fn connections_survive_ecmp_changes_through_second_chance() {
     // Node 1 comes back: it rejoins the ECMP set, serves again, and nothing more fails. The
     // wait covers the pool's longest new connection (connect timeout and request timeout),
     // so that a connection lost at the return is counted here.
-    port(&lab, 1, "up");
+    lab.set_port(1, true).unwrap();
     wait("node 1 back", Duration::from_secs(10), || {
         nexthops(&lab) == all
     });

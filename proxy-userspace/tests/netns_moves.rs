@@ -618,22 +618,24 @@ fn upgrade_on(p: &Pair, host: usize, args: &[&str]) -> (bool, String) {
     (o.status.success(), out)
 }
 
-/// The program on the guard's pinned link of host `i` (bpftool, as an operator reads it).
+/// `bpftool -j <object> <verb> pinned <pin>` for the pin `name` of host `i`'s guard, as an
+/// operator reads it.
+fn bpftool_pinned(p: &mut Pair, i: usize, object_verb: [&str; 2], name: &str) -> serde_json::Value {
+    let pin = p.lab.bpffs().unwrap().join(format!("h{i}")).join(name);
+    let o = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(object_verb)
+        .args(["pinned", pin.to_str().unwrap()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bpftool: {e}: {}", String::from_utf8_lossy(&o.stderr)))
+}
+
 /// The processes host `i`'s guard counts as serving its ports (`hapd_owners`, the nonzero
 /// slots).
 fn owners(p: &mut Pair, i: usize) -> Vec<u64> {
-    let pin = p
-        .lab
-        .bpffs()
-        .unwrap()
-        .join(format!("h{i}"))
-        .join("hapd_owners");
-    let o = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned", pin.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("bpftool: {e}: {}", String::from_utf8_lossy(&o.stderr)));
+    let v = bpftool_pinned(p, i, ["map", "dump"], "hapd_owners");
     let entry = &v[0];
     let value = if entry["formatted"].is_null() {
         &entry["value"]
@@ -649,20 +651,11 @@ fn owners(p: &mut Pair, i: usize) -> Vec<u64> {
         .collect()
 }
 
+/// The program on the guard's pinned link of host `i`.
 fn link_prog(p: &mut Pair, i: usize) -> u64 {
-    let pin = p
-        .lab
-        .bpffs()
+    bpftool_pinned(p, i, ["link", "show"], "link_eth0")["prog_id"]
+        .as_u64()
         .unwrap()
-        .join(format!("h{i}"))
-        .join("link_eth0");
-    let o = std::process::Command::new("bpftool")
-        .args(["-j", "link", "show", "pinned", pin.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("bpftool: {e}: {}", String::from_utf8_lossy(&o.stderr)));
-    v["prog_id"].as_u64().unwrap()
 }
 
 fn alive(pid: i32) -> bool {

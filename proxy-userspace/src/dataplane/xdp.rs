@@ -645,12 +645,12 @@ impl XdpGuard {
     /// died between the read and the write would otherwise be written back and, never
     /// cleared, turn the watch off).
     pub fn join_owners(&mut self) -> anyhow::Result<()> {
-        let me = (std::process::id(), pid_namespace()?);
+        let ns = pid_namespace()?;
         let now = self.owners.get(&0, 0).context("reading hapd_owners")?;
-        let joined = living(now).with(me.0, me.1);
+        let joined = living(now, ns).with(std::process::id(), ns);
         self.set_owners(joined)?;
         let after = self.owners.get(&0, 0).context("reading hapd_owners")?;
-        let pruned = living(after);
+        let pruned = living(after, ns);
         if pruned != after {
             self.set_owners(pruned)?;
         }
@@ -1084,9 +1084,9 @@ fn attach_exit_watch(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 /// `o` with the slots of processes that no longer exist cleared (only when `o` is of this
-/// process's pid namespace: another's numbers cannot be checked from here).
-fn living(mut o: Owners) -> Owners {
-    if pid_namespace().ok() != Some((o.pidns_dev, o.pidns_ino)) {
+/// process's pid namespace `ns`: another's numbers cannot be checked from here).
+fn living(mut o: Owners, ns: (u64, u64)) -> Owners {
+    if (o.pidns_dev, o.pidns_ino) != ns {
         return o;
     }
     for t in o.tgid.iter_mut().filter(|t| **t != 0) {
