@@ -1,8 +1,13 @@
-//! VRRP frames for tests: valid adverts of either version and every way of getting one wrong.
+//! VRRP frames for tests: valid adverts of either version and family, and every way of getting
+//! one wrong.
 use proxy_common::{
     auth::{self, Trailer, TRAILER_LEN},
-    guard::{checksum, pseudo_header_sum},
-    vrrp::{AUTH_NONE, AUTH_PASS, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_MCAST_V4, VRRP_TTL},
+    guard::{checksum, ip_pseudo_sum},
+    maps::{to_words, v4_addr},
+    vrrp::{
+        Family, AUTH_NONE, AUTH_PASS, IPPROTO_VRRP, TYPE_ADVERTISEMENT, VRRP_MCAST_V4,
+        VRRP_MCAST_V6, VRRP_TTL,
+    },
 };
 
 /// How to fill the VRRP checksum.
@@ -44,6 +49,27 @@ pub struct Advert {
     pub padding: usize,
     /// An `auth_hmac` trailer after the message.
     pub hmac: Option<Hmac>,
+    /// Sent over IPv6 instead: then `src`, `dst`, `addrs`, `ip_options` and `frag` are not
+    /// used (`ttl` is the hop limit).
+    pub v6: Option<V6>,
+}
+
+/// The IPv6 part of an [`Advert`].
+#[derive(Clone, Debug)]
+pub struct V6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub addrs: Vec<[u8; 16]>,
+    /// Extension headers between the IPv6 header and VRRP, by type (0 hop-by-hop, 43
+    /// routing, 44 fragment, 51 AH, 60 destination options), each the smallest of its kind.
+    pub ext: Vec<u8>,
+}
+
+/// An IPv6 address from its text (for tests).
+pub fn v6(a: &str) -> [u8; 16] {
+    a.parse::<std::net::Ipv6Addr>()
+        .expect("an IPv6 address")
+        .octets()
 }
 
 /// An `auth_hmac` trailer, right or wrong in any part.
@@ -107,6 +133,38 @@ impl Advert {
             frag: 0,
             padding: 0,
             hmac: None,
+            v6: None,
+        }
+    }
+
+    /// A valid IPv6 advert: VRID 51, priority 100, 1 s, one address (2001:2::100), from
+    /// `src` (a link-local address, as keepalived sends) to ff02::12.
+    pub fn v3_ipv6(src: [u8; 16]) -> Self {
+        Advert {
+            v6: Some(V6 {
+                src,
+                dst: VRRP_MCAST_V6,
+                addrs: vec![v6("2001:2::100")],
+                ext: Vec::new(),
+            }),
+            ..Self::v3([0; 4])
+        }
+    }
+
+    /// The family of the advert.
+    pub fn family(&self) -> Family {
+        if self.v6.is_some() {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+
+    /// The source address as the guard's maps keep it.
+    pub fn src_addr(&self) -> [u8; 16] {
+        match &self.v6 {
+            Some(v) => v.src,
+            None => v4_addr(self.src),
         }
     }
 
@@ -125,11 +183,12 @@ impl Advert {
 
     /// The VRRP message.
     pub fn message(&self) -> Vec<u8> {
+        let n = self.v6.as_ref().map_or(self.addrs.len(), |v| v.addrs.len());
         let mut m = vec![
             (self.version << 4) | (self.kind & 0x0f),
             self.vrid,
             self.priority,
-            self.count.unwrap_or(self.addrs.len() as u8),
+            self.count.unwrap_or(n as u8),
         ];
         if self.version == 2 {
             m.push(self.auth.0);
@@ -139,14 +198,19 @@ impl Advert {
             m.push(self.interval as u8);
         }
         m.extend_from_slice(&[0, 0]);
-        for a in &self.addrs {
-            m.extend_from_slice(a);
+        match &self.v6 {
+            Some(v) => v.addrs.iter().for_each(|a| m.extend_from_slice(a)),
+            None => self.addrs.iter().for_each(|a| m.extend_from_slice(a)),
         }
         if self.version == 2 {
             m.extend_from_slice(&self.auth.1);
         }
         let pseudo = if self.version == 3 && self.csum == Csum::PseudoHeader {
-            pseudo_header_sum(self.src, self.dst, m.len() as u16)
+            let (src, dst) = match &self.v6 {
+                Some(v) => (v.src, v.dst),
+                None => (v4_addr(self.src), v4_addr(self.dst)),
+            };
+            ip_pseudo_sum(&src, &dst, self.family(), IPPROTO_VRRP, m.len())
         } else {
             0
         };
@@ -163,7 +227,12 @@ impl Advert {
             m[mlen] = h.ext_type;
             m[mlen + 2..mlen + 4].copy_from_slice(&h.reserved.to_be_bytes());
             let key = auth::midstates(h.key_id, &h.key);
-            let pseudo = auth::pseudo_v4(self.version, self.vrid, self.src);
+            let pseudo = auth::pseudo(
+                self.family(),
+                self.version,
+                self.vrid,
+                &to_words(&self.src_addr()),
+            );
             let mac = auth::advert_mac_simple(m.as_slice(), 0, mlen, &pseudo, &key)
                 .expect("the whole trailer is there");
             let mut mac = auth::mac_bytes(&mac);
@@ -171,6 +240,21 @@ impl Advert {
                 mac[15] ^= 1;
             }
             Trailer::new_unchecked(&mut m[mlen..]).set_mac(mac);
+            if let Some(v) = &self.v6 {
+                // Over IPv6 the checksum covers the trailer too (the kernel's transport
+                // checksum, as keepalived has it computed).
+                m[6..8].copy_from_slice(&[0, 0]);
+                let pseudo = if self.csum == Csum::MessageOnly {
+                    0
+                } else {
+                    ip_pseudo_sum(&v.src, &v.dst, Family::V6, IPPROTO_VRRP, m.len())
+                };
+                let mut c = checksum(&m, pseudo);
+                if self.csum == Csum::Bad {
+                    c ^= 0x5a5a;
+                }
+                m[6..8].copy_from_slice(&c.to_be_bytes());
+            }
             if let Some(n) = h.truncate {
                 m.truncate(mlen + n);
             }
@@ -178,9 +262,12 @@ impl Advert {
         m
     }
 
-    /// The IPv4 packet.
+    /// The IP packet (IPv4, or IPv6 with its extension headers).
     pub fn packet(&self) -> Vec<u8> {
         let msg = self.message();
+        if let Some(v) = &self.v6 {
+            return ipv6_with(&v.ext, IPPROTO_VRRP, self.ttl, v.src, v.dst, &msg);
+        }
         let ihl = 20 + self.ip_options;
         let total = (ihl + msg.len()) as u16;
         let mut p = vec![0x40 | (ihl / 4) as u8, 0xc0];
@@ -206,16 +293,20 @@ impl Advert {
         p
     }
 
-    /// The Ethernet frame (destination: the VRRP multicast MAC 01:00:5e:00:00:12).
+    /// The Ethernet frame (destination: the VRRP multicast MAC, 01:00:5e:00:00:12 or
+    /// 33:33:00:00:00:12).
     pub fn frame(&self) -> Vec<u8> {
-        let mut f = vec![
-            0x01, 0x00, 0x5e, 0x00, 0x00, 0x12, 0x00, 0x00, 0x5e, 0x00, 0x01, self.vrid,
-        ];
+        let (dst, ethertype): ([u8; 6], u16) = match self.v6 {
+            Some(_) => ([0x33, 0x33, 0, 0, 0, 0x12], 0x86dd),
+            None => ([0x01, 0x00, 0x5e, 0x00, 0x00, 0x12], 0x0800),
+        };
+        let mut f = dst.to_vec();
+        f.extend_from_slice(&[0x00, 0x00, 0x5e, 0x00, 0x01, self.vrid]);
         for v in &self.vlans {
             f.extend_from_slice(&0x8100u16.to_be_bytes());
             f.extend_from_slice(&v.to_be_bytes());
         }
-        f.extend_from_slice(&0x0800u16.to_be_bytes());
+        f.extend_from_slice(&ethertype.to_be_bytes());
         f.extend_from_slice(&self.packet());
         f.extend(std::iter::repeat_n(0u8, self.padding));
         f
@@ -241,6 +332,48 @@ pub fn ipv4(proto: u8, ttl: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> V
     p.extend_from_slice(&dst);
     let c = checksum(&p, 0);
     p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// An IPv6 packet of protocol `proto` right after a 40-byte header, with `payload`.
+pub fn ipv6(proto: u8, hop_limit: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+    ipv6_with(&[], proto, hop_limit, src, dst, payload)
+}
+
+/// An IPv6 packet with the extension headers `ext` (by type, see [`V6::ext`]) in front of
+/// `payload` of protocol `proto`.
+pub fn ipv6_with(
+    ext: &[u8],
+    proto: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut chain = Vec::new();
+    for (i, kind) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).copied().unwrap_or(proto);
+        match kind {
+            // Fragment: offset 0, more fragments set, identification 1.
+            44 => chain.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0, 1]),
+            // AH with an empty ICV: 12 bytes, length (12 / 4) - 2.
+            51 => chain.extend_from_slice(&[next, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+            // Routing type 4 (segment routing) with no segments left.
+            43 => chain.extend_from_slice(&[next, 0, 4, 0, 0, 0, 0, 0]),
+            // Hop-by-hop and destination options: one PadN option filling 8 bytes.
+            _ => chain.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
+        }
+    }
+    let first = ext.first().copied().unwrap_or(proto);
+    let len = (chain.len() + payload.len()) as u16;
+    // Version 6, traffic class 0xc0 (as keepalived sends), no flow label.
+    let mut p = vec![0x6c, 0, 0, 0];
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[first, hop_limit]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&chain);
     p.extend_from_slice(payload);
     p
 }

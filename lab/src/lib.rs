@@ -1,7 +1,8 @@
 //! A lab of hosts for hapd's tests, benchmarks and demo.
 //!
-//! [`Lab::new`] makes N hosts, each a network namespace with `eth0` addressed 198.18.0.(i+1)/24,
-//! joined by a bridge that lives in a namespace of its own: nothing is created in, or changes,
+//! [`Lab::new`] makes N hosts, each a network namespace with `eth0` addressed 198.18.0.(i+1)/24
+//! and 2001:2::(i+1)/64 (duplicate address detection off, so that addresses are usable at once;
+//! the link-local address is there too), joined by a bridge that lives in a namespace of its own: nothing is created in, or changes,
 //! the root namespace. Names are unique per lab, so tests run in parallel. Dropping the lab
 //! (also while unwinding from a panic) kills every process left in its namespaces, deletes the
 //! namespaces and unmounts its bpffs.
@@ -14,7 +15,7 @@ pub mod wrk;
 
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -33,6 +34,8 @@ pub struct Host {
     /// The host's interface towards the bridge.
     pub ifname: String,
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, 2001:2::(i+1).
+    pub addr6: Ipv6Addr,
 }
 
 /// N hosts on a bridge. See the module documentation.
@@ -47,6 +50,11 @@ pub struct Lab {
 /// The address of host `i` (0-based): 198.18.0.(i+1).
 pub fn host_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 0, (i + 1) as u8)
+}
+
+/// The IPv6 address of host `i` (0-based): 2001:2::(i+1), in the IPv6 benchmarking range.
+pub fn host_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, (i + 1) as u16)
 }
 
 impl Lab {
@@ -107,9 +115,27 @@ impl Lab {
                 netns: format!("{}-h{i}", self.id),
                 ifname: "eth0".into(),
                 addr: host_addr(i),
+                addr6: host_addr6(i),
             };
             ip(&["netns", "add", &host.netns])?;
             self.hosts.push(host.clone());
+            // No duplicate address detection on the lab's interfaces: an address (the
+            // link-local one too) is usable at once, not tentative for a second.
+            let out = Command::new("ip")
+                .args(["netns", "exec", &host.netns, "sysctl", "-qw"])
+                .args([
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ])
+                .output()
+                .context("running sysctl")?;
+            if !out.status.success() {
+                bail!(
+                    "turning off IPv6 DAD in {}: {}",
+                    host.netns,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
             let port = format!("p{i}");
             ip(&[
                 "-n",
@@ -136,9 +162,38 @@ impl Lab {
                 "dev",
                 "eth0",
             ])?;
+            ip(&[
+                "-n",
+                &host.netns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", host.addr6),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             ip(&["-n", &host.netns, "link", "set", "eth0", "up"])?;
         }
         Ok(())
+    }
+
+    /// The IPv6 link-local address of `ifname` in host `i` (fe80::/10, where VRRP adverts
+    /// over IPv6 come from).
+    pub fn link_local(&self, i: usize, ifname: &str) -> anyhow::Result<Ipv6Addr> {
+        let out = self.exec(
+            i,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", ifname, "scope", "link",
+            ],
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no link-local address on {ifname} of host {i}: {text:?}"))
     }
 
     /// Joins hosts `a` and `b` with a direct veth pair (no bridge), both ends up and without

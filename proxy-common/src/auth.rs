@@ -160,18 +160,40 @@ pub fn next_seq(last: u64, clock: u64, time_mode: bool, window_s: u32) -> u64 {
     }
 }
 
-/// The pseudo-header: family 4, version, VRID, zero, then the IPv4 source zero padded to 16.
+/// The pseudo-header: the family (4 or 6), version, VRID, zero, then the source zero padded
+/// to 16 bytes (an [`crate::maps::Addr`] is already), given as its words.
 #[inline(always)]
-pub const fn pseudo_v4(version: u8, vrid: u8, src: [u8; 4]) -> [u8; PSEUDO_LEN] {
+pub const fn pseudo(
+    family: crate::vrrp::Family,
+    version: u8,
+    vrid: u8,
+    src: &crate::maps::AddrWords,
+) -> [u8; PSEUDO_LEN] {
     let mut p = [0u8; PSEUDO_LEN];
-    p[0] = 4;
+    p[0] = family as u8;
     p[1] = version;
     p[2] = vrid;
-    p[4] = src[0];
-    p[5] = src[1];
-    p[6] = src[2];
-    p[7] = src[3];
+    let mut i = 0;
+    while i < 4 {
+        let b = src[i].to_ne_bytes();
+        p[4 + 4 * i] = b[0];
+        p[5 + 4 * i] = b[1];
+        p[6 + 4 * i] = b[2];
+        p[7 + 4 * i] = b[3];
+        i += 1;
+    }
     p
+}
+
+/// [`pseudo`] of an IPv4 source.
+#[inline(always)]
+pub const fn pseudo_v4(version: u8, vrid: u8, src: [u8; 4]) -> [u8; PSEUDO_LEN] {
+    pseudo(
+        crate::vrrp::Family::V4,
+        version,
+        vrid,
+        &[u32::from_ne_bytes(src), 0, 0, 0],
+    )
 }
 
 /// SHA-256 blocks of the longest MAC input: 255 IPv4 addresses and v2 auth data (1036 bytes),
@@ -409,46 +431,48 @@ pub fn compress_in(state: &mut [u32; 8], block: &[u32; 16], w: &mut [u32; 16]) {
         w[j] = u32::from_be(block[j]);
         j += 1;
     }
-    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+    // The working variables a..h in an array that rotates instead of shifting: at round i,
+    // variable k lives at `v[(k - i) & 7]`, so a round writes two slots (the new a over the old
+    // h's, the new e over the old d's) and the next round's names fall into place. Indexed by
+    // the round, the array stays in memory: with eight named variables LLVM's BPF backend kept
+    // each in a register and spilled most (168 bytes of stack), which the guard's deepest
+    // call chain (the IPv6 guard, `auth_hmac`) could not spare.
+    let mut v = *state;
     let mut i = 0;
     while i < 64 {
+        let r = 8 - (i & 7);
+        let at = |k: usize| (k + r) & 7;
         let wi = if i < 16 {
-            w[i]
+            w[i & 15]
         } else {
             let w15 = w[(i + 1) & 15];
             let w2 = w[(i + 14) & 15];
-            let v = w[i & 15]
+            let x = w[i & 15]
                 .wrapping_add(w15.rotate_right(7) ^ w15.rotate_right(18) ^ (w15 >> 3))
                 .wrapping_add(w[(i + 9) & 15])
                 .wrapping_add(w2.rotate_right(17) ^ w2.rotate_right(19) ^ (w2 >> 10));
-            w[i & 15] = v;
-            v
+            w[i & 15] = x;
+            x
         };
-        let t1 = h
+        let (a, b, c) = (v[at(0)], v[at(1)], v[at(2)]);
+        let (e, f, g) = (v[at(4)], v[at(5)], v[at(6)]);
+        let t1 = v[at(7)]
             .wrapping_add(e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25))
             .wrapping_add(g ^ (e & (f ^ g)))
-            .wrapping_add(K[i])
+            .wrapping_add(K[i & 63])
             .wrapping_add(wi);
         let t2 = (a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22))
             .wrapping_add((a & b) | (c & (a | b)));
-        h = g;
-        g = f;
-        f = e;
-        e = d.wrapping_add(t1);
-        d = c;
-        c = b;
-        b = a;
-        a = t1.wrapping_add(t2);
+        v[at(3)] = v[at(3)].wrapping_add(t1);
+        v[at(7)] = t1.wrapping_add(t2);
         i += 1;
     }
-    state[0] = state[0].wrapping_add(a);
-    state[1] = state[1].wrapping_add(b);
-    state[2] = state[2].wrapping_add(c);
-    state[3] = state[3].wrapping_add(d);
-    state[4] = state[4].wrapping_add(e);
-    state[5] = state[5].wrapping_add(f);
-    state[6] = state[6].wrapping_add(g);
-    state[7] = state[7].wrapping_add(h);
+    // 64 rounds: the rotation is back where it started.
+    let mut k = 0;
+    while k < 8 {
+        state[k] = state[k].wrapping_add(v[k]);
+        k += 1;
+    }
 }
 
 #[cfg(test)]
@@ -538,7 +562,8 @@ mod tests {
             let key = midstates(9, &key_bytes[..key_len]);
             for count in [1usize, 2, 3, 4, 5, 12, 13, 16, 30, 255] {
                 for version in [2u8, 3] {
-                    let msg_len = crate::vrrp::message_len(version, count as u8);
+                    let msg_len =
+                        crate::vrrp::message_len(version, count as u8, crate::vrrp::Family::V4);
                     let mut buf: Vec<u8> = (0..msg_len + TRAILER_LEN)
                         .map(|i| (i * 7 + count) as u8)
                         .collect();

@@ -7,18 +7,21 @@
 
 use crate::auth;
 use crate::maps::{
-    AdvertRecord, AuthConfig, InstanceKey, Reason, ReplayKey, VridEntry, AUTH_MODE_ENFORCE,
-    AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE,
-    EV_INTERVAL_CHANGE, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    from_words, to_words, v4_addr, words_eq, Addr, AddrWords, AdvertRecord, AuthConfig,
+    InstanceKey, Reason, ReplayKey, VridEntry, AUTH_MODE_ENFORCE, AUTH_TIME, CFG_AUTH_HMAC,
+    CFG_PEER_FILTER, CFG_V3_PSEUDO_HEADER, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_NEW_SOURCE,
+    EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
-use crate::vrrp::{self, IPPROTO_VRRP, VRRP_TTL};
+use crate::vrrp::{self, Family, IPPROTO_VRRP, VRRP_TTL};
 
 const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
 /// Bits of the IPv4 flags/fragment-offset word: More Fragments and the offset.
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 /// Upper bound for any offset the guard reads at: two VLAN tags, a 60-byte IPv4 header and the
@@ -44,6 +47,32 @@ pub trait Frame {
     /// Copies the `len` bytes at `off` to `dst[at..at + len]`; `None` when the frame or `dst`
     /// is too short.
     fn copy_to(&self, off: usize, dst: &mut [u8], at: usize, len: usize) -> Option<()>;
+
+    /// [`message_sum`] of the `len` bytes at `off`. The XDP program runs it as a BPF global
+    /// function: verified once on its own instead of at every path that reaches it.
+    #[inline(always)]
+    fn sum_words(&self, off: usize, len: usize) -> Option<u32> {
+        message_sum(self, off, len)
+    }
+
+    /// [`ipv6_walk`] of the packet at `l3`. The XDP program runs it as a BPF global function:
+    /// the verifier then sees one offset, not one per length of the chain, each going on
+    /// through the whole judgement (which took it past its million instructions).
+    #[inline(always)]
+    fn ipv6_chain(&self, l3: usize, first: u8) -> Result<Option<usize>, Reason> {
+        ipv6_walk(self, l3, first)
+    }
+
+    /// The 16-byte address at `off`, as its words ([`AddrWords`]).
+    #[inline(always)]
+    fn addr_words(&self, off: usize) -> Option<AddrWords> {
+        Some([
+            u32::from_ne_bytes(self.bytes::<4>(off)?),
+            u32::from_ne_bytes(self.bytes::<4>(off + 4)?),
+            u32::from_ne_bytes(self.bytes::<4>(off + 8)?),
+            u32::from_ne_bytes(self.bytes::<4>(off + 12)?),
+        ])
+    }
 }
 
 impl Frame for [u8] {
@@ -99,7 +128,10 @@ pub trait Tables {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Advert {
     pub key: InstanceKey,
-    pub src: [u8; 4],
+    /// Where the source address is in the frame (the family is the key's): [`source`] reads
+    /// it. Not carried as a value: in the XDP program its four words would be kept live, each
+    /// in a stack slot, through everything the guard does with the advert.
+    pub src_at: usize,
     pub version: u8,
     pub priority: u8,
     pub addr_count: u8,
@@ -138,7 +170,7 @@ impl Mark {
 /// What to do with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Not VRRP (or not IPv4): pass untouched and uncounted.
+    /// Not VRRP: pass untouched and uncounted.
     Pass,
     /// A valid advert: record it, count it as accepted, pass it to the stack.
     Advert(Advert),
@@ -152,12 +184,14 @@ pub enum Verdict {
 /// Decides what to do with the Ethernet frame `f` that arrived on `ifindex`.
 ///
 /// Parses up to two VLAN tags (802.1ad outer, 802.1Q inner) so that a tag is no way around the
-/// filter, and honours the IPv4 header length so that options are none either.
+/// filter, honours the IPv4 header length and walks IPv6 extension headers, so that options
+/// are none either.
 #[inline(always)]
 pub fn classify<F: Frame + ?Sized, T: Tables + ?Sized>(f: &F, ifindex: u32, t: &T) -> Verdict {
-    match ipv4_offset(f) {
-        Some(l3) => classify_ipv4(f, l3, ifindex, t),
-        None => Verdict::Pass,
+    match l3_offset(f) {
+        Some((ETH_P_IPV4, l3)) => classify_ipv4(f, l3, ifindex, t),
+        Some((ETH_P_IPV6, l3)) => classify_ipv6(f, l3, ifindex, t),
+        _ => Verdict::Pass,
     }
 }
 
@@ -230,9 +264,65 @@ pub fn tcp_segment<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<TcpSegment> {
     })
 }
 
+/// A TCP connection request over IPv6; addresses and ports as on the wire (the addresses as
+/// their words, as `bpf_sock_tuple` has them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syn6 {
+    pub src: AddrWords,
+    pub dst: AddrWords,
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// `f` as a TCP connection request (SYN without ACK) over IPv6 whose TCP header follows the
+/// IPv6 header directly, or `None`: the IPv6 form of the rule for connection requests to a
+/// node that cannot serve them (see [`tcp_segment`]). A request behind extension headers is
+/// let through to the stack as it is (clients do not send SYNs with them).
+///
+/// `l3` is where the IPv6 header starts.
+#[inline(always)]
+pub fn tcp6_syn<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<Syn6> {
+    let head = f.bytes::<8>(l3)?;
+    if head[0] >> 4 != 6 || head[6] != IPPROTO_TCP {
+        return None;
+    }
+    let tcp = f.bytes::<14>(l3 + IPV6_HLEN)?;
+    let flags = tcp[13];
+    if flags & TCP_SYN == 0 || flags & TCP_ACK != 0 {
+        return None;
+    }
+    Some(Syn6 {
+        src: addr_words(f, l3 + 8)?,
+        dst: addr_words(f, l3 + 24)?,
+        sport: [tcp[0], tcp[1]],
+        dport: [tcp[2], tcp[3]],
+    })
+}
+
+/// The 16-byte address at `off` in `f`, as its words.
+#[inline(always)]
+pub fn addr_words<F: Frame + ?Sized>(f: &F, off: usize) -> Option<AddrWords> {
+    f.addr_words(off)
+}
+
 const IPPROTO_TCP: u8 = 6;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+
+/// A protocol-112 packet's IP layer, as the VRRP checks need it.
+#[derive(Clone, Copy)]
+struct IpLayer {
+    family: Family,
+    /// Where the source address is in the frame: it is read where it is needed, not carried
+    /// (four words live through the whole judgement cost the BPF stack a spill slot each,
+    /// many times over).
+    src_at: usize,
+    /// IPv4 TTL or IPv6 hop limit.
+    ttl: u8,
+    /// Where the VRRP message starts in the frame, and how long the IP packet says it is.
+    vrrp: usize,
+    vlen: usize,
+}
 
 /// The IPv4 part of [`classify`]: `l3` is the offset of the IPv4 header in `f`.
 #[inline(always)]
@@ -242,40 +332,219 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     ifindex: u32,
     t: &T,
 ) -> Verdict {
+    match ipv4_layer(f, l3) {
+        Ok(Some(ip)) => classify_vrrp(f, &ip, ifindex, t),
+        Ok(None) => Verdict::Pass,
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
+/// The IPv6 part of [`classify`]: `l3` is the offset of the IPv6 header in `f`.
+#[inline(always)]
+pub fn classify_ipv6<F: Frame + ?Sized, T: Tables + ?Sized>(
+    f: &F,
+    l3: usize,
+    ifindex: u32,
+    t: &T,
+) -> Verdict {
+    match ipv6_layer(f, l3) {
+        Ok(Some(ip)) => classify_vrrp(f, &ip, ifindex, t),
+        Ok(None) => Verdict::Pass,
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
+/// The IPv4 header at `l3`: `Ok(None)` when the packet is not protocol 112 (or not IPv4 after
+/// all: the kernel drops it), an error when it is but its IP layer is broken.
+#[inline(always)]
+fn ipv4_layer<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<Option<IpLayer>, Reason> {
     let Some(proto) = f.u8_at(l3 + 9) else {
-        return Verdict::Pass; // too short to be protocol 112
+        return Ok(None); // too short to be protocol 112
     };
     if proto != IPPROTO_VRRP {
-        return Verdict::Pass;
+        return Ok(None);
     }
     let Some(vihl) = f.u8_at(l3) else {
-        return Verdict::Drop(Reason::Truncated);
+        return Err(Reason::Truncated);
     };
     if vihl >> 4 != 4 {
-        return Verdict::Pass; // not IPv4 after all; the kernel drops it
+        return Ok(None);
     }
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if ihl < IPV4_MIN_HLEN {
-        return Verdict::Drop(Reason::Length);
+        return Err(Reason::Length);
     }
     let Some(hdr) = f.bytes::<IPV4_MIN_HLEN>(l3) else {
-        return Verdict::Drop(Reason::Truncated);
+        return Err(Reason::Truncated);
     };
     let frag = u16::from_be_bytes([hdr[6], hdr[7]]);
     if frag & IP_MF_OFFSET_MASK != 0 {
-        return Verdict::Drop(Reason::Fragment);
+        return Err(Reason::Fragment);
     }
     let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
     if total < ihl {
-        return Verdict::Drop(Reason::Length);
+        return Err(Reason::Length);
     }
-    let vrrp = l3 + ihl;
-    let vlen = total - ihl;
+    Ok(Some(IpLayer {
+        family: Family::V4,
+        src_at: l3 + 12,
+        ttl: hdr[8],
+        vrrp: l3 + ihl,
+        vlen: total - ihl,
+    }))
+}
+
+/// Extension headers the guard walks before it gives up on a packet (RFC 8200 section 4.1
+/// orders at most about six in a sane packet).
+pub const MAX_EXT_HEADERS: usize = 8;
+
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
+
+/// Whether an IPv6 packet whose header names `next` as the next header may carry VRRP: it is
+/// protocol 112, or an extension header that [`classify`] walks. Everything else (TCP, UDP,
+/// ICMPv6, ESP, ...) is not VRRP as far as the guard can see.
+#[inline(always)]
+pub const fn ipv6_next_might_be_vrrp(next: u8) -> bool {
+    next == IPPROTO_VRRP || walkable(next)
+}
+
+/// Whether `next` names an IPv6 extension header the guard can walk past.
+#[inline(always)]
+const fn walkable(next: u8) -> bool {
+    matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_AH | IPV6_DEST_OPTS
+    )
+}
+
+/// The IPv6 header at `l3` and its extension headers: `Ok(None)` when the packet does not
+/// carry protocol 112 (a header chain ending in TCP, UDP, ICMPv6, ESP, anything else), an
+/// error when it does or might but cannot be judged: a fragment of it (RFC 9568 section
+/// 5.1.2: never fragmented), a chain longer than [`MAX_EXT_HEADERS`] or reaching beyond the
+/// frame, or lengths that do not add up.
+#[inline(always)]
+fn ipv6_layer<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<Option<IpLayer>, Reason> {
+    let Some(first) = f.u8_at(l3 + 6) else {
+        return Ok(None); // too short to say
+    };
+    if !ipv6_next_might_be_vrrp(first) {
+        return Ok(None); // the common case: TCP, UDP, ICMPv6 right after the header
+    }
+    // Read in pieces: the BPF stack has no room for copies of the whole header.
+    let Some(head) = f.bytes::<8>(l3) else {
+        return Err(Reason::Truncated);
+    };
+    if head[0] >> 4 != 6 {
+        return Ok(None);
+    }
+    let end = l3 + IPV6_HLEN + u16::from_be_bytes([head[4], head[5]]) as usize;
+    let Some(off) = f.ipv6_chain(l3, first)? else {
+        return Ok(None);
+    };
+    if off > end {
+        return Err(Reason::Length);
+    }
+    Ok(Some(IpLayer {
+        family: Family::V6,
+        src_at: l3 + 8,
+        ttl: head[7],
+        vrrp: off,
+        vlen: end - off,
+    }))
+}
+
+/// Walks the extension headers of the IPv6 packet at `l3`, whose header names `first` as the
+/// next header: where protocol 112 starts (`Ok(Some)`), `Ok(None)` when the chain ends in
+/// something else, an error when it is or may be a VRRP packet that cannot be judged (see
+/// [`classify`]). [`Frame::ipv6_chain`] runs it.
+#[inline(always)]
+pub fn ipv6_walk<F: Frame + ?Sized>(f: &F, l3: usize, first: u8) -> Result<Option<usize>, Reason> {
+    let mut next = first;
+    let mut off = l3 + IPV6_HLEN;
+    let mut i = 0;
+    while i < MAX_EXT_HEADERS {
+        if next == IPPROTO_VRRP || !walkable(next) {
+            break;
+        }
+        let Some(e) = f.bytes::<2>(off) else {
+            return Err(Reason::Truncated);
+        };
+        if next == IPV6_FRAGMENT {
+            // The fragment header names what follows in every fragment: a fragment of VRRP,
+            // or one whose later headers cannot be seen in the fragments after the first.
+            if e[0] == IPPROTO_VRRP || walkable(e[0]) {
+                return Err(Reason::Fragment);
+            }
+            return Ok(None);
+        }
+        // RFC 4302 section 2.2: AH's length is in 4-byte units minus 2; the others' in
+        // 8-byte units not counting the first (RFC 8200 section 4.3).
+        off += if next == IPV6_AH {
+            (e[1] as usize + 2) * 4
+        } else {
+            (e[1] as usize + 1) * 8
+        };
+        next = e[0];
+        i += 1;
+    }
+    if next != IPPROTO_VRRP {
+        if walkable(next) {
+            // Still extension headers after the bound: it might be VRRP.
+            return Err(Reason::ExtHeaders);
+        }
+        return Ok(None);
+    }
+    if off > MAX_OFFSET {
+        return Err(Reason::ExtHeaders);
+    }
+    Ok(Some(off))
+}
+
+/// The source address of the advert `a` in the frame `f` it was judged in.
+#[inline(always)]
+pub fn source<F: Frame + ?Sized>(f: &F, a: &Advert) -> AddrWords {
+    let at = a.src_at;
+    if a.key.family == Family::V6 as u8 {
+        addr_words(f, at).unwrap_or([0; 4])
+    } else {
+        [
+            u32::from_ne_bytes(f.bytes::<4>(at).unwrap_or([0; 4])),
+            0,
+            0,
+            0,
+        ]
+    }
+}
+
+/// The source address of `ip`, as its words (IPv4: the first, the others zero).
+#[inline(always)]
+fn src_words<F: Frame + ?Sized>(f: &F, ip: &IpLayer) -> Option<AddrWords> {
+    if ip.family == Family::V6 {
+        addr_words(f, ip.src_at)
+    } else {
+        Some([u32::from_ne_bytes(f.bytes::<4>(ip.src_at)?), 0, 0, 0])
+    }
+}
+
+/// The checks of RFC 5798 section 7.1 (and keepalived's) on the VRRP message of `ip`, the same
+/// for both families but for the address length and the checksum's pseudo-header.
+#[inline(always)]
+fn classify_vrrp<F: Frame + ?Sized, T: Tables + ?Sized>(
+    f: &F,
+    ip: &IpLayer,
+    ifindex: u32,
+    t: &T,
+) -> Verdict {
+    let (vrrp, vlen) = (ip.vrrp, ip.vlen);
     if vlen > vrrp::MAX_MESSAGE_LEN + auth::TRAILER_LEN {
         return Verdict::Drop(Reason::Length);
     }
     // The frame must hold the whole IP packet (it may hold Ethernet padding beyond it).
-    if f.u8_at(l3 + total - 1).is_none() {
+    if vlen > 0 && f.u8_at(vrrp + vlen - 1).is_none() {
         return Verdict::Drop(Reason::Truncated);
     }
     let Some(h) = f.bytes::<{ vrrp::HEADER_LEN }>(vrrp) else {
@@ -284,8 +553,8 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     if vlen < vrrp::HEADER_LEN {
         return Verdict::Drop(Reason::Truncated);
     }
-    // RFC 5798 section 7.1: the TTL MUST be 255.
-    if hdr[8] != VRRP_TTL {
+    // RFC 5798 section 7.1: the TTL (IPv6: hop limit) MUST be 255.
+    if ip.ttl != VRRP_TTL {
         return Verdict::Drop(Reason::Ttl);
     }
     // RFC 5798 section 7.1: the version MUST be 3 (2 for RFC 3768 instances); the type is an
@@ -296,37 +565,50 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
         Err(vrrp::HeaderError::Type(_)) => return Verdict::Drop(Reason::Type),
     };
     let version = head.version;
-    // RFC 5798 section 7.1: the VRID MUST be configured on the receiving interface.
+    // RFC 5798 section 7.1: the VRID MUST be configured on the receiving interface (for the
+    // family the advert came in).
     let vrid = head.vrid;
-    let key = InstanceKey::new(ifindex, vrid);
-    let Some(cfg) = t.vrid(vrid).and_then(|e| e.slot(ifindex)) else {
+    let family = ip.family;
+    let key = InstanceKey::new(ifindex, vrid, family);
+    let Some(cfg) = t.vrid(vrid).and_then(|e| e.slot(ifindex, family)) else {
         return Verdict::Drop(Reason::UnknownVrid);
     };
     if version != cfg.version {
         return Verdict::Drop(Reason::Version);
     }
-    let src = [hdr[12], hdr[13], hdr[14], hdr[15]];
-    if cfg.flags & CFG_PEER_FILTER != 0 && !cfg.is_peer(src) {
-        return Verdict::Drop(Reason::NotPeer);
+    if cfg.flags & CFG_PEER_FILTER != 0 {
+        match src_words(f, ip) {
+            Some(src) if cfg.is_peer(&src) => {}
+            Some(_) => return Verdict::Drop(Reason::NotPeer),
+            None => return Verdict::Drop(Reason::Truncated),
+        }
     }
     // RFC 5798 section 7.1: the length MUST be consistent with Count IPvX Addr (at least one).
     // With auth_hmac, an advert may carry the 28-byte trailer after the message; nothing else
     // can make it exactly that much longer.
     let count = head.count;
-    let mlen = head.message_len();
+    let mlen = head.message_len(family);
     let hmac = cfg.flags & CFG_AUTH_HMAC != 0;
     let trailer = hmac && vlen == mlen + auth::TRAILER_LEN;
-    if count == 0 || (vlen != mlen && !trailer) {
+    if count == 0 || count > family.max_addrs() || (vlen != mlen && !trailer) {
         return Verdict::Drop(Reason::Length);
     }
-    let pseudo = version == 3 && cfg.flags & CFG_V3_PSEUDO_HEADER != 0;
-    let mut sum: u32 = if pseudo {
-        // Pseudo-header: source, destination, zero, protocol, VRRP length (RFC 5798 5.2.8).
-        be_sum(&hdr[12..20]) + IPPROTO_VRRP as u32 + mlen as u32
-    } else {
-        0
-    };
-    match message_sum(f, vrrp, mlen) {
+    // RFC 9568 section 5.2.8: the pseudo-header of IPv6 always, of IPv4 where configured
+    // (keepalived's default; RFC 5798 left it ambiguous).
+    let pseudo = family == Family::V6 || (version == 3 && cfg.flags & CFG_V3_PSEUDO_HEADER != 0);
+    // Over IPv6 the checksum is the kernel's transport checksum (keepalived has it computed
+    // with IPV6_CHECKSUM): it covers the whole payload, an auth_hmac trailer too. Over IPv4
+    // it covers the message only.
+    let csum_len = if family == Family::V6 { vlen } else { mlen };
+    let mut sum: u32 = 0;
+    if pseudo {
+        // The source and destination addresses follow each other in both headers.
+        match f.sum_words(ip.src_at, 2 * family.addr_len()) {
+            Some(s) => sum = s + IPPROTO_VRRP as u32 + csum_len as u32,
+            None => return Verdict::Drop(Reason::Truncated),
+        }
+    }
+    match f.sum_words(vrrp, csum_len) {
         Some(s) => sum += s,
         None => return Verdict::Drop(Reason::Truncated),
     }
@@ -343,7 +625,7 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
             return Verdict::Drop(Reason::Auth);
         }
         if cfg.auth_type == vrrp::AUTH_PASS {
-            let at = vrrp + vrrp::HEADER_LEN + 4 * count as usize;
+            let at = vrrp + vrrp::HEADER_LEN + family.addr_len() * count as usize;
             match f.bytes::<{ vrrp::V2_AUTH_LEN }>(at) {
                 Some(pass) if pass == cfg.auth_pass => {}
                 Some(_) => return Verdict::Drop(Reason::Auth),
@@ -359,8 +641,11 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
             return Verdict::Unauthentic(key, Reason::UnknownKey);
         };
         if trailer {
-            let pseudo = auth::pseudo_v4(version, vrid, src);
-            match check_trailer(f, vrrp, mlen, &pseudo, ReplayKey::v4(key, src), auth, t) {
+            let Some(src) = src_words(f, ip) else {
+                return Verdict::Drop(Reason::Truncated);
+            };
+            let pseudo = auth::pseudo(family, version, vrid, &src);
+            match check_trailer(f, vrrp, mlen, &pseudo, ReplayKey::new(key, &src), auth, t) {
                 Ok(s) => seq = Some(s),
                 Err(reason) => return Verdict::Unauthentic(key, reason),
             }
@@ -370,7 +655,7 @@ pub fn classify_ipv4<F: Frame + ?Sized, T: Tables + ?Sized>(
     }
     Verdict::Advert(Advert {
         key,
-        src,
+        src_at: ip.src_at,
         version,
         priority: head.priority,
         addr_count: count,
@@ -395,18 +680,15 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
     t: &T,
 ) -> Result<Mark, Reason> {
     let at = msg + mlen;
-    // In words: byte arrays would be assembled on the BPF stack, which the MAC needs.
-    let (Some(head), Some(hi), Some(lo)) = (
-        f.bytes::<4>(at),
-        f.bytes::<4>(at + auth::field::SEC.start),
-        f.bytes::<4>(at + auth::field::SUBSEC.start),
-    ) else {
+    // In words: byte arrays would be assembled on the BPF stack, which the MAC needs; and
+    // the sequence number read as one value, the key ID as another (kept as the trailer's
+    // bytes, each took a stack slot of its own through the key search).
+    let (Some(head), Some(seq)) = (f.bytes::<4>(at), trailer_seq(f, at)) else {
         return Err(Reason::Truncated);
     };
     if head[auth::field::EXT_TYPE] != auth::EXT_HMAC_SHA256 || head[2] != 0 || head[3] != 0 {
         return Err(Reason::Trailer);
     }
-    let seq = ((u32::from_be_bytes(hi) as u64) << 32) | u32::from_be_bytes(lo) as u64;
     let time_mode = auth.flags & AUTH_TIME != 0;
     let now = if time_mode { t.now_secs() } else { 0 };
     if time_mode && !auth::fresh(auth::seq_secs(seq), now, auth.window_s) {
@@ -440,11 +722,19 @@ fn check_trailer<F: Frame + ?Sized, T: Tables + ?Sized>(
     }
 }
 
+/// The sequence number of the trailer at `at`.
+#[inline(always)]
+fn trailer_seq<F: Frame + ?Sized>(f: &F, at: usize) -> Option<u64> {
+    let hi = u32::from_be_bytes(f.bytes::<4>(at + auth::field::SEC.start)?);
+    let lo = u32::from_be_bytes(f.bytes::<4>(at + auth::field::SUBSEC.start)?);
+    Some(((hi as u64) << 32) | lo as u64)
+}
+
 /// The replay mark to update for a sender after its advert `a` was accepted: `Some` when the
 /// advert carried a verified sequence number. The caller stores `mark.apply(current)`.
 #[inline(always)]
-pub fn record_seq(a: &Advert) -> Option<(ReplayKey, Mark)> {
-    a.seq.map(|m| (ReplayKey::v4(a.key, a.src), m))
+pub fn record_seq(a: &Advert, src: &AddrWords) -> Option<(ReplayKey, Mark)> {
+    a.seq.map(|m| (ReplayKey::new(a.key, src), m))
 }
 
 /// Sum of big-endian 16-bit words of an even-length byte slice (a few words only).
@@ -460,11 +750,16 @@ fn be_sum(b: &[u8]) -> u32 {
 }
 
 /// One's complement sum (unfolded) of the `len` bytes at `off`, in 4-byte words. VRRP
-/// messages are always a multiple of 4 bytes long (checked by the caller). The loop is bounded
-/// by the largest possible VRRP message so the verifier can prove termination.
+/// messages (and the `auth_hmac` trailer) are always a multiple of 4 bytes long (checked by
+/// the caller). The loop is bounded by the largest possible VRRP message and its trailer so
+/// the verifier can prove termination.
+///
+/// In the XDP program it runs as a global function of its own ([`Frame::sum_words`]), whose
+/// loop's pointers do not take stack slots in the guard's frame (inlined, the unrolled loop's
+/// spills took the IPv6 guard past the 512-byte stack).
 #[inline(always)]
-fn message_sum<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<u32> {
-    const MAX_WORDS: usize = vrrp::MAX_MESSAGE_LEN / 4;
+pub fn message_sum<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<u32> {
+    const MAX_WORDS: usize = (vrrp::MAX_MESSAGE_LEN + auth::TRAILER_LEN) / 4;
     let words = len / 4;
     let mut sum: u64 = 0;
     let mut i = 0;
@@ -476,7 +771,7 @@ fn message_sum<F: Frame + ?Sized>(f: &F, off: usize, len: usize) -> Option<u32> 
         sum += u16::from_be_bytes([w[0], w[1]]) as u64 + u16::from_be_bytes([w[2], w[3]]) as u64;
         i += 1;
     }
-    // At most 259 words of two 16-bit halves: the sum stays far below 2^32.
+    // At most 266 words of two 16-bit halves: the sum stays far below 2^32.
     Some(sum as u32)
 }
 
@@ -504,9 +799,38 @@ pub fn checksum(data: &[u8], pseudo: u32) -> u16 {
     !(sum as u16)
 }
 
-/// The pseudo-header part of a v3 IPv4 checksum (RFC 5798 section 5.2.8).
-pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], vrrp_len: u16) -> u32 {
-    be_sum(&src) + be_sum(&dst) + IPPROTO_VRRP as u32 + vrrp_len as u32
+/// The pseudo-header part of a checksum of protocol `proto` over `len` bytes (RFC 768 for
+/// IPv4, RFC 8200 section 8.1 for IPv6), for addresses of either family: the IPv4 one (12
+/// bytes: source, destination, zero, protocol, length) and the IPv6 one (40 bytes: source,
+/// destination, 32-bit length, zeros, next header) add up to the same sum of their addresses,
+/// the protocol and the length.
+pub fn ip_pseudo_sum(src: &Addr, dst: &Addr, family: Family, proto: u8, len: usize) -> u32 {
+    let n = family.addr_len();
+    be_sum(&src[..n]) + be_sum(&dst[..n]) + proto as u32 + len as u32
+}
+
+/// The pseudo-header part of a v3 checksum (RFC 9568 section 5.2.8): [`ip_pseudo_sum`] of
+/// protocol 112.
+pub fn pseudo_sum(src: &Addr, dst: &Addr, family: Family, vrrp_len: usize) -> u32 {
+    ip_pseudo_sum(src, dst, family, IPPROTO_VRRP, vrrp_len)
+}
+
+/// [`pseudo_sum`] of two IP addresses of one family (a message from userspace).
+pub fn pseudo_header_sum(src: core::net::IpAddr, dst: core::net::IpAddr, vrrp_len: u16) -> u32 {
+    let family = if src.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    pseudo_sum(&addr_of(src), &addr_of(dst), family, vrrp_len as usize)
+}
+
+/// An address of either family as an [`Addr`] (IPv4 in the first four bytes).
+pub fn addr_of(ip: core::net::IpAddr) -> Addr {
+    match ip {
+        core::net::IpAddr::V4(a) => v4_addr(a.octets()),
+        core::net::IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// Silence after which the next advert is reported as [`EV_AFTER_SILENCE`]: three advert
@@ -522,12 +846,12 @@ pub const fn silence_ns(interval_cs: u16) -> u64 {
 /// ([`source_mac`]; the XDP program copies it with a helper, which keeps the verifier's work on
 /// the advert path as it was).
 #[inline(always)]
-pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
+pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, src: &AddrWords, now_ns: u64) -> u8 {
     let mut ev = 0;
     if rec.adverts == 0 || now_ns.saturating_sub(rec.last_seen_ns) > silence_ns(rec.interval_cs) {
         ev |= EV_AFTER_SILENCE;
     } else {
-        if rec.master != a.src {
+        if !words_eq(&to_words(&rec.master), src) {
             ev |= EV_NEW_SOURCE;
         }
         if rec.priority != a.priority {
@@ -543,7 +867,7 @@ pub fn record_advert(rec: &mut AdvertRecord, a: &Advert, now_ns: u64) -> u8 {
     }
     rec.last_seen_ns = now_ns;
     rec.adverts += 1;
-    rec.master = a.src;
+    rec.master = from_words(src);
     rec.priority = a.priority;
     rec.version = a.version;
     rec.interval_cs = a.interval_cs;

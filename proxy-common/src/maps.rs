@@ -5,8 +5,10 @@
 //! asserted at compile time. Changing any layout must bump [`LAYOUT_VERSION`]: userspace checks
 //! pinned maps against these sizes before reusing them.
 
+use crate::vrrp::Family;
+
 /// Version of the map layouts below. Part of the pin sanity check and shown by `hapd status`.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Map names, used both as the ELF symbol in the eBPF object and as the file name of the pin
 /// under `pin_dir`. At most 15 bytes (the kernel's `BPF_OBJ_NAME_LEN - 1`).
@@ -155,22 +157,86 @@ impl Owners {
 
 const _: () = assert!(core::mem::size_of::<Owners>() == 32);
 
-/// Key of `vip_served`: an address and a TCP port as on the wire.
+/// An address as the maps keep it: 16 bytes as on the wire, an IPv4 address in the first 4
+/// and zero after them (the family is kept beside it where it matters).
+pub type Addr = [u8; 16];
+
+/// `a` as an [`Addr`].
+#[inline(always)]
+pub const fn v4_addr(a: [u8; 4]) -> Addr {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
+}
+
+/// An address as the guard handles it between reading it from a frame and storing it in a
+/// map: the native-endian words of its 16 bytes (of an [`Addr`]). In bytes, LLVM's BPF backend
+/// keeps every byte in a register of its own and spills them (16 stack slots of 8 bytes for
+/// one address), which took the IPv6 guard past the 512-byte stack.
+pub type AddrWords = [u32; 4];
+
+/// The words of `a`.
+#[inline(always)]
+pub const fn to_words(a: &Addr) -> AddrWords {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The bytes of `w`.
+#[inline(always)]
+pub const fn from_words(w: &AddrWords) -> Addr {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
+}
+
+/// Whether two address words are equal (no `bcmp`: see [`addr_eq`]).
+#[inline(always)]
+pub const fn words_eq(a: &AddrWords, b: &AddrWords) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
+/// Whether two addresses are equal, compared in four words (a comparison of the arrays can
+/// become a call to `bcmp`, which BPF does not have).
+#[inline(always)]
+pub fn addr_eq(a: &Addr, b: &Addr) -> bool {
+    let w = |x: &Addr, i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
+    (w(a, 0) ^ w(b, 0)) | (w(a, 4) ^ w(b, 4)) | (w(a, 8) ^ w(b, 8)) | (w(a, 12) ^ w(b, 12)) == 0
+}
+
+/// Key of `vip_served`: an address and a TCP port as on the wire, and the address family
+/// (4 or 6, [`crate::vrrp::Family`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServedPort {
-    pub addr: [u8; 4],
+    pub addr: Addr,
     pub port: [u8; 2],
-    pub _pad: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
 }
 
 impl ServedPort {
     #[inline(always)]
-    pub const fn new(addr: [u8; 4], port: [u8; 2]) -> Self {
+    pub const fn new(addr: Addr, port: [u8; 2], family: Family) -> Self {
         Self {
             addr,
             port,
-            _pad: [0; 2],
+            family: family as u8,
+            _pad: 0,
         }
     }
 }
@@ -190,42 +256,67 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 pub const PROGRAM_NAME: &str = "hapd_vrrp_guard";
 /// The program the guard jumps to during a planned move (`vip_flows`).
 pub const FLOW_PROGRAM_NAME: &str = "hapd_flow";
-/// The guard's jump table (one entry: the flow program). Not pinned: it holds a reference to
-/// the flow program that only the daemon's process keeps.
+/// The program the guard jumps to for IPv6 packets that may be VRRP.
+pub const GUARD6_PROGRAM_NAME: &str = "hapd_guard6";
+/// The guard's jump table: the flow program at [`JUMP_FLOW`], the IPv6 guard at
+/// [`JUMP_GUARD6`]. Not pinned: it holds references to the programs that only the daemon's
+/// process keeps (with the daemon gone, IPv6 adverts pass unjudged: nothing reads them).
 pub const MAP_JUMP: &str = "hapd_jump";
+pub const JUMP_FLOW: u32 = 0;
+pub const JUMP_GUARD6: u32 = 1;
 
-/// Key of `vrrp_adverts`: one VRRP instance on one interface.
+/// Key of `vrrp_adverts`: one VRRP instance on one interface. An IPv4 and an IPv6 instance
+/// may have the same VRID on one interface (RFC 9568 section 5.2.3: each family has its own
+/// VRID space); `family` tells them apart.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceKey {
     /// Interface index the frame arrived on (`xdp_md.ingress_ifindex`).
     pub ifindex: u32,
     /// Virtual router id, 1..=255.
     pub vrid: u8,
-    pub _pad: [u8; 3],
+    /// 4 or 6 ([`Family`]).
+    pub family: u8,
+    pub _pad: [u8; 2],
 }
 
 impl InstanceKey {
     #[inline(always)]
-    pub const fn new(ifindex: u32, vrid: u8) -> Self {
+    pub const fn new(ifindex: u32, vrid: u8, family: Family) -> Self {
         // Two words, not a struct literal: LLVM's BPF backend zeroed `_pad` with a call to a
         // memset subprogram on every advert's path (about 9 ns per packet, `cargo xtask bench
-        // xdp`). In memory the second word is [vrid, 0, 0, 0] on any byte order.
-        let words = [ifindex, u32::from_ne_bytes([vrid, 0, 0, 0])];
+        // xdp`). In memory the second word is [vrid, family, 0, 0] on any byte order.
+        let words = [ifindex, u32::from_ne_bytes([vrid, family as u8, 0, 0])];
         // SAFETY: InstanceKey is repr(C), 8 bytes with alignment 4 like [u32; 2] (checked
         // below), and any bytes are a valid InstanceKey.
         unsafe { core::mem::transmute::<[u32; 2], InstanceKey>(words) }
     }
 
-    /// The key as one scalar (for a BPF global function's argument): ifindex in the low half.
+    /// The instance's address family (IPv4 for a value that is neither, which no key built by
+    /// [`InstanceKey::new`] has).
+    #[inline(always)]
+    pub const fn family(&self) -> Family {
+        match Family::from_u8(self.family) {
+            Some(f) => f,
+            None => Family::V4,
+        }
+    }
+
+    /// The key as one scalar (for a BPF global function's argument): ifindex in the low half,
+    /// then the VRID and the family.
     #[inline(always)]
     pub const fn to_u64(self) -> u64 {
-        self.ifindex as u64 | (self.vrid as u64) << 32
+        self.ifindex as u64 | (self.vrid as u64) << 32 | (self.family as u64) << 40
     }
 
     #[inline(always)]
     pub const fn from_u64(v: u64) -> Self {
-        Self::new(v as u32, (v >> 32) as u8)
+        let words = [
+            v as u32,
+            u32::from_ne_bytes([(v >> 32) as u8, (v >> 40) as u8, 0, 0]),
+        ];
+        // SAFETY: as in `new`.
+        unsafe { core::mem::transmute::<[u32; 2], InstanceKey>(words) }
     }
 }
 
@@ -302,6 +393,7 @@ impl AuthConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ReplayKey {
     pub ifindex: u32,
+    /// The VRID in the low byte, the family (4 or 6) in the next.
     pub vrid: u32,
     /// Source address as on the wire (native-endian words of its bytes); IPv4 in the first
     /// word, the others zero.
@@ -310,17 +402,21 @@ pub struct ReplayKey {
 
 impl ReplayKey {
     #[inline(always)]
-    pub const fn v4(key: InstanceKey, src: [u8; 4]) -> Self {
+    pub const fn new(key: InstanceKey, src: &AddrWords) -> Self {
         Self {
             ifindex: key.ifindex,
-            vrid: key.vrid as u32,
-            src: [u32::from_ne_bytes(src), 0, 0, 0],
+            vrid: key.vrid as u32 | (key.family as u32) << 8,
+            src: *src,
         }
     }
 
     /// The instance of the sender.
     pub const fn instance(&self) -> InstanceKey {
-        InstanceKey::new(self.ifindex, self.vrid as u8)
+        let family = match Family::from_u8((self.vrid >> 8) as u8) {
+            Some(f) => f,
+            None => Family::V4,
+        };
+        InstanceKey::new(self.ifindex, self.vrid as u8, family)
     }
 }
 
@@ -382,10 +478,13 @@ pub struct InstanceSlot {
     pub auth_type: u8,
     /// How many of `peers` are in use.
     pub peer_count: u8,
+    /// 4 or 6 ([`Family`]): adverts of the other family are another instance.
+    pub family: u8,
+    pub _pad: [u8; 3],
     /// v2 PASS only: the password, zero padded to 8 bytes (RFC 2338 section 5.3.10).
     pub auth_pass: [u8; 8],
-    /// Allowed source addresses (network byte order, as on the wire).
-    pub peers: [[u8; 4]; MAX_PEERS_PER_INSTANCE],
+    /// Allowed source addresses (network byte order, as on the wire; [`Addr`]).
+    pub peers: [Addr; MAX_PEERS_PER_INSTANCE],
 }
 
 /// Value of `vrrp_vrids[vrid]`: the instances of one VRID, one slot per interface. An array
@@ -398,13 +497,14 @@ pub struct VridEntry {
 }
 
 impl VridEntry {
-    /// The slot of `ifindex`, if this VRID is configured there.
+    /// The slot of this VRID's instance of `family` on `ifindex`, if it is configured there.
     #[inline(always)]
-    pub fn slot(&self, ifindex: u32) -> Option<&InstanceSlot> {
+    pub fn slot(&self, ifindex: u32, family: Family) -> Option<&InstanceSlot> {
         let mut i = 0;
         while i < MAX_IFACES_PER_VRID {
-            if self.slots[i].ifindex == ifindex && ifindex != 0 {
-                return Some(&self.slots[i]);
+            let s = &self.slots[i];
+            if s.ifindex == ifindex && ifindex != 0 && s.family == family as u8 {
+                return Some(s);
             }
             i += 1;
         }
@@ -415,13 +515,13 @@ impl VridEntry {
 impl InstanceSlot {
     /// Whether `src` is one of the allowed peers.
     #[inline(always)]
-    pub fn is_peer(&self, src: [u8; 4]) -> bool {
+    pub fn is_peer(&self, src: &AddrWords) -> bool {
         let mut i = 0;
         while i < MAX_PEERS_PER_INSTANCE {
             if i >= self.peer_count as usize {
                 return false;
             }
-            if self.peers[i] == src {
+            if words_eq(&to_words(&self.peers[i]), src) {
                 return true;
             }
             i += 1;
@@ -444,7 +544,7 @@ pub struct AdvertRecord {
     /// Valid adverts seen since the entry was created.
     pub adverts: u64,
     /// Source address of the last valid advert (the current master as seen from here).
-    pub master: [u8; 4],
+    pub master: Addr,
     /// Priority in the last valid advert.
     pub priority: u8,
     /// VRRP version of the last valid advert.
@@ -454,7 +554,7 @@ pub struct AdvertRecord {
     /// Ethernet source address of the last valid advert: where a flow of the master's goes
     /// after a planned move ([`FlowEntry::peer_mac`]).
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// This node holds the address; segments of flows it has no socket for go to `peer_mac`, the
@@ -512,11 +612,13 @@ pub struct TimerCfg {
     pub _pad2: [u8; 2],
 }
 
-/// What the guard passes to its master-down function about a valid advert (packed into two
-/// scalars: a BPF global function takes no structure by value).
+/// What the guard passes to its master-down function about a valid advert (packed into one
+/// scalar: a BPF global function takes no structure by value). The advert's source is not
+/// passed: when the timer runs out, the event takes it from the instance's `vrrp_adverts`
+/// record, which the same advert wrote (this keeps the function's stack small enough for the
+/// IPv6 path).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimerArm {
-    pub src: [u8; 4],
     pub priority: u8,
     pub version: u8,
     pub interval_cs: u16,
@@ -524,17 +626,13 @@ pub struct TimerArm {
 
 impl TimerArm {
     #[inline(always)]
-    pub fn pack(&self) -> (u32, u32) {
-        (
-            u32::from_ne_bytes(self.src),
-            self.priority as u32 | (self.version as u32) << 8 | (self.interval_cs as u32) << 16,
-        )
+    pub fn pack(&self) -> u32 {
+        self.priority as u32 | (self.version as u32) << 8 | (self.interval_cs as u32) << 16
     }
 
     #[inline(always)]
-    pub fn unpack(src: u32, meta: u32) -> TimerArm {
+    pub fn unpack(meta: u32) -> TimerArm {
         TimerArm {
-            src: src.to_ne_bytes(),
             priority: meta as u8,
             version: (meta >> 8) as u8,
             interval_cs: (meta >> 16) as u16,
@@ -555,14 +653,13 @@ pub struct TimerState {
     pub armed: u64,
     /// Times it ran out (each posted one [`EV_MASTER_DOWN`] event).
     pub fired: u64,
-    /// The last advert that armed it: its source, priority, version and interval.
-    pub master: [u8; 4],
+    /// The last advert that armed it: its priority, version and interval (its source is the
+    /// instance's `vrrp_adverts` record's `master`).
     pub priority: u8,
     pub version: u8,
     pub interval_cs: u16,
     /// 1 once the guard has initialised `timer`.
     pub ready: u32,
-    pub _pad: u32,
 }
 
 /// Why the guard woke userspace (`GuardEvent::flags`).
@@ -572,8 +669,9 @@ pub const EV_PRIORITY_ZERO: u8 = 1 << 2;
 pub const EV_INTERVAL_CHANGE: u8 = 1 << 3;
 /// First advert ever, or the first after more than three advert intervals of silence.
 pub const EV_AFTER_SILENCE: u8 = 1 << 4;
-/// Not an advert: the instance's master-down timer ran out in the kernel (the event's `src`,
-/// `priority` and `interval_cs` are those of the last advert that armed it).
+/// Not an advert: the instance's master-down timer ran out in the kernel (the event's
+/// `priority` and `interval_cs` are those of the last advert that armed it, its `src` the
+/// instance's last valid advert's).
 pub const EV_MASTER_DOWN: u8 = 1 << 5;
 
 /// One record of the `vrrp_events` ring buffer: an advert userspace must act on.
@@ -583,17 +681,32 @@ pub struct GuardEvent {
     /// Kernel `CLOCK_MONOTONIC` time of the advert.
     pub time_ns: u64,
     pub ifindex: u32,
-    pub src: [u8; 4],
     pub vrid: u8,
     pub priority: u8,
     pub version: u8,
     /// `EV_*` bits.
     pub flags: u8,
+    /// The advert's source ([`Addr`]).
+    pub src: Addr,
     pub interval_cs: u16,
     /// Count IPvX Addr of the advert.
     pub addr_count: u8,
     /// Priority of the previous advert, for logging a change.
     pub prev_priority: u8,
+    /// 4 or 6: the instance's family ([`InstanceKey::family`]).
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl GuardEvent {
+    /// The instance the event is about.
+    pub const fn key(&self) -> InstanceKey {
+        let family = match Family::from_u8(self.family) {
+            Some(f) => f,
+            None => Family::V4,
+        };
+        InstanceKey::new(self.ifindex, self.vrid, family)
+    }
 }
 
 /// Why the guard decided what it did. One counter each in [`GuardCounters`].
@@ -636,10 +749,27 @@ pub enum Reason {
     Replay,
     /// A MAC that does not verify: forged, altered, or signed with another key.
     Hmac,
+    /// An IPv6 packet whose chain of extension headers the guard cannot walk to its end
+    /// (longer than [`crate::guard::MAX_EXT_HEADERS`] headers, or beyond the part of the
+    /// frame it reads): it might be VRRP, so it is not let through unjudged.
+    ExtHeaders,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    /// The reason numbered `n` (`reason as u32`).
+    #[inline(always)]
+    pub fn from_u32(n: u32) -> Option<Reason> {
+        let mut i = 0;
+        while i < Reason::ALL.len() {
+            if Reason::ALL[i] as u32 == n {
+                return Some(Reason::ALL[i]);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    pub const ALL: [Reason; 19] = [
         Reason::Accepted,
         Reason::NotPeer,
         Reason::Ttl,
@@ -658,6 +788,7 @@ impl Reason {
         Reason::Stale,
         Reason::Replay,
         Reason::Hmac,
+        Reason::ExtHeaders,
     ];
 
     /// The counter's name as it appears in `bpftool map dump` and in logs and metrics.
@@ -681,6 +812,7 @@ impl Reason {
             Reason::Stale => "drop_stale",
             Reason::Replay => "drop_replay",
             Reason::Hmac => "drop_hmac",
+            Reason::ExtHeaders => "drop_ext_headers",
         }
     }
 }
@@ -708,6 +840,7 @@ pub struct GuardCounters {
     pub drop_stale: u64,
     pub drop_replay: u64,
     pub drop_hmac: u64,
+    pub drop_ext_headers: u64,
     /// Events that did not fit in the ring buffer (userspace too slow).
     pub events_lost: u64,
     /// TCP segments sent on to the other node of a planned move (`vip_flows`).
@@ -738,6 +871,7 @@ impl GuardCounters {
             Reason::Stale => &mut self.drop_stale,
             Reason::Replay => &mut self.drop_replay,
             Reason::Hmac => &mut self.drop_hmac,
+            Reason::ExtHeaders => &mut self.drop_ext_headers,
         }
     }
 
@@ -759,20 +893,20 @@ impl GuardCounters {
 
 const _: () = {
     assert!(core::mem::size_of::<InstanceKey>() == 8);
-    assert!(core::mem::size_of::<InstanceSlot>() == 48);
-    assert!(core::mem::size_of::<VridEntry>() == 192);
-    assert!(core::mem::size_of::<AdvertRecord>() == 32);
+    assert!(core::mem::size_of::<InstanceSlot>() == 20 + 16 * MAX_PEERS_PER_INSTANCE);
+    assert!(core::mem::size_of::<VridEntry>() == 148 * MAX_IFACES_PER_VRID);
+    assert!(core::mem::size_of::<AdvertRecord>() == 48);
     assert!(core::mem::size_of::<FlowEntry>() == 8);
     assert!(core::mem::size_of::<AnycastPeers>() == 4 + 6 * MAX_ANYCAST_PEERS);
-    assert!(core::mem::size_of::<GuardEvent>() == 24);
-    assert!(core::mem::size_of::<GuardCounters>() == 21 * 8);
+    assert!(core::mem::size_of::<GuardEvent>() == 40);
+    assert!(core::mem::size_of::<GuardCounters>() == 22 * 8);
     assert!(core::mem::size_of::<AuthKey>() == 68);
     assert!(core::mem::size_of::<AuthConfig>() == 8 + 68 * MAX_AUTH_KEYS);
     assert!(core::mem::size_of::<ReplayKey>() == 24);
     assert!(core::mem::size_of::<AuthCounters>() == 8 * 8);
-    assert!(core::mem::size_of::<ServedPort>() == 8);
+    assert!(core::mem::size_of::<ServedPort>() == 20);
     assert!(core::mem::size_of::<TimerCfg>() == 8);
-    assert!(core::mem::size_of::<TimerState>() == 56);
+    assert!(core::mem::size_of::<TimerState>() == 48);
 };
 
 #[cfg(feature = "user")]

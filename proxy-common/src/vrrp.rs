@@ -29,6 +29,8 @@ pub const IPPROTO_VRRP: u8 = 112;
 pub const VRRP_TTL: u8 = 255;
 /// IPv4 multicast group of VRRP (RFC 5798 section 5.1.1.2).
 pub const VRRP_MCAST_V4: [u8; 4] = [224, 0, 0, 18];
+/// IPv6 multicast group of VRRP, ff02::12 (RFC 9568 section 5.1.2.2).
+pub const VRRP_MCAST_V6: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12];
 /// The only packet type defined: ADVERTISEMENT (RFC 5798 section 5.2.2).
 pub const TYPE_ADVERTISEMENT: u8 = 1;
 /// Fixed header length before the address list.
@@ -41,6 +43,58 @@ pub const AUTH_NONE: u8 = 0;
 pub const AUTH_PASS: u8 = 1;
 /// The largest VRRP message: 255 IPv4 addresses plus v2 authentication data.
 pub const MAX_MESSAGE_LEN: usize = HEADER_LEN + 255 * 4 + V2_AUTH_LEN;
+/// The most IPv6 addresses one advert carries: as many as keep the message within
+/// [`MAX_MESSAGE_LEN`], so that the guard's bounds (its checksum loop, the `auth_hmac` input)
+/// are those of IPv4. 64 addresses fit a 1500-byte MTU with room to spare (RFC 9568 section
+/// 5.1.2: adverts are never fragmented).
+pub const MAX_ADDRS_V6: u8 = ((MAX_MESSAGE_LEN - HEADER_LEN) / 16) as u8;
+
+/// The address family of a VRRP instance, which decides the length of the addresses in its
+/// adverts (the message itself does not say: the IP header it came in does).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Family {
+    #[default]
+    V4 = 4,
+    V6 = 6,
+}
+
+impl Family {
+    /// Bytes of one address.
+    #[inline(always)]
+    pub const fn addr_len(self) -> usize {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 16,
+        }
+    }
+
+    /// The most addresses one advert of this family carries.
+    #[inline(always)]
+    pub const fn max_addrs(self) -> u8 {
+        match self {
+            Family::V4 => 255,
+            Family::V6 => MAX_ADDRS_V6,
+        }
+    }
+
+    /// The family with this number (4 or 6), as the maps and the events carry it.
+    #[inline(always)]
+    pub const fn from_u8(n: u8) -> Option<Family> {
+        match n {
+            4 => Some(Family::V4),
+            6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
 
 /// Offsets of the fields in the fixed header.
 pub mod field {
@@ -56,10 +110,10 @@ pub mod field {
     pub const ADDRS: usize = 8;
 }
 
-/// Length of a VRRP message carrying `count` IPv4 addresses.
+/// Length of a VRRP message carrying `count` addresses of `family`.
 #[inline(always)]
-pub const fn message_len(version: u8, count: u8) -> usize {
-    let base = HEADER_LEN + 4 * count as usize;
+pub const fn message_len(version: u8, count: u8, family: Family) -> usize {
+    let base = HEADER_LEN + family.addr_len() * count as usize;
     if version == 2 {
         base + V2_AUTH_LEN
     } else {
@@ -98,7 +152,8 @@ impl Header {
     /// the type.
     #[inline(always)]
     pub fn parse(h: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
-        let p = Packet::new_unchecked(h);
+        // The fixed header reads alike in both families.
+        let p = Packet::new_unchecked(h, Family::V4);
         let version = p.version();
         if version != 2 && version != 3 {
             return Err(HeaderError::Version(version));
@@ -121,10 +176,11 @@ impl Header {
         })
     }
 
-    /// The length of the message this header announces (RFC 5798 section 7.1: it MUST match).
+    /// The length of the message this header announces for an instance of `family` (RFC
+    /// 5798 section 7.1: it MUST match).
     #[inline(always)]
-    pub const fn message_len(&self) -> usize {
-        message_len(self.version, self.count)
+    pub const fn message_len(&self, family: Family) -> usize {
+        message_len(self.version, self.count, family)
     }
 }
 
@@ -135,23 +191,24 @@ pub enum Error {
     Truncated,
 }
 
-/// A zero-copy view of a VRRP message (the IP payload), smoltcp style: after
-/// [`Packet::new_checked`] no accessor can panic.
+/// A zero-copy view of a VRRP message (the IP payload) of an instance of one address family,
+/// smoltcp style: after [`Packet::new_checked`] no accessor can panic.
 #[derive(Clone, Copy, Debug)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
+    family: Family,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Wraps `buffer` without checking its length (for emitting into a buffer sized with
     /// `message_len`).
-    pub const fn new_unchecked(buffer: T) -> Self {
-        Packet { buffer }
+    pub const fn new_unchecked(buffer: T, family: Family) -> Self {
+        Packet { buffer, family }
     }
 
     /// Wraps `buffer`, checking that it holds the header and everything the header announces.
-    pub fn new_checked(buffer: T) -> Result<Self, Error> {
-        let p = Packet { buffer };
+    pub fn new_checked(buffer: T, family: Family) -> Result<Self, Error> {
+        let p = Packet { buffer, family };
         p.check_len()?;
         Ok(p)
     }
@@ -159,10 +216,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Whether the buffer is long enough for the header and the announced addresses.
     pub fn check_len(&self) -> Result<(), Error> {
         let b = self.buffer.as_ref();
-        if b.len() < HEADER_LEN || b.len() < message_len(self.version(), self.addr_count()) {
+        if b.len() < HEADER_LEN || b.len() < self.len() {
             return Err(Error::Truncated);
         }
         Ok(())
+    }
+
+    /// The address family the message is read as.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The length of the message as its header announces it.
+    fn len(&self) -> usize {
+        message_len(self.version(), self.addr_count(), self.family)
     }
 
     pub fn into_inner(self) -> T {
@@ -207,25 +274,26 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn checksum(&self) -> u16 {
         u16::from_be_bytes([self.b(field::CHECKSUM), self.b(field::CHECKSUM + 1)])
     }
-    /// Address `i` (`i < addr_count()`).
-    pub fn addr(&self, i: usize) -> [u8; 4] {
-        let o = field::ADDRS + 4 * i;
-        let b = self.buffer.as_ref();
-        [b[o], b[o + 1], b[o + 2], b[o + 3]]
+    /// Address `i` (`i < addr_count()`): its bytes, as many as the family's addresses have.
+    pub fn addr(&self, i: usize) -> &[u8] {
+        let n = self.family.addr_len();
+        let o = field::ADDRS + n * i;
+        &self.buffer.as_ref()[o..o + n]
     }
     /// v2: the 8 bytes of authentication data after the addresses.
     pub fn auth_data(&self) -> [u8; 8] {
-        let o = field::ADDRS + 4 * self.addr_count() as usize;
+        let o = field::ADDRS + self.family.addr_len() * self.addr_count() as usize;
         let mut out = [0u8; 8];
         out.copy_from_slice(&self.buffer.as_ref()[o..o + 8]);
         out
     }
     /// The message as announced (without trailing bytes beyond it).
     pub fn message(&self) -> &[u8] {
-        &self.buffer.as_ref()[..message_len(self.version(), self.addr_count())]
+        &self.buffer.as_ref()[..self.len()]
     }
-    /// Whether the checksum is right; `pseudo` is the pseudo-header sum for v3 IPv4
-    /// (see [`crate::guard::pseudo_header_sum`]), 0 for a message-only checksum.
+    /// Whether the checksum is right; `pseudo` is the pseudo-header sum (see
+    /// [`crate::guard::pseudo_header_sum`]), 0 for a message-only checksum (v2, and v3 IPv4
+    /// without the pseudo-header).
     pub fn verify_checksum(&self, pseudo: u32) -> bool {
         crate::guard::checksum(self.message(), pseudo) == 0
     }
@@ -258,12 +326,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_adver_int_secs(&mut self, v: u8) {
         *self.bm(field::B5) = v;
     }
-    pub fn set_addr(&mut self, i: usize, a: [u8; 4]) {
-        let o = field::ADDRS + 4 * i;
-        self.buffer.as_mut()[o..o + 4].copy_from_slice(&a);
+    /// Sets address `i` to `a`, which has the family's length.
+    pub fn set_addr(&mut self, i: usize, a: &[u8]) {
+        let n = self.family.addr_len();
+        let o = field::ADDRS + n * i;
+        self.buffer.as_mut()[o..o + n].copy_from_slice(a);
     }
     pub fn set_auth_data(&mut self, d: [u8; 8]) {
-        let o = field::ADDRS + 4 * self.addr_count() as usize;
+        let o = field::ADDRS + self.family.addr_len() * self.addr_count() as usize;
         self.buffer.as_mut()[o..o + 8].copy_from_slice(&d);
     }
     /// Computes and stores the checksum (`pseudo` as for [`Packet::verify_checksum`]).

@@ -14,7 +14,8 @@
 use aya_ebpf::{
     bindings::{
         bpf_pidns_info, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_timer,
+        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2,
+        bpf_timer,
         xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
         BPF_F_CURRENT_NETNS, BPF_F_NO_PREALLOC, BPF_NOEXIST,
     },
@@ -35,17 +36,20 @@ use proxy_common::{
     auth::{MacInput, MAX_COPY},
     flow::{arp_request_target, forwarded_header, suppress_arp, tcp_step, Step},
     guard::{
-        classify_ipv4, l3_offset, record_advert, record_seq, source_mac, tcp_segment, Frame, Mark,
-        Tables, TcpSegment, Verdict, ETH_P_ARP, ETH_P_IPV4, MAX_OFFSET,
+        classify_ipv4, classify_ipv6, ipv6_next_might_be_vrrp, l3_offset, record_advert,
+        record_seq, source, source_mac, tcp6_syn, tcp_segment, Frame, Mark, Syn6, Tables,
+        TcpSegment, Verdict, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, MAX_OFFSET,
     },
     maps::{
-        AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, AuthKey, FlowEntry, GuardCounters,
-        GuardEvent, InstanceKey, Owners, Reason, ReplayKey, ServedPort, TimerArm, TimerCfg,
-        TimerState, VridEntry, EVENTS_BYTES, EV_MASTER_DOWN, MAX_ANYCAST_GROUPS,
-        MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, VRIDS,
+        from_words, v4_addr, AddrWords, AdvertRecord, AnycastPeers, AuthConfig, AuthCounters,
+        AuthKey, FlowEntry, GuardCounters, GuardEvent, InstanceKey, Owners, Reason, ReplayKey,
+        ServedPort, TimerArm, TimerCfg, TimerState, VridEntry, EVENTS_BYTES, EV_MASTER_DOWN,
+        JUMP_FLOW, JUMP_GUARD6, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES,
+        MAX_REPLAY, MAX_VIPS, VRIDS,
     },
     master_down::rearm_ns,
     second_chance::{next_hop, pinged_group, pong, sent_to_me, Hop, PING_ETHERTYPE},
+    vrrp::Family,
 };
 
 /// Holds `LAYOUT_VERSION`, written by userspace after load, so a pin left by another build is
@@ -73,12 +77,10 @@ struct TimerSlot {
     deadline_ns: u64,
     armed: u64,
     fired: u64,
-    master: [u8; 4],
     priority: u8,
     version: u8,
     interval_cs: u16,
     ready: u32,
-    _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<TimerSlot>() == core::mem::size_of::<TimerState>());
 
@@ -111,7 +113,7 @@ static FLOW_COUNT: Array<u32, 1> = Array::new();
 /// Element 0: [`hapd_flow`], which the guard jumps to during a move (a tail call: its own
 /// stack and its own verification, so the advert path stays as it was).
 #[btf_map(name = "hapd_jump")]
-static JUMP: ProgramArray<1> = ProgramArray::new();
+static JUMP: ProgramArray<2> = ProgramArray::new();
 /// `auth_hmac` keys and settings of the instances that have it.
 /// Not preallocated: an element replaced by userspace is freed after an RCU grace period, so a
 /// run that holds it sees the old keys or the new ones, never a recycled element of another
@@ -139,6 +141,8 @@ static LOG_AT: PerCpuArray<u64, 32> = PerCpuArray::new();
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC` in nanoseconds, kept by userspace.
 #[btf_map(name = "vrrp_clock")]
 static VRRP_CLOCK: Array<i64, 1> = Array::new();
+
+const IPPROTO_TCP: u8 = 6;
 
 /// `TCP_TIME_WAIT` and `TCP_LISTEN` of the kernel's socket states.
 const TCP_TIME_WAIT: u32 = 6;
@@ -178,25 +182,85 @@ fn socket_state(ctx: &XdpContext, seg: &TcpSegment) -> Option<u32> {
     }
 }
 
+/// Whether a socket of this node listens for (or holds) the IPv6 connection request `syn`.
+#[inline(always)]
+fn socket6_exists(ctx: &XdpContext, syn: &Syn6) -> bool {
+    let mut tuple = bpf_sock_tuple {
+        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
+            ipv6: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 {
+                saddr: syn.src,
+                daddr: syn.dst,
+                sport: u16::from_ne_bytes(syn.sport),
+                dport: u16::from_ne_bytes(syn.dport),
+            },
+        },
+    };
+    // SAFETY: as in socket_state, with an IPv6 tuple of the size given.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.ctx as *mut _,
+            &mut tuple,
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>() as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        bpf_sk_release(sk as *mut _);
+        true
+    }
+}
+
 /// A TCP connection request to a virtual address the proxy serves: dropped when no socket
 /// listens for it (the daemon is gone: refusing it would fail the client, dropping it makes
 /// the client retransmit, by when the new master has the address). The guard's program stays
 /// attached after the daemon dies (its link is pinned).
 #[inline(always)]
 fn connection_request(ctx: &XdpContext, seg: &TcpSegment) -> u32 {
-    let key = ServedPort::new(seg.dst, seg.dport);
-    // SAFETY: lookups by value; the entries are not kept.
-    if unsafe { VIP_SERVED.get(&key) }.is_none() {
-        return XDP_PASS;
-    }
-    // The daemon died (its slot cleared by `hapd_exit` before the kernel released its
-    // sockets): its listeners may still take the request for a moment, then reset it.
-    if OWNERS.get(0).is_some_and(|o| o.none_alive()) {
-        return XDP_DROP;
+    let key = ServedPort::new(v4_addr(seg.dst), seg.dport, Family::V4);
+    if !served_and_owned(&key) {
+        return served_verdict(&key);
     }
     match socket_state(ctx, seg) {
         Some(_) => XDP_PASS,
         None => XDP_DROP,
+    }
+}
+
+/// [`connection_request`] over IPv6.
+#[inline(always)]
+fn connection_request6(ctx: &XdpContext, syn: &Syn6) -> u32 {
+    let key = ServedPort::new(from_words(&syn.dst), syn.dport, Family::V6);
+    if !served_and_owned(&key) {
+        return served_verdict(&key);
+    }
+    if socket6_exists(ctx, syn) {
+        XDP_PASS
+    } else {
+        XDP_DROP
+    }
+}
+
+/// Whether `key` is served and a daemon serving it is alive: only then does a socket lookup
+/// decide.
+#[inline(always)]
+fn served_and_owned(key: &ServedPort) -> bool {
+    // SAFETY: lookups by value; the entries are not kept.
+    unsafe { VIP_SERVED.get(key) }.is_some() && !OWNERS.get(0).is_some_and(|o| o.none_alive())
+}
+
+/// The verdict on a connection request when [`served_and_owned`] is false: pass one to a
+/// port the proxy does not serve; drop one to a served port whose daemon died (its slot
+/// cleared by `hapd_exit` before the kernel released its sockets: its listeners may still
+/// take the request for a moment, then reset it).
+#[inline(always)]
+fn served_verdict(key: &ServedPort) -> u32 {
+    // SAFETY: as in served_and_owned.
+    if unsafe { VIP_SERVED.get(key) }.is_none() {
+        XDP_PASS
+    } else {
+        XDP_DROP
     }
 }
 
@@ -233,8 +297,14 @@ fn jump_if_flow(ctx: &XdpContext, seg: &TcpSegment) {
 /// The tail call to [`hapd_flow`]; returns only if it fails (no program in `hapd_jump`).
 #[inline(always)]
 fn jump(ctx: &XdpContext) {
+    jump_to(ctx, JUMP_FLOW);
+}
+
+/// The tail call to the program in slot `slot` of `hapd_jump`; returns only if it fails.
+#[inline(always)]
+fn jump_to(ctx: &XdpContext, slot: u32) {
     // SAFETY: ctx is this run's context; a successful tail call does not return.
-    unsafe { JUMP.tail_call(ctx, 0) };
+    unsafe { JUMP.tail_call(ctx, slot) };
 }
 
 /// Runs as any task exits (`sched_process_exit`, before its descriptors are released): when
@@ -442,7 +512,63 @@ impl XdpFrame {
     }
 }
 
+/// A 16-byte address as [`XdpFrame::addr_words`] copies it.
+#[repr(C, align(4))]
+struct AddrBuf([u8; 16]);
+
 impl Frame for XdpFrame {
+    #[inline(always)]
+    fn sum_words(&self, off: usize, len: usize) -> Option<u32> {
+        let s = hapd_sum(self.ctx as *mut _, off as u32, len as u32);
+        (s <= u32::MAX as u64).then_some(s as u32)
+    }
+
+    #[inline(always)]
+    fn ipv6_chain(&self, l3: usize, first: u8) -> Result<Option<usize>, Reason> {
+        let r = hapd_ipv6_chain(self.ctx as *mut _, l3 as u32, first as u32);
+        // The verifier knows nothing of a global function's result: bounded here, the offset
+        // can address the packet. Read back through a volatile copy: LLVM sees through the
+        // call, knows the bound the function already applies and would drop this check.
+        // SAFETY: a read of a local.
+        let r = unsafe { core::ptr::read_volatile(&r) };
+        if r > MAX_OFFSET as i64 {
+            return Err(Reason::ExtHeaders);
+        }
+        if r >= 0 {
+            return Ok(Some(r as usize));
+        }
+        if r == -1 {
+            return Ok(None);
+        }
+        Err(Reason::from_u32((-r - 2) as u32).unwrap_or(Reason::ExtHeaders))
+    }
+
+    /// One helper call into a buffer: with four bounds-checked packet reads, LLVM kept their
+    /// pointers and bytes in stack slots through the whole IPv6 guard.
+    #[inline(always)]
+    fn addr_words(&self, off: usize) -> Option<AddrWords> {
+        if off > MAX_OFFSET {
+            return None;
+        }
+        let mut buf = AddrBuf([0; 16]);
+        // SAFETY: buf is 16 writable bytes; the helper checks the packet side and fails
+        // rather than read past it.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx as *mut _,
+                off as u32,
+                buf.0.as_mut_ptr().cast(),
+                16,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: AddrBuf is 16 bytes aligned to 4, like [u32; 4], and any bytes are valid
+        // words.
+        Some(unsafe { core::mem::transmute::<AddrBuf, AddrWords>(buf) })
+    }
+
     #[inline(always)]
     fn copy_to(&self, off: usize, dst: &mut [u8], at: usize, len: usize) -> Option<()> {
         if off > MAX_OFFSET || len == 0 || len > MAX_COPY || at > dst.len() - len {
@@ -557,6 +683,64 @@ pub extern "C" fn hapd_mac_blocks(
     }
 }
 
+/// A global function's argument as the verifier sees it: any number. LLVM sees the callers
+/// (the program is linked whole) and may drop the bound checks on an argument that the
+/// callers' values satisfy; read back through a volatile copy, it cannot.
+#[inline(always)]
+fn opaque(v: u32) -> usize {
+    let v = v as usize;
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// [`proxy_common::guard::message_sum`] of the `len` bytes at `off` of the packet of `ctx`, as
+/// a BPF global function (verified once, not at every path that sums): the sum, or
+/// `u64::MAX` when the packet is shorter.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hapd_sum(ctx: *mut aya_ebpf::bindings::xdp_md, off: u32, len: u32) -> u64 {
+    let (off, len) = (opaque(off), opaque(len));
+    if ctx.is_null() || off > MAX_OFFSET || len > MAX_OFFSET {
+        return u64::MAX;
+    }
+    // SAFETY: ctx is the xdp_md of this run (the verifier checks the argument's type).
+    let frame = XdpFrame {
+        start: unsafe { (*ctx).data } as usize,
+        ctx,
+    };
+    match proxy_common::guard::message_sum(&frame, off, len) {
+        Some(s) => s as u64,
+        None => u64::MAX,
+    }
+}
+
+/// [`proxy_common::guard::ipv6_walk`] of the IPv6 packet at `l3` of `ctx` as a BPF global
+/// function: where protocol 112 starts (>= 0), -1 when the chain ends in something else, or
+/// -2 - the drop reason. Its result is one unknown number to the verifier, whatever the
+/// chain: the judgement after it is verified once, not once per chain length.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hapd_ipv6_chain(
+    ctx: *mut aya_ebpf::bindings::xdp_md,
+    l3: u32,
+    first: u32,
+) -> i64 {
+    let l3 = opaque(l3);
+    if ctx.is_null() || l3 > MAX_OFFSET {
+        return -1;
+    }
+    // SAFETY: as in hapd_sum.
+    let frame = XdpFrame {
+        start: unsafe { (*ctx).data } as usize,
+        ctx,
+    };
+    match proxy_common::guard::ipv6_walk(&frame, l3, first as u8) {
+        Ok(Some(off)) => off as i64,
+        Ok(None) => -1,
+        Err(r) => -2 - r as i64,
+    }
+}
+
 /// One SHA-256 compression as a BPF global function: checked once by the verifier, called by
 /// [`hapd_mac_blocks`] for each block. Its pointers may be null as far as the verifier knows.
 #[unsafe(no_mangle)]
@@ -643,7 +827,22 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
     let Some((ethertype, l3)) = l3_offset(&frame) else {
         return XDP_PASS;
     };
-    // Not IPv4: only an ARP request may matter (during a move), or a second-chance ping.
+    if ethertype == ETH_P_IPV6 {
+        let next = frame.u8_at(l3 + 6).unwrap_or(0);
+        if next == IPPROTO_TCP {
+            return match tcp6_syn(&frame, l3) {
+                Some(syn) => connection_request6(&ctx, &syn),
+                None => XDP_PASS,
+            };
+        }
+        if ipv6_next_might_be_vrrp(next) {
+            // The IPv6 guard (`hapd_guard6`); if the jump fails (no daemon: its process holds
+            // the jump table), nobody reads adverts anyway.
+            jump_to(&ctx, JUMP_GUARD6);
+        }
+        return XDP_PASS;
+    }
+    // Neither IP: only an ARP request may matter (during a move), or a second-chance ping.
     if ethertype != ETH_P_IPV4 {
         if ethertype == ETH_P_ARP {
             jump_if_moving(&ctx);
@@ -665,6 +864,43 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             }
             None => XDP_PASS,
         },
+        v => judged(&ctx, &frame, v, ifindex, l3 + 12, Family::V4),
+    }
+}
+
+/// The guard's part for IPv6 packets that may be VRRP, reached from [`hapd_vrrp_guard`] by a
+/// tail call: a program of its own, for a stack of its own (the IPv4 part's and this one's
+/// variables together exceed the 512 bytes one program has) and its own verification.
+#[xdp]
+pub fn hapd_guard6(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame {
+        start: ctx.data(),
+        ctx: ctx.ctx,
+    };
+    // SAFETY: ctx.ctx points to the xdp_md the kernel passed in.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some((ETH_P_IPV6, l3)) = l3_offset(&frame) else {
+        return XDP_PASS;
+    };
+    match classify_ipv6(&frame, l3, ifindex, &Maps) {
+        Verdict::Pass => XDP_PASS,
+        v => judged(&ctx, &frame, v, ifindex, l3 + 8, Family::V6),
+    }
+}
+
+/// What the guard does with a protocol-112 packet's verdict (anything but `Pass`); `src_at`
+/// is where the IP header has the source address, for a log line.
+#[inline(always)]
+fn judged(
+    ctx: &XdpContext,
+    frame: &XdpFrame,
+    verdict: Verdict,
+    ifindex: u32,
+    src_at: usize,
+    family: Family,
+) -> u32 {
+    match verdict {
+        Verdict::Pass => XDP_PASS,
         Verdict::Drop(reason) => {
             count(reason);
             XDP_DROP
@@ -679,21 +915,32 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             if log_rarely(reason) {
                 // A peer signing with a key we lack, with a skewed clock, or not signing at
                 // all is an operator's problem to see; a flood of forgeries logs once a second.
-                let src = frame.bytes::<4>(l3 + 12).unwrap_or([0; 4]);
-                warn!(
-                    &ctx,
-                    "auth_hmac: vrid {} advert from {:i} dropped: {} (at most one such line a                      second per CPU and reason)",
-                    key.vrid,
-                    src,
-                    reason.name()
-                );
+                if family == Family::V6 {
+                    let src = from_words(&frame.addr_words(src_at).unwrap_or([0; 4]));
+                    warn!(
+                        ctx,
+                        "auth_hmac: IPv6 vrid {} advert from {:i} dropped: {} (at most one such                          line a second per CPU and reason)",
+                        key.vrid,
+                        src,
+                        reason.name()
+                    );
+                } else {
+                    let src = frame.bytes::<4>(src_at).unwrap_or([0; 4]);
+                    warn!(
+                        ctx,
+                        "auth_hmac: vrid {} advert from {:i} dropped: {} (at most one such line a                          second per CPU and reason)",
+                        key.vrid,
+                        src,
+                        reason.name()
+                    );
+                }
             }
             XDP_DROP
         }
         Verdict::Advert(advert) => {
             count(Reason::Accepted);
             if advert.hmac {
-                if let Some((sender, seq)) = record_seq(&advert) {
+                if let Some((sender, seq)) = record_seq(&advert, &source(frame, &advert)) {
                     update_mark(&sender, seq);
                     count_auth(&advert.key, |c| c.signed += 1);
                 } else {
@@ -711,7 +958,7 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
             // updating the same VRID at once may interleave fields; the next advert repairs it.
             let (prev_priority, ev) = unsafe {
                 let prev = (*rec).priority;
-                let ev = record_advert(&mut *rec, &advert, now);
+                let ev = record_advert(&mut *rec, &advert, &source(frame, &advert), now);
                 if ev != 0 {
                     // A new master (or the first advert after silence): its Ethernet address,
                     // for a planned move's flows. Copied by the helper (a direct read here
@@ -722,25 +969,25 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
                 (prev, ev)
             };
             let arm = TimerArm {
-                src: advert.src,
                 priority: advert.priority,
                 version: advert.version,
                 interval_cs: advert.interval_cs,
             };
-            let (src, meta) = arm.pack();
-            hapd_master_down(advert.key.to_u64(), src, meta, now);
+            hapd_master_down(advert.key.to_u64(), arm.pack(), now);
             if ev != 0 {
                 let event = GuardEvent {
                     time_ns: now,
                     ifindex,
-                    src: advert.src,
                     vrid: advert.key.vrid,
                     priority: advert.priority,
                     version: advert.version,
                     flags: ev,
+                    src: from_words(&source(frame, &advert)),
                     interval_cs: advert.interval_cs,
                     addr_count: advert.addr_count,
                     prev_priority,
+                    family: advert.key.family,
+                    _pad: [0; 3],
                 };
                 if VRRP_EVENTS.output(&event, 0).is_err() {
                     if let Some(c) = GUARD_STATS.get_ptr_mut(0) {
@@ -749,7 +996,7 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
                     }
                     // Rare by construction: events are few; a full ring means userspace hangs.
                     warn!(
-                        &ctx,
+                        ctx,
                         "hapd guard: event ring full, vrid {} event lost", advert.key.vrid
                     );
                 }
@@ -762,14 +1009,13 @@ pub fn hapd_vrrp_guard(ctx: XdpContext) -> u32 {
 /// The master-down timer's part of a valid advert (see [`proxy_common::master_down`]) as a
 /// BPF global function: the verifier checks it once, on its own, instead of on every path
 /// through the guard that reaches it (inlined, it took the guard past the verifier's million
-/// instructions). Scalars only: `key` is [`InstanceKey::to_u64`], `src` the advert's source
-/// as on the wire, `meta` its priority, version and interval ([`TimerArm`]), `now` when it
-/// came.
+/// instructions). Scalars only: `key` is [`InstanceKey::to_u64`], `meta` the advert's
+/// priority, version and interval ([`TimerArm`]), `now` when it came.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn hapd_master_down(key: u64, src: u32, meta: u32, now: u64) -> u32 {
+pub extern "C" fn hapd_master_down(key: u64, meta: u32, now: u64) -> u32 {
     let key = InstanceKey::from_u64(key);
-    let arm = TimerArm::unpack(src, meta);
+    let arm = TimerArm::unpack(meta);
     let Some(cfg) = VRRP_TIMER_CFG.get_ptr(key) else {
         return 0;
     };
@@ -808,7 +1054,6 @@ fn arm_master_down(key: InstanceKey, a: &TimerArm, ns: u64, now: u64) {
         }
         (*t).deadline_ns = now + ns;
         (*t).armed += 1;
-        (*t).master = a.src;
         (*t).priority = a.priority;
         (*t).version = a.version;
         (*t).interval_cs = a.interval_cs;
@@ -825,21 +1070,27 @@ unsafe extern "C" fn master_down(
     t: *mut TimerSlot,
 ) -> i32 {
     // SAFETY: the kernel calls this with the key and value of the map element whose timer ran
-    // out; both stay valid for the call.
+    // out; both stay valid for the call. The advert record is copied out at once.
     let event = unsafe {
         let key = *key;
         (*t).fired += 1;
+        let master = match VRRP_ADVERTS.get(&key) {
+            Some(r) => r.master,
+            None => [0; 16],
+        };
         GuardEvent {
             time_ns: bpf_ktime_get_ns(),
             ifindex: key.ifindex,
-            src: (*t).master,
             vrid: key.vrid,
             priority: (*t).priority,
             version: (*t).version,
             flags: EV_MASTER_DOWN,
+            src: master,
             interval_cs: (*t).interval_cs,
             addr_count: 0,
             prev_priority: (*t).priority,
+            family: key.family,
+            _pad: [0; 3],
         }
     };
     if VRRP_EVENTS.output(&event, 0).is_err() {

@@ -1,7 +1,7 @@
 //! What the admin endpoint and the upgrade (threads of their own) ask of the VRRP loop, and
 //! the answers: the one channel between them, in a module of its own so that none imports
 //! another.
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use proxy_common::maps::{AdvertRecord, AuthCounters, GuardCounters};
 use tokio::sync::oneshot;
@@ -74,9 +74,11 @@ pub struct InstanceFacts {
     pub interface: String,
     pub vrid: u8,
     pub version: u8,
+    /// The instance's address family.
+    pub family: proxy_common::vrrp::Family,
     pub state: State,
-    /// This node's primary address on the interface.
-    pub primary: Ipv4Addr,
+    /// This node's primary address on the interface (IPv6: its link-local address).
+    pub primary: IpAddr,
     /// The guard's record of the last valid advert.
     pub record: Option<AdvertRecord>,
     /// `CLOCK_MONOTONIC` now, in ns (the clock of the record).

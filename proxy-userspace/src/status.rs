@@ -58,6 +58,9 @@ pub struct InstanceStatus {
     pub interface: String,
     pub vrid: u8,
     pub version: u8,
+    /// "IPv4" or "IPv6" (absent from an older hapd's status: IPv4).
+    #[serde(default = "ipv4")]
+    pub family: String,
     /// MASTER, BACKUP, FAULT or INIT.
     pub state: String,
     /// The master as this node knows it: itself, or the source of the adverts it hears.
@@ -166,4 +169,8 @@ pub struct CertStatus {
     pub not_after: i64,
     /// Whole days left (negative once expired).
     pub days_left: i64,
+}
+
+fn ipv4() -> String {
+    "IPv4".into()
 }

@@ -1,66 +1,86 @@
-//! Owning the virtual addresses: netlink to add and remove them, gratuitous ARP to announce
-//! them.
-use std::{net::Ipv4Addr, time::Duration};
+//! Owning the virtual addresses: netlink to add and remove them, gratuitous ARP (IPv4) and
+//! unsolicited neighbour advertisements (IPv6) to announce them.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use futures::TryStreamExt as _;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use pnet_packet::{
     arp::{ArpHardwareTypes, ArpOperations, MutableArpPacket},
     ethernet::{EtherTypes, MutableEthernetPacket},
     MutablePacket as _,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use rtnetlink::{AddressMessageBuilder, Handle};
 
-/// The IPv4 addresses on interface `ifindex`, with their prefix lengths.
-pub async fn addresses(nl: &Handle, ifindex: u32) -> anyhow::Result<Vec<Ipv4Net>> {
+/// The addresses on interface `ifindex`, of both families, with their prefix lengths.
+pub async fn addresses(nl: &Handle, ifindex: u32) -> anyhow::Result<Vec<IpNet>> {
     let mut out = Vec::new();
     let mut s = nl.address().get().set_link_index_filter(ifindex).execute();
     while let Some(msg) = s.try_next().await.context("listing addresses (netlink)")? {
-        if let Some(a) = v4(&msg) {
+        if let Some(a) = address(&msg) {
             out.push(a);
         }
     }
     Ok(out)
 }
 
-fn v4(msg: &AddressMessage) -> Option<Ipv4Net> {
+fn address(msg: &AddressMessage) -> Option<IpNet> {
     msg.attributes.iter().find_map(|a| match a {
-        AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
-            Ipv4Net::new(*ip, msg.header.prefix_len).ok()
-        }
+        AddressAttribute::Address(ip) => IpNet::new(*ip, msg.header.prefix_len).ok(),
         _ => None,
     })
 }
 
-/// The interface's primary address: its first IPv4 address that is not one of `vips`. It is
-/// the source of our adverts and the tie-breaker of the election.
+/// Whether `a` is an IPv6 link-local unicast address (fe80::/10).
+pub fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(a) if a.is_unicast_link_local())
+}
+
+/// The interface's primary address for an instance of `vips`' family: the source of its
+/// adverts and the tie-breaker of the election. IPv4: the first address that is not one of
+/// `vips`. IPv6: the first link-local address that is not one of them (RFC 9568 section
+/// 5.1.2.1; keepalived's choice too).
 pub async fn primary(
     nl: &Handle,
     ifindex: u32,
     iface: &str,
-    vips: &[Ipv4Net],
-) -> anyhow::Result<Ipv4Addr> {
+    vips: &[IpNet],
+) -> anyhow::Result<IpAddr> {
+    let v6 = vips.first().is_some_and(|v| v.addr().is_ipv6());
     addresses(nl, ifindex)
         .await?
         .into_iter()
         .map(|n| n.addr())
+        .filter(|a| if v6 { is_link_local(*a) } else { a.is_ipv4() })
         .find(|a| !vips.iter().any(|v| v.addr() == *a))
         .with_context(|| {
-            format!("{iface} has no IPv4 address of its own to send VRRP adverts from")
+            if v6 {
+                format!("{iface} has no IPv6 link-local address to send VRRP adverts from")
+            } else {
+                format!("{iface} has no IPv4 address of its own to send VRRP adverts from")
+            }
         })
 }
 
-/// Adds `vips` to `ifindex`; an address already there is fine.
-pub async fn add(nl: &Handle, ifindex: u32, vips: &[Ipv4Net]) -> anyhow::Result<()> {
+/// Adds `vips` to `ifindex`; an address already there is fine. IPv6 addresses are added
+/// without duplicate address detection (`nodad`, keepalived's default): the address moves
+/// between nodes by design, and a tentative address could not be used for a second or more.
+pub async fn add(nl: &Handle, ifindex: u32, vips: &[IpNet]) -> anyhow::Result<()> {
     for v in vips {
-        match nl
-            .address()
-            .add(ifindex, v.addr().into(), v.prefix_len())
-            .execute()
-            .await
-        {
+        let mut req = nl.address().add(ifindex, v.addr(), v.prefix_len());
+        if v.addr().is_ipv6() {
+            let m = req.message_mut();
+            m.header.flags |= AddressHeaderFlags::Nodad;
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
             Err(e) => return Err(e).with_context(|| format!("adding {v}")),
@@ -70,17 +90,23 @@ pub async fn add(nl: &Handle, ifindex: u32, vips: &[Ipv4Net]) -> anyhow::Result<
 }
 
 /// Removes those of `vips` that are on `ifindex`; returns how many were.
-pub async fn remove(nl: &Handle, ifindex: u32, vips: &[Ipv4Net]) -> anyhow::Result<usize> {
+pub async fn remove(nl: &Handle, ifindex: u32, vips: &[IpNet]) -> anyhow::Result<usize> {
     let present = addresses(nl, ifindex).await?;
     let mut removed = 0;
     for v in vips
         .iter()
         .filter(|v| present.iter().any(|p| p.addr() == v.addr()))
     {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(ifindex)
-            .address(v.addr(), v.prefix_len())
-            .build();
+        let msg = match v.addr() {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(ifindex)
+                .address(a, v.prefix_len())
+                .build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(ifindex)
+                .address(a, v.prefix_len())
+                .build(),
+        };
         match nl.address().del(msg).execute().await {
             Ok(()) => removed += 1,
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EADDRNOTAVAIL => {}
@@ -88,6 +114,49 @@ pub async fn remove(nl: &Handle, ifindex: u32, vips: &[Ipv4Net]) -> anyhow::Resu
         }
     }
     Ok(removed)
+}
+
+/// An unsolicited neighbour advertisement for `ip` from `mac` (RFC 4861 section 7.2.6), as
+/// keepalived sends them on takeover: to all nodes (ff02::1, Ethernet 33:33:00:00:00:01)
+/// from the address itself, hop limit 255, Override set (Solicited and Router clear: a
+/// proxy host is not a router), with the Target Link-Layer Address option.
+pub fn na_frame(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
+    const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mut f = Vec::with_capacity(86);
+    f.extend_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    // IPv6: version 6, payload 32 bytes, next header ICMPv6 (58), hop limit 255.
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    f.extend_from_slice(&ip.octets());
+    f.extend_from_slice(&ALL_NODES.octets());
+    let icmp_at = f.len();
+    // ICMPv6 type 136 (neighbour advertisement), code 0, checksum, flags (R S O = 0 0 1).
+    f.extend_from_slice(&[136, 0, 0, 0, 0x20, 0, 0, 0]);
+    f.extend_from_slice(&ip.octets());
+    // Option 2 (target link-layer address), 1 unit of 8 bytes.
+    f.extend_from_slice(&[2, 1]);
+    f.extend_from_slice(&mac);
+    // RFC 4443 section 2.3: the checksum covers the IPv6 pseudo-header.
+    let pseudo = proxy_common::guard::ip_pseudo_sum(
+        &ip.octets(),
+        &ALL_NODES.octets(),
+        proxy_common::vrrp::Family::V6,
+        58,
+        32,
+    );
+    let c = proxy_common::guard::checksum(&f[icmp_at..], pseudo);
+    f[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// The frame that announces `ip` from `mac`: a gratuitous ARP for IPv4, an unsolicited
+/// neighbour advertisement for IPv6.
+pub fn announce_frame(mac: [u8; 6], ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => garp_frame(mac, a),
+        IpAddr::V6(a) => na_frame(mac, a),
+    }
 }
 
 /// A gratuitous ARP request for `ip` from `mac` (sender and target address both `ip`), as
@@ -131,11 +200,12 @@ pub fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
     interface(iface).map(|(_, mac)| mac)
 }
 
-/// Sends `repeat` gratuitous ARPs for each of `vips` on `iface`, `interval` apart. Opens the
-/// packet socket for the burst only: a pnet channel receives every frame while it is open.
+/// Sends `repeat` announcements ([`announce_frame`]: gratuitous ARPs, neighbour
+/// advertisements) for each of `vips` on `iface`, `interval` apart. Opens the packet socket for
+/// the burst only: a pnet channel receives every frame while it is open.
 pub async fn garp_burst(
     iface: String,
-    vips: Vec<Ipv4Addr>,
+    vips: Vec<IpAddr>,
     repeat: u32,
     interval: Duration,
 ) -> anyhow::Result<()> {
@@ -152,9 +222,13 @@ pub async fn garp_burst(
     };
     for n in 0..repeat {
         for ip in &vips {
-            if let Some(Err(e)) = tx.send_to(&garp_frame(mac, *ip), None) {
-                return Err(e)
-                    .with_context(|| format!("sending gratuitous ARP for {ip} on {iface}"));
+            if let Some(Err(e)) = tx.send_to(&announce_frame(mac, *ip), None) {
+                let what = if ip.is_ipv6() {
+                    "a neighbour advertisement"
+                } else {
+                    "gratuitous ARP"
+                };
+                return Err(e).with_context(|| format!("sending {what} for {ip} on {iface}"));
             }
         }
         if n + 1 < repeat {
@@ -179,5 +253,21 @@ mod tests {
         assert_eq!(&f[28..32], &[198, 18, 0, 100], "sender IP");
         assert_eq!(&f[32..38], &[0; 6], "target MAC");
         assert_eq!(&f[38..42], &[198, 18, 0, 100], "target IP = sender IP");
+    }
+
+    /// The frame keepalived 2.2.7 sent for 2001:2::100 from 02:00:00:00:00:01 on takeover
+    /// (captured with tcpdump on 2026-12-07), byte for byte.
+    #[test]
+    fn na_frame_matches_keepalived() {
+        let keepalived =
+            "33330000000102000000000186dd6000000000203aff20010002000000000000000000000100\
+                          ff0200000000000000000000000000018800129920000000200100020000000000000000\
+                          000001000201020000000001";
+        let want: Vec<u8> = (0..keepalived.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&keepalived[i..i + 2], 16).unwrap())
+            .collect();
+        let ip: Ipv6Addr = "2001:2::100".parse().unwrap();
+        assert_eq!(na_frame([2, 0, 0, 0, 0, 1], ip), want);
     }
 }

@@ -1,10 +1,12 @@
 //! The XDP guard on crafted frames through BPF_PROG_TEST_RUN, and the same frames through the
 //! raw-socket path (`xdp = "off"`): both must reach the same verdict, counters and record.
-use hapd_lab::frames::{ether, ipv4, Advert, Csum, Hmac};
+use hapd_lab::frames::{ether, ipv4, ipv6, v6, Advert, Csum, Hmac, V6};
 use proxy_common::maps::{
-    GuardCounters, InstanceKey, Owners, Reason, ReplayKey, TimerCfg, EV_AFTER_SILENCE,
-    EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE, EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
+    to_words, v4_addr, AddrWords, GuardCounters, InstanceKey, Owners, Reason, ReplayKey, TimerCfg,
+    EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE, EV_PRIORITY_CHANGE,
+    EV_PRIORITY_ZERO,
 };
+use proxy_common::vrrp::Family;
 use proxy_userspace::{
     config::{
         auth::{AuthMode, ResolvedAuth},
@@ -21,6 +23,30 @@ const PEER: [u8; 4] = [198, 18, 0, 2];
 const PEER2: [u8; 4] = [198, 18, 0, 3];
 const STRANGER: [u8; 4] = [198, 18, 0, 66];
 
+/// The IPv6 peers: link-local addresses, as adverts come from.
+fn peer6() -> [u8; 16] {
+    v6("fe80::2")
+}
+fn peer6_2() -> [u8; 16] {
+    v6("fe80::3")
+}
+
+/// An IPv6 instance: v3, peers fe80::2 and fe80::3.
+fn spec6(vrid: u8) -> InstanceSpec {
+    InstanceSpec {
+        name: format!("VI6_{vrid}"),
+        family: Family::V6,
+        peers: vec![peer6(), peer6_2()],
+        pseudo_header: false,
+        ..spec(vrid, 3, false, None)
+    }
+}
+
+/// An IPv4 address as the guard's replay marks key it.
+fn words(a: [u8; 4]) -> AddrWords {
+    to_words(&v4_addr(a))
+}
+
 fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> InstanceSpec {
     InstanceSpec {
         name: format!("VI_{vrid}"),
@@ -28,7 +54,8 @@ fn spec(vrid: u8, version: u8, pseudo: bool, pass: Option<&[u8; 8]>) -> Instance
         ifindex: LO,
         vrid,
         version,
-        peers: vec![PEER, PEER2],
+        family: Family::V4,
+        peers: vec![v4_addr(PEER), v4_addr(PEER2)],
         pseudo_header: pseudo,
         auth_pass: pass.copied(),
         auth: None,
@@ -58,8 +85,11 @@ fn with_auth(mut s: InstanceSpec, mode: AuthMode, time_mode: bool) -> InstanceSp
 
 /// VRID 51: v3 pseudo-header; 52: v2 PASS "secret42"; 53: v3 message-only; 54: v3, no peers;
 /// auth_hmac with keys 1 and 2: 55 v3 enforce (time, 5 s), 56 v2 permissive (monotonic), 57 v3
-/// receive-only (time), 58 v3 enforce without a peer list.
+/// receive-only (time), 58 v3 enforce without a peer list. IPv6: 51 too (its own VRID space),
+/// 61 (IPv6 only), 64 without a peer list, 65 enforce (time, 5 s).
 fn specs() -> Vec<InstanceSpec> {
+    let mut open6 = spec6(64);
+    open6.peers.clear();
     let mut open = spec(54, 3, true, None);
     open.peers.clear();
     let mut open_auth = with_auth(spec(58, 3, true, None), AuthMode::Enforce, true);
@@ -73,6 +103,10 @@ fn specs() -> Vec<InstanceSpec> {
         with_auth(spec(56, 2, false, None), AuthMode::Permissive, false),
         with_auth(spec(57, 3, true, None), AuthMode::ReceiveOnly, true),
         open_auth,
+        spec6(51),
+        spec6(61),
+        open6,
+        with_auth(spec6(65), AuthMode::Enforce, true),
     ]
 }
 
@@ -118,12 +152,23 @@ impl Both {
         let action = self.xdp.test_run(frame, LO).unwrap();
         let _ = self.raw.handle(frame, LO, monotonic_ns());
         let after = (self.xdp.counters().unwrap(), self.raw.counters());
+        let moved = |b: &GuardCounters, a: &GuardCounters| -> Vec<&'static str> {
+            Reason::ALL
+                .iter()
+                .filter(|r| a.get(**r) != b.get(**r))
+                .map(|r| r.name())
+                .collect()
+        };
+        let (xdp_moved, raw_moved) = (moved(&before.0, &after.0), moved(&before.1, &after.1));
         let want_action = if matches!(expect, Expect::Drop(_)) {
             XDP_DROP
         } else {
             XDP_PASS
         };
-        assert_eq!(action, want_action, "{what}: XDP action");
+        assert_eq!(
+            action, want_action,
+            "{what}: XDP action (xdp counted {xdp_moved:?}, raw {raw_moved:?})"
+        );
         let moved_reason = match expect {
             Expect::Pass => None,
             Expect::Accept => Some(Reason::Accepted),
@@ -519,11 +564,30 @@ fn everything_else_passes_untouched() {
         0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1,
     ];
     b.check("ARP", &ether(0x0806, &arp), Expect::Pass);
-    // IPv6 with next header 112 is not the IPv4 guard's business.
-    let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 112, 255];
-    v6.extend_from_slice(&[0; 32]);
-    v6.extend_from_slice(&[0x31, 51, 100, 1, 0, 100, 0, 0]);
-    b.check("IPv6 next header 112", &ether(0x86dd, &v6), Expect::Pass);
+    let (a, c) = (v6("2001:2::3"), v6("2001:2::100"));
+    b.check(
+        "TCP over IPv6",
+        &ether(0x86dd, &ipv6(6, 64, a, c, &tcp_syn)),
+        Expect::Pass,
+    );
+    b.check(
+        "UDP over IPv6",
+        &ether(0x86dd, &ipv6(17, 64, a, c, &[0; 8])),
+        Expect::Pass,
+    );
+    b.check(
+        "ICMPv6 neighbour solicitation",
+        &ether(0x86dd, &ipv6(58, 255, a, c, &[135, 0, 0, 0, 0, 0, 0, 0])),
+        Expect::Pass,
+    );
+    b.check(
+        "UDP behind a destination options header",
+        &ether(
+            0x86dd,
+            &hapd_lab::frames::ipv6_with(&[60], 17, 64, a, c, &[0; 8]),
+        ),
+        Expect::Pass,
+    );
     b.check(
         "VLAN-tagged TCP",
         &{
@@ -540,7 +604,7 @@ fn everything_else_passes_untouched() {
 #[test]
 fn records_and_wakes_userspace_only_when_it_must_act() {
     let mut b = Both::new();
-    let key = InstanceKey::new(LO, 51);
+    let key = InstanceKey::new(LO, 51, Family::V4);
     let run = |b: &mut Both, a: &Advert| {
         assert_eq!(b.xdp.test_run(&a.frame(), LO).unwrap(), XDP_PASS);
         let raw_ev = b.raw.handle(&a.frame(), LO, monotonic_ns());
@@ -561,13 +625,13 @@ fn records_and_wakes_userspace_only_when_it_must_act() {
     let rec = b.xdp.advert(&key).unwrap();
     assert_eq!(
         (rec.master, rec.priority, rec.interval_cs, rec.version),
-        (PEER, 100, 100, 3)
+        (v4_addr(PEER), 100, 100, 3)
     );
     assert_eq!(rec.adverts, 21);
     let raw_rec = b.raw.advert(&key).unwrap();
     assert_eq!(
         (raw_rec.master, raw_rec.priority, raw_rec.adverts),
-        (PEER, 100, 21)
+        (v4_addr(PEER), 100, 21)
     );
     let now = monotonic_ns();
     assert!(
@@ -686,7 +750,7 @@ fn reconfigure_removes_what_is_gone() {
     );
     // Drop VRID 53 and PEER2: its adverts are now unknown, PEER2 no longer a peer.
     let mut s51 = spec(51, 3, true, None);
-    s51.peers = vec![PEER];
+    s51.peers = vec![v4_addr(PEER)];
     g.configure(&[&s51]).unwrap();
     assert_eq!(
         g.test_run(
@@ -706,7 +770,7 @@ fn reconfigure_removes_what_is_gone() {
         XDP_DROP
     );
     assert_eq!(g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(), XDP_PASS);
-    assert!(g.advert(&InstanceKey::new(LO, 53)).is_none());
+    assert!(g.advert(&InstanceKey::new(LO, 53, Family::V4)).is_none());
     let c = g.counters().unwrap();
     assert_eq!(
         (c.drop_unknown_vrid, c.drop_not_peer, c.accepted),
@@ -737,7 +801,7 @@ fn keepalived_adverts_are_accepted() {
         ("keepalived-v2.hex", 2, Some(b"ChangeTh")),
     ] {
         let mut s = spec(51, version, version == 3, pass);
-        s.peers = vec![KEEPALIVED];
+        s.peers = vec![v4_addr(KEEPALIVED)];
         let mut g = XdpGuard::load(None, false).unwrap();
         g.configure(&[&s]).unwrap();
         let frames = fixture(file);
@@ -765,13 +829,13 @@ fn keepalived_adverts_are_accepted() {
                 .collect::<Vec<_>>(),
             vec![(0, EV_PRIORITY_ZERO | EV_PRIORITY_CHANGE)]
         );
-        let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();
+        let rec = g.advert(&InstanceKey::new(LO, 51, Family::V4)).unwrap();
         assert_eq!(
             (rec.master, rec.version, rec.interval_cs, rec.adverts),
-            (KEEPALIVED, version, 100, 2)
+            (v4_addr(KEEPALIVED), version, 100, 2)
         );
         // The same bytes from anyone else are forgeries.
-        s.peers = vec![PEER];
+        s.peers = vec![v4_addr(PEER)];
         g.configure(&[&s]).unwrap();
         assert_eq!(
             g.test_run(&frames[0], LO).unwrap(),
@@ -785,8 +849,9 @@ fn keepalived_adverts_are_accepted() {
 fn serving(vip: [u8; 4]) -> XdpGuard {
     let mut s = spec(51, 3, true, None);
     s.served = vec![proxy_common::maps::ServedPort::new(
-        vip,
+        v4_addr(vip),
         8080u16.to_be_bytes(),
+        Family::V4,
     )];
     let mut g = XdpGuard::load(None, false).unwrap();
     g.configure(&[&s]).unwrap();
@@ -1197,12 +1262,15 @@ fn auth_hmac_accepts_signed_adverts_and_rejects_each_flaw_alike_in_xdp_and_users
     );
     // Both paths counted the same per instance.
     for vrid in [55u8, 56, 57, 58] {
-        let key = InstanceKey::new(LO, vrid);
+        let key = InstanceKey::new(LO, vrid, Family::V4);
         let x = b.xdp.auth_counters(&key).expect("xdp auth counters");
         let r = b.raw.auth_counters(&key).expect("raw auth counters");
         assert_eq!(x, r, "vrid {vrid}");
     }
-    let c = b.xdp.auth_counters(&InstanceKey::new(LO, 55)).unwrap();
+    let c = b
+        .xdp
+        .auth_counters(&InstanceKey::new(LO, 55, Family::V4))
+        .unwrap();
     assert_eq!(
         (
             c.signed,
@@ -1215,7 +1283,10 @@ fn auth_hmac_accepts_signed_adverts_and_rejects_each_flaw_alike_in_xdp_and_users
         (6, 0, 2, 2, 4, 2)
     );
     assert_eq!((c.drop_unknown_key, c.drop_no_trailer), (1, 1));
-    assert!(b.xdp.auth_counters(&InstanceKey::new(LO, 51)).is_none());
+    assert!(b
+        .xdp
+        .auth_counters(&InstanceKey::new(LO, 51, Family::V4))
+        .is_none());
 }
 
 fn ipv4_checksum(h: &[u8]) -> u16 {
@@ -1232,12 +1303,17 @@ fn replay_marks_are_kept_per_sender_and_forgeries_move_none() {
     b.check("signed", &signed(PEER, now).frame(), Expect::Accept);
     let mark = b
         .xdp
-        .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER))
+        .replay_mark(&ReplayKey::new(
+            InstanceKey::new(LO, 55, Family::V4),
+            &words(PEER),
+        ))
         .expect("a mark for the sender");
     assert_eq!(mark, now);
     assert_eq!(
-        b.xdp
-            .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER2)),
+        b.xdp.replay_mark(&ReplayKey::new(
+            InstanceKey::new(LO, 55, Family::V4),
+            &words(PEER2)
+        )),
         None
     );
     // A forged advert moves no mark.
@@ -1245,8 +1321,10 @@ fn replay_marks_are_kept_per_sender_and_forgeries_move_none() {
     forged.hmac.as_mut().unwrap().bad_mac = true;
     b.check("forged", &forged.frame(), drop_(Reason::Hmac));
     assert_eq!(
-        b.xdp
-            .replay_mark(&ReplayKey::v4(InstanceKey::new(LO, 55), PEER2)),
+        b.xdp.replay_mark(&ReplayKey::new(
+            InstanceKey::new(LO, 55, Family::V4),
+            &words(PEER2)
+        )),
         None
     );
 }
@@ -1263,7 +1341,7 @@ fn keepalived_2_4_3_signed_adverts_verify_and_every_flaw_is_caught() {
         let frames = fixture(file);
         let guard = |key: Vec<u8>, time_mode: bool| {
             let mut s = spec(51, version, version == 3, None);
-            s.peers = vec![KEEPALIVED];
+            s.peers = vec![v4_addr(KEEPALIVED)];
             s.auth = Some(AuthSpec::new(&ResolvedAuth {
                 keys: vec![(1, key)],
                 active_key: 1,
@@ -1305,10 +1383,10 @@ fn keepalived_2_4_3_signed_adverts_verify_and_every_flaw_is_caught() {
             "drop_replay",
             "{file} replayed"
         );
-        let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();
+        let rec = g.advert(&InstanceKey::new(LO, 51, Family::V4)).unwrap();
         assert_eq!(
             (rec.master, rec.priority, rec.version),
-            (KEEPALIVED, 0, version)
+            (v4_addr(KEEPALIVED), 0, version)
         );
         // Time mode: a capture from the past is stale.
         let (g, raw) = guard((0u8..32).collect(), true);
@@ -1366,8 +1444,8 @@ fn fix_vrrp_checksum_len(f: &mut [u8], pseudo: bool, mlen: usize) {
     f[m + 7] = 0;
     let p = if pseudo {
         proxy_common::guard::pseudo_header_sum(
-            f[26..30].try_into().unwrap(),
-            f[30..34].try_into().unwrap(),
+            <[u8; 4]>::try_from(&f[26..30]).unwrap().into(),
+            <[u8; 4]>::try_from(&f[30..34]).unwrap().into(),
             mlen as u16,
         )
     } else {
@@ -1515,7 +1593,7 @@ fn master_down_events(xdp: &mut XdpGuard, wait: std::time::Duration) -> Vec<u64>
 fn the_master_down_timer_runs_in_the_kernel() {
     use std::time::Duration;
     let mut b = Both::new();
-    let key = InstanceKey::new(LO, 51);
+    let key = InstanceKey::new(LO, 51, Family::V4);
     let cfg = TimerCfg {
         on: 1,
         priority: 100,
@@ -1535,7 +1613,10 @@ fn the_master_down_timer_runs_in_the_kernel() {
     let t = b.xdp.timer(&key).expect("the guard created the timer");
     assert_eq!((t.armed, t.fired, t.ready), (1, 0, 1), "{t:?}");
     assert_eq!(t.deadline_ns, rec.last_seen_ns + mdi, "{t:?}");
-    assert_eq!((t.master, t.priority, t.interval_cs), (PEER, 110, 5));
+    assert_eq!(
+        (rec.master, t.priority, t.interval_cs),
+        (v4_addr(PEER), 110, 5)
+    );
 
     // Adverts every 50 ms keep re-arming it: no event in 600 ms.
     let t0 = std::time::Instant::now();
@@ -1558,7 +1639,10 @@ fn the_master_down_timer_runs_in_the_kernel() {
     b.xdp.test_run(&other.frame(), LO).unwrap();
     let t = b.xdp.timer(&key).unwrap();
     let rec = b.xdp.advert(&key).unwrap();
-    assert_eq!((t.master, t.deadline_ns), (PEER2, rec.last_seen_ns + mdi));
+    assert_eq!(
+        (rec.master, t.deadline_ns),
+        (v4_addr(PEER2), rec.last_seen_ns + mdi)
+    );
     b.xdp.poll_events();
 
     // Silence: exactly one event, at the deadline of the last advert.
@@ -1608,7 +1692,7 @@ fn the_master_down_timer_runs_in_the_kernel() {
 
     // v2 (VRID 52, PASS): its own interval counts; one that differs arms nothing. 1 s adverts
     // and priority 200: 3 s + 56/256 s.
-    let key2 = InstanceKey::new(LO, 52);
+    let key2 = InstanceKey::new(LO, 52, Family::V4);
     let cfg2 = TimerCfg {
         on: 1,
         priority: 200,
@@ -1645,4 +1729,359 @@ fn the_master_down_timer_runs_in_the_kernel() {
     b.xdp.configure(&refs).unwrap();
     assert!(b.xdp.timer(&key).is_none());
     assert!(master_down_events(&mut b.xdp, Duration::from_millis(400)).is_empty());
+}
+
+/// IPv6 adverts through both paths, frame by frame: what is valid, and every drop reason
+/// (RFC 9568 section 7.1 and the extension header walk).
+#[test]
+fn ipv6_adverts_are_judged_alike_on_both_paths() {
+    let mut b = Both::new();
+    let a = || Advert::v3_ipv6(peer6());
+    let with = |f: &dyn Fn(&mut Advert)| {
+        let mut x = a();
+        f(&mut x);
+        x.frame()
+    };
+    let set6 = |f: &dyn Fn(&mut V6)| with(&|x: &mut Advert| f(x.v6.as_mut().unwrap()));
+    b.check("IPv6 advert", &a().frame(), Expect::Accept);
+    b.check(
+        "IPv6 advert from the second peer",
+        &Advert::v3_ipv6(peer6_2()).frame(),
+        Expect::Accept,
+    );
+    b.check(
+        "VRID 61 (IPv6 only)",
+        &with(&|x| x.vrid = 61),
+        Expect::Accept,
+    );
+    b.check(
+        "IPv6, no peer list",
+        &with(&|x| {
+            x.vrid = 64;
+            x.v6.as_mut().unwrap().src = v6("fe80::66");
+        }),
+        Expect::Accept,
+    );
+    b.check(
+        "64 IPv6 addresses",
+        &set6(&|v| {
+            v.addrs = (0..64u8)
+                .map(|i| v6(&format!("2001:2::{:x}", i + 1)))
+                .collect()
+        }),
+        Expect::Accept,
+    );
+    for ext in [
+        vec![0u8],
+        vec![43],
+        vec![60],
+        vec![51],
+        vec![0, 60, 43, 51, 60, 60, 60, 60],
+    ] {
+        b.check(
+            &format!("behind extension headers {ext:?}"),
+            &set6(&|v| v.ext = ext.clone()),
+            Expect::Accept,
+        );
+    }
+    b.check(
+        "behind nine extension headers",
+        &set6(&|v| v.ext = vec![60; 9]),
+        drop_(Reason::ExtHeaders),
+    );
+    b.check(
+        "a fragment",
+        &set6(&|v| v.ext = vec![44]),
+        drop_(Reason::Fragment),
+    );
+    b.check(
+        "a fragment with headers after it",
+        &set6(&|v| v.ext = vec![0, 44, 60]),
+        drop_(Reason::Fragment),
+    );
+    b.check("hop limit 254", &with(&|x| x.ttl = 254), drop_(Reason::Ttl));
+    b.check("hop limit 1", &with(&|x| x.ttl = 1), drop_(Reason::Ttl));
+    b.check(
+        "not a peer",
+        &set6(&|v| v.src = v6("fe80::66")),
+        drop_(Reason::NotPeer),
+    );
+    b.check(
+        "a peer's address in IPv4 form is not the peer",
+        &set6(&|v| {
+            let mut s = [0u8; 16];
+            s[..4].copy_from_slice(&[0xfe, 0x80, 0, 0]);
+            v.src = s;
+        }),
+        drop_(Reason::NotPeer),
+    );
+    b.check(
+        "bad checksum",
+        &with(&|x| x.csum = Csum::Bad),
+        drop_(Reason::Checksum),
+    );
+    b.check(
+        "message-only checksum (IPv6 always has the pseudo-header)",
+        &with(&|x| x.csum = Csum::MessageOnly),
+        drop_(Reason::Checksum),
+    );
+    b.check(
+        "checksum for another destination",
+        &{
+            let mut x = a();
+            let good = x.frame();
+            x.v6.as_mut().unwrap().dst = v6("ff02::1");
+            let mut f = x.frame();
+            // The other destination's checksum, with the group as destination.
+            f[14 + 24..14 + 40].copy_from_slice(&good[14 + 24..14 + 40]);
+            f
+        },
+        drop_(Reason::Checksum),
+    );
+    b.check(
+        "version 2",
+        &with(&|x| x.version = 2),
+        drop_(Reason::Version),
+    );
+    b.check(
+        "version 4",
+        &with(&|x| x.version = 4),
+        drop_(Reason::Version),
+    );
+    b.check("type 2", &with(&|x| x.kind = 2), drop_(Reason::Type));
+    b.check(
+        "VRID without an IPv6 instance",
+        &with(&|x| x.vrid = 52),
+        drop_(Reason::UnknownVrid),
+    );
+    b.check(
+        "count says two, one address",
+        &with(&|x| x.count = Some(2)),
+        drop_(Reason::Length),
+    );
+    b.check(
+        "count 0",
+        &with(&|x| x.count = Some(0)),
+        drop_(Reason::Length),
+    );
+    b.check(
+        "65 IPv6 addresses",
+        &set6(&|v| {
+            v.addrs = (0..65u8)
+                .map(|i| v6(&format!("2001:2::{:x}", i + 1)))
+                .collect()
+        }),
+        drop_(Reason::Length),
+    );
+    b.check(
+        "an IPv4-sized address list",
+        &{
+            let mut f = a().frame();
+            // Claim two addresses in the 16 bytes of one: a message of IPv4 length.
+            f[14 + 40 + 3] = 4;
+            f
+        },
+        drop_(Reason::Length),
+    );
+    b.check(
+        "interval 0",
+        &with(&|x| x.interval = 0),
+        drop_(Reason::Interval),
+    );
+    let full = a().frame();
+    b.check(
+        "cut before the end of the message",
+        &full[..full.len() - 4],
+        drop_(Reason::Truncated),
+    );
+    b.check(
+        "cut inside the IPv6 header",
+        &full[..14 + 30],
+        drop_(Reason::Truncated),
+    );
+    b.check(
+        "cut inside an extension header",
+        &set6(&|v| v.ext = vec![60])[..14 + 40 + 1],
+        drop_(Reason::Truncated),
+    );
+    b.check(
+        "payload length past the frame",
+        &{
+            let mut f = full.clone();
+            f[18..20].copy_from_slice(&200u16.to_be_bytes());
+            f
+        },
+        drop_(Reason::Truncated),
+    );
+    b.check(
+        "extension headers longer than the payload",
+        &{
+            let mut f = set6(&|v| v.ext = vec![60]);
+            f[18..20].copy_from_slice(&4u16.to_be_bytes());
+            f
+        },
+        drop_(Reason::Length),
+    );
+    b.check(
+        "IPv4 advert for an IPv6-only VRID",
+        &Advert {
+            vrid: 61,
+            ..Advert::v3(PEER)
+        }
+        .frame(),
+        drop_(Reason::UnknownVrid),
+    );
+    b.check(
+        "VLAN-tagged IPv6 advert",
+        &with(&|x| x.vlans = vec![7]),
+        Expect::Accept,
+    );
+}
+
+/// auth_hmac over IPv6: the pseudo-header names family 6 and binds the 16-byte source; the
+/// checksum covers the trailer (the kernel's transport checksum, as keepalived has it).
+#[test]
+fn ipv6_auth_hmac_is_judged_alike_on_both_paths() {
+    let mut b = Both::new();
+    let now = Hmac::now_seq(0);
+    let signed = |seq: u64, key: &[u8]| Advert {
+        vrid: 65,
+        hmac: Some(Hmac::new(1, key, seq)),
+        ..Advert::v3_ipv6(peer6())
+    };
+    b.check("signed", &signed(now, &key1()).frame(), Expect::Accept);
+    b.check(
+        "replayed",
+        &signed(now, &key1()).frame(),
+        drop_(Reason::Replay),
+    );
+    b.check(
+        "signed with another key",
+        &signed(now + 1, &key2()).frame(),
+        drop_(Reason::Hmac),
+    );
+    b.check(
+        "unsigned in enforce mode",
+        &Advert {
+            vrid: 65,
+            ..Advert::v3_ipv6(peer6())
+        }
+        .frame(),
+        drop_(Reason::NoTrailer),
+    );
+    // The MAC binds the source: the same bytes from the other peer do not verify.
+    let mut moved = signed(now + 2, &key1());
+    moved.hmac.as_mut().unwrap().seq = now + 2;
+    let frame = moved.frame();
+    let mut forged = frame.clone();
+    forged[14 + 8..14 + 24].copy_from_slice(&peer6_2());
+    // The checksum is made right again: only the MAC can tell.
+    let msg_at = 14 + 40;
+    forged[msg_at + 6..msg_at + 8].copy_from_slice(&[0, 0]);
+    let p = proxy_common::guard::pseudo_header_sum(
+        std::net::Ipv6Addr::from(peer6_2()).into(),
+        std::net::Ipv6Addr::from(moved.v6.as_ref().unwrap().dst).into(),
+        (forged.len() - msg_at) as u16,
+    );
+    let c = proxy_common::guard::checksum(&forged[msg_at..], p);
+    forged[msg_at + 6..msg_at + 8].copy_from_slice(&c.to_be_bytes());
+    b.check(
+        "signed by one peer, sent as the other",
+        &forged,
+        drop_(Reason::Hmac),
+    );
+    b.check("the original", &frame, Expect::Accept);
+    let k = InstanceKey::new(LO, 65, Family::V6);
+    let c = b.xdp.auth_counters(&k).unwrap();
+    assert_eq!((c.signed, c.drop_hmac, c.drop_replay), (2, 2, 1), "{c:?}");
+    assert_eq!(b.raw.auth_counters(&k).unwrap(), c);
+}
+
+/// keepalived 2.2.7's IPv6 adverts (captured in the lab) pass when keepalived is a peer, and
+/// wake userspace as IPv4 adverts do; the same bytes from elsewhere are forgeries.
+#[test]
+fn keepalived_ipv6_adverts_are_accepted_and_recorded() {
+    let keepalived = v6("fe80::ff:fe00:1");
+    let mut s = spec6(51);
+    s.peers = vec![keepalived];
+    let mut g = XdpGuard::load(None, false).unwrap();
+    g.configure(&[&s]).unwrap();
+    let raw = RawState::default();
+    raw.configure(&[&s]).unwrap();
+    let frames = fixture("keepalived-v3-ipv6.hex");
+    assert_eq!(g.test_run(&frames[0], LO).unwrap(), XDP_PASS);
+    let ev = g.poll_events();
+    let raw_ev = raw.handle(&frames[0], LO, monotonic_ns()).unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    for e in [ev[0], raw_ev] {
+        assert_eq!(
+            (e.vrid, e.family, e.src, e.priority, e.flags, e.addr_count),
+            (51, 6, keepalived, 110, EV_AFTER_SILENCE, 2)
+        );
+    }
+    assert_eq!(g.test_run(&frames[1], LO).unwrap(), XDP_PASS);
+    assert_eq!(
+        g.poll_events()
+            .iter()
+            .map(|e| (e.priority, e.flags))
+            .collect::<Vec<_>>(),
+        vec![(0, EV_PRIORITY_ZERO | EV_PRIORITY_CHANGE)]
+    );
+    let rec = g.advert(&InstanceKey::new(LO, 51, Family::V6)).unwrap();
+    assert_eq!(
+        (rec.master, rec.version, rec.interval_cs, rec.adverts),
+        (keepalived, 3, 100, 2)
+    );
+    assert!(
+        g.advert(&InstanceKey::new(LO, 51, Family::V4)).is_none(),
+        "no IPv4 instance"
+    );
+    s.peers = vec![peer6()];
+    g.configure(&[&s]).unwrap();
+    assert_eq!(g.test_run(&frames[0], LO).unwrap(), XDP_DROP);
+    assert_eq!(g.counters().unwrap().drop_not_peer, 1);
+}
+
+/// The master-down timer runs for an IPv6 instance as for IPv4: armed by its adverts, and
+/// its event names the family and the master that fell silent.
+#[test]
+fn the_kernel_timer_runs_for_ipv6_instances() {
+    let mut s = spec6(61);
+    s.peers = vec![peer6()];
+    let key = InstanceKey::new(LO, 61, Family::V6);
+    let mut g = XdpGuard::load(None, false).unwrap();
+    g.configure(&[&s]).unwrap();
+    g.set_timer_cfg(
+        &key,
+        TimerCfg {
+            on: 1,
+            priority: 100,
+            version: 3,
+            own_interval_cs: 5,
+            ..TimerCfg::default()
+        },
+    )
+    .unwrap();
+    let adv = Advert {
+        vrid: 61,
+        priority: 110,
+        interval: 5,
+        ..Advert::v3_ipv6(peer6())
+    };
+    assert_eq!(g.test_run(&adv.frame(), LO).unwrap(), XDP_PASS);
+    let t = g.timer(&key).expect("the guard created the timer");
+    assert_eq!((t.armed, t.priority, t.interval_cs), (1, 110, 5), "{t:?}");
+    g.poll_events();
+    let t0 = std::time::Instant::now();
+    let mut ev = Vec::new();
+    while t0.elapsed() < std::time::Duration::from_secs(1) {
+        ev.extend(
+            g.poll_events()
+                .into_iter()
+                .filter(|e| e.flags & EV_MASTER_DOWN != 0),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!((ev[0].family, ev[0].src, ev[0].vrid), (6, peer6(), 61));
 }

@@ -1,12 +1,12 @@
 //! keepalived (Debian's) as the other node, in both roles: election, failover, takeover back.
-//! VRRPv3 with keepalived's checksum (IPv4 pseudo-header) and VRRPv2 with PASS authentication
-//! interoperate; the RFC 9568 message-only checksum is one keepalived 2.2 cannot speak, and
-//! hapd's guard shows the mismatch as `drop_checksum`.
+//! VRRPv3 with keepalived's checksum (IPv4 pseudo-header), VRRPv2 with PASS authentication and
+//! VRRPv3 over IPv6 interoperate; the RFC 9568 message-only checksum is one keepalived 2.2
+//! cannot speak, and hapd's guard shows the mismatch as `drop_checksum`.
 //!
 //! ```text
-//!   h0 198.18.0.1 keepalived ──┐
-//!   h1 198.18.0.2 hapd ────────┼── bridge      VIP 198.18.0.100
-//!   h2 198.18.0.3 client ──────┘
+//!   h0 198.18.0.1 2001:2::1 keepalived ──┐
+//!   h1 198.18.0.2 2001:2::2 hapd ────────┼── bridge      VIP 198.18.0.100 or 2001:2::100
+//!   h2 198.18.0.3 2001:2::3 client ──────┘
 //! ```
 use std::{path::Path, time::Duration};
 
@@ -16,29 +16,43 @@ use proxy_userspace::dataplane::xdp::pinned_counters;
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
+const VIP6: &str = "2001:2::100";
 const PASS: &str = "secret42";
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
     V3,
     V2Pass,
+    /// VRRPv3 over IPv6.
+    V6,
+}
+
+impl Variant {
+    /// The virtual address and its prefix.
+    fn vip(self) -> String {
+        match self {
+            Variant::V6 => format!("{VIP6}/64"),
+            _ => format!("{VIP}/24"),
+        }
+    }
 }
 
 fn keepalived(lab: &Lab, v: Variant, priority: u8) -> Proc {
     let (version, interval, auth) = match v {
-        Variant::V3 => (3, "0.1", String::new()),
+        Variant::V3 | Variant::V6 => (3, "0.1", String::new()),
         Variant::V2Pass => (
             2,
             "1",
             format!("authentication {{\n    auth_type PASS\n    auth_pass {PASS}\n  }}"),
         ),
     };
+    let vip = v.vip();
     let conf = lab.dir().join("keepalived.conf");
     std::fs::write(
         &conf,
         format!(
             "global_defs {{\n  router_id KA\n  vrrp_version {version}\n}}\n\
-             vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {interval}\n  {auth}\n  virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n"
+             vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {priority}\n  advert_int {interval}\n  {auth}\n  virtual_ipaddress {{\n    {vip} dev eth0\n  }}\n}}\n"
         ),
     )
     .unwrap();
@@ -67,28 +81,33 @@ fn keepalived(lab: &Lab, v: Variant, priority: u8) -> Proc {
 fn hapd_config(lab: &mut Lab, v: Variant, priority: u8, checksum: &str) -> String {
     let pin_dir = lab.bpffs().unwrap().join("hapd");
     let (version, interval, auth) = match v {
-        Variant::V3 => (3, "100ms", String::new()),
+        Variant::V3 | Variant::V6 => (3, "100ms", String::new()),
         Variant::V2Pass => (2, "1s", format!("auth_pass = \"{PASS}\"")),
     };
+    // keepalived sends IPv6 adverts from its link-local address.
+    let peer = match v {
+        Variant::V6 => lab.link_local(0, "eth0").unwrap().to_string(),
+        _ => "198.18.0.1".into(),
+    };
+    let vip = v.vip();
     format!(
         "[node]\nname = \"hapd\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\n\
-         priority = {priority}\nversion = {version}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{VIP}/24\"]\n\
-         peers = [\"198.18.0.1\"]\n{auth}\n{}\n",
+         priority = {priority}\nversion = {version}\nadvert_interval = \"{interval}\"\nvirtual_ips = [\"{vip}\"]\n\
+         peers = [\"{peer}\"]\n{auth}\n{}\n",
         pin_dir.display(),
         if v == Variant::V3 { format!("v3_checksum = \"{checksum}\"") } else { String::new() }
     )
 }
 
-fn has_vip(lab: &Lab, i: usize) -> bool {
-    let out = lab
-        .exec(i, &["ip", "-4", "addr", "show", "dev", "eth0"])
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {VIP}/24"))
+fn has_vip(lab: &Lab, v: Variant, i: usize) -> bool {
+    let out = lab.exec(i, &["ip", "addr", "show", "dev", "eth0"]).unwrap();
+    let inet = if v == Variant::V6 { "inet6" } else { "inet" };
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{inet} {} ", v.vip()))
 }
 
-fn wait_vip(lab: &Lab, i: usize, timeout: Duration) {
+fn wait_vip(lab: &Lab, v: Variant, i: usize, timeout: Duration) {
     let end = std::time::Instant::now() + timeout;
-    while !has_vip(lab, i) || has_vip(lab, 1 - i) {
+    while !has_vip(lab, v, i) || has_vip(lab, v, 1 - i) {
         assert!(
             std::time::Instant::now() < end,
             "VIP not (only) on host {i} after {timeout:?}"
@@ -97,8 +116,9 @@ fn wait_vip(lab: &Lab, i: usize, timeout: Duration) {
     }
 }
 
-fn client_reaches_vip(lab: &Lab) -> bool {
-    lab.exec(2, &["ping", "-c", "1", "-W", "1", VIP]).is_ok()
+fn client_reaches_vip(lab: &Lab, v: Variant) -> bool {
+    let vip = if v == Variant::V6 { VIP6 } else { VIP };
+    lab.exec(2, &["ping", "-c", "1", "-W", "1", vip]).is_ok()
 }
 
 /// hapd has the higher priority: it is elected, keepalived takes over when hapd stops, and
@@ -110,7 +130,7 @@ fn hapd_as_master(v: Variant) {
     let mut h = lab.start_hapd(1, Path::new(HAPD), &cfg).unwrap();
     h.wait_for("=> MASTER", 1, Duration::from_secs(slow))
         .unwrap();
-    wait_vip(&lab, 1, Duration::from_secs(slow));
+    wait_vip(&lab, v, 1, Duration::from_secs(slow));
     // keepalived joins a running master and must stay backup.
     let mut ka = keepalived(&lab, v, 100);
     ka.wait_for("Entering BACKUP STATE", 1, Duration::from_secs(5))
@@ -126,7 +146,7 @@ fn hapd_as_master(v: Variant) {
         "keepalived stays backup:\n{}",
         ka.lines().join("\n")
     );
-    assert!(client_reaches_vip(&lab));
+    assert!(client_reaches_vip(&lab, v));
 
     assert!(h
         .stop(Signal::SIGTERM, Duration::from_secs(5))
@@ -134,8 +154,8 @@ fn hapd_as_master(v: Variant) {
         .success());
     ka.wait_for("Entering MASTER STATE", 1, Duration::from_secs(slow))
         .unwrap();
-    wait_vip(&lab, 0, Duration::from_secs(slow));
-    assert!(client_reaches_vip(&lab));
+    wait_vip(&lab, v, 0, Duration::from_secs(slow));
+    assert!(client_reaches_vip(&lab, v));
 
     let mut h = lab.start_hapd(1, Path::new(HAPD), &cfg).unwrap();
     h.wait_for(
@@ -146,8 +166,8 @@ fn hapd_as_master(v: Variant) {
     .unwrap();
     ka.wait_for("Entering BACKUP STATE", 2, Duration::from_secs(slow))
         .unwrap();
-    wait_vip(&lab, 1, Duration::from_secs(slow));
-    assert!(client_reaches_vip(&lab));
+    wait_vip(&lab, v, 1, Duration::from_secs(slow));
+    assert!(client_reaches_vip(&lab, v));
     let c = pinned_counters(&lab.bpffs().unwrap().join("hapd")).unwrap();
     assert!(
         c.accepted > 0 && c.drop_checksum == 0 && c.drop_auth == 0,
@@ -172,7 +192,7 @@ fn keepalived_as_master(v: Variant) {
     let mut h = lab.start_hapd(1, Path::new(HAPD), &cfg).unwrap();
     h.wait_for("INIT => BACKUP", 1, Duration::from_secs(5))
         .unwrap();
-    wait_vip(&lab, 0, Duration::from_secs(slow));
+    wait_vip(&lab, v, 0, Duration::from_secs(slow));
     std::thread::sleep(Duration::from_millis(if v == Variant::V2Pass {
         4_500
     } else {
@@ -191,8 +211,8 @@ fn keepalived_as_master(v: Variant) {
         Duration::from_secs(slow),
     )
     .unwrap();
-    wait_vip(&lab, 1, Duration::from_secs(slow));
-    assert!(client_reaches_vip(&lab));
+    wait_vip(&lab, v, 1, Duration::from_secs(slow));
+    assert!(client_reaches_vip(&lab, v));
 
     let mut ka = keepalived(&lab, v, 110);
     h.wait_for(
@@ -203,8 +223,8 @@ fn keepalived_as_master(v: Variant) {
     .unwrap();
     ka.wait_for("Entering MASTER STATE", 1, Duration::from_secs(slow))
         .unwrap();
-    wait_vip(&lab, 0, Duration::from_secs(slow));
-    assert!(client_reaches_vip(&lab));
+    wait_vip(&lab, v, 0, Duration::from_secs(slow));
+    assert!(client_reaches_vip(&lab, v));
     assert!(h
         .stop(Signal::SIGTERM, Duration::from_secs(5))
         .unwrap()
@@ -220,6 +240,16 @@ fn v3_hapd_master_keepalived_backup() {
 #[test]
 fn v3_keepalived_master_hapd_backup() {
     keepalived_as_master(Variant::V3);
+}
+
+#[test]
+fn ipv6_hapd_master_keepalived_backup() {
+    hapd_as_master(Variant::V6);
+}
+
+#[test]
+fn ipv6_keepalived_master_hapd_backup() {
+    keepalived_as_master(Variant::V6);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! and SIGTERM detaches the guard and removes the pins. Once with XDP, once with `xdp = "off"`.
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    net::{TcpListener, TcpStream},
     path::Path,
     process::Command,
     time::Duration,
@@ -12,7 +12,10 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use hapd_lab::{frames::Advert, proc::Proc, Lab};
 use nix::sys::signal::Signal;
-use proxy_common::maps::{AdvertRecord, InstanceKey};
+use proxy_common::{
+    maps::{v4_addr, AdvertRecord, InstanceKey},
+    vrrp::Family,
+};
 use proxy_userspace::dataplane::xdp::pinned_counters;
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
@@ -167,15 +170,12 @@ fn xdp_guard(mode: &str, shown: &str, ip_flag: &str) {
         aya::maps::Map::HashMap(MapData::from_pin(s.pin_dir.join("vrrp_adverts")).unwrap()),
     )
     .unwrap();
-    let rec = adverts.get(&InstanceKey::new(ifindex, 51), 0).unwrap();
+    let rec = adverts
+        .get(&InstanceKey::new(ifindex, 51, Family::V4), 0)
+        .unwrap();
     assert_eq!(
-        (
-            Ipv4Addr::from(rec.master),
-            rec.priority,
-            rec.adverts,
-            rec.interval_cs
-        ),
-        (Ipv4Addr::new(198, 18, 0, 2), 100, 5, 10)
+        (rec.master, rec.priority, rec.adverts, rec.interval_cs),
+        (v4_addr([198, 18, 0, 2]), 100, 5, 10)
     );
     // Only the first valid advert woke userspace; no forged one did.
     assert_eq!(s.hapd.grep("advert from").len(), 1, "{:?}", s.hapd.lines());

@@ -4,7 +4,10 @@ use std::{path::Path, process::Command};
 
 use aya::maps::{Array, Map, MapData, MapInfo};
 use hapd_lab::{frames::Advert, Lab};
-use proxy_common::maps::{InstanceKey, LAYOUT_VERSION};
+use proxy_common::{
+    maps::{v4_addr, InstanceKey, LAYOUT_VERSION},
+    vrrp::Family,
+};
 use proxy_userspace::{
     config::XdpMode,
     dataplane::{xdp::XdpGuard, InstanceSpec},
@@ -20,7 +23,8 @@ fn spec() -> InstanceSpec {
         ifindex: LO,
         vrid: 51,
         version: 3,
-        peers: vec![PEER],
+        family: Family::V4,
+        peers: vec![v4_addr(PEER)],
         pseudo_header: true,
         auth_pass: None,
         auth: None,
@@ -83,7 +87,7 @@ fn a_pin_with_another_layout_is_replaced() {
         MapInfo::from_pin(dir.join("vrrp_vrids"))
             .unwrap()
             .value_size(),
-        192,
+        std::mem::size_of::<proxy_common::maps::VridEntry>() as u32,
         "replaced"
     );
     assert_eq!(
@@ -172,16 +176,16 @@ fn compatible_pins_survive_a_crash_with_their_state() {
     let mut g = XdpGuard::load(Some(&dir), false).unwrap();
     g.configure(&[&spec()]).unwrap();
     assert_eq!(g.counters().unwrap().accepted, 3, "counters carried on");
-    let rec = g.advert(&InstanceKey::new(LO, 51)).unwrap();
+    let rec = g.advert(&InstanceKey::new(LO, 51, Family::V4)).unwrap();
     assert_eq!(
         (rec.adverts, rec.master),
-        (3, PEER),
+        (3, v4_addr(PEER)),
         "the record is still true and kept"
     );
     // A restart with another config rewrites the tables: VRID 51 is gone.
     g.configure(&[&InstanceSpec { vrid: 52, ..spec() }])
         .unwrap();
-    assert!(g.advert(&InstanceKey::new(LO, 51)).is_none());
+    assert!(g.advert(&InstanceKey::new(LO, 51, Family::V4)).is_none());
     assert_eq!(
         g.test_run(&Advert::v3(PEER).frame(), LO).unwrap(),
         1,

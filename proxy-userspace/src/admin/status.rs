@@ -1,12 +1,13 @@
 //! How the node's state becomes [`Status`] (the JSON of `/status`, the types are in
 //! [`crate::status`]) from what the VRRP loop reports ([`crate::control`]), and how
 //! `hapd status` prints it.
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::fmt::Write as _;
 
 use proxy_common::maps::{Reason, AUTH_TIME};
 
 use crate::{
     control::{AuthFacts, GuardFacts, InstanceFacts},
+    dataplane::ip_of,
     status::{AuthStatus, GuardStatus, InstanceStatus, Status},
     vrrp::fsm::State,
 };
@@ -23,7 +24,7 @@ pub fn instance(f: &InstanceFacts) -> InstanceStatus {
         _ => f
             .record
             .filter(|r| r.adverts > 0 && age_ms.is_some_and(|a| a <= down_ms))
-            .map(|r| format!("{} (priority {})", Ipv4Addr::from(r.master), r.priority)),
+            .map(|r| format!("{} (priority {})", ip_of(&r.master, f.family), r.priority)),
     };
     let mut reasons = f.reasons.clone();
     if !f.link_up {
@@ -37,6 +38,7 @@ pub fn instance(f: &InstanceFacts) -> InstanceStatus {
         interface: f.interface.clone(),
         vrid: f.vrid,
         version: f.version,
+        family: f.family.name().into(),
         state: f.state.to_string(),
         master,
         priority: f.priority,

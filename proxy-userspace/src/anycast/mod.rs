@@ -221,10 +221,11 @@ async fn hold(prefixes: &[ipnet::Ipv4Net], on: bool) -> anyhow::Result<()> {
     let (conn, nl, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     let task = tokio::spawn(conn);
     let lo = nix::net::if_::if_nametoindex("lo").context("the loopback interface")?;
+    let prefixes: Vec<ipnet::IpNet> = prefixes.iter().map(|p| (*p).into()).collect();
     let r = if on {
-        crate::vip::add(&nl, lo, prefixes).await
+        crate::vip::add(&nl, lo, &prefixes).await
     } else {
-        crate::vip::remove(&nl, lo, prefixes).await.map(drop)
+        crate::vip::remove(&nl, lo, &prefixes).await.map(drop)
     };
     task.abort();
     r

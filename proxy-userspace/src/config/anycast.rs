@@ -18,7 +18,7 @@ pub struct Anycast {
     /// The segment shared with the router and the other nodes.
     pub interface: String,
     /// Every node of the group, this one too.
-    #[serde(deserialize_with = "types::peers")]
+    #[serde(deserialize_with = "types::peers_v4")]
     pub peers: Vec<Ipv4Addr>,
     /// This node's BIRD 2 control socket.
     #[serde(default = "default_bird_socket")]

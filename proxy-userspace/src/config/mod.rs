@@ -12,14 +12,17 @@ mod types;
 use std::{
     collections::{HashMap, HashSet},
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
-use proxy_common::maps::{MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE};
+use ipnet::IpNet;
+use proxy_common::{
+    maps::{MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE},
+    vrrp::Family,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -147,9 +150,9 @@ pub struct Vrrp {
     #[serde(default)]
     pub preempt_delay: Dur,
     #[serde(deserialize_with = "types::vips")]
-    pub virtual_ips: Vec<Ipv4Net>,
+    pub virtual_ips: Vec<IpNet>,
     #[serde(default, deserialize_with = "types::peers")]
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     #[serde(default)]
     pub unicast: bool,
     #[serde(default)]
@@ -173,6 +176,17 @@ pub struct Vrrp {
     pub garp: Garp,
     #[serde(default)]
     pub fence: Vec<String>,
+}
+
+impl Vrrp {
+    /// The instance's address family: its virtual addresses' (the config check makes them all
+    /// one family, and the peers too).
+    pub fn family(&self) -> Family {
+        match self.virtual_ips.first() {
+            Some(IpNet::V6(_)) => Family::V6,
+            _ => Family::V4,
+        }
+    }
 }
 
 fn default_advert_interval() -> Dur {
@@ -364,10 +378,16 @@ impl Config {
                     format!("{:?} is not an interface name", v.interface),
                 ));
             }
-            if !ids.insert((v.interface.as_str(), v.vrid)) {
+            // RFC 9568 section 5.2.3: IPv4 and IPv6 have a VRID space each.
+            if !ids.insert((v.interface.as_str(), v.vrid, v.family())) {
                 return Err(err(
                     "vrid",
-                    format!("vrid {} is used twice on interface {}", v.vrid, v.interface),
+                    format!(
+                        "vrid {} is used twice on interface {} for {}",
+                        v.vrid,
+                        v.interface,
+                        v.family().name()
+                    ),
                 ));
             }
             let n = ifaces_per_vrid.entry(v.vrid).or_default();
@@ -478,10 +498,47 @@ impl Config {
             if v.virtual_ips.is_empty() {
                 return Err(err("virtual_ips", "needs at least one address".into()));
             }
-            if v.virtual_ips.len() > 255 {
+            let family = v.family();
+            // keepalived's rule: an instance is of one family, decided by its first address.
+            for (j, a) in v.virtual_ips.iter().enumerate() {
+                let f = match a {
+                    IpNet::V4(_) => Family::V4,
+                    IpNet::V6(_) => Family::V6,
+                };
+                if f != family {
+                    return Err(err(
+                        &format!("virtual_ips[{j}]"),
+                        format!(
+                            "{a} is {} but virtual_ips[0] is {}: an instance is of one family; \
+                             put the {} addresses in an instance of their own",
+                            f.name(),
+                            family.name(),
+                            f.name()
+                        ),
+                    ));
+                }
+                if a.addr().is_multicast() || a.addr().is_unspecified() {
+                    return Err(err(
+                        &format!("virtual_ips[{j}]"),
+                        format!("{a} is not a host address"),
+                    ));
+                }
+            }
+            if v.virtual_ips.len() > family.max_addrs() as usize {
                 return Err(err(
                     "virtual_ips",
-                    "at most 255 addresses fit in an advert".into(),
+                    format!(
+                        "{} addresses; at most {} {} addresses fit in an advert",
+                        v.virtual_ips.len(),
+                        family.max_addrs(),
+                        family.name()
+                    ),
+                ));
+            }
+            if family == Family::V6 && v.version == VrrpVersion::V2 {
+                return Err(err(
+                    "version",
+                    "VRRP v2 is IPv4 only (RFC 3768); IPv6 addresses need version = 3".into(),
                 ));
             }
             if v.peers.len() > MAX_PEERS_PER_INSTANCE {
@@ -498,7 +555,18 @@ impl Config {
                 if !seen.insert(p) {
                     return Err(err(&format!("peers[{j}]"), format!("{p} is listed twice")));
                 }
-                if p.is_multicast() || p.is_broadcast() || p.is_unspecified() {
+                if p.is_ipv6() != (family == Family::V6) {
+                    return Err(err(
+                        &format!("peers[{j}]"),
+                        format!(
+                            "{p} is not {} like the instance's virtual_ips (an instance is of \
+                             one family)",
+                            family.name()
+                        ),
+                    ));
+                }
+                let broadcast = matches!(p, IpAddr::V4(a) if a.is_broadcast());
+                if p.is_multicast() || broadcast || p.is_unspecified() {
                     return Err(err(
                         &format!("peers[{j}]"),
                         format!("{p} is not a host address"),

@@ -116,6 +116,25 @@ fn defaults() {
     assert_eq!(c.node.admin.to_string(), "127.0.0.1:8410");
 }
 
+/// keepalived's convention: the family comes from the addresses; an IPv4 and an IPv6 instance
+/// may share a VRID on one interface (each family has its own VRID space), two of one family
+/// may not.
+#[test]
+fn an_instance_per_family_may_share_a_vrid() {
+    let v6 = "\n[[vrrp]]\nname = \"VI_6\"\ninterface = \"eth0\"\nvrid = 51\npriority = 110\n\
+              virtual_ips = [\"2001:2::100/64\", \"2001:2::101/64\"]\npeers = [\"fe80::2\"]\n";
+    let (c, _) = parse(&format!("{BASE}{v6}")).unwrap();
+    let families: Vec<_> = c.vrrp.iter().map(|v| v.get_ref().family()).collect();
+    assert_eq!(families, [Family::V4, Family::V6]);
+    assert_eq!(c.vrrp[1].get_ref().version, VrrpVersion::V3);
+    let twice = v6.replace("VI_6", "VI_7") + &v6.replace("VI_6", "VI_8");
+    let e = parse(&format!("{BASE}{twice}")).unwrap_err().to_string();
+    assert!(
+        e.contains("vrrp[2].vrid: vrid 51 is used twice on interface eth0 for IPv6"),
+        "{e}"
+    );
+}
+
 #[test]
 fn warnings_for_pass_auth_and_no_peers() {
     let text = with_vrrp("version = 2\nauth_pass = \"secret42\"")
@@ -178,11 +197,16 @@ fn every_invalid_case_names_the_key() {
         (with_vrrp(&format!("auth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1, time_window = \"400s\" }}")), "vrrp[0].auth_hmac.time_window", "[[vrrp]]"),
         (with_vrrp(&format!("version = 2\nauth_pass = \"secret42\"\nauth_hmac = {{ keys = {{ 1 = \"{HEX32}\" }}, active_key = 1 }}")), "vrrp[0].auth_hmac: auth_hmac and auth_pass exclude each other", "[[vrrp]]"),
         (with_vrrp("virtual_ips = []"), "vrrp[0].virtual_ips", "[[vrrp]]"),
-        (with_vrrp("virtual_ips = [\"10.0.1.300/24\"]"), "virtual_ips: \"10.0.1.300/24\" is not an IPv4 address with prefix", "@virtual_ips ="),
+        (with_vrrp("virtual_ips = [\"10.0.1.300/24\"]"), "virtual_ips: \"10.0.1.300/24\" is not an address with prefix", "@virtual_ips ="),
+        (with_vrrp("virtual_ips = [\"198.18.0.100/24\", \"2001:2::100/64\"]"), "vrrp[0].virtual_ips[1]: 2001:2::100/64 is IPv6 but virtual_ips[0] is IPv4: an instance is of one family", "[[vrrp]]"),
+        (with_vrrp("virtual_ips = [\"2001:2::100/64\"]\npeers = [\"198.18.0.2\"]"), "vrrp[0].peers[0]: 198.18.0.2 is not IPv6 like the instance's virtual_ips", "[[vrrp]]"),
+        (with_vrrp("virtual_ips = [\"2001:2::100/64\"]\npeers = [\"fe80::2\"]\nversion = 2"), "vrrp[0].version: VRRP v2 is IPv4 only (RFC 3768); IPv6 addresses need version = 3", "[[vrrp]]"),
+        (with_vrrp(&format!("virtual_ips = [{}]\npeers = [\"fe80::2\"]", (0..65).map(|i| format!("\"2001:2::{:x}/64\"", i + 1)).collect::<Vec<_>>().join(", "))), "vrrp[0].virtual_ips: 65 addresses; at most 64 IPv6 addresses fit in an advert", "[[vrrp]]"),
+        (with_vrrp("virtual_ips = [\"ff02::1/64\"]\npeers = [\"fe80::2\"]"), "vrrp[0].virtual_ips[0]: ff02::1/64 is not a host address", "[[vrrp]]"),
         (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.2\"]"), "vrrp[0].peers[1]: 198.18.0.2 is listed twice", "[[vrrp]]"),
         (with_vrrp("peers = [\"224.0.0.18\"]"), "vrrp[0].peers[0]", "[[vrrp]]"),
         (with_vrrp("peers = [\"198.18.0.2\", \"198.18.0.3\", \"198.18.0.4\", \"198.18.0.5\", \"198.18.0.6\", \"198.18.0.7\", \"198.18.0.8\", \"198.18.0.9\", \"198.18.0.10\"]"), "vrrp[0].peers: 9 peers; the guard holds at most 8", "[[vrrp]]"),
-        (with_vrrp("peers = [\"proxy02\"]"), "peers: \"proxy02\" is not an IPv4 address", "@peers ="),
+        (with_vrrp("peers = [\"proxy02\"]"), "peers: \"proxy02\" is not an IP address", "@peers ="),
         (with_vrrp("peers = []\nunicast = true"), "vrrp[0].peers: unicast = true needs at least one peer", "[[vrrp]]"),
         (with_vrrp("track_scripts = [\"nope\"]"), "vrrp[0].track_scripts[0]: no [[track_script]] named \"nope\"", "[[vrrp]]"),
         (with_vrrp("track_proxy = { weight = -300 }"), "vrrp[0].track_proxy.weight", "[[vrrp]]"),

@@ -138,14 +138,16 @@ impl fmt::Display for XdpMode {
     }
 }
 
-/// `virtual_ips`: IPv4 addresses with a prefix length, named in the error when one is not.
-pub fn vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::Ipv4Net>, D::Error> {
+/// `virtual_ips`: IPv4 or IPv6 addresses with a prefix length, named in the error when one is
+/// not (one family per instance is checked with the rest of the instance).
+pub fn vips<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
     Vec::<String>::deserialize(d)?
         .into_iter()
         .map(|s| {
             s.parse().map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "virtual_ips: {s:?} is not an IPv4 address with prefix, e.g. \"10.0.1.100/24\""
+                    "virtual_ips: {s:?} is not an address with prefix, e.g. \"10.0.1.100/24\" \
+                     or \"2001:db8::100/64\""
                 ))
             })
         })
@@ -177,14 +179,25 @@ pub fn prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::Ipv4Net>, 
         .collect()
 }
 
-/// `peers`: IPv4 addresses, named in the error when one is not.
-pub fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::Ipv4Addr>, D::Error> {
+/// `peers` of `[[anycast]]`: IPv4 addresses, named in the error when one is not.
+pub fn peers_v4<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::Ipv4Addr>, D::Error> {
     Vec::<String>::deserialize(d)?
         .into_iter()
         .map(|s| {
             s.parse().map_err(|_| {
                 serde::de::Error::custom(format!("peers: {s:?} is not an IPv4 address"))
             })
+        })
+        .collect()
+}
+
+/// `peers`: IPv4 or IPv6 addresses, named in the error when one is not.
+pub fn peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| serde::de::Error::custom(format!("peers: {s:?} is not an IP address")))
         })
         .collect()
 }

@@ -7,11 +7,11 @@ mod fence;
 mod router;
 mod timer;
 
-use std::{collections::HashMap, net::Ipv4Addr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    GuardEvent, InstanceKey, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE,
+    GuardEvent, EV_AFTER_SILENCE, EV_INTERVAL_CHANGE, EV_MASTER_DOWN, EV_NEW_SOURCE,
     EV_PRIORITY_CHANGE, EV_PRIORITY_ZERO,
 };
 use tokio::{
@@ -29,7 +29,7 @@ use self::{
 use crate::{
     config::Config,
     control::{AuthSettings, Control, GuardFacts},
-    dataplane::{Dataplane, InstanceSpec},
+    dataplane::{ip_of, Dataplane, InstanceSpec},
     link,
     vrrp::{
         fsm::{Heard, State},
@@ -480,7 +480,7 @@ fn phase_running(p: &Phase) -> bool {
 
 /// An advert event from the guard, to its instance's engine.
 async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Dataplane) {
-    let key = InstanceKey::new(ev.ifindex, ev.vrid);
+    let key = ev.key();
     let Some(r) = routers.iter_mut().find(|r| r.key == key) else {
         return;
     };
@@ -491,7 +491,7 @@ async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Da
             "{}: the master-down timer ran out in the kernel (last advert from {} with \
              priority {})",
             r.name,
-            Ipv4Addr::from(ev.src),
+            ip_of(&ev.src, key.family()),
             ev.priority
         );
         expire(r, dp, ctx, now()).await;
@@ -502,7 +502,7 @@ async fn deliver(routers: &mut [Router], ev: &GuardEvent, ctx: &Ctx, dp: &mut Da
     r.engine.handle_advert(
         Duration::from_nanos(ev.time_ns),
         Heard {
-            src: Ipv4Addr::from(ev.src),
+            src: ip_of(&ev.src, key.family()),
             priority: ev.priority,
             interval: Centisecs(ev.interval_cs),
         },
@@ -674,7 +674,7 @@ pub fn describe(instance: &str, ev: &GuardEvent) -> String {
         "instance {instance} vrid {}: VRRPv{} advert from {} priority {} (was {}) interval {}ms: {}",
         ev.vrid,
         ev.version,
-        Ipv4Addr::from(ev.src),
+        ip_of(&ev.src, ev.key().family()),
         ev.priority,
         ev.prev_priority,
         u32::from(ev.interval_cs) * 10,

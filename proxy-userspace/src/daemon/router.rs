@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use proxy_common::maps::{FlowEntry, InstanceKey, TimerCfg, FLOW_HOLDER, FLOW_RELEASED};
 use rtnetlink::Handle;
 use tokio::sync::mpsc;
@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::{
     config::{Config, Garp, V3Checksum, Vrrp, VrrpVersion},
     control::{AuthFacts, EngineHandoff, InstanceFacts},
-    dataplane::{monotonic_ns, AuthSpec, Dataplane, InstanceSpec},
+    dataplane::{ip_of, monotonic_ns, AuthSpec, Dataplane, InstanceSpec},
     vip,
     vrrp::{
         auth::Signer,
@@ -60,7 +60,7 @@ pub(super) enum Move {
     /// from `to` and sends it everything else) until none is left or `until`. `flows`: the
     /// guard carries them (XDP); without it the addresses go at `until`, a short grace.
     Draining {
-        to: Ipv4Addr,
+        to: IpAddr,
         since: Instant,
         until: Instant,
         flows: bool,
@@ -73,7 +73,7 @@ pub(super) enum Move {
     },
     /// We took the addresses from `from`, which still serves its flows: the guard sends it the
     /// segments we have no socket for, until `until`.
-    Adopted { from: Ipv4Addr, until: Instant },
+    Adopted { from: IpAddr, until: Instant },
 }
 
 /// The monotonic clock as the engines see it (the clock of the guard's timestamps).
@@ -91,7 +91,7 @@ pub(super) struct Router {
     pub(super) sock: AdvertSocket,
     /// The advert we send; its priority is set per send.
     pub(super) advert: Advert,
-    pub(super) vips: Vec<Ipv4Net>,
+    pub(super) vips: Vec<IpNet>,
     pub(super) garp: Garp,
     /// `last_seen_ns` of the last advert given to the engine, to replay newer ones from the
     /// guard's record.
@@ -105,7 +105,7 @@ pub(super) struct Router {
     /// A planned move in progress.
     pub(super) moving: Option<Move>,
     /// The last router an `Adopt` was tried for (cleared when we take the addresses).
-    adopt_tried: Option<Ipv4Addr>,
+    adopt_tried: Option<IpAddr>,
     /// `auth_hmac`, as the guard and the signer run it.
     pub(super) auth: Option<AuthSpec>,
     /// For status and metrics.
@@ -164,12 +164,12 @@ impl Router {
             (VrrpVersion::V3, V3Checksum::PseudoHeader) => ChecksumMode::PseudoHeader,
             _ => ChecksumMode::MessageOnly,
         };
-        let peers: Vec<Ipv4Addr> = if v.unicast {
+        let peers: Vec<IpAddr> = if v.unicast {
             v.peers.clone()
         } else {
             Vec::new()
         };
-        let mut sock = AdvertSocket::open(&v.interface, primary, &peers, mode)?;
+        let mut sock = AdvertSocket::open(&v.interface, spec.ifindex, primary, &peers, mode)?;
         sock.set_signer(spec.auth.as_ref().and_then(Signer::new));
         let interval = Centisecs::from_duration(v.advert_interval.0).with_context(|| {
             format!(
@@ -203,8 +203,12 @@ impl Router {
             auth: spec.auth_pass.map_or(Auth::None, Auth::Pass),
         };
         info!(
-            "{}: {} vrid {} priority {} from {primary}",
-            v.name, v.interface, v.vrid, v.priority
+            "{}: {} {} vrid {} priority {} from {primary}",
+            v.name,
+            v.interface,
+            v.family().name(),
+            v.vrid,
+            v.priority
         );
         Ok(Router {
             index,
@@ -362,23 +366,38 @@ impl Router {
 
     /// The addresses as the proxy sees them.
     fn vip_addrs(&self) -> Vec<IpAddr> {
-        self.vips.iter().map(|n| IpAddr::V4(n.addr())).collect()
+        self.vips.iter().map(|n| n.addr()).collect()
     }
 
-    fn vip_v4(&self) -> Vec<Ipv4Addr> {
-        self.vips.iter().map(|n| n.addr()).collect()
+    /// The addresses whose open flows the guard can carry across a planned move: IPv4 only
+    /// (`vip_flows` is keyed by IPv4 address; IPv6 moves release the addresses after a grace).
+    fn flow_addrs(&self) -> Vec<Ipv4Addr> {
+        self.vips
+            .iter()
+            .filter_map(|n| match n.addr() {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     }
 
     /// The Ethernet address of `router`, from the last advert the guard accepted for this
     /// instance if `router` sent it.
-    fn mac_of(&self, dp: &Dataplane, router: Ipv4Addr) -> Option<[u8; 6]> {
+    fn mac_of(&self, dp: &Dataplane, router: IpAddr) -> Option<[u8; 6]> {
         dp.advert(&self.key)
-            .filter(|r| Ipv4Addr::from(r.master) == router && r.mac != [0; 6])
+            .filter(|r| ip_of(&r.master, self.key.family()) == router && r.mac != [0; 6])
             .map(|r| r.mac)
     }
 
     /// We took the addresses from `from` in a planned move: its flows stay there.
-    fn adopt(&mut self, ctx: &Ctx, dp: &mut Dataplane, from: Ipv4Addr) {
+    fn adopt(&mut self, ctx: &Ctx, dp: &mut Dataplane, from: IpAddr) {
+        if self.flow_addrs().is_empty() {
+            info!(
+                "{}: took over from {from}; IPv6 flows are not carried across a move",
+                self.name
+            );
+            return;
+        }
         let Some(mac) = self.mac_of(dp, from) else {
             info!(
                 "{}: took over from {from}; its Ethernet address is unknown, so its open flows are not carried",
@@ -391,7 +410,7 @@ impl Router {
             role: FLOW_HOLDER,
             _pad: 0,
         };
-        if !dp.set_flows(&self.vip_v4(), Some(entry)) {
+        if !dp.set_flows(&self.flow_addrs(), Some(entry)) {
             info!(
                 "{}: took over from {from}; its open flows are not carried (no XDP guard here)",
                 self.name
@@ -411,20 +430,22 @@ impl Router {
 
     /// `to` is master after our planned move: our flows drain here, everything else goes to
     /// `to`; without XDP the addresses go after a short grace.
-    fn hand_over(&mut self, ctx: &Ctx, dp: &mut Dataplane, to: Ipv4Addr) {
+    fn hand_over(&mut self, ctx: &Ctx, dp: &mut Dataplane, to: IpAddr) {
         let now = Instant::now();
         // Flows are the proxy's: without it there is nothing to drain.
         let mac = self.mac_of(dp, to).filter(|_| ctx.proxy.is_some());
-        let carried = mac.is_some_and(|mac| {
-            dp.set_flows(
-                &self.vip_v4(),
-                Some(FlowEntry {
-                    peer_mac: mac,
-                    role: FLOW_RELEASED,
-                    _pad: 0,
-                }),
-            )
-        });
+        let v4 = self.flow_addrs();
+        let carried = !v4.is_empty()
+            && mac.is_some_and(|mac| {
+                dp.set_flows(
+                    &v4,
+                    Some(FlowEntry {
+                        peer_mac: mac,
+                        role: FLOW_RELEASED,
+                        _pad: 0,
+                    }),
+                )
+            });
         let addrs = self.vip_addrs();
         if let Some(p) = &ctx.proxy {
             p.hand_over(&addrs, true);
@@ -439,6 +460,8 @@ impl Router {
         } else {
             let why = if ctx.proxy.is_none() {
                 "no proxy here"
+            } else if v4.is_empty() {
+                "IPv6 flows are not carried"
             } else if dp.xdp().is_none() {
                 "no XDP guard"
             } else if mac.is_none() {
@@ -469,14 +492,14 @@ impl Router {
         match self.moving.take() {
             Some(Move::Draining { flows, .. }) => {
                 if flows {
-                    dp.set_flows(&self.vip_v4(), None);
+                    dp.set_flows(&self.flow_addrs(), None);
                 }
                 if let Some(p) = &ctx.proxy {
                     p.hand_over(&self.vip_addrs(), false);
                 }
             }
             Some(Move::Adopted { .. }) => {
-                dp.set_flows(&self.vip_v4(), None);
+                dp.set_flows(&self.flow_addrs(), None);
             }
             Some(Move::Holding { .. }) | None => {}
         }
@@ -536,7 +559,7 @@ impl Router {
                     warn!("{}: removing virtual addresses: {e:#}", self.name);
                 }
                 if flows {
-                    dp.set_flows(&self.vip_v4(), None);
+                    dp.set_flows(&self.flow_addrs(), None);
                 }
                 let took = now - since;
                 info!(
@@ -565,7 +588,7 @@ impl Router {
                 self.release_held(ctx).await;
             }
             Some(Move::Adopted { from, until }) if now >= until => {
-                dp.set_flows(&self.vip_v4(), None);
+                dp.set_flows(&self.flow_addrs(), None);
                 info!("{}: no longer sending flows to {from}", self.name);
                 self.moving = None;
             }
@@ -688,6 +711,7 @@ impl Router {
             interface: self.iface.clone(),
             vrid: self.key.vrid,
             version: self.advert.version,
+            family: self.key.family(),
             state: self.engine.state(),
             primary: self.engine.config().primary,
             record: dp.advert(&self.key),
@@ -727,7 +751,8 @@ impl Router {
         }
     }
 
-    /// A gratuitous ARP burst for every virtual address, in the background.
+    /// An announcement burst for every virtual address (gratuitous ARP, unsolicited neighbour
+    /// advertisements), in the background.
     fn announce(&self) {
         let (name, iface) = (self.name.clone(), self.iface.clone());
         let ips = self.vips.iter().map(|n| n.addr()).collect();
@@ -813,7 +838,7 @@ impl Router {
             self.engine.handle_advert(
                 Duration::from_nanos(rec.last_seen_ns),
                 Heard {
-                    src: Ipv4Addr::from(rec.master),
+                    src: ip_of(&rec.master, self.key.family()),
                     priority: rec.priority,
                     interval: Centisecs(rec.interval_cs),
                 },

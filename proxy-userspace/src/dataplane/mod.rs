@@ -7,13 +7,14 @@ pub mod xdp;
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::Context as _;
+use proxy_common::guard::addr_of;
 use proxy_common::maps::{
-    AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent, InstanceKey,
-    InstanceSlot, ServedPort, TimerCfg, TimerState, VridEntry, AUTH_MODE_ENFORCE,
+    Addr, AdvertRecord, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent,
+    InstanceKey, InstanceSlot, ServedPort, TimerCfg, TimerState, VridEntry, AUTH_MODE_ENFORCE,
     AUTH_MODE_PERMISSIVE, AUTH_MODE_RECEIVE_ONLY, AUTH_TIME, CFG_AUTH_HMAC, CFG_PEER_FILTER,
     CFG_V3_PSEUDO_HEADER, MAX_IFACES_PER_VRID, MAX_PEERS_PER_INSTANCE,
 };
-use proxy_common::vrrp::{AUTH_NONE, AUTH_PASS};
+use proxy_common::vrrp::{Family, AUTH_NONE, AUTH_PASS};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -31,7 +32,10 @@ pub struct InstanceSpec {
     pub ifindex: u32,
     pub vrid: u8,
     pub version: u8,
-    pub peers: Vec<[u8; 4]>,
+    /// The instance's address family (of its virtual addresses and peers).
+    pub family: Family,
+    pub peers: Vec<Addr>,
+    /// v3 over IPv4: the checksum covers the pseudo-header (IPv6 always has it).
     pub pseudo_header: bool,
     pub auth_pass: Option<[u8; 8]>,
     /// `auth_hmac`, when configured.
@@ -126,7 +130,8 @@ impl InstanceSpec {
             ifindex,
             vrid: v.vrid.get(),
             version: v.version.number(),
-            peers: v.peers.iter().map(|p| p.octets()).collect(),
+            family: v.family(),
+            peers: v.peers.iter().map(|p| addr_of(*p)).collect(),
             pseudo_header: v.version == VrrpVersion::V3
                 && v.v3_checksum == V3Checksum::PseudoHeader,
             auth_pass,
@@ -137,7 +142,7 @@ impl InstanceSpec {
     }
 
     pub fn key(&self) -> InstanceKey {
-        InstanceKey::new(self.ifindex, self.vrid)
+        InstanceKey::new(self.ifindex, self.vrid, self.family)
     }
 
     /// This instance's slot in `vrrp_vrids[vrid]`.
@@ -149,7 +154,7 @@ impl InstanceSpec {
                 self.peers.len()
             );
         }
-        let mut peers = [[0u8; 4]; MAX_PEERS_PER_INSTANCE];
+        let mut peers = [[0u8; 16]; MAX_PEERS_PER_INSTANCE];
         peers[..self.peers.len()].copy_from_slice(&self.peers);
         let mut flags = 0;
         if !self.peers.is_empty() {
@@ -171,6 +176,8 @@ impl InstanceSpec {
                 AUTH_NONE
             },
             peer_count: self.peers.len() as u8,
+            family: self.family as u8,
+            _pad: [0; 3],
             auth_pass: self.auth_pass.unwrap_or_default(),
             peers,
         })
@@ -183,12 +190,22 @@ pub fn served_ports(config: &crate::config::Config, v: &Vrrp) -> Vec<ServedPort>
     let mut out = Vec::new();
     for l in &config.listener {
         for b in &l.get_ref().bind {
-            let std::net::SocketAddr::V4(b) = b else {
-                continue;
-            };
             for vip in &v.virtual_ips {
-                if b.ip().is_unspecified() || *b.ip() == vip.addr() {
-                    out.push(ServedPort::new(vip.addr().octets(), b.port().to_be_bytes()));
+                let vip = vip.addr();
+                // A wildcard of the VIP's family serves it ([::] listeners are IPv6 only:
+                // the proxy sets IPV6_V6ONLY).
+                let wildcard = b.ip().is_unspecified() && b.is_ipv6() == vip.is_ipv6();
+                if wildcard || b.ip() == vip {
+                    let family = if vip.is_ipv6() {
+                        Family::V6
+                    } else {
+                        Family::V4
+                    };
+                    out.push(ServedPort::new(
+                        addr_of(vip),
+                        b.port().to_be_bytes(),
+                        family,
+                    ));
                 }
             }
         }
@@ -199,6 +216,14 @@ pub fn served_ports(config: &crate::config::Config, v: &Vrrp) -> Vec<ServedPort>
 }
 
 /// The `vrrp_vrids` entries that `specs` make, by VRID.
+/// The address an [`Addr`] of `family` holds.
+pub fn ip_of(a: &Addr, family: Family) -> std::net::IpAddr {
+    match family {
+        Family::V4 => std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into(),
+        Family::V6 => std::net::Ipv6Addr::from(*a).into(),
+    }
+}
+
 pub fn vrid_entries(specs: &[&InstanceSpec]) -> anyhow::Result<BTreeMap<u8, VridEntry>> {
     let mut out: BTreeMap<u8, VridEntry> = BTreeMap::new();
     for s in specs {
@@ -432,10 +457,13 @@ impl Dataplane {
                 continue;
             }
             let ifindex = per_iface[iface.as_str()].0;
-            let fd = raw::open_socket(ifindex).with_context(|| format!("raw guard on {iface}"))?;
-            let task =
-                raw::spawn_receiver(iface.clone(), ifindex, fd, self.raw.clone(), tx.clone())?;
-            self.raw_tasks.push(task);
+            let fds =
+                raw::open_sockets(ifindex).with_context(|| format!("raw guard on {iface}"))?;
+            for fd in fds {
+                let task =
+                    raw::spawn_receiver(iface.clone(), ifindex, fd, self.raw.clone(), tx.clone())?;
+                self.raw_tasks.push(task);
+            }
         }
         if self.xdp.is_some() && !any_xdp {
             // Nothing runs in XDP after all: do not keep maps pinned for nothing.
@@ -766,7 +794,14 @@ listeners = ["all", "vip"]
         let (cfg, _) = crate::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap();
         let got: Vec<([u8; 4], u16)> = served_ports(&cfg, cfg.vrrp[0].get_ref())
             .iter()
-            .map(|s| (s.addr, u16::from_be_bytes(s.port)))
+            .map(|s| {
+                assert_eq!(s.family, Family::V4 as u8);
+                assert_eq!(s.addr[4..], [0; 12]);
+                (
+                    [s.addr[0], s.addr[1], s.addr[2], s.addr[3]],
+                    u16::from_be_bytes(s.port),
+                )
+            })
             .collect();
         assert_eq!(
             got,

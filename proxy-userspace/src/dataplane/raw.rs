@@ -1,7 +1,8 @@
 //! The guard without XDP (`xdp = "off"`, or `auto` where no XDP mode attaches): the same
-//! [`classify`] and [`record_advert`] run in userspace on an AF_PACKET socket that a classic BPF
-//! filter limits to IPv4 protocol 112. "Drop" here means hapd ignores the packet; the kernel
-//! has no other use for protocol 112.
+//! [`classify`] and [`record_advert`] run in userspace on AF_PACKET sockets that classic BPF
+//! filters limit to IPv4 protocol 112 and to IPv6 packets that may carry it (protocol 112
+//! right after the header, or an extension header the guard walks). "Drop" here means hapd
+//! ignores the packet; the kernel has no other use for protocol 112.
 use std::{
     collections::HashMap,
     io,
@@ -11,10 +12,10 @@ use std::{
 
 use anyhow::Context as _;
 use proxy_common::{
-    guard::{classify, record_advert, record_seq, source_mac, Mark, Tables, Verdict},
+    guard::{classify, record_advert, record_seq, source, source_mac, Mark, Tables, Verdict},
     maps::{
-        AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey, Reason,
-        ReplayKey, VridEntry, MAX_REPLAY,
+        from_words, AdvertRecord, AuthConfig, AuthCounters, GuardCounters, GuardEvent, InstanceKey,
+        Reason, ReplayKey, VridEntry, MAX_REPLAY,
     },
 };
 use tokio::{io::unix::AsyncFd, sync::mpsc};
@@ -23,6 +24,7 @@ use tracing::warn;
 use super::{monotonic_ns, realtime_secs, InstanceSpec};
 
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// What the raw path shares between its sockets and the daemon: the same tables, records and
 /// counters the XDP guard keeps in maps.
@@ -123,7 +125,7 @@ impl RawState {
             let mut tables = lock(&self.tables);
             let v = classify(frame, ifindex, &*tables);
             if let Verdict::Advert(a) = &v {
-                if let Some((sender, seq)) = record_seq(a) {
+                if let Some((sender, seq)) = record_seq(a, &source(frame, a)) {
                     tables.record_mark(sender, seq);
                 }
             }
@@ -157,21 +159,24 @@ impl RawState {
                 let mut adverts = lock(&self.adverts);
                 let rec = adverts.get_mut(&a.key)?;
                 let prev_priority = rec.priority;
-                let flags = record_advert(rec, &a, now_ns);
+                let src = source(frame, &a);
+                let flags = record_advert(rec, &a, &src, now_ns);
                 if flags != 0 {
                     rec.mac = source_mac(frame);
                 }
                 (flags != 0).then_some(GuardEvent {
                     time_ns: now_ns,
                     ifindex,
-                    src: a.src,
                     vrid: a.key.vrid,
                     priority: a.priority,
                     version: a.version,
                     flags,
+                    src: from_words(&src),
                     interval_cs: a.interval_cs,
                     addr_count: a.addr_count,
                     prev_priority,
+                    family: a.key.family,
+                    _pad: [0; 3],
                 })
             }
         }
@@ -204,6 +209,53 @@ pub fn attach_filter(fd: BorrowedFd<'_>, filter: &mut [libc::sock_filter]) -> io
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens the AF_PACKET sockets of `ifindex`: IPv4 protocol 112 ([`open_socket`]) and IPv6
+/// that may carry it ([`open_socket6`]).
+pub fn open_sockets(ifindex: u32) -> anyhow::Result<Vec<OwnedFd>> {
+    Ok(vec![open_socket(ifindex)?, open_socket6(ifindex)?])
+}
+
+/// Opens an AF_PACKET socket on `ifindex` that only receives IPv6 frames whose first next
+/// header is protocol 112 or an extension header the guard walks past
+/// ([`proxy_common::guard::ipv6_next_might_be_vrrp`]): the guard judges the rest.
+pub fn open_socket6(ifindex: u32) -> anyhow::Result<OwnedFd> {
+    let fd = packet_socket(ETH_P_IPV6)?;
+    let ldb = |k| libc::sock_filter {
+        code: 0x30,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k, jt| libc::sock_filter {
+        code: 0x15,
+        jt,
+        jf: 0,
+        k,
+    };
+    let ret = |k| libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // ldb [20] (the IPv6 next header); one jeq per value to accept; reject; accept.
+    let accept = [112u32, 0, 43, 44, 51, 60];
+    let n = accept.len() as u8;
+    let mut filter = vec![ldb(14 + 6)];
+    for (i, k) in accept.iter().enumerate() {
+        // Jump over the remaining tests and the reject to the accept.
+        filter.push(jeq(*k, n - i as u8));
+    }
+    filter.push(ret(0));
+    filter.push(ret(0x0004_0000));
+    debug_assert!(accept
+        .iter()
+        .all(|k| proxy_common::guard::ipv6_next_might_be_vrrp(*k as u8)));
+    attach_filter(fd.as_fd(), &mut filter).context("attaching the IPv6 protocol-112 filter")?;
+    bind_packet(&fd, ifindex, ETH_P_IPV6)?;
+    Ok(fd)
 }
 
 /// Opens an AF_PACKET socket on `ifindex` that only receives IPv4 protocol-112 frames.

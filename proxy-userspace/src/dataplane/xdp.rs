@@ -22,11 +22,11 @@ use aya::{
 use proxy_common::maps::{
     AdvertRecord, AnycastPeers, AuthConfig, AuthCounters, FlowEntry, GuardCounters, GuardEvent,
     InstanceKey, Owners, ReplayKey, ServedPort, TimerCfg, TimerState, VridEntry, EVENTS_BYTES,
-    EXIT_PROGRAM_NAME, FLOW_PROGRAM_NAME, LAYOUT_VERSION, MAP_ADVERTS, MAP_ANYCAST_PEERS,
-    MAP_ANYCAST_PREFIXES, MAP_AUTH, MAP_AUTH_STATS, MAP_CLOCK, MAP_EVENTS, MAP_FLOWS,
-    MAP_FLOW_COUNT, MAP_JUMP, MAP_OWNERS, MAP_REPLAY, MAP_STATS, MAP_TIMERS, MAP_TIMER_CFG,
-    MAP_VIPS, MAP_VRIDS, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES, MAX_INSTANCES, MAX_REPLAY,
-    MAX_VIPS, PROGRAM_NAME, VRIDS,
+    EXIT_PROGRAM_NAME, FLOW_PROGRAM_NAME, GUARD6_PROGRAM_NAME, JUMP_FLOW, JUMP_GUARD6,
+    LAYOUT_VERSION, MAP_ADVERTS, MAP_ANYCAST_PEERS, MAP_ANYCAST_PREFIXES, MAP_AUTH, MAP_AUTH_STATS,
+    MAP_CLOCK, MAP_EVENTS, MAP_FLOWS, MAP_FLOW_COUNT, MAP_JUMP, MAP_OWNERS, MAP_REPLAY, MAP_STATS,
+    MAP_TIMERS, MAP_TIMER_CFG, MAP_VIPS, MAP_VRIDS, MAX_ANYCAST_GROUPS, MAX_ANYCAST_PREFIXES,
+    MAX_INSTANCES, MAX_REPLAY, MAX_VIPS, PROGRAM_NAME, VRIDS,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -54,16 +54,16 @@ pub const MAP_LAYOUT: &str = "hapd_layout";
 /// not among them: it holds key material, and a new process writes it afresh.
 const EXPECTED: [(&str, MapType, u32, u32, u32); 16] = [
     (MAP_LAYOUT, MapType::Array, 4, 4, 1),
-    (MAP_VRIDS, MapType::Array, 4, 192, VRIDS),
-    (MAP_ADVERTS, MapType::Hash, 8, 32, MAX_INSTANCES),
+    (MAP_VRIDS, MapType::Array, 4, 592, VRIDS),
+    (MAP_ADVERTS, MapType::Hash, 8, 48, MAX_INSTANCES),
     (MAP_TIMER_CFG, MapType::Hash, 8, 8, MAX_INSTANCES),
-    (MAP_TIMERS, MapType::Hash, 8, 56, MAX_INSTANCES),
-    (MAP_STATS, MapType::PerCpuArray, 4, 168, 1),
+    (MAP_TIMERS, MapType::Hash, 8, 48, MAX_INSTANCES),
+    (MAP_STATS, MapType::PerCpuArray, 4, 176, 1),
     (MAP_REPLAY, MapType::LruHash, 24, 8, MAX_REPLAY),
     (MAP_AUTH_STATS, MapType::PerCpuHash, 8, 64, MAX_INSTANCES),
     (MAP_CLOCK, MapType::Array, 4, 8, 1),
     (MAP_EVENTS, MapType::RingBuf, 0, 0, EVENTS_BYTES),
-    (MAP_VIPS, MapType::Hash, 8, 1, MAX_VIPS),
+    (MAP_VIPS, MapType::Hash, 20, 1, MAX_VIPS),
     (MAP_FLOWS, MapType::Hash, 4, 8, MAX_VIPS),
     (MAP_FLOW_COUNT, MapType::Array, 4, 4, 1),
     (
@@ -123,7 +123,7 @@ pub struct XdpGuard {
     flow_count: Array<MapData, u32>,
     anycast_prefixes: LpmTrie<MapData, [u8; 4], u32>,
     anycast_peers: Array<MapData, AnycastPeers>,
-    /// Holds the flow program for the guard's tail call while the daemon runs.
+    /// Holds the flow program and the IPv6 guard for the guard's tail calls while the daemon runs.
     _jump: ProgramArray<MapData>,
     auth: HashMap<MapData, InstanceKey, AuthConfig>,
     replay: HashMap<MapData, ReplayKey, u64>,
@@ -195,9 +195,26 @@ impl XdpGuard {
             .fd()
             .context("the flow program's descriptor")?
             .try_clone()?;
+        let guard6: &mut Xdp = ebpf
+            .program_mut(GUARD6_PROGRAM_NAME)
+            .with_context(|| {
+                format!("program {GUARD6_PROGRAM_NAME} missing from the guard object")
+            })?
+            .try_into()
+            .context("the IPv6 guard program is not XDP")?;
+        guard6
+            .load()
+            .map_err(verifier_error)
+            .context("the kernel refused the guard's IPv6 program")?;
+        let guard6_fd = guard6
+            .fd()
+            .context("the IPv6 guard program's descriptor")?
+            .try_clone()?;
         let mut jump: ProgramArray<MapData> = take(&mut ebpf, MAP_JUMP)?;
-        jump.set(0, &flow_fd, 0)
+        jump.set(JUMP_FLOW, &flow_fd, 0)
             .context("putting the flow program in the guard's jump table")?;
+        jump.set(JUMP_GUARD6, &guard6_fd, 0)
+            .context("putting the IPv6 guard in the guard's jump table")?;
 
         // This process serves the guard's ports from now on (beside its predecessor, for a
         // successor), and the exit program clears its slot when it dies.

@@ -2,7 +2,12 @@
 //! `cargo xtask bench fuzz`) and the short run in the tests ([`short`]: the corpus in
 //! `fuzz/corpus/` plus mutations of it) call the same functions. Built for tests and with
 //! the `fuzz` feature (which the harness turns on), never into the `hapd` binary.
-use std::{mem::MaybeUninit, net::Ipv4Addr, path::Path, sync::OnceLock};
+use std::{
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    sync::OnceLock,
+};
 
 use httparse::Header;
 
@@ -20,14 +25,23 @@ use crate::{
 };
 
 /// A VRRP message from anyone: parsing never panics, and what parses is emitted back to a
-/// message that parses to the same advert (both checksum modes).
+/// message that parses to the same advert (both checksum modes, both families).
 pub fn vrrp_message(data: &[u8]) {
-    let (src, dst) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(224, 0, 0, 18));
-    for mode in [ChecksumMode::PseudoHeader, ChecksumMode::MessageOnly] {
-        if let Ok(a) = Advert::parse(data, mode, src, dst) {
-            let again = Advert::parse(&a.emit(mode, src, dst), mode, src, dst)
-                .expect("an emitted advert parses");
-            assert_eq!(a, again, "parse(emit(a)) == a");
+    let v4: (IpAddr, IpAddr) = (
+        Ipv4Addr::new(198, 18, 0, 1).into(),
+        Ipv4Addr::new(224, 0, 0, 18).into(),
+    );
+    let v6: (IpAddr, IpAddr) = (
+        Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).into(),
+        crate::vrrp::packet::MCAST6.into(),
+    );
+    for (src, dst) in [v4, v6] {
+        for mode in [ChecksumMode::PseudoHeader, ChecksumMode::MessageOnly] {
+            if let Ok(a) = Advert::parse(data, mode, src, dst) {
+                let again = Advert::parse(&a.emit(mode, src, dst), mode, src, dst)
+                    .expect("an emitted advert parses");
+                assert_eq!(a, again, "parse(emit(a)) == a");
+            }
         }
     }
 }
@@ -48,7 +62,8 @@ pub fn fuzz_specs() -> Vec<InstanceSpec> {
         ifindex: 2,
         vrid,
         version,
-        peers: vec![[198, 18, 0, 2]],
+        family: proxy_common::vrrp::Family::V4,
+        peers: vec![proxy_common::maps::v4_addr([198, 18, 0, 2])],
         pseudo_header: version == 3,
         auth_pass: pass,
         auth: None,

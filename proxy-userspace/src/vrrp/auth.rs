@@ -1,11 +1,14 @@
 //! Signing adverts with `auth_hmac` (keepalived 2.4 compatible): the trailer, the time-based
 //! sequence number and the MAC, computed by the same code the guard verifies with.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use proxy_common::{
     auth::{self, Trailer, TRAILER_LEN},
-    maps::{AuthKey, AUTH_TIME},
+    guard::addr_of,
+    maps::{to_words, AuthKey, AUTH_TIME},
 };
+
+use super::packet::family_of;
 
 use crate::dataplane::AuthSpec;
 
@@ -60,7 +63,7 @@ impl Signer {
     /// Appends a signed trailer to the VRRP message `msg`, sent from `src`; `now` is the wall
     /// clock (seconds and nanoseconds since the Unix epoch). The MAC does not cover the
     /// checksum, so one signed message serves every destination.
-    pub fn sign(&mut self, msg: &mut Vec<u8>, src: Ipv4Addr, now: (u64, u32)) {
+    pub fn sign(&mut self, msg: &mut Vec<u8>, src: IpAddr, now: (u64, u32)) {
         let mlen = msg.len();
         let (version, vrid) = (msg[0] >> 4, msg[1]);
         self.last_seq = auth::next_seq(
@@ -71,7 +74,7 @@ impl Signer {
         );
         msg.resize(mlen + TRAILER_LEN, 0);
         Trailer::new_unchecked(&mut msg[mlen..]).set_header(self.key.id, self.last_seq);
-        let pseudo = auth::pseudo_v4(version, vrid, src.octets());
+        let pseudo = auth::pseudo(family_of(src), version, vrid, &to_words(&addr_of(src)));
         // The buffer holds the whole message and trailer: the MAC is always computed.
         if let Some(mac) = auth::advert_mac_simple(msg.as_slice(), 0, mlen, &pseudo, &self.key) {
             Trailer::new_unchecked(&mut msg[mlen..]).set_mac(auth::mac_bytes(&mac));
@@ -90,6 +93,8 @@ pub fn wall_clock() -> (u64, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
     use crate::config::auth::{AuthMode, ResolvedAuth};
     use crate::vrrp::{Advert, Auth, Centisecs, ChecksumMode};
 
@@ -112,11 +117,12 @@ mod tests {
             vrid: 51,
             priority: 200,
             interval: Centisecs(100),
-            addrs: vec![Ipv4Addr::new(192, 0, 2, 100)],
+            addrs: vec![Ipv4Addr::new(192, 0, 2, 100).into()],
             auth: Auth::None,
         };
-        let src = Ipv4Addr::new(198, 51, 100, 10);
-        let mut msg = advert.emit(ChecksumMode::MessageOnly, src, super::super::packet::MCAST);
+        let src: IpAddr = Ipv4Addr::new(198, 51, 100, 10).into();
+        let mcast = IpAddr::V4(super::super::packet::MCAST);
+        let mut msg = advert.emit(ChecksumMode::MessageOnly, src, mcast);
         let mut s = Signer::new(&spec(AuthMode::Enforce)).unwrap();
         // seq 0x6800000080000000: second 0x68000000, half a second.
         s.sign(&mut msg, src, (0x6800_0000, 500_000_000));
@@ -125,12 +131,37 @@ mod tests {
         let got: String = msg.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(got, want);
         // The next advert in the same instant counts up.
-        let mut msg2 = advert.emit(ChecksumMode::MessageOnly, src, super::super::packet::MCAST);
+        let mut msg2 = advert.emit(ChecksumMode::MessageOnly, src, mcast);
         s.sign(&mut msg2, src, (0x6800_0000, 500_000_000));
         assert_eq!(
             Trailer::new_checked(&msg2[12..]).unwrap().seq(),
             0x6800_0000_8000_0001
         );
+    }
+
+    /// The draft's IPv6 image (keepalived 2.4.3's test/auth_hmac_test.c): source fe80::10,
+    /// destination fe80::20, VIP fe80::100, and the checksum the kernel fills for keepalived
+    /// (`IPV6_CHECKSUM`): over the whole payload, the trailer too. Ours, byte for byte.
+    #[test]
+    fn signing_reproduces_the_drafts_ipv6_vector() {
+        let advert = Advert {
+            version: 3,
+            vrid: 51,
+            priority: 200,
+            interval: Centisecs(100),
+            addrs: vec!["fe80::100".parse().unwrap()],
+            auth: Auth::None,
+        };
+        let src: IpAddr = "fe80::10".parse().unwrap();
+        let dst: IpAddr = "fe80::20".parse().unwrap();
+        let mut msg = advert.emit(ChecksumMode::PseudoHeader, src, dst);
+        let mut s = Signer::new(&spec(AuthMode::Enforce)).unwrap();
+        s.sign(&mut msg, src, (0x6800_0000, 500_000_000));
+        crate::vrrp::io::fill_whole_checksum(&mut msg, src, dst);
+        let want = "3133c8010064a2e9fe800000000000000000000000000100\
+                    010100006800000080000000c8c56146ebfd66ee10ec4d8186461b78";
+        let got: String = msg.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want);
     }
 
     /// keepalived 2.4.3's captured adverts come out of our signer byte for byte when it is
@@ -152,7 +183,7 @@ mod tests {
                     .map(|i| u8::from_str_radix(&line[i..i + 2], 16).unwrap())
                     .collect();
                 // Ethernet (14) + IPv4 (20), then the message and the trailer.
-                let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+                let src: IpAddr = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]).into();
                 let msg = &frame[34..];
                 let mlen = msg.len() - TRAILER_LEN;
                 assert_eq!(msg[0] >> 4, version);
@@ -180,7 +211,7 @@ mod tests {
         assert!(Signer::new(&spec(AuthMode::Permissive)).is_some());
         let mut s = Signer::new(&spec(AuthMode::Enforce)).unwrap();
         let mut msg = vec![0x31, 1, 100, 1, 0, 100, 0, 0, 198, 18, 0, 100];
-        s.sign(&mut msg, Ipv4Addr::new(198, 18, 0, 1), (1000, 0));
+        s.sign(&mut msg, Ipv4Addr::new(198, 18, 0, 1).into(), (1000, 0));
         let mut other = spec(AuthMode::Enforce);
         other.sign_with = Some(2);
         let s = Signer::replace(Some(s), Some(&other)).unwrap();

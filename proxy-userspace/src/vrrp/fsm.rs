@@ -9,7 +9,7 @@
 //! One deliberate difference from RFC 5798 section 6.4.2, shared with keepalived: a backup with
 //! preemption on that hears a master of lower priority takes over at once instead of waiting
 //! for Master_Down_Interval, so a master that lowers its priority hands over within one advert.
-use std::{collections::BTreeMap, collections::VecDeque, fmt, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, collections::VecDeque, fmt, net::IpAddr, time::Duration};
 
 use super::packet::Centisecs;
 
@@ -29,7 +29,7 @@ pub struct Config {
     /// After start-up, lower-priority masters are not preempted for this long.
     pub preempt_delay: Duration,
     /// Our primary address on the interface: the tie-breaker (RFC 5798 section 6.4.3).
-    pub primary: Ipv4Addr,
+    pub primary: IpAddr,
     /// While master, re-announce the addresses (gratuitous ARP) this often; None: never.
     pub garp_refresh: Option<Duration>,
     /// Run a fence command (and wait for its success) before taking over from a master that
@@ -108,18 +108,18 @@ pub enum Action {
     /// Add the virtual addresses and send a gratuitous ARP burst. `from`: the previous master,
     /// alive (it resigned, or we preempted it): a planned move, whose open flows it keeps
     /// serving; segments of flows this node has no socket for go there.
-    TakeVips { from: Option<Ipv4Addr> },
+    TakeVips { from: Option<IpAddr> },
     /// We resigned as master: keep the addresses, and keep answering for them, until a
     /// successor is heard ([`Action::HandOver`]) or we become master again.
     HoldVips,
     /// We stay master and `from`, which also claimed it (a split brain healing), yields: the
     /// flows it holds stay there while it drains them, as after [`Action::TakeVips`] with a
     /// `from`.
-    Adopt { from: Ipv4Addr },
+    Adopt { from: IpAddr },
     /// `to` is master now, after a planned move: stop announcing the addresses (no ARP
     /// answers), send it new connections and segments of flows we have no socket for, end our
     /// own flows at request boundaries, then remove the addresses.
-    HandOver { to: Ipv4Addr },
+    HandOver { to: IpAddr },
     /// Send a gratuitous ARP burst again (another node claimed master: heal a split brain).
     Reannounce,
     /// Remove the virtual addresses now (a fault, a lost link: nothing to hand over).
@@ -131,19 +131,19 @@ pub enum Action {
         reason: Reason,
     },
     /// An advert was ignored, and why (logs, metrics).
-    Ignored { from: Ipv4Addr, why: &'static str },
+    Ignored { from: IpAddr, why: &'static str },
     /// Fence the silent master now; report with [`Instance::handle_fence_result`].
     Fence,
     /// Send one advert with this priority to `to` only: we were master and yield to `to`, which
     /// may never have heard us (split brain); hearing a lower-priority master makes it
     /// re-announce the addresses, so clients that followed us come back to it.
-    TellWinner { to: Ipv4Addr, priority: u8 },
+    TellWinner { to: IpAddr, priority: u8 },
 }
 
 /// An advert as the engine sees it (already checked by the guard or the parser).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heard {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub priority: u8,
     pub interval: Centisecs,
 }
@@ -191,7 +191,7 @@ pub struct Snapshot {
     pub stepped_down: bool,
     pub started: Duration,
     /// The routers heard as master: address, priority, when, interval (centiseconds).
-    pub peers: Vec<(Ipv4Addr, u8, Duration, u16)>,
+    pub peers: Vec<(IpAddr, u8, Duration, u16)>,
 }
 
 /// One VRRP instance.
@@ -218,13 +218,13 @@ pub struct Instance {
     /// The routers heard as master, one entry per source address: a priority-0 advert removes
     /// its sender's entry, and entries no longer alive (`Peer::alive_at`) are dropped whenever
     /// the table is read or written.
-    peers: BTreeMap<Ipv4Addr, Peer>,
+    peers: BTreeMap<IpAddr, Peer>,
     /// We resigned as master and keep the addresses until a successor is heard.
     holding: bool,
     /// The other router of a planned move, for the next state change: the master that
     /// resigned (priority 0) while we are backup, the master we preempt, or the master we yield
     /// to.
-    counterpart: Option<Ipv4Addr>,
+    counterpart: Option<IpAddr>,
     actions: VecDeque<Action>,
 }
 

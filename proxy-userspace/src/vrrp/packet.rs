@@ -1,9 +1,12 @@
 //! VRRP adverts as values: parse from and emit into the [`Packet`] view of `proxy-common`.
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use proxy_common::{
     guard::pseudo_header_sum,
-    vrrp::{self, message_len, Packet, AUTH_NONE, AUTH_PASS, TYPE_ADVERTISEMENT},
+    vrrp::{self, message_len, Family, Packet, AUTH_NONE, AUTH_PASS, TYPE_ADVERTISEMENT},
 };
 
 /// A duration in centiseconds: the unit of the v3 Max Adver Int (RFC 5798 section 5.2.7).
@@ -32,7 +35,8 @@ pub enum Auth {
     Pass([u8; 8]),
 }
 
-/// How the v3 IPv4 checksum is computed (v2 is always message-only).
+/// How the v3 IPv4 checksum is computed (v2 is always message-only; IPv6 always has the
+/// pseudo-header, RFC 9568 section 5.2.8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChecksumMode {
     PseudoHeader,
@@ -73,24 +77,27 @@ pub struct Advert {
     pub vrid: u8,
     pub priority: u8,
     pub interval: Centisecs,
-    pub addrs: Vec<Ipv4Addr>,
+    /// The virtual addresses, all of the instance's family.
+    pub addrs: Vec<IpAddr>,
     /// v2 only; always `Auth::None` for v3.
     pub auth: Auth,
 }
 
 impl Advert {
-    /// Parses the VRRP message `msg` received from `src` to `dst`.
+    /// Parses the VRRP message `msg` received from `src` to `dst` (both of the instance's
+    /// family, which decides the length of the addresses in it).
     pub fn parse(
         msg: &[u8],
         mode: ChecksumMode,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
+        src: IpAddr,
+        dst: IpAddr,
     ) -> Result<Advert, ParseError> {
+        let family = family_of(src);
         let version = msg.first().map(|b| b >> 4).ok_or(ParseError::Truncated)?;
         if version != 2 && version != 3 {
             return Err(ParseError::Version(version));
         }
-        let p = Packet::new_checked(msg).map_err(|_| ParseError::Truncated)?;
+        let p = Packet::new_checked(msg, family).map_err(|_| ParseError::Truncated)?;
         // The guard's decoding of the fixed header (one view of the wire for both).
         let h: &[u8; vrrp::HEADER_LEN] = msg[..vrrp::HEADER_LEN]
             .try_into()
@@ -102,14 +109,14 @@ impl Advert {
         let count = head.count;
         // RFC 5798 section 7.1: the length must match the address count (trailing bytes are a
         // different message, not padding: the IP length delimits the message).
-        if count == 0 || msg.len() != head.message_len() {
+        if count == 0 || count > family.max_addrs() || msg.len() != head.message_len(family) {
             return Err(ParseError::Length {
                 len: msg.len(),
                 count,
             });
         }
-        let pseudo = if version == 3 && mode == ChecksumMode::PseudoHeader {
-            pseudo_header_sum(src.octets(), dst.octets(), msg.len() as u16)
+        let pseudo = if uses_pseudo_header(version, mode, family) {
+            pseudo_header_sum(src, dst, msg.len() as u16)
         } else {
             0
         };
@@ -130,35 +137,41 @@ impl Advert {
             vrid: head.vrid,
             priority: head.priority,
             interval,
-            addrs: (0..count as usize)
-                .map(|i| Ipv4Addr::from(p.addr(i)))
-                .collect(),
+            addrs: (0..count as usize).map(|i| ip_from(p.addr(i))).collect(),
             auth,
         })
     }
 
     /// Length of the emitted message.
     pub fn buffer_len(&self) -> usize {
-        message_len(self.version, self.addrs.len() as u8)
+        let family = self.addrs.first().map_or(Family::V4, |a| family_of(*a));
+        message_len(self.version, self.addrs.len() as u8, family)
     }
 
-    /// The message sent from `src` to `dst`. Panics never: the engine only builds adverts
-    /// from a validated config (1..=255 addresses, v2 intervals in whole seconds).
-    pub fn emit(&self, mode: ChecksumMode, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-        let count = self.addrs.len().min(255) as u8;
-        let mut buf = vec![0u8; message_len(self.version, count)];
-        let mut p = Packet::new_unchecked(&mut buf[..]);
+    /// The message sent from `src` to `dst` (of one family). Panics never: the engine only
+    /// builds adverts from a validated config (1..=255 addresses of the instance's family, at
+    /// most 64 of IPv6, v2 intervals in whole seconds, v2 only on IPv4); an address of the
+    /// other family would be written as zeros.
+    pub fn emit(&self, mode: ChecksumMode, src: IpAddr, dst: IpAddr) -> Vec<u8> {
+        let family = family_of(src);
+        let count = self.addrs.len().min(family.max_addrs() as usize) as u8;
+        let mut buf = vec![0u8; message_len(self.version, count, family)];
+        let mut p = Packet::new_unchecked(&mut buf[..], family);
         p.set_version_kind(self.version, TYPE_ADVERTISEMENT);
         p.set_vrid(self.vrid);
         p.set_priority(self.priority);
         p.set_addr_count(count);
-        for (i, a) in self.addrs.iter().take(255).enumerate() {
-            p.set_addr(i, a.octets());
+        for (i, a) in self.addrs.iter().take(count as usize).enumerate() {
+            match (a, family) {
+                (IpAddr::V4(a), Family::V4) => p.set_addr(i, &a.octets()),
+                (IpAddr::V6(a), Family::V6) => p.set_addr(i, &a.octets()),
+                _ => {}
+            }
         }
         let pseudo = if self.version == 3 {
             p.set_max_adver_int(self.interval.0);
-            if mode == ChecksumMode::PseudoHeader {
-                pseudo_header_sum(src.octets(), dst.octets(), buf.len() as u16)
+            if uses_pseudo_header(3, mode, family) {
+                pseudo_header_sum(src, dst, buf.len() as u16)
             } else {
                 0
             }
@@ -173,13 +186,39 @@ impl Advert {
             }
             0
         };
-        let mut p = Packet::new_unchecked(&mut buf[..]);
+        let mut p = Packet::new_unchecked(&mut buf[..], family);
         p.fill_checksum(pseudo);
         buf
     }
 }
 
-/// The multicast destination of adverts.
+/// Whether a message's checksum covers the pseudo-header: always over IPv6 (RFC 9568 section
+/// 5.2.8), for v3 over IPv4 as configured, never for v2.
+pub fn uses_pseudo_header(version: u8, mode: ChecksumMode, family: Family) -> bool {
+    version == 3 && (family == Family::V6 || mode == ChecksumMode::PseudoHeader)
+}
+
+/// The family of an address.
+pub fn family_of(a: IpAddr) -> Family {
+    match a {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
+/// An address from its 4 or 16 bytes.
+fn ip_from(b: &[u8]) -> IpAddr {
+    match b.len() {
+        16 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(b);
+            IpAddr::V6(Ipv6Addr::from(o))
+        }
+        _ => IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+    }
+}
+
+/// The IPv4 multicast destination of adverts.
 pub const MCAST: Ipv4Addr = Ipv4Addr::new(
     vrrp::VRRP_MCAST_V4[0],
     vrrp::VRRP_MCAST_V4[1],
@@ -187,12 +226,28 @@ pub const MCAST: Ipv4Addr = Ipv4Addr::new(
     vrrp::VRRP_MCAST_V4[3],
 );
 
+/// The IPv6 multicast destination of adverts, ff02::12.
+pub const MCAST6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+
+/// The multicast destination of adverts of `family`.
+pub fn mcast(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(MCAST),
+        Family::V6 => IpAddr::V6(MCAST6),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The VRRP message inside a captured Ethernet frame (Ethernet + 20-byte IPv4 header).
     fn fixture(name: &str, line: usize) -> Vec<u8> {
+        fixture_frame(name, line)[34..].to_vec()
+    }
+
+    /// A captured Ethernet frame.
+    fn fixture_frame(name: &str, line: usize) -> Vec<u8> {
         let text = std::fs::read_to_string(format!(
             "{}/tests/fixtures/{name}",
             env!("CARGO_MANIFEST_DIR")
@@ -203,21 +258,23 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
             .collect();
-        frame[34..].to_vec()
+        frame
     }
 
-    const KA: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-    fn vips() -> Vec<Ipv4Addr> {
+    const KA4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+    const KA: IpAddr = IpAddr::V4(KA4);
+    const MC: IpAddr = IpAddr::V4(MCAST);
+    fn vips() -> Vec<IpAddr> {
         vec![
-            Ipv4Addr::new(198, 18, 0, 100),
-            Ipv4Addr::new(198, 18, 0, 101),
+            Ipv4Addr::new(198, 18, 0, 100).into(),
+            Ipv4Addr::new(198, 18, 0, 101).into(),
         ]
     }
 
     #[test]
     fn deconstruct_keepalived_v3() {
         let m = fixture("keepalived-v3.hex", 0);
-        let p = Packet::new_checked(&m[..]).unwrap();
+        let p = Packet::new_checked(&m[..], Family::V4).unwrap();
         assert_eq!(
             (
                 p.version(),
@@ -233,11 +290,7 @@ mod tests {
             (0, 100, 0x2cd1)
         );
         assert_eq!(p.addr(1), [198, 18, 0, 101]);
-        assert!(p.verify_checksum(pseudo_header_sum(
-            KA.octets(),
-            MCAST.octets(),
-            m.len() as u16
-        )));
+        assert!(p.verify_checksum(pseudo_header_sum(KA, MC, m.len() as u16)));
         assert!(
             !p.verify_checksum(0),
             "keepalived's default v3 checksum covers the pseudo-header"
@@ -252,7 +305,7 @@ mod tests {
         ] {
             for (line, priority) in [(0, 110), (1, 0)] {
                 let m = fixture(file, line);
-                let a = Advert::parse(&m, ChecksumMode::PseudoHeader, KA, MCAST).unwrap();
+                let a = Advert::parse(&m, ChecksumMode::PseudoHeader, KA, MC).unwrap();
                 let want = Advert {
                     version,
                     vrid: 51,
@@ -264,12 +317,118 @@ mod tests {
                 assert_eq!(a, want, "{file} line {line}");
                 assert_eq!(a.buffer_len(), m.len());
                 assert_eq!(
-                    a.emit(ChecksumMode::PseudoHeader, KA, MCAST),
+                    a.emit(ChecksumMode::PseudoHeader, KA, MC),
                     m,
                     "{file} line {line}: emit"
                 );
             }
         }
+    }
+
+    /// keepalived's IPv6 source (the link-local address of its interface) and the group.
+    fn ka6() -> (IpAddr, IpAddr) {
+        ("fe80::ff:fe00:1".parse().unwrap(), IpAddr::V6(MCAST6))
+    }
+
+    #[test]
+    fn deconstruct_keepalived_ipv6() {
+        let f = fixture_frame("keepalived-v3-ipv6.hex", 0);
+        // Ethernet, then the IPv6 header: hop limit 255, next header 112, to ff02::12.
+        assert_eq!(
+            (f[12], f[13], f[14] >> 4, f[20], f[21]),
+            (0x86, 0xdd, 6, 112, 255)
+        );
+        let m = &f[54..];
+        let p = Packet::new_checked(m, Family::V6).unwrap();
+        assert_eq!(
+            (
+                p.version(),
+                p.vrid(),
+                p.priority(),
+                p.addr_count(),
+                p.max_adver_int()
+            ),
+            (3, 51, 110, 2, 100)
+        );
+        assert_eq!(
+            p.addr(1),
+            "2001:2::101".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        let (src, dst) = ka6();
+        assert!(p.verify_checksum(pseudo_header_sum(src, dst, m.len() as u16)));
+        assert!(
+            !p.verify_checksum(0),
+            "IPv6 always covers the pseudo-header"
+        );
+        assert!(
+            Packet::new_checked(&m[..m.len() - 1], Family::V6).is_err(),
+            "16 bytes per address"
+        );
+    }
+
+    #[test]
+    fn parse_and_emit_match_keepalived_ipv6_byte_for_byte() {
+        let (src, dst) = ka6();
+        let vips6: Vec<IpAddr> = vec![
+            "2001:2::100".parse().unwrap(),
+            "2001:2::101".parse().unwrap(),
+        ];
+        for (line, priority) in [(0, 110), (1, 0)] {
+            let m = fixture_frame("keepalived-v3-ipv6.hex", line)[54..].to_vec();
+            // The checksum mode is an IPv4 setting: IPv6 has the pseudo-header either way.
+            for mode in [ChecksumMode::PseudoHeader, ChecksumMode::MessageOnly] {
+                let a = Advert::parse(&m, mode, src, dst).unwrap();
+                let want = Advert {
+                    version: 3,
+                    vrid: 51,
+                    priority,
+                    interval: Centisecs(100),
+                    addrs: vips6.clone(),
+                    auth: Auth::None,
+                };
+                assert_eq!(a, want, "line {line}");
+                assert_eq!(a.buffer_len(), m.len());
+                assert_eq!(a.emit(mode, src, dst), m, "line {line}: emit");
+            }
+            // The same bytes from another sender do not verify.
+            let other: IpAddr = "fe80::ff:fe00:9".parse().unwrap();
+            assert_eq!(
+                Advert::parse(&m, ChecksumMode::PseudoHeader, other, dst),
+                Err(ParseError::Checksum)
+            );
+            // Read as IPv4 the length does not add up.
+            assert!(Advert::parse(&m, ChecksumMode::PseudoHeader, KA, MC).is_err());
+        }
+    }
+
+    #[test]
+    fn ipv6_adverts_carry_at_most_64_addresses() {
+        let (src, dst) = ka6();
+        let a = |n: u16| Advert {
+            version: 3,
+            vrid: 1,
+            priority: 100,
+            interval: Centisecs(100),
+            addrs: (0..n)
+                .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 1, i)))
+                .collect(),
+            auth: Auth::None,
+        };
+        assert_eq!(Family::V6.max_addrs(), 64);
+        let m = a(64).emit(ChecksumMode::PseudoHeader, src, dst);
+        assert_eq!(m.len(), 8 + 64 * 16);
+        assert_eq!(
+            Advert::parse(&m, ChecksumMode::PseudoHeader, src, dst),
+            Ok(a(64))
+        );
+        // A 65th address does not fit: a peer's advert with more is refused.
+        let mut big = a(64).emit(ChecksumMode::PseudoHeader, src, dst);
+        big[3] = 65;
+        big.extend_from_slice(&[0; 16]);
+        assert!(matches!(
+            Advert::parse(&big, ChecksumMode::PseudoHeader, src, dst),
+            Err(ParseError::Length { .. })
+        ));
     }
 
     #[test]
@@ -282,23 +441,23 @@ mod tests {
             addrs: vips(),
             auth: Auth::None,
         };
-        let m = a.emit(ChecksumMode::MessageOnly, KA, MCAST);
+        let m = a.emit(ChecksumMode::MessageOnly, KA, MC);
         assert_eq!(
-            Advert::parse(&m, ChecksumMode::MessageOnly, KA, MCAST).unwrap(),
+            Advert::parse(&m, ChecksumMode::MessageOnly, KA, MC).unwrap(),
             a
         );
         assert_eq!(
-            Advert::parse(&m, ChecksumMode::PseudoHeader, KA, MCAST),
+            Advert::parse(&m, ChecksumMode::PseudoHeader, KA, MC),
             Err(ParseError::Checksum)
         );
         // The pseudo-header binds the addresses: the same bytes from elsewhere do not verify.
-        let m = a.emit(ChecksumMode::PseudoHeader, KA, MCAST);
+        let m = a.emit(ChecksumMode::PseudoHeader, KA, MC);
         assert_eq!(
             Advert::parse(
                 &m,
                 ChecksumMode::PseudoHeader,
-                Ipv4Addr::new(198, 18, 0, 9),
-                MCAST
+                Ipv4Addr::new(198, 18, 0, 9).into(),
+                MC
             ),
             Err(ParseError::Checksum)
         );
@@ -307,7 +466,7 @@ mod tests {
     #[test]
     fn bad_messages() {
         let good = fixture("keepalived-v3.hex", 0);
-        let parse = |m: &[u8]| Advert::parse(m, ChecksumMode::PseudoHeader, KA, MCAST);
+        let parse = |m: &[u8]| Advert::parse(m, ChecksumMode::PseudoHeader, KA, MC);
         for n in 0..good.len() {
             assert!(parse(&good[..n]).is_err(), "cut at {n}");
         }
@@ -332,7 +491,7 @@ mod tests {
             auth: Auth::None,
         };
         assert_eq!(
-            parse(&zero.emit(ChecksumMode::PseudoHeader, KA, MCAST)),
+            parse(&zero.emit(ChecksumMode::PseudoHeader, KA, MC)),
             Err(ParseError::Interval)
         );
     }

@@ -6,9 +6,18 @@
 //!   B 198.18.0.2 ──┼── segment (cut: a node neither sends nor hears)
 //!   C 198.18.0.3 ──┘
 //! ```
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use super::*;
+
+/// An IPv4 address as the engine takes it.
+fn ip4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -22,7 +31,7 @@ fn cfg(i: u8, priority: u8, interval_cs: u16) -> Config {
         advert_interval: Centisecs(interval_cs),
         preempt: true,
         preempt_delay: Duration::ZERO,
-        primary: Ipv4Addr::new(198, 18, 0, i + 1),
+        primary: ip4(198, 18, 0, i + 1),
         garp_refresh: None,
         fence: false,
     }
@@ -36,7 +45,7 @@ struct Node {
     /// Stopped, but still listening for its successor (it holds the addresses until then).
     stopping: bool,
     /// The counterpart of the last planned move: `TakeVips { from }` or `HandOver { to }`.
-    moved: Option<Ipv4Addr>,
+    moved: Option<IpAddr>,
     transitions: Vec<(Duration, State, State, Reason)>,
     sent: Vec<(Duration, u8)>,
     reannounced: usize,
@@ -142,7 +151,7 @@ impl Sim {
 
     /// Node `n` sends an advert with `priority` to `to` (None: to everyone), unless it is cut;
     /// the nodes that hear it go on `work`.
-    fn send(&mut self, n: usize, priority: u8, to: Option<Ipv4Addr>, work: &mut Vec<usize>) {
+    fn send(&mut self, n: usize, priority: u8, to: Option<IpAddr>, work: &mut Vec<usize>) {
         self.nodes[n].sent.push((self.now, priority));
         if self.cut.contains(&n) {
             return;
@@ -368,8 +377,8 @@ fn graceful_stop_resigns_with_priority_0_and_the_backup_takes_over_after_skew() 
     s.run_until(ms(1_100));
     // A planned move: A hands its addresses to B, whose guard sends A's open flows back to A.
     assert!(!s.nodes[0].vips);
-    assert_eq!(s.nodes[0].moved, Some(Ipv4Addr::new(198, 18, 0, 2)));
-    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
+    assert_eq!(s.nodes[0].moved, Some(ip4(198, 18, 0, 2)));
+    assert_eq!(s.nodes[1].moved, Some(ip4(198, 18, 0, 1)));
     let (t, why) = s.became(1, State::Master).unwrap();
     assert_eq!(why, Reason::MasterResigned);
     assert_eq!(
@@ -399,8 +408,8 @@ fn preempt_back_preempt_off_and_preempt_delay() {
     );
     assert_eq!(s.vip_holders(), vec![0]);
     // Preempting a live master is a planned move: B's flows stay at B while they drain.
-    assert_eq!(s.nodes[0].moved, Some(Ipv4Addr::new(198, 18, 0, 2)));
-    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
+    assert_eq!(s.nodes[0].moved, Some(ip4(198, 18, 0, 2)));
+    assert_eq!(s.nodes[1].moved, Some(ip4(198, 18, 0, 1)));
     scenarios.add("preempt on", &s);
 
     // Preempt off: A comes back and stays backup.
@@ -519,7 +528,7 @@ fn a_v2_advert_with_another_interval_is_ignored() {
     i.handle_advert(
         ms(10),
         Heard {
-            src: Ipv4Addr::new(198, 18, 0, 1),
+            src: ip4(198, 18, 0, 1),
             priority: 110,
             interval: Centisecs(200),
         },
@@ -602,7 +611,7 @@ fn a_lowered_priority_does_not_resign_to_a_peer_that_died_long_ago() {
 #[test]
 fn a_peer_counts_for_four_of_its_advert_intervals() {
     let b = Heard {
-        src: Ipv4Addr::new(198, 18, 0, 2),
+        src: ip4(198, 18, 0, 2),
         priority: 100,
         interval: Centisecs(1),
     };
@@ -623,7 +632,7 @@ fn a_peer_counts_for_four_of_its_advert_intervals() {
 #[test]
 fn a_peer_that_resigned_is_not_resigned_to() {
     let b = |priority| Heard {
-        src: Ipv4Addr::new(198, 18, 0, 2),
+        src: ip4(198, 18, 0, 2),
         priority,
         interval: Centisecs(100),
     };
@@ -841,14 +850,10 @@ fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
     s.run_until(ms(1_100));
     assert_eq!(s.masters(), vec![1]);
     assert_eq!(s.vip_holders(), vec![1]);
-    assert_eq!(
-        s.nodes[0].moved,
-        Some(Ipv4Addr::new(198, 18, 0, 2)),
-        "handed over"
-    );
+    assert_eq!(s.nodes[0].moved, Some(ip4(198, 18, 0, 2)), "handed over");
     assert_eq!(
         s.nodes[1].moved,
-        Some(Ipv4Addr::new(198, 18, 0, 1)),
+        Some(ip4(198, 18, 0, 1)),
         "flows of A stay at A"
     );
     assert_eq!(
@@ -871,10 +876,10 @@ fn a_drill_steps_down_and_hands_back_and_a_dead_peer_only_costs_master_down() {
     assert_eq!(s.vip_holders(), vec![0]);
     assert_eq!(
         s.nodes[0].moved,
-        Some(Ipv4Addr::new(198, 18, 0, 2)),
+        Some(ip4(198, 18, 0, 2)),
         "handed back: B's flows stay at B"
     );
-    assert_eq!(s.nodes[1].moved, Some(Ipv4Addr::new(198, 18, 0, 1)));
+    assert_eq!(s.nodes[1].moved, Some(ip4(198, 18, 0, 1)));
 
     // The peer is dead: the stepped-down master waits one Master_Down_Interval (3 x 10 ms +
     // Skew_Time of priority 1) and takes the addresses back.
@@ -989,7 +994,7 @@ fn an_engine_that_is_moving_or_fencing_is_not_handed_over() {
 #[test]
 fn the_kernel_timer_rearms_exactly_as_the_engine() {
     use proxy_common::{maps::TimerCfg, master_down::rearm_ns};
-    let src = Ipv4Addr::new(198, 18, 0, 9);
+    let src = ip4(198, 18, 0, 9);
     let mut checked = 0;
     for version in [2u8, 3] {
         let owns: &[u16] = if version == 2 {
