@@ -157,7 +157,7 @@ enum Command {
         apache: Option<PathBuf>,
         /// The other node's address (repeat for more): the VRRP peers the XDP guard allows.
         #[arg(long)]
-        peer: Vec<std::net::Ipv4Addr>,
+        peer: Vec<std::net::IpAddr>,
         /// Write here instead of standard output (refuses to overwrite an existing file).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -336,7 +336,7 @@ fn main() -> ExitCode {
 fn import(
     keepalived: Option<&PathBuf>,
     apache: Option<&PathBuf>,
-    peers: &[std::net::Ipv4Addr],
+    peers: &[std::net::IpAddr],
     output: Option<&std::path::Path>,
 ) -> ExitCode {
     let imported = match proxy_userspace::import::run(keepalived, apache, peers) {
@@ -409,11 +409,12 @@ fn check(config: &std::path::Path) -> ExitCode {
             for v in &cfg.vrrp {
                 let v = v.get_ref();
                 println!(
-                    "  vrrp {}: {} vrid {} v{} priority {} interval {} vips {} peers {} xdp {}",
+                    "  vrrp {}: {} vrid {} v{} {} priority {} interval {} vips {} peers {} xdp {}",
                     v.name,
                     v.interface,
                     v.vrid,
                     v.version.number(),
+                    v.family().name(),
                     v.priority,
                     v.advert_interval,
                     v.virtual_ips.len(),

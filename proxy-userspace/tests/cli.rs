@@ -117,3 +117,53 @@ fn version_names_hapd_and_its_commit() {
         "{v:?}"
     );
 }
+
+/// `hapd check` names each instance's family (decided by its addresses) and refuses a mix.
+#[test]
+fn check_shows_each_instances_family_and_refuses_a_mix() {
+    let dir = std::env::temp_dir().join(format!("hapd-cli-family-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vrrp = |name: &str, vips: &str, peers: &str| {
+        format!(
+            "[[vrrp]]\nname = \"{name}\"\ninterface = \"eth0\"\nvrid = 51\npriority = 100\n\
+             virtual_ips = [{vips}]\npeers = [{peers}]\n"
+        )
+    };
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "[node]\nname = \"n\"\n{}{}",
+            vrrp("VI_4", "\"198.18.0.100/24\"", "\"198.18.0.2\""),
+            vrrp("VI_6", "\"2001:2::100/64\"", "\"fe80::2\"")
+        ),
+    )
+    .unwrap();
+    let o = hapd(&["check", "--config", good.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}{out}", stderr(&o));
+    assert!(out.contains("vrrp VI_4: eth0 vrid 51 v3 IPv4 "), "{out}");
+    assert!(out.contains("vrrp VI_6: eth0 vrid 51 v3 IPv6 "), "{out}");
+    let mixed = dir.join("mixed.toml");
+    std::fs::write(
+        &mixed,
+        format!(
+            "[node]\nname = \"n\"\n{}",
+            vrrp(
+                "VI_1",
+                "\"2001:2::100/64\", \"198.18.0.100/24\"",
+                "\"fe80::2\""
+            )
+        ),
+    )
+    .unwrap();
+    let o = hapd(&["check", "--config", mixed.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o)
+            .contains("vrrp[0].virtual_ips[1]: 198.18.0.100/24 is IPv4 but virtual_ips[0] is IPv6"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

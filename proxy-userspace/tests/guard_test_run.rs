@@ -901,6 +901,65 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
     .unwrap();
 }
 
+/// A TCP segment over IPv6 from 2001:2::3 to `dst`:`port` with `flags`.
+fn tcp6(dst: [u8; 16], port: u16, flags: u8) -> Vec<u8> {
+    let mut seg = [0u8; 20];
+    seg[0..2].copy_from_slice(&50000u16.to_be_bytes());
+    seg[2..4].copy_from_slice(&port.to_be_bytes());
+    seg[12] = 5 << 4;
+    seg[13] = flags;
+    ether(0x86dd, &ipv6(6, 64, v6("2001:2::3"), dst, &seg))
+}
+
+/// The same rule for an IPv6 VIP: its connection requests are dropped while nothing listens,
+/// passed once something does; IPv4 requests to the same port of an IPv4 address with the
+/// same leading bytes are not its business.
+#[test]
+fn connection_requests_to_served_ipv6_ports_without_a_listener_are_dropped() {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let lab = hapd_lab::Lab::new(1).unwrap();
+    lab.in_netns(0, || {
+        let vip = v6("2001:2::100");
+        let mut s = spec6(61);
+        s.served = vec![proxy_common::maps::ServedPort::new(
+            vip,
+            8080u16.to_be_bytes(),
+            Family::V6,
+        )];
+        let mut g = XdpGuard::load(None, false).unwrap();
+        g.configure(&[&s]).unwrap();
+        let run = |g: &XdpGuard, f: Vec<u8>| g.test_run(&f, LO).unwrap();
+        assert_eq!(run(&g, tcp6(vip, 8080, SYN)), XDP_DROP, "nobody listens");
+        assert_eq!(run(&g, tcp6(vip, 9090, SYN)), XDP_PASS, "not a served port");
+        assert_eq!(
+            run(&g, tcp6(vip, 8080, ACK)),
+            XDP_PASS,
+            "not a connection request"
+        );
+        assert_eq!(
+            run(&g, tcp6(v6("2001:2::9"), 8080, SYN)),
+            XDP_PASS,
+            "not a VIP"
+        );
+        assert_eq!(
+            run(&g, tcp([0x20, 0x01, 0, 2], 8080, SYN)),
+            XDP_PASS,
+            "an IPv4 address is another key"
+        );
+        let listener = std::net::TcpListener::bind("[::]:8080").unwrap();
+        assert_eq!(run(&g, tcp6(vip, 8080, SYN)), XDP_PASS, "listened for");
+        drop(listener);
+        assert_eq!(
+            run(&g, tcp6(vip, 8080, SYN)),
+            XDP_DROP,
+            "nobody listens again"
+        );
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// A killed daemon's connection requests are dropped from the moment its main thread exits,
 /// although its listening socket is still open (the kernel closes a dead process's client
 /// connections before its listeners, and a client that reconnects at once would lose a second

@@ -835,3 +835,103 @@ fn keepalived_blocks_without_an_equivalent_are_named() {
     }
     assert!(err.contains("3 directive(s) not mapped"), "{err}");
 }
+
+/// keepalived's IPv6 instances: the family follows the first address (an address of the other
+/// family is named and left out, as keepalived ignores it), a prefix-less IPv6 address is a
+/// /128, `native_ipv6` and `vrrp_version 2` are explained, the `--peer` of the instance's
+/// family is its peer; Apache's `*` becomes both wildcards and an IPv6 VirtualHost keeps its
+/// brackets. `hapd check` accepts the result.
+#[test]
+fn keepalived_ipv6_instances_and_apache_ipv6_vhosts_are_imported() {
+    let dir = Scratch::new("import-ipv6");
+    let k = dir.path("k.conf");
+    std::fs::write(
+        &k,
+        "vrrp_instance VI_6 {\n interface eth0\n virtual_router_id 51\n priority 110\n advert_int 1\n \
+         native_ipv6\n vrrp_version 2\n virtual_ipaddress {\n  2001:2::100\n  2001:2::101/64\n  198.18.0.100/24\n }\n}\n\
+         vrrp_instance VI_4 {\n interface eth0\n virtual_router_id 51\n priority 110\n advert_int 1\n \
+         virtual_ipaddress {\n  198.18.0.100/24\n }\n}\n",
+    )
+    .unwrap();
+    let a = dir.path("a.conf");
+    std::fs::write(
+        &a,
+        "<VirtualHost *:443>\n ServerName app.example\n SSLEngine on\n SSLCertificateFile /etc/c.crt\n \
+         SSLCertificateKeyFile /etc/c.key\n ProxyPass / http://[2001:2::10]:8080/\n</VirtualHost>\n\
+         <VirtualHost [2001:2::100]:8443>\n ServerName v6.example\n SSLEngine on\n SSLCertificateFile /etc/c.crt\n \
+         SSLCertificateKeyFile /etc/c.key\n ProxyPass / http://[2001:2::10]:8080/\n</VirtualHost>\n",
+    )
+    .unwrap();
+    let (ok, out, err) = hapd(&[
+        "import",
+        "--keepalived",
+        k.to_str().unwrap(),
+        "--apache",
+        a.to_str().unwrap(),
+        "--peer",
+        "198.18.0.2",
+        "--peer",
+        "fe80::2",
+    ]);
+    assert!(ok, "{err}");
+    let v: toml::Value = toml::from_str(&out).unwrap();
+    let list = |x: &toml::Value| -> Vec<String> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    let v6 = &v["vrrp"][0];
+    assert_eq!(
+        list(&v6["virtual_ips"]),
+        ["2001:2::100/128", "2001:2::101/64"]
+    );
+    assert_eq!(list(&v6["peers"]), ["fe80::2"]);
+    assert_eq!(v6["version"].as_integer(), Some(3), "{out}");
+    assert_eq!(list(&v["vrrp"][1]["peers"]), ["198.18.0.2"]);
+    assert!(
+        out.contains("198.18.0.100/24") && out.contains("its family differs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("native_ipv6: hapd takes an instance's family"),
+        "{out}"
+    );
+    assert!(out.contains("IPv6 runs VRRPv3 only"), "{out}");
+    let listeners: Vec<(String, Vec<String>)> = v["listener"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap().to_string(), list(&l["bind"])))
+        .collect();
+    assert!(
+        listeners.contains(&(
+            "https".into(),
+            vec!["0.0.0.0:443".into(), "[::]:443".into()]
+        )),
+        "{listeners:?}"
+    );
+    assert!(
+        listeners.contains(&("tls-8443".into(), vec!["[2001:2::100]:8443".into()])),
+        "{listeners:?}"
+    );
+    // The upstream keeps its IPv6 authority in brackets.
+    assert!(out.contains("\"[2001:2::10]:8080\""), "{out}");
+    // Certificates aside (they do not exist here), hapd check accepts it.
+    let pki = Pki::new();
+    let (c, key) = pki.leaf(&["app.example", "v6.example"]);
+    let (cp, kp) = (dir.path("c.crt"), dir.path("c.key"));
+    std::fs::write(&cp, c).unwrap();
+    std::fs::write(&kp, key).unwrap();
+    let cfg = dir.path("hapd.toml");
+    std::fs::write(
+        &cfg,
+        out.replace("/etc/c.crt", cp.to_str().unwrap())
+            .replace("/etc/c.key", kp.to_str().unwrap()),
+    )
+    .unwrap();
+    let (ok, check, err) = hapd(&["check", "--config", cfg.to_str().unwrap()]);
+    assert!(ok, "{check}{err}");
+    assert!(check.contains("vrrp VI_6: eth0 vrid 51 v3 IPv6"), "{check}");
+}

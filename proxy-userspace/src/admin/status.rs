@@ -159,8 +159,8 @@ impl Status {
         for i in &self.instances {
             let _ = writeln!(
                 o,
-                "\nvrrp {}: {} on {} vrid {} v{}",
-                i.name, i.state, i.interface, i.vrid, i.version
+                "\nvrrp {}: {} on {} vrid {} v{} {}",
+                i.name, i.state, i.interface, i.vrid, i.version, i.family
             );
             let _ = writeln!(
                 o,

@@ -355,14 +355,41 @@ pub fn validate(
             ("backup_servers", &u.backup_servers),
         ] {
             for (j, s) in list.iter().enumerate() {
-                let ok = s
-                    .rsplit_once(':')
+                let split = s.rsplit_once(':');
+                let ok = split
                     .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
                 if !ok {
                     return Err(err(
                         &format!("{key}[{j}]"),
                         format!("{s:?} is not \"host:port\""),
                     ));
+                }
+                // An IPv6 address goes in brackets (RFC 3986): it becomes the Host header and
+                // the authority of Location rewriting as written.
+                if let Some((h, _)) = split {
+                    let bracketed = h
+                        .strip_prefix('[')
+                        .and_then(|h| h.strip_suffix(']'))
+                        .map(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+                    match bracketed {
+                        Some(true) => {}
+                        Some(false) => {
+                            return Err(err(
+                                &format!("{key}[{j}]"),
+                                format!("{s:?}: {h} is not an IPv6 address in brackets"),
+                            ))
+                        }
+                        None if h.contains(':') || h.contains('[') || h.contains(']') => {
+                            return Err(err(
+                                &format!("{key}[{j}]"),
+                                format!(
+                                    "{s:?}: write an IPv6 address in brackets, e.g. \
+                                     \"[2001:db8::10]:8080\""
+                                ),
+                            ))
+                        }
+                        None => {}
+                    }
                 }
                 if key == "backup_servers" && primaries.contains(s.as_str()) {
                     return Err(err(

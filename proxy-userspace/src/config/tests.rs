@@ -234,6 +234,8 @@ fn every_invalid_case_names_the_key() {
         (format!("{BASE}{PROXY}").replace("listeners = [\"https\"]", "listeners = [\"http\"]"), "vhost[0].listeners[0]: no [[listener]] named \"http\"", "@[[vhost]]"),
         (format!("{BASE}{PROXY}").replace("backend01.internal:3001", "backend01.internal"), "upstream[0].servers[0]", "@[[upstream]]"),
         (format!("{BASE}{PROXY}").replace("servers = [\"backend01.internal:3001\"]", "servers = [\"backend01.internal:3001\"]\nbackup_servers = [\"backup\"]"), "upstream[0].backup_servers[0]: \"backup\" is not \"host:port\"", "@[[upstream]]"),
+        (format!("{BASE}{PROXY}").replace("servers = [\"backend01.internal:3001\"]", "servers = [\"2001:db8::10:8080\"]"), "upstream[0].servers[0]: \"2001:db8::10:8080\": write an IPv6 address in brackets, e.g. \"[2001:db8::10]:8080\"", "@[[upstream]]"),
+        (format!("{BASE}{PROXY}").replace("servers = [\"backend01.internal:3001\"]", "servers = [\"[backend]:8080\"]"), "upstream[0].servers[0]: \"[backend]:8080\": [backend] is not an IPv6 address in brackets", "@[[upstream]]"),
         (format!("{BASE}{PROXY}").replace("servers = [\"backend01.internal:3001\"]", "servers = [\"backend01.internal:3001\"]\nbackup_servers = [\"backend01.internal:3001\"]"), "upstream[0].backup_servers[0]: \"backend01.internal:3001\" is also in servers", "@[[upstream]]"),
         (format!("{BASE}{PROXY}").replace("bind = [\"0.0.0.0:443\"]", "bind = [\"0.0.0.0\"]"), "invalid socket address", "@bind ="),
         (format!("{BASE}{PROXY}").replace("prefix = \"/\"", "prefix = \"/\"\nallow = [\"10.0.0.0/33\"]"), "allow: \"10.0.0.0/33\" is not an address or network", "@allow ="),

@@ -774,13 +774,20 @@ vrid = 51
 priority = 100
 virtual_ips = ["198.18.0.100/24", "198.18.0.101/24"]
 peers = ["198.18.0.2"]
+[[vrrp]]
+name = "VI_6"
+interface = "eth0"
+vrid = 51
+priority = 100
+virtual_ips = ["2001:2::100/64", "2001:2::101/64"]
+peers = ["fe80::2"]
 [[listener]]
 name = "all"
-bind = ["0.0.0.0:443"]
+bind = ["0.0.0.0:443", "[::]:8443"]
 tls = false
 [[listener]]
 name = "vip"
-bind = ["198.18.0.100:80", "198.18.0.7:8080"]
+bind = ["198.18.0.100:80", "198.18.0.7:8080", "[2001:2::100]:80"]
 [[upstream]]
 name = "u"
 servers = ["127.0.0.1:9"]
@@ -809,6 +816,27 @@ listeners = ["all", "vip"]
                 ([198, 18, 0, 100], 80),
                 ([198, 18, 0, 100], 443),
                 ([198, 18, 0, 101], 443)
+            ]
+        );
+        // The IPv6 instance: the IPv6 wildcard and its own binds, never the IPv4 ones (a
+        // [::] listener is IPv6 only).
+        let v6: Vec<(std::net::IpAddr, u16, u8)> = served_ports(&cfg, cfg.vrrp[1].get_ref())
+            .iter()
+            .map(|s| {
+                (
+                    ip_of(&s.addr, Family::V6),
+                    u16::from_be_bytes(s.port),
+                    s.family,
+                )
+            })
+            .collect();
+        let a = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            v6,
+            vec![
+                (a("2001:2::100"), 80, 6),
+                (a("2001:2::100"), 8443, 6),
+                (a("2001:2::101"), 8443, 6)
             ]
         );
     }

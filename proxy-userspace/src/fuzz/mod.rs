@@ -593,7 +593,7 @@ fn import_text(data: &[u8], keepalived: bool) {
         "fuzz-httpd.conf"
     };
     let file = Some((Path::new(name), &*text));
-    let peers = [Ipv4Addr::new(198, 18, 0, 2)];
+    let peers = [IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2))];
     let src = crate::import::Sources {
         keepalived: if keepalived { file } else { None },
         apache: if keepalived { None } else { file },

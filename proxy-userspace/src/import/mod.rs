@@ -12,7 +12,7 @@ pub mod parse;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -99,7 +99,7 @@ pub struct Sources<'a> {
     pub keepalived: Option<(&'a Path, &'a str)>,
     pub apache: Option<(&'a Path, &'a str)>,
     /// The other nodes' addresses, for `peers` (keepalived's multicast setup does not name them).
-    pub peers: &'a [Ipv4Addr],
+    pub peers: &'a [IpAddr],
 }
 
 /// Builds the config; errors name the file and line of what could not be read at all.
@@ -195,7 +195,7 @@ fn checks_old_proxy(script: &str) -> bool {
 fn keepalived(
     tree: &[Directive],
     s: &Src,
-    cli_peers: &[Ipv4Addr],
+    cli_peers: &[IpAddr],
     node: &mut Section,
     proxy_scripts: &mut BTreeMap<String, i64>,
 ) -> anyhow::Result<Vec<Section>> {
@@ -320,7 +320,13 @@ fn keepalived(
                 "auth_hmac" => hmac = Some((auth_hmac(c, s, &mut notes)?, at)),
                 "virtual_ipaddress" => {
                     for v in &c.children {
-                        let ip = if v.name.contains('/') { v.name.clone() } else { format!("{}/32", v.name) };
+                        let ip = if v.name.contains('/') {
+                            v.name.clone()
+                        } else if v.name.contains(':') {
+                            format!("{}/128", v.name)
+                        } else {
+                            format!("{}/32", v.name)
+                        };
                         if let Some(pos) = v.args.iter().position(|a| a == "dev") {
                             let dev = v.arg(pos + 1).unwrap_or_default();
                             if interface.as_deref().is_some_and(|i| i != dev) {
@@ -331,6 +337,14 @@ fn keepalived(
                         if v.args.iter().any(|a| a == "label") {
                             notes.note(format!("{}: the address label is not kept", s.at(v)));
                         }
+                        // keepalived's rule: the first address decides the instance's family,
+                        // and an address of the other family is ignored (it logs "address
+                        // family must match VRRP instance").
+                        let v6 = ip.contains(':');
+                        if vips.first().is_some_and(|f: &String| f.contains(':') != v6) {
+                            notes.unmapped(s.at(v), &ip, "its family differs from the instance's first address: keepalived ignores it, and hapd runs one family per instance (put it in an instance of its own)");
+                            continue;
+                        }
                         vips.push(ip);
                     }
                 }
@@ -339,8 +353,11 @@ fn keepalived(
                     peers.extend(c.children.iter().map(|p| p.name.clone()));
                 }
                 "unicast_src_ip" => notes.note(format!(
-                    "{at}: unicast_src_ip {}: hapd sends from the interface's primary address",
+                    "{at}: unicast_src_ip {}: hapd sends from the interface's primary address (IPv6: its link-local address)",
                     c.rest()
+                )),
+                "native_ipv6" => notes.note(format!(
+                    "{at}: native_ipv6: hapd takes an instance's family from its virtual_ips (IPv6 runs VRRPv3)"
                 )),
                 "track_script" => {
                     for t in &c.children {
@@ -388,6 +405,13 @@ fn keepalived(
         for (k, v) in keys.iter().filter(|(k, _)| !k.contains('.')) {
             sec.key(k, v.clone());
         }
+        let v6 = vips.first().is_some_and(|v| v.contains(':'));
+        if v6 && version != 3 {
+            sec.note(format!(
+                "vrrp_version {version}: IPv6 runs VRRPv3 only (keepalived switches too)"
+            ));
+            version = 3;
+        }
         sec.key("version", version.to_string());
         let interval = secs(&advert).with_context(|| {
             format!(
@@ -404,10 +428,19 @@ fn keepalived(
         }
         sec.key("virtual_ips", qlist(&vips));
         if peers.is_empty() {
-            peers = cli_peers.iter().map(|p| p.to_string()).collect();
+            // The --peer addresses of the instance's family.
+            peers = cli_peers
+                .iter()
+                .filter(|p| p.is_ipv6() == v6)
+                .map(|p| p.to_string())
+                .collect();
         }
         if peers.is_empty() {
-            sec.note("peers: the other node's address goes here (hapd import --peer IP): the XDP guard then drops VRRP from anyone else");
+            sec.note(if v6 {
+                "peers: the other node's link-local address (fe80::...) goes here (hapd import --peer IP): IPv6 adverts come from it, and the XDP guard then drops VRRP from anyone else"
+            } else {
+                "peers: the other node's address goes here (hapd import --peer IP): the XDP guard then drops VRRP from anyone else"
+            });
         }
         sec.key("peers", qlist(&peers));
         if unicast {
@@ -734,7 +767,8 @@ struct ApacheState {
     ciphers: Option<Vec<String>>,
     certs: Vec<(String, String, Option<String>)>,
     /// name → (bind, tls)
-    listeners: BTreeMap<String, (String, bool)>,
+    /// By name: the addresses, and whether it has TLS.
+    listeners: BTreeMap<String, (Vec<String>, bool)>,
     /// authority → name
     upstreams: BTreeMap<String, String>,
     /// balancer name → its members
@@ -1078,10 +1112,13 @@ fn apache(tree: &[Directive], s: &Src) -> anyhow::Result<(Vec<Section>, Vec<Stri
             out.push(c);
         }
     }
-    for (name, (bind, tls)) in &st.listeners {
+    for (name, (binds, tls)) in &st.listeners {
         let mut l = Section::new("[[listener]]");
         l.key("name", q(name));
-        l.key("bind", qlist(&[bind]));
+        l.key("bind", qlist(binds));
+        if binds.iter().any(|b| b.starts_with("[::]:")) {
+            l.note("Apache's * listens on both families: [::] is the IPv6 one (hapd's IPv6 listeners are IPv6 only); remove it on a host without IPv6");
+        }
         if *tls {
             l.key("tls", "true");
         }
@@ -1173,7 +1210,14 @@ fn location(
 
 fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> {
     let addr = d.arg(0).unwrap_or("*:80");
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "80"));
+    // `[2001:db8::1]:443`, `[2001:db8::1]` (port 80), `10.0.0.1:443`, `*:443`, `*`.
+    let (host, port) = match addr.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':').unwrap_or("80")),
+            None => bail!("{}: <VirtualHost {addr}>: unclosed [", s.at(d)),
+        },
+        None => addr.rsplit_once(':').unwrap_or((addr, "80")),
+    };
     let port: u16 = port
         .parse()
         .with_context(|| format!("{}: <VirtualHost {addr}>: bad port", s.at(d)))?;
@@ -1181,19 +1225,30 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
         .children
         .iter()
         .any(|c| c.name == "SSLEngine" && c.arg(0).is_some_and(|a| a.eq_ignore_ascii_case("on")));
-    let ip = if host == "*" || host == "_default_" {
-        "0.0.0.0"
+    // Apache's `*` is both families; hapd's [::] listeners are IPv6 only, so both go in.
+    let binds: Vec<String> = if host == "*" || host == "_default_" {
+        vec![format!("0.0.0.0:{port}"), format!("[::]:{port}")]
+    } else if host.contains(':') {
+        vec![format!("[{host}]:{port}")]
     } else {
-        host
+        vec![format!("{host}:{port}")]
     };
-    let bind = format!("{ip}:{port}");
     let lname = match (port, tls) {
         (443, true) => "https".to_string(),
         (80, false) => "http".to_string(),
         (p, true) => format!("tls-{p}"),
         (p, false) => format!("plain-{p}"),
     };
-    st.listeners.insert(lname.clone(), (bind, tls));
+    // A second VirtualHost on the same port and TLS adds its addresses to the listener.
+    let l = st
+        .listeners
+        .entry(lname.clone())
+        .or_insert((Vec::new(), tls));
+    for b in binds {
+        if !l.0.contains(&b) {
+            l.0.push(b);
+        }
+    }
     let mut v = Vhost {
         sec: Section::new("[[vhost]]"),
         listener: lname,
@@ -1384,7 +1439,7 @@ fn vhost(d: &Directive, s: &Src, st: &mut ApacheState) -> anyhow::Result<Vhost> 
 pub fn run(
     keepalived: Option<&PathBuf>,
     apache: Option<&PathBuf>,
-    peers: &[Ipv4Addr],
+    peers: &[IpAddr],
 ) -> anyhow::Result<Imported> {
     if keepalived.is_none() && apache.is_none() {
         bail!("give --keepalived FILE, --apache FILE or both");

@@ -102,7 +102,13 @@ impl Site {
             );
         }
         if self.redirect_https {
-            let location = format!("https://{host}{target}");
+            // `host` has lost its port and, for an IPv6 literal, its brackets: a URL needs
+            // them back (RFC 3986 section 3.2.2).
+            let location = if host.contains(':') {
+                format!("https://[{host}]{target}")
+            } else {
+                format!("https://{host}{target}")
+            };
             if !location.bytes().all(|b| b.is_ascii_graphic()) {
                 return Decision::Answer(Answer::new(400, "bad host"));
             }

@@ -77,7 +77,7 @@ pub async fn handle(
         .map_or("/", |p| p.as_str())
         .to_string();
     let access = site.access_log.as_ref().map(|_| Access {
-        client: conn.peer.ip(),
+        client: headers::canonical(conn.peer.ip()),
         time: SystemTime::now(),
         request_line: format!("{} {} HTTP/2.0", req.method(), target),
         referer: text(req.headers(), "referer"),

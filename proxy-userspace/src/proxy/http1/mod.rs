@@ -398,7 +398,7 @@ impl Conn<'_> {
         };
         let site = self.site_for(sites, authority.or_else(|| named(r.host)), host);
         let access = site.access_log.as_ref().map(|_| Access {
-            client: self.peer.ip(),
+            client: headers::canonical(self.peer.ip()),
             time: SystemTime::now(),
             request_line: format!("{} {} HTTP/1.{}", r.method, r.target, r.minor),
             referer: field(r.headers, "referer"),
