@@ -24,6 +24,7 @@ use nix::sys::signal::Signal;
 use crate::report::{median_spread, Report, Table};
 
 pub(crate) const VIP: &str = "198.18.0.100";
+pub(crate) const VIP6: &str = "2001:2::100";
 pub(crate) const PORT: u16 = 8080;
 pub(crate) const PROBE_EVERY: Duration = Duration::from_millis(5);
 /// Where the service listens when hapd's proxy is in front of it.
@@ -42,6 +43,30 @@ impl Daemon {
             [Daemon::Hapd, Daemon::Keepalived]
         } else {
             [Daemon::Keepalived, Daemon::Hapd]
+        }
+    }
+}
+
+/// The family the pair runs VRRP and the client reaches the VIP in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Ip {
+    V4,
+    V6,
+}
+
+impl Ip {
+    fn vip(self) -> &'static str {
+        match self {
+            Ip::V4 => VIP,
+            Ip::V6 => VIP6,
+        }
+    }
+
+    /// The VIP with its prefix.
+    fn vip_net(self) -> String {
+        match self {
+            Ip::V4 => format!("{VIP}/24"),
+            Ip::V6 => format!("{VIP6}/64"),
         }
     }
 }
@@ -70,6 +95,9 @@ impl Fault {
         Fault::ServiceDown,
         Fault::ProxyUnhealthy,
     ];
+
+    /// The faults of the IPv6 rows (the issue's: the others exercise nothing of the family).
+    const IPV6: [Fault; 3] = [Fault::HostCrash, Fault::GracefulStop, Fault::ServiceDown];
 
     fn name(self) -> &'static str {
         match self {
@@ -117,7 +145,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                         fault.name(),
                         round + 1
                     );
-                    let o = trial(&hapd, d, fault, interval)
+                    let o = trial(&hapd, d, fault, interval, Ip::V4)
                         .with_context(|| format!("{d:?} {} at {interval} ms", fault.name()))?;
                     let slot = if d == Daemon::Hapd { 0 } else { 1 };
                     samples[slot].0.push(o.outage.as_secs_f64() * 1000.0);
@@ -174,6 +202,8 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
             }),
         });
     }
+    let (v6_table, v6_raw) = ipv6_outages(&hapd, rounds)?;
+    tables.push(v6_table);
     let (load_table, load_raw) = under_load(&hapd, quick)?;
     tables.push(load_table);
     let (moves_table, moves_raw) = crate::moves::planned_moves(&hapd, quick)?;
@@ -184,9 +214,72 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     tables.push(spoof_table);
     report.tables = tables;
     report.raw = serde_json::json!({
-        "outages": raw, "under_load": load_raw, "planned_moves": moves_raw, "attacks": attack_raw, "spoofed_peers": spoof_raw,
+        "outages": raw, "ipv6_outages": v6_raw, "under_load": load_raw, "planned_moves": moves_raw, "attacks": attack_raw, "spoofed_peers": spoof_raw,
     });
     Ok(report)
+}
+
+/// The IPv6 rows: the same trials with VRRPv3 over IPv6 (keepalived on IPv6 beside hapd), the
+/// client reaching the IPv6 VIP, adverts every 10 ms.
+fn ipv6_outages(hapd: &Path, rounds: usize) -> anyhow::Result<(Table, serde_json::Value)> {
+    let interval = 10;
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for fault in Fault::IPV6 {
+        let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+        for round in 0..rounds {
+            for d in Daemon::alternating(round) {
+                println!(
+                    "[failover] IPv6, {interval} ms adverts, {}, {d:?}, round {}/{rounds}",
+                    fault.name(),
+                    round + 1
+                );
+                let o = trial(hapd, d, fault, interval, Ip::V6)
+                    .with_context(|| format!("IPv6 {d:?} {}", fault.name()))?;
+                let slot = if d == Daemon::Hapd { 0 } else { 1 };
+                samples[slot].0.push(o.outage.as_secs_f64() * 1000.0);
+                samples[slot].1.push(o.takeover.as_secs_f64() * 1000.0);
+                raw.push(serde_json::json!({
+                    "daemon": format!("{d:?}"), "fault": fault.name(), "advert_ms": interval, "round": round,
+                    "outage_ms": o.outage.as_secs_f64() * 1000.0, "takeover_ms": o.takeover.as_secs_f64() * 1000.0,
+                }));
+            }
+        }
+        let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
+        let ratio = if ho.0 > 0.0 {
+            format!("{:.1}x", ko.0 / ho.0)
+        } else {
+            "n/a (no outage)".into()
+        };
+        rows.push(vec![
+            fault.name().to_string(),
+            format!("{:.0} ({:.0}..{:.0})", ho.0, ho.1, ho.2),
+            format!("{:.0} ({:.0}..{:.0})", ko.0, ko.1, ko.2),
+            ratio,
+            format!("{:.0}", median_spread(&samples[0].1).0),
+            format!("{:.0}", median_spread(&samples[1].1).0),
+        ]);
+    }
+    let table = Table {
+        title: format!("IPv6: client-visible outage, adverts every {interval} ms"),
+        columns: vec![
+            "fault on the master".into(),
+            "hapd outage ms (median, spread)".into(),
+            "keepalived outage ms".into(),
+            "keepalived / hapd".into(),
+            "hapd takeover ms".into(),
+            "keepalived takeover ms".into(),
+        ],
+        rows,
+        notes: vec![format!(
+            "VRRPv3 over IPv6 on both (keepalived 2.2.7: its VIP decides the family), the VIP {VIP6}/64, \
+             the client probing [{VIP6}]:{PORT} every 5 ms; the backup announces the address with \
+             unsolicited neighbour advertisements. {rounds} round(s) per cell, daemons alternating; \
+             the rest as in the IPv4 tables."
+        )],
+        plot: None,
+    };
+    Ok((table, serde_json::Value::Array(raw)))
 }
 
 /// A client that asks the VIP every [`PROBE_EVERY`] from a lab host until stopped, counting
@@ -582,7 +675,12 @@ pub(crate) fn serve(
 
 /// One probe: an HTTP request to the VIP; who answered (the body of a 200).
 pub(crate) fn probe() -> Option<String> {
-    let addr: SocketAddr = format!("{VIP}:{PORT}").parse().ok()?;
+    probe_at(Ip::V4)
+}
+
+/// [`probe`] of the VIP of `ip`.
+pub(crate) fn probe_at(ip: Ip) -> Option<String> {
+    let addr = SocketAddr::new(ip.vip().parse().ok()?, PORT);
     // Short timeouts keep the 5 ms cadence while nobody answers (everything is on one machine:
     // an answer takes well under a millisecond).
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(5)).ok()?;
@@ -604,12 +702,33 @@ pub(crate) fn hapd_config(
     flag: Option<&Path>,
     proxy: bool,
 ) -> anyhow::Result<String> {
+    hapd_config_ip(lab, i, interval, flag, proxy, Ip::V4)
+}
+
+/// [`hapd_config`] for the family `ip` (IPv6: the peer is the other node's link-local
+/// address, where its adverts come from).
+fn hapd_config_ip(
+    lab: &mut Lab,
+    i: usize,
+    interval: u64,
+    flag: Option<&Path>,
+    proxy: bool,
+    ip: Ip,
+) -> anyhow::Result<String> {
     let pin = lab.bpffs()?.join(format!("n{i}"));
-    let peer = lab.host(1 - i).addr;
+    let peer = match ip {
+        Ip::V4 => lab.host(1 - i).addr.to_string(),
+        Ip::V6 => lab.link_local(1 - i, "eth0")?.to_string(),
+    };
+    let vip_net = ip.vip_net();
+    let bind = match ip {
+        Ip::V4 => format!("{VIP}:{PORT}"),
+        Ip::V6 => format!("[{VIP6}]:{PORT}"),
+    };
     let script = match flag {
         // The proxy in front of the service on 127.0.0.1:SERVICE_BEHIND_PROXY.
         _ if proxy => format!(
-            "track_proxy = {{ weight = -50 }}\n\n[[listener]]\nname = \"web\"\nbind = [\"{VIP}:{PORT}\"]\n\n\
+            "track_proxy = {{ weight = -50 }}\n\n[[listener]]\nname = \"web\"\nbind = [\"{bind}\"]\n\n\
              [[upstream]]\nname = \"svc\"\nservers = [\"127.0.0.1:{SERVICE_BEHIND_PROXY}\"]\nconnect_timeout = \"5ms\"\n\
              health_check = {{ path = \"/\", interval = \"10ms\", timeout = \"10ms\", fall = 1, rise = 1 }}\n\n\
              [[vhost]]\nserver_names = [\"vip\"]\nlisteners = [\"web\"]\n  [[vhost.route]]\n  prefix = \"/\"\n  upstream = \"svc\"\n"
@@ -624,13 +743,14 @@ pub(crate) fn hapd_config(
     };
     Ok(format!(
         "[node]\nname = \"n{i}\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\n\
-         priority = {}\nadvert_interval = \"{interval}ms\"\nvirtual_ips = [\"{VIP}/24\"]\npeers = [\"{peer}\"]\n{script}",
+         priority = {}\nadvert_interval = \"{interval}ms\"\nvirtual_ips = [\"{vip_net}\"]\npeers = [\"{peer}\"]\n{script}",
         pin.display(),
         if i == 0 { 110 } else { 100 },
     ))
 }
 
-fn keepalived_config(i: usize, interval: u64, flag: Option<&Path>) -> String {
+fn keepalived_config(i: usize, interval: u64, flag: Option<&Path>, ip: Ip) -> String {
+    let vip_net = ip.vip_net();
     let (script, track) = match flag {
         Some(f) => (
             format!(
@@ -644,7 +764,7 @@ fn keepalived_config(i: usize, interval: u64, flag: Option<&Path>) -> String {
     format!(
         "global_defs {{\n  router_id N{i}\n  vrrp_version 3\n  enable_script_security\n  script_user root\n}}\n{script}\
          vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {}\n  advert_int {}\n\
-         virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n{track}}}\n",
+         virtual_ipaddress {{\n    {vip_net} dev eth0\n  }}\n{track}}}\n",
         if i == 0 { 110 } else { 100 },
         interval as f64 / 1000.0
     )
@@ -659,14 +779,29 @@ pub(crate) fn start(
     flag: Option<&Path>,
     proxy: bool,
 ) -> anyhow::Result<Proc> {
+    start_ip(lab, hapd, d, i, interval, flag, proxy, Ip::V4)
+}
+
+/// [`start`] for the family `ip`.
+#[allow(clippy::too_many_arguments)]
+fn start_ip(
+    lab: &mut Lab,
+    hapd: &Path,
+    d: Daemon,
+    i: usize,
+    interval: u64,
+    flag: Option<&Path>,
+    proxy: bool,
+    ip: Ip,
+) -> anyhow::Result<Proc> {
     match d {
         Daemon::Hapd => {
-            let config = hapd_config(lab, i, interval, flag, proxy)?;
+            let config = hapd_config_ip(lab, i, interval, flag, proxy, ip)?;
             lab.start_hapd(i, hapd, &config)
         }
         Daemon::Keepalived => {
             let conf = lab.dir().join(format!("ka{i}.conf"));
-            std::fs::write(&conf, keepalived_config(i, interval, flag))?;
+            std::fs::write(&conf, keepalived_config(i, interval, flag, ip))?;
             let dir = lab.dir().display().to_string();
             let conf = conf.display().to_string();
             let child = lab.spawn(
@@ -698,15 +833,34 @@ pub(crate) fn start_pair(
     flags: [Option<&Path>; 2],
     proxy: bool,
 ) -> anyhow::Result<(Proc, Proc)> {
-    let n0 = start(lab, hapd, d, 0, interval, flags[0], proxy)?;
+    start_pair_ip(lab, hapd, d, interval, flags, proxy, Ip::V4)
+}
+
+/// [`start_pair`] for the family `ip`.
+fn start_pair_ip(
+    lab: &mut Lab,
+    hapd: &Path,
+    d: Daemon,
+    interval: u64,
+    flags: [Option<&Path>; 2],
+    proxy: bool,
+    ip: Ip,
+) -> anyhow::Result<(Proc, Proc)> {
+    let n0 = start_ip(lab, hapd, d, 0, interval, flags[0], proxy, ip)?;
     let ready = Instant::now() + Duration::from_secs(10);
-    while lab.in_netns(2, || Ok(probe())).ok().flatten().as_deref() != Some("n0") {
+    while lab
+        .in_netns(2, move || Ok(probe_at(ip)))
+        .ok()
+        .flatten()
+        .as_deref()
+        != Some("n0")
+    {
         if Instant::now() > ready {
             bail!("n0 never served the VIP:\n{}", n0.lines().join("\n"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let n1 = start(lab, hapd, d, 1, interval, flags[1], proxy)?;
+    let n1 = start_ip(lab, hapd, d, 1, interval, flags[1], proxy, ip)?;
     Ok((n0, n1))
 }
 
@@ -729,7 +883,7 @@ fn crash_or_kill(lab: &Lab, n0: &mut Proc, d: Daemon, fault: Fault) -> anyhow::R
     Ok(())
 }
 
-fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<Outcome> {
+fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64, ip: Ip) -> anyhow::Result<Outcome> {
     let mut lab = Lab::new(3)?;
     let behind_proxy = d == Daemon::Hapd && fault == Fault::ProxyUnhealthy;
     let stop = Arc::new(AtomicBool::new(false));
@@ -741,19 +895,22 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
         let (u, s) = (up[i].clone(), stop.clone());
         let bind = if behind_proxy {
             ("127.0.0.1", SERVICE_BEHIND_PROXY)
+        } else if ip == Ip::V6 {
+            ("::", PORT)
         } else {
             ("0.0.0.0", PORT)
         };
         servers.push(lab.spawn_in_netns(i, move || serve(name, bind, u, s))?);
     }
     let result = (|| {
-        let (mut n0, mut n1) = start_pair(
+        let (mut n0, mut n1) = start_pair_ip(
             &mut lab,
             hapd,
             d,
             interval,
             [Some(&flags[0]), Some(&flags[1])],
             behind_proxy,
+            ip,
         )?;
         std::thread::sleep(Duration::from_millis(300 + 4 * interval));
         // The prober: every 5 ms, from the client, until told to stop.
@@ -765,7 +922,7 @@ fn trial(hapd: &Path, d: Daemon, fault: Fault, interval: u64) -> anyhow::Result<
             let mut next = Instant::now();
             while p.load(Ordering::Relaxed) {
                 let t = t_base.elapsed();
-                log.push((t, probe()));
+                log.push((t, probe_at(ip)));
                 next += PROBE_EVERY;
                 if let Some(wait) = next.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);

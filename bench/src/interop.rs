@@ -1,12 +1,13 @@
 //! The `interop` suite: hapd and keepalived 2.4.3 as the two nodes of one virtual router with
-//! `auth_hmac` (the same key on both), in both roles, VRRP v3 and v2, multicast and unicast:
-//! election, failover and takeover back, with the VIP checked from a client and every advert of
-//! the other side verified (no rejection on either). A failed check fails the suite.
+//! `auth_hmac` (the same key on both), in both roles, VRRP v3 and v2 over IPv4 and v3 over IPv6,
+//! multicast and unicast: election, failover and takeover back, with the VIP checked from a
+//! client and every advert of the other side verified (no rejection on either). A failed check
+//! fails the suite.
 //!
 //! ```text
-//!   h0 198.18.0.1 keepalived 2.4.3 ─┐
-//!   h1 198.18.0.2 hapd ─────────────┼── bridge      VIP 198.18.0.100
-//!   h2 198.18.0.3 client ───────────┘
+//!   h0 198.18.0.1 2001:2::1 keepalived 2.4.3 ─┐
+//!   h1 198.18.0.2 2001:2::2 hapd ─────────────┼── bridge   VIP 198.18.0.100 or 2001:2::100
+//!   h2 198.18.0.3 2001:2::3 client ───────────┘
 //! ```
 use std::{
     path::Path,
@@ -20,11 +21,14 @@ use nix::sys::signal::Signal;
 use crate::report::{Report, Table};
 
 const VIP: &str = "198.18.0.100";
+const VIP6: &str = "2001:2::100";
 const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 #[derive(Clone, Copy)]
 struct Case {
     version: u8,
+    /// Over IPv6 (VRRPv3 only).
+    v6: bool,
     unicast: bool,
     /// hapd has the higher priority (else keepalived does).
     hapd_master: bool,
@@ -33,8 +37,9 @@ struct Case {
 impl Case {
     fn name(&self) -> String {
         format!(
-            "v{} {}, {} master",
+            "v{}{} {}, {} master",
             self.version,
+            if self.v6 { " IPv6" } else { "" },
             if self.unicast { "unicast" } else { "multicast" },
             if self.hapd_master {
                 "hapd"
@@ -65,11 +70,12 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     let ka = crate::keepalived243::binary()?;
     let hapd = crate::hapd_bin()?;
     let mut cases = Vec::new();
-    for version in [3, 2] {
+    for (version, v6) in [(3, false), (2, false), (3, true)] {
         for unicast in [false, true] {
             for hapd_master in [true, false] {
                 cases.push(Case {
                     version,
+                    v6,
                     unicast,
                     hapd_master,
                 });
@@ -131,6 +137,10 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
              VIP's place. hapd's status must show no rejected advert, keepalived's log no \
              authentication error. v3 at 100 ms adverts, v2 at 1 s (whole seconds only)."
                 .into(),
+            "IPv6: both send from their link-local addresses, which are each other's peers; \
+             keepalived's unicast IPv6 adverts need unicast_ttl 255 (its default there is the \
+             kernel's hop limit, 64, which RFC 9568 section 7.1 and hapd's guard refuse)."
+                .into(),
             format!(
                 "auth_hmac {{ key 1 {KEY}; active_key 1 }} on keepalived (mode enforce, anti-replay \
                  time), the same key on hapd. keepalived {} built from ../shared/vendor.",
@@ -154,10 +164,20 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
 
 fn keepalived(lab: &Lab, ka: &Path, c: Case, priority: u8) -> anyhow::Result<Proc> {
     let (interval, _) = c.interval();
-    let unicast = if c.unicast {
-        "  unicast_src_ip 198.18.0.1\n  unicast_peer {\n    198.18.0.2\n  }\n"
+    let unicast = match (c.unicast, c.v6) {
+        (false, _) => String::new(),
+        (true, false) => {
+            "  unicast_src_ip 198.18.0.1\n  unicast_peer {\n    198.18.0.2\n  }\n".into()
+        }
+        (true, true) => format!(
+            "  unicast_ttl 255\n  unicast_peer {{\n    {}\n  }}\n",
+            lab.link_local(1, "eth0")?
+        ),
+    };
+    let vip = if c.v6 {
+        format!("{VIP6}/64")
     } else {
-        ""
+        format!("{VIP}/24")
     };
     let conf = lab.dir().join("keepalived.conf");
     std::fs::write(
@@ -166,7 +186,7 @@ fn keepalived(lab: &Lab, ka: &Path, c: Case, priority: u8) -> anyhow::Result<Pro
             "global_defs {{\n  router_id KA\n  vrrp_version {}\n}}\n\
              vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
              priority {priority}\n  advert_int {interval}\n{unicast}  auth_hmac {{\n    key 1 {KEY}\n    \
-             active_key 1\n  }}\n  virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  }}\n}}\n",
+             active_key 1\n  }}\n  virtual_ipaddress {{\n    {vip} dev eth0\n  }}\n}}\n",
             c.version
         ),
     )?;
@@ -192,10 +212,15 @@ fn keepalived(lab: &Lab, ka: &Path, c: Case, priority: u8) -> anyhow::Result<Pro
 fn hapd_config(lab: &mut Lab, c: Case, priority: u8) -> anyhow::Result<String> {
     let pin_dir = lab.bpffs()?.join("hapd");
     let (_, interval) = c.interval();
+    let (vip, peer) = if c.v6 {
+        (format!("{VIP6}/64"), lab.link_local(0, "eth0")?.to_string())
+    } else {
+        (format!("{VIP}/24"), "198.18.0.1".to_string())
+    };
     Ok(format!(
         "[node]\nname = \"hapd\"\npin_dir = \"{}\"\n\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\n\
          vrid = 51\npriority = {priority}\nversion = {}\nadvert_interval = \"{interval}\"\n\
-         virtual_ips = [\"{VIP}/24\"]\npeers = [\"198.18.0.1\"]\nunicast = {}\n\
+         virtual_ips = [\"{vip}\"]\npeers = [\"{peer}\"]\nunicast = {}\n\
          auth_hmac = {{ keys = {{ 1 = \"{KEY}\" }}, active_key = 1 }}\n",
         pin_dir.display(),
         c.version,
@@ -203,22 +228,34 @@ fn hapd_config(lab: &mut Lab, c: Case, priority: u8) -> anyhow::Result<String> {
     ))
 }
 
-fn has_vip(lab: &Lab, i: usize) -> bool {
-    lab.exec(i, &["ip", "-4", "addr", "show", "dev", "eth0"])
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("inet {VIP}/24")))
+fn has_vip(lab: &Lab, c: Case, i: usize) -> bool {
+    let want = if c.v6 {
+        format!("inet6 {VIP6}/64")
+    } else {
+        format!("inet {VIP}/24")
+    };
+    lab.exec(i, &["ip", "addr", "show", "dev", "eth0"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(&want))
         .unwrap_or(false)
 }
 
 /// Waits until the VIP is on host `i` only and the client reaches it; returns how long it took.
-fn wait_vip(lab: &Lab, i: usize, since: Instant, timeout: Duration) -> anyhow::Result<u64> {
-    while !has_vip(lab, i) || has_vip(lab, 1 - i) {
+fn wait_vip(
+    lab: &Lab,
+    c: Case,
+    i: usize,
+    since: Instant,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
+    while !has_vip(lab, c, i) || has_vip(lab, c, 1 - i) {
         if since.elapsed() > timeout {
             bail!("the VIP is not (only) on host {i} after {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let took = since.elapsed().as_millis() as u64;
-    lab.exec(2, &["ping", "-c", "1", "-W", "1", VIP])
+    let vip = if c.v6 { VIP6 } else { VIP };
+    lab.exec(2, &["ping", "-c", "1", "-W", "1", vip])
         .context("the client does not reach the VIP")?;
     Ok(took)
 }
@@ -275,25 +312,25 @@ fn scenario(ka_bin: &Path, hapd: &Path, c: Case, quick: bool) -> anyhow::Result<
     if c.hapd_master {
         let mut h = lab.start_hapd(1, hapd, &cfg)?;
         h.wait_for("=> MASTER", 1, slow)?;
-        let election = wait_vip(&lab, 1, t0, slow)?;
+        let election = wait_vip(&lab, c, 1, t0, slow)?;
         let mut ka = keepalived(&lab, ka_bin, c, ka_prio)?;
         ka.wait_for("Entering BACKUP STATE", 1, Duration::from_secs(5))?;
         std::thread::sleep(settle);
         if !ka.grep("Entering MASTER STATE").is_empty() {
             bail!("keepalived did not stay backup:\n{}", ka.lines().join("\n"));
         }
-        wait_vip(&lab, 1, Instant::now(), slow)?;
+        wait_vip(&lab, c, 1, Instant::now(), slow)?;
         // The master stops: a priority-0 advert, the backup takes over.
         let t = Instant::now();
         h.stop(Signal::SIGTERM, Duration::from_secs(5))?;
         ka.wait_for("Entering MASTER STATE", 1, slow)?;
-        let failover = wait_vip(&lab, 0, t, slow)?;
+        let failover = wait_vip(&lab, c, 0, t, slow)?;
         // The master returns and takes back.
         let t = Instant::now();
         h = lab.start_hapd(1, hapd, &cfg)?;
         h.wait_for("=> MASTER (preempting a lower-priority master)", 1, slow)?;
         ka.wait_for("Entering BACKUP STATE", 2, slow)?;
-        let takeover = wait_vip(&lab, 1, t, slow)?;
+        let takeover = wait_vip(&lab, c, 1, t, slow)?;
         std::thread::sleep(settle);
         let signed = clean(&lab, hapd, &ka)?;
         let _ = h.stop(Signal::SIGTERM, Duration::from_secs(5));
@@ -302,7 +339,7 @@ fn scenario(ka_bin: &Path, hapd: &Path, c: Case, quick: bool) -> anyhow::Result<
     } else {
         let mut ka = keepalived(&lab, ka_bin, c, ka_prio)?;
         ka.wait_for("Entering MASTER STATE", 1, slow)?;
-        let election = wait_vip(&lab, 0, t0, slow)?;
+        let election = wait_vip(&lab, c, 0, t0, slow)?;
         let mut h = lab.start_hapd(1, hapd, &cfg)?;
         h.wait_for("INIT => BACKUP", 1, Duration::from_secs(5))?;
         std::thread::sleep(settle);
@@ -313,16 +350,16 @@ fn scenario(ka_bin: &Path, hapd: &Path, c: Case, quick: bool) -> anyhow::Result<
         if before == 0 {
             bail!("hapd verified none of keepalived's signed adverts");
         }
-        wait_vip(&lab, 0, Instant::now(), slow)?;
+        wait_vip(&lab, c, 0, Instant::now(), slow)?;
         let t = Instant::now();
         ka.stop(Signal::SIGTERM, Duration::from_secs(5))?;
         h.wait_for("=> MASTER (master resigned (priority 0))", 1, slow)?;
-        let failover = wait_vip(&lab, 1, t, slow)?;
+        let failover = wait_vip(&lab, c, 1, t, slow)?;
         let t = Instant::now();
         ka = keepalived(&lab, ka_bin, c, ka_prio)?;
         h.wait_for("MASTER => BACKUP (higher-priority master)", 1, slow)?;
         ka.wait_for("Entering MASTER STATE", 1, slow)?;
-        let takeover = wait_vip(&lab, 0, t, slow)?;
+        let takeover = wait_vip(&lab, c, 0, t, slow)?;
         std::thread::sleep(settle);
         let signed = clean(&lab, hapd, &ka)?;
         let _ = h.stop(Signal::SIGTERM, Duration::from_secs(5));

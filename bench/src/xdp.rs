@@ -9,7 +9,7 @@ use aya::{
     Ebpf,
 };
 use hapd_lab::{
-    frames::{ether, ipv4, Advert, Csum, Hmac},
+    frames::{ether, ipv4, ipv6, v6, Advert, Csum, Hmac},
     Lab,
 };
 use proxy_userspace::{
@@ -98,13 +98,30 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         })),
         ..spec(55, 3, None)
     };
+    // VRID 61: an IPv6 instance; 65: IPv6 with auth_hmac as VRID 55.
+    let v6_spec = |vrid: u8| InstanceSpec {
+        family: proxy_common::vrrp::Family::V6,
+        peers: vec![v6("fe80::2")],
+        pseudo_header: false,
+        ..spec(vrid, 3, None)
+    };
+    let signed6_spec = InstanceSpec {
+        auth: signed_spec.auth.clone(),
+        ..v6_spec(65)
+    };
     let specs = [
         spec(51, 3, None),
         spec(52, 2, Some(b"secret42")),
         signed_spec,
+        v6_spec(61),
+        signed6_spec,
     ];
     g.configure(&specs.iter().collect::<Vec<_>>())?;
     let v3 = Advert::v3(PEER);
+    let v6a = Advert {
+        vrid: 61,
+        ..Advert::v3_ipv6(v6("fe80::2"))
+    };
     let signed = |addrs: u8, seq: u64, bad: bool| {
         let mut h = Hmac::new(1, &key, seq);
         h.bad_mac = bad;
@@ -295,6 +312,80 @@ fn per_verdict(quick: bool) -> anyhow::Result<(Table, serde_json::Value)> {
         (
             "auth_hmac drop: replayed sequence number",
             signed(1, 1 << 39, true),
+            1,
+        ),
+        (
+            "pass: TCP segment over IPv6",
+            ether(
+                0x86dd,
+                &ipv6(6, 64, v6("2001:2::3"), v6("2001:2::1"), &[0; 20]),
+            ),
+            2,
+        ),
+        ("accept: IPv6 advert, 1 address", v6a.frame(), 2),
+        (
+            "accept: IPv6 advert, 64 addresses (worst case)",
+            {
+                let mut a = v6a.clone();
+                if let Some(v) = a.v6.as_mut() {
+                    v.addrs = (0..64u8)
+                        .map(|i| v6(&format!("2001:2::{:x}", i + 1)))
+                        .collect();
+                }
+                a.frame()
+            },
+            2,
+        ),
+        (
+            "accept: IPv6 advert behind a destination options header",
+            {
+                let mut a = v6a.clone();
+                if let Some(v) = a.v6.as_mut() {
+                    v.ext = vec![60];
+                }
+                a.frame()
+            },
+            2,
+        ),
+        (
+            "drop: IPv6 not a peer",
+            Advert {
+                vrid: 61,
+                ..Advert::v3_ipv6(v6("fe80::66"))
+            }
+            .frame(),
+            1,
+        ),
+        (
+            "drop: IPv6 hop limit 64",
+            Advert {
+                ttl: 64,
+                ..v6a.clone()
+            }
+            .frame(),
+            1,
+        ),
+        (
+            "drop: IPv6 bad checksum",
+            Advert {
+                csum: Csum::Bad,
+                ..v6a.clone()
+            }
+            .frame(),
+            1,
+        ),
+        (
+            "auth_hmac drop: IPv6 forged MAC, 1 address",
+            {
+                let mut h = Hmac::new(1, &key, 2 << 40);
+                h.bad_mac = true;
+                Advert {
+                    vrid: 65,
+                    hmac: Some(h),
+                    ..v6a.clone()
+                }
+                .frame()
+            },
             1,
         ),
         (

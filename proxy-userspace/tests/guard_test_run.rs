@@ -2028,6 +2028,18 @@ fn ipv6_auth_hmac_is_judged_alike_on_both_paths() {
         .frame(),
         drop_(Reason::NoTrailer),
     );
+    let mut unknown = signed(now + 1, &key2());
+    unknown.hmac.as_mut().unwrap().key_id = 9;
+    b.check(
+        "an unknown key",
+        &unknown.frame(),
+        drop_(Reason::UnknownKey),
+    );
+    let mut odd = signed(now + 1, &key1());
+    odd.hmac.as_mut().unwrap().ext_type = 2;
+    b.check("another scheme", &odd.frame(), drop_(Reason::Trailer));
+    let stale = signed(now - (3600 << 32), &key1());
+    b.check("an hour old", &stale.frame(), drop_(Reason::Stale));
     // The MAC binds the source: the same bytes from the other peer do not verify.
     let mut moved = signed(now + 2, &key1());
     moved.hmac.as_mut().unwrap().seq = now + 2;

@@ -54,7 +54,8 @@ pub fn config_text(data: &[u8]) {
 }
 
 /// The guard's instances for frame fuzzing: VRID 51 v3, VRID 52 v2 with a password and VRID 53
-/// v3 with `auth_hmac` (key 1: bytes 0..32, enforce, monotonic), on interface index 2.
+/// v3 with `auth_hmac` (key 1: bytes 0..32, enforce, monotonic), and VRID 51 over IPv6 with
+/// keepalived's captured link-local address (fe80::ff:fe00:1) as its peer, on interface index 2.
 pub fn fuzz_specs() -> Vec<InstanceSpec> {
     let spec = |vrid: u8, version: u8, pass: Option<[u8; 8]>| InstanceSpec {
         name: format!("VI_{vrid}"),
@@ -83,6 +84,13 @@ pub fn fuzz_specs() -> Vec<InstanceSpec> {
         InstanceSpec {
             auth: Some(hmac),
             ..spec(53, 3, None)
+        },
+        InstanceSpec {
+            name: "VI6_51".into(),
+            family: proxy_common::vrrp::Family::V6,
+            peers: vec![Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 1).octets()],
+            pseudo_header: false,
+            ..spec(51, 3, None)
         },
     ]
 }
