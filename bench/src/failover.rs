@@ -128,7 +128,7 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
         let mut rows = Vec::new();
         let (mut plot_h, mut plot_k) = (Vec::new(), Vec::new());
         for fault in Fault::ALL {
-            let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+            let mut samples: Samples = Default::default();
             for round in 0..rounds {
                 // Alternate which daemon goes first each round.
                 let order = Daemon::alternating(round);
@@ -147,46 +147,17 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
                     );
                     let o = trial(&hapd, d, fault, interval, Ip::V4)
                         .with_context(|| format!("{d:?} {} at {interval} ms", fault.name()))?;
-                    let slot = if d == Daemon::Hapd { 0 } else { 1 };
-                    samples[slot].0.push(o.outage.as_secs_f64() * 1000.0);
-                    samples[slot].1.push(o.takeover.as_secs_f64() * 1000.0);
-                    raw.push(serde_json::json!({
-                        "daemon": format!("{d:?}"), "fault": fault.name(), "advert_ms": interval, "round": round,
-                        "outage_ms": o.outage.as_secs_f64() * 1000.0, "takeover_ms": o.takeover.as_secs_f64() * 1000.0,
-                    }));
+                    raw.push(sample(&mut samples, d, fault, interval, round, &o));
                 }
             }
-            let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
-            plot_h.push(ho.0);
-            plot_k.push(ko.0);
-            let (ht, kt) = (
-                median_spread(&samples[0].1).0,
-                median_spread(&samples[1].1).0,
-            );
-            let ratio = if ho.0 > 0.0 {
-                format!("{:.1}x", ko.0 / ho.0)
-            } else {
-                "n/a (no outage)".into()
-            };
-            rows.push(vec![
-                fault.name().to_string(),
-                format!("{:.0} ({:.0}..{:.0})", ho.0, ho.1, ho.2),
-                format!("{:.0} ({:.0}..{:.0})", ko.0, ko.1, ko.2),
-                ratio,
-                format!("{ht:.0}"),
-                format!("{kt:.0}"),
-            ]);
+            let (row, h, k) = outage_row(fault, &samples);
+            plot_h.push(h);
+            plot_k.push(k);
+            rows.push(row);
         }
         tables.push(Table {
             title: format!("Client-visible outage, adverts every {interval} ms"),
-            columns: vec![
-                "fault on the master".into(),
-                "hapd outage ms (median, spread)".into(),
-                "keepalived outage ms".into(),
-                "keepalived / hapd".into(),
-                "hapd takeover ms".into(),
-                "keepalived takeover ms".into(),
-            ],
+            columns: outage_columns(),
             rows,
             notes: vec![
                 format!("{rounds} round(s) per cell, daemons alternating, each fault at a random phase of the advert cycle. Outage: longest run of failed probes (5 ms apart) around the fault. Takeover: fault to the first answer from the backup."),
@@ -219,6 +190,64 @@ pub fn run(quick: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Outages and takeovers in ms of hapd (`[0]`) and keepalived (`[1]`).
+type Samples = [(Vec<f64>, Vec<f64>); 2];
+
+/// Adds trial `o` to `samples`; its raw record.
+fn sample(
+    samples: &mut Samples,
+    d: Daemon,
+    fault: Fault,
+    interval: u64,
+    round: usize,
+    o: &Outcome,
+) -> serde_json::Value {
+    let slot = if d == Daemon::Hapd { 0 } else { 1 };
+    let (outage, takeover) = (
+        o.outage.as_secs_f64() * 1000.0,
+        o.takeover.as_secs_f64() * 1000.0,
+    );
+    samples[slot].0.push(outage);
+    samples[slot].1.push(takeover);
+    serde_json::json!({
+        "daemon": format!("{d:?}"), "fault": fault.name(), "advert_ms": interval, "round": round,
+        "outage_ms": outage, "takeover_ms": takeover,
+    })
+}
+
+/// The columns of an outage table ([`outage_row`]).
+fn outage_columns() -> Vec<String> {
+    [
+        "fault on the master",
+        "hapd outage ms (median, spread)",
+        "keepalived outage ms",
+        "keepalived / hapd",
+        "hapd takeover ms",
+        "keepalived takeover ms",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// A fault's row of an outage table, and the median outages of hapd and keepalived.
+fn outage_row(fault: Fault, samples: &Samples) -> (Vec<String>, f64, f64) {
+    let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
+    let ratio = if ho.0 > 0.0 {
+        format!("{:.1}x", ko.0 / ho.0)
+    } else {
+        "n/a (no outage)".into()
+    };
+    let row = vec![
+        fault.name().to_string(),
+        format!("{:.0} ({:.0}..{:.0})", ho.0, ho.1, ho.2),
+        format!("{:.0} ({:.0}..{:.0})", ko.0, ko.1, ko.2),
+        ratio,
+        format!("{:.0}", median_spread(&samples[0].1).0),
+        format!("{:.0}", median_spread(&samples[1].1).0),
+    ];
+    (row, ho.0, ko.0)
+}
+
 /// The IPv6 rows: the same trials with VRRPv3 over IPv6 (keepalived on IPv6 beside hapd), the
 /// client reaching the IPv6 VIP, adverts every 10 ms.
 fn ipv6_outages(hapd: &Path, rounds: usize) -> anyhow::Result<(Table, serde_json::Value)> {
@@ -226,7 +255,7 @@ fn ipv6_outages(hapd: &Path, rounds: usize) -> anyhow::Result<(Table, serde_json
     let mut rows = Vec::new();
     let mut raw = Vec::new();
     for fault in Fault::IPV6 {
-        let mut samples: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+        let mut samples: Samples = Default::default();
         for round in 0..rounds {
             for d in Daemon::alternating(round) {
                 println!(
@@ -236,40 +265,14 @@ fn ipv6_outages(hapd: &Path, rounds: usize) -> anyhow::Result<(Table, serde_json
                 );
                 let o = trial(hapd, d, fault, interval, Ip::V6)
                     .with_context(|| format!("IPv6 {d:?} {}", fault.name()))?;
-                let slot = if d == Daemon::Hapd { 0 } else { 1 };
-                samples[slot].0.push(o.outage.as_secs_f64() * 1000.0);
-                samples[slot].1.push(o.takeover.as_secs_f64() * 1000.0);
-                raw.push(serde_json::json!({
-                    "daemon": format!("{d:?}"), "fault": fault.name(), "advert_ms": interval, "round": round,
-                    "outage_ms": o.outage.as_secs_f64() * 1000.0, "takeover_ms": o.takeover.as_secs_f64() * 1000.0,
-                }));
+                raw.push(sample(&mut samples, d, fault, interval, round, &o));
             }
         }
-        let (ho, ko) = (median_spread(&samples[0].0), median_spread(&samples[1].0));
-        let ratio = if ho.0 > 0.0 {
-            format!("{:.1}x", ko.0 / ho.0)
-        } else {
-            "n/a (no outage)".into()
-        };
-        rows.push(vec![
-            fault.name().to_string(),
-            format!("{:.0} ({:.0}..{:.0})", ho.0, ho.1, ho.2),
-            format!("{:.0} ({:.0}..{:.0})", ko.0, ko.1, ko.2),
-            ratio,
-            format!("{:.0}", median_spread(&samples[0].1).0),
-            format!("{:.0}", median_spread(&samples[1].1).0),
-        ]);
+        rows.push(outage_row(fault, &samples).0);
     }
     let table = Table {
         title: format!("IPv6: client-visible outage, adverts every {interval} ms"),
-        columns: vec![
-            "fault on the master".into(),
-            "hapd outage ms (median, spread)".into(),
-            "keepalived outage ms".into(),
-            "keepalived / hapd".into(),
-            "hapd takeover ms".into(),
-            "keepalived takeover ms".into(),
-        ],
+        columns: outage_columns(),
         rows,
         notes: vec![format!(
             "VRRPv3 over IPv6 on both (keepalived 2.2.7: its VIP decides the family), the VIP {VIP6}/64, \

@@ -265,6 +265,25 @@ impl Lab {
             .with_context(|| format!("setting host {i}'s switch port {state}"))
     }
 
+    /// Isolates host `i`'s bridge port (`on`) or ends that: isolated ports cannot reach each
+    /// other but still reach the others (a split brain between two isolated nodes that both
+    /// still reach their clients).
+    pub fn isolate_port(&self, i: usize, on: bool) -> anyhow::Result<()> {
+        let state = if on { "on" } else { "off" };
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("p{i}"),
+            "type",
+            "bridge_slave",
+            "isolated",
+            state,
+        ])
+        .with_context(|| format!("setting host {i}'s switch port isolated {state}"))
+    }
+
     /// A command that runs `argv` inside host `i`.
     pub fn command(&self, i: usize, argv: &[&str]) -> Command {
         let mut c = Command::new("ip");

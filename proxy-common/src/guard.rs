@@ -602,8 +602,14 @@ fn classify_vrrp<F: Frame + ?Sized, T: Tables + ?Sized>(
     let csum_len = if family == Family::V6 { vlen } else { mlen };
     let mut sum: u32 = 0;
     if pseudo {
-        // The source and destination addresses follow each other in both headers.
-        match f.sum_words(ip.src_at, 2 * family.addr_len()) {
+        // The source and destination addresses follow each other in both headers: IPv4's 8
+        // bytes are summed here, IPv6's 32 by the (XDP: global) sum function.
+        let addrs = if family == Family::V6 {
+            f.sum_words(ip.src_at, 2 * family.addr_len())
+        } else {
+            f.bytes::<8>(ip.src_at).map(|b| be_sum(&b))
+        };
+        match addrs {
             Some(s) => sum = s + IPPROTO_VRRP as u32 + csum_len as u32,
             None => return Verdict::Drop(Reason::Truncated),
         }

@@ -213,26 +213,8 @@ fn ipv6_split_brain_heals_with_a_neighbour_advertisement() {
     assert_eq!(client_neighbour_mac(&lab), mac(&lab, 0));
     // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
     // both still reach the client.
-    let sw = lab.switch().to_string();
-    let isolate = |port: &str, on: &str| {
-        let st = std::process::Command::new("ip")
-            .args([
-                "-n",
-                &sw,
-                "link",
-                "set",
-                port,
-                "type",
-                "bridge_slave",
-                "isolated",
-                on,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
-    isolate("p0", "on");
-    isolate("p1", "on");
+    lab.isolate_port(0, true).unwrap();
+    lab.isolate_port(1, true).unwrap();
     wait_master(&mut b, 1);
     assert!(
         has_vip6(&lab, 0) && has_vip6(&lab, 1),
@@ -247,8 +229,8 @@ fn ipv6_split_brain_heals_with_a_neighbour_advertisement() {
     assert!(client_reaches(&lab, VIP6, "1"));
     // Heal: one master is left within an advert interval or two, and A re-announces the
     // address (neighbour advertisements with the override flag): the client follows.
-    isolate("p0", "off");
-    isolate("p1", "off");
+    lab.isolate_port(0, false).unwrap();
+    lab.isolate_port(1, false).unwrap();
     b.wait_for(
         "MASTER => BACKUP (higher-priority master)",
         1,

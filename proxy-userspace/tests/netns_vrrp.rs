@@ -426,29 +426,12 @@ fn client_neighbour_mac(lab: &Lab) -> String {
 #[test]
 fn split_brain_heals_within_one_advert_interval_with_a_garp() {
     let mut lab = Lab::new(3).unwrap();
-    let (_a, mut b) = start_pair(&mut lab); // _a: A must keep running
-                                            // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
-                                            // both still reach the client.
-    let sw = lab.switch().to_string();
-    let isolate = |port: &str, on: &str| {
-        let st = std::process::Command::new("ip")
-            .args([
-                "-n",
-                &sw,
-                "link",
-                "set",
-                port,
-                "type",
-                "bridge_slave",
-                "isolated",
-                on,
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
-    isolate("p0", "on");
-    isolate("p1", "on");
+    // _a: A must keep running.
+    let (_a, mut b) = start_pair(&mut lab);
+    // Cut the link between the nodes only: isolated bridge ports cannot reach each other, but
+    // both still reach the client.
+    lab.isolate_port(0, true).unwrap();
+    lab.isolate_port(1, true).unwrap();
     wait_master(&mut b, 1);
     assert!(
         has_vip(&lab, 0) && has_vip(&lab, 1),
@@ -460,8 +443,8 @@ fn split_brain_heals_within_one_advert_interval_with_a_garp() {
     assert_eq!(client_neighbour_mac(&lab), mac(&lab, 1));
     // Heal: within one advert interval (50 ms) one master is left, and A's re-announcement
     // (gratuitous ARP) points the client back at A.
-    isolate("p0", "off");
-    isolate("p1", "off");
+    lab.isolate_port(0, false).unwrap();
+    lab.isolate_port(1, false).unwrap();
     b.wait_for(
         "MASTER => BACKUP (higher-priority master)",
         1,
