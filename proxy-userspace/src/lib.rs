@@ -14,6 +14,7 @@ pub mod import;
 pub mod link;
 pub mod logs;
 pub mod notify;
+pub mod parity;
 pub mod proxy;
 pub mod status;
 pub mod timerfd;

@@ -481,6 +481,21 @@ fn check(config: &std::path::Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            // What must match the other nodes', section by section (docs/operations.md,
+            // "Parity between the nodes"): the same digest on every node is parity.
+            match proxy_userspace::parity::Parity::of(&cfg) {
+                Ok(p) => {
+                    for name in proxy_userspace::parity::SECTIONS {
+                        if let Some(s) = p.sections.get(name) {
+                            println!("  parity {name:<12} {}", s.digest);
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {}: parity: {e:#}", config.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

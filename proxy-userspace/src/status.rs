@@ -24,6 +24,12 @@ pub struct Status {
     /// `[[anycast]]` groups.
     #[serde(default)]
     pub anycast: Vec<AnycastStatus>,
+    /// The digests of what the nodes must agree on, per section ([`crate::parity`]); absent
+    /// when they could not be computed (`parity_error` says why) or from an older hapd.
+    #[serde(default)]
+    pub parity: Option<crate::parity::Parity>,
+    #[serde(default)]
+    pub parity_error: Option<String>,
 }
 
 /// One `[[anycast]]` group: whether this node announces its prefixes through BIRD, and why.

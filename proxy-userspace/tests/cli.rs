@@ -167,3 +167,49 @@ fn check_shows_each_instances_family_and_refuses_a_mix() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `hapd check` prints a digest per section of what the nodes must agree on: two nodes that
+/// differ only where nodes differ (name, priority, peer) print the same digests, and a changed
+/// route changes the `routes` digest only.
+#[test]
+fn check_prints_the_parity_digests() {
+    let dir = std::env::temp_dir().join(format!("hapd-cli-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = |node: &str, priority: u8, peer: &str, prefix: &str| {
+        format!(
+            "[node]\nname = \"{node}\"\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\n\
+             priority = {priority}\nvirtual_ips = [\"198.18.0.100/24\"]\npeers = [\"{peer}\"]\n\
+             [[listener]]\nname = \"web\"\nbind = [\"198.18.0.100:80\"]\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"198.18.0.10:8080\"]\n\
+             [[vhost]]\nserver_names = [\"a.example\"]\nlisteners = [\"web\"]\n\
+             [[vhost.route]]\nprefix = \"{prefix}\"\nupstream = \"app\"\n"
+        )
+    };
+    let digests = |name: &str, text: String| -> Vec<(String, String)> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let o = hapd(&["check", "--config", path.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("parity "))
+            .map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+            })
+            .collect()
+    };
+    let a = digests("a.toml", cfg("proxy01", 110, "198.18.0.2", "/"));
+    let b = digests("b.toml", cfg("proxy02", 100, "198.18.0.1", "/"));
+    let c = digests("c.toml", cfg("proxy02", 100, "198.18.0.1", "/api/"));
+    assert_eq!(a.len(), 10, "{a:?}");
+    assert_eq!(a, b, "the same service on two nodes");
+    let differ: Vec<&str> = a
+        .iter()
+        .zip(&c)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(differ, ["routes"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -183,6 +183,29 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         st["guard"]["counters"]["accepted"].as_u64().unwrap() > 0,
         "{st}"
     );
+    // Parity digests: the two nodes proxy to different backends (8001, 8002), and that is the
+    // one section whose digests differ.
+    let st_a = status_json(&lab, 0, &cfg_a);
+    let sections = |st: &serde_json::Value| -> Vec<(String, String)> {
+        st["parity"]["sections"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v["digest"].as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (pa, pb) = (sections(&st_a), sections(&st));
+    assert_eq!(pa.len(), 10, "{st_a}");
+    let differ: Vec<&str> = pa
+        .iter()
+        .zip(&pb)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(differ, ["upstreams"], "{pa:?} {pb:?}");
+    assert!(t.contains("parity digests"), "{t}");
 
     // /metrics, through a Prometheus parser.
     let m = metrics(&lab, 0);

@@ -400,7 +400,15 @@ impl Admin {
             .lock()
             .map(|c| c.node.name.clone())
             .unwrap_or_default();
+        // What the nodes must agree on, from the configuration running now.
+        let running = self.running.lock().ok().map(|c| c.clone());
+        let parity = running.as_ref().map(crate::parity::Parity::of);
         let mut st = Status {
+            parity_error: match &parity {
+                Some(Err(e)) => Some(format!("{e:#}")),
+                _ => None,
+            },
+            parity: parity.and_then(Result::ok),
             node,
             version: build_info::VERSION.to_string(),
             commit: build_info::COMMIT.to_string(),

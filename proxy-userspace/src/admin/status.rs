@@ -332,6 +332,20 @@ impl Status {
                 );
             }
         }
+        if let Some(p) = &self.parity {
+            let _ = writeln!(
+                o,
+                "\nparity digests (the same on every node of the service: hapd check prints them too)"
+            );
+            for name in crate::parity::SECTIONS {
+                if let Some(s) = p.sections.get(name) {
+                    let _ = writeln!(o, "  {name:<16} {}", s.digest);
+                }
+            }
+        }
+        if let Some(e) = &self.parity_error {
+            let _ = writeln!(o, "\nparity digests unavailable: {e}");
+        }
         o
     }
 }
