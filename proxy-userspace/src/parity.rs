@@ -190,26 +190,25 @@ fn vrrp(cfg: &Config) -> anyhow::Result<(Value, Value)> {
     Ok((Value::Object(full), Value::Object(shown)))
 }
 
+/// `items` as one JSON object: each item's name and value.
+fn object<T>(items: &[toml::Spanned<T>], entry: impl Fn(&T) -> (String, Value)) -> Value {
+    Value::Object(items.iter().map(|i| entry(i.get_ref())).collect())
+}
+
 fn anycast(cfg: &Config) -> Value {
-    let groups: serde_json::Map<String, Value> = cfg
-        .anycast
-        .iter()
-        .map(|a| {
-            let a = a.get_ref();
-            (
-                a.name.clone(),
-                json!({
-                    "prefixes": sorted(a.prefixes.iter().map(|p| p.to_string()).collect()),
-                    // In order: second chance walks the nodes in this order on every node.
-                    "peers": a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                    "rise": a.rise.to_string(),
-                    "hold_down": a.hold_down.to_string(),
-                    "track_proxy": a.track_proxy,
-                }),
-            )
-        })
-        .collect();
-    Value::Object(groups)
+    object(&cfg.anycast, |a| {
+        (
+            a.name.clone(),
+            json!({
+                "prefixes": sorted(a.prefixes.iter().map(|p| p.to_string()).collect()),
+                // In order: second chance walks the nodes in this order on every node.
+                "peers": a.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "rise": a.rise.to_string(),
+                "hold_down": a.hold_down.to_string(),
+                "track_proxy": a.track_proxy,
+            }),
+        )
+    })
 }
 
 fn server(cfg: &Config) -> Value {
@@ -227,21 +226,15 @@ fn server(cfg: &Config) -> Value {
 }
 
 fn listeners(cfg: &Config) -> Value {
-    Value::Object(
-        cfg.listener
-            .iter()
-            .map(|l| {
-                let l = l.get_ref();
-                (
-                    l.name.clone(),
-                    json!({
-                        "bind": sorted(l.bind.iter().map(|b| b.to_string()).collect()),
-                        "tls": l.tls,
-                    }),
-                )
-            })
-            .collect(),
-    )
+    object(&cfg.listener, |l| {
+        (
+            l.name.clone(),
+            json!({
+                "bind": sorted(l.bind.iter().map(|b| b.to_string()).collect()),
+                "tls": l.tls,
+            }),
+        )
+    })
 }
 
 /// A vhost's name in the digests: its server names (a vhost has no other).
@@ -250,73 +243,55 @@ fn vhost_key(server_names: &[String]) -> String {
 }
 
 fn vhosts(cfg: &Config) -> Value {
-    Value::Object(
-        cfg.vhost
-            .iter()
-            .map(|v| {
-                let v = v.get_ref();
-                (
-                    vhost_key(&v.server_names),
-                    json!({
-                        "listeners": sorted(v.listeners.clone()),
-                        "preserve_host": v.preserve_host,
-                        "timeout": v.timeout.to_string(),
-                        "redirect_https": v.redirect_https,
-                    }),
-                )
-            })
-            .collect(),
-    )
+    object(&cfg.vhost, |v| {
+        (
+            vhost_key(&v.server_names),
+            json!({
+                "listeners": sorted(v.listeners.clone()),
+                "preserve_host": v.preserve_host,
+                "timeout": v.timeout.to_string(),
+                "redirect_https": v.redirect_https,
+            }),
+        )
+    })
 }
 
 fn routes(cfg: &Config) -> Value {
-    Value::Object(
-        cfg.vhost
+    object(&cfg.vhost, |v| {
+        let routes: Vec<Value> = v
+            .route
             .iter()
-            .map(|v| {
-                let v = v.get_ref();
-                let routes: Vec<Value> = v
-                    .route
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "prefix": r.prefix,
-                            "upstream": r.upstream,
-                            "allow": r.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-                        })
-                    })
-                    .collect();
-                (vhost_key(&v.server_names), Value::Array(routes))
+            .map(|r| {
+                json!({
+                    "prefix": r.prefix,
+                    "upstream": r.upstream,
+                    "allow": r.allow.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                })
             })
-            .collect(),
-    )
+            .collect();
+        (vhost_key(&v.server_names), Value::Array(routes))
+    })
 }
 
 fn upstreams(cfg: &Config) -> Value {
-    Value::Object(
-        cfg.upstream
-            .iter()
-            .map(|u| {
-                let u = u.get_ref();
-                (
-                    u.name.clone(),
-                    json!({
-                        "servers": u.servers,
-                        "backup_servers": u.backup_servers,
-                        "balance": format!("{:?}", u.balance),
-                        "connect_timeout": u.connect_timeout.to_string(),
-                        "health_check": u.health_check.as_ref().map(|h| json!({
-                            "path": h.path,
-                            "interval": h.interval.to_string(),
-                            "timeout": h.timeout.to_string(),
-                            "fall": h.fall,
-                            "rise": h.rise,
-                        })),
-                    }),
-                )
-            })
-            .collect(),
-    )
+    object(&cfg.upstream, |u| {
+        (
+            u.name.clone(),
+            json!({
+                "servers": u.servers,
+                "backup_servers": u.backup_servers,
+                "balance": format!("{:?}", u.balance),
+                "connect_timeout": u.connect_timeout.to_string(),
+                "health_check": u.health_check.as_ref().map(|h| json!({
+                    "path": h.path,
+                    "interval": h.interval.to_string(),
+                    "timeout": h.timeout.to_string(),
+                    "fall": h.fall,
+                    "rise": h.rise,
+                })),
+            }),
+        )
+    })
 }
 
 fn tls(cfg: &Config) -> Value {
@@ -327,22 +302,16 @@ fn tls(cfg: &Config) -> Value {
 }
 
 fn headers(cfg: &Config) -> Value {
-    Value::Object(
-        cfg.vhost
-            .iter()
-            .map(|v| {
-                let v = v.get_ref();
-                (
-                    vhost_key(&v.server_names),
-                    json!(v
-                        .response_headers
-                        .iter()
-                        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                        .collect::<BTreeMap<_, _>>()),
-                )
-            })
-            .collect(),
-    )
+    object(&cfg.vhost, |v| {
+        (
+            vhost_key(&v.server_names),
+            json!(v
+                .response_headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect::<BTreeMap<_, _>>()),
+        )
+    })
 }
 
 /// Each configured certificate in order: the SHA-256 of its PEM blocks as DER (the leaf, then
