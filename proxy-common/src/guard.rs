@@ -465,6 +465,7 @@ fn ipv6_layer<F: Frame + ?Sized>(f: &F, l3: usize) -> Result<Option<IpLayer>, Re
 pub fn ipv6_walk<F: Frame + ?Sized>(f: &F, l3: usize, first: u8) -> Result<Option<usize>, Reason> {
     let mut next = first;
     let mut off = l3 + IPV6_HLEN;
+    let mut fragment = false;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         if next == IPPROTO_VRRP || !walkable(next) {
@@ -474,17 +475,24 @@ pub fn ipv6_walk<F: Frame + ?Sized>(f: &F, l3: usize, first: u8) -> Result<Optio
             return Err(Reason::Truncated);
         };
         if next == IPV6_FRAGMENT {
-            // The fragment header names what follows in every fragment: a fragment of VRRP,
-            // or one whose later headers cannot be seen in the fragments after the first.
-            if e[0] == IPPROTO_VRRP || walkable(e[0]) {
-                return Err(Reason::Fragment);
+            // A fragment after the first holds no headers to judge; without its first
+            // fragment (dropped below when it is VRRP's) it is never reassembled. The first
+            // fragment shows the rest of the chain: walked on, and a fragment of VRRP if it
+            // ends in 112.
+            let Some(offset) = f.bytes::<2>(off + 2) else {
+                return Err(Reason::Truncated);
+            };
+            if u16::from_be_bytes(offset) & 0xfff8 != 0 {
+                return Ok(None);
             }
-            return Ok(None);
+            fragment = true;
         }
         // RFC 4302 section 2.2: AH's length is in 4-byte units minus 2; the others' in
         // 8-byte units not counting the first (RFC 8200 section 4.3).
         off += if next == IPV6_AH {
             (e[1] as usize + 2) * 4
+        } else if next == IPV6_FRAGMENT {
+            8 // its second byte is reserved, not a length
         } else {
             (e[1] as usize + 1) * 8
         };
@@ -497,6 +505,10 @@ pub fn ipv6_walk<F: Frame + ?Sized>(f: &F, l3: usize, first: u8) -> Result<Optio
             return Err(Reason::ExtHeaders);
         }
         return Ok(None);
+    }
+    if fragment {
+        // RFC 9568 section 5.1.2: VRRP is never fragmented.
+        return Err(Reason::Fragment);
     }
     if off > MAX_OFFSET {
         return Err(Reason::ExtHeaders);

@@ -237,15 +237,20 @@ fn listeners(cfg: &Config) -> Value {
     })
 }
 
-/// A vhost's name in the digests: its server names (a vhost has no other).
-fn vhost_key(server_names: &[String]) -> String {
-    server_names.join(" ")
+/// A vhost's name in the digests: its server names and its listeners (the same names on a
+/// plain listener that redirects and on a TLS one are two vhosts), each sorted.
+fn vhost_key(v: &crate::config::proxy::Vhost) -> String {
+    format!(
+        "{} @ {}",
+        sorted(v.server_names.clone()).join(" "),
+        sorted(v.listeners.clone()).join(" ")
+    )
 }
 
 fn vhosts(cfg: &Config) -> Value {
     object(&cfg.vhost, |v| {
         (
-            vhost_key(&v.server_names),
+            vhost_key(v),
             json!({
                 "listeners": sorted(v.listeners.clone()),
                 "preserve_host": v.preserve_host,
@@ -269,7 +274,7 @@ fn routes(cfg: &Config) -> Value {
                 })
             })
             .collect();
-        (vhost_key(&v.server_names), Value::Array(routes))
+        (vhost_key(v), Value::Array(routes))
     })
 }
 
@@ -304,7 +309,7 @@ fn tls(cfg: &Config) -> Value {
 fn headers(cfg: &Config) -> Value {
     object(&cfg.vhost, |v| {
         (
-            vhost_key(&v.server_names),
+            vhost_key(v),
             json!(v
                 .response_headers
                 .iter()

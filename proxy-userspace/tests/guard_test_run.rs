@@ -1858,6 +1858,25 @@ fn ipv6_adverts_are_judged_alike_on_both_paths() {
         &set6(&|v| v.ext = vec![0, 44, 60]),
         drop_(Reason::Fragment),
     );
+    b.check(
+        "a fragment after the first (no headers to judge; never reassembled without the first)",
+        &{
+            let mut f = set6(&|v| v.ext = vec![44]);
+            // Fragment offset 8 (bytes 2-3 of the fragment header: offset << 3 | M).
+            f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&((1u16 << 3) | 1).to_be_bytes());
+            f
+        },
+        Expect::Pass,
+    );
+    let (c, d) = (v6("2001:2::3"), v6("2001:2::100"));
+    b.check(
+        "the first fragment of AH-protected TCP",
+        &ether(
+            0x86dd,
+            &hapd_lab::frames::ipv6_with(&[44, 51], 6, 64, c, d, &[0; 20]),
+        ),
+        Expect::Pass,
+    );
     b.check("hop limit 254", &with(&|x| x.ttl = 254), drop_(Reason::Ttl));
     b.check("hop limit 1", &with(&|x| x.ttl = 1), drop_(Reason::Ttl));
     b.check(

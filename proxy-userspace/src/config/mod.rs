@@ -565,6 +565,19 @@ impl Config {
                         ),
                     ));
                 }
+                if let IpAddr::V6(a) = p {
+                    if !a.is_unicast_link_local() {
+                        warnings.push(Warning {
+                            key: key(&format!("peers[{j}]")),
+                            message: format!(
+                                "{a} is not a link-local address: IPv6 adverts come from the \
+                                 sender's link-local address (hapd's always, keepalived's unless \
+                                 unicast_src_ip is set), so the guard drops the peer's adverts \
+                                 unless they come from {a}"
+                            ),
+                        });
+                    }
+                }
                 let broadcast = matches!(p, IpAddr::V4(a) if a.is_broadcast());
                 if p.is_multicast() || broadcast || p.is_unspecified() {
                     return Err(err(

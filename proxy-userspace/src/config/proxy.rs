@@ -370,7 +370,12 @@ pub fn validate(
                     let bracketed = h
                         .strip_prefix('[')
                         .and_then(|h| h.strip_suffix(']'))
-                        .map(|a| a.parse::<std::net::Ipv6Addr>().is_ok());
+                        // A zone (`%eth0`) may follow a link-local address.
+                        .map(|a| {
+                            a.split('%')
+                                .next()
+                                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+                        });
                     match bracketed {
                         Some(true) => {}
                         Some(false) => {

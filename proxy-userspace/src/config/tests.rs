@@ -383,3 +383,27 @@ fn script_user_must_exist_and_its_absence_is_warned_about() {
         .is_some();
     assert_eq!(warned, !default_exists, "{warnings:?}");
 }
+
+/// IPv6 adverts come from link-local addresses: a global IPv6 peer is warned about; an
+/// upstream at a link-local address may name its zone.
+#[test]
+fn a_global_ipv6_peer_is_a_warning_and_an_upstream_may_name_its_zone() {
+    let text =
+        with_vrrp("virtual_ips = [\"2001:2::100/64\"]\npeers = [\"2001:2::2\", \"fe80::2\"]");
+    let (_, w) = parse(&text).unwrap();
+    let peers: Vec<&Warning> = w
+        .iter()
+        .filter(|w| w.key.starts_with("vrrp[0].peers"))
+        .collect();
+    assert_eq!(peers.len(), 1, "{w:?}");
+    assert_eq!(peers[0].key, "vrrp[0].peers[0]");
+    assert!(
+        peers[0].message.contains("not a link-local address"),
+        "{w:?}"
+    );
+    let zoned = format!("{BASE}{PROXY}").replace(
+        "servers = [\"backend01.internal:3001\"]",
+        "servers = [\"[fe80::10%eth0]:3001\"]",
+    );
+    assert!(parse(&zoned).is_ok());
+}

@@ -350,7 +350,17 @@ fn keepalived(
                 }
                 "unicast_peer" => {
                     unicast = true;
-                    peers.extend(c.children.iter().map(|p| p.name.clone()));
+                    for p in &c.children {
+                        if p.name.parse::<std::net::Ipv6Addr>().is_ok_and(|a| !a.is_unicast_link_local()) {
+                            notes.note(format!(
+                                "{}: unicast_peer {}: hapd sends IPv6 adverts from its link-local address and its guard accepts them only from the peers listed: list the other node's fe80:: address here (keepalived's only if it sends from {} with unicast_src_ip)",
+                                s.at(p),
+                                p.name,
+                                p.name
+                            ));
+                        }
+                        peers.push(p.name.clone());
+                    }
                 }
                 "unicast_src_ip" => notes.note(format!(
                     "{at}: unicast_src_ip {}: hapd sends from the interface's primary address (IPv6: its link-local address)",

@@ -237,3 +237,37 @@ fn a_missing_certificate_file_is_an_error_naming_it() {
     let e = Parity::of(&a).unwrap_err();
     assert!(format!("{e:#}").contains("nope.crt"), "{e:#}");
 }
+
+/// A plain vhost that redirects and a TLS one with the same names are two vhosts: both count,
+/// whatever their order.
+#[test]
+fn vhosts_with_the_same_names_on_other_listeners_both_count() {
+    let text = |order: [&str; 2]| {
+        let vh = |l: &str, redirect: bool| {
+            let body = if redirect {
+                "redirect_https = true\n"
+            } else {
+                "[[vhost.route]]\nprefix = \"/\"\nupstream = \"app\"\n"
+            };
+            format!("[[vhost]]\nserver_names = [\"a.example\"]\nlisteners = [\"{l}\"]\n{body}")
+        };
+        let vhosts: String = order.iter().map(|l| vh(l, *l == "web")).collect();
+        format!(
+            "[node]\nname = \"n\"\n[[listener]]\nname = \"web\"\nbind = [\"198.18.0.100:80\"]\n\
+             [[listener]]\nname = \"alt\"\nbind = [\"198.18.0.100:8080\"]\n\
+             [[upstream]]\nname = \"app\"\nservers = [\"198.18.0.10:8080\"]\n{vhosts}"
+        )
+    };
+    let parse = |t: String| Config::parse(&t, Path::new("n.toml")).unwrap().0;
+    let (a, b) = (parse(text(["web", "alt"])), parse(text(["alt", "web"])));
+    assert_eq!(
+        drifted(&a, &b),
+        Vec::<String>::new(),
+        "the order of the vhosts"
+    );
+    let v = Parity::of(&a).unwrap().sections["vhosts"].shown.clone();
+    assert!(
+        v.contains("a.example @ web") && v.contains("a.example @ alt"),
+        "{v}"
+    );
+}

@@ -105,6 +105,11 @@ impl Site {
             // `host` has lost its port and, for an IPv6 literal, its brackets: a URL needs
             // them back (RFC 3986 section 3.2.2).
             let location = if host.contains(':') {
+                // Only an IPv6 address goes back in brackets; anything else with a colon is
+                // not a host.
+                if host.parse::<std::net::Ipv6Addr>().is_err() {
+                    return Decision::Answer(Answer::new(400, "bad host"));
+                }
                 format!("https://[{host}]{target}")
             } else {
                 format!("https://{host}{target}")

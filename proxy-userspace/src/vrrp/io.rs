@@ -51,6 +51,12 @@ impl AdvertSocket {
         };
         let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(112))).with_context(ctx)?;
         sock.bind_device(Some(iface.as_bytes())).with_context(ctx)?;
+        if src.is_ipv6() {
+            // A link-local address is tentative for a second or two after the link comes up
+            // (duplicate address detection): bind to it anyway; adverts go out once it is
+            // usable, rather than the instance failing to start.
+            sock.set_freebind_v6(true).with_context(ctx)?;
+        }
         sock.bind(&sockaddr(src, ifindex).into())
             .with_context(|| format!("binding the VRRP socket to {src} on {iface}"))?;
         match src {
