@@ -292,17 +292,11 @@ pub fn tcp6_syn<F: Frame + ?Sized>(f: &F, l3: usize) -> Option<Syn6> {
         return None;
     }
     Some(Syn6 {
-        src: addr_words(f, l3 + 8)?,
-        dst: addr_words(f, l3 + 24)?,
+        src: f.addr_words(l3 + 8)?,
+        dst: f.addr_words(l3 + 24)?,
         sport: [tcp[0], tcp[1]],
         dport: [tcp[2], tcp[3]],
     })
-}
-
-/// The 16-byte address at `off` in `f`, as its words.
-#[inline(always)]
-pub fn addr_words<F: Frame + ?Sized>(f: &F, off: usize) -> Option<AddrWords> {
-    f.addr_words(off)
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -519,26 +513,23 @@ pub fn ipv6_walk<F: Frame + ?Sized>(f: &F, l3: usize, first: u8) -> Result<Optio
 /// The source address of the advert `a` in the frame `f` it was judged in.
 #[inline(always)]
 pub fn source<F: Frame + ?Sized>(f: &F, a: &Advert) -> AddrWords {
-    let at = a.src_at;
-    if a.key.family == Family::V6 as u8 {
-        addr_words(f, at).unwrap_or([0; 4])
-    } else {
-        [
-            u32::from_ne_bytes(f.bytes::<4>(at).unwrap_or([0; 4])),
-            0,
-            0,
-            0,
-        ]
-    }
+    read_src(f, a.key.family(), a.src_at).unwrap_or([0; 4])
 }
 
 /// The source address of `ip`, as its words (IPv4: the first, the others zero).
 #[inline(always)]
 fn src_words<F: Frame + ?Sized>(f: &F, ip: &IpLayer) -> Option<AddrWords> {
-    if ip.family == Family::V6 {
-        addr_words(f, ip.src_at)
+    read_src(f, ip.family, ip.src_at)
+}
+
+/// The source address of `family` at `at` in `f`, as its words (IPv4: the first, the others
+/// zero).
+#[inline(always)]
+fn read_src<F: Frame + ?Sized>(f: &F, family: Family, at: usize) -> Option<AddrWords> {
+    if family == Family::V6 {
+        f.addr_words(at)
     } else {
-        Some([u32::from_ne_bytes(f.bytes::<4>(ip.src_at)?), 0, 0, 0])
+        Some([u32::from_ne_bytes(f.bytes::<4>(at)?), 0, 0, 0])
     }
 }
 

@@ -204,18 +204,11 @@ pub const fn from_words(w: &AddrWords) -> Addr {
     ]
 }
 
-/// Whether two address words are equal (no `bcmp`: see [`addr_eq`]).
+/// Whether two address words are equal, word by word (a comparison of the arrays can become
+/// a call to `bcmp`, which BPF does not have).
 #[inline(always)]
 pub const fn words_eq(a: &AddrWords, b: &AddrWords) -> bool {
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
-}
-
-/// Whether two addresses are equal, compared in four words (a comparison of the arrays can
-/// become a call to `bcmp`, which BPF does not have).
-#[inline(always)]
-pub fn addr_eq(a: &Addr, b: &Addr) -> bool {
-    let w = |x: &Addr, i: usize| u32::from_ne_bytes([x[i], x[i + 1], x[i + 2], x[i + 3]]);
-    (w(a, 0) ^ w(b, 0)) | (w(a, 4) ^ w(b, 4)) | (w(a, 8) ^ w(b, 8)) | (w(a, 12) ^ w(b, 12)) == 0
 }
 
 /// Key of `vip_served`: an address and a TCP port as on the wire, and the address family

@@ -860,12 +860,20 @@ fn serving(vip: [u8; 4]) -> XdpGuard {
 
 /// A TCP segment from 198.18.0.3:50000 to `dst`:`port` with `flags`.
 fn tcp(dst: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
+    ether(
+        0x0800,
+        &ipv4(6, 64, [198, 18, 0, 3], dst, &tcp_header(port, flags)),
+    )
+}
+
+/// A 20-byte TCP header from port 50000 to `port` with `flags`.
+fn tcp_header(port: u16, flags: u8) -> [u8; 20] {
     let mut seg = [0u8; 20];
     seg[0..2].copy_from_slice(&50000u16.to_be_bytes());
     seg[2..4].copy_from_slice(&port.to_be_bytes());
     seg[12] = 5 << 4;
     seg[13] = flags;
-    ether(0x0800, &ipv4(6, 64, [198, 18, 0, 3], dst, &seg))
+    seg
 }
 
 /// Connection requests to a (VIP, port) the proxy serves: dropped when no socket listens (the
@@ -903,12 +911,10 @@ fn connection_requests_to_served_ports_without_a_listener_are_dropped() {
 
 /// A TCP segment over IPv6 from 2001:2::3 to `dst`:`port` with `flags`.
 fn tcp6(dst: [u8; 16], port: u16, flags: u8) -> Vec<u8> {
-    let mut seg = [0u8; 20];
-    seg[0..2].copy_from_slice(&50000u16.to_be_bytes());
-    seg[2..4].copy_from_slice(&port.to_be_bytes());
-    seg[12] = 5 << 4;
-    seg[13] = flags;
-    ether(0x86dd, &ipv6(6, 64, v6("2001:2::3"), dst, &seg))
+    ether(
+        0x86dd,
+        &ipv6(6, 64, v6("2001:2::3"), dst, &tcp_header(port, flags)),
+    )
 }
 
 /// The same rule for an IPv6 VIP: its connection requests are dropped while nothing listens,
