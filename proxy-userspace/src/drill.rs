@@ -44,6 +44,8 @@ pub struct Plan {
     /// How long each step may take to settle.
     pub timeout: Duration,
     pub max_outage: Option<Duration>,
+    /// Drill even with parity drift between the nodes.
+    pub force: bool,
 }
 
 /// An HTTP request a client would make through the VIP.
@@ -224,6 +226,55 @@ pub fn peer_problems(peer: &Status, name: &str) -> Vec<String> {
     out
 }
 
+/// How the nodes' configurations differ, or nothing: what this node's `[cluster]` knows of
+/// each peer, and, for the peer asked at `--peer-admin`, its digests against this node's
+/// (which needs no `[cluster]`).
+pub fn parity_problems(local: &Status, peer: Option<&Status>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut covered = Vec::new();
+    if let Some(c) = &local.cluster {
+        for p in &c.peers {
+            covered.push(p.name.as_str());
+            if p.parity != "in parity" {
+                let why = match (&p.error, p.parity.as_str()) {
+                    (Some(e), "unknown") => format!("unknown ({e})"),
+                    _ => p.parity.clone(),
+                };
+                out.push(format!("{}: {why}", p.name));
+            }
+        }
+    }
+    if let Some(peer) = peer.filter(|p| !covered.contains(&p.node.as_str())) {
+        match (&local.parity, &peer.parity) {
+            (Some(ours), Some(theirs)) => {
+                let drift = ours.drift(theirs);
+                if !drift.is_empty() {
+                    out.push(format!(
+                        "{}: drift: {}",
+                        peer.node,
+                        drift
+                            .iter()
+                            .map(|d| d.section.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            (None, _) => out.push(format!(
+                "{}: this node's digests are unavailable: {}",
+                local.node,
+                local.parity_error.as_deref().unwrap_or("not computed")
+            )),
+            (_, None) => out.push(format!(
+                "{}: its digests are unavailable: {}",
+                peer.node,
+                peer.parity_error.as_deref().unwrap_or("an older hapd")
+            )),
+        }
+    }
+    out
+}
+
 async fn wait_for(
     what: &str,
     timeout: Duration,
@@ -317,6 +368,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
         me.effective_priority,
         me.virtual_ips.join(", ")
     );
+    let mut peer_status = None;
     let peer_node = match plan.peer_admin {
         Some(pa) => {
             let peer = client::status(pa)
@@ -335,13 +387,30 @@ pub async fn run(plan: Plan) -> anyhow::Result<bool> {
                 "  peer {} is a healthy BACKUP (priority {p}) that hears this node",
                 peer.node
             );
-            Some(peer.node)
+            let node = peer.node.clone();
+            peer_status = Some(peer);
+            Some(node)
         }
         None => {
             println!("  peer not checked (--no-peer-check)");
             None
         }
     };
+    let drift = parity_problems(&local, peer_status.as_ref());
+    match (drift.is_empty(), plan.force) {
+        (true, _) if local.cluster.is_none() && peer_status.is_none() => {
+            println!("  parity not checked (no [cluster] and no peer asked)")
+        }
+        (true, _) => println!("  the nodes are in parity"),
+        (false, true) => println!(
+            "  parity: {} (--force: drilling anyway)",
+            drift.join("; ")
+        ),
+        (false, false) => bail!(
+            "refused: the nodes' configurations differ ({}): a failover would change the service; make them match (hapd status shows both sides) or run with --force",
+            drift.join("; ")
+        ),
+    }
     let prober = Prober::start(plan.probe.clone(), plan.probe_interval, plan.probe_timeout);
     let baseline_from = Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -2,6 +2,7 @@
 //! `hapd` binary runs, so tests and benchmarks can drive the same code.
 pub mod admin;
 pub mod anycast;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

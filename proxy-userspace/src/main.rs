@@ -34,13 +34,18 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a configuration file, print a summary and warnings; exit 1 if it is invalid.
+    /// Validate a configuration file, print a summary, warnings and its parity digests;
+    /// exit 1 if it is invalid. With --peer, also compare the digests with those of a running
+    /// peer over the cluster channel (before a change goes live); exit 2 if they differ.
     ///
-    /// Example: hapd check --config /etc/hapd/hapd.toml
+    /// Examples: hapd check --config /etc/hapd/hapd.toml;  hapd check --peer proxy02
     Check {
         /// The configuration file.
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// A peer of [cluster] (its name or address as in cluster.peers) to compare with.
+        #[arg(long)]
+        peer: Option<String>,
     },
     /// Show the running daemon's state: VRRP instances, guard counters, upstreams, certificates.
     ///
@@ -142,6 +147,9 @@ enum Command {
         /// Exit 1 when an outage is longer than this.
         #[arg(long, value_parser = humantime::parse_duration)]
         max_outage: Option<Duration>,
+        /// Drill even though the nodes' configurations differ (parity drift).
+        #[arg(long)]
+        force: bool,
     },
     /// Turn a keepalived.conf and an Apache vhost file into a hapd config (printed, or written
     /// with --output). Directives that cannot be mapped are kept as comments saying why.
@@ -205,7 +213,7 @@ fn main() -> ExitCode {
     let _ = nix::sys::signal::SigSet::all().thread_unblock();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, peer } => check(&config, peer.as_deref()),
         Command::Generate { out } => match generate(&out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -317,6 +325,7 @@ fn main() -> ExitCode {
             probe_timeout,
             timeout,
             max_outage,
+            force,
         } => client(async move {
             let plan = drill::Plan {
                 admin: target.addr()?,
@@ -327,6 +336,7 @@ fn main() -> ExitCode {
                 probe_timeout,
                 timeout,
                 max_outage,
+                force,
             };
             drill::run(plan).await
         }),
@@ -396,7 +406,7 @@ fn client(f: impl std::future::Future<Output = anyhow::Result<bool>>) -> ExitCod
     }
 }
 
-fn check(config: &std::path::Path) -> ExitCode {
+fn check(config: &std::path::Path, peer: Option<&str>) -> ExitCode {
     match Config::load(config) {
         Ok((cfg, warnings)) => {
             println!(
@@ -481,28 +491,104 @@ fn check(config: &std::path::Path) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            if let Some(c) = &cfg.cluster {
+                if let Err(e) = proxy_userspace::cluster::channel::Credentials::load(
+                    c.get_ref(),
+                    &cfg.node.name,
+                ) {
+                    eprintln!("error: {}: {e:#}", config.display());
+                    return ExitCode::FAILURE;
+                }
+                let c = c.get_ref();
+                println!(
+                    "  cluster: listen {}, peers {}, certificate sync {}",
+                    c.listen,
+                    c.peers
+                        .iter()
+                        .map(|p| format!("{} at {}", p.name, p.address))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if c.sync_certificates { "on" } else { "off" }
+                );
+            }
             // What must match the other nodes', section by section (docs/operations.md,
             // "Parity between the nodes"): the same digest on every node is parity.
-            match proxy_userspace::parity::Parity::of(&cfg) {
+            let parity = match proxy_userspace::parity::Parity::of(&cfg) {
                 Ok(p) => {
                     for name in proxy_userspace::parity::SECTIONS {
                         if let Some(s) = p.sections.get(name) {
                             println!("  parity {name:<12} {}", s.digest);
                         }
                     }
+                    p
                 }
                 Err(e) => {
                     eprintln!("error: {}: parity: {e:#}", config.display());
                     return ExitCode::FAILURE;
                 }
+            };
+            match peer {
+                None => ExitCode::SUCCESS,
+                Some(peer) => compare_with_peer(&cfg, &parity, peer),
             }
-            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `hapd check --peer`: this config's digests against a running peer's. Exit 2 on drift.
+fn compare_with_peer(
+    cfg: &Config,
+    parity: &proxy_userspace::parity::Parity,
+    peer: &str,
+) -> ExitCode {
+    let theirs = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(proxy_userspace::cluster::ask(cfg, peer)));
+    let theirs = match theirs {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --peer {peer}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let drift = parity.drift(&theirs.parity);
+    if drift.is_empty() {
+        println!("in parity with {} (running)", theirs.node);
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "drift from {} (running) in: {}",
+        theirs.node,
+        drift
+            .iter()
+            .map(|d| d.section.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for d in &drift {
+        let digest = |s: &Option<proxy_userspace::parity::Section>| {
+            s.as_ref()
+                .map_or("(absent)".to_string(), |s| s.digest.clone())
+        };
+        let shown = |s: &Option<proxy_userspace::parity::Section>| {
+            s.as_ref().map_or(String::new(), |s| s.shown.clone())
+        };
+        println!("  {}:", d.section);
+        println!("    this config {}  {}", digest(&d.ours), shown(&d.ours));
+        println!(
+            "    {:<11} {}  {}",
+            theirs.node,
+            digest(&d.theirs),
+            shown(&d.theirs)
+        );
+    }
+    ExitCode::from(2)
 }
 
 fn run(config: PathBuf) -> ExitCode {
@@ -579,6 +665,7 @@ fn run(config: PathBuf) -> ExitCode {
         Err(e) => return fail(successor.as_ref(), format!("node.script_user: {e}")),
     }
     let mut inherited_admin = None;
+    let mut inherited_cluster = None;
     let mut inherited = Vec::new();
     if let Some(s) = &mut successor {
         if let Err(e) = s.check(&cfg) {
@@ -589,6 +676,10 @@ fn run(config: PathBuf) -> ExitCode {
         inherited_admin = s.take(Role::Admin).pop().filter(|l| {
             l.local_addr()
                 .is_ok_and(|a| a == cfg.node.admin || cfg.node.admin.port() == 0)
+        });
+        inherited_cluster = s.take(Role::Cluster).pop().filter(|l| {
+            let want = cfg.cluster.as_ref().map(|c| c.get_ref().listen);
+            l.local_addr().is_ok_and(|a| Some(a) == want)
         });
     }
     // The proxy runs on threads of its own (see proxy/mod.rs); a successor's does not accept
@@ -631,11 +722,12 @@ fn run(config: PathBuf) -> ExitCode {
         admin_addr: cfg.node.admin,
         admin: admin::Admin {
             config_path: config.clone(),
-            running: std::sync::Mutex::new(cfg.clone()),
+            running: std::sync::Arc::new(std::sync::Mutex::new(cfg.clone())),
             started,
             vrrp: vrrp.clone(),
             proxy: proxy.as_ref().map(|p| p.view.clone()),
             anycast: anycast.as_ref().map(|a| a.view()),
+            cluster: None,
         },
         control_socket: cfg.node.control_socket.clone(),
         host: upgrade::Host {
@@ -657,7 +749,7 @@ fn run(config: PathBuf) -> ExitCode {
     let successor = successor.map(std::sync::Arc::new);
     match &successor {
         None => {
-            match services.start(None, false) {
+            match services.start(None, None, false) {
                 Ok(r) => *running.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
                 Err(e) => return fail(None, format!("{e:#}")),
             }
@@ -680,7 +772,7 @@ fn run(config: PathBuf) -> ExitCode {
                 if let Some(a) = anycast_starter {
                     a.start(anycast_health, true);
                 }
-                match services.start(inherited_admin, true) {
+                match services.start(inherited_admin, inherited_cluster, true) {
                     Ok(r) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r),
                     Err(e) => tracing::error!("after the upgrade: {e:#}"),
                 }
@@ -792,13 +884,23 @@ struct Running {
 }
 
 impl Services {
-    /// Starts both; `inherited` is the admin socket of a predecessor, and `replace` lets the
-    /// control socket take over a path another process answers on (the predecessor's).
+    /// Starts them (and `[cluster]` on the admin thread); `inherited` and `cluster_socket` are
+    /// the admin and cluster sockets of a predecessor, and `replace` lets the control socket
+    /// take over a path another process answers on (the predecessor's).
     fn start(
         mut self,
         inherited: Option<std::net::TcpListener>,
+        cluster_socket: Option<std::net::TcpListener>,
         replace: bool,
     ) -> anyhow::Result<Running> {
+        let tls = self.admin.proxy.as_ref().and_then(|p| p.tls());
+        let cluster = proxy_userspace::cluster::Cluster::new(
+            self.admin.running.clone(),
+            tls,
+            cluster_socket,
+        )?;
+        let cluster_offer = cluster.as_ref().map(|c| c.socket()).transpose()?.flatten();
+        self.admin.cluster = cluster;
         let admin = admin::start(self.admin_addr, self.admin, inherited)?;
         let mut sockets = vec![(
             upgrade::Offered {
@@ -807,6 +909,15 @@ impl Services {
             },
             admin.socket.try_clone()?,
         )];
+        if let Some((addr, fd)) = cluster_offer {
+            sockets.push((
+                upgrade::Offered {
+                    role: Role::Cluster,
+                    addr,
+                },
+                fd,
+            ));
+        }
         for (addr, fd) in self.proxy_sockets {
             sockets.push((
                 upgrade::Offered {

@@ -319,14 +319,21 @@ fn headers(cfg: &Config) -> Value {
     })
 }
 
-/// Each configured certificate in order: the SHA-256 of its PEM blocks as DER (the leaf, then
-/// the chain file's), and the leaf's notAfter.
-fn certificates(cfg: &Config) -> anyhow::Result<Value> {
-    let Some(t) = &cfg.tls else {
-        return Ok(Value::Null);
-    };
-    let mut out = Vec::new();
-    for c in &t.certificate {
+/// What a configured certificate's files hold: the SHA-256 of each PEM block as DER (the
+/// leaf and what follows it in the file, then the chain file's), and the leaf's notAfter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFacts {
+    pub certificate: Vec<String>,
+    pub chain: Vec<String>,
+    /// The DNS names the leaf carries, lowercase and sorted.
+    pub names: Vec<String>,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl CertFacts {
+    /// Reads `c`'s certificate and chain files.
+    pub fn read(c: &crate::config::proxy::Certificate) -> anyhow::Result<CertFacts> {
         let ders = |path: &std::path::Path| -> anyhow::Result<Vec<Vec<u8>>> {
             use rustls::pki_types::pem::PemObject as _;
             let mut v = Vec::new();
@@ -353,10 +360,33 @@ fn certificates(cfg: &Config) -> anyhow::Result<Value> {
         let (_, cert) = x509_parser::parse_x509_certificate(&leaf[0]).map_err(|e| {
             anyhow::anyhow!("{}: not a readable certificate: {e}", c.cert.display())
         })?;
+        let der = rustls::pki_types::CertificateDer::from(leaf[0].as_slice());
+        let names = webpki::EndEntityCert::try_from(&der)
+            .map_err(|e| anyhow::anyhow!("{}: not a usable certificate: {e}", c.cert.display()))?
+            .valid_dns_names()
+            .map(str::to_ascii_lowercase)
+            .collect();
+        Ok(CertFacts {
+            names: sorted(names),
+            certificate: leaf.iter().map(|d| fingerprint(d)).collect(),
+            chain: chain.iter().map(|d| fingerprint(d)).collect(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+}
+
+/// Each configured certificate in order, as [`CertFacts`] (not the paths).
+fn certificates(cfg: &Config) -> anyhow::Result<Value> {
+    let Some(t) = &cfg.tls else {
+        return Ok(Value::Null);
+    };
+    let mut out = Vec::new();
+    for c in &t.certificate {
+        let f = CertFacts::read(c)?;
         out.push(json!({
-            "certificate": leaf.iter().map(|d| fingerprint(d)).collect::<Vec<_>>(),
-            "chain": chain.iter().map(|d| fingerprint(d)).collect::<Vec<_>>(),
-            "not_after": cert.validity().not_after.timestamp(),
+            "certificate": f.certificate,
+            "chain": f.chain,
+            "not_after": f.not_after,
         }));
     }
     Ok(Value::Array(out))

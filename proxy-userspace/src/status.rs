@@ -30,6 +30,68 @@ pub struct Status {
     pub parity: Option<crate::parity::Parity>,
     #[serde(default)]
     pub parity_error: Option<String>,
+    /// `[cluster]`: the peers' digests as last exchanged, and certificate sync.
+    #[serde(default)]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// `[cluster]`: this node's view of the other nodes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    pub listen: String,
+    /// Every peer has been heard and none differs in any section.
+    pub in_parity: bool,
+    pub sync_certificates: bool,
+    /// Connections refused since start: no certificate, one not from the cluster CA, or one
+    /// naming no configured peer.
+    pub refused_connections: u64,
+    pub peers: Vec<ClusterPeerStatus>,
+}
+
+/// One peer of `[cluster]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterPeerStatus {
+    pub name: String,
+    pub address: String,
+    /// The last exchange this node started with it succeeded.
+    pub reachable: bool,
+    /// Seconds since its digests last arrived (in either direction); absent: never.
+    pub heard_secs: Option<u64>,
+    /// Why the last exchange failed.
+    pub error: Option<String>,
+    /// `in parity`, `drift: <sections>` or `unknown` (never heard).
+    pub parity: String,
+    /// The sections that differ, with both sides.
+    pub drift: Vec<DriftStatus>,
+    pub cert_sync: CertSyncStatus,
+}
+
+/// A section whose digests differ: both values (what the section covers, with secrets
+/// counted in the digest only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DriftStatus {
+    pub section: String,
+    pub ours: Option<String>,
+    pub theirs: Option<String>,
+    pub ours_shown: Option<String>,
+    pub theirs_shown: Option<String>,
+}
+
+/// Certificate pushes to and from one peer since start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CertSyncStatus {
+    /// Pushes to the peer that it applied.
+    pub pushed: u64,
+    /// Pushes to the peer that it refused or could not apply, or that did not reach it.
+    pub push_failures: u64,
+    /// Pushes from the peer applied here.
+    pub received: u64,
+    /// Pushes from the peer refused here (files and service left as they were).
+    pub refused: u64,
+    /// The last push either way: what, and its outcome.
+    pub last: Option<String>,
+    /// Whether that push failed.
+    pub last_failed: bool,
 }
 
 /// One `[[anycast]]` group: whether this node announces its prefixes through BIRD, and why.

@@ -213,3 +213,58 @@ fn check_prints_the_parity_digests() {
     assert_eq!(differ, ["routes"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_reads_the_cluster_credentials_and_peer_needs_a_cluster() {
+    let dir = std::env::temp_dir().join(format!("hapd-cli-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base =
+        "[node]\nname = \"proxy01\"\n[[vrrp]]\nname = \"VI_1\"\ninterface = \"eth0\"\nvrid = 51\n\
+                priority = 110\nvirtual_ips = [\"198.18.0.100/24\"]\npeers = [\"198.18.0.2\"]\n";
+    let cluster = format!(
+        "[cluster]\nlisten = \"198.18.0.1:9440\"\npeers = [{{ name = \"proxy02\", address = \"198.18.0.2:9440\" }}]\n\
+         ca = \"{d}/ca.crt\"\ncert = \"{d}/proxy01.crt\"\nkey = \"{d}/proxy01.key\"\n",
+        d = dir.display()
+    );
+    let path = dir.join("a.toml");
+    let path = path.to_str().unwrap();
+    // The credentials are read by check: a missing CA file is named.
+    std::fs::write(path, format!("{base}{cluster}")).unwrap();
+    let o = hapd(&["check", "--config", path]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cluster.ca") && stderr(&o).contains("ca.crt"),
+        "{}",
+        stderr(&o)
+    );
+    // A certificate for another node is refused with both names.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["proxy09".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &key)
+        .unwrap();
+    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join("proxy01.crt"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("proxy01.key"), leaf_key.serialize_pem()).unwrap();
+    let o = hapd(&["check", "--config", path]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("names [\"proxy09\"], not this node (\"proxy01\""),
+        "{}",
+        stderr(&o)
+    );
+    // --peer without [cluster]: there is nothing to talk to it with.
+    std::fs::write(path, base).unwrap();
+    let o = hapd(&["check", "--config", path, "--peer", "proxy02"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--peer needs a [cluster] table"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -376,12 +376,39 @@ fn status_metrics_reload_and_drill_on_a_running_pair() {
         status_json(&lab, 1, &cfg_b)["proxy"]["healthy"] == true
     });
 
+    // The nodes proxy to different backends on purpose (the answers tell them apart): the
+    // drill sees that drift in the peer's digests and refuses without --force.
+    let o = drill(0, sa);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("refused: the nodes' configurations differ (node1: drift: upstreams)"),
+        "{}",
+        text(&o)
+    );
+
     // The drill on the master: the VIP moves to B and back; the outage is measured.
     let transitions_before = status_json(&lab, 0, &cfg_a)["instances"][0]["transitions"]
         .as_u64()
         .unwrap();
-    let o = drill(0, sa);
+    let o = run(
+        &lab,
+        0,
+        &[
+            "drill",
+            "--config",
+            sa,
+            "--probe",
+            &format!("http://{VIP}:8080/who"),
+            "--peer-admin",
+            &format!("{}:9100", lab.host(1).addr),
+            "--force",
+        ],
+    );
     let t = text(&o);
+    assert!(
+        t.contains("parity: node1: drift: upstreams (--force: drilling anyway)"),
+        "{t}"
+    );
     assert!(o.status.success(), "{t}");
     assert!(t.contains("drill VI_1: PASS"), "{t}");
     assert!(t.contains("master now 198.18.0.2"), "{t}");

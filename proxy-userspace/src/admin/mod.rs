@@ -50,13 +50,16 @@ const VRRP_ANSWER: Duration = Duration::from_secs(2);
 /// What the admin endpoint serves from.
 pub struct Admin {
     pub config_path: PathBuf,
-    /// The configuration running now (replaced by a successful reload).
-    pub running: Mutex<Config>,
+    /// The configuration running now (replaced by a successful reload); the cluster reads it
+    /// too.
+    pub running: Arc<Mutex<Config>>,
     pub started: Instant,
     pub vrrp: Option<mpsc::Sender<Control>>,
     pub proxy: Option<Arc<ProxyView>>,
     /// `[[anycast]]` groups.
     pub anycast: Option<crate::anycast::GroupsView>,
+    /// `[cluster]`: served and exchanged on the admin thread.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The running endpoint; dropping it stops the thread.
@@ -119,6 +122,11 @@ pub fn start(
         .spawn(move || {
             rt.block_on(async move {
                 tokio::spawn(signals(admin.clone(), hup, usr1));
+                if let Some(c) = &admin.cluster {
+                    if let Err(e) = c.spawn() {
+                        error!("cluster: {e:#}");
+                    }
+                }
                 tokio::select! {
                     _ = serve(sock, admin) => {}
                     _ = stop_rx => {}
@@ -428,6 +436,9 @@ impl Admin {
         if let Some(a) = &self.anycast {
             st.anycast = a.status();
         }
+        if let Some(c) = &self.cluster {
+            st.cluster = Some(c.status(st.parity.as_ref()));
+        }
         if let Some(p) = &self.proxy {
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -492,6 +503,9 @@ impl Admin {
         if cfg.anycast != running.anycast {
             fixed.push("[[anycast]]".to_string());
         }
+        if cfg.cluster != running.cluster {
+            fixed.push("[cluster]".to_string());
+        }
         if !fixed.is_empty() {
             return Err(format!(
                 "{} changed: restart hapd to apply (the backup first, then the master)",
@@ -541,6 +555,11 @@ impl Admin {
             }
         }
         *running = cfg;
+        drop(running);
+        // The peers learn of the change now, not at the next exchange.
+        if let Some(c) = &self.cluster {
+            c.reloaded();
+        }
         Ok(format!(
             "configuration reloaded ({why}) from {}{applied}",
             self.config_path.display()

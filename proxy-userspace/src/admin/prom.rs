@@ -294,6 +294,9 @@ pub fn render(st: &Status, m: Option<&Snapshot>) -> String {
             );
         }
     }
+    if let Some(c) = &st.cluster {
+        cluster(&mut o, c);
+    }
     if let Some(p) = &st.proxy {
         o.family(
             "hapd_proxy_healthy",
@@ -519,5 +522,79 @@ fn process(o: &mut Out) {
             "Maximum number of open file descriptors.",
         );
         o.sample("process_max_fds", &[], soft);
+    }
+}
+
+/// `[cluster]`: per peer, whether it answers, drift per section, certificate pushes.
+fn cluster(o: &mut Out, c: &crate::status::ClusterStatus) {
+    o.family(
+        "hapd_cluster_in_parity",
+        "gauge",
+        "1 when every peer of [cluster] has been heard and none differs in any section.",
+    );
+    o.sample("hapd_cluster_in_parity", &[], u8::from(c.in_parity));
+    o.family(
+        "hapd_cluster_peer_up",
+        "gauge",
+        "1 while the last exchange with the peer succeeded.",
+    );
+    for p in &c.peers {
+        o.sample(
+            "hapd_cluster_peer_up",
+            &[("peer", &p.name)],
+            u8::from(p.reachable),
+        );
+    }
+    o.family(
+        "hapd_parity_drift",
+        "gauge",
+        "1 for a section whose digest differs from the peer's, 0 for one that matches (absent until the peer is heard).",
+    );
+    for p in &c.peers {
+        if p.parity == "unknown" {
+            continue;
+        }
+        for section in crate::parity::SECTIONS {
+            let differs = p.drift.iter().any(|d| d.section == section);
+            o.sample(
+                "hapd_parity_drift",
+                &[("peer", &p.name), ("section", section)],
+                u8::from(differs),
+            );
+        }
+    }
+    o.family(
+        "hapd_cluster_refused_connections_total",
+        "counter",
+        "Connections to the cluster channel refused: no certificate, another CA, or no configured peer.",
+    );
+    o.sample(
+        "hapd_cluster_refused_connections_total",
+        &[],
+        c.refused_connections,
+    );
+    o.family(
+        "hapd_cert_sync_total",
+        "counter",
+        "Certificate pushes, by direction (sent to the peer, received from it) and result (ok: applied or already there; failed: refused or not applied).",
+    );
+    for p in &c.peers {
+        let s = &p.cert_sync;
+        for (direction, result, n) in [
+            ("sent", "ok", s.pushed),
+            ("sent", "failed", s.push_failures),
+            ("received", "ok", s.received),
+            ("received", "failed", s.refused),
+        ] {
+            o.sample(
+                "hapd_cert_sync_total",
+                &[
+                    ("peer", &p.name),
+                    ("direction", direction),
+                    ("result", result),
+                ],
+                n,
+            );
+        }
     }
 }

@@ -346,6 +346,55 @@ impl Status {
         if let Some(e) = &self.parity_error {
             let _ = writeln!(o, "\nparity digests unavailable: {e}");
         }
+        if let Some(c) = &self.cluster {
+            let _ = writeln!(
+                o,
+                "\ncluster (listen {}, certificate sync {}): {}",
+                c.listen,
+                if c.sync_certificates { "on" } else { "off" },
+                if c.in_parity {
+                    "in parity"
+                } else {
+                    "NOT in parity"
+                }
+            );
+            for p in &c.peers {
+                let heard = p
+                    .heard_secs
+                    .map_or("never heard".to_string(), |s| format!("heard {s} s ago"));
+                let _ = writeln!(
+                    o,
+                    "  peer {} at {}: {}, {heard}",
+                    p.name, p.address, p.parity
+                );
+                if let Some(e) = &p.error {
+                    let _ = writeln!(o, "    unreachable: {e}");
+                }
+                for d in &p.drift {
+                    let _ = writeln!(
+                        o,
+                        "    {:<14} here {}  {} {}",
+                        d.section,
+                        d.ours.as_deref().unwrap_or("(absent)"),
+                        p.name,
+                        d.theirs.as_deref().unwrap_or("(absent)")
+                    );
+                }
+                if let Some(last) = &p.cert_sync.last {
+                    let _ = writeln!(
+                        o,
+                        "    certificates: {} pushed, {} push(es) failed, {} received, {} refused; last: {last}",
+                        p.cert_sync.pushed,
+                        p.cert_sync.push_failures,
+                        p.cert_sync.received,
+                        p.cert_sync.refused
+                    );
+                }
+            }
+            if c.refused_connections > 0 {
+                let _ = writeln!(o, "  {} connection(s) refused", c.refused_connections);
+            }
+        }
         o
     }
 }

@@ -5,6 +5,7 @@
 //! the key; nothing is applied before the whole file is valid.
 pub mod anycast;
 pub mod auth;
+pub mod cluster;
 pub mod proxy;
 pub mod scripts;
 mod types;
@@ -88,6 +89,9 @@ pub struct Config {
     /// Service prefixes announced through BIRD (see [`anycast`]).
     #[serde(default)]
     pub anycast: Vec<Spanned<anycast::Anycast>>,
+    /// The channel to the other nodes: parity and certificate sync (see [`cluster`]).
+    #[serde(default)]
+    pub cluster: Option<Spanned<cluster::Cluster>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -715,6 +719,10 @@ impl Config {
             first_verdict,
             &mut warnings,
         )?;
+        if let Some(c) = &self.cluster {
+            let has_tls = self.tls.as_ref().is_some_and(|t| !t.certificate.is_empty());
+            cluster::validate(c, &self.node.name, has_tls, &mut warnings)?;
+        }
         if self.vrrp.is_empty() && self.anycast.is_empty() {
             warnings.push(Warning {
                 key: "vrrp".into(),

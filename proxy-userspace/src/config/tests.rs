@@ -407,3 +407,64 @@ fn a_global_ipv6_peer_is_a_warning_and_an_upstream_may_name_its_zone() {
     );
     assert!(parse(&zoned).is_ok());
 }
+
+const CLUSTER: &str = r#"
+[cluster]
+listen = "198.18.0.1:9440"
+peers = [{ name = "proxy02", address = "198.18.0.2:9440" }]
+ca = "/etc/hapd/cluster/ca.crt"
+cert = "/etc/hapd/cluster/proxy01.crt"
+key = "/etc/hapd/cluster/proxy01.key"
+sync_certificates = true
+"#;
+
+#[test]
+fn the_cluster_table_parses_with_the_issue_keys_and_bad_ones_name_the_key() {
+    let (cfg, warnings) = parse(&format!("{BASE}{PROXY}{CLUSTER}")).unwrap();
+    let c = cfg.cluster.as_ref().unwrap().get_ref();
+    assert_eq!(
+        (c.exchange_interval.0, c.timeout.0, c.sync_certificates),
+        (Duration::from_secs(10), Duration::from_secs(3), true)
+    );
+    assert_eq!(c.peers[0].name, "proxy02");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Certificate sync with no certificate to sync is worth a word.
+    let (_, warnings) = parse(&format!("{BASE}{CLUSTER}")).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.key == "cluster.sync_certificates"),
+        "{warnings:?}"
+    );
+    for (bad, key, says) in [
+        (
+            CLUSTER.replace("peers = [{ name = \"proxy02\", address = \"198.18.0.2:9440\" }]", "peers = []"),
+            "cluster.peers",
+            "at least one other node",
+        ),
+        (CLUSTER.replace("\"proxy02\"", "\"proxy01\""), "cluster.peers[0].name", "this node"),
+        (CLUSTER.replace("\"proxy02\"", "\"proxy_02\""), "cluster.peers[0].name", "not a DNS name"),
+        (
+            CLUSTER.replace(
+                "peers = [{ name = \"proxy02\", address = \"198.18.0.2:9440\" }]",
+                "peers = [{ name = \"proxy02\", address = \"198.18.0.2:9440\" }, { name = \"PROXY02\", address = \"198.18.0.3:9440\" }]",
+            ),
+            "cluster.peers[1].name",
+            "listed twice",
+        ),
+        (CLUSTER.replace("198.18.0.2:9440", "0.0.0.0:9440"), "cluster.peers[0].address", "name the peer's address"),
+        (CLUSTER.replace("198.18.0.2:9440", "198.18.0.1:9440"), "cluster.peers[0].address", "this node's listen address"),
+        (CLUSTER.replace("198.18.0.1:9440", "198.18.0.1:0"), "cluster.listen", "needs a port"),
+        (CLUSTER.replace("/etc/hapd/cluster/ca.crt", "ca.crt"), "cluster.ca", "absolute"),
+        (format!("{CLUSTER}exchange_interval = \"10ms\"\n"), "cluster.exchange_interval", "100ms..=1h"),
+        (format!("{CLUSTER}timeout = \"2m\"\n"), "cluster.timeout", "100ms..=60s"),
+        (format!("{CLUSTER}secret = \"x\"\n"), "cluster", "unknown field `secret`"),
+        (CLUSTER.replace("198.18.0.2:9440", "198.18.0.2"), "cluster.peers", "invalid socket address"),
+    ] {
+        let e = match parse(&format!("{BASE}{PROXY}{bad}")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{key}: accepted:\n{bad}"),
+        };
+        assert!(e.contains(key) && e.contains(says), "{key}: {e}");
+    }
+}

@@ -80,7 +80,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-fn load_certified(
+pub(crate) fn load_certified(
     c: &Certificate,
     provider: &CryptoProvider,
 ) -> anyhow::Result<(CertifiedKey, CertInfo)> {
@@ -212,6 +212,8 @@ pub struct TlsStore {
     state: std::sync::Mutex<Loaded>,
     /// Told whenever the configuration is replaced (its files may be others now).
     replaced: tokio::sync::Notify,
+    /// Counts the replacements, for any number of watchers (the cluster's certificate sync).
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 /// The `[tls]` section in use, its files with their last seen stamps, and what they held.
@@ -253,6 +255,7 @@ impl TlsStore {
             current: ArcSwap::from_pointee(cfg),
             state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone())),
             replaced: tokio::sync::Notify::new(),
+            generation: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -278,6 +281,12 @@ impl TlsStore {
     /// when it is next replaced).
     pub async fn replaced(&self) {
         self.replaced.notified().await
+    }
+
+    /// Changes whenever the configuration is replaced (certificates reloaded from their files
+    /// or a reload naming others).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Whether a certificate, key or chain file changed since the last look.
@@ -327,6 +336,7 @@ impl TlsStore {
             *st = Loaded::new(tls, resolver.certs.clone());
         }
         self.replaced.notify_one();
+        self.generation.send_modify(|g| *g += 1);
         info!(names = ?resolver.names, "TLS certificates reloaded ({why})");
     }
 }

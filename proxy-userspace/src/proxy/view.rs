@@ -125,6 +125,12 @@ impl ProxyView {
             .map_or_else(Vec::new, |t| t.certificates())
     }
 
+    /// The TLS configuration in use, when a listener serves TLS (the cluster's certificate
+    /// sync reloads it after writing pushed files).
+    pub fn tls(&self) -> Option<Arc<tls::TlsStore>> {
+        self.core.serve.tls.clone()
+    }
+
     /// Applies the proxy part of `cfg`: vhosts, routes, upstreams, logs and certificates.
     /// Everything is built before anything is swapped in, so a reload that fails changes
     /// nothing. Listeners and `[server]` cannot change without a restart.

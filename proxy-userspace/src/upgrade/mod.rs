@@ -116,6 +116,8 @@ pub struct Offered {
 pub enum Role {
     Admin,
     Listener,
+    /// `[cluster] listen`.
+    Cluster,
 }
 
 /// What makes a VRRP instance the same one in both processes.

@@ -1,0 +1,667 @@
+//! `[cluster]`: the nodes of one service tell each other what they serve (issue 26).
+//!
+//! Each node exchanges its [`Summary`] (the parity digests of its running configuration, and
+//! its certificates) with every peer over the [`channel`] (mutual TLS with the cluster CA):
+//! every `exchange_interval`, at once after a reload, and at once when its certificates were
+//! reloaded. An exchange is one request carrying this node's summary and answered with the
+//! peer's, so both sides learn of a change within one exchange. Status compares the peer's
+//! last summary with this node's digests as they are now.
+//!
+//! With `sync_certificates`, after each exchange a node pushes every certificate of its own
+//! that the peer has in the same place, for the same names, with another fingerprint and an
+//! earlier notAfter
+//! ([`sync`]); the newer side always pushes, so a node that was down during a renewal is
+//! brought up to date by the next exchange, and two nodes never push to each other.
+pub mod channel;
+pub mod sync;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hyper::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    parity::{CertFacts, Parity},
+    proxy::tls::TlsStore,
+    status::{CertSyncStatus, ClusterPeerStatus, ClusterStatus, DriftStatus},
+};
+
+use self::{
+    channel::{Credentials, Incoming, Refused},
+    sync::{Outcome, Push, Verdict},
+};
+
+/// What a node tells its peers about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub node: String,
+    pub parity: Parity,
+    /// Its `[[tls.certificate]]` entries: what certificate sync compares.
+    pub certificates: Vec<CertSummary>,
+    /// Whether it takes pushed certificates.
+    pub sync_certificates: bool,
+}
+
+/// One `[[tls.certificate]]`, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSummary {
+    /// The `cert` path in its config (for messages: paths may differ between nodes).
+    pub cert: PathBuf,
+    /// The DNS names of the leaf, lowercase and sorted.
+    pub names: Vec<String>,
+    /// The SHA-256 of each certificate in the file, leaf first.
+    pub certificate: Vec<String>,
+    pub not_after: i64,
+}
+
+impl Summary {
+    /// This node's summary from its running configuration (reading its certificate files).
+    pub fn of(cfg: &Config) -> anyhow::Result<Summary> {
+        let certificates = match &cfg.tls {
+            None => Vec::new(),
+            Some(t) => t
+                .certificate
+                .iter()
+                .map(|c| {
+                    let f = CertFacts::read(c)?;
+                    Ok(CertSummary {
+                        cert: c.cert.clone(),
+                        names: f.names,
+                        certificate: f.certificate,
+                        not_after: f.not_after,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        Ok(Summary {
+            node: cfg.node.name.clone(),
+            parity: Parity::of(cfg)?,
+            certificates,
+            sync_certificates: cfg
+                .cluster
+                .as_ref()
+                .is_some_and(|c| c.get_ref().sync_certificates),
+        })
+    }
+}
+
+/// The cluster of a running node: its listener, its exchanges, what it knows of its peers.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+struct Shared {
+    settings: crate::config::cluster::Cluster,
+    creds: Arc<Credentials>,
+    /// The configuration running now (a reload replaces it).
+    running: Arc<Mutex<Config>>,
+    tls: Option<Arc<TlsStore>>,
+    /// By the index of `settings.peers`.
+    peers: Mutex<Vec<PeerState>>,
+    /// Bumped to exchange with every peer at once.
+    now: watch::Sender<u64>,
+    /// By peer: exchange with it at once (it was unreachable and has just called).
+    kick: Vec<tokio::sync::Notify>,
+    refused: AtomicU64,
+    /// When a refused connection was last logged (one line a second at most).
+    refused_logged: Mutex<Option<Instant>>,
+    /// One push applied at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    reachable: bool,
+    heard: Option<Instant>,
+    error: Option<String>,
+    theirs: Option<Summary>,
+    /// The drift last logged (sections), to log changes only.
+    logged_drift: Option<Vec<String>>,
+    sync: CertSyncStatus,
+}
+
+impl Cluster {
+    /// Reads the credentials and binds `listen` (or takes `inherited`, the listening socket of
+    /// the process this one succeeds). Nothing runs until [`Cluster::spawn`].
+    pub fn new(
+        running: Arc<Mutex<Config>>,
+        tls: Option<Arc<TlsStore>>,
+        inherited: Option<std::net::TcpListener>,
+    ) -> anyhow::Result<Option<Arc<Cluster>>> {
+        let (settings, node) = {
+            let cfg = running.lock().unwrap_or_else(|e| e.into_inner());
+            match &cfg.cluster {
+                None => return Ok(None),
+                Some(c) => (c.get_ref().clone(), cfg.node.name.clone()),
+            }
+        };
+        let creds = Arc::new(Credentials::load(&settings, &node)?);
+        let listener = match inherited {
+            Some(l) => l,
+            None => bind(settings.listen)?,
+        };
+        listener.set_nonblocking(true)?;
+        let peers = settings
+            .peers
+            .iter()
+            .map(|_| PeerState::default())
+            .collect();
+        let kick = settings
+            .peers
+            .iter()
+            .map(|_| tokio::sync::Notify::new())
+            .collect();
+        Ok(Some(Arc::new(Cluster {
+            shared: Arc::new(Shared {
+                settings,
+                creds,
+                running,
+                tls,
+                peers: Mutex::new(peers),
+                now: watch::Sender::new(0),
+                kick,
+                refused: AtomicU64::new(0),
+                refused_logged: Mutex::new(None),
+                applying: tokio::sync::Mutex::new(()),
+            }),
+            listener: std::sync::Mutex::new(Some(listener)),
+        })))
+    }
+
+    /// A duplicate of the listening socket, for a successor process.
+    pub fn socket(&self) -> anyhow::Result<Option<(std::net::SocketAddr, std::os::fd::OwnedFd)>> {
+        let l = self.listener.lock().unwrap_or_else(|e| e.into_inner());
+        match l.as_ref() {
+            None => Ok(None),
+            Some(l) => Ok(Some((
+                l.local_addr()?,
+                std::os::fd::OwnedFd::from(l.try_clone()?),
+            ))),
+        }
+    }
+
+    /// Starts serving and exchanging on the current runtime.
+    pub fn spawn(&self) -> anyhow::Result<()> {
+        let Some(std) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::from_std(std).context("cluster.listen")?;
+        info!(
+            listen = %self.shared.settings.listen,
+            peers = self.shared.settings.peers.len(),
+            "cluster channel listening"
+        );
+        let s = self.shared.clone();
+        let handle = move |req: Incoming| {
+            let s = s.clone();
+            async move { s.handle(req).await }
+        };
+        let s = self.shared.clone();
+        tokio::spawn(channel::serve(
+            listener,
+            self.shared.creds.clone(),
+            handle,
+            move |r| s.refused(r),
+        ));
+        for i in 0..self.shared.settings.peers.len() {
+            tokio::spawn(self.shared.clone().exchanges(i));
+        }
+        Ok(())
+    }
+
+    /// The configuration changed (a reload): exchange with every peer now.
+    pub fn reloaded(&self) {
+        self.shared.now.send_modify(|g| *g += 1);
+    }
+
+    /// What this node knows of its peers, compared with `ours` (its digests now).
+    pub fn status(&self, ours: Option<&Parity>) -> ClusterStatus {
+        let s = &self.shared;
+        let peers = s.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let peers: Vec<ClusterPeerStatus> = s
+            .settings
+            .peers
+            .iter()
+            .zip(peers.iter())
+            .map(|(p, st)| {
+                let drift: Vec<DriftStatus> = match (&st.theirs, ours) {
+                    (Some(t), Some(o)) => o
+                        .drift(&t.parity)
+                        .into_iter()
+                        .map(|d| DriftStatus {
+                            section: d.section,
+                            ours: d.ours.as_ref().map(|x| x.digest.clone()),
+                            theirs: d.theirs.as_ref().map(|x| x.digest.clone()),
+                            ours_shown: d.ours.map(|x| x.shown),
+                            theirs_shown: d.theirs.map(|x| x.shown),
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let parity = match (&st.theirs, ours) {
+                    (Some(_), Some(_)) if drift.is_empty() => "in parity".to_string(),
+                    (Some(_), Some(_)) => format!(
+                        "drift: {}",
+                        drift
+                            .iter()
+                            .map(|d| d.section.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => "unknown".to_string(),
+                };
+                ClusterPeerStatus {
+                    name: p.name.clone(),
+                    address: p.address.to_string(),
+                    reachable: st.reachable,
+                    heard_secs: st.heard.map(|h| h.elapsed().as_secs()),
+                    error: st.error.clone(),
+                    parity,
+                    drift,
+                    cert_sync: st.sync.clone(),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            listen: s.settings.listen.to_string(),
+            in_parity: peers.iter().all(|p| p.parity == "in parity"),
+            sync_certificates: s.settings.sync_certificates,
+            refused_connections: s.refused.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+}
+
+/// Binds the cluster listener (SO_REUSEADDR, so a restart does not wait out TIME_WAIT).
+fn bind(addr: std::net::SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let go = || -> std::io::Result<std::net::TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.bind(&addr.into())?;
+        s.listen(64)?;
+        Ok(s.into())
+    };
+    go().with_context(|| format!("cluster.listen: binding {addr}"))
+}
+
+/// Asks `peer` for its summary with the credentials of `cfg`'s `[cluster]`, without telling it
+/// anything (`hapd check --peer`). `peer` is a peer's name or address as configured.
+pub async fn ask(cfg: &Config, peer: &str) -> anyhow::Result<Summary> {
+    let c = cfg
+        .cluster
+        .as_ref()
+        .context("--peer needs a [cluster] table in the config (the channel's credentials)")?
+        .get_ref();
+    let p = c
+        .peers
+        .iter()
+        .find(|p| p.name.eq_ignore_ascii_case(peer) || p.address.to_string() == peer)
+        .with_context(|| {
+            format!(
+                "--peer {peer:?}: not in cluster.peers ({})",
+                c.peers
+                    .iter()
+                    .map(|p| format!("{} at {}", p.name, p.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let creds = Credentials::load(c, &cfg.node.name)?;
+    let (code, body) = creds
+        .request(p, Method::GET, "/v1/parity", Vec::new())
+        .await?;
+    if code != StatusCode::OK {
+        anyhow::bail!(
+            "{} answered {code}: {}",
+            p.name,
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    serde_json::from_slice(&body).with_context(|| format!("{}: not a hapd cluster summary", p.name))
+}
+
+impl Shared {
+    fn local(&self) -> anyhow::Result<Summary> {
+        let cfg = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Summary::of(&cfg).context("computing this node's digests")
+    }
+
+    /// Exchanges with peer `i` now and then, until the runtime stops.
+    async fn exchanges(self: Arc<Self>, i: usize) {
+        let mut now = self.now.subscribe();
+        let mut certs = self.tls.as_ref().map(|t| t.changes());
+        loop {
+            self.exchange(i).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.exchange_interval.0) => {}
+                r = now.changed() => if r.is_err() { return },
+                _ = changed(&mut certs) => {}
+                _ = self.kick[i].notified() => {}
+            }
+        }
+    }
+
+    async fn exchange(&self, i: usize) {
+        let peer = &self.settings.peers[i];
+        let result = async {
+            let ours = self.local()?;
+            let body = serde_json::to_vec(&ours)?;
+            let (code, answer) = self
+                .creds
+                .request(peer, Method::POST, "/v1/exchange", body)
+                .await?;
+            if code != StatusCode::OK {
+                anyhow::bail!(
+                    "answered {code}: {}",
+                    String::from_utf8_lossy(&answer).trim()
+                );
+            }
+            let theirs: Summary = serde_json::from_slice(&answer)
+                .context("the answer is not a hapd cluster summary")?;
+            Ok((ours, theirs))
+        }
+        .await;
+        match result {
+            Ok((ours, theirs)) => {
+                if let Err(e) = self.heard(i, theirs.clone(), Some(&ours.parity)) {
+                    self.failed(i, e);
+                    return;
+                }
+                {
+                    let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                    let st = &mut peers[i];
+                    if !st.reachable {
+                        info!(peer = %peer.name, "cluster: exchanging with {} at {}", peer.name, peer.address);
+                    }
+                    st.reachable = true;
+                    st.error = None;
+                }
+                if self.settings.sync_certificates && theirs.sync_certificates {
+                    self.push_newer(i, &ours, &theirs).await;
+                }
+            }
+            Err(e) => self.failed(i, format!("{e:#}")),
+        }
+    }
+
+    fn failed(&self, i: usize, why: String) {
+        let peer = &self.settings.peers[i];
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut peers[i];
+        if st.reachable || st.error.as_ref() != Some(&why) {
+            warn!(peer = %peer.name, "cluster: exchange with {} failed: {why}", peer.name);
+        }
+        st.reachable = false;
+        st.error = Some(why);
+    }
+
+    /// Records `theirs` from peer `i` (it must speak as the peer its certificate names) and
+    /// logs a change of drift against `ours`.
+    fn heard(&self, i: usize, theirs: Summary, ours: Option<&Parity>) -> Result<(), String> {
+        let peer = &self.settings.peers[i];
+        if !theirs.node.eq_ignore_ascii_case(&peer.name) {
+            return Err(format!(
+                "it calls itself {:?} but is configured (and certified) as {:?}",
+                theirs.node, peer.name
+            ));
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let st = &mut peers[i];
+        if let Some(ours) = ours {
+            let drift: Vec<String> = ours
+                .drift(&theirs.parity)
+                .into_iter()
+                .map(|d| d.section)
+                .collect();
+            if st.logged_drift.as_ref() != Some(&drift) {
+                if drift.is_empty() {
+                    info!(peer = %peer.name, "cluster: in parity with {}", peer.name);
+                } else {
+                    warn!(peer = %peer.name, sections = %drift.join(","), "cluster: configuration differs from {}'s in: {}", peer.name, drift.join(", "));
+                }
+                st.logged_drift = Some(drift);
+            }
+        }
+        st.theirs = Some(theirs);
+        st.heard = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Pushes every certificate of `ours` that peer `i` has older (same place and names,
+    /// other fingerprint, earlier notAfter).
+    async fn push_newer(&self, i: usize, ours: &Summary, theirs: &Summary) {
+        let peer = &self.settings.peers[i];
+        let entries: Vec<crate::config::proxy::Certificate> = {
+            let cfg = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            cfg.tls
+                .as_ref()
+                .map_or_else(Vec::new, |t| t.certificate.clone())
+        };
+        for (index, mine) in ours.certificates.iter().enumerate() {
+            let Some(t) = theirs.certificates.get(index) else {
+                continue;
+            };
+            if t.names != mine.names
+                || t.certificate == mine.certificate
+                || t.not_after >= mine.not_after
+            {
+                continue;
+            }
+            let Some(entry) = entries.get(index) else {
+                continue;
+            };
+            let what = format!("tls.certificate[{index}] ({})", mine.names.join(", "));
+            let outcome = async {
+                let push = Push::read(index, entry)?;
+                let (code, body) = self
+                    .creds
+                    .request(
+                        peer,
+                        Method::POST,
+                        "/v1/certificate",
+                        serde_json::to_vec(&push)?,
+                    )
+                    .await?;
+                let o: Outcome = serde_json::from_slice(&body).with_context(|| {
+                    format!("answered {code}: {}", String::from_utf8_lossy(&body).trim())
+                })?;
+                Ok::<_, anyhow::Error>(o)
+            }
+            .await
+            .unwrap_or_else(|e| Outcome {
+                verdict: Verdict::Failed,
+                message: format!("{e:#}"),
+            });
+            let ok = matches!(outcome.verdict, Verdict::Applied | Verdict::Unchanged);
+            if ok {
+                info!(peer = %peer.name, "cluster: pushed {what} to {}: {:?}: {}", peer.name, outcome.verdict, outcome.message);
+            } else {
+                warn!(peer = %peer.name, "cluster: pushing {what} to {}: {:?}: {}", peer.name, outcome.verdict, outcome.message);
+            }
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            let sync = &mut peers[i].sync;
+            if ok {
+                sync.pushed += 1;
+            } else {
+                sync.push_failures += 1;
+            }
+            sync.last = Some(format!(
+                "pushed {what} to {}: {}: {}",
+                peer.name,
+                verdict_name(&outcome.verdict),
+                outcome.message
+            ));
+            sync.last_failed = !ok;
+        }
+    }
+
+    /// One request from a peer (its certificate checked).
+    async fn handle(&self, req: Incoming) -> (StatusCode, Vec<u8>) {
+        let Some(i) = self.settings.peers.iter().position(|p| p.name == req.peer) else {
+            return (StatusCode::FORBIDDEN, b"unknown peer".to_vec());
+        };
+        let summary = |s: anyhow::Result<Summary>| match s.and_then(|s| Ok(serde_json::to_vec(&s)?))
+        {
+            Ok(b) => (StatusCode::OK, b),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e:#}").into_bytes(),
+            ),
+        };
+        match (req.method, req.path.as_str()) {
+            (Method::POST, "/v1/exchange") => {
+                let theirs: Summary = match serde_json::from_slice(&req.body) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            format!("not a hapd cluster summary: {e}").into_bytes(),
+                        )
+                    }
+                };
+                let ours = self.local();
+                if let Err(e) = self.heard(i, theirs, ours.as_ref().ok().map(|o| &o.parity)) {
+                    warn!(peer = %req.peer, "cluster: exchange from {} refused: {e}", req.peer);
+                    return (StatusCode::BAD_REQUEST, e.into_bytes());
+                }
+                // A peer this node could not reach has come up: exchange with it now (its
+                // certificates may need a push), not at the next interval.
+                let unreachable =
+                    !self.peers.lock().unwrap_or_else(|e| e.into_inner())[i].reachable;
+                if unreachable {
+                    self.kick[i].notify_one();
+                }
+                summary(ours)
+            }
+            (Method::GET, "/v1/parity") => summary(self.local()),
+            (Method::POST, "/v1/certificate") => {
+                let push: Push = match serde_json::from_slice(&req.body) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            format!("not a certificate push: {e}").into_bytes(),
+                        )
+                    }
+                };
+                let outcome = self.receive(i, push).await;
+                let code = match outcome.verdict {
+                    Verdict::Applied | Verdict::Unchanged => StatusCode::OK,
+                    Verdict::Refused => StatusCode::CONFLICT,
+                    Verdict::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                (code, serde_json::to_vec(&outcome).unwrap_or_default())
+            }
+            _ => (StatusCode::NOT_FOUND, b"no such endpoint".to_vec()),
+        }
+    }
+
+    async fn receive(&self, i: usize, push: Push) -> Outcome {
+        let peer = self.settings.peers[i].name.clone();
+        let _one = self.applying.lock().await;
+        let cfg = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (sync_on, tls) = (self.settings.sync_certificates, self.tls.clone());
+        let what = format!(
+            "tls.certificate[{}] ({} on {peer})",
+            push.index,
+            push.cert.display()
+        );
+        let from = peer.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            sync::apply(&push, &cfg, sync_on, tls.as_deref(), &from)
+        })
+        .await
+        .unwrap_or_else(|e| Outcome {
+            verdict: Verdict::Failed,
+            message: format!("the push could not be applied: {e}"),
+        });
+        let ok = matches!(outcome.verdict, Verdict::Applied | Verdict::Unchanged);
+        if ok {
+            info!(peer = %peer, "cluster: certificate {what} from {peer}: {:?}: {}", outcome.verdict, outcome.message);
+        } else {
+            warn!(peer = %peer, "cluster: certificate {what} from {peer}: {:?}: {}", outcome.verdict, outcome.message);
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let sync = &mut peers[i].sync;
+        if ok {
+            sync.received += 1;
+        } else {
+            sync.refused += 1;
+        }
+        sync.last = Some(format!(
+            "{what} from {peer}: {}: {}",
+            verdict_name(&outcome.verdict),
+            outcome.message
+        ));
+        sync.last_failed = !ok;
+        outcome
+    }
+
+    fn refused(&self, r: Refused) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut last = self
+            .refused_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            warn!(from = %r.from, "cluster: connection from {} refused: {} ({} refused since start)", r.from, r.why, self.refused.load(Ordering::Relaxed));
+        }
+    }
+}
+
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Applied => "applied",
+        Verdict::Unchanged => "unchanged",
+        Verdict::Refused => "refused",
+        Verdict::Failed => "failed",
+    }
+}
+
+/// Resolves when `rx` sees a new value; never when there is none.
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! Certificate sync (`[cluster] sync_certificates = true`): a node whose certificate is newer
+//! than a peer's pushes certificate, chain and key; the peer checks them, writes them over its
+//! own files atomically and reloads, or changes nothing and says why.
+//!
+//! A push names the certificate by its place in `[[tls.certificate]]` (nodes in parity list
+//! the same certificates in the same order) and by the DNS names it carries, which must be
+//! those of the certificate the receiver serves there: the files may live at other paths on
+//! each node, and a renewal that changes the names is refused (copy that one by hand). The
+//! receiving side decides with the readers the proxy
+//! itself loads certificates with ([`CertFacts::read`], [`crate::proxy::tls::build`]): the
+//! pushed files are written next to the targets under temporary names and loaded from there
+//! first, so a push is refused for exactly what would make a reload fail.
+use std::{
+    io::Write as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{proxy::Certificate, Config},
+    parity::CertFacts,
+    proxy::tls::TlsStore,
+};
+
+/// What a node pushes: one `[[tls.certificate]]`'s files, as PEM text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Push {
+    /// The index in `[[tls.certificate]]`.
+    pub index: usize,
+    /// The pushing node's `cert` path (for messages).
+    pub cert: PathBuf,
+    pub certificate: String,
+    pub chain: Option<String>,
+    pub key: String,
+}
+
+/// What came of a push, as the receiver answers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Written and served from now on.
+    Applied,
+    /// The receiver has these files already.
+    Unchanged,
+    /// Not taken: files and service as they were.
+    Refused,
+    /// Taken but could not be put in place; the old files were put back.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub message: String,
+}
+
+impl Outcome {
+    fn refused(message: impl Into<String>) -> Outcome {
+        Outcome {
+            verdict: Verdict::Refused,
+            message: message.into(),
+        }
+    }
+}
+
+impl Push {
+    /// Reads `c`'s files; `c` is `[[tls.certificate]]` number `index`.
+    pub fn read(index: usize, c: &Certificate) -> anyhow::Result<Push> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+        };
+        Ok(Push {
+            index,
+            cert: c.cert.clone(),
+            certificate: read(&c.cert)?,
+            chain: c.chain.as_deref().map(read).transpose()?,
+            key: read(&c.key)?,
+        })
+    }
+}
+
+/// Takes `push` from `from` into the same certificate of `cfg`: checks it, writes it over the
+/// files `cfg` names, reloads `store`. Blocking (file I/O and a TLS build).
+pub fn apply(
+    push: &Push,
+    cfg: &Config,
+    sync_on: bool,
+    store: Option<&TlsStore>,
+    from: &str,
+) -> Outcome {
+    if !sync_on {
+        return Outcome::refused("sync_certificates is off on this node");
+    }
+    let Some(tls) = &cfg.tls else {
+        return Outcome::refused("this node has no [tls]");
+    };
+    let Some(store) = store else {
+        return Outcome::refused("this node serves no TLS listener");
+    };
+    let index = push.index;
+    let Some(entry) = tls.certificate.get(index) else {
+        return Outcome::refused(format!(
+            "tls.certificate[{index}]: this node has {} certificate(s)",
+            tls.certificate.len()
+        ));
+    };
+    match (&entry.chain, &push.chain) {
+        (Some(c), None) => {
+            return Outcome::refused(format!(
+                "the push has no chain, and chain = {:?} here",
+                c.display().to_string()
+            ))
+        }
+        (None, Some(_)) => {
+            return Outcome::refused("the push has a chain, and this node's certificate has none")
+        }
+        _ => {}
+    }
+    let current = CertFacts::read(entry).ok();
+    // The pushed files, next to the ones they replace.
+    let mut staged = Staged::default();
+    let targets: Vec<(PathBuf, &str, bool)> = [
+        Some((entry.cert.clone(), push.certificate.as_str(), false)),
+        entry
+            .chain
+            .clone()
+            .zip(push.chain.as_deref())
+            .map(|(p, t)| (p, t, false)),
+        Some((entry.key.clone(), push.key.as_str(), true)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (path, text, secret) in &targets {
+        if let Err(e) = staged.stage(path, text.as_bytes(), *secret) {
+            return Outcome::refused(format!("writing next to {}: {e}", path.display()));
+        }
+    }
+    let temp = |p: &Path| staged.temp_of(p).unwrap_or_else(|| p.to_path_buf());
+    let trial = Certificate {
+        cert: temp(&entry.cert),
+        key: temp(&entry.key),
+        chain: entry.chain.as_deref().map(temp),
+    };
+    // Messages name the configured files, not the temporary ones.
+    let named = |m: String| staged.rename_in_message(m);
+    let new = match CertFacts::read(&trial) {
+        Ok(f) => f,
+        Err(e) => return Outcome::refused(named(format!("{e:#}"))),
+    };
+    if let Some(cur) = &current {
+        if cur.names != new.names {
+            return Outcome::refused(format!(
+                "tls.certificate[{index}] ({}) here is for {:?}, the pushed one for {:?}",
+                entry.cert.display(),
+                cur.names,
+                new.names
+            ));
+        }
+        if cur.certificate == new.certificate && cur.chain == new.chain {
+            return Outcome {
+                verdict: Verdict::Unchanged,
+                message: format!("{} is served here already", entry.cert.display()),
+            };
+        }
+        if new.not_after < cur.not_after {
+            return Outcome::refused(format!(
+                "older than the certificate served here: notAfter {} < {}",
+                date(new.not_after),
+                date(cur.not_after)
+            ));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if new.not_after <= now {
+        return Outcome::refused(format!("expired on {}", date(new.not_after)));
+    }
+    // The whole [tls] section with this certificate's files replaced: what a reload would build.
+    let mut trial_tls = tls.clone();
+    if let Some(c) = trial_tls.certificate.get_mut(index) {
+        *c = trial.clone();
+    }
+    if let Err(e) = crate::proxy::tls::build(&trial_tls) {
+        return Outcome::refused(named(format!("{e:#}")));
+    }
+    if let Err(e) = staged.commit() {
+        return Outcome {
+            verdict: Verdict::Failed,
+            message: format!("{e}; the old files were put back"),
+        };
+    }
+    if !store.reload(&format!("certificate sync from {from}")) {
+        let back = staged.restore();
+        store.reload("certificate sync undone");
+        return Outcome {
+            verdict: Verdict::Failed,
+            message: format!(
+                "the new files did not load; the old ones were put back{}",
+                back.err().map_or(String::new(), |e| format!(" (but: {e})"))
+            ),
+        };
+    }
+    Outcome {
+        verdict: Verdict::Applied,
+        message: format!(
+            "{} replaced (notAfter {}) and served",
+            entry.cert.display(),
+            date(new.not_after)
+        ),
+    }
+}
+
+/// `secs` since the epoch as an RFC 3339 date.
+fn date(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// Pushed files written under temporary names beside their targets. Dropped before
+/// [`Staged::commit`], the temporary files go; after, the targets hold the new files and
+/// [`Staged::restore`] can put the old ones back.
+#[derive(Default)]
+struct Staged {
+    /// (target as configured, the file actually replaced (a link's target), temporary file,
+    /// what the replaced file held).
+    files: Vec<(PathBuf, PathBuf, PathBuf, Option<Vec<u8>>)>,
+    committed: bool,
+}
+
+impl Staged {
+    /// Writes `bytes` to a temporary file beside `path` (beside the file a symlink at `path`
+    /// leads to: certbot's `live/` links stay links), with the replaced file's mode and owner,
+    /// or 0644 (0600 for a key) for a new one.
+    fn stage(&mut self, path: &Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = real.parent().unwrap_or(Path::new("/"));
+        let name = real
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.hapd-sync.{}", std::process::id()));
+        let old = std::fs::metadata(&real).ok();
+        let mode = old
+            .as_ref()
+            .map_or(if secret { 0o600 } else { 0o644 }, |m| {
+                m.permissions().mode() & 0o7777
+            });
+        let previous = std::fs::read(&real).ok();
+        let _ = std::fs::remove_file(&tmp);
+        self.files
+            .push((path.to_path_buf(), real.clone(), tmp.clone(), previous));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        if let Some(m) = &old {
+            std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()))?;
+        }
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()
+    }
+
+    fn temp_of(&self, path: &Path) -> Option<PathBuf> {
+        self.files
+            .iter()
+            .find(|(p, ..)| p == path)
+            .map(|(_, _, t, _)| t.clone())
+    }
+
+    fn rename_in_message(&self, mut m: String) -> String {
+        for (p, _, t, _) in &self.files {
+            m = m.replace(&t.display().to_string(), &p.display().to_string());
+        }
+        m
+    }
+
+    /// Renames every temporary file over its target; if one fails, the ones already renamed
+    /// get their old contents back.
+    fn commit(&mut self) -> Result<(), String> {
+        for i in 0..self.files.len() {
+            let (p, real, tmp, _) = &self.files[i];
+            if let Err(e) = std::fs::rename(tmp, real) {
+                let msg = format!("replacing {}: {e}", p.display());
+                self.files.truncate(i);
+                self.committed = true;
+                let _ = self.restore();
+                return Err(msg);
+            }
+            if let Some(dir) = real.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+
+    /// Puts the old contents back (atomically, file by file).
+    fn restore(&self) -> Result<(), String> {
+        let mut err = Ok(());
+        for (p, real, tmp, previous) in &self.files {
+            let Some(previous) = previous else {
+                let _ = std::fs::remove_file(real);
+                continue;
+            };
+            let put = (|| {
+                let meta = std::fs::metadata(real)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(tmp)?;
+                f.write_all(previous)?;
+                std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
+                f.set_permissions(meta.permissions())?;
+                f.sync_all()?;
+                std::fs::rename(tmp, real)
+            })();
+            if let Err(e) = put {
+                err = Err(format!("restoring {}: {e}", p.display()));
+            }
+        }
+        err
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            for (_, _, tmp, _) in &self.files {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
