@@ -12,7 +12,10 @@
 #   RENEWED_LINEAGE  directory with cert.pem, chain.pem, privkey.pem (certbot's layout)
 #   HAPD_CONFIG      hapd's config (default /etc/hapd/hapd.toml)
 #   CERT KEY CHAIN   where the config's [[tls.certificate]] reads them
-#   PEERS            the other nodes, for ssh/rsync (space separated; empty: this node only)
+#   PEERS            the other nodes, for ssh/rsync (space separated; empty: this node only).
+#                    Leave it empty on nodes with `[cluster] sync_certificates = true`: hapd
+#                    pushes the renewed files to its peers itself (docs/operations.md,
+#                    "Certificate sync"), without ssh between the nodes.
 #   SSH              ssh command for peers (default "ssh -o BatchMode=yes")
 set -eu
 
