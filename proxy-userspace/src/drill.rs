@@ -230,26 +230,24 @@ pub fn peer_problems(peer: &Status, name: &str) -> Vec<String> {
 /// each peer, and, for the peer asked at `--peer-admin`, its digests against this node's
 /// (which needs no `[cluster]`).
 pub fn parity_problems(local: &Status, peer: Option<&Status>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut covered = Vec::new();
+    let mut out: Vec<String> = Vec::new();
     if let Some(c) = &local.cluster {
         for p in &c.peers {
-            covered.push(p.name.as_str());
             if p.parity != "in parity" {
-                let why = match (&p.error, p.parity.as_str()) {
-                    (Some(e), "unknown") => format!("unknown ({e})"),
+                let why = match &p.error {
+                    Some(e) if p.parity.starts_with("unknown") => format!("{} ({e})", p.parity),
                     _ => p.parity.clone(),
                 };
                 out.push(format!("{}: {why}", p.name));
             }
         }
     }
-    if let Some(peer) = peer.filter(|p| !covered.contains(&p.node.as_str())) {
-        match (&local.parity, &peer.parity) {
+    if let Some(peer) = peer {
+        let problem = match (&local.parity, &peer.parity) {
             (Some(ours), Some(theirs)) => {
                 let drift = ours.drift(theirs);
-                if !drift.is_empty() {
-                    out.push(format!(
+                (!drift.is_empty()).then(|| {
+                    format!(
                         "{}: drift: {}",
                         peer.node,
                         drift
@@ -257,19 +255,23 @@ pub fn parity_problems(local: &Status, peer: Option<&Status>) -> Vec<String> {
                             .map(|d| d.section.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
-                    ));
-                }
+                    )
+                })
             }
-            (None, _) => out.push(format!(
+            (None, _) => Some(format!(
                 "{}: this node's digests are unavailable: {}",
                 local.node,
                 local.parity_error.as_deref().unwrap_or("not computed")
             )),
-            (_, None) => out.push(format!(
+            (_, None) => Some(format!(
                 "{}: its digests are unavailable: {}",
                 peer.node,
                 peer.parity_error.as_deref().unwrap_or("an older hapd")
             )),
+        };
+        // The same drift seen by [cluster] and in the peer's /status is said once.
+        if let Some(p) = problem.filter(|p| !out.contains(p)) {
+            out.push(p);
         }
     }
     out

@@ -659,6 +659,15 @@ fn run(config: PathBuf) -> ExitCode {
     for w in &warnings {
         tracing::warn!("config: {w}");
     }
+    // The cluster's credentials are read now, while a start (or an upgrade, before it commits)
+    // can still fail with the reason.
+    if let Some(c) = &cfg.cluster {
+        if let Err(e) =
+            proxy_userspace::cluster::channel::Credentials::load(c.get_ref(), &cfg.node.name)
+        {
+            return fail(successor.as_ref(), format!("{}: {e:#}", config.display()));
+        }
+    }
     // Resolved when the config was checked; looked up again here for the ids.
     match proxy_userspace::config::scripts::run_as(cfg.node.script_user.as_deref()) {
         Ok(r) => proxy_userspace::config::scripts::init(r),
@@ -894,11 +903,20 @@ impl Services {
         replace: bool,
     ) -> anyhow::Result<Running> {
         let tls = self.admin.proxy.as_ref().and_then(|p| p.tls());
-        let cluster = proxy_userspace::cluster::Cluster::new(
+        // A successor has committed by now: a cluster that cannot start (its listening
+        // address taken) must not take the admin endpoint and the control socket with it.
+        let cluster = match proxy_userspace::cluster::Cluster::new(
             self.admin.running.clone(),
             tls,
             cluster_socket,
-        )?;
+        ) {
+            Ok(c) => c,
+            Err(e) if replace => {
+                tracing::error!("{e:#}; running without the cluster channel until a restart");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let cluster_offer = cluster.as_ref().map(|c| c.socket()).transpose()?.flatten();
         self.admin.cluster = cluster;
         let admin = admin::start(self.admin_addr, self.admin, inherited)?;

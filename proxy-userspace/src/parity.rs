@@ -334,35 +334,48 @@ pub struct CertFacts {
 impl CertFacts {
     /// Reads `c`'s certificate and chain files.
     pub fn read(c: &crate::config::proxy::Certificate) -> anyhow::Result<CertFacts> {
-        let ders = |path: &std::path::Path| -> anyhow::Result<Vec<Vec<u8>>> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+        };
+        let chain = c.chain.as_deref().map(read).transpose()?;
+        Self::parse(
+            &read(&c.cert)?,
+            chain.as_deref(),
+            &c.cert.display().to_string(),
+            c.chain
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .as_deref(),
+        )
+    }
+
+    /// The facts of a certificate file's and a chain file's contents (PEM); `cert_name` and
+    /// `chain_name` name them in errors.
+    pub fn parse(
+        cert: &[u8],
+        chain: Option<&[u8]>,
+        cert_name: &str,
+        chain_name: Option<&str>,
+    ) -> anyhow::Result<CertFacts> {
+        let ders = |pem: &[u8], name: &str| -> anyhow::Result<Vec<Vec<u8>>> {
             use rustls::pki_types::pem::PemObject as _;
             let mut v = Vec::new();
-            for der in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
-            {
-                v.push(
-                    der.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                        .to_vec(),
-                );
+            for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+                v.push(der.map_err(|e| anyhow::anyhow!("{name}: {e}"))?.to_vec());
             }
-            anyhow::ensure!(
-                !v.is_empty(),
-                "{}: no PEM certificate in it",
-                path.display()
-            );
+            anyhow::ensure!(!v.is_empty(), "{name}: no PEM certificate in it");
             Ok(v)
         };
-        let leaf = ders(&c.cert)?;
-        let chain = match &c.chain {
-            Some(p) => ders(p)?,
+        let leaf = ders(cert, cert_name)?;
+        let chain = match chain {
+            Some(c) => ders(c, chain_name.unwrap_or("the chain"))?,
             None => Vec::new(),
         };
-        let (_, cert) = x509_parser::parse_x509_certificate(&leaf[0]).map_err(|e| {
-            anyhow::anyhow!("{}: not a readable certificate: {e}", c.cert.display())
-        })?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf[0])
+            .map_err(|e| anyhow::anyhow!("{cert_name}: not a readable certificate: {e}"))?;
         let der = rustls::pki_types::CertificateDer::from(leaf[0].as_slice());
         let names = webpki::EndEntityCert::try_from(&der)
-            .map_err(|e| anyhow::anyhow!("{}: not a usable certificate: {e}", c.cert.display()))?
+            .map_err(|e| anyhow::anyhow!("{cert_name}: not a usable certificate: {e}"))?
             .valid_dns_names()
             .map(str::to_ascii_lowercase)
             .collect();
@@ -370,7 +383,7 @@ impl CertFacts {
             names: sorted(names),
             certificate: leaf.iter().map(|d| fingerprint(d)).collect(),
             chain: chain.iter().map(|d| fingerprint(d)).collect(),
-            not_after: cert.validity().not_after.timestamp(),
+            not_after: parsed.validity().not_after.timestamp(),
         })
     }
 }

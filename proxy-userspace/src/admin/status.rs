@@ -379,6 +379,13 @@ impl Status {
                         p.name,
                         d.theirs.as_deref().unwrap_or("(absent)")
                     );
+                    let _ = writeln!(o, "      here: {}", d.ours_shown.as_deref().unwrap_or(""));
+                    let _ = writeln!(
+                        o,
+                        "      {}: {}",
+                        p.name,
+                        d.theirs_shown.as_deref().unwrap_or("")
+                    );
                 }
                 if let Some(last) = &p.cert_sync.last {
                     let _ = writeln!(

@@ -3,9 +3,10 @@
 //! Both ends present a certificate that chains to the cluster CA (`ca`). A node is known by
 //! the DNS name its certificate carries, which must be the `name` of one of `peers`: the client
 //! checks the server's certificate for the name of the peer it dialled, and the server looks
-//! the client's certificate up among its peers. A connection without a certificate, with one
-//! from another CA, or naming no configured peer is refused before any request is read. One
-//! request per connection: an exchange every few seconds does not need a pool.
+//! the client's certificate up among its peers. A connection from an address that is not a
+//! peer's is closed before any TLS work; one without a certificate, with one from another CA,
+//! or naming no configured peer is refused before any request is read. One request per
+//! connection: an exchange every few seconds does not need a pool.
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
@@ -38,6 +39,14 @@ pub struct Credentials {
     /// Where connections to peers come from: the listen address unless it is a wildcard.
     source: Option<IpAddr>,
     timeout: Duration,
+}
+
+/// How long a request may take: `cluster.timeout`, and for a push also the time the peer takes
+/// to write and load it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Exchange,
+    Push,
 }
 
 /// One certificate for every handshake.
@@ -111,6 +120,15 @@ impl Credentials {
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .build()
                 .context("cluster.ca")?;
+        // And as the peers' servers verify it when this node calls them (clientAuth).
+        client_verifier
+            .verify_client_cert(&ck.cert[0], &ck.cert[1..], UnixTime::now())
+            .map_err(|e| {
+                anyhow!(
+                    "cluster.cert: {} is not usable as a client certificate (it needs clientAuth as well as serverAuth): {e}",
+                    c.cert.display()
+                )
+            })?;
         let server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("cluster: TLS 1.3")?
@@ -153,7 +171,12 @@ impl Credentials {
         method: Method,
         path: &str,
         body: Vec<u8>,
+        wait: Wait,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let limit = match wait {
+            Wait::Exchange => self.timeout,
+            Wait::Push => self.timeout + APPLY_TIME,
+        };
         let go = async {
             let sock = match peer.address {
                 SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -190,9 +213,9 @@ impl Credentials {
                 .to_bytes();
             Ok::<_, anyhow::Error>((code, body))
         };
-        tokio::time::timeout(self.timeout, go)
+        tokio::time::timeout(limit, go)
             .await
-            .map_err(|_| anyhow!("no answer within {:?} (cluster.timeout)", self.timeout))?
+            .map_err(|_| anyhow!("no answer within {limit:?}"))?
             .with_context(|| format!("{} at {}", peer.name, peer.address))
     }
 }
@@ -211,9 +234,10 @@ pub struct Refused {
     pub why: String,
 }
 
-/// Serves `listener` until the runtime stops: each connection's handshake and identity are
-/// checked, then its one request goes to `handle`. At most [`MAX_CONNECTIONS`] are served at
-/// once (a flood of handshakes does not take the admin thread); a connection beyond is closed.
+/// Serves `listener` until the runtime stops: a connection from an address that is no peer's
+/// is closed at once; each other's handshake and identity are checked, then its one request
+/// goes to `handle`. At most [`MAX_CONNECTIONS`] are served at once; a connection beyond is
+/// closed.
 pub async fn serve<H, F>(
     listener: tokio::net::TcpListener,
     creds: Arc<Credentials>,
@@ -234,6 +258,14 @@ pub async fn serve<H, F>(
                 continue;
             }
         };
+        // Before any TLS work: a host that is no peer costs an accept and a close.
+        if !creds.peers.iter().any(|p| p.address.ip() == from.ip()) {
+            refused(Refused {
+                from,
+                why: "not a peer's address (cluster.peers)".into(),
+            });
+            continue;
+        }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             refused(Refused {
                 from,
@@ -308,4 +340,4 @@ pub async fn serve<H, F>(
 pub const MAX_CONNECTIONS: usize = 32;
 /// What a connection may take beyond its handshake and request: writing pushed files and
 /// reloading the certificates.
-const APPLY_TIME: Duration = Duration::from_secs(10);
+pub const APPLY_TIME: Duration = Duration::from_secs(10);

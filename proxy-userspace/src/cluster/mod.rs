@@ -51,6 +51,11 @@ pub struct Summary {
     pub certificates: Vec<CertSummary>,
     /// Whether it takes pushed certificates.
     pub sync_certificates: bool,
+    /// When it was made: the sending process's start (Unix nanoseconds) and a count, so that
+    /// a slow answer never replaces a newer summary (a restarted node counts from a later
+    /// start).
+    #[serde(default)]
+    pub seq: (u64, u64),
 }
 
 /// One `[[tls.certificate]]`, in order.
@@ -92,6 +97,7 @@ impl Summary {
                 .cluster
                 .as_ref()
                 .is_some_and(|c| c.get_ref().sync_certificates),
+            seq: (0, 0),
         })
     }
 }
@@ -117,9 +123,19 @@ struct Shared {
     refused: AtomicU64,
     /// When a refused connection was last logged (one line a second at most).
     refused_logged: Mutex<Option<Instant>>,
-    /// One push applied at a time.
-    applying: tokio::sync::Mutex<()>,
+    /// One push applied at a time (held by the blocking task that applies it).
+    applying: Arc<tokio::sync::Mutex<()>>,
+    /// This process's start, and the summaries made since: [`Summary::seq`].
+    epoch: u64,
+    made: AtomicU64,
 }
+
+/// A push the peer refused or that failed, not sent again for [`RETRY_PUSH`] unless either
+/// side's certificate changes: (index, our fingerprints, theirs) and when.
+type FailedPush = (usize, Vec<String>, Vec<String>, Instant);
+
+/// How long a failed push waits before the same files are sent again.
+pub const RETRY_PUSH: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
 struct PeerState {
@@ -130,6 +146,7 @@ struct PeerState {
     /// The drift last logged (sections), to log changes only.
     logged_drift: Option<Vec<String>>,
     sync: CertSyncStatus,
+    failed_pushes: Vec<FailedPush>,
 }
 
 impl Cluster {
@@ -174,7 +191,11 @@ impl Cluster {
                 kick,
                 refused: AtomicU64::new(0),
                 refused_logged: Mutex::new(None),
-                applying: tokio::sync::Mutex::new(()),
+                applying: Arc::new(tokio::sync::Mutex::new(())),
+                epoch: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+                made: AtomicU64::new(0),
             }),
             listener: std::sync::Mutex::new(Some(listener)),
         })))
@@ -234,6 +255,8 @@ impl Cluster {
     /// What this node knows of its peers, compared with `ours` (its digests now).
     pub fn status(&self, ours: Option<&Parity>) -> ClusterStatus {
         let s = &self.shared;
+        // Digests older than this are not trusted as the peer's now.
+        let stale = s.settings.exchange_interval.0 * 2 + s.settings.timeout.0;
         let peers = s.peers.lock().unwrap_or_else(|e| e.into_inner());
         let peers: Vec<ClusterPeerStatus> = s
             .settings
@@ -241,7 +264,9 @@ impl Cluster {
             .iter()
             .zip(peers.iter())
             .map(|(p, st)| {
-                let drift: Vec<DriftStatus> = match (&st.theirs, ours) {
+                let fresh = st.heard.is_some_and(|h| h.elapsed() <= stale);
+                let theirs = st.theirs.as_ref().filter(|_| fresh);
+                let drift: Vec<DriftStatus> = match (theirs, ours) {
                     (Some(t), Some(o)) => o
                         .drift(&t.parity)
                         .into_iter()
@@ -255,7 +280,7 @@ impl Cluster {
                         .collect(),
                     _ => Vec::new(),
                 };
-                let parity = match (&st.theirs, ours) {
+                let parity = match (theirs, ours) {
                     (Some(_), Some(_)) if drift.is_empty() => "in parity".to_string(),
                     (Some(_), Some(_)) => format!(
                         "drift: {}",
@@ -264,6 +289,10 @@ impl Cluster {
                             .map(|d| d.section.as_str())
                             .collect::<Vec<_>>()
                             .join(", ")
+                    ),
+                    (None, _) if st.heard.is_some() => format!(
+                        "unknown (last heard {} s ago)",
+                        st.heard.map_or(0, |h| h.elapsed().as_secs())
                     ),
                     _ => "unknown".to_string(),
                 };
@@ -332,7 +361,13 @@ pub async fn ask(cfg: &Config, peer: &str) -> anyhow::Result<Summary> {
         })?;
     let creds = Credentials::load(c, &cfg.node.name)?;
     let (code, body) = creds
-        .request(p, Method::GET, "/v1/parity", Vec::new())
+        .request(
+            p,
+            Method::GET,
+            "/v1/parity",
+            Vec::new(),
+            channel::Wait::Exchange,
+        )
         .await?;
     if code != StatusCode::OK {
         anyhow::bail!(
@@ -351,7 +386,9 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        Summary::of(&cfg).context("computing this node's digests")
+        let mut s = Summary::of(&cfg).context("computing this node's digests")?;
+        s.seq = (self.epoch, self.made.fetch_add(1, Ordering::Relaxed));
+        Ok(s)
     }
 
     /// Exchanges with peer `i` now and then, until the runtime stops.
@@ -376,7 +413,13 @@ impl Shared {
             let body = serde_json::to_vec(&ours)?;
             let (code, answer) = self
                 .creds
-                .request(peer, Method::POST, "/v1/exchange", body)
+                .request(
+                    peer,
+                    Method::POST,
+                    "/v1/exchange",
+                    body,
+                    channel::Wait::Exchange,
+                )
                 .await?;
             if code != StatusCode::OK {
                 anyhow::bail!(
@@ -435,6 +478,10 @@ impl Shared {
         }
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut peers[i];
+        if st.theirs.as_ref().is_some_and(|t| t.seq > theirs.seq) {
+            // A slow answer: what arrived meanwhile is newer.
+            return Ok(());
+        }
         if let Some(ours) = ours {
             let drift: Vec<String> = ours
                 .drift(&theirs.parity)
@@ -465,19 +512,22 @@ impl Shared {
                 .as_ref()
                 .map_or_else(Vec::new, |t| t.certificate.clone())
         };
-        for (index, mine) in ours.certificates.iter().enumerate() {
-            let Some(t) = theirs.certificates.get(index) else {
-                continue;
-            };
-            if t.names != mine.names
-                || t.certificate == mine.certificate
-                || t.not_after >= mine.not_after
-            {
-                continue;
-            }
+        for index in newer(ours, theirs) {
+            let (mine, t) = (&ours.certificates[index], &theirs.certificates[index]);
             let Some(entry) = entries.get(index) else {
                 continue;
             };
+            let tried = {
+                let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                let failed = &mut peers[i].failed_pushes;
+                failed.retain(|f| f.3.elapsed() < RETRY_PUSH);
+                failed
+                    .iter()
+                    .any(|f| f.0 == index && f.1 == mine.certificate && f.2 == t.certificate)
+            };
+            if tried {
+                continue;
+            }
             let what = format!("tls.certificate[{index}] ({})", mine.names.join(", "));
             let outcome = async {
                 let push = Push::read(index, entry)?;
@@ -488,6 +538,7 @@ impl Shared {
                         Method::POST,
                         "/v1/certificate",
                         serde_json::to_vec(&push)?,
+                        channel::Wait::Push,
                     )
                     .await?;
                 let o: Outcome = serde_json::from_slice(&body).with_context(|| {
@@ -507,6 +558,14 @@ impl Shared {
                 warn!(peer = %peer.name, "cluster: pushing {what} to {}: {:?}: {}", peer.name, outcome.verdict, outcome.message);
             }
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if !ok {
+                peers[i].failed_pushes.push((
+                    index,
+                    mine.certificate.clone(),
+                    t.certificate.clone(),
+                    Instant::now(),
+                ));
+            }
             let sync = &mut peers[i].sync;
             if ok {
                 sync.pushed += 1;
@@ -548,6 +607,11 @@ impl Shared {
                     }
                 };
                 let ours = self.local();
+                // This node has a newer certificate for the caller (it was down during a
+                // renewal): push it now, not at the next interval.
+                let push = self.settings.sync_certificates
+                    && theirs.sync_certificates
+                    && ours.as_ref().is_ok_and(|o| !newer(o, &theirs).is_empty());
                 if let Err(e) = self.heard(i, theirs, ours.as_ref().ok().map(|o| &o.parity)) {
                     warn!(peer = %req.peer, "cluster: exchange from {} refused: {e}", req.peer);
                     return (StatusCode::BAD_REQUEST, e.into_bytes());
@@ -556,7 +620,7 @@ impl Shared {
                 // certificates may need a push), not at the next interval.
                 let unreachable =
                     !self.peers.lock().unwrap_or_else(|e| e.into_inner())[i].reachable;
-                if unreachable {
+                if unreachable || push {
                     self.kick[i].notify_one();
                 }
                 summary(ours)
@@ -586,20 +650,22 @@ impl Shared {
 
     async fn receive(&self, i: usize, push: Push) -> Outcome {
         let peer = self.settings.peers[i].name.clone();
-        let _one = self.applying.lock().await;
+        let one = self.applying.clone().lock_owned().await;
         let cfg = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let (sync_on, tls) = (self.settings.sync_certificates, self.tls.clone());
+        // The pusher's path as it sent it: quoted, so it cannot forge a log line.
         let what = format!(
-            "tls.certificate[{}] ({} on {peer})",
-            push.index,
-            push.cert.display()
+            "tls.certificate[{}] ({:?} on {peer})",
+            push.index, push.cert
         );
         let from = peer.clone();
         let outcome = tokio::task::spawn_blocking(move || {
+            // Held until the files are written and loaded, even if the pusher hangs up.
+            let _one = one;
             sync::apply(&push, &cfg, sync_on, tls.as_deref(), &from)
         })
         .await
@@ -649,6 +715,22 @@ fn verdict_name(v: &Verdict) -> &'static str {
         Verdict::Refused => "refused",
         Verdict::Failed => "failed",
     }
+}
+
+/// The places in `[[tls.certificate]]` where `ours` holds a newer certificate than `theirs`
+/// for the same names: what this node pushes.
+fn newer(ours: &Summary, theirs: &Summary) -> Vec<usize> {
+    ours.certificates
+        .iter()
+        .zip(&theirs.certificates)
+        .enumerate()
+        .filter(|(_, (mine, t))| {
+            t.names == mine.names
+                && t.certificate != mine.certificate
+                && t.not_after < mine.not_after
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Resolves when `rx` sees a new value; never when there is none.

@@ -6,10 +6,12 @@
 //! the same certificates in the same order) and by the DNS names it carries, which must be
 //! those of the certificate the receiver serves there: the files may live at other paths on
 //! each node, and a renewal that changes the names is refused (copy that one by hand). The
-//! receiving side decides with the readers the proxy
-//! itself loads certificates with ([`CertFacts::read`], [`crate::proxy::tls::build`]): the
-//! pushed files are written next to the targets under temporary names and loaded from there
-//! first, so a push is refused for exactly what would make a reload fail.
+//! receiving side decides in memory first (names, fingerprints, expiry, and that the pushed
+//! certificate chains to this host's roots or to the chain it serves now), then with the
+//! loader the proxy itself uses ([`crate::proxy::tls::build`]): the changed files are written
+//! next to the targets under temporary names and the whole `[tls]` section is built from
+//! them, so a push is refused for exactly what would make a reload fail. Only files whose
+//! contents change are written, and never one another certificate or `[cluster]` reads.
 use std::{
     io::Write as _,
     os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
@@ -46,7 +48,8 @@ pub enum Verdict {
     Unchanged,
     /// Not taken: files and service as they were.
     Refused,
-    /// Taken but could not be put in place; the old files were put back.
+    /// Taken but could not be put in place; the message says whether the old files could be
+    /// put back.
     Failed,
 }
 
@@ -118,23 +121,117 @@ pub fn apply(
         }
         _ => {}
     }
-    let current = CertFacts::read(entry).ok();
-    // The pushed files, next to the ones they replace.
-    let mut staged = Staged::default();
-    let targets: Vec<(PathBuf, &str, bool)> = [
-        Some((entry.cert.clone(), push.certificate.as_str(), false)),
+    // What is served here, read from the files it was loaded from.
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+    let current = (|| {
+        let cert = read(&entry.cert)?;
+        let chain = entry.chain.as_deref().map(read).transpose()?;
+        let key = read(&entry.key)?;
+        let facts = CertFacts::read(entry).map_err(|e| format!("{e:#}"))?;
+        Ok::<_, String>((cert, chain, key, facts))
+    })();
+    let (cur_cert, cur_chain, cur_key, cur) = match current {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::refused(format!(
+                "tls.certificate[{index}] here cannot be read ({e}): a push replaces only files it can compare with; fix them by hand"
+            ))
+        }
+    };
+    // The push, in memory: nothing is written before it is known to be wanted.
+    let new = match CertFacts::parse(
+        push.certificate.as_bytes(),
+        push.chain.as_deref().map(str::as_bytes),
+        "the pushed certificate",
+        Some("the pushed chain"),
+    ) {
+        Ok(f) => f,
+        Err(e) => return Outcome::refused(format!("{e:#}")),
+    };
+    if cur.names != new.names {
+        return Outcome::refused(format!(
+            "tls.certificate[{index}] ({}) here is for {:?}, the pushed one for {:?}",
+            entry.cert.display(),
+            cur.names,
+            new.names
+        ));
+    }
+    if cur.certificate == new.certificate && cur.chain == new.chain {
+        return Outcome {
+            verdict: Verdict::Unchanged,
+            message: format!("{} is served here already", entry.cert.display()),
+        };
+    }
+    if new.not_after < cur.not_after {
+        return Outcome::refused(format!(
+            "older than the certificate in this node's files: notAfter {} < {}",
+            date(new.not_after),
+            date(cur.not_after)
+        ));
+    }
+    if let Err(e) = issued(push, &cur_cert, cur_chain.as_deref(), &new.names) {
+        return Outcome::refused(e);
+    }
+    // The files that change, each written only where no other certificate reads it.
+    let changes: Vec<(PathBuf, &[u8], bool)> = [
+        (
+            entry.cert.clone(),
+            push.certificate.as_bytes(),
+            cur_cert.as_slice(),
+            false,
+        ),
+        (
+            entry.key.clone(),
+            push.key.as_bytes(),
+            cur_key.as_slice(),
+            true,
+        ),
+    ]
+    .into_iter()
+    .chain(
         entry
             .chain
             .clone()
             .zip(push.chain.as_deref())
-            .map(|(p, t)| (p, t, false)),
-        Some((entry.key.clone(), push.key.as_str(), true)),
-    ]
-    .into_iter()
-    .flatten()
+            .zip(cur_chain.as_deref())
+            .map(|((p, new), old)| (p, new.as_bytes(), old, false)),
+    )
+    .filter(|(_, new, old, _)| new != old)
+    .map(|(p, new, _, secret)| (p, new, secret))
     .collect();
-    for (path, text, secret) in &targets {
-        if let Err(e) = staged.stage(path, text.as_bytes(), *secret) {
+    let mut others: Vec<(String, PathBuf)> = Vec::new();
+    for (j, c) in tls
+        .certificate
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != index)
+    {
+        for p in [Some(&c.cert), Some(&c.key), c.chain.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            others.push((format!("tls.certificate[{j}]"), p.clone()));
+        }
+    }
+    if let Some(c) = &cfg.cluster {
+        let c = c.get_ref();
+        others.push(("cluster.cert".into(), c.cert.clone()));
+        others.push(("cluster.key".into(), c.key.clone()));
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    for (p, _, _) in &changes {
+        if let Some((who, _)) = others.iter().find(|(_, o)| real(o) == real(p)) {
+            return Outcome::refused(format!(
+                "{} is also read by {who}: a push does not change a shared file",
+                p.display()
+            ));
+        }
+    }
+    // Files read, written and loaded under the store's gate: no reload in between.
+    let gate = store.gate();
+    let mut staged = Staged::default();
+    for (path, bytes, secret) in &changes {
+        if let Err(e) = staged.stage(path, bytes, *secret) {
             return Outcome::refused(format!("writing next to {}: {e}", path.display()));
         }
     }
@@ -144,63 +241,28 @@ pub fn apply(
         key: temp(&entry.key),
         chain: entry.chain.as_deref().map(temp),
     };
-    // Messages name the configured files, not the temporary ones.
-    let named = |m: String| staged.rename_in_message(m);
-    let new = match CertFacts::read(&trial) {
-        Ok(f) => f,
-        Err(e) => return Outcome::refused(named(format!("{e:#}"))),
-    };
-    if let Some(cur) = &current {
-        if cur.names != new.names {
-            return Outcome::refused(format!(
-                "tls.certificate[{index}] ({}) here is for {:?}, the pushed one for {:?}",
-                entry.cert.display(),
-                cur.names,
-                new.names
-            ));
-        }
-        if cur.certificate == new.certificate && cur.chain == new.chain {
-            return Outcome {
-                verdict: Verdict::Unchanged,
-                message: format!("{} is served here already", entry.cert.display()),
-            };
-        }
-        if new.not_after < cur.not_after {
-            return Outcome::refused(format!(
-                "older than the certificate served here: notAfter {} < {}",
-                date(new.not_after),
-                date(cur.not_after)
-            ));
-        }
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    if new.not_after <= now {
-        return Outcome::refused(format!("expired on {}", date(new.not_after)));
-    }
-    // The whole [tls] section with this certificate's files replaced: what a reload would build.
+    // The whole [tls] section with this certificate's files replaced: what a reload would
+    // build. Messages name the configured files, not the temporary ones.
     let mut trial_tls = tls.clone();
-    if let Some(c) = trial_tls.certificate.get_mut(index) {
-        *c = trial.clone();
-    }
+    trial_tls.certificate[index] = trial;
     if let Err(e) = crate::proxy::tls::build(&trial_tls) {
-        return Outcome::refused(named(format!("{e:#}")));
+        return Outcome::refused(staged.rename_in_message(format!("{e:#}")));
     }
     if let Err(e) = staged.commit() {
         return Outcome {
             verdict: Verdict::Failed,
-            message: format!("{e}; the old files were put back"),
+            message: e,
         };
     }
-    if !store.reload(&format!("certificate sync from {from}")) {
+    if !store.reload_gated(&gate, &format!("certificate sync from {from}")) {
         let back = staged.restore();
-        store.reload("certificate sync undone");
+        store.reload_gated(&gate, "certificate sync undone");
         return Outcome {
             verdict: Verdict::Failed,
             message: format!(
-                "the new files did not load; the old ones were put back{}",
-                back.err().map_or(String::new(), |e| format!(" (but: {e})"))
+                "the new files did not load; {}",
+                back.err()
+                    .unwrap_or_else(|| "the old ones were put back".to_string())
             ),
         };
     }
@@ -212,6 +274,67 @@ pub fn apply(
             date(new.not_after)
         ),
     }
+}
+
+/// Whether the pushed certificate is valid now and chains, through the pushed chain, to a
+/// public root of this host or to a certificate of the chain served here now (a private CA's
+/// intermediate): a node cannot hand its peers a certificate no client would take, such as a
+/// self-signed one that then wins every comparison by its notAfter.
+fn issued(
+    push: &Push,
+    cur_cert: &[u8],
+    cur_chain: Option<&[u8]>,
+    names: &[String],
+) -> Result<(), String> {
+    use rustls::{
+        client::danger::ServerCertVerifier as _,
+        pki_types::{pem::PemObject as _, CertificateDer, ServerName, UnixTime},
+    };
+    let ders = |pem: &[u8]| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .collect()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots.add_parsable_certificates(ders(cur_cert).into_iter().skip(1));
+    if let Some(c) = cur_chain {
+        roots.add_parsable_certificates(ders(c));
+    }
+    if roots.is_empty() {
+        return Err("no trust anchor to check the pushed certificate with (no system roots, no chain served here)".into());
+    }
+    let mut pushed = ders(push.certificate.as_bytes());
+    if pushed.is_empty() {
+        return Err("the pushed certificate: no PEM certificate in it".into());
+    }
+    let leaf = pushed.remove(0);
+    pushed.extend(
+        push.chain
+            .as_deref()
+            .map(|c| ders(c.as_bytes()))
+            .unwrap_or_default(),
+    );
+    let Some(name) = names.first() else {
+        return Err("the pushed certificate names no DNS name".into());
+    };
+    let name = match name.strip_prefix("*.") {
+        Some(rest) => format!("hapd-sync-check.{rest}"),
+        None => name.clone(),
+    };
+    let server = ServerName::try_from(name.clone()).map_err(|e| format!("{name}: {e}"))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| format!("{e}"))?;
+    verifier
+        .verify_server_cert(&leaf, &pushed, &server, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| {
+            format!("the pushed certificate does not verify (against this host's roots and the chain served here): {e}")
+        })
 }
 
 /// `secs` since the epoch as an RFC 3339 date.
@@ -247,7 +370,12 @@ impl Staged {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.hapd-sync.{}", std::process::id()));
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let tmp = dir.join(format!(
+            ".{name}.hapd-sync.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let old = std::fs::metadata(&real).ok();
         let mode = old
             .as_ref()
@@ -285,17 +413,22 @@ impl Staged {
         m
     }
 
-    /// Renames every temporary file over its target; if one fails, the ones already renamed
-    /// get their old contents back.
+    /// Renames every temporary file over its target; if one fails, the ones not renamed are
+    /// removed and the ones already renamed get their old contents back.
     fn commit(&mut self) -> Result<(), String> {
         for i in 0..self.files.len() {
             let (p, real, tmp, _) = &self.files[i];
             if let Err(e) = std::fs::rename(tmp, real) {
                 let msg = format!("replacing {}: {e}", p.display());
+                for (_, _, t, _) in &self.files[i..] {
+                    let _ = std::fs::remove_file(t);
+                }
                 self.files.truncate(i);
                 self.committed = true;
-                let _ = self.restore();
-                return Err(msg);
+                return Err(match self.restore() {
+                    Ok(()) => format!("{msg}; the old files were put back"),
+                    Err(back) => format!("{msg}; and {back}"),
+                });
             }
             if let Some(dir) = real.parent() {
                 let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());

@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    channel::{Credentials, Incoming},
+    channel::{Credentials, Incoming, Wait},
     sync::{apply, Push, Verdict},
 };
 use crate::{
@@ -103,6 +103,11 @@ fn jan1(year: i32) -> i64 {
 
 /// A proxy node's config with one certificate (and its chain) in `d`.
 fn site(d: &Dir, sync: bool) -> Config {
+    site_with(d, sync, "")
+}
+
+/// [`site`] with more `[[tls.certificate]]` tables after the first.
+fn site_with(d: &Dir, sync: bool, more: &str) -> Config {
     let text = format!(
         r#"
 [node]
@@ -113,7 +118,7 @@ name = "proxy02"
 cert = "{cert}"
 key = "{key}"
 chain = "{chain}"
-
+{more}
 [[listener]]
 name = "https"
 bind = ["198.18.0.100:443"]
@@ -147,9 +152,13 @@ sync_certificates = {sync}
 
 /// A node serving a certificate valid until 2030, its key readable by its owner only.
 fn serving(tag: &str) -> (Dir, Ca, Config, TlsStore) {
+    serving_until(tag, 2030)
+}
+
+fn serving_until(tag: &str, until: i32) -> (Dir, Ca, Config, TlsStore) {
     let d = Dir::new(tag);
     let ca = Ca::new("web CA");
-    let (c, k) = ca.leaf(&["www.example"], 2030);
+    let (c, k) = ca.leaf(&["www.example"], until);
     d.write("site.crt", &c);
     let key = d.write("site.key", &k);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -219,13 +228,19 @@ fn a_bad_push_leaves_files_and_service_as_they_were() {
             "an older certificate",
             push(&d, &ca, ca.leaf(&["www.example"], 2029)),
             true,
-            "older than the certificate served here",
+            "older than the certificate in this node's files",
         ),
         (
-            "an expired one",
-            push(&d, &ca, ca.leaf(&["www.example"], 2021)),
+            "a self-signed one, newer",
+            {
+                let other = Ca::new("a CA no client knows");
+                Push {
+                    chain: Some(other.pem()),
+                    ..push(&d, &ca, other.leaf(&["www.example"], 2099))
+                }
+            },
             true,
-            "older than the certificate served here",
+            "does not verify",
         ),
         (
             "no PEM in it",
@@ -326,6 +341,97 @@ fn a_certificate_reached_through_a_symlink_is_replaced_where_the_link_leads() {
     assert_eq!(store.certificates()[0].not_after, jan1(2031));
 }
 
+#[test]
+fn an_expired_certificate_is_refused_even_when_newer() {
+    let (d, ca, cfg, store) = serving_until("expired", 2021);
+    let o = apply(
+        &push(&d, &ca, ca.leaf(&["www.example"], 2022)),
+        &cfg,
+        true,
+        Some(&store),
+        "proxy01",
+    );
+    assert_eq!(o.verdict, Verdict::Refused, "{o:?}");
+    assert!(
+        o.message.contains("does not verify") && o.message.to_lowercase().contains("expired"),
+        "{}",
+        o.message
+    );
+}
+
+#[test]
+fn only_changed_files_are_written_and_never_a_shared_one() {
+    let (d, ca, _, _) = serving("shared");
+    // A second certificate that reads the same chain file.
+    let (c2, k2) = ca.leaf(&["api.example"], 2030);
+    d.write("api.crt", &c2);
+    d.write("api.key", &k2);
+    let more = format!(
+        "[[tls.certificate]]\ncert = \"{}\"\nkey = \"{}\"\nchain = \"{}\"\n",
+        d.path("api.crt").display(),
+        d.path("api.key").display(),
+        d.path("chain.crt").display()
+    );
+    let cfg = site_with(&d, true, &more);
+    let store = TlsStore::new(cfg.tls.as_ref().unwrap()).unwrap();
+    // Another chain (the same CA, written differently) would be written over the shared file.
+    let p = Push {
+        chain: Some(format!("{}\n", ca.pem())),
+        ..push(&d, &ca, ca.leaf(&["www.example"], 2031))
+    };
+    let o = apply(&p, &cfg, true, Some(&store), "proxy01");
+    assert_eq!(o.verdict, Verdict::Refused, "{o:?}");
+    assert!(
+        o.message.contains("is also read by tls.certificate[1]"),
+        "{}",
+        o.message
+    );
+    // The same chain: only the certificate and the key are written.
+    use std::os::unix::fs::MetadataExt as _;
+    let chain_inode = std::fs::metadata(d.path("chain.crt")).unwrap().ino();
+    let renewed = ca.leaf(&["www.example"], 2031);
+    let o = apply(
+        &push(&d, &ca, renewed.clone()),
+        &cfg,
+        true,
+        Some(&store),
+        "proxy01",
+    );
+    assert_eq!(o.verdict, Verdict::Applied, "{o:?}");
+    assert_eq!(
+        std::fs::metadata(d.path("chain.crt")).unwrap().ino(),
+        chain_inode
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.path("site.crt")).unwrap(),
+        renewed.0
+    );
+    assert_eq!(
+        store.certificates()[1].not_after,
+        jan1(2030),
+        "the other one untouched"
+    );
+}
+
+#[test]
+fn a_certificate_that_cannot_be_read_here_is_not_replaced() {
+    let (d, ca, cfg, store) = serving("unreadable");
+    std::fs::write(d.path("site.crt"), "garbage").unwrap();
+    let o = apply(
+        &push(&d, &ca, ca.leaf(&["www.example"], 2031)),
+        &cfg,
+        true,
+        Some(&store),
+        "proxy01",
+    );
+    assert_eq!(o.verdict, Verdict::Refused, "{o:?}");
+    assert!(o.message.contains("cannot be read"), "{}", o.message);
+    assert_eq!(
+        std::fs::read_to_string(d.path("site.crt")).unwrap(),
+        "garbage"
+    );
+}
+
 /// A node's `[cluster]` with its certificate in `d`.
 fn member(
     d: &Dir,
@@ -382,6 +488,11 @@ fn the_channel_serves_configured_peers_and_refuses_everyone_else() {
                 address: any,
             }],
         );
+        // A short handshake limit, for the silent client below.
+        let server = Cluster {
+            timeout: Dur(std::time::Duration::from_millis(300)),
+            ..server
+        };
         let creds = Arc::new(Credentials::load(&server, &name).unwrap());
         let refused = Arc::new(Mutex::new(Vec::<String>::new()));
         let seen = refused.clone();
@@ -410,7 +521,13 @@ fn the_channel_serves_configured_peers_and_refuses_everyone_else() {
         // The peer.
         let peer = client("proxy02", &ca_file, ca.leaf(&["proxy02"], 2099));
         let (code, body) = peer
-            .request(&me, hyper::Method::GET, "/v1/parity", Vec::new())
+            .request(
+                &me,
+                hyper::Method::GET,
+                "/v1/parity",
+                Vec::new(),
+                Wait::Exchange,
+            )
             .await
             .unwrap();
         assert_eq!(code, hyper::StatusCode::OK);
@@ -418,13 +535,25 @@ fn the_channel_serves_configured_peers_and_refuses_everyone_else() {
         // A node of the cluster that is not this node's peer.
         let third = client("proxy03", &ca_file, ca.leaf(&["proxy03"], 2099));
         let r = third
-            .request(&me, hyper::Method::GET, "/v1/parity", Vec::new())
+            .request(
+                &me,
+                hyper::Method::GET,
+                "/v1/parity",
+                Vec::new(),
+                Wait::Exchange,
+            )
             .await;
         assert!(r.is_err(), "a node that is no peer was answered: {r:?}");
         // A peer's name from another CA (it trusts both, so it gets as far as the server).
         let forged = client("proxy02", &both, rogue.leaf(&["proxy02"], 2099));
         let r = forged
-            .request(&me, hyper::Method::POST, "/v1/certificate", b"{}".to_vec())
+            .request(
+                &me,
+                hyper::Method::POST,
+                "/v1/certificate",
+                b"{}".to_vec(),
+                Wait::Exchange,
+            )
             .await;
         assert!(
             r.is_err(),
@@ -458,13 +587,56 @@ fn the_channel_serves_configured_peers_and_refuses_everyone_else() {
             "answered without a certificate: {}",
             String::from_utf8_lossy(&buf)
         );
+        // A peer's certificate from an address that is no peer's.
+        let (c, n) = member(
+            &d,
+            &ca_file,
+            "proxy02",
+            ca.leaf(&["proxy02"], 2099),
+            "127.0.0.3:0".parse().unwrap(),
+            vec![me.clone()],
+        );
+        let elsewhere = Credentials::load(&c, &n).unwrap();
+        let r = elsewhere
+            .request(
+                &me,
+                hyper::Method::GET,
+                "/v1/parity",
+                Vec::new(),
+                Wait::Exchange,
+            )
+            .await;
+        assert!(r.is_err(), "answered from another address: {r:?}");
+        // A client that never starts its handshake is dropped after the server's timeout.
+        let mut silent = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(3), silent.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "still open: {closed:?}"
+        );
+        // A body over the limit is not handed on.
+        let (code, body) = peer
+            .request(
+                &me,
+                hyper::Method::POST,
+                "/v1/certificate",
+                vec![b'x'; (1 << 20) + 1],
+                Wait::Exchange,
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, hyper::StatusCode::BAD_REQUEST, "{body:?}");
         // The server said why, each time.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let why = refused.lock().unwrap().clone();
-        assert_eq!(why.len(), 3, "{why:?}");
+        assert_eq!(why.len(), 5, "{why:?}");
         assert!(why[0].contains("no configured peer"), "{why:?}");
         assert!(why[1].contains("TLS handshake"), "{why:?}");
         assert!(why[2].contains("TLS handshake"), "{why:?}");
+        assert!(why[3].contains("not a peer's address"), "{why:?}");
+        assert!(why[4].contains("no handshake within 300ms"), "{why:?}");
     });
 }
 

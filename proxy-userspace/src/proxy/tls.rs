@@ -214,7 +214,14 @@ pub struct TlsStore {
     replaced: tokio::sync::Notify,
     /// Counts the replacements, for any number of watchers (the cluster's certificate sync).
     generation: tokio::sync::watch::Sender<u64>,
+    /// Held from reading the files to swapping in what was built from them (a reload, a
+    /// config reload, a pushed certificate written and loaded), so that one of them never
+    /// swaps in a configuration older than another's.
+    gate: std::sync::Mutex<()>,
 }
+
+/// Held while files are read and the result swapped in (see [`TlsStore::gate`]).
+pub type Gate<'a> = std::sync::MutexGuard<'a, ()>;
 
 /// The `[tls]` section in use, its files with their last seen stamps, and what they held.
 struct Loaded {
@@ -224,15 +231,24 @@ struct Loaded {
     certs: Vec<CertInfo>,
 }
 
+/// The certificate, key and chain files `tls` names.
+fn files_of(tls: &Tls) -> Vec<PathBuf> {
+    tls.certificate
+        .iter()
+        .flat_map(|c| [Some(c.cert.clone()), Some(c.key.clone()), c.chain.clone()])
+        .flatten()
+        .collect()
+}
+
+/// The files' stamps now, taken before they are read for a build: a file written during the
+/// build then differs from what is recorded, and the next look loads it.
+pub fn stamps(tls: &Tls) -> Vec<Option<(SystemTime, u64)>> {
+    files_of(tls).iter().map(|f| stamp(f)).collect()
+}
+
 impl Loaded {
-    fn new(tls: &Tls, certs: Vec<CertInfo>) -> Loaded {
-        let files: Vec<PathBuf> = tls
-            .certificate
-            .iter()
-            .flat_map(|c| [Some(c.cert.clone()), Some(c.key.clone()), c.chain.clone()])
-            .flatten()
-            .collect();
-        let stamps = files.iter().map(|f| stamp(f)).collect();
+    fn new(tls: &Tls, certs: Vec<CertInfo>, stamps: Vec<Option<(SystemTime, u64)>>) -> Loaded {
+        let files = files_of(tls);
         Loaded {
             tls: tls.clone(),
             files,
@@ -253,9 +269,10 @@ impl TlsStore {
         info!(names = ?resolver.names, "TLS certificates loaded");
         Ok(TlsStore {
             current: ArcSwap::from_pointee(cfg),
-            state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone())),
+            state: std::sync::Mutex::new(Loaded::new(tls, resolver.certs.clone(), stamps(tls))),
             replaced: tokio::sync::Notify::new(),
             generation: tokio::sync::watch::Sender::new(0),
+            gate: std::sync::Mutex::new(()),
         })
     }
 
@@ -302,24 +319,26 @@ impl TlsStore {
         true
     }
 
+    /// Taken by whoever reads the files and swaps in what it built (see the field).
+    pub fn gate(&self) -> Gate<'_> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Rebuilds from the files; on success swaps it in, else keeps the running one.
     pub fn reload(&self, why: &str) -> bool {
-        // The files' stamps from before they are read: a write while they are read leaves
-        // a difference for the next look, instead of being taken as loaded.
-        let Ok((tls, before)) = self.state.lock().map(|s| {
-            let now: Vec<_> = s.files.iter().map(|f| stamp(f)).collect();
-            (s.tls.clone(), now)
-        }) else {
+        let gate = self.gate();
+        self.reload_gated(&gate, why)
+    }
+
+    /// [`TlsStore::reload`] for a caller that holds the gate.
+    pub fn reload_gated(&self, _gate: &Gate<'_>, why: &str) -> bool {
+        let Ok(tls) = self.state.lock().map(|s| s.tls.clone()) else {
             return false;
         };
+        let before = stamps(&tls);
         match build(&tls) {
             Ok(built) => {
-                self.replace(&tls, built, why);
-                if let Ok(mut st) = self.state.lock() {
-                    if st.stamps.len() == before.len() {
-                        st.stamps = before;
-                    }
-                }
+                self.replace(_gate, &tls, built, before, why);
                 true
             }
             Err(e) => {
@@ -329,11 +348,19 @@ impl TlsStore {
         }
     }
 
-    /// Swaps in a configuration built from `tls` (a config reload may name other files).
-    pub fn replace(&self, tls: &Tls, (cfg, resolver): (Configs, Arc<SniResolver>), why: &str) {
+    /// Swaps in a configuration built from `tls` (a config reload may name other files), whose
+    /// files had the stamps `before` when the build read them.
+    pub fn replace(
+        &self,
+        _gate: &Gate<'_>,
+        tls: &Tls,
+        (cfg, resolver): (Configs, Arc<SniResolver>),
+        before: Vec<Option<(SystemTime, u64)>>,
+        why: &str,
+    ) {
         self.current.store(Arc::new(cfg));
         if let Ok(mut st) = self.state.lock() {
-            *st = Loaded::new(tls, resolver.certs.clone());
+            *st = Loaded::new(tls, resolver.certs.clone(), before);
         }
         self.replaced.notify_one();
         self.generation.send_modify(|g| *g += 1);

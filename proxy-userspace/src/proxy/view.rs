@@ -142,8 +142,14 @@ impl ProxyView {
         if cfg.server != self.fixed.1 {
             bail!("[server] changed: restart hapd to apply it");
         }
+        // Held until the new certificates are swapped in: a certificate reload or a pushed
+        // certificate cannot land between the build and the swap and be undone by it.
+        let gate = self.core.serve.tls.as_ref().map(|s| s.gate());
         let tls = match (&self.core.serve.tls, &cfg.tls) {
-            (Some(_), Some(t)) => Some((t, tls::build(t)?)),
+            (Some(_), Some(t)) => {
+                let before = tls::stamps(t);
+                Some((t, tls::build(t)?, before))
+            }
             (Some(_), None) => bail!("[tls] removed while TLS listeners are open"),
             (None, _) => None,
         };
@@ -158,9 +164,12 @@ impl ProxyView {
             }
         }
         // Nothing can fail from here on.
-        if let (Some(store), Some((t, built))) = (&self.core.serve.tls, tls) {
-            store.replace(t, built, why);
+        if let (Some(store), Some((t, built, before)), Some(gate)) =
+            (&self.core.serve.tls, tls, &gate)
+        {
+            store.replace(gate, t, built, before, why);
         }
+        drop(gate);
         let old_pools = current.routed_pools();
         *current = next;
         for (name, slot) in &self.listeners {
