@@ -232,6 +232,9 @@ pub fn peer_problems(peer: &Status, name: &str) -> Vec<String> {
 pub fn parity_problems(local: &Status, peer: Option<&Status>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     if let Some(c) = &local.cluster {
+        if let Some(e) = &c.error {
+            out.push(format!("the cluster channel does not run here ({e})"));
+        }
         for p in &c.peers {
             if p.parity != "in parity" {
                 let why = match &p.error {

@@ -737,6 +737,8 @@ fn run(config: PathBuf) -> ExitCode {
             proxy: proxy.as_ref().map(|p| p.view.clone()),
             anycast: anycast.as_ref().map(|a| a.view()),
             cluster: None,
+            cluster_error: None,
+            reloading: std::sync::Mutex::new(()),
         },
         control_socket: cfg.node.control_socket.clone(),
         host: upgrade::Host {
@@ -913,11 +915,19 @@ impl Services {
             Ok(c) => c,
             Err(e) if replace => {
                 tracing::error!("{e:#}; running without the cluster channel until a restart");
+                self.admin.cluster_error = Some(format!("{e:#}"));
                 None
             }
             Err(e) => return Err(e),
         };
-        let cluster_offer = cluster.as_ref().map(|c| c.socket()).transpose()?.flatten();
+        let cluster_offer = match cluster.as_ref().map(|c| c.socket()).transpose() {
+            Ok(o) => o.flatten(),
+            Err(e) if replace => {
+                tracing::warn!("cluster: {e:#}; a later upgrade opens the channel anew");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         self.admin.cluster = cluster;
         let admin = admin::start(self.admin_addr, self.admin, inherited)?;
         let mut sockets = vec![(

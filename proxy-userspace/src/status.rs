@@ -38,6 +38,10 @@ pub struct Status {
 /// `[cluster]`: this node's view of the other nodes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
+    /// Why the channel does not run (it could not start after an upgrade): nothing is
+    /// exchanged until a restart.
+    #[serde(default)]
+    pub error: Option<String>,
     pub listen: String,
     /// Every peer has been heard and none differs in any section.
     pub in_parity: bool,

@@ -740,7 +740,46 @@ fn a_renewed_certificate_is_served_by_the_standby_and_a_bad_push_is_refused() {
         .success());
     let later = p.web.leaf_until(&["www.example"], 2033, 1, 1);
     p.write_site(0, &later);
-    std::thread::sleep(Duration::from_millis(500));
+    // Unheard for two intervals and a timeout, the peer's digests count as unknown: no drift
+    // gauges, and a drill is refused.
+    let took = within(
+        "node1's digests going stale on node0",
+        Duration::from_secs(2 * INTERVAL_S + 2 + 5),
+        || {
+            peer_view(&lab, 0)["parity"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("unknown (last heard"))
+        },
+    );
+    eprintln!("stale {took:?} after node1 stopped");
+    assert_eq!(
+        metric(
+            &lab,
+            0,
+            r#"hapd_parity_drift{peer="node1",section="routes"}"#
+        ),
+        None
+    );
+    assert_eq!(metric(&lab, 0, "hapd_cluster_in_parity"), Some(0.0));
+    let sa = cfg_path(&lab, 0);
+    let o = run(
+        &lab,
+        0,
+        &[
+            "drill",
+            "--config",
+            &sa,
+            "--probe",
+            &format!("http://{VIP}:8080/"),
+            "--no-peer-check",
+        ],
+    );
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("node1: unknown (last heard"),
+        "{}",
+        text(&o)
+    );
     let cb = node(&mut lab, &p, 1, 100, "", INTERVAL_S);
     let mut b = lab.start_hapd(1, Path::new(HAPD), &cb).unwrap();
     let took = within(
@@ -749,6 +788,14 @@ fn a_renewed_certificate_is_served_by_the_standby_and_a_bad_push_is_refused() {
         || served(&lab, &p.web, standby).is_ok_and(|d| d == der(&later.0)),
     );
     eprintln!("the restarted standby caught up {took:?} after it was ready");
+    within(
+        "parity with the restarted standby",
+        Duration::from_secs(10),
+        || {
+            peer_view(&lab, 0)["parity"] == "in parity"
+                && peer_view(&lab, 1)["parity"] == "in parity"
+        },
+    );
     stop([&mut a, &mut b]);
     drop(backends);
 }

@@ -60,6 +60,11 @@ pub struct Admin {
     pub anycast: Option<crate::anycast::GroupsView>,
     /// `[cluster]`: served and exchanged on the admin thread.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Why `[cluster]` is configured and does not run.
+    pub cluster_error: Option<String>,
+    /// One reload at a time (SIGHUP and `POST /reload`); `running` is locked only to read it
+    /// and to swap it, so status answers meanwhile.
+    pub reloading: Mutex<()>,
 }
 
 /// The running endpoint; dropping it stops the thread.
@@ -438,6 +443,11 @@ impl Admin {
         }
         if let Some(c) = &self.cluster {
             st.cluster = Some(c.status(st.parity.as_ref()));
+        } else if let Some(e) = &self.cluster_error {
+            st.cluster = Some(crate::status::ClusterStatus {
+                error: Some(e.clone()),
+                ..Default::default()
+            });
         }
         if let Some(p) = &self.proxy {
             let now = SystemTime::now()
@@ -471,14 +481,18 @@ impl Admin {
     /// sections, `[[anycast]]`, `[server]` and the listeners need a restart (one node at a
     /// time).
     pub fn reload(&self, why: &str) -> Result<String, String> {
+        let _one = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let (cfg, warnings) = Config::load(&self.config_path).map_err(|e| format!("{e}"))?;
         for w in &warnings {
             warn!("config: {w}");
         }
-        let mut running = self
+        // A copy: the lock is not held while the proxy builds (a pushed certificate may hold
+        // the TLS store meanwhile, and status must answer).
+        let running = self
             .running
             .lock()
-            .map_err(|_| "the running config is poisoned".to_string())?;
+            .map_err(|_| "the running config is poisoned".to_string())?
+            .clone();
         let mut fixed = Vec::new();
         if cfg.node != running.node {
             fixed.push("[node]".to_string());
@@ -554,8 +568,10 @@ impl Admin {
                 return Err(format!("{e:#}"));
             }
         }
-        *running = cfg;
-        drop(running);
+        *self
+            .running
+            .lock()
+            .map_err(|_| "the running config is poisoned".to_string())? = cfg;
         // The peers learn of the change now, not at the next exchange.
         if let Some(c) = &self.cluster {
             c.reloaded();

@@ -551,7 +551,7 @@ fn cluster(o: &mut Out, c: &crate::status::ClusterStatus) {
         "1 for a section whose digest differs from the peer's, 0 for one that matches (absent until the peer is heard).",
     );
     for p in &c.peers {
-        if p.parity == "unknown" {
+        if p.parity.starts_with("unknown") {
             continue;
         }
         for section in crate::parity::SECTIONS {

@@ -346,7 +346,9 @@ impl Status {
         if let Some(e) = &self.parity_error {
             let _ = writeln!(o, "\nparity digests unavailable: {e}");
         }
-        if let Some(c) = &self.cluster {
+        if let Some(e) = self.cluster.as_ref().and_then(|c| c.error.as_ref()) {
+            let _ = writeln!(o, "\ncluster: NOT RUNNING ({e}); restart hapd to open it");
+        } else if let Some(c) = &self.cluster {
             let _ = writeln!(
                 o,
                 "\ncluster (listen {}, certificate sync {}): {}",

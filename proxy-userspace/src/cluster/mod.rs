@@ -147,6 +147,8 @@ struct PeerState {
     logged_drift: Option<Vec<String>>,
     sync: CertSyncStatus,
     failed_pushes: Vec<FailedPush>,
+    /// When this node last started an exchange with it.
+    started: Option<Instant>,
 }
 
 impl Cluster {
@@ -309,6 +311,7 @@ impl Cluster {
             })
             .collect();
         ClusterStatus {
+            error: None,
             listen: s.settings.listen.to_string(),
             in_parity: peers.iter().all(|p| p.parity == "in parity"),
             sync_certificates: s.settings.sync_certificates,
@@ -401,13 +404,23 @@ impl Shared {
                 _ = tokio::time::sleep(self.settings.exchange_interval.0) => {}
                 r = now.changed() => if r.is_err() { return },
                 _ = changed(&mut certs) => {}
-                _ = self.kick[i].notified() => {}
+                _ = self.kick[i].notified() => {
+                    // A kick comes from the peer's own call: at most one exchange per
+                    // `timeout` that way, so two nodes never wake each other in a loop.
+                    let since = self.peers.lock().unwrap_or_else(|e| e.into_inner())[i]
+                        .started
+                        .map_or(Duration::MAX, |s| s.elapsed());
+                    if let Some(wait) = self.settings.timeout.0.checked_sub(since) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
         }
     }
 
     async fn exchange(&self, i: usize) {
         let peer = &self.settings.peers[i];
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())[i].started = Some(Instant::now());
         let result = async {
             let ours = self.local()?;
             let body = serde_json::to_vec(&ours)?;
@@ -460,7 +473,8 @@ impl Shared {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut peers[i];
         if st.reachable || st.error.as_ref() != Some(&why) {
-            warn!(peer = %peer.name, "cluster: exchange with {} failed: {why}", peer.name);
+            // Quoted: the peer's answer is in it.
+            warn!(peer = %peer.name, "cluster: exchange with {} failed: {why:?}", peer.name);
         }
         st.reachable = false;
         st.error = Some(why);
@@ -478,7 +492,13 @@ impl Shared {
         }
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let st = &mut peers[i];
-        if st.theirs.as_ref().is_some_and(|t| t.seq > theirs.seq) {
+        // Counts compare within one process of the peer; another start (whatever its clock
+        // says) is newer.
+        if st
+            .theirs
+            .as_ref()
+            .is_some_and(|t| t.seq.0 == theirs.seq.0 && t.seq.1 > theirs.seq.1)
+        {
             // A slow answer: what arrived meanwhile is newer.
             return Ok(());
         }
@@ -553,9 +573,9 @@ impl Shared {
             });
             let ok = matches!(outcome.verdict, Verdict::Applied | Verdict::Unchanged);
             if ok {
-                info!(peer = %peer.name, "cluster: pushed {what} to {}: {:?}: {}", peer.name, outcome.verdict, outcome.message);
+                info!(peer = %peer.name, "cluster: pushed {what} to {}: {:?}: {:?}", peer.name, outcome.verdict, outcome.message);
             } else {
-                warn!(peer = %peer.name, "cluster: pushing {what} to {}: {:?}: {}", peer.name, outcome.verdict, outcome.message);
+                warn!(peer = %peer.name, "cluster: pushing {what} to {}: {:?}: {:?}", peer.name, outcome.verdict, outcome.message);
             }
             let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             if !ok {
@@ -609,18 +629,40 @@ impl Shared {
                 let ours = self.local();
                 // This node has a newer certificate for the caller (it was down during a
                 // renewal): push it now, not at the next interval.
-                let push = self.settings.sync_certificates
-                    && theirs.sync_certificates
-                    && ours.as_ref().is_ok_and(|o| !newer(o, &theirs).is_empty());
+                let newer_here = match &ours {
+                    Ok(o) if self.settings.sync_certificates && theirs.sync_certificates => {
+                        newer(o, &theirs)
+                            .into_iter()
+                            .map(|k| {
+                                (
+                                    k,
+                                    o.certificates[k].certificate.clone(),
+                                    theirs.certificates[k].certificate.clone(),
+                                )
+                            })
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
                 if let Err(e) = self.heard(i, theirs, ours.as_ref().ok().map(|o| &o.parity)) {
                     warn!(peer = %req.peer, "cluster: exchange from {} refused: {e}", req.peer);
                     return (StatusCode::BAD_REQUEST, e.into_bytes());
                 }
-                // A peer this node could not reach has come up: exchange with it now (its
-                // certificates may need a push), not at the next interval.
-                let unreachable =
-                    !self.peers.lock().unwrap_or_else(|e| e.into_inner())[i].reachable;
-                if unreachable || push {
+                // A peer this node could not reach has come up, or this node has a newer
+                // certificate for it that it has not failed to push (the peer was down during a
+                // renewal): exchange with it now, not at the next interval (spaced by the
+                // exchange loop).
+                let kick = {
+                    let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+                    let st = &peers[i];
+                    let push = newer_here.iter().any(|(k, mine, t)| {
+                        !st.failed_pushes
+                            .iter()
+                            .any(|f| f.0 == *k && &f.1 == mine && &f.2 == t)
+                    });
+                    !st.reachable || push
+                };
+                if kick {
                     self.kick[i].notify_one();
                 }
                 summary(ours)

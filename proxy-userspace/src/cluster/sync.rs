@@ -102,6 +102,14 @@ pub fn apply(
     let Some(store) = store else {
         return Outcome::refused("this node serves no TLS listener");
     };
+    // Held from reading this node's files to loading the new ones: no certificate reload or
+    // config reload runs in between, and what is compared is what is replaced.
+    let gate = store.gate();
+    if store.section().as_ref() != Some(tls) {
+        return Outcome::refused(
+            "this node's [tls] changed while the push arrived (a reload): it is compared again at the next exchange",
+        );
+    }
     let index = push.index;
     let Some(entry) = tls.certificate.get(index) else {
         return Outcome::refused(format!(
@@ -215,6 +223,7 @@ pub fn apply(
     }
     if let Some(c) = &cfg.cluster {
         let c = c.get_ref();
+        others.push(("cluster.ca".into(), c.ca.clone()));
         others.push(("cluster.cert".into(), c.cert.clone()));
         others.push(("cluster.key".into(), c.key.clone()));
     }
@@ -227,8 +236,6 @@ pub fn apply(
             ));
         }
     }
-    // Files read, written and loaded under the store's gate: no reload in between.
-    let gate = store.gate();
     let mut staged = Staged::default();
     for (path, bytes, secret) in &changes {
         if let Err(e) = staged.stage(path, bytes, *secret) {

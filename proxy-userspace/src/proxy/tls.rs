@@ -287,6 +287,11 @@ impl TlsStore {
             .map_or_else(|_| Vec::new(), |s| s.certs.clone())
     }
 
+    /// The `[tls]` section the running configuration was built from.
+    pub fn section(&self) -> Option<Tls> {
+        self.state.lock().ok().map(|s| s.tls.clone())
+    }
+
     /// The certificate, key and chain files in use.
     pub fn files(&self) -> Vec<PathBuf> {
         self.state
