@@ -24,7 +24,7 @@ use std::{
 
 use hapd_lab::Lab;
 use nix::sys::signal::Signal;
-use proxy_kit::{LabBackends, Pki};
+use proxy_kit::{run, text, LabBackends, Pki};
 use rustls::pki_types::{pem::PemObject as _, CertificateDer};
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
@@ -156,21 +156,6 @@ sync_certificates = true
     )
 }
 
-fn run(lab: &Lab, i: usize, args: &[&str]) -> Output {
-    let mut argv = vec![HAPD];
-    argv.extend_from_slice(args);
-    lab.command(i, &argv).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn cfg_path(lab: &Lab, i: usize) -> String {
     lab.dir().join(format!("h{i}.toml")).display().to_string()
 }
@@ -182,6 +167,23 @@ fn status(lab: &Lab, i: usize) -> serde_json::Value {
 /// What node `i` says of its one peer.
 fn peer_view(lab: &Lab, i: usize) -> serde_json::Value {
     status(lab, i)["cluster"]["peers"][0].clone()
+}
+
+/// `hapd drill` on node0 without asking the peer's admin endpoint (the cluster's view of it
+/// decides parity).
+fn drill(lab: &Lab, cfg: &str) -> Output {
+    run(
+        lab,
+        0,
+        &[
+            "drill",
+            "--config",
+            cfg,
+            "--probe",
+            &format!("http://{VIP}:8080/"),
+            "--no-peer-check",
+        ],
+    )
 }
 
 /// Waits up to `limit` for `cond`; how long it took.
@@ -393,18 +395,7 @@ fn drift_is_seen_by_both_nodes_within_one_exchange_and_a_third_host_is_refused()
     );
 
     // A drill with drift is refused, and nothing moves.
-    let o = run(
-        &lab,
-        0,
-        &[
-            "drill",
-            "--config",
-            &sa,
-            "--probe",
-            &format!("http://{VIP}:8080/"),
-            "--no-peer-check",
-        ],
-    );
+    let o = drill(&lab, &sa);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("refused: the nodes' configurations differ (node1: drift: routes)"),
@@ -762,18 +753,7 @@ fn a_renewed_certificate_is_served_by_the_standby_and_a_bad_push_is_refused() {
     );
     assert_eq!(metric(&lab, 0, "hapd_cluster_in_parity"), Some(0.0));
     let sa = cfg_path(&lab, 0);
-    let o = run(
-        &lab,
-        0,
-        &[
-            "drill",
-            "--config",
-            &sa,
-            "--probe",
-            &format!("http://{VIP}:8080/"),
-            "--no-peer-check",
-        ],
-    );
+    let o = drill(&lab, &sa);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("node1: unknown (last heard"),

@@ -13,14 +13,13 @@ mod proxy_kit;
 
 use std::{
     path::{Path, PathBuf},
-    process::Output,
     sync::atomic::Ordering,
     time::Duration,
 };
 
 use hapd_lab::Lab;
 use nix::sys::signal::Signal;
-use proxy_kit::{answered_by, wait_until, LabBackends};
+use proxy_kit::{answered_by, run, text, wait_until, LabBackends};
 
 const HAPD: &str = env!("CARGO_BIN_EXE_hapd");
 const VIP: &str = "198.18.0.100";
@@ -68,21 +67,6 @@ listeners = ["web"]
 "#,
         pin_dir.display(),
         i + 1,
-    )
-}
-
-fn run(lab: &Lab, i: usize, args: &[&str]) -> Output {
-    let mut argv = vec![HAPD];
-    argv.extend_from_slice(args);
-    lab.command(i, &argv).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
     )
 }
 

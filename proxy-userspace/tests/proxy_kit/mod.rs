@@ -533,6 +533,23 @@ impl Drop for LabBackends {
 }
 
 /// A command's standard output and error, as one text (for assertions and their messages).
+/// `hapd ARGS` in lab host `i`, run to its end.
+pub fn run(lab: &hapd_lab::Lab, i: usize, args: &[&str]) -> std::process::Output {
+    let mut argv = vec![env!("CARGO_BIN_EXE_hapd")];
+    argv.extend_from_slice(args);
+    lab.command(i, &argv).output().unwrap()
+}
+
+/// A command's exit status and output, for an assertion's message.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub fn said(o: &std::process::Output) -> String {
     format!(
         "{}{}",
