@@ -221,6 +221,8 @@ fn server(cfg: &Config) -> Value {
             "max_headers": s.max_headers,
             "server_header": s.server_header,
             "drain_timeout": s.drain_timeout.to_string(),
+            "pin_workers": s.pin_workers,
+            "steer_connections": s.steer_connections,
         }),
     }
 }

@@ -1,6 +1,7 @@
-//! Pinned workers and a busy CPU: while another process keeps one worker's CPU busy, new
-//! connections go to the worker whose CPU has time to spare; a burst of new keep-alive
-//! connections still goes out evenly; with both CPUs free, the split is the kernel's.
+//! Pinned workers and a busy CPU, with `server.steer_connections = true`: while another
+//! process keeps one worker's CPU busy, new connections go to the worker whose CPU has time to
+//! spare; a burst of new keep-alive connections still goes out evenly; with both CPUs free, the
+//! split is the kernel's. Without it (the default) the busy CPU moves nothing.
 //!
 //! A test binary of its own: other tests' load would change the CPUs' idle times it reads.
 mod proxy_kit;
@@ -105,6 +106,8 @@ async fn new_connections_go_to_the_worker_whose_cpu_has_time_to_spare() {
         r#"
 [node]
 name = "n"
+[server]
+steer_connections = true
 [[listener]]
 name = "plain"
 bind = ["127.0.0.1:0"]
@@ -162,9 +165,45 @@ listeners = ["plain"]
         open[0].abs_diff(open[1]) <= 4,
         "a burst of keep-alive connections: per worker {open:?}"
     );
-    drop(hog);
     drop(conns);
     wait_until("every connection counted out", || {
         p.view.worker_connections().iter().all(|&n| n == 0)
     });
+
+    // Without `steer_connections` (the default), the same busy CPU moves nothing. The proxy
+    // starts on both CPUs (its workers follow this thread's mask), the clients stay on CPU 1.
+    pin_set(&cpus);
+    let plain = start_proxy(&format!(
+        r#"
+[node]
+name = "n"
+[[listener]]
+name = "plain"
+bind = ["127.0.0.1:0"]
+[[upstream]]
+name = "u"
+servers = ["{}"]
+[[vhost]]
+server_names = ["site"]
+listeners = ["plain"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+        backend.authority()
+    ));
+    let addr = addr_of(&plain, "plain");
+    pin_here(cpus[1]);
+    let before = plain.view.worker_connections_total();
+    paced(addr, 400).await;
+    let split = delta(&plain.view.worker_connections_total(), &before);
+    eprintln!("steering off, CPU 0 busy: per worker {split:?}");
+    assert_eq!(split.len(), 2, "two workers: {split:?}");
+    assert_eq!(split.iter().sum::<u64>(), 400);
+    assert_eq!(plain.view.steered_connections(), 0);
+    assert!(
+        split.iter().all(|&n| n >= 120),
+        "the kernel's split: {split:?}"
+    );
+    drop(hog);
 }

@@ -44,6 +44,11 @@ pub struct Server {
     /// they keep their caches and are not moved about by the scheduler.
     #[serde(default = "super::yes")]
     pub pin_workers: bool,
+    /// Pinned workers hand new connections to a worker whose CPU has time to spare while
+    /// another process keeps their own CPU busy (`proxy/steer.rs`). Off by default: its gain
+    /// was measured only where the load tool shared the proxy's CPUs, not on a real host.
+    #[serde(default)]
+    pub steer_connections: bool,
 }
 
 impl Default for Server {
@@ -56,6 +61,7 @@ impl Default for Server {
             server_header: false,
             drain_timeout: default_drain(),
             pin_workers: true,
+            steer_connections: false,
         }
     }
 }

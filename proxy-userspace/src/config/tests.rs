@@ -114,6 +114,11 @@ fn defaults() {
     assert_eq!(v.v3_checksum, V3Checksum::PseudoHeader);
     assert_eq!(v.xdp, XdpMode::Auto);
     assert_eq!(c.node.admin.to_string(), "127.0.0.1:8410");
+    // Pinned workers, and no steering unless asked for (issue 23).
+    let s = proxy::Server::default();
+    assert!(s.pin_workers && !s.steer_connections);
+    let (c, _) = parse(&format!("{BASE}[server]\n")).unwrap();
+    assert_eq!(c.server, Some(proxy::Server::default()));
 }
 
 /// keepalived's convention: the family comes from the addresses; an IPv4 and an IPv6 instance

@@ -182,7 +182,12 @@ pub fn start_with(cfg: &Config, listen: Listen) -> anyhow::Result<ProxyHandle> {
     } else {
         (0..workers).map(|w| cpus[w % cpus.len()]).collect()
     };
-    let steer = Steer::new(worker_cpus.clone());
+    // Only where asked for (see `server.steer_connections`).
+    let steer = if cfg.server.as_ref().is_some_and(|s| s.steer_connections) {
+        Steer::new(worker_cpus.clone())
+    } else {
+        None
+    };
     let (balance, mut inboxes) = balance::Balance::new(workers);
     let core = Arc::new(Core {
         serve: ServeCtx {
