@@ -86,6 +86,31 @@ async fn paced(addr: SocketAddr, n: usize) {
     }
 }
 
+/// One plain listener in front of `backend`; `server`: a `[server]` table, or nothing for the
+/// defaults.
+fn proxy_config(backend: &Backend, server: &str) -> String {
+    format!(
+        r#"
+[node]
+name = "n"
+{server}
+[[listener]]
+name = "plain"
+bind = ["127.0.0.1:0"]
+[[upstream]]
+name = "u"
+servers = ["{}"]
+[[vhost]]
+server_names = ["site"]
+listeners = ["plain"]
+  [[vhost.route]]
+  prefix = "/"
+  upstream = "u"
+"#,
+        backend.authority()
+    )
+}
+
 fn delta(after: &[u64], before: &[u64]) -> Vec<u64> {
     after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
@@ -102,26 +127,9 @@ async fn new_connections_go_to_the_worker_whose_cpu_has_time_to_spare() {
     let cpus = [allowed[0], allowed[1]];
     pin_set(&cpus);
     let backend = Backend::start("b1").await;
-    let p = start_proxy(&format!(
-        r#"
-[node]
-name = "n"
-[server]
-steer_connections = true
-[[listener]]
-name = "plain"
-bind = ["127.0.0.1:0"]
-[[upstream]]
-name = "u"
-servers = ["{}"]
-[[vhost]]
-server_names = ["site"]
-listeners = ["plain"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-        backend.authority()
+    let p = start_proxy(&proxy_config(
+        &backend,
+        "[server]\nsteer_connections = true",
     ));
     let addr = addr_of(&p, "plain");
     // The clients and the backend run on the second CPU, beside worker 1.
@@ -173,25 +181,7 @@ listeners = ["plain"]
     // Without `steer_connections` (the default), the same busy CPU moves nothing. The proxy
     // starts on both CPUs (its workers follow this thread's mask), the clients stay on CPU 1.
     pin_set(&cpus);
-    let plain = start_proxy(&format!(
-        r#"
-[node]
-name = "n"
-[[listener]]
-name = "plain"
-bind = ["127.0.0.1:0"]
-[[upstream]]
-name = "u"
-servers = ["{}"]
-[[vhost]]
-server_names = ["site"]
-listeners = ["plain"]
-  [[vhost.route]]
-  prefix = "/"
-  upstream = "u"
-"#,
-        backend.authority()
-    ));
+    let plain = start_proxy(&proxy_config(&backend, ""));
     let addr = addr_of(&plain, "plain");
     pin_here(cpus[1]);
     let before = plain.view.worker_connections_total();
