@@ -67,6 +67,20 @@ pub struct Drift {
 impl Parity {
     /// The digests of `cfg`, reading the certificate files and `auth_hmac` key files it names.
     pub fn of(cfg: &Config) -> anyhow::Result<Parity> {
+        Ok(Self::with_certificates(cfg)?.0)
+    }
+
+    /// [`Parity::of`], and what each `[[tls.certificate]]`'s files hold, in order (read once
+    /// for both).
+    pub fn with_certificates(cfg: &Config) -> anyhow::Result<(Parity, Vec<CertFacts>)> {
+        let facts = match &cfg.tls {
+            Some(t) => t
+                .certificate
+                .iter()
+                .map(CertFacts::read)
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         let mut sections = BTreeMap::new();
         for (name, (full, shown)) in [
             ("vrrp", vrrp(cfg)?),
@@ -78,7 +92,7 @@ impl Parity {
             ("upstreams", same(upstreams(cfg))),
             ("tls", same(tls(cfg))),
             ("headers", same(headers(cfg))),
-            ("certificates", same(certificates(cfg)?)),
+            ("certificates", same(certificates(cfg, &facts))),
         ] {
             sections.insert(
                 name.to_string(),
@@ -88,7 +102,7 @@ impl Parity {
                 },
             );
         }
-        Ok(Parity { sections })
+        Ok((Parity { sections }, facts))
     }
 
     /// The sections that differ between `self` (this node) and `theirs`, in [`SECTIONS`]
@@ -391,20 +405,22 @@ impl CertFacts {
 }
 
 /// Each configured certificate in order, as [`CertFacts`] (not the paths).
-fn certificates(cfg: &Config) -> anyhow::Result<Value> {
-    let Some(t) = &cfg.tls else {
-        return Ok(Value::Null);
-    };
-    let mut out = Vec::new();
-    for c in &t.certificate {
-        let f = CertFacts::read(c)?;
-        out.push(json!({
-            "certificate": f.certificate,
-            "chain": f.chain,
-            "not_after": f.not_after,
-        }));
+fn certificates(cfg: &Config, facts: &[CertFacts]) -> Value {
+    if cfg.tls.is_none() {
+        return Value::Null;
     }
-    Ok(Value::Array(out))
+    Value::Array(
+        facts
+            .iter()
+            .map(|f| {
+                json!({
+                    "certificate": f.certificate,
+                    "chain": f.chain,
+                    "not_after": f.not_after,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

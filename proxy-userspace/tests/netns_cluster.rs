@@ -76,6 +76,18 @@ impl Pkis {
         self.dir.join(format!("h{i}/{file}"))
     }
 
+    /// Node `i`'s site certificate and key files hold `cert` and `key`.
+    fn assert_site(&self, i: usize, (cert, key): &(String, String)) {
+        assert_eq!(
+            &std::fs::read_to_string(self.site(i, "site.crt")).unwrap(),
+            cert
+        );
+        assert_eq!(
+            &std::fs::read_to_string(self.site(i, "site.key")).unwrap(),
+            key
+        );
+    }
+
     /// Writes node `i`'s site certificate and key, as a renewal hook would.
     fn write_site(&self, i: usize, (cert, key): &(String, String)) {
         std::fs::write(self.site(i, "site.key"), key).unwrap();
@@ -589,14 +601,7 @@ fn a_renewed_certificate_is_served_by_the_standby_and_a_bad_push_is_refused() {
     eprintln!(
         "the standby served the renewed certificate {took:?} after it was written on the master"
     );
-    assert_eq!(
-        std::fs::read_to_string(p.site(1, "site.crt")).unwrap(),
-        renewed.0
-    );
-    assert_eq!(
-        std::fs::read_to_string(p.site(1, "site.key")).unwrap(),
-        renewed.1
-    );
+    p.assert_site(1, &renewed);
     within(
         "parity after the renewal",
         Duration::from_secs(INTERVAL_S + 3),
@@ -652,14 +657,7 @@ fn a_renewed_certificate_is_served_by_the_standby_and_a_bad_push_is_refused() {
     )
     .is_some_and(|v| v >= 1.0));
     assert_eq!(served(&lab, &p.web, standby).unwrap(), der(&renewed.0));
-    assert_eq!(
-        std::fs::read_to_string(p.site(1, "site.crt")).unwrap(),
-        renewed.0
-    );
-    assert_eq!(
-        std::fs::read_to_string(p.site(1, "site.key")).unwrap(),
-        renewed.1
-    );
+    p.assert_site(1, &renewed);
     p.write_site(0, &renewed);
 
     // An older certificate pushed over the channel with the master's credentials: refused,

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
-    parity::{CertFacts, Parity},
+    parity::Parity,
     proxy::tls::TlsStore,
     status::{CertSyncStatus, ClusterPeerStatus, ClusterStatus, DriftStatus},
 };
@@ -73,25 +73,21 @@ pub struct CertSummary {
 impl Summary {
     /// This node's summary from its running configuration (reading its certificate files).
     pub fn of(cfg: &Config) -> anyhow::Result<Summary> {
-        let certificates = match &cfg.tls {
-            None => Vec::new(),
-            Some(t) => t
-                .certificate
-                .iter()
-                .map(|c| {
-                    let f = CertFacts::read(c)?;
-                    Ok(CertSummary {
-                        cert: c.cert.clone(),
-                        names: f.names,
-                        certificate: f.certificate,
-                        not_after: f.not_after,
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
-        };
+        let (parity, facts) = Parity::with_certificates(cfg)?;
+        let entries = cfg.tls.as_ref().map_or(&[][..], |t| &t.certificate[..]);
+        let certificates = entries
+            .iter()
+            .zip(facts)
+            .map(|(c, f)| CertSummary {
+                cert: c.cert.clone(),
+                names: f.names,
+                certificate: f.certificate,
+                not_after: f.not_after,
+            })
+            .collect();
         Ok(Summary {
             node: cfg.node.name.clone(),
-            parity: Parity::of(cfg)?,
+            parity,
             certificates,
             sync_certificates: cfg
                 .cluster

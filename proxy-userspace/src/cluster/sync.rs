@@ -135,7 +135,17 @@ pub fn apply(
         let cert = read(&entry.cert)?;
         let chain = entry.chain.as_deref().map(read).transpose()?;
         let key = read(&entry.key)?;
-        let facts = CertFacts::read(entry).map_err(|e| format!("{e:#}"))?;
+        let facts = CertFacts::parse(
+            &cert,
+            chain.as_deref(),
+            &entry.cert.display().to_string(),
+            entry
+                .chain
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .as_deref(),
+        )
+        .map_err(|e| format!("{e:#}"))?;
         Ok::<_, String>((cert, chain, key, facts))
     })();
     let (cur_cert, cur_chain, cur_key, cur) = match current {
